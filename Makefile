@@ -1,0 +1,39 @@
+# kvsched — `make demo` and `make test` work on a fresh machine: they create .venv and install what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test unit e2e e2e-tools bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: plan the bundled example cluster (no cluster needed)
+demo: $(STAMP)
+	$(VENV)/bin/kvsched plan examples/cluster.yaml --output placement.json --plot placement.svg
+
+## test: the whole suite, unit and e2e (builds the test control plane into its cache first if needed)
+test: $(STAMP) e2e-tools
+	$(PY) -m pytest
+
+unit: $(STAMP)
+	$(PY) -m pytest --ignore=tests/e2e
+
+## e2e-tools: build kube-apiserver, etcd, kube-scheduler, kube-controller-manager, KWOK, helm into the cache
+e2e-tools:
+	@if [ -x tests/e2e/cluster/build.sh ]; then tests/e2e/cluster/build.sh; fi
+
+## bench: figures, not tests (ADRS-50 against proven optima, scale against the fluid bound)
+bench: $(STAMP)
+	$(PY) -m bench.run
+
+lint: $(STAMP)
+	$(VENV)/bin/mypy kvsched
+	$(VENV)/bin/lint-imports
+
+clean:
+	rm -rf $(VENV) placement.json placement.svg

@@ -1,0 +1,183 @@
+"""Domain types of the packer: what goes in (models, GPUs, the current assignment) and what comes out (a plan).
+
+Everything here is a frozen dataclass of plain values so that plans are hashable, comparable and safe to share.
+Memory is in GiB, request rates in requests per second, SLOs in seconds. A model's *load* is rate / SLO; the
+KV-cache pressure ratio (KVPR) of a GPU is its summed load over the memory its weights leave free.
+Called by: every packer module, and by the adapters (CLI, controller, extender) that build inputs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from kvsched.packer.errors import InvalidInput
+
+
+class GpuId(NamedTuple):
+    """A GPU by node name and device index on that node; orders by node then index (ties break by id)."""
+
+    node: str
+    index: int
+
+    def __str__(self) -> str:
+        return f"{self.node}/{self.index}"
+
+
+def _check_number(obj: str, name: str, value: object, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInput(obj, name, value, "must be a number")
+    number = float(value)
+    if not math.isfinite(number):
+        raise InvalidInput(obj, name, value, "must be finite")
+    if positive and number <= 0:
+        raise InvalidInput(obj, name, value, "must be greater than zero")
+    if number < 0:
+        raise InvalidInput(obj, name, value, "must not be negative")
+    return number
+
+
+@dataclass(frozen=True)
+class Model:
+    """An LLM served with `replicas` identical copies; each replica carries rate_rps / replicas of the traffic.
+
+    Invariants (checked on construction): name non-empty, size_gib > 0, rate_rps >= 0, slo_s > 0, replicas >= 1.
+    """
+
+    name: str
+    size_gib: float
+    rate_rps: float
+    slo_s: float
+    replicas: int = 1
+
+    def __post_init__(self) -> None:
+        obj = f"model {self.name!r}"
+        if not isinstance(self.name, str) or not self.name:
+            raise InvalidInput("model", "name", self.name, "must be a non-empty string")
+        _check_number(obj, "size", self.size_gib, positive=True)
+        _check_number(obj, "requestRate", self.rate_rps, positive=False)
+        _check_number(obj, "sloSeconds", self.slo_s, positive=True)
+        if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
+            raise InvalidInput(obj, "replicas", self.replicas, "must be an integer >= 1")
+
+    @property
+    def load(self) -> float:
+        """n = rate / SLO, in requests per second squared, summed over all replicas."""
+        return self.rate_rps / self.slo_s
+
+    @property
+    def replica_load(self) -> float:
+        """Load carried by one replica: n / replicas."""
+        return self.load / self.replicas
+
+
+@dataclass(frozen=True)
+class Gpu:
+    """One GPU with `memory_gib` of device memory. Invariant: memory_gib > 0, index >= 0, node non-empty."""
+
+    node: str
+    index: int
+    memory_gib: float
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.node, str) or not self.node:
+            raise InvalidInput("gpu", "node", self.node, "must be a non-empty string")
+        obj = f"gpu {self.node}/{self.index}"
+        if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
+            raise InvalidInput(obj, "index", self.index, "must be an integer >= 0")
+        _check_number(obj, "memory", self.memory_gib, positive=True)
+
+    @property
+    def id(self) -> GpuId:
+        return GpuId(self.node, self.index)
+
+
+@dataclass(frozen=True)
+class Slot:
+    """Replica `replica` (0-based) of model `model` sits on GPU `gpu`. Used for the current assignment."""
+
+    model: str
+    replica: int
+    gpu: GpuId
+
+
+@dataclass(frozen=True)
+class Placement:
+    """A planned replica: where it goes and the share of the GPU's memory its engine may take (0 < f <= 1)."""
+
+    model: str
+    replica: int
+    gpu: GpuId
+    memory_fraction: float
+
+
+@dataclass(frozen=True)
+class GpuUsage:
+    """One GPU in a plan: its KVPR (inf when weights fill it while it carries load), weights in GiB, models."""
+
+    gpu: GpuId
+    memory_gib: float
+    kvpr: float
+    used_memory_gib: float
+    models: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Unplaced:
+    """A replica the plan could not place, and why (a sentence naming the limit it hit)."""
+
+    model: str
+    replica: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class Migration:
+    """A replica the plan moves away from where the current assignment has it (source None: newly placed)."""
+
+    model: str
+    replica: int
+    source: GpuId | None
+    target: GpuId
+
+
+@dataclass(frozen=True)
+class SearchStats:
+    """How the search went: bisection iterations, packing passes, checkpoints evaluated and retunes fired."""
+
+    bisection_iterations: int = 0
+    passes: int = 0
+    checkpoints: int = 0
+    retunes: int = 0
+    local_search_moves: int = 0
+    proven_optimal: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The packer's answer.
+
+    max_kvpr is the largest KVPR over all GPUs of the placed replicas (0 when nothing carries load);
+    lower_bound <= the optimal max KVPR of the placeable replicas; retunes counts mid-pack raises of T over the
+    whole search; solve_seconds is measured with the injected clock; kept_current says the current assignment
+    was kept because it was within the stability threshold.
+    """
+
+    max_kvpr: float
+    lower_bound: float
+    retunes: int
+    solve_seconds: float
+    placements: tuple[Placement, ...]
+    gpus: tuple[GpuUsage, ...]
+    unplaced: tuple[Unplaced, ...] = ()
+    migrations: tuple[Migration, ...] = ()
+    kept_current: bool = False
+    stats: SearchStats = field(default_factory=SearchStats)
+
+    @property
+    def gap_ratio(self) -> float:
+        """max_kvpr / lower_bound - 1 (0 when both are 0)."""
+        if self.lower_bound <= 0:
+            return 0.0 if self.max_kvpr <= 0 else math.inf
+        return self.max_kvpr / self.lower_bound - 1.0
