@@ -1,0 +1,337 @@
+"""Read a cluster file (YAML or JSON) into packer inputs, with errors that name the offending field path.
+
+The format (camelCase like Kubernetes) is described in `kvsched plan --help` and in examples/cluster.yaml:
+`gpus` and/or `nodes` (shorthand for identical GPUs), `models`, optional `current` and `options`. Memory sizes
+are Kubernetes quantities ("80Gi", "81920Mi", "85899345920" bytes) or plain numbers meaning GiB. Every problem
+raises `ClusterFileError` naming the path (e.g. `models[3].size`); unknown keys are errors, never ignored.
+Called by: `kvsched.cli` (the `plan` subcommand).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Any, Mapping
+
+import yaml
+from kubernetes.utils.quantity import parse_quantity
+
+from kvsched.packer import Gpu, GpuId, Model, PackOptions, Slot
+
+GIB_BYTES = 2**30
+# A memory quantity string under 1 MiB is almost surely a missing unit ("80" is 80 bytes, not 80Gi).
+SMALLEST_MEMORY_BYTES = 2**20
+
+TOP_KEYS = ("gpus", "nodes", "models", "current", "options")
+GPU_KEYS = ("node", "index", "memory")
+NODE_KEYS = ("name", "gpus", "gpuMemory")
+MODEL_KEYS = ("name", "size", "requestRate", "sloSeconds", "replicas")
+CURRENT_KEYS = ("model", "replica", "node", "gpu")
+OPTION_KEYS = ("stabilityThreshold", "timeBudgetSeconds")
+
+_DURATION = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m)?\s*$")
+_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+class ClusterFileError(ValueError):
+    """A cluster file is unreadable or invalid. `path` is the field path ("" for the whole document)."""
+
+    def __init__(self, path: str, problem: str) -> None:
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{path}: {problem}" if path else problem)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """Everything `solve` needs, validated. GPUs are sorted by node, then index, so the plan reads in that order."""
+
+    models: tuple[Model, ...]
+    gpus: tuple[Gpu, ...]
+    current: tuple[Slot, ...]
+    options: PackOptions
+
+
+def load_cluster_file(file: Path) -> Cluster:
+    """Read and validate `file`. JSON when the suffix is .json, YAML otherwise. Raises ClusterFileError."""
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ClusterFileError("", "no such file") from None
+    except IsADirectoryError:
+        raise ClusterFileError("", "is a directory, not a cluster file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ClusterFileError("", f"cannot read: {exc}") from None
+    if file.suffix.lower() == ".json":
+        return parse_cluster(_load_json(text))
+    return parse_cluster(_load_yaml(text))
+
+
+def _load_json(text: str) -> object:
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in out:
+                raise ClusterFileError("", f"JSON error: key {key!r} appears twice in one object")
+            out[key] = value
+        return out
+
+    try:
+        return json.loads(text, object_pairs_hook=no_duplicates)
+    except json.JSONDecodeError as exc:
+        raise ClusterFileError("", f"line {exc.lineno}, column {exc.colno}: JSON syntax error: {exc.msg}") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that rejects a key repeated in one mapping (PyYAML keeps the last one silently)."""
+
+
+def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    seen: set[object] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if isinstance(key, (str, int, float, bool)) and key in seen:
+            mark = key_node.start_mark
+            raise ClusterFileError(
+                "", f"line {mark.line + 1}, column {mark.column + 1}: key {key!r} appears twice in one mapping"
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _load_yaml(text: str) -> object:
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        raise ClusterFileError("", f"{where}YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ClusterFileError("", f"YAML error: {exc}") from None
+
+
+def parse_cluster(data: object) -> Cluster:
+    """Validate a decoded document into a Cluster. Raises ClusterFileError naming the field path. O(size)."""
+    if data is None:
+        raise ClusterFileError("", "the file is empty: expected a mapping with models and gpus or nodes")
+    top = _mapping(data, "", TOP_KEYS)
+    if "models" not in top:
+        raise ClusterFileError("models", "is required (a list of models to place)")
+    if "gpus" not in top and "nodes" not in top:
+        raise ClusterFileError("gpus", "is required (a list of GPUs), or give the nodes shorthand")
+    gpus, gpu_paths = _parse_gpus(top)
+    models = _parse_models(top["models"])
+    current = _parse_current(top.get("current", []), models, gpu_paths)
+    options = _parse_options(top.get("options", {}))
+    return Cluster(models=models, gpus=gpus, current=current, options=options)
+
+
+def _parse_gpus(top: Mapping[str, object]) -> tuple[tuple[Gpu, ...], dict[GpuId, str]]:
+    gpus: list[Gpu] = []
+    where: dict[GpuId, str] = {}
+
+    def add(gpu: Gpu, path: str) -> None:
+        if gpu.id in where:
+            raise ClusterFileError(path, f"GPU {gpu.id} is already listed at {where[gpu.id]}")
+        where[gpu.id] = path
+        gpus.append(gpu)
+
+    for i, item in enumerate(_list(top.get("gpus", []), "gpus")):
+        path = f"gpus[{i}]"
+        obj = _mapping(item, path, GPU_KEYS)
+        node = _name(obj, "node", path)
+        index = _integer(obj, "index", path, minimum=0)
+        memory_gib = _memory_gib(_required(obj, "memory", path), f"{path}.memory")
+        add(Gpu(node=node, index=index, memory_gib=memory_gib), path)
+    for i, item in enumerate(_list(top.get("nodes", []), "nodes")):
+        path = f"nodes[{i}]"
+        obj = _mapping(item, path, NODE_KEYS)
+        node = _name(obj, "name", path)
+        count = _integer(obj, "gpus", path, minimum=1)
+        memory_gib = _memory_gib(_required(obj, "gpuMemory", path), f"{path}.gpuMemory")
+        for index in range(count):
+            add(Gpu(node=node, index=index, memory_gib=memory_gib), path)
+    if not gpus:
+        raise ClusterFileError("gpus", "no GPUs listed: give at least one in gpus or nodes")
+    return tuple(sorted(gpus, key=lambda gpu: gpu.id)), where
+
+
+def _parse_models(value: object) -> tuple[Model, ...]:
+    models: list[Model] = []
+    where: dict[str, str] = {}
+    for i, item in enumerate(_list(value, "models")):
+        path = f"models[{i}]"
+        obj = _mapping(item, path, MODEL_KEYS)
+        name = _name(obj, "name", path)
+        if name in where:
+            raise ClusterFileError(f"{path}.name", f"{name!r} is already used by {where[name]}")
+        where[name] = path
+        size_gib = _memory_gib(_required(obj, "size", path), f"{path}.size")
+        rate_rps = _number(_required(obj, "requestRate", path), f"{path}.requestRate", minimum=0.0)
+        slo_s = _seconds(_required(obj, "sloSeconds", path), f"{path}.sloSeconds", zero_ok=False)
+        replicas = _integer(obj, "replicas", path, minimum=1, default=1)
+        models.append(Model(name=name, size_gib=size_gib, rate_rps=rate_rps, slo_s=slo_s, replicas=replicas))
+    return tuple(models)
+
+
+def _parse_current(value: object, models: tuple[Model, ...], gpu_paths: Mapping[GpuId, str]) -> tuple[Slot, ...]:
+    replicas = {m.name: m.replicas for m in models}
+    slots: list[Slot] = []
+    where: dict[tuple[str, int], str] = {}
+    for i, item in enumerate(_list(value, "current")):
+        path = f"current[{i}]"
+        obj = _mapping(item, path, CURRENT_KEYS)
+        model = _name(obj, "model", path)
+        if model not in replicas:
+            raise ClusterFileError(f"{path}.model", f"{model!r} is not a model listed under models")
+        replica = _integer(obj, "replica", path, minimum=0)
+        if replica >= replicas[model]:
+            raise ClusterFileError(
+                f"{path}.replica", f"{replica} is out of range: model {model!r} has {replicas[model]} replica(s)"
+            )
+        if (model, replica) in where:
+            raise ClusterFileError(path, f"replica {replica} of {model!r} is already placed at {where[model, replica]}")
+        where[model, replica] = path
+        gpu = GpuId(_name(obj, "node", path), _integer(obj, "gpu", path, minimum=0))
+        if gpu not in gpu_paths:
+            raise ClusterFileError(path, f"GPU {gpu} is not listed under gpus or nodes")
+        slots.append(Slot(model=model, replica=replica, gpu=gpu))
+    return tuple(slots)
+
+
+def _parse_options(value: object) -> PackOptions:
+    obj = _mapping(value, "options", OPTION_KEYS)
+    defaults = PackOptions()
+    stability = defaults.stability_threshold_ratio
+    budget_s = defaults.time_budget_s
+    if "stabilityThreshold" in obj:
+        stability = _number(obj["stabilityThreshold"], "options.stabilityThreshold", minimum=0.0)
+    if "timeBudgetSeconds" in obj:
+        budget_s = _seconds(obj["timeBudgetSeconds"], "options.timeBudgetSeconds", zero_ok=True)
+    return PackOptions(stability_threshold_ratio=stability, time_budget_s=budget_s)
+
+
+# ---- field readers: each names the path in its error ----
+
+
+def _describe(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def _mapping(value: object, path: str, keys: tuple[str, ...]) -> dict[str, object]:
+    if not isinstance(value, dict):
+        if not path:
+            raise ClusterFileError("", f"must be a mapping with models and gpus or nodes, got {_describe(value)}")
+        raise ClusterFileError(path, f"must be a mapping, got {_describe(value)}")
+    for key in value:
+        if not isinstance(key, str) or key not in keys:
+            hint = difflib.get_close_matches(str(key), keys, n=1)
+            suggestion = f"did you mean {hint[0]!r}? " if hint else ""
+            raise ClusterFileError(
+                path, f"unknown key {key!r} ({suggestion}expected one of: {', '.join(keys)})"
+            )
+    return value
+
+
+def _list(value: object, path: str) -> list[object]:
+    if not isinstance(value, list):
+        raise ClusterFileError(path, f"must be a list, got {_describe(value)}")
+    return value
+
+
+def _required(obj: Mapping[str, object], key: str, path: str) -> object:
+    if key not in obj:
+        raise ClusterFileError(f"{path}.{key}", "is required")
+    return obj[key]
+
+
+def _name(obj: Mapping[str, object], key: str, path: str) -> str:
+    value = _required(obj, key, path)
+    if not isinstance(value, str) or not value.strip():
+        raise ClusterFileError(f"{path}.{key}", f"must be a non-empty string, got {_describe(value)}")
+    return value
+
+
+def _integer(obj: Mapping[str, object], key: str, path: str, *, minimum: int, default: int | None = None) -> int:
+    if key not in obj:
+        if default is None:
+            raise ClusterFileError(f"{path}.{key}", "is required")
+        return default
+    value = obj[key]
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ClusterFileError(f"{path}.{key}", f"must be an integer, got {_describe(value)}")
+    if value < minimum:
+        raise ClusterFileError(f"{path}.{key}", f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _number(value: object, path: str, *, minimum: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ClusterFileError(path, f"must be a number, got {_describe(value)}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ClusterFileError(path, f"must be a finite number, got {value!r}")
+    if number < minimum:
+        raise ClusterFileError(path, f"must be >= {minimum:g}, got {value!r}")
+    return number
+
+
+def _seconds(value: object, path: str, *, zero_ok: bool) -> float:
+    """A number of seconds, or a duration string "500ms", "2s", "1.5m" (a bare numeric string is seconds)."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise ClusterFileError(path, f"{value!r} is not a duration (e.g. 2, \"500ms\", \"2s\", \"1m\")")
+        seconds = float(match["number"]) * _SECONDS_PER_UNIT[match["unit"]]
+    else:
+        seconds = _number(value, path, minimum=0.0)
+    if seconds == 0 and not zero_ok:
+        raise ClusterFileError(path, f"must be greater than zero, got {value!r}")
+    return seconds
+
+
+def _memory_gib(value: object, path: str) -> float:
+    """A Kubernetes quantity string (bytes unless suffixed) or a plain number of GiB, as GiB; must be > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ClusterFileError(path, f"must be a Kubernetes quantity like \"80Gi\" or a number of GiB, "
+                                     f"got {_describe(value)}")
+    if isinstance(value, str):
+        try:
+            size_bytes: Decimal = parse_quantity(value.strip())  # type: ignore[no-untyped-call]
+        except (ValueError, InvalidOperation):
+            raise ClusterFileError(path, f"{value!r} is not a Kubernetes quantity (e.g. 16Gi)") from None
+        if not size_bytes.is_finite():
+            raise ClusterFileError(path, f"{value!r} is not a Kubernetes quantity (e.g. 16Gi)")
+        if 0 < size_bytes < SMALLEST_MEMORY_BYTES:
+            raise ClusterFileError(
+                path, f"{value!r} is only {size_bytes} bytes: add a unit (e.g. \"{value.strip()}Gi\"), "
+                      f"or write a plain number for GiB"
+            )
+        size_gib = float(size_bytes / Decimal(GIB_BYTES))
+    else:
+        size_gib = float(value)
+        if not math.isfinite(size_gib):
+            raise ClusterFileError(path, f"must be a finite number of GiB, got {value!r}")
+    if size_gib <= 0:
+        raise ClusterFileError(path, f"must be greater than zero, got {value!r}")
+    return size_gib
