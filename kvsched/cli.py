@@ -1,0 +1,192 @@
+"""The `kvsched` command line: argparse with one subcommand per job (today `plan`).
+
+`kvsched plan FILE` reads a cluster file, runs the packer once and prints a table per GPU, optionally writing the
+plan as JSON (`--output`) and a chart (`--plot`). Exit codes: 0 a plan was made (unplaced replicas are reported,
+not failures), 1 the output or plot file could not be written, 2 bad usage or a bad cluster file.
+Called by: the `kvsched` console script (`kvsched.cli:main`) and the CLI tests (`main(argv)`).
+
+The packer, the file reader (which imports `kubernetes`) and matplotlib are imported inside `run_plan` so that
+`kvsched --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from kvsched import __version__
+
+EXIT_OK = 0
+EXIT_WRITE_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+Handler = Callable[[argparse.Namespace], int]
+
+MAIN_DESCRIPTION = """\
+kvsched packs LLM serving replicas onto shared GPUs so that the worst KV-cache
+pressure ratio (KVPR) is as small as possible. A GPU's KVPR is the summed load
+(request rate / SLO) of its models over the memory their weights leave free.
+"""
+
+MAIN_EPILOG = """\
+Run `kvsched COMMAND --help` for a command's options.
+Exit codes: 0 success, 1 an output file could not be written, 2 bad usage or bad input.
+"""
+
+PLAN_DESCRIPTION = """\
+Plan where every model replica of a cluster file goes, and print one row per
+GPU (node, GPU, models, used/total memory, KVPR) and a summary (max KVPR, lower
+bound, gap to the bound, retunes, migrations, solve time).
+
+Cluster file (YAML or JSON; JSON when the name ends in .json):
+
+  gpus:                          # list GPUs one by one ...
+    - {node: n1, index: 0, memory: 80Gi}
+  nodes:                         # ... and/or whole nodes of identical GPUs
+    - {name: n2, gpus: 8, gpuMemory: 80Gi}      # GPUs n2/0 .. n2/7
+  models:
+    - name: llama-8b
+      size: 16Gi                 # weights
+      requestRate: 4             # requests per second, over all replicas
+      sloSeconds: 1              # latency SLO: seconds, or "500ms", "2s", "1m"
+      replicas: 2                # optional, default 1; replicas never share a GPU
+  current:                       # optional: where replicas run now
+    - {model: llama-8b, replica: 0, node: n1, gpu: 0}
+  options:                       # optional
+    stabilityThreshold: 0.05     # keep `current` unless a plan beats it by 5%
+    timeBudgetSeconds: 10        # time for the search to improve the first plan
+
+Memory is a Kubernetes quantity ("80Gi", "81920Mi", "85899345920" = bytes) or
+a plain number meaning GiB (80). Unknown keys are errors, not ignored.
+"""
+
+PLAN_EPILOG = """\
+Output JSON (--output): maxKVPR, lowerBound, gapPercent, retunes, solveSeconds,
+keptCurrent, memoryUnit ("GiB"), placements [{model, replica, node, gpu,
+memoryFraction}], gpus [{node, gpu, kvpr, memory, usedMemory, models}],
+unplaced [{model, replica, reason}], migrations [{model, replica, fromNode,
+fromGpu, toNode, toGpu}]. Memory values are GiB as numbers (3 decimals); an
+infinite KVPR (weights fill a loaded GPU) is null; times are seconds.
+
+Exit codes: 0 a plan was made (unplaced replicas are listed, not an error),
+1 --output or --plot could not be written, 2 bad usage or a bad cluster file
+(one line on stderr naming the field, e.g. models[3].size).
+
+Example: kvsched plan examples/cluster.yaml --output placement.json --plot placement.svg
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse `argv` (default sys.argv[1:]) and run the chosen subcommand; returns the exit code.
+
+    argparse itself exits with 2 on a usage error and 0 after --help/--version (SystemExit).
+    """
+    args = build_parser().parse_args(argv)
+    handler: Handler = args.handler
+    return handler(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser. Each subcommand registers itself with an `add_<name>_parser(subparsers)` function
+    that sets `handler` (argparse.Namespace -> exit code); add new subcommands to the list below."""
+    parser = argparse.ArgumentParser(
+        prog="kvsched",
+        description=MAIN_DESCRIPTION,
+        epilog=MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"kvsched {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+    add_plan_parser(subparsers)
+    return parser
+
+
+def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `kvsched plan`."""
+    plan = subparsers.add_parser(
+        "plan",
+        help="plan a cluster file and print the placement per GPU",
+        description=PLAN_DESCRIPTION,
+        epilog=PLAN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    plan.add_argument("file", metavar="FILE", type=Path, help="cluster file, YAML or JSON (format above)")
+    plan.add_argument("-o", "--output", metavar="FILE", help="write the plan as JSON to FILE ('-': to stdout, "
+                      "instead of the table)")
+    plan.add_argument("--plot", metavar="FILE", type=Path, help="draw the plan to FILE.svg or FILE.png: a bar per "
+                      "GPU with its models stacked (GiB) and its KVPR marked")
+    plan.add_argument("--time-budget", metavar="SECONDS", type=_non_negative_float, dest="time_budget_s",
+                      help="seconds the search may spend improving the first plan (overrides "
+                      "options.timeBudgetSeconds; default 10)")
+    plan.add_argument("--stability-threshold", metavar="RATIO", type=_non_negative_float,
+                      dest="stability_threshold_ratio", help="keep the file's `current` placement unless the new "
+                      "plan's max KVPR is lower by more than this ratio (overrides options.stabilityThreshold; "
+                      "default 0.05 = 5%%)")
+    plan.set_defaults(handler=run_plan)
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    """`kvsched plan`: read, solve, print the table or JSON, write the files asked for. Returns the exit code."""
+    from kvsched.cluster_file import ClusterFileError, load_cluster_file
+    from kvsched.packer import InvalidInput, solve
+    from kvsched.plan_output import plan_to_json, plan_to_table
+    from kvsched.plot import PLOT_SUFFIXES, write_plot
+
+    file: Path = args.file
+    plot_file: Path | None = args.plot
+    if plot_file is not None and plot_file.suffix.lower() not in PLOT_SUFFIXES:
+        return _fail(f"--plot: {str(plot_file)!r} must end in .svg or .png", EXIT_BAD_INPUT)
+    try:
+        cluster = load_cluster_file(file)
+    except ClusterFileError as exc:
+        return _fail(f"{file}: {exc}", EXIT_BAD_INPUT)
+    options = cluster.options
+    if args.time_budget_s is not None:
+        options = dataclasses.replace(options, time_budget_s=args.time_budget_s)
+    if args.stability_threshold_ratio is not None:
+        options = dataclasses.replace(options, stability_threshold_ratio=args.stability_threshold_ratio)
+    try:
+        plan = solve(cluster.models, cluster.gpus, current=cluster.current, options=options)
+    except InvalidInput as exc:
+        return _fail(f"{file}: {exc.obj}: {exc.field}: {exc.why} (got {exc.value!r})", EXIT_BAD_INPUT)
+
+    document = json.dumps(plan_to_json(plan), indent=2, allow_nan=False) + "\n"
+    if args.output == "-":
+        sys.stdout.write(document)
+        if plan.unplaced:
+            print(f"kvsched plan: {len(plan.unplaced)} replica(s) could not be placed, see \"unplaced\"",
+                  file=sys.stderr)
+    else:
+        sys.stdout.write(plan_to_table(plan))
+        if args.output is not None:
+            try:
+                Path(args.output).write_text(document, encoding="utf-8")
+            except OSError as exc:
+                return _fail(f"--output: cannot write {args.output}: {exc.strerror or exc}", EXIT_WRITE_FAILED)
+            print(f"wrote {args.output}", file=sys.stderr)
+    if plot_file is not None:
+        try:
+            write_plot(plan, cluster.models, plot_file)
+        except OSError as exc:
+            return _fail(f"--plot: cannot write {plot_file}: {exc.strerror or exc}", EXIT_WRITE_FAILED)
+        print(f"wrote {plot_file}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"kvsched plan: {message}", file=sys.stderr)
+    return code
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} must be a finite number >= 0")
+    return value
