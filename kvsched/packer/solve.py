@@ -1,15 +1,33 @@
-"""`solve`: the packer's one entry point (work in progress: greedy only)."""
+"""`solve`: the packer's one entry point. Models and GPUs in, a `Plan` out.
+
+Steps, each in its own module: validate and expand replicas (instance), set aside replicas no GPU can hold
+(here, with a reason each), bound the optimum from below (bounds), start from the Prism greedy (greedy),
+bisect on the target T with retuning passes (search, pack), improve off the peak GPU (improve), prove or
+improve exactly on small instances (exact), weigh against the current assignment (stability), report (result).
+Pure: the only outside input is the injected clock, read for solve_seconds and the time budget.
+Called by: the CLI, the controller, the benchmark.
+"""
 
 from __future__ import annotations
 
 import time
 from typing import Callable, Sequence
 
-from kvsched.packer.domain import Gpu, Model, Plan, Slot
-from kvsched.packer.greedy import greedy
-from kvsched.packer.instance import build_instance
+import numpy as np
+
+from kvsched.packer.bounds import lower_bound
+from kvsched.packer.domain import Gpu, Migration, Model, Plan, SearchStats, Slot
+from kvsched.packer.errors import InvalidInput
+from kvsched.packer.evaluate import max_kvpr
+from kvsched.packer.exact import prove_or_improve
+from kvsched.packer.greedy import fits, greedy
+from kvsched.packer.improve import improve
+from kvsched.packer.instance import Instance, IntArray, build_instance
 from kvsched.packer.options import PackOptions
+from kvsched.packer.pack import try_pack
 from kvsched.packer.result import build_plan
+from kvsched.packer.search import bisect_target
+from kvsched.packer.stability import stabilize
 
 Clock = Callable[[], float]
 
@@ -22,7 +40,134 @@ def solve(
     options: PackOptions = PackOptions(),
     clock: Clock = time.perf_counter,
 ) -> Plan:
+    """Place every replica of `models` on `gpus` minimising the max KVPR; report what cannot be placed.
+
+    `current` (optional) says where replicas run now; slots naming unknown models, replicas or GPUs are
+    ignored (they describe what no longer exists). Raises InvalidInput for bad models, GPUs, options or a
+    replica listed twice in `current`. Never raises for an infeasible cluster: those replicas are unplaced.
+    """
     start = clock()
+
+    def out_of_time() -> bool:
+        return clock() - start > options.time_budget_s
+
     inst = build_instance(models, gpus)
-    assign = greedy(inst)
-    return build_plan(inst, assign, lower_bound=0.0, solve_seconds=clock() - start, reasons={})
+    current_assign = _current_assignment(inst, current)
+    reasons = _unplaceable(inst)
+    items = [i for i in range(inst.n_items) if i not in reasons]
+    assign, lower, stats = _optimise(inst, items, options, out_of_time)
+    placed = [i for i in items if assign[i] >= 0]
+    for i in items:
+        if assign[i] < 0:
+            reasons[i] = _no_room_reason(inst, i)
+    kept = False
+    if current:
+        stable = stabilize(inst, placed, current_assign, assign, options.stability_threshold_ratio)
+        assign, kept = stable.assign, stable.kept_current
+    migrations = [
+        Migration(inst.item_model[i], inst.item_replica[i],
+                  inst.gpu_id(int(current_assign[i])) if current_assign[i] >= 0 else None,
+                  inst.gpu_id(int(assign[i])))
+        for i in range(inst.n_items)
+        if assign[i] >= 0 and assign[i] != current_assign[i] and current
+    ]
+    return build_plan(inst, assign, lower_bound=lower, solve_seconds=clock() - start, reasons=reasons,
+                      migrations=migrations, kept_current=kept, stats=stats)
+
+
+def _optimise(inst: Instance, items: list[int], options: PackOptions,
+              out_of_time: Callable[[], bool]) -> tuple[IntArray, float, SearchStats]:
+    """Best assignment of `items` (some may stay -1 when memory runs out), a valid lower bound, counters."""
+    sub_load = inst.item_load[items]
+    sub_size = inst.item_size[items]
+    base = greedy(inst.subset(items)) if items else np.zeros(0, dtype=np.int64)
+    start_assign = np.full(inst.n_items, -1, dtype=np.int64)
+    if items:
+        start_assign[np.asarray(items)] = base
+    complete = bool((base >= 0).all())
+    upper = max_kvpr(inst, start_assign) if complete else float("inf")
+    lower = lower_bound(sub_load, sub_size, inst.gpu_memory, upper=upper) if items else 0.0
+    if not items or inst.n_gpus == 0:
+        return start_assign, lower, SearchStats()
+    if not complete and not _packs_at_all(inst, items, lower):
+        kept = [i for i in items if start_assign[i] >= 0]
+        return _optimise(inst, kept, options, out_of_time) if kept else (start_assign, 0.0, SearchStats())
+    res = bisect_target(
+        inst, items, lower, upper,
+        upper_assign=start_assign if complete else None,
+        checkpoints=options.checkpoints,
+        retune_threshold_ratio=options.retune_threshold_ratio,
+        retune=options.retune,
+        # The exact stage closes whatever gap is left on small instances, so bisection need not be fine there.
+        tolerance_ratio=(max(options.bisection_tolerance_ratio, 0.01) if len(items) <= options.exact_max_items
+                         else options.bisection_tolerance_ratio),
+        max_iterations=options.max_bisection_iterations,
+    )
+    if res.assign is None:
+        # Memory runs out: keep what the greedy placed (the most it could) and optimise those alone.
+        kept = [i for i in items if start_assign[i] >= 0]
+        assign, lower, stats = _optimise(inst, kept, options, out_of_time) if kept else (start_assign, 0.0,
+                                                                                         SearchStats())
+        return assign, lower, stats
+    assign = res.assign
+    steps = 0
+    if options.local_search:
+        better = improve(inst, assign, out_of_time=out_of_time)
+        assign, steps = better.assign, better.steps
+    optimal = max_kvpr(inst, assign) <= lower * (1 + 1e-9)
+    if not optimal and len(items) <= options.exact_max_items and not out_of_time():
+        exact = prove_or_improve(inst, items, assign, lower, options.exact_node_limit, out_of_time)
+        assign, optimal = exact.assign, exact.optimal
+        if optimal:
+            lower = max(lower, exact.max_kvpr)
+    stats = SearchStats(bisection_iterations=res.iterations, passes=res.passes, checkpoints=res.checkpoints,
+                        retunes=res.retunes, local_search_moves=steps, proven_optimal=optimal)
+    return assign, lower, stats
+
+
+def _packs_at_all(inst: Instance, items: list[int], lower: float) -> bool:
+    """Whether a pass at a huge T (where only memory matters) places every item."""
+    huge = max(lower, 1e-9) * 1e9
+    return any(try_pack(inst, items, huge, order="weight", policy=p, retune=False).complete
+               for p in ("best_fit", "min_kvpr"))
+
+
+def _unplaceable(inst: Instance) -> dict[int, str]:
+    """Replicas no GPU can ever hold: too large for every GPU, or more replicas than GPUs that fit one."""
+    reasons: dict[int, str] = {}
+    if inst.n_gpus == 0:
+        return {i: "the cluster has no GPUs" for i in range(inst.n_items)}
+    largest = float(inst.gpu_memory.max())
+    for i in range(inst.n_items):
+        n, m = float(inst.item_load[i]), float(inst.item_size[i])
+        capable = sum(1 for g in range(inst.n_gpus) if fits(n, m, 0.0, float(inst.gpu_memory[g])))
+        if capable == 0:
+            room = "leaves no room for KV cache on" if m <= largest else "exceeds"
+            reasons[i] = f"its weights ({m:g}Gi) {room} the largest GPU ({largest:g}Gi)"
+        elif inst.item_replica[i] >= capable:
+            reasons[i] = (f"only {capable} GPUs can hold it and replicas of one model never share a GPU")
+    return reasons
+
+
+def _no_room_reason(inst: Instance, i: int) -> str:
+    return (f"not enough free GPU memory: its weights ({float(inst.item_size[i]):g}Gi) fit no GPU next to the "
+            "replicas placed before it")
+
+
+def _current_assignment(inst: Instance, current: Sequence[Slot]) -> IntArray:
+    """Item -> GPU index from slots; slots of unknown models, replicas or GPUs are skipped."""
+    out = np.full(inst.n_items, -1, dtype=np.int64)
+    item_of = {(inst.item_model[i], inst.item_replica[i]): i for i in range(inst.n_items)}
+    gpu_of = {inst.gpu_id(g): g for g in range(inst.n_gpus)}
+    seen: set[tuple[str, int]] = set()
+    for k, slot in enumerate(current):
+        key = (slot.model, slot.replica)
+        if key in seen:
+            raise InvalidInput(f"current[{k}]", "replica", slot.replica,
+                               f"replica {slot.replica} of model {slot.model!r} is listed twice")
+        seen.add(key)
+        i = item_of.get(key)
+        g = gpu_of.get(slot.gpu)
+        if i is not None and g is not None:
+            out[i] = g
+    return out

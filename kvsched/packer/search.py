@@ -1,0 +1,97 @@
+"""`bisect_target`: bisection on the pressure target T with `try_pack` candidates at each step.
+
+The search keeps lo (no candidate packed at lo, or a proven lower bound) and hi (the max KVPR of the best
+placement found). At T = sqrt(lo * hi) it runs the candidates (order x policy), the one that last succeeded
+first. A pass that completes without retuning proves T reachable: hi drops to that placement's real max KVPR
+(<= T). A pass that completes only after retuning to T' > T yields a valid placement judged by its own max KVPR
+(<= T'), so hi may still drop, but T counts as not reached and lo rises to T. It stops when hi / lo - 1 is
+below the tolerance, after max_iterations, or when out_of_time() says so after at least one iteration.
+Called by: `solve`, bench.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from kvsched.packer.evaluate import max_kvpr
+from kvsched.packer.instance import Instance, IntArray
+from kvsched.packer.pack import ORDERS, POLICIES, Order, Policy, try_pack
+
+
+@dataclass(frozen=True, eq=False)
+class BisectionResult:
+    """Best assignment found (None when no candidate ever completed), its max KVPR, and search counters."""
+
+    assign: IntArray | None
+    max_kvpr: float
+    lower: float
+    iterations: int
+    passes: int
+    checkpoints: int
+    retunes: int
+
+
+def candidates(n_gpus: int) -> list[tuple[Order, Policy]]:
+    """Orderings x policies worth running, fill first. The O(n * G) policies are left out above 512 GPUs."""
+    policies: tuple[Policy, ...] = POLICIES if n_gpus <= 512 else ("fill", "best_fit")
+    return [(o, p) for o in ORDERS for p in policies]
+
+
+def bisect_target(
+    inst: Instance,
+    items: Sequence[int],
+    lower: float,
+    upper: float,
+    *,
+    upper_assign: IntArray | None = None,
+    checkpoints: Sequence[float] = (0.4, 0.75),
+    retune_threshold_ratio: float = 0.02,
+    retune: bool = True,
+    tolerance_ratio: float = 1e-4,
+    max_iterations: int = 40,
+    out_of_time: Callable[[], bool] = lambda: False,
+) -> BisectionResult:
+    """Smallest T at which a candidate packs `items`, between `lower` (a valid bound) and `upper`.
+
+    `upper` may be inf (no known placement): the search then first doubles T from `lower` until a pass
+    completes. O(iterations * candidates * pass cost).
+    """
+    best_assign = upper_assign
+    best = upper if upper_assign is not None else math.inf
+    lo = max(lower, 1e-12)
+    hi = best
+    cands = candidates(inst.n_gpus)
+    iterations = passes = evaluated = retunes = 0
+    while iterations < max_iterations:
+        if math.isfinite(hi) and hi / lo - 1 <= tolerance_ratio:
+            break
+        if iterations > 0 and out_of_time():
+            break
+        target = math.sqrt(lo * hi) if math.isfinite(hi) else lo * 2 if iterations else lo
+        iterations += 1
+        reached = False
+        for c, (order, policy) in enumerate(cands):
+            res = try_pack(inst, items, target, order=order, policy=policy, checkpoints=checkpoints,
+                           retune_threshold_ratio=retune_threshold_ratio, retune=retune)
+            passes += 1
+            evaluated += res.checkpoints
+            retunes += res.retunes
+            if not res.complete:
+                continue
+            value = max_kvpr(inst, res.assign)
+            if value < best:
+                best, best_assign = value, res.assign
+            if res.retunes == 0:
+                reached = True
+                cands.insert(0, cands.pop(c))  # the winner goes first next time
+                break
+        if reached:
+            hi = min(best, target)
+        else:
+            lo = target
+            hi = min(hi, best)
+        if lo > hi:
+            lo = hi
+    return BisectionResult(best_assign, best, lo, iterations, passes, evaluated, retunes)
