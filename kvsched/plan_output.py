@@ -97,7 +97,8 @@ def plan_to_table(plan: Plan) -> str:
 def summary_lines(plan: Plan) -> list[str]:
     """The summary block: max KVPR, lower bound, gap, retunes, placed/unplaced, migrations, solve time."""
     total = len(plan.placements) + len(plan.unplaced)
-    migrations = f"{len(plan.migrations)}"
+    moved = sum(1 for m in plan.migrations if m.source is not None)
+    migrations = f"{len(plan.migrations)} ({moved} moved, {len(plan.migrations) - moved} newly placed)"
     if plan.kept_current:
         migrations += " (kept the current placement: within the stability threshold)"
     return [

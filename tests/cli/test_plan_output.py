@@ -1,0 +1,126 @@
+"""plan_output on hand-built plans: JSON null for inf, rounding, migrations, model truncation, table layout."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from kvsched.packer import GpuId, GpuUsage, Migration, Placement, Plan, Unplaced
+from kvsched.plan_output import (
+    format_gap,
+    format_kvpr,
+    format_memory,
+    plan_to_json,
+    plan_to_table,
+    round_significant,
+    shorten_models,
+)
+
+A0 = GpuId("a", 0)
+A1 = GpuId("a", 1)
+
+
+def hand_plan(kvpr_a1: float = math.inf, lower_bound: float = 0.1) -> Plan:
+    return Plan(
+        max_kvpr=kvpr_a1,
+        lower_bound=lower_bound,
+        retunes=2,
+        solve_seconds=0.1234567891,
+        placements=(Placement("m1", 0, A0, 0.6), Placement("m1", 1, A1, 0.5), Placement("m2", 0, A1, 0.5)),
+        gpus=(GpuUsage(A0, 80.0, 0.123456789, 16.0, ("m1",)),
+              GpuUsage(A1, 40.0, kvpr_a1, 40.0, ("m1", "m2"))),
+        unplaced=(Unplaced("m3", 0, "needs 90 GiB, the largest GPU has 80"),),
+        migrations=(Migration("m1", 0, None, A0), Migration("m2", 0, A0, A1)),
+    )
+
+
+def test_infinite_values_become_null_and_the_document_is_strict_json() -> None:
+    document = plan_to_json(hand_plan())
+    text = json.dumps(document, allow_nan=False)
+    assert json.loads(text) == document
+    assert document["maxKVPR"] is None
+    assert document["gapPercent"] is None
+    assert document["gpus"][1]["kvpr"] is None
+
+
+def test_rounding_keeps_bounds_exact_and_rounds_the_rest() -> None:
+    document = plan_to_json(hand_plan(kvpr_a1=0.2345678901234, lower_bound=0.1111111111111))
+    assert document["maxKVPR"] == 0.2345678901234
+    assert document["lowerBound"] == 0.1111111111111
+    assert document["gpus"][0]["kvpr"] == 0.123457
+    assert document["solveSeconds"] == 0.123457
+    assert document["gapPercent"] == pytest.approx(111.111, abs=1e-3)
+
+
+def test_migrations_name_source_and_target() -> None:
+    migrations = plan_to_json(hand_plan())["migrations"]
+    assert migrations == [
+        {"model": "m1", "replica": 0, "fromNode": None, "fromGpu": None, "toNode": "a", "toGpu": 0},
+        {"model": "m2", "replica": 0, "fromNode": "a", "fromGpu": 0, "toNode": "a", "toGpu": 1},
+    ]
+
+
+def test_table_shows_inf_unplaced_and_summary() -> None:
+    table = plan_to_table(hand_plan())
+    lines = table.splitlines()
+    assert lines[0].split() == ["NODE", "GPU", "MODELS", "MEMORY", "KVPR"]
+    assert lines[1].split() == ["a", "0", "m1", "16/80Gi", "0.123457"]
+    assert lines[2].split() == ["a", "1", "m1,", "m2", "40/40Gi", "inf"]
+    assert "  m3 replica 0: needs 90 GiB, the largest GPU has 80" in lines
+    assert "max KVPR:     inf" in lines
+    assert "placed:       3/4 replicas" in lines
+    assert "migrations:   2 (1 moved, 1 newly placed)" in lines
+    assert table.endswith("\n")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [pytest.param(math.inf, "inf", id="inf"), pytest.param(0.0, "0", id="zero"),
+     pytest.param(1234567.0, "1.23457e+06", id="large"), pytest.param(1 / 3, "0.333333", id="third")],
+)
+def test_format_kvpr(value: float, text: str) -> None:
+    assert format_kvpr(value) == text
+
+
+@pytest.mark.parametrize(
+    ("gap", "text"),
+    [pytest.param(0.0, "0.00%", id="optimal"), pytest.param(0.0512, "5.12%", id="five percent"),
+     pytest.param(math.inf, "inf", id="bound is zero")],
+)
+def test_format_gap(gap: float, text: str) -> None:
+    assert format_gap(gap) == text
+
+
+@pytest.mark.parametrize(
+    ("used", "total", "text"),
+    [pytest.param(56.0, 80.0, "56/80Gi", id="whole"), pytest.param(7.6, 40.0, "7.6/40Gi", id="fraction"),
+     pytest.param(0.0, 79.99, "0/80Gi", id="rounds")],
+)
+def test_format_memory(used: float, total: float, text: str) -> None:
+    assert format_memory(used, total) == text
+
+
+@pytest.mark.parametrize(
+    ("models", "width", "text"),
+    [
+        pytest.param((), 20, "-", id="empty GPU"),
+        pytest.param(("a", "b"), 20, "a, b", id="fits"),
+        pytest.param(("alpha", "beta", "gamma", "delta"), 20, "alpha, beta, +2 more", id="cut"),
+        pytest.param(("a" * 30, "b"), 20, "aaaaaaaa…, +1 more", id="first name too long"),
+        pytest.param(("a" * 30,), 20, "aaaaaaaa…", id="single name too long"),
+    ],
+)
+def test_shorten_models(models: tuple[str, ...], width: int, text: str) -> None:
+    assert shorten_models(models, width) == text
+    assert len(text) <= width
+
+
+@pytest.mark.parametrize(
+    ("value", "digits", "expected"),
+    [pytest.param(0.0, 6, 0.0, id="zero"), pytest.param(math.inf, 6, math.inf, id="inf"),
+     pytest.param(123.456789, 3, 123.0, id="three digits"), pytest.param(1e-9 / 3, 2, 3.3e-10, id="tiny")],
+)
+def test_round_significant(value: float, digits: int, expected: float) -> None:
+    assert round_significant(value, digits) == expected
