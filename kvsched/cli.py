@@ -69,8 +69,11 @@ Output JSON (--output): maxKVPR, lowerBound, gapPercent, retunes, solveSeconds,
 keptCurrent, memoryUnit ("GiB"), placements [{model, replica, node, gpu,
 memoryFraction}], gpus [{node, gpu, kvpr, memory, usedMemory, models}],
 unplaced [{model, replica, reason}], migrations [{model, replica, fromNode,
-fromGpu, toNode, toGpu}]. Memory values are GiB as numbers (3 decimals); an
-infinite KVPR (weights fill a loaded GPU) is null; times are seconds.
+fromGpu, toNode, toGpu}]. Memory values are GiB as numbers (3 decimals);
+memoryFraction is the replica's share of its GPU's memory (for vLLM's
+--gpu-memory-utilization); fromNode/fromGpu are null for a replica placed for
+the first time; an infinite KVPR (weights fill a loaded GPU) or gap is null;
+times are seconds. GPUs are listed by node name, then index.
 
 Exit codes: 0 a plan was made (unplaced replicas are listed, not an error),
 1 --output or --plot could not be written, 2 bad usage or a bad cluster file

@@ -178,7 +178,7 @@ def _gib(size: Any) -> float:
         return float(size)
     from kubernetes.utils.quantity import parse_quantity
 
-    return float(parse_quantity(size)) / GIB
+    return float(parse_quantity(size)) / GIB  # type: ignore[no-untyped-call]
 
 
 TABLE_ROW = re.compile(r"^(?P<node>\S+)\s+(?P<gpu>\d+)\s+(?P<models>.+?)\s+(?P<used>[\d.]+)/(?P<total>[\d.]+)Gi\s+"
