@@ -199,3 +199,20 @@ def test_unwritable_output_exits_1(
     assert result.code == 1
     assert result.err.strip().splitlines()[-1].startswith("kvsched plan: --output: cannot write")
     assert "Traceback" not in result.err
+
+
+def test_packer_validation_error_exits_2_in_one_line(
+    run_cli: RunCli, write_cluster: WriteCluster, small_cluster: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reader checks everything the packer does today; if the packer adds a rule, its error still reads well."""
+    import kvsched.packer
+    from kvsched.packer import InvalidInput
+
+    def reject(*args: Any, **kwargs: Any) -> Any:
+        raise InvalidInput("model 'llama-8b'", "size", 16.0, "must fit the largest GPU")
+
+    monkeypatch.setattr(kvsched.packer, "solve", reject)
+    file = write_cluster(small_cluster)
+    result = run_cli("plan", str(file))
+    assert result.code == 2
+    assert_one_clean_line(result.err, file, "", "model 'llama-8b': size: must fit the largest GPU (got 16.0)")
