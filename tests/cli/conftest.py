@@ -12,10 +12,6 @@ import yaml
 
 from kvsched.cli import main
 
-REPO = Path(__file__).resolve().parents[2]
-EXAMPLE = REPO / "examples" / "cluster.yaml"
-
-
 @dataclass(frozen=True)
 class Run:
     code: int
@@ -23,11 +19,8 @@ class Run:
     err: str
 
 
-RunCli = Callable[..., Run]
-
-
 @pytest.fixture
-def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
+def run_cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., Run]:
     """Call main(argv); argparse's SystemExit (usage errors, --help, --version) becomes the exit code."""
 
     def run(*argv: str) -> Run:
@@ -41,11 +34,8 @@ def run_cli(capsys: pytest.CaptureFixture[str]) -> RunCli:
     return run
 
 
-WriteCluster = Callable[..., Path]
-
-
 @pytest.fixture
-def write_cluster(tmp_path: Path) -> WriteCluster:
+def write_cluster(tmp_path: Path) -> Callable[..., Path]:
     """Write a document (dict, or raw text) to tmp_path/name; .json is dumped as JSON, anything else as YAML."""
 
     def write(document: Any, name: str = "cluster.yaml") -> Path:
