@@ -50,7 +50,7 @@ def pigeonhole_violated(load: FloatArray, size_gib: FloatArray, n_gpus: int, max
     O(n * K) with K = (n - 1) // G values of k (capped at 8; larger k are rarely the binding ones).
     """
     n = load.size
-    if n_gpus <= 0 or n <= n_gpus:
+    if n_gpus <= 0 or n <= n_gpus or target <= 0:
         return False
     w = load + target * size_gib
     cap = target * max_memory_gib
@@ -70,9 +70,9 @@ def l2_violated(load: FloatArray, size_gib: FloatArray, n_gpus: int, max_memory_
     For alpha in {0} u {w_j <= C/2}: items above C - alpha need a bin each, items in (C/2, C - alpha] too, and
     items in [alpha, C/2] must fit the room the second group leaves plus new bins. O(n log n).
     """
-    if n_gpus <= 0 or load.size == 0:
-        return False
     cap = target * max_memory_gib
+    if n_gpus <= 0 or load.size == 0 or cap <= 0:
+        return False
     w = np.sort(load + target * size_gib)
     prefix = np.concatenate(([0.0], np.cumsum(w)))
     half_hi = int(np.searchsorted(w, cap / 2, side="right"))  # items with w <= C/2 are w[:half_hi]

@@ -14,10 +14,10 @@ from kvsched.packer.instance import Instance, IntArray
 from kvsched.packer.kvpr import kvpr
 
 
-def fits(load: float, size_gib: float, weights_gib: float, memory_gib: float) -> bool:
-    """True when an item fits a GPU by memory: weights must leave room for KV cache if it carries load."""
+def fits(load: float, size_gib: float, weights_gib: float, memory_gib: float, gpu_load: float = 0.0) -> bool:
+    """True when an item fits a GPU by memory: weights must leave room for KV cache once the GPU carries load."""
     free_after = memory_gib - weights_gib - size_gib
-    return free_after > 0 if load > 0 else free_after >= 0
+    return free_after > 0 if load + gpu_load > 0 else free_after >= 0
 
 
 def greedy(inst: Instance) -> IntArray:
@@ -43,7 +43,7 @@ def greedy(inst: Instance) -> IntArray:
         while heap:
             entry = heapq.heappop(heap)
             g = entry[1]
-            if grp not in groups_on[g] and fits(n_i, m_i, weights[g], memory[g]):
+            if grp not in groups_on[g] and fits(n_i, m_i, weights[g], memory[g], load[g]):
                 assign[i] = g
                 load[g] += n_i
                 weights[g] += m_i

@@ -15,8 +15,10 @@ from typing import Callable
 
 import numpy as np
 
+from kvsched.packer.evaluate import max_kvpr
 from kvsched.packer.instance import FloatArray, Instance, IntArray
 from kvsched.packer.kvpr import kvpr_array
+from kvsched.packer.repair import repair
 
 _IMPROVE = 1 - 1e-9
 
@@ -116,3 +118,28 @@ def _move(i: int, src: int, dst: int, assign: IntArray, on_gpu: list[list[int]],
     gpu_weights[src] -= size[i]
     gpu_load[dst] += load[i]
     gpu_weights[dst] += size[i]
+
+
+def descend(inst: Instance, assign: IntArray, lower: float, *, first_step_ratio: float = 0.004,
+            min_step_ratio: float = 2e-5, out_of_time: Callable[[], bool] = lambda: False) -> Improved:
+    """Lower the max KVPR by asking `repair` for the current assignment at T = max KVPR * (1 - step).
+
+    A repair that succeeds is kept and the step grows by half; a failure halves the step. Stops below
+    min_step_ratio, at the lower bound, or when out_of_time(). Never raises the max KVPR. Each try is one
+    `repair` (bounded steps, O(n) each).
+    """
+    value = max_kvpr(inst, assign)
+    if not math.isfinite(value):
+        return Improved(assign, value, 0)
+    step = first_step_ratio
+    tries = 0
+    while step >= min_step_ratio and value > lower * (1 + min_step_ratio) and not out_of_time():
+        target = max(value * (1 - step), lower)
+        tries += 1
+        fixed = repair(inst, assign, target)
+        if fixed is not None and max_kvpr(inst, fixed) < value:
+            assign, value = fixed, max_kvpr(inst, fixed)
+            step *= 1.5
+        else:
+            step /= 2
+    return Improved(assign, value, tries)

@@ -23,6 +23,7 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from kvsched.packer.instance import FloatArray, Instance, IntArray
+from kvsched.packer.repair import repair
 
 Order = Literal["weight", "density", "ratio"]
 Policy = Literal["best_fit", "min_kvpr", "hybrid", "fill"]
@@ -138,8 +139,7 @@ def try_pack(
     marks = sorted({min(len(queue), max(1, math.ceil(c * len(queue)))) for c in checkpoints}) if retune else []
     if policy == "fill":
         overflow = _fill(state, queue, order, marks, retune_threshold_ratio)
-        complete = _repair(state, overflow)
-        return PassResult(state.assign, state.target, state.retunes, state.checkpoints, complete)
+        return _finish(state, overflow)
     overflow = []
     pos = 0
     while pos < len(queue):
@@ -156,60 +156,17 @@ def try_pack(
         else:
             state.place(i, g)
         pos += 1
-    complete = _repair(state, overflow)
-    return PassResult(state.assign, state.target, state.retunes, state.checkpoints, complete)
+    return _finish(state, overflow)
 
 
-_CHAIN_LIMIT = 64
-
-
-def _repair(state: _PassState, overflow: list[int]) -> bool:
-    """Place the items no GPU took, by ejection chains; True when all are placed.
-
-    An item x that fits nowhere swaps in for a lighter item y of some GPU where it fits once y is out; y is
-    placed the same way in turn. The chosen y fits another GPU outright when one such exists, else it is the
-    lightest candidate; each chain ends within _CHAIN_LIMIT links or fails. O(chain links * n) vectorised.
-    """
+def _finish(state: _PassState, overflow: list[int]) -> PassResult:
+    """The pass's result once every item was tried: items no GPU took are placed by `repair` when it can."""
     if not overflow:
-        return True
-    inst = state.inst
-    residual = np.asarray(state.bins.residual)
-    slack = np.asarray(state.bins.slack)
-    weight = inst.item_load + state.target * inst.item_size
-    pending = sorted(overflow, key=lambda i: (-weight[i], i))
-    while pending:
-        x = pending.pop(0)
-        for _ in range(_CHAIN_LIMIT):
-            g = state.bins.best_fit(float(weight[x]), state.groups_on, state.group[x])
-            if g >= 0:
-                state.place(x, g)
-                residual[g] = state.bins.residual[g]
-                x = -1
-                break
-            placed = np.nonzero(state.assign >= 0)[0]
-            bins_of = state.assign[placed]
-            ok = (weight[placed] < weight[x] * (1 - 1e-12)) & (
-                weight[x] - weight[placed] <= residual[bins_of] + slack[bins_of])
-            blocked = state.group_gpus.get(state.group[x])
-            if blocked:
-                ok &= ~np.isin(bins_of, blocked) | (inst.item_group[placed] == state.group[x])
-            if not ok.any():
-                return False
-            cand = placed[ok]
-            # Prefer a y that then fits some other GPU outright (the chain ends next link); among those the
-            # heaviest, which keeps light items for later gaps. Otherwise the lightest y, to make progress.
-            top = np.argsort(-residual)[:2]
-            other = np.where(state.assign[cand] == top[0], residual[top[-1]], residual[top[0]])
-            ends = weight[cand] <= other + slack[top[0]]
-            y = int(cand[ends][np.argmax(weight[cand][ends])] if ends.any() else cand[np.argmin(weight[cand])])
-            g = int(state.assign[y])
-            state.unplace(y)
-            state.place(x, g)
-            residual[g] = state.bins.residual[g]
-            x = y
-        if x >= 0:
-            return False
-    return True
+        return PassResult(state.assign, state.target, state.retunes, state.checkpoints, True)
+    fixed = repair(state.inst, state.assign, state.target, overflow)
+    if fixed is None:
+        return PassResult(state.assign, state.target, state.retunes, state.checkpoints, False)
+    return PassResult(fixed, state.target, state.retunes, state.checkpoints, True)
 
 
 def _fill(state: _PassState, queue: list[int], order: Order, marks: list[int], threshold: float) -> list[int]:

@@ -10,6 +10,7 @@ Called by: the CLI, the controller, the benchmark.
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Callable, Sequence
 
@@ -21,7 +22,7 @@ from kvsched.packer.errors import InvalidInput
 from kvsched.packer.evaluate import max_kvpr
 from kvsched.packer.exact import prove_or_improve
 from kvsched.packer.greedy import fits, greedy
-from kvsched.packer.improve import improve
+from kvsched.packer.improve import descend, improve
 from kvsched.packer.instance import Instance, IntArray, build_instance
 from kvsched.packer.options import PackOptions
 from kvsched.packer.pack import try_pack
@@ -89,7 +90,7 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
     lower = lower_bound(sub_load, sub_size, inst.gpu_memory, upper=upper) if items else 0.0
     if not items or inst.n_gpus == 0:
         return start_assign, lower, SearchStats()
-    if not complete and not _packs_at_all(inst, items, lower):
+    if not complete and (not math.isfinite(lower) or not _packs_at_all(inst, items, lower)):
         kept = [i for i in items if start_assign[i] >= 0]
         return _optimise(inst, kept, options, out_of_time) if kept else (start_assign, 0.0, SearchStats())
     res = bisect_target(
@@ -113,7 +114,9 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
     steps = 0
     if options.local_search:
         better = improve(inst, assign, out_of_time=out_of_time)
-        assign, steps = better.assign, better.steps
+        lower_t = descend(inst, better.assign, lower, out_of_time=out_of_time)
+        best = improve(inst, lower_t.assign, out_of_time=out_of_time)
+        assign, steps = best.assign, better.steps + lower_t.steps + best.steps
     optimal = max_kvpr(inst, assign) <= lower * (1 + 1e-9)
     if not optimal and len(items) <= options.exact_max_items and not out_of_time():
         exact = prove_or_improve(inst, items, assign, lower, options.exact_node_limit, out_of_time)
@@ -127,9 +130,12 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
 
 def _packs_at_all(inst: Instance, items: list[int], lower: float) -> bool:
     """Whether a pass at a huge T (where only memory matters) places every item."""
-    huge = max(lower, 1e-9) * 1e9
-    return any(try_pack(inst, items, huge, order="weight", policy=p, retune=False).complete
-               for p in ("best_fit", "min_kvpr"))
+    huge = max(lower, 1e-9) * 1e6
+    for policy in ("best_fit", "min_kvpr"):
+        res = try_pack(inst, items, huge, order="weight", policy=policy, retune=False)
+        if res.complete and math.isfinite(max_kvpr(inst, res.assign)):
+            return True
+    return False
 
 
 def _unplaceable(inst: Instance) -> dict[int, str]:

@@ -88,7 +88,7 @@ def revert_moves(inst: Instance, current: IntArray, new: IntArray, limit: float)
             if src < 0 or dst < 0 or src == dst:
                 continue
             n, m, grp = float(inst.item_load[i]), float(inst.item_size[i]), int(inst.item_group[i])
-            if grp in groups_on[dst] or not fits(n, m, weights[dst], float(inst.gpu_memory[dst])):
+            if grp in groups_on[dst] or not fits(n, m, weights[dst], float(inst.gpu_memory[dst]), load[dst]):
                 continue
             if kvpr(load[dst] + n, weights[dst] + m, float(inst.gpu_memory[dst])) > limit:
                 continue

@@ -1,0 +1,253 @@
+"""`repair`: turn an assignment that breaks target T into one that meets it, by moves between GPUs.
+
+At T every GPU is a bin of capacity T * M_g and item j weighs w_j = n_j + T * m_j. Items over capacity are
+evicted to a *trash* list (from each over-full GPU, the lightest item whose removal is enough, else the
+heaviest). Then, heaviest trash item first:
+1. insert it where it fits best (least residual left);
+2. else *make room*: on a GPU c among those with most residual, swap one of c's items z with an item y of another
+   GPU b (or move z to b) so that c's residual grows enough for x while b stays within capacity;
+3. else eject: x replaces a lighter item y of a GPU where it then fits, and y goes back to the trash (y is
+   preferably one that fits elsewhere outright; recently moved items are tabu).
+It succeeds when the trash is empty, and gives up after a bounded number of steps.
+Called by: `try_pack` (items a pass could not place), `improve` (descent by lowering T).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Sequence
+
+import numpy as np
+
+from kvsched.packer.instance import FloatArray, Instance, IntArray
+
+_TOP_ROOMS = 8
+_TABU = 16
+
+
+class _Bins:
+    """Weights, residuals and model groups per GPU at target T, kept in sync with `assign`."""
+
+    def __init__(self, inst: Instance, assign: IntArray, target: float) -> None:
+        self.inst = inst
+        self.assign = assign
+        self.weight: FloatArray = inst.item_load + target * inst.item_size
+        self.capacity: FloatArray = target * inst.gpu_memory
+        self.slack: FloatArray = 1e-12 * self.capacity + 1e-15
+        placed = assign >= 0
+        used = np.bincount(assign[placed], weights=self.weight[placed], minlength=inst.n_gpus)
+        self.residual: FloatArray = self.capacity - used
+        self.group = inst.item_group
+        self.on_gpu: list[list[int]] = [[] for _ in range(inst.n_gpus)]
+        self.groups_on: list[set[int]] = [set() for _ in range(inst.n_gpus)]
+        for i in np.nonzero(placed)[0].tolist():
+            self.on_gpu[assign[i]].append(i)
+            self.groups_on[assign[i]].add(int(self.group[i]))
+
+    def put(self, i: int, g: int) -> None:
+        self.assign[i] = g
+        self.residual[g] -= self.weight[i]
+        self.on_gpu[g].append(i)
+        self.groups_on[g].add(int(self.group[i]))
+
+    def take(self, i: int) -> None:
+        g = int(self.assign[i])
+        self.assign[i] = -1
+        self.residual[g] += self.weight[i]
+        self.on_gpu[g].remove(i)
+        self.groups_on[g].discard(int(self.group[i]))
+
+    def fits(self, i: int, g: int) -> bool:
+        return bool(self.weight[i] <= self.residual[g] + self.slack[g]) and int(self.group[i]) not in self.groups_on[g]
+
+    def gpus_with_group(self, group: int) -> list[int]:
+        return [g for g in range(len(self.groups_on)) if group in self.groups_on[g]]
+
+
+def evict_overfull(bins: _Bins) -> list[int]:
+    """Take items off every GPU over capacity until it is within; returns them. O(items on those GPUs)."""
+    trash: list[int] = []
+    for g in np.nonzero(bins.residual < -bins.slack)[0].tolist():
+        while bins.residual[g] < -bins.slack[g]:
+            excess = -bins.residual[g]
+            items = sorted(bins.on_gpu[g], key=lambda i: (bins.weight[i], i))
+            enough = [i for i in items if bins.weight[i] >= excess - bins.slack[g]]
+            victim = enough[0] if enough else items[-1]
+            bins.take(victim)
+            trash.append(victim)
+    return trash
+
+
+def repair(inst: Instance, assign: IntArray, target: float, trash: Sequence[int] = (),
+           max_steps: int | None = None) -> IntArray | None:
+    """An assignment meeting T for every item placed in `assign` or listed in `trash`, or None.
+
+    `assign` is not modified. Steps are bounded by max_steps (default 30 * trash + 200); each is O(n) vectorised.
+    """
+    bins = _Bins(inst, assign.copy(), target)
+    pending = list(trash) + evict_overfull(bins)
+    budget = max_steps if max_steps is not None else 30 * len(pending) + 200
+    tabu: deque[int] = deque(maxlen=_TABU)
+    weight = bins.weight
+    while pending:
+        if budget <= 0:
+            return None
+        budget -= 1
+        pending.sort(key=lambda i: (-weight[i], i))
+        x = pending.pop(0)
+        if _insert(bins, x) or _make_room(bins, x) or _consolidate(bins, x, tabu):
+            tabu.append(x)
+            continue
+        y = _eject(bins, x, tabu)
+        if y < 0:
+            return None
+        tabu.append(x)
+        pending.append(y)
+    return bins.assign
+
+
+def _insert(bins: _Bins, x: int) -> bool:
+    """Put x on the GPU it fits with the least residual left."""
+    room = bins.residual + bins.slack - bins.weight[x]
+    room[bins.gpus_with_group(int(bins.group[x]))] = -np.inf
+    g = int(np.argmin(np.where(room >= 0, room, np.inf)))
+    if room[g] < 0:
+        return False
+    bins.put(x, g)
+    return True
+
+
+def _make_room(bins: _Bins, x: int) -> bool:
+    """Grow the residual of a GPU c enough for x by one move or swap of an item z of c; then put x on c."""
+    inst = bins.inst
+    weight = bins.weight
+    gx = int(bins.group[x])
+    blocked = set(bins.gpus_with_group(gx))
+    order = np.argsort(-bins.residual, kind="stable")
+    rooms = [int(c) for c in order[: _TOP_ROOMS + len(blocked)] if int(c) not in blocked][:_TOP_ROOMS]
+    placed = np.nonzero(bins.assign >= 0)[0]
+    bin_of = bins.assign[placed]
+    w_placed = weight[placed]
+    grp_placed = bins.group[placed]
+    for c in rooms:
+        need = weight[x] - bins.residual[c] - bins.slack[c]
+        if need <= 0:
+            bins.put(x, c)
+            return True
+        for z in sorted(bins.on_gpu[c], key=lambda i: (-weight[i], i)):
+            if weight[z] < need:
+                continue
+            gz = int(bins.group[z])
+            z_blocked = bins.gpus_with_group(gz)
+            # move z to another GPU b outright
+            room = bins.residual + bins.slack - weight[z]
+            room[c] = -np.inf
+            room[z_blocked] = -np.inf
+            b = int(np.argmin(np.where(room >= 0, room, np.inf)))
+            if room[b] >= 0:
+                bins.take(z)
+                bins.put(z, b)
+                bins.put(x, c)
+                return True
+            # swap z with a lighter y on GPU b: c gains w_z - w_y >= need, b must absorb it
+            d = weight[z] - w_placed
+            others_on_c = bins.groups_on[c] - {gz}
+            ok = (bin_of != c) & (d >= need) & (d <= bins.residual[bin_of] + bins.slack[bin_of])
+            ok &= ~np.isin(bin_of, z_blocked) & (grp_placed != gx)
+            if others_on_c:
+                ok &= ~np.isin(grp_placed, list(others_on_c))
+            if not ok.any():
+                continue
+            cand = np.nonzero(ok)[0]
+            k = int(cand[np.argmin(d[cand])])
+            y = int(placed[k])
+            b = int(bin_of[k])
+            bins.take(z)
+            bins.take(y)
+            bins.put(z, b)
+            bins.put(y, c)
+            bins.put(x, c)
+            return True
+    return False
+
+
+_CONSOLIDATE_STEPS = 12
+
+
+def _consolidate(bins: _Bins, x: int, tabu: deque[int]) -> bool:
+    """Gather residual onto the roomiest GPU c x may use, then put x there.
+
+    Each step trades an item z of c for a lighter item y of another GPU b (or moves z to b) with the largest
+    gain w_z - w_y that b can absorb; items moved by an earlier step are tabu. Up to _CONSOLIDATE_STEPS steps.
+    """
+    weight = bins.weight
+    gx = int(bins.group[x])
+    residual = bins.residual.copy()
+    residual[bins.gpus_with_group(gx)] = -np.inf
+    c = int(np.argmax(residual))
+    if not np.isfinite(residual[c]):
+        return False
+    moved: set[int] = set(tabu)
+    for _ in range(_CONSOLIDATE_STEPS):
+        if weight[x] <= bins.residual[c] + bins.slack[c]:
+            bins.put(x, c)
+            return True
+        placed = np.nonzero(bins.assign >= 0)[0]
+        bin_of = bins.assign[placed]
+        absorb = bins.residual[bin_of] + bins.slack[bin_of]
+        best = (0.0, -1, -1)  # (gain, z, y or -1 for a move to the roomiest other GPU)
+        for z in bins.on_gpu[c]:
+            if z in moved:
+                continue
+            gz = int(bins.group[z])
+            d = weight[z] - weight[placed]
+            others_on_c = bins.groups_on[c] - {gz}
+            ok = (bin_of != c) & (d > 0) & (d <= absorb) & (bins.group[placed] != gx)
+            ok &= ~np.isin(bin_of, bins.gpus_with_group(gz))
+            if others_on_c:
+                ok &= ~np.isin(bins.group[placed], list(others_on_c))
+            if moved:
+                ok &= ~np.isin(placed, list(moved))
+            if ok.any():
+                cand = np.nonzero(ok)[0]
+                k = int(cand[np.argmax(d[cand])])
+                if d[k] > best[0]:
+                    best = (float(d[k]), z, int(placed[k]))
+        _, z, y = best
+        if z < 0:
+            return False
+        b = int(bins.assign[y])
+        bins.take(z)
+        bins.take(y)
+        bins.put(z, b)
+        bins.put(y, c)
+        moved.update((z, y))
+    if weight[x] <= bins.residual[c] + bins.slack[c]:
+        bins.put(x, c)
+        return True
+    return False
+
+
+def _eject(bins: _Bins, x: int, tabu: deque[int]) -> int:
+    """x replaces a lighter item y on a GPU where it then fits; returns y, or -1 when no such y exists."""
+    weight = bins.weight
+    gx = int(bins.group[x])
+    placed = np.nonzero(bins.assign >= 0)[0]
+    bin_of = bins.assign[placed]
+    blocked = bins.gpus_with_group(gx)
+    ok = (weight[placed] < weight[x]) & (weight[x] - weight[placed] <= bins.residual[bin_of] + bins.slack[bin_of])
+    if blocked:
+        ok &= ~np.isin(bin_of, blocked) | (bins.group[placed] == gx)
+    if tabu:
+        ok &= ~np.isin(placed, list(tabu))
+    if not ok.any():
+        return -1
+    cand = placed[ok]
+    top = np.argsort(-bins.residual)[:2]
+    other = np.where(bins.assign[cand] == top[0], bins.residual[top[-1]], bins.residual[top[0]])
+    ends = weight[cand] <= other + bins.slack[top[0]]
+    y = int(cand[ends][np.argmax(weight[cand][ends])] if ends.any() else cand[np.argmin(weight[cand])])
+    g = int(bins.assign[y])
+    bins.take(y)
+    bins.put(x, g)
+    return y
