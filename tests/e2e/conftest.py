@@ -1,0 +1,115 @@
+"""Session fixtures for e2e tests: one real control plane per session, fresh namespaces per test, kvsched
+schedulers on demand, and component log tails attached to every failing e2e test's report.
+
+Without the binaries (tests/e2e/cluster/build.sh not run) the e2e tests skip with the reason locally; with
+CI=true they fail instead, so nothing skips silently in CI.
+"""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Callable, Generator, Iterator
+
+import pytest
+from kubernetes import client
+
+from .harness.cluster import ControlPlane, ExtenderConfig
+from .harness.kube import api_client, wait_for
+from .harness.processes import Component, ComponentFailed
+from .harness.tools import Tools, cache_root, locate_tools, missing_tools
+
+CONTROL_PLANE = pytest.StashKey[ControlPlane]()
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() == "true"
+
+
+@pytest.fixture(scope="session")
+def e2e_tools() -> Tools:
+    """The cached binaries; skip (locally) or fail (CI=true) when any is missing."""
+    tools = locate_tools()
+    missing = missing_tools(tools)
+    if missing:
+        reason = (f"e2e control plane not built (run `make e2e-tools`); missing in {cache_root()}: "
+                  + ", ".join(missing))
+        if _in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return tools
+
+
+@pytest.fixture(scope="session")
+def control_plane(e2e_tools: Tools, tmp_path_factory: pytest.TempPathFactory,
+                  request: pytest.FixtureRequest) -> Iterator[ControlPlane]:
+    """etcd, kube-apiserver, kube-controller-manager, KWOK and the default kube-scheduler, ready to use."""
+    plane = ControlPlane(workdir=tmp_path_factory.mktemp("control-plane"), tools=e2e_tools)
+    request.config.stash[CONTROL_PLANE] = plane
+    try:
+        try:
+            plane.start()
+        except ComponentFailed as e:
+            pytest.fail(f"e2e control plane did not start: {e}\n\n{plane.log_tails()}", pytrace=False)
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kube(control_plane: ControlPlane) -> Iterator[client.ApiClient]:
+    """An admin ApiClient for the control plane."""
+    assert control_plane.kubeconfig is not None
+    api = api_client(control_plane.kubeconfig)
+    yield api
+    api.close()
+
+
+@pytest.fixture(scope="session")
+def core(kube: client.ApiClient) -> client.CoreV1Api:
+    return client.CoreV1Api(kube)
+
+
+@pytest.fixture(scope="session")
+def apps(kube: client.ApiClient) -> client.AppsV1Api:
+    return client.AppsV1Api(kube)
+
+
+@pytest.fixture
+def namespace(core: client.CoreV1Api) -> Iterator[str]:
+    """A fresh namespace whose default ServiceAccount exists (pods need it); deleted after the test."""
+    name = f"e2e-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=name)))
+    wait_for(lambda: core.read_namespaced_service_account("default", name), lambda sa: True, 60.0,
+             f"ServiceAccount {name}/default")
+    yield name
+    core.delete_namespace(name)
+
+
+@pytest.fixture
+def kvsched_scheduler(control_plane: ControlPlane) -> Generator[Callable[..., Component], None, None]:
+    """Factory: `kvsched_scheduler(url, **ExtenderConfig fields)` starts a kube-scheduler with the `kvsched`
+    profile and an extender at `url`, and waits until it is ready. Every one started is stopped after the test."""
+    started: list[Component] = []
+
+    def start(url: str, **extender: object) -> Component:
+        scheduler = control_plane.start_scheduler(
+            ExtenderConfig(url=url, **extender),  # type: ignore[arg-type]
+            name=f"kvsched-scheduler-{len(started) + 1}-{uuid.uuid4().hex[:4]}",
+        )
+        started.append(scheduler)
+        return scheduler
+
+    yield start
+    for scheduler in started:
+        scheduler.stop()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, None, None]:
+    """Attach the tail of every component's log to the report of a failing e2e test (setup, call or teardown)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if report.failed and item.get_closest_marker("e2e"):
+        plane = item.config.stash.get(CONTROL_PLANE, None)
+        if plane is not None and plane.components:
+            report.sections.append(("e2e component logs (tails)", plane.log_tails()))
