@@ -14,7 +14,7 @@ import pytest
 from kubernetes import client
 
 from .harness.cluster import ControlPlane, ExtenderConfig
-from .harness.kube import api_client, wait_for
+from .harness.kube import api_client, apply_crds, project_crd_paths, wait_for
 from .harness.processes import Component, ComponentFailed
 from .harness.tools import Tools, cache_root, locate_tools, missing_tools
 
@@ -72,6 +72,13 @@ def core(kube: client.ApiClient) -> client.CoreV1Api:
 @pytest.fixture(scope="session")
 def apps(kube: client.ApiClient) -> client.AppsV1Api:
     return client.AppsV1Api(kube)
+
+
+@pytest.fixture(scope="session")
+def project_crds(kube: client.ApiClient) -> list[str]:
+    """Apply the project's CRDs (every CustomResourceDefinition under deploy/ or helm/*/crds/) and wait until
+    they are Established; returns their names (empty until the ModelServing CRD lands)."""
+    return apply_crds(kube, project_crd_paths())
 
 
 @pytest.fixture

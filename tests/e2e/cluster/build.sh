@@ -21,6 +21,21 @@ if ! command -v go >/dev/null 2>&1; then
     log "go is not on PATH; skipping the e2e control plane build (e2e tests will skip)"; exit 0
 fi
 
+# The harness makes its TLS material with the openssl CLI; install it where we can (Debian, as root).
+if ! command -v openssl >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "openssl is missing; installing it with apt-get"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssl >/dev/null
+    elif [ "${CI:-}" = "true" ]; then
+        log "openssl is missing and cannot be installed here; the e2e harness needs it"; exit 1
+    else
+        log "openssl is missing; the e2e tests will skip until it is installed"
+    fi
+fi
+
+scratch=()
+trap 'rm -rf "${scratch[@]}"' EXIT
+
 # build_component NAME VERSION BUILDER: run BUILDER OUTDIR in a scratch dir unless NAME-VERSION is complete.
 build_component() {
     local name="$1" version="$2" builder="$3"
@@ -30,6 +45,7 @@ build_component() {
     rm -rf "$dest" && mkdir -p "$dest/bin"
     local work start end
     work="$(mktemp -d)"
+    scratch+=("$work")
     start=$(date +%s)
     ( cd "$work" && "$builder" "$version" "$dest/bin" )
     end=$(date +%s)
