@@ -2,6 +2,8 @@
 Deployment's pod, which KWOK then reports Running."""
 from __future__ import annotations
 
+import os
+import subprocess
 import uuid
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from kubernetes import client
 
 from .harness.cluster import ControlPlane
+from .harness.tools import read_versions
 from .harness.kube import (
     GPU_MEMORY_LABEL, GPU_RESOURCE, apply_crds, create_gpu_nodes, delete_nodes, deployment_manifest,
     gpu_node_manifest, pod_node, wait_pod_running, wait_pods_bound,
@@ -70,3 +73,20 @@ spec:
 """)
     assert apply_crds(kube, [crd]) == ["widgets.e2e.kvsched.io"]
     assert apply_crds(kube, [crd]) == ["widgets.e2e.kvsched.io"]  # idempotent: replaced, not duplicated
+
+
+def test_helm_reaches_the_cluster(control_plane: ControlPlane) -> None:
+    # The packaging issue installs the chart with this helm; here it only has to talk to the apiserver.
+    helm = control_plane.tools.helm
+    if not helm.is_file():
+        message = f"helm not built at {helm} (run `make e2e-tools`)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    env = {**os.environ, "HELM_CACHE_HOME": str(control_plane.workdir / "helm"),
+           "HELM_CONFIG_HOME": str(control_plane.workdir / "helm"), "HELM_DATA_HOME": str(control_plane.workdir / "helm")}
+    version = subprocess.run([str(helm), "version", "--short"], env=env, capture_output=True, text=True, check=True)
+    assert version.stdout.startswith(read_versions()["HELM_VERSION"])
+    listed = subprocess.run([str(helm), "list", "--all-namespaces", f"--kubeconfig={control_plane.kubeconfig}"],
+                            env=env, capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
