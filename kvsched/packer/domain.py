@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import NamedTuple
 
 from kvsched.packer.errors import InvalidInput
 
 
-class GpuId(NamedTuple):
+@dataclass(frozen=True, order=True)
+class GpuId:
     """A GPU by node name and device index on that node; orders by node then index (ties break by id)."""
 
     node: str

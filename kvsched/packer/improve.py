@@ -32,11 +32,16 @@ class Improved:
     steps: int
 
 
-def _ratio(load: FloatArray, free: FloatArray) -> FloatArray:
-    """Elementwise KVPR from load and free memory: inf where free <= 0 and load > 0, 0 with no load."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.where(free > 0, load / np.where(free > 0, free, 1.0), np.inf)
-    return np.where((load <= 1e-15) & (free >= -1e-9), 0.0, out)
+def _ratio(load: FloatArray, free: FloatArray, zero_loads: bool) -> FloatArray:
+    """Elementwise KVPR from load and free memory: inf where free <= 0; 0 with no load and free >= 0.
+
+    `zero_loads` says whether any item has zero load; only then can a load sum be 0 and need the extra mask.
+    """
+    out = np.full(np.shape(load), np.inf)
+    np.divide(load, free, out=out, where=free > 0)
+    if zero_loads:
+        out[(load <= 1e-15) & (free >= -1e-9)] = 0.0
+    return out
 
 
 def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
@@ -52,13 +57,17 @@ def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
     size = inst.item_size
     group = inst.item_group
     n_gpus = inst.n_gpus
+    zero_loads = bool((load <= 0).any())
     placed = assign >= 0
     gpu_load = np.bincount(assign[placed], weights=load[placed], minlength=n_gpus).astype(np.float64)
     gpu_weights = np.bincount(assign[placed], weights=size[placed], minlength=n_gpus).astype(np.float64)
     kv = kvpr_array(gpu_load, gpu_weights, memory)
     on_gpu: list[list[int]] = [[] for _ in range(n_gpus)]
+    gpus_of: dict[int, set[int]] = {}
     for i in np.nonzero(placed)[0].tolist():
         on_gpu[assign[i]].append(i)
+        gpus_of.setdefault(int(group[i]), set()).add(int(assign[i]))
+    gpu_of_item = np.where(placed, assign, 0)
     steps = 0
     while steps < max_steps and n_gpus > 1 and not out_of_time():
         p = int(np.argmax(kv))
@@ -67,42 +76,41 @@ def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
             break
         best = (peak * _IMPROVE, -1, -1, -1)  # (new max of the two GPUs, item i, target GPU b, swap item k)
         free = memory - gpu_weights
-        groups_p = {int(group[j]) for j in on_gpu[p]}
-        others = np.nonzero((assign >= 0) & (assign != p))[0]
-        k_group_on_p = np.isin(group[others], list(groups_p))
-        k_gpu = assign[others]
+        k_load = gpu_load[gpu_of_item]
+        k_free = free[gpu_of_item]
+        swappable = placed & (assign != p)
+        for j in on_gpu[p]:
+            swappable &= group != group[j]  # k's model must not already be on p (nor be i's own model)
         for i in on_gpu[p]:
             n_i = float(load[i])
             m_i = float(size[i])
-            g_i = int(group[i])
-            holds_i = np.zeros(n_gpus, dtype=bool)
-            holds_i[[assign[j] for j in np.nonzero(group == g_i)[0].tolist() if assign[j] >= 0]] = True
+            holders = list(gpus_of[int(group[i])])
             # moves of i to b
-            new_p = _ratio(np.array([gpu_load[p] - n_i]), np.array([free[p] + m_i]))[0]
-            new_b = _ratio(gpu_load + n_i, free - m_i)
-            new_b[holds_i] = np.inf
-            new_b[p] = np.inf
+            new_p = float(_ratio(np.array([gpu_load[p] - n_i]), np.array([free[p] + m_i]), zero_loads)[0])
+            new_b = _ratio(gpu_load + n_i, free - m_i, zero_loads)
+            new_b[holders] = np.inf
             b = int(np.argmin(new_b))
             cand = max(new_p, float(new_b[b]))
             if cand < best[0]:
                 best = (cand, i, b, -1)
-            # swaps of i with k on another GPU
-            if others.size:
-                n_k = load[others]
-                m_k = size[others]
-                sw_p = _ratio(gpu_load[p] - n_i + n_k, free[p] + m_i - m_k)
-                sw_b = _ratio(gpu_load[k_gpu] - n_k + n_i, free[k_gpu] + m_k - m_i)
-                worst = np.maximum(sw_p, sw_b)
-                worst[k_group_on_p | holds_i[k_gpu]] = np.inf
-                j = int(np.argmin(worst))
-                if worst[j] < best[0]:
-                    best = (float(worst[j]), i, int(k_gpu[j]), int(others[j]))
+            # swaps of i with k on another GPU b = assign[k]
+            worst = np.maximum(_ratio(gpu_load[p] - n_i + load, free[p] + m_i - size, zero_loads),
+                               _ratio(k_load - load + n_i, k_free + size - m_i, zero_loads))
+            ok = swappable
+            if len(holders) > 1:
+                ok = ok & ~np.isin(assign, holders)
+            worst[~ok] = np.inf
+            k = int(np.argmin(worst))
+            if worst[k] < best[0]:
+                best = (float(worst[k]), i, int(assign[k]), k)
         _, i, b, k = best
         if i < 0:
             break
-        _move(i, p, b, assign, on_gpu, gpu_load, gpu_weights, load, size)
+        _move(i, p, b, assign, on_gpu, gpu_load, gpu_weights, load, size, gpus_of, group)
         if k >= 0:
-            _move(k, b, p, assign, on_gpu, gpu_load, gpu_weights, load, size)
+            _move(k, b, p, assign, on_gpu, gpu_load, gpu_weights, load, size, gpus_of, group)
+            gpu_of_item[k] = p
+        gpu_of_item[i] = b
         kv[p] = kvpr_array(gpu_load[p:p + 1], gpu_weights[p:p + 1], memory[p:p + 1])[0]
         kv[b] = kvpr_array(gpu_load[b:b + 1], gpu_weights[b:b + 1], memory[b:b + 1])[0]
         steps += 1
@@ -110,7 +118,8 @@ def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
 
 
 def _move(i: int, src: int, dst: int, assign: IntArray, on_gpu: list[list[int]], gpu_load: FloatArray,
-          gpu_weights: FloatArray, load: FloatArray, size: FloatArray) -> None:
+          gpu_weights: FloatArray, load: FloatArray, size: FloatArray, gpus_of: dict[int, set[int]],
+          group: IntArray) -> None:
     assign[i] = dst
     on_gpu[src].remove(i)
     on_gpu[dst].append(i)
@@ -118,6 +127,9 @@ def _move(i: int, src: int, dst: int, assign: IntArray, on_gpu: list[list[int]],
     gpu_weights[src] -= size[i]
     gpu_load[dst] += load[i]
     gpu_weights[dst] += size[i]
+    holders = gpus_of[int(group[i])]
+    holders.discard(src)
+    holders.add(dst)
 
 
 def descend(inst: Instance, assign: IntArray, lower: float, *, first_step_ratio: float = 0.004,
@@ -137,6 +149,8 @@ def descend(inst: Instance, assign: IntArray, lower: float, *, first_step_ratio:
         target = max(value * (1 - step), lower)
         tries += 1
         fixed = repair(inst, assign, target)
+        if fixed is None:
+            fixed = repair(inst, assign, target, shed_first=False)
         if fixed is not None and max_kvpr(inst, fixed) < value:
             assign, value = fixed, max_kvpr(inst, fixed)
             step *= 1.5

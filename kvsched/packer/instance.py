@@ -55,17 +55,23 @@ class Instance:
             gpus=self.gpus,
             item_model=tuple(self.item_model[i] for i in keep),
             item_replica=tuple(self.item_replica[i] for i in keep),
-            item_group=_frozen(self.item_group[idx]),
-            item_load=_frozen(self.item_load[idx]),
-            item_size=_frozen(self.item_size[idx]),
+            item_group=_frozen_int(self.item_group[idx]),
+            item_load=_frozen_float(self.item_load[idx]),
+            item_size=_frozen_float(self.item_size[idx]),
             gpu_memory=self.gpu_memory,
         )
 
 
-def _frozen(a: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
-    a = np.array(a, copy=True)
-    a.setflags(write=False)
-    return a  # type: ignore[return-value]
+def _frozen_float(a: npt.ArrayLike) -> FloatArray:
+    out = np.array(a, dtype=np.float64, copy=True)
+    out.setflags(write=False)
+    return out
+
+
+def _frozen_int(a: npt.ArrayLike) -> IntArray:
+    out = np.array(a, dtype=np.int64, copy=True)
+    out.setflags(write=False)
+    return out
 
 
 def build_instance(models: Sequence[Model], gpus: Sequence[Gpu]) -> Instance:
@@ -104,8 +110,8 @@ def build_instance(models: Sequence[Model], gpus: Sequence[Gpu]) -> Instance:
         gpus=tuple(gpus),
         item_model=tuple(names),
         item_replica=tuple(replicas),
-        item_group=_frozen(np.asarray(groups, dtype=np.int64)),
-        item_load=_frozen(np.asarray(loads, dtype=np.float64)),
-        item_size=_frozen(np.asarray(sizes, dtype=np.float64)),
-        gpu_memory=_frozen(np.asarray([g.memory_gib for g in gpus], dtype=np.float64)),
+        item_group=_frozen_int(groups),
+        item_load=_frozen_float(loads),
+        item_size=_frozen_float(sizes),
+        gpu_memory=_frozen_float([g.memory_gib for g in gpus]),
     )

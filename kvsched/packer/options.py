@@ -22,9 +22,11 @@ class PackOptions:
     # warm-started descent that follows it, which is far cheaper per step.
     bisection_tolerance_ratio: float = 2e-3
     max_bisection_iterations: int = 40
-    # Wall budget for the improving phases (local search, exact search). The first feasible plan is always
-    # produced whatever the budget, so a small budget gives the controller's fast path.
-    time_budget_s: float = 10.0
+    # Soft wall budget of one solve: bisection starts no new step after 30% of it, the improving phases (local
+    # search, descent, exact search) stop at it. The first feasible plan is always produced whatever the budget,
+    # so 0 gives the controller's fast path (one retuning pass at the lower bound). 30 s lets 8192 GPUs finish
+    # well inside a minute; small clusters reach a local optimum long before it.
+    time_budget_s: float = 30.0
     # Keep the current assignment when its max KVPR is within this ratio of the best plan found (no churn).
     stability_threshold_ratio: float = 0.05
     # Local search off the peak GPU after bisection.

@@ -15,6 +15,7 @@ Called by: `search` (bisection), bench (ablation), tests.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 from typing import Literal, Mapping, Sequence
@@ -169,79 +170,106 @@ def _finish(state: _PassState, overflow: list[int]) -> PassResult:
     return PassResult(fixed, state.target, state.retunes, state.checkpoints, True)
 
 
+class _ByWeight:
+    """Remaining items sorted by transformed weight: parallel plain lists, which beat a SortedList here
+    (C-level bisect and memmove on a few thousand entries)."""
+
+    def __init__(self, state: _PassState, items: Sequence[int]) -> None:
+        pairs = sorted((state.weight(i), i) for i in items)
+        self.w = [w for w, _ in pairs]
+        self.ids = [i for _, i in pairs]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def remove(self, w: float, i: int) -> None:
+        at = bisect.bisect_left(self.w, w)
+        while self.ids[at] != i:
+            at += 1
+        del self.w[at]
+        del self.ids[at]
+
+
 def _fill(state: _PassState, queue: list[int], order: Order, marks: list[int], threshold: float) -> list[int]:
     """The `fill` policy of `try_pack` (see there). Returns the items it could not place."""
     inst = state.inst
     gpus = sorted(range(inst.n_gpus), key=lambda g: (-inst.gpu_memory[g], g))
     done = [False] * inst.n_items
     head = 0  # queue[:head] are all placed
-    by_weight = SortedList((state.weight(i), i) for i in queue)
+    by_weight = _ByWeight(state, queue)
+    residual = state.bins.residual
+    slack = state.bins.slack
     for g in gpus:
         while len(by_weight):
             if marks and inst.n_items - len(by_weight) >= marks[0]:
                 marks.pop(0)
                 rest = [i for i in queue[head:] if not done[i]]
                 if state.checkpoint(rest, threshold):
-                    by_weight = SortedList((state.weight(i), i) for i in rest)
+                    residual, slack = state.bins.residual, state.bins.slack
+                    by_weight = _ByWeight(state, rest)
                     queue, head = (order_items(inst, rest, order, state.target) if order == "weight" else rest), 0
                 continue
             if not state.groups_on[g]:
                 while done[queue[head]]:
                     head += 1
-                seed = next((i for i in queue[head:] if not done[i] and
-                             state.weight(i) <= state.bins.residual[g] + state.bins.slack[g]), -1)
-                chosen = [seed] if seed >= 0 else []
+                chosen = []
+                for at in range(head, len(queue)):
+                    i = queue[at]
+                    if not done[i] and state.weight(i) <= residual[g] + slack[g]:
+                        chosen = [i]
+                        break
             else:
-                chosen = _best_completion(state, by_weight, g)
+                chosen = _best_completion(state, by_weight, residual[g] + slack[g], state.groups_on[g])
             if not chosen:
                 break
             for i in chosen:
-                by_weight.remove((state.weight(i), i))
+                by_weight.remove(state.weight(i), i)
                 state.place(i, g)
                 done[i] = True
         if not by_weight:
             break
-    return [i for _, i in by_weight]
+    return list(by_weight.ids)
 
 
 _PAIR_CANDIDATES = 48
 
 
-def _best_completion(state: _PassState, by_weight: SortedList, g: int) -> list[int]:
-    """The single item or pair of remaining items that fits GPU g leaving the least residual; [] when none.
+def _best_completion(state: _PassState, by_weight: _ByWeight, room: float, taken: set[int]) -> list[int]:
+    """The single item or pair of remaining items of weight <= room leaving the least room; [] when none.
 
     Singles: the heaviest that fits. Pairs: for up to _PAIR_CANDIDATES first items, heaviest first, the heaviest
-    partner that fits beside it (a bisection). Items of a model already on g, or twice the same model, are skipped.
+    partner that fits beside it (a bisection). Items of a model in `taken`, or twice the same model, are skipped.
+    Stops early at a fill within 1e-9 of the room. O(_PAIR_CANDIDATES * log n).
     """
-    room = state.bins.residual[g] + state.bins.slack[g]
-    taken = state.groups_on[g]
+    ws = by_weight.w
+    ids = by_weight.ids
     group = state.group
-    top = by_weight.bisect_right((room, math.inf))
+    top = bisect.bisect_right(ws, room)
     best: list[int] = []
     best_fill = -1.0
     at = top - 1
     while at >= 0:
-        w, i = by_weight[at]
-        if group[i] not in taken:
-            best, best_fill = [i], w
+        if group[ids[at]] not in taken:
+            best, best_fill = [ids[at]], ws[at]
             break
         at -= 1
     tried = 0
     at = top - 1
-    while at >= 1 and tried < _PAIR_CANDIDATES:
-        w1, i1 = by_weight[at]
-        if 2 * w1 < best_fill - 1e-15:
+    perfect = room * (1 - 1e-9)
+    while at >= 1 and tried < _PAIR_CANDIDATES and best_fill < perfect:
+        w1, i1 = ws[at], ids[at]
+        if 2 * w1 < best_fill:
             break  # partners are lighter than w1, so no pair from here on can beat the best
         at -= 1
         if group[i1] in taken:
             continue
         tried += 1
-        k = min(by_weight.bisect_right((room - w1, math.inf)), at + 1) - 1
+        k = min(bisect.bisect_right(ws, room - w1), at + 1) - 1
         while k >= 0:
-            w2, i2 = by_weight[k]
+            i2 = ids[k]
             if group[i2] not in taken and group[i2] != group[i1]:
-                if w1 + w2 > best_fill:
-                    best, best_fill = [i1, i2], w1 + w2
+                if w1 + ws[k] > best_fill:
+                    best, best_fill = [i1, i2], w1 + ws[k]
                 break
             k -= 1
     return best
@@ -258,9 +286,9 @@ class _PassState:
         self.gpu_weights = np.zeros(inst.n_gpus)
         self.groups_on: list[set[int]] = [set() for _ in range(inst.n_gpus)]
         self.group_gpus: dict[int, list[int]] = {}
-        self.load = inst.item_load.tolist()
-        self.size = inst.item_size.tolist()
-        self.group = inst.item_group.tolist()
+        self.load: list[float] = inst.item_load.tolist()
+        self.size: list[float] = inst.item_size.tolist()
+        self.group: list[int] = inst.item_group.tolist()
         self.bins = _Bins(inst.gpu_memory, target)
         self.retunes = 0
         self.checkpoints = 0

@@ -1,8 +1,8 @@
 """`repair`: turn an assignment that breaks target T into one that meets it, by moves between GPUs.
 
-At T every GPU is a bin of capacity T * M_g and item j weighs w_j = n_j + T * m_j. Items over capacity are
-evicted to a *trash* list (from each over-full GPU, the lightest item whose removal is enough, else the
-heaviest). Then, heaviest trash item first:
+At T every GPU is a bin of capacity T * M_g and item j weighs w_j = n_j + T * m_j. Each over-full GPU first
+sheds its excess by one move or swap with a GPU that can absorb it; what cannot be shed is evicted to a
+*trash* list (the lightest item whose removal is enough, else the heaviest). Then, heaviest trash item first:
 1. insert it where it fits best (least residual left);
 2. else *make room*: on a GPU c among those with most residual, swap one of c's items z with an item y of another
    GPU b (or move z to b) so that c's residual grows enough for x while b stays within capacity;
@@ -40,15 +40,18 @@ class _Bins:
         self.group = inst.item_group
         self.on_gpu: list[list[int]] = [[] for _ in range(inst.n_gpus)]
         self.groups_on: list[set[int]] = [set() for _ in range(inst.n_gpus)]
+        self.gpus_of: dict[int, set[int]] = {}
         for i in np.nonzero(placed)[0].tolist():
             self.on_gpu[assign[i]].append(i)
             self.groups_on[assign[i]].add(int(self.group[i]))
+            self.gpus_of.setdefault(int(self.group[i]), set()).add(int(assign[i]))
 
     def put(self, i: int, g: int) -> None:
         self.assign[i] = g
         self.residual[g] -= self.weight[i]
         self.on_gpu[g].append(i)
         self.groups_on[g].add(int(self.group[i]))
+        self.gpus_of.setdefault(int(self.group[i]), set()).add(g)
 
     def take(self, i: int) -> None:
         g = int(self.assign[i])
@@ -56,20 +59,25 @@ class _Bins:
         self.residual[g] += self.weight[i]
         self.on_gpu[g].remove(i)
         self.groups_on[g].discard(int(self.group[i]))
+        self.gpus_of[int(self.group[i])].discard(g)
 
     def fits(self, i: int, g: int) -> bool:
         return bool(self.weight[i] <= self.residual[g] + self.slack[g]) and int(self.group[i]) not in self.groups_on[g]
 
     def gpus_with_group(self, group: int) -> list[int]:
-        return [g for g in range(len(self.groups_on)) if group in self.groups_on[g]]
+        return sorted(self.gpus_of.get(group, ()))
 
 
-def evict_overfull(bins: _Bins) -> list[int]:
-    """Take items off every GPU over capacity until it is within; returns them. O(items on those GPUs)."""
+def evict_overfull(bins: _Bins, shed_first: bool = True) -> list[int]:
+    """Bring every GPU over capacity within it, worst first: by `shed` (one move or swap that another GPU
+    absorbs) while that works, else by taking items off into the returned trash. O(over-full GPUs * n)."""
     trash: list[int] = []
-    for g in np.nonzero(bins.residual < -bins.slack)[0].tolist():
+    over = np.nonzero(bins.residual < -bins.slack)[0]
+    for g in over[np.argsort(bins.residual[over], kind="stable")].tolist():
         while bins.residual[g] < -bins.slack[g]:
             excess = -bins.residual[g]
+            if shed_first and shed(bins, g, excess):
+                continue
             items = sorted(bins.on_gpu[g], key=lambda i: (bins.weight[i], i))
             enough = [i for i in items if bins.weight[i] >= excess - bins.slack[g]]
             victim = enough[0] if enough else items[-1]
@@ -79,13 +87,13 @@ def evict_overfull(bins: _Bins) -> list[int]:
 
 
 def repair(inst: Instance, assign: IntArray, target: float, trash: Sequence[int] = (),
-           max_steps: int | None = None) -> IntArray | None:
+           max_steps: int | None = None, shed_first: bool = True) -> IntArray | None:
     """An assignment meeting T for every item placed in `assign` or listed in `trash`, or None.
 
     `assign` is not modified. Steps are bounded by max_steps (default 30 * trash + 200); each is O(n) vectorised.
     """
     bins = _Bins(inst, assign.copy(), target)
-    pending = list(trash) + evict_overfull(bins)
+    pending = list(trash) + evict_overfull(bins, shed_first)
     budget = max_steps if max_steps is not None else 30 * len(pending) + 200
     tabu: deque[int] = deque(maxlen=_TABU)
     weight = bins.weight
@@ -118,57 +126,64 @@ def _insert(bins: _Bins, x: int) -> bool:
 
 
 def _make_room(bins: _Bins, x: int) -> bool:
-    """Grow the residual of a GPU c enough for x by one move or swap of an item z of c; then put x on c."""
-    inst = bins.inst
+    """Grow the residual of a roomy GPU c enough for x by one move or swap (`shed`); then put x on c."""
     weight = bins.weight
     gx = int(bins.group[x])
     blocked = set(bins.gpus_with_group(gx))
     order = np.argsort(-bins.residual, kind="stable")
     rooms = [int(c) for c in order[: _TOP_ROOMS + len(blocked)] if int(c) not in blocked][:_TOP_ROOMS]
-    placed = np.nonzero(bins.assign >= 0)[0]
-    bin_of = bins.assign[placed]
-    w_placed = weight[placed]
-    grp_placed = bins.group[placed]
     for c in rooms:
         need = weight[x] - bins.residual[c] - bins.slack[c]
-        if need <= 0:
-            bins.put(x, c)
-            return True
-        for z in sorted(bins.on_gpu[c], key=lambda i: (-weight[i], i)):
-            if weight[z] < need:
-                continue
-            gz = int(bins.group[z])
-            z_blocked = bins.gpus_with_group(gz)
-            # move z to another GPU b outright
-            room = bins.residual + bins.slack - weight[z]
-            room[c] = -np.inf
-            room[z_blocked] = -np.inf
-            b = int(np.argmin(np.where(room >= 0, room, np.inf)))
-            if room[b] >= 0:
-                bins.take(z)
-                bins.put(z, b)
-                bins.put(x, c)
-                return True
-            # swap z with a lighter y on GPU b: c gains w_z - w_y >= need, b must absorb it
-            d = weight[z] - w_placed
-            others_on_c = bins.groups_on[c] - {gz}
-            ok = (bin_of != c) & (d >= need) & (d <= bins.residual[bin_of] + bins.slack[bin_of])
-            ok &= ~np.isin(bin_of, z_blocked) & (grp_placed != gx)
-            if others_on_c:
-                ok &= ~np.isin(grp_placed, list(others_on_c))
-            if not ok.any():
-                continue
-            cand = np.nonzero(ok)[0]
-            k = int(cand[np.argmin(d[cand])])
-            y = int(placed[k])
-            b = int(bin_of[k])
-            bins.take(z)
-            bins.take(y)
-            bins.put(z, b)
-            bins.put(y, c)
+        if need <= 0 or shed(bins, c, need, gx):
             bins.put(x, c)
             return True
     return False
+
+
+def shed(bins: _Bins, c: int, need: float, incoming_group: int = -1) -> bool:
+    """Raise GPU c's residual by at least `need` with one move of an item z of c to another GPU b, or one swap
+    of z with a lighter item y of b; b must stay within capacity. Of all such, the one using least of b's
+    residual (w_z for a move, w_z - w_y for a swap) is applied. y may not be of `incoming_group` (the model
+    about to join c). Returns whether it found one. O(|items on c| * n) vectorised.
+    """
+    weight = bins.weight
+    placed = np.nonzero(bins.assign >= 0)[0]
+    bin_of = bins.assign[placed]
+    absorb = bins.residual[bin_of] + bins.slack[bin_of]
+    grp_placed = bins.group[placed]
+    best = (np.inf, -1, -1, -1)  # (residual used, z, target GPU b, y or -1 for a move)
+    for z in bins.on_gpu[c]:
+        if weight[z] < need:
+            continue
+        gz = int(bins.group[z])
+        z_blocked = bins.gpus_with_group(gz)
+        room = bins.residual + bins.slack - weight[z]
+        room[c] = -np.inf
+        room[z_blocked] = -np.inf
+        b = int(np.argmin(np.where(room >= 0, room, np.inf)))
+        if room[b] >= 0 and weight[z] < best[0]:
+            best = (float(weight[z]), z, b, -1)
+        d = weight[z] - weight[placed]
+        ok = (bin_of != c) & (d >= need) & (d <= absorb) & (grp_placed != incoming_group)
+        if z_blocked:
+            ok &= ~np.isin(bin_of, z_blocked)
+        others_on_c = bins.groups_on[c] - {gz}
+        if others_on_c:
+            ok &= ~np.isin(grp_placed, list(others_on_c))
+        if ok.any():
+            cand = np.nonzero(ok)[0]
+            k = int(cand[np.argmin(d[cand])])
+            if d[k] < best[0]:
+                best = (float(d[k]), z, int(bin_of[k]), int(placed[k]))
+    _, z, b, y = best
+    if z < 0:
+        return False
+    bins.take(z)
+    if y >= 0:
+        bins.take(y)
+        bins.put(y, c)
+    bins.put(z, b)
+    return True
 
 
 _CONSOLIDATE_STEPS = 12

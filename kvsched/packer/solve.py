@@ -21,7 +21,7 @@ from kvsched.packer.domain import Gpu, Migration, Model, Plan, SearchStats, Slot
 from kvsched.packer.errors import InvalidInput
 from kvsched.packer.evaluate import max_kvpr
 from kvsched.packer.exact import prove_or_improve
-from kvsched.packer.greedy import fits, greedy
+from kvsched.packer.greedy import greedy
 from kvsched.packer.improve import descend, improve
 from kvsched.packer.instance import Instance, IntArray, build_instance
 from kvsched.packer.options import PackOptions
@@ -31,6 +31,10 @@ from kvsched.packer.search import bisect_target
 from kvsched.packer.stability import stabilize
 
 Clock = Callable[[], float]
+# Share of the time budget the bisection may use before the local search takes over. At thousands of GPUs
+# the local search gains more per second than further passes from scratch (measured: 2.9% -> 0.27% above
+# the fluid bound in 22 s at 8192 GPUs, where 8 bisection steps took 34 s).
+_BISECTION_SHARE = 0.3
 
 
 def solve(
@@ -49,14 +53,14 @@ def solve(
     """
     start = clock()
 
-    def out_of_time() -> bool:
-        return clock() - start > options.time_budget_s
+    def elapsed() -> float:
+        return clock() - start
 
     inst = build_instance(models, gpus)
     current_assign = _current_assignment(inst, current)
     reasons = _unplaceable(inst)
     items = [i for i in range(inst.n_items) if i not in reasons]
-    assign, lower, stats = _optimise(inst, items, options, out_of_time)
+    assign, lower, stats = _optimise(inst, items, options, elapsed)
     placed = [i for i in items if assign[i] >= 0]
     for i in items:
         if assign[i] < 0:
@@ -77,8 +81,19 @@ def solve(
 
 
 def _optimise(inst: Instance, items: list[int], options: PackOptions,
-              out_of_time: Callable[[], bool]) -> tuple[IntArray, float, SearchStats]:
-    """Best assignment of `items` (some may stay -1 when memory runs out), a valid lower bound, counters."""
+              elapsed: Callable[[], float]) -> tuple[IntArray, float, SearchStats]:
+    """Best assignment of `items` (some may stay -1 when memory runs out), a valid lower bound, counters.
+
+    Time: bisection stops starting new steps after _BISECTION_SHARE of the budget (its first step always
+    runs, so there is always a plan); the improving phases stop at the budget.
+    """
+
+    def out_of_time() -> bool:
+        return elapsed() > options.time_budget_s
+
+    def bisection_out_of_time() -> bool:
+        return elapsed() > options.time_budget_s * _BISECTION_SHARE
+
     sub_load = inst.item_load[items]
     sub_size = inst.item_size[items]
     base = greedy(inst.subset(items)) if items else np.zeros(0, dtype=np.int64)
@@ -92,7 +107,7 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
         return start_assign, lower, SearchStats()
     if not complete and (not math.isfinite(lower) or not _packs_at_all(inst, items, lower)):
         kept = [i for i in items if start_assign[i] >= 0]
-        return _optimise(inst, kept, options, out_of_time) if kept else (start_assign, 0.0, SearchStats())
+        return _optimise(inst, kept, options, elapsed) if kept else (start_assign, 0.0, SearchStats())
     res = bisect_target(
         inst, items, lower, upper,
         upper_assign=start_assign if complete else None,
@@ -103,11 +118,12 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
         tolerance_ratio=(max(options.bisection_tolerance_ratio, 0.01) if len(items) <= options.exact_max_items
                          else options.bisection_tolerance_ratio),
         max_iterations=options.max_bisection_iterations,
+        out_of_time=bisection_out_of_time,
     )
     if res.assign is None:
         # Memory runs out: keep what the greedy placed (the most it could) and optimise those alone.
         kept = [i for i in items if start_assign[i] >= 0]
-        assign, lower, stats = _optimise(inst, kept, options, out_of_time) if kept else (start_assign, 0.0,
+        assign, lower, stats = _optimise(inst, kept, options, elapsed) if kept else (start_assign, 0.0,
                                                                                          SearchStats())
         return assign, lower, stats
     assign = res.assign
@@ -139,19 +155,26 @@ def _packs_at_all(inst: Instance, items: list[int], lower: float) -> bool:
 
 
 def _unplaceable(inst: Instance) -> dict[int, str]:
-    """Replicas no GPU can ever hold: too large for every GPU, or more replicas than GPUs that fit one."""
-    reasons: dict[int, str] = {}
+    """Replicas no GPU can ever hold: too large for every GPU, or more replicas than GPUs that fit one.
+
+    A GPU can hold a replica alone when its memory exceeds the replica's weights (equals them, for a replica
+    with no load). O(n log G).
+    """
     if inst.n_gpus == 0:
         return {i: "the cluster has no GPUs" for i in range(inst.n_items)}
-    largest = float(inst.gpu_memory.max())
-    for i in range(inst.n_items):
-        n, m = float(inst.item_load[i]), float(inst.item_size[i])
-        capable = sum(1 for g in range(inst.n_gpus) if fits(n, m, 0.0, float(inst.gpu_memory[g])))
-        if capable == 0:
+    memory = np.sort(inst.gpu_memory)
+    largest = float(memory[-1])
+    strict = np.searchsorted(memory, inst.item_size, side="right")  # GPUs with M <= m cannot take a loaded one
+    loose = np.searchsorted(memory, inst.item_size, side="left")  # GPUs with M < m cannot take any
+    capable = inst.n_gpus - np.where(inst.item_load > 0, strict, loose)
+    reasons: dict[int, str] = {}
+    for i in np.nonzero((capable == 0) | (np.asarray(inst.item_replica) >= capable))[0].tolist():
+        m = float(inst.item_size[i])
+        if capable[i] == 0:
             room = "leaves no room for KV cache on" if m <= largest else "exceeds"
             reasons[i] = f"its weights ({m:g}Gi) {room} the largest GPU ({largest:g}Gi)"
-        elif inst.item_replica[i] >= capable:
-            reasons[i] = (f"only {capable} GPUs can hold it and replicas of one model never share a GPU")
+        else:
+            reasons[i] = f"only {capable[i]} GPUs can hold it and replicas of one model never share a GPU"
     return reasons
 
 
