@@ -98,7 +98,7 @@ def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
                                _ratio(k_load - load + n_i, k_free + size - m_i, zero_loads))
             ok = swappable
             if len(holders) > 1:
-                ok = ok & ~np.isin(assign, holders)
+                ok = ok & ~np.isin(assign, holders)  # replicas elsewhere: rare, a handful of GPUs
             worst[~ok] = np.inf
             k = int(np.argmin(worst))
             if worst[k] < best[0]:

@@ -130,9 +130,11 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
     steps = 0
     if options.local_search:
         better = improve(inst, assign, out_of_time=out_of_time)
-        lower_t = descend(inst, better.assign, lower, out_of_time=out_of_time)
-        best = improve(inst, lower_t.assign, out_of_time=out_of_time)
-        assign, steps = best.assign, better.steps + lower_t.steps + best.steps
+        assign, steps = better.assign, better.steps
+        if len(items) > options.exact_max_items:  # small instances go to the exact stage instead
+            lower_t = descend(inst, assign, lower, out_of_time=out_of_time)
+            best = improve(inst, lower_t.assign, out_of_time=out_of_time)
+            assign, steps = best.assign, steps + lower_t.steps + best.steps
     optimal = max_kvpr(inst, assign) <= lower * (1 + 1e-9)
     if not optimal and len(items) <= options.exact_max_items and not out_of_time():
         exact = prove_or_improve(inst, items, assign, lower, options.exact_node_limit, out_of_time)
