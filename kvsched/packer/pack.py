@@ -75,7 +75,8 @@ def residual_bound(inst: Instance, remaining: Sequence[int], gpu_load: FloatArra
       F_g = M_g - W_g, over GPUs without a replica of j's model (checked for the _RESIDUAL_SAMPLE items of
       largest size and of largest load);
     - the remaining total must fit the GPUs that can still take the smallest remaining item at T':
-      T' >= (N_U + n_R) / (F_U - m_R) over those GPUs U, iterated while raising T' lets more GPUs in.
+      T' >= (N_U + n_R) / (F_U - m_R) over those GPUs U, from T' = max(T, first part), iterated while
+      raising T' lets more GPUs in.
     Either can exceed T, unlike a bound on the remaining items alone. O(K * G + n).
     """
     if not remaining:
@@ -98,7 +99,9 @@ def residual_bound(inst: Instance, remaining: Sequence[int], gpu_load: FloatArra
         per_item = max(per_item, float(need.min()))
     total_load = float(load.sum())
     total_size = float(size.sum())
-    fluid = target
+    # Start from the per-item part: when no GPU can take even the lightest item at T, the GPUs it opens up
+    # are the ones the remaining total must fit.
+    fluid = max(target, per_item) if math.isfinite(per_item) else target
     for _ in range(4):
         smallest = float((load + fluid * size).min())
         usable = fluid * free - gpu_load >= smallest - _EPS * fluid * inst.gpu_memory

@@ -56,6 +56,15 @@ def check_plan(models: list[Model], gpus: list[Gpu], plan: Plan) -> None:
 @given(tiny_cluster())
 @example(([Model("m0", 30, 10, 1), Model("m1", 30, 10, 1), Model("m2", 30, 10, 1)],
           [Gpu("n0", 0, 80.0), Gpu("n1", 1, 80.0)]))
+# Found by hypothesis: zero-load replicas took a loaded GPU's last free GiB (infinite KVPR) in the greedy,
+# and passes at huge T accepted it through floating-point slack.
+@example(([Model("m0", 1, 0, 0.5), Model("m1", 1, 0, 0.5, 2), Model("m2", 1, 0, 0.5, 2), Model("m3", 37, 1, 0.5)],
+          [Gpu("n0", 0, 40.0)]))
+@example(([Model("m0", 1, 0, 0.5), Model("m1", 1, 0, 0.5, 2), Model("m2", 1, 0, 0.5, 2), Model("m3", 38, 1, 0.5)],
+          [Gpu("n0", 0, 24.0), Gpu("n1", 1, 40.0)]))
+# Weights exactly fill memory: the fluid bound is infinite, so something must be reported unplaced.
+@example(([Model("m0", 1, 0, 0.5), Model("m1", 1, 0, 0.5, 2), Model("m2", 11, 0, 0.5, 2), Model("m3", 39, 1, 0.5)],
+          [Gpu("n0", 0, 24.0), Gpu("n1", 1, 40.0)]))
 def test_solve_is_valid_optimal_on_tiny_and_never_worse_than_greedy(
         cluster: tuple[list[Model], list[Gpu]]) -> None:
     models, gpus = cluster
