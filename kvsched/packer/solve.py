@@ -24,6 +24,7 @@ from kvsched.packer.exact import prove_or_improve
 from kvsched.packer.greedy import greedy
 from kvsched.packer.improve import descend, improve
 from kvsched.packer.instance import Instance, IntArray, build_instance
+from kvsched.packer.lns import repack_peak
 from kvsched.packer.options import PackOptions
 from kvsched.packer.pack import try_pack
 from kvsched.packer.result import build_plan
@@ -132,6 +133,9 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
         better = improve(inst, assign, out_of_time=out_of_time)
         assign, steps = better.assign, better.steps
         if len(items) > options.exact_max_items:  # small instances go to the exact stage instead
+            repacked = repack_peak(inst, assign, out_of_time=out_of_time)
+            again = improve(inst, repacked.assign, out_of_time=out_of_time)
+            assign, steps = again.assign, steps + repacked.improvements + again.steps
             lower_t = descend(inst, assign, lower, out_of_time=out_of_time)
             best = improve(inst, lower_t.assign, out_of_time=out_of_time)
             assign, steps = best.assign, steps + lower_t.steps + best.steps

@@ -1,0 +1,109 @@
+"""`repack_peak`: large-neighbourhood search. Re-solve the peak GPU together with a few others exactly.
+
+Moves and swaps (`improve`) stop when no single exchange lowers the peak. Here the peak GPU p and k partner
+GPUs (those of lowest KVPR, then random sets among the lowest quarter, from a seeded generator) are cut out
+with their replicas, and the exact branch and bound (`exact.prove_or_improve`) finds their best arrangement.
+If it puts every one of them below the current peak, the arrangement is applied and the next peak is taken.
+The search stops when a peak survives all its partner sets, or out_of_time().
+Called by: `solve` after `improve`, for any instance size (each attempt touches only k + 1 GPUs).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kvsched.packer.evaluate import gpu_totals
+from kvsched.packer.exact import prove_or_improve
+from kvsched.packer.instance import Instance, IntArray
+from kvsched.packer.kvpr import kvpr_array
+
+
+@dataclass(frozen=True, eq=False)
+class Repacked:
+    """Result of `repack_peak`: the assignment, its max KVPR, and how many sub-problems improved it."""
+
+    assign: IntArray
+    max_kvpr: float
+    improvements: int
+    attempts: int
+
+
+def sub_instance(inst: Instance, gpus: Sequence[int], items: Sequence[int]) -> Instance:
+    """The instance restricted to `gpus` (in that order) and `items`; model groups keep their numbers."""
+    picked = inst.subset(items)
+    memory = np.array(inst.gpu_memory[np.asarray(gpus, dtype=np.int64)], dtype=np.float64)
+    memory.setflags(write=False)
+    return Instance(
+        models=inst.models,
+        gpus=tuple(inst.gpus[g] for g in gpus),
+        item_model=picked.item_model,
+        item_replica=picked.item_replica,
+        item_group=picked.item_group,
+        item_load=picked.item_load,
+        item_size=picked.item_size,
+        gpu_memory=memory,
+    )
+
+
+def partner_sets(kv: np.ndarray, peak: int, k: int, attempts: int, rng: np.random.Generator) -> list[list[int]]:
+    """The k GPUs of lowest KVPR first, then random k-sets from the lowest-KVPR quarter (at least 4k GPUs).
+
+    Never the peak itself. (Choosing by transformed room at the peak's T instead was tried: over 8 seeds at
+    128 GPUs it left a worse worst case, 1.77% against 0.99% above the fluid bound.)
+    """
+    order = [int(g) for g in np.argsort(kv, kind="stable") if int(g) != peak]
+    k = min(k, len(order))
+    if k == 0:
+        return []
+    sets = [order[:k]]
+    pool = order[: max(4 * k, len(order) // 4)]
+    for _ in range(attempts - 1):
+        if len(pool) <= k:
+            break
+        sets.append(sorted(int(g) for g in rng.choice(pool, size=k, replace=False)))
+    return sets
+
+
+def repack_peak(inst: Instance, assign: IntArray, *, partners: int = 3, attempts: int = 12,
+                node_limit: int = 4000, seed: int = 0,
+                out_of_time: Callable[[], bool] = lambda: False) -> Repacked:
+    """Lower the max KVPR by exact re-packing of the peak GPU with `partners` others at a time.
+
+    Never raises the max KVPR; deterministic for a given seed. Each attempt is O(G) to pick partners plus
+    an exact search bounded by node_limit nodes.
+    """
+    assign = assign.copy()
+    rng = np.random.default_rng(seed)
+    load, weights = gpu_totals(inst, assign)
+    kv = kvpr_array(load, weights, inst.gpu_memory)
+    improvements = tried = 0
+    while inst.n_gpus > 1 and not out_of_time():
+        p = int(np.argmax(kv))
+        peak = float(kv[p])
+        if peak <= 0 or not np.isfinite(peak):
+            break
+        improved = False
+        for others in partner_sets(kv, p, partners, attempts, rng):
+            tried += 1
+            gpus = [p, *others]
+            local = {g: k for k, g in enumerate(gpus)}
+            items = [int(i) for i in np.nonzero(np.isin(assign, gpus))[0]]
+            sub = sub_instance(inst, gpus, items)
+            start = np.asarray([local[int(assign[i])] for i in items], dtype=np.int64)
+            best = prove_or_improve(sub, list(range(len(items))), start, 0.0, node_limit, out_of_time)
+            if best.max_kvpr < peak * (1 - 1e-9):
+                for j, i in enumerate(items):
+                    assign[i] = gpus[int(best.assign[j])]
+                sub_load, sub_weights = gpu_totals(sub, best.assign)
+                load[gpus] = sub_load
+                weights[gpus] = sub_weights
+                kv[gpus] = kvpr_array(sub_load, sub_weights, sub.gpu_memory)
+                improvements += 1
+                improved = True
+                break
+        if not improved:
+            break
+    return Repacked(assign, float(kv.max()) if inst.n_gpus else 0.0, improvements, tried)
