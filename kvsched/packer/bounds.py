@@ -6,6 +6,7 @@ optimal max KVPR of a placement of all items:
 
 - fluid:      T* >= sum n / (sum M - sum m)       (sum over GPUs of N_g <= T* (M_g - W_g))
 - per-model:  T* >= n_j / (max M - m_j)           (item j sits on some GPU, at best the largest)
+- memory class: T* >= n(S) / (M(U) - m(S))      (S: loaded items of m >= L, confined to U: GPUs of M > L)
 - pigeonhole: at T, the k*G + 1 items of largest w(T) = n + T*m put k + 1 of them on one GPU; if even the
               k + 1 smallest of those weigh more than T * max M, no placement reaches T.  k = 1 is the pair
               bound, k >= 2 the k-prefix bounds.
@@ -41,6 +42,21 @@ def per_model_bound(load: FloatArray, size_gib: FloatArray, memory_gib: FloatArr
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(free > 0, load / np.where(free > 0, free, 1.0), np.where(load > 0, np.inf, 0.0))
     return float(ratio.max())
+
+
+def memory_class_bound(load: FloatArray, size_gib: FloatArray, memory_gib: FloatArray) -> float:
+    """max over memory levels L of the GPUs: n(S) / (M(U) - m(S)) with S the loaded items of m >= L and U
+    the GPUs of M > L, the only ones that can hold them. The fluid bound of a confined subset; it binds on
+    mixed clusters where large models cannot use small GPUs. O(levels * n).
+    """
+    best = 0.0
+    for level in np.unique(memory_gib).tolist():
+        confined = (size_gib >= level) & (load > 0)
+        if not confined.any():
+            continue
+        room = float(memory_gib[memory_gib > level].sum()) - float(size_gib[confined].sum())
+        best = max(best, float(load[confined].sum()) / room if room > 0 else math.inf)
+    return best
 
 
 def pigeonhole_violated(load: FloatArray, size_gib: FloatArray, n_gpus: int, max_memory_gib: float,
@@ -91,13 +107,14 @@ def l2_violated(load: FloatArray, size_gib: FloatArray, n_gpus: int, max_memory_
 
 def lower_bound(load: FloatArray, size_gib: FloatArray, memory_gib: FloatArray, *,
                 upper: float | None = None, iterations: int = 40) -> float:
-    """The best of the bounds above: max(fluid, per-model), raised by bisecting the pigeonhole and L2 tests.
+    """The best of the bounds above: max(fluid, per-model, memory class), raised by bisecting the T-tests.
 
     `upper` (a known feasible max KVPR) caps the bisection; without it the search stops at 4x the closed-form
     bounds. The result is a T at which a test failed (or a closed-form bound), hence <= the optimum.
     O(iterations * n log n).
     """
-    base = max(fluid_bound(load, size_gib, memory_gib), per_model_bound(load, size_gib, memory_gib))
+    base = max(fluid_bound(load, size_gib, memory_gib), per_model_bound(load, size_gib, memory_gib),
+               memory_class_bound(load, size_gib, memory_gib))
     n_gpus = memory_gib.size
     if not math.isfinite(base) or base <= 0 or n_gpus == 0:
         return base

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -45,11 +45,12 @@ def _ratio(load: FloatArray, free: FloatArray, zero_loads: bool) -> FloatArray:
 
 
 def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
-            out_of_time: Callable[[], bool] = lambda: False) -> Improved:
+            out_of_time: Callable[[], bool] = lambda: False, frozen: Sequence[int] = ()) -> Improved:
     """Local search from `assign` (every item placed or -1; unplaced items stay unplaced).
 
-    Never raises the max KVPR. Each step is O(|items on p| * (G + n)) vectorised. Stops at a local optimum,
-    after max_steps, or when out_of_time() says so (checked every step).
+    Never raises the max KVPR. GPUs in `frozen` keep their replicas and take none: with the GPUs at a proven
+    optimal peak frozen, the search balances the rest below it. Each step is O(|items on p| * (G + n))
+    vectorised. Stops at a local optimum, after max_steps, or when out_of_time() says so (checked every step).
     """
     assign = assign.copy()
     memory = inst.gpu_memory
@@ -68,9 +69,15 @@ def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
         on_gpu[assign[i]].append(i)
         gpus_of.setdefault(int(group[i]), set()).add(int(assign[i]))
     gpu_of_item = np.where(placed, assign, 0)
+    frozen_list = list(frozen)
+    movable = placed.copy()
+    if frozen_list:
+        movable &= ~np.isin(assign, frozen_list)
     steps = 0
     while steps < max_steps and n_gpus > 1 and not out_of_time():
-        p = int(np.argmax(kv))
+        ranked = kv.copy()
+        ranked[frozen_list] = -np.inf
+        p = int(np.argmax(ranked))
         peak = float(kv[p])
         if peak <= 0 or not math.isfinite(peak):
             break
@@ -78,7 +85,7 @@ def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
         free = memory - gpu_weights
         k_load = gpu_load[gpu_of_item]
         k_free = free[gpu_of_item]
-        swappable = placed & (assign != p)
+        swappable = movable & (assign != p)
         for j in on_gpu[p]:
             swappable &= group != group[j]  # k's model must not already be on p (nor be i's own model)
         for i in on_gpu[p]:
@@ -89,6 +96,7 @@ def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
             new_p = float(_ratio(np.array([gpu_load[p] - n_i]), np.array([free[p] + m_i]), zero_loads)[0])
             new_b = _ratio(gpu_load + n_i, free - m_i, zero_loads)
             new_b[holders] = np.inf
+            new_b[frozen_list] = np.inf
             b = int(np.argmin(new_b))
             cand = max(new_p, float(new_b[b]))
             if cand < best[0]:

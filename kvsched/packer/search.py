@@ -49,6 +49,17 @@ def candidates(n_gpus: int) -> list[tuple[Order, Policy]]:
     return [(o, "fill") for o in ORDERS] + [("weight", "best_fit"), ("ratio", "hybrid")]
 
 
+def _can_afford_reruns(lo: float, hi: float, tolerance_ratio: float, n_candidates: int, passes: int,
+                       spent_s: float, budget_s: float) -> bool:
+    """Whether the steps bisection still expects, each with every candidate run twice, fit the budget left."""
+    if not math.isfinite(budget_s):
+        return True
+    if not math.isfinite(hi) or hi <= lo:
+        return False
+    steps = max(1.0, math.log2(max(math.log(hi / lo) / math.log1p(tolerance_ratio), 1.0)))
+    return steps * n_candidates * 2 * (spent_s / max(passes, 1)) <= budget_s - spent_s
+
+
 def bisect_target(
     inst: Instance,
     items: Sequence[int],
@@ -61,12 +72,15 @@ def bisect_target(
     retune: bool = True,
     tolerance_ratio: float = 1e-4,
     max_iterations: int = 40,
-    out_of_time: Callable[[], bool] = lambda: False,
+    elapsed: Callable[[], float] = lambda: 0.0,
+    budget_s: float = math.inf,
 ) -> BisectionResult:
     """Smallest T at which a candidate packs `items`, between `lower` (a valid bound) and `upper`.
 
     `upper` may be inf (no known placement): the search then first doubles T from `lower` until a pass
-    completes. O(iterations * candidates * pass cost).
+    completes. No new step starts once elapsed() passes budget_s (the first always runs). Re-running a
+    retuned pass without retune doubles a step's cost, so it is done only while the steps still expected,
+    at the passes' measured speed, fit the budget. O(iterations * candidates * pass cost).
     """
     best_assign = upper_assign
     best = upper if upper_assign is not None else math.inf
@@ -77,7 +91,7 @@ def bisect_target(
     while iterations < max_iterations:
         if math.isfinite(hi) and hi / lo - 1 <= tolerance_ratio:
             break
-        if iterations > 0 and out_of_time():
+        if iterations > 0 and elapsed() > budget_s:
             break
         # The first probe is at the lower bound itself: a retuning pass there fails part-way and finishes at
         # the T it was forced to, which brackets the optimum far tighter than the greedy's upper bound.
@@ -97,6 +111,11 @@ def bisect_target(
                 continue  # at huge T the load term vanishes in floating point: no GPU may end with zero free
             if value < best:
                 best, best_assign = value, res.assign
+            if res.retunes and iterations == 1:
+                continue  # the probe at the lower bound only brackets: T = bound is rarely reachable
+            if res.retunes and not _can_afford_reruns(lo, hi, tolerance_ratio, len(cands), passes, elapsed(),
+                                                      budget_s):
+                continue
             if res.retunes:
                 # The retune judged this partial placement unable to finish at T, and it was right for the
                 # placement as it stood; repair, which also moves placed items, may still finish at T. So the

@@ -19,7 +19,7 @@ import numpy as np
 from kvsched.packer.bounds import lower_bound
 from kvsched.packer.domain import Gpu, Migration, Model, Plan, SearchStats, Slot
 from kvsched.packer.errors import InvalidInput
-from kvsched.packer.evaluate import max_kvpr
+from kvsched.packer.evaluate import gpu_kvprs, max_kvpr
 from kvsched.packer.exact import prove_or_improve
 from kvsched.packer.greedy import greedy
 from kvsched.packer.improve import descend, improve
@@ -92,9 +92,6 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
     def out_of_time() -> bool:
         return elapsed() > options.time_budget_s
 
-    def bisection_out_of_time() -> bool:
-        return elapsed() > options.time_budget_s * _BISECTION_SHARE
-
     sub_load = inst.item_load[items]
     sub_size = inst.item_size[items]
     base = greedy(inst.subset(items)) if items else np.zeros(0, dtype=np.int64)
@@ -119,7 +116,8 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
         tolerance_ratio=(max(options.bisection_tolerance_ratio, 0.01) if len(items) <= options.exact_max_items
                          else options.bisection_tolerance_ratio),
         max_iterations=options.max_bisection_iterations,
-        out_of_time=bisection_out_of_time,
+        elapsed=elapsed,
+        budget_s=options.time_budget_s * _BISECTION_SHARE,
     )
     if res.assign is None:
         # Memory runs out: keep what the greedy placed (the most it could) and optimise those alone.
@@ -145,6 +143,14 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
         assign, optimal = exact.assign, exact.optimal
         if optimal:
             lower = max(lower, exact.max_kvpr)
+    if optimal and not out_of_time():
+        # The peak is proven optimal, so the local search has nothing left to do there: freeze the GPUs at it
+        # and balance the rest below it, which leaves every other model more KV cache than it needs.
+        peak_value = max_kvpr(inst, assign)
+        kv = gpu_kvprs(inst, assign)
+        at_peak = [int(g) for g in np.nonzero(kv >= peak_value * (1 - 1e-9))[0]]
+        balanced = improve(inst, assign, out_of_time=out_of_time, frozen=at_peak)
+        assign, steps = balanced.assign, steps + balanced.steps
     stats = SearchStats(bisection_iterations=res.iterations, passes=res.passes, checkpoints=res.checkpoints,
                         retunes=res.retunes, local_search_moves=steps, proven_optimal=optimal)
     return assign, lower, stats

@@ -12,6 +12,7 @@ from kvsched.packer import Gpu, Model
 from kvsched.packer.bounds import (
     fluid_bound,
     l2_violated,
+    memory_class_bound,
     lower_bound,
     per_model_bound,
     pigeonhole_violated,
@@ -60,6 +61,16 @@ def test_bounds_by_hand(models: list[Model], gpus: list[Gpu], fluid: float, per_
     assert per_model_bound(load, size, memory) == pytest.approx(per_model)
 
 
+def test_memory_class_bound_confines_large_models_to_large_gpus() -> None:
+    # Two 30 GiB models of load 4 cannot use the 24 GiB GPUs: both sit on the 80 GiB GPU, 20 GiB free.
+    models = [Model("a", 30, 4, 1), Model("b", 30, 4, 1)]
+    load, size, memory = _arrays(models, [Gpu("n", 0, 24.0), Gpu("n", 1, 24.0), Gpu("n", 2, 80.0)])
+    assert memory_class_bound(load, size, memory) == pytest.approx(8 / 20)
+    assert fluid_bound(load, size, memory) == pytest.approx(8 / 68)
+    assert per_model_bound(load, size, memory) == pytest.approx(4 / 50)
+    assert lower_bound(load, size, memory) == pytest.approx(0.4)
+
+
 def test_pigeonhole_pair_bound_fires_when_three_heavy_models_meet_two_gpus() -> None:
     # Three models of 30 GiB and load 10 on two 80 GiB GPUs: two must share, KVPR >= 20 / 20 = 1.
     load, size, memory = _arrays([Model(f"m{i}", 30, 10, 1) for i in range(3)],
@@ -92,6 +103,7 @@ def test_every_bound_is_below_the_brute_force_optimum(cluster: tuple[list[Model]
     tol = 1 + 1e-9
     assert fluid_bound(load, size, memory) <= optimum * tol
     assert per_model_bound(load, size, memory) <= optimum * tol
+    assert memory_class_bound(load, size, memory) <= optimum * tol
     assert lower_bound(load, size, memory) <= optimum * tol
     assert lower_bound(load, size, memory, upper=optimum * 2) <= optimum * tol
     # the T-tests must not declare the optimum itself infeasible
