@@ -2,8 +2,9 @@
 
 At a target T the question "is there a placement with max KVPR <= T" is the transformed bin packing (weights
 n + T*m, capacities T*M). `pack_exactly` answers it by depth-first search: items by weight descending, each
-tried on the bins in best-fit order; bins that are interchangeable (same memory, same residual, same models'
-groups) are tried once; a branch dies when the remaining weight exceeds the remaining room. `prove_or_improve`
+tried on the bins in best-fit order; bins that are interchangeable (same memory, same residual, and the same
+models' groups when a model has replicas) are tried once; a branch dies when the remaining weight exceeds the
+room that can still take the lightest item. `prove_or_improve`
 asks it at T just below the best known max KVPR, again and again, each success lowering the best, until a
 search is exhausted (the best is optimal) or the node budget is spent (the best stands, unproven).
 Called by: `solve` for instances with at most `exact_max_items` replicas.
@@ -20,6 +21,7 @@ from kvsched.packer.evaluate import max_kvpr
 from kvsched.packer.instance import Instance, IntArray
 
 _BELOW = 1 - 1e-9
+_NO_GROUPS: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True, eq=False)
@@ -56,6 +58,10 @@ def pack_exactly(inst: Instance, items: Sequence[int], target: float, node_limit
     for pos in range(len(order) - 1, -1, -1):
         suffix[pos] = suffix[pos + 1] + weight[order[pos]]
     nodes = 0
+    gpus = range(len(memory))
+    lightest = (weight[order[-1]] - 1e-12 * target * max(memory)) if order else 0.0
+    # Without replicas, GPUs of equal memory and residual are interchangeable whatever models they hold.
+    replicas = len(set(group[i] for i in items)) < len(items)
 
     def dfs(pos: int) -> bool:
         nonlocal nodes
@@ -66,13 +72,14 @@ def pack_exactly(inst: Instance, items: Sequence[int], target: float, node_limit
             raise _Budget
         i = order[pos]
         w = weight[i]
-        if suffix[pos] > sum(r for r in residual if r > 0) + 1e-9 * target:
+        # room smaller than the lightest item (the last in order) can never be used
+        if suffix[pos] > sum(r for r in residual if r >= lightest) + 1e-9 * target:
             return False
         tried: set[tuple[float, float, frozenset[int]]] = set()
-        fitting = [g for g in range(len(memory)) if w <= residual[g] + slack[g] and group[i] not in groups_on[g]]
+        fitting = [g for g in gpus if w <= residual[g] + slack[g] and group[i] not in groups_on[g]]
         fitting.sort(key=lambda g: (residual[g], g))
         for g in fitting:
-            key = (memory[g], round(residual[g], 9), frozenset(groups_on[g]))
+            key = (memory[g], round(residual[g], 9), frozenset(groups_on[g]) if replicas else _NO_GROUPS)
             if key in tried:
                 continue
             tried.add(key)
