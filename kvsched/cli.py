@@ -58,7 +58,7 @@ Cluster file (YAML or JSON; JSON when the name ends in .json):
     - {model: llama-8b, replica: 0, node: n1, gpu: 0}
   options:                       # optional
     stabilityThreshold: 0.05     # keep `current` unless a plan beats it by 5%
-    timeBudgetSeconds: 10        # time for the search to improve the first plan
+    timeBudgetSeconds: 30        # soft limit on the search's seconds (0: first valid plan)
 
 Memory is a Kubernetes quantity ("80Gi", "81920Mi", "85899345920" = bytes) or
 a plain number meaning GiB (80). Unknown keys are errors, not ignored.
@@ -123,8 +123,8 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     plan.add_argument("--plot", metavar="FILE", type=Path, help="draw the plan to FILE.svg or FILE.png: a bar per "
                       "GPU with its models stacked (GiB) and its KVPR marked")
     plan.add_argument("--time-budget", metavar="SECONDS", type=_non_negative_float, dest="time_budget_s",
-                      help="seconds the search may spend improving the first plan (overrides "
-                      "options.timeBudgetSeconds; default 10)")
+                      help="soft limit on the search's seconds; 0 gives the first valid plan at once "
+                      "(overrides options.timeBudgetSeconds; default 30)")
     plan.add_argument("--stability-threshold", metavar="RATIO", type=_non_negative_float,
                       dest="stability_threshold_ratio", help="keep the file's `current` placement unless the new "
                       "plan's max KVPR is lower by more than this ratio (overrides options.stabilityThreshold; "
