@@ -313,3 +313,10 @@ def test_console_script(tmp_path: Path) -> None:
     bad = subprocess.run([str(script), "plan", str(tmp_path / "missing.yaml")],
                          capture_output=True, text=True, timeout=60, check=False)
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "no such file" in bad.stderr
+
+
+def test_plan_help_states_the_packers_default_time_budget(run_cli: RunCli) -> None:
+    from kvsched.packer import PackOptions
+
+    result = run_cli("plan", "--help")
+    assert f"default {PackOptions().time_budget_s:g})" in " ".join(result.out.split())
