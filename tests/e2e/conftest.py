@@ -7,6 +7,7 @@ CI=true they fail instead, so nothing skips silently in CI.
 from __future__ import annotations
 
 import os
+import signal
 import uuid
 from collections.abc import Callable, Generator, Iterator
 
@@ -19,6 +20,14 @@ from .harness.processes import Component, ComponentFailed
 from .harness.tools import Tools, cache_root, locate_tools, missing_tools
 
 CONTROL_PLANE = pytest.StashKey[ControlPlane]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Turn SIGTERM (a CI timeout, `kill`) into KeyboardInterrupt so fixtures tear the control plane down."""
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        def interrupt(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt(f"signal {signum}")
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _in_ci() -> bool:

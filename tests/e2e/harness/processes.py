@@ -6,11 +6,13 @@ anything it spawned; an atexit hook stops whatever a crashed test run left behin
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -18,6 +20,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 _RUNNING: set[Component] = set()
+_PR_SET_PDEATHSIG = 1
+try:  # loaded here, not in the forked child, where taking the loader lock could deadlock
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+except OSError:
+    _LIBC = None
+
+
+def _die_with_parent() -> None:
+    """Runs in the child between fork and exec: the kernel SIGKILLs it when the thread that started it exits,
+    so even a SIGKILLed pytest leaves no component behind. Start components from the main thread."""
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 class ComponentFailed(RuntimeError):
@@ -67,7 +81,7 @@ class Component:
             log.flush()
             self.process = subprocess.Popen(
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True, env={**os.environ, **(self.env or {})},
+                start_new_session=True, env={**os.environ, **(self.env or {})}, preexec_fn=_die_with_parent,
             )
         _RUNNING.add(self)
         return self
