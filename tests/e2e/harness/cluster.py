@@ -7,7 +7,6 @@ URL the caller chooses. One process cannot host both: kube-scheduler shares its 
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,11 +220,8 @@ class ControlPlane:
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _wait_api_object(self, path: str, what: str) -> None:
-        assert self.creds is not None
+        creds = self.creds
+        assert creds is not None
         apiserver = next(c for c in self.components if c.name == "kube-apiserver")
-        apiserver.wait_ready(lambda: http_ok(f"{self.server}{path}", self.creds.admin_token if self.creds else None,
-                                             self.creds.ca_cert if self.creds else None), READY_TIMEOUT_S, what)
-
-    def describe(self) -> str:
-        """A one-line JSON summary (server, kubeconfig, workdir) for logs."""
-        return json.dumps({"server": self.server, "kubeconfig": str(self.kubeconfig), "workdir": str(self.workdir)})
+        apiserver.wait_ready(lambda: http_ok(f"{self.server}{path}", creds.admin_token, creds.ca_cert),
+                             READY_TIMEOUT_S, what)
