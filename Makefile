@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test unit e2e e2e-tools bench lint clean
+.PHONY: demo test unit e2e e2e-tools bench lint clean clean-e2e
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,10 @@ test: $(STAMP) e2e-tools
 unit: $(STAMP)
 	$(PY) -m pytest --ignore=tests/e2e
 
+## e2e: only the e2e tests (builds the control plane into its cache first if needed)
+e2e: $(STAMP) e2e-tools
+	$(PY) -m pytest tests/e2e
+
 ## e2e-tools: build kube-apiserver, etcd, kube-scheduler, kube-controller-manager, KWOK, helm into the cache
 e2e-tools:
 	@if [ -x tests/e2e/cluster/build.sh ]; then tests/e2e/cluster/build.sh; fi
@@ -37,3 +41,7 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) placement.json placement.svg
+
+## clean-e2e: drop the built control plane (the next `make test` rebuilds it, ~15 min on 2 cores)
+clean-e2e:
+	rm -rf $${KVSCHED_E2E_CACHE:-$$HOME/.cache/kvsched-e2e}
