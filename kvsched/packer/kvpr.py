@@ -26,16 +26,6 @@ def kvpr(load: float, weights_gib: float, memory_gib: float) -> float:
     return load / free
 
 
-def weight_at(load: float, size_gib: float, target: float) -> float:
-    """Transformed weight w(T) = n + T * m of an item at target T."""
-    return load + target * size_gib
-
-
-def capacity_at(memory_gib: float, target: float) -> float:
-    """Transformed capacity T * M of a GPU at target T."""
-    return target * memory_gib
-
-
 def kvpr_array(load: np.ndarray, weights_gib: np.ndarray, memory_gib: np.ndarray) -> np.ndarray:
     """Elementwise `kvpr` over GPUs: N / (M - W), 0 where N == 0 and W <= M, inf where weights leave no room."""
     free = memory_gib - weights_gib

@@ -307,15 +307,6 @@ class _PassState:
         self.groups_on[g].add(self.group[i])
         self.group_gpus.setdefault(self.group[i], []).append(g)
 
-    def unplace(self, i: int) -> None:
-        g = int(self.assign[i])
-        self.bins.take(g, -self.weight(i))
-        self.assign[i] = -1
-        self.gpu_load[g] -= self.load[i]
-        self.gpu_weights[g] -= self.size[i]
-        self.groups_on[g].discard(self.group[i])
-        self.group_gpus[self.group[i]].remove(g)
-
     def checkpoint(self, rest: Sequence[int], threshold: float) -> bool:
         """Retune when the residual bound of `rest` beats T by more than `threshold`; True when T was raised."""
         self.checkpoints += 1
