@@ -4,7 +4,7 @@ At a target T the question "is there a placement with max KVPR <= T" is the tran
 n + T*m, capacities T*M). `pack_exactly` answers it by depth-first search: items by weight descending, each
 tried on the bins in best-fit order; bins that are interchangeable (same memory, same residual, and the same
 models' groups when a model has replicas) are tried once; a branch dies when the remaining weight exceeds the
-room that can still take the lightest item. `prove_or_improve`
+room that can still take the lightest item; identical items take GPUs in index order. `prove_or_improve`
 asks it at T just below the best known max KVPR, again and again, each success lowering the best, until a
 search is exhausted (the best is optimal) or the node budget is spent (the best stands, unproven).
 Called by: `solve` for instances with at most `exact_max_items` replicas.
@@ -62,6 +62,8 @@ def pack_exactly(inst: Instance, items: Sequence[int], target: float, node_limit
     lightest = (weight[order[-1]] - 1e-12 * target * max(memory)) if order else 0.0
     # Without replicas, GPUs of equal memory and residual are interchangeable whatever models they hold.
     replicas = len(set(group[i] for i in items)) < len(items)
+    twin = [pos > 0 and not replicas and load[order[pos]] == load[order[pos - 1]]
+            and size[order[pos]] == size[order[pos - 1]] for pos in range(len(order))]
 
     def dfs(pos: int) -> bool:
         nonlocal nodes
@@ -76,7 +78,9 @@ def pack_exactly(inst: Instance, items: Sequence[int], target: float, node_limit
         if suffix[pos] > sum(r for r in residual if r >= lightest) + 1e-9 * target:
             return False
         tried: set[tuple[float, float, frozenset[int]]] = set()
-        fitting = [g for g in gpus if w <= residual[g] + slack[g] and group[i] not in groups_on[g]]
+        # identical items (same load and size, no replicas) are interchangeable: keep their GPUs in index order
+        first = int(assign[order[pos - 1]]) if twin[pos] else 0
+        fitting = [g for g in gpus[first:] if w <= residual[g] + slack[g] and group[i] not in groups_on[g]]
         fitting.sort(key=lambda g: (residual[g], g))
         for g in fitting:
             key = (memory[g], round(residual[g], 9), frozenset(groups_on[g]) if replicas else _NO_GROUPS)

@@ -74,13 +74,15 @@ def bisect_target(
     max_iterations: int = 40,
     elapsed: Callable[[], float] = lambda: 0.0,
     budget_s: float = math.inf,
+    rerun_retuned: bool = True,
 ) -> BisectionResult:
     """Smallest T at which a candidate packs `items`, between `lower` (a valid bound) and `upper`.
 
     `upper` may be inf (no known placement): the search then first doubles T from `lower` until a pass
     completes. No new step starts once elapsed() passes budget_s (the first always runs). Re-running a
     retuned pass without retune doubles a step's cost, so it is done only while the steps still expected,
-    at the passes' measured speed, fit the budget. O(iterations * candidates * pass cost).
+    at the passes' measured speed, fit the budget (and never with rerun_retuned=False).
+    O(iterations * candidates * pass cost).
     """
     best_assign = upper_assign
     best = upper if upper_assign is not None else math.inf
@@ -113,6 +115,8 @@ def bisect_target(
                 best, best_assign = value, res.assign
             if res.retunes and iterations == 1:
                 continue  # the probe at the lower bound only brackets: T = bound is rarely reachable
+            if res.retunes and not rerun_retuned:
+                continue
             if res.retunes and not _can_afford_reruns(lo, hi, tolerance_ratio, len(cands), passes, elapsed(),
                                                       budget_s):
                 continue

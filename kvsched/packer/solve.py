@@ -106,15 +106,18 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
     if not complete and (not math.isfinite(lower) or not _packs_at_all(inst, items, lower)):
         kept = [i for i in items if start_assign[i] >= 0]
         return _optimise(inst, kept, options, elapsed) if kept else (start_assign, 0.0, SearchStats())
+    exact_next = len(items) <= options.exact_max_items
     res = bisect_target(
         inst, items, lower, upper,
         upper_assign=start_assign if complete else None,
         checkpoints=options.checkpoints,
         retune_threshold_ratio=options.retune_threshold_ratio,
         retune=options.retune,
-        # The exact stage closes whatever gap is left on small instances, so bisection need not be fine there.
-        tolerance_ratio=(max(options.bisection_tolerance_ratio, 0.01) if len(items) <= options.exact_max_items
+        # The exact stage closes whatever gap is left on small instances, so bisection need not be fine there,
+        # nor re-run retuned passes to find out whether repair could have reached T.
+        tolerance_ratio=(max(options.bisection_tolerance_ratio, 0.01) if exact_next
                          else options.bisection_tolerance_ratio),
+        rerun_retuned=not exact_next,
         max_iterations=options.max_bisection_iterations,
         elapsed=elapsed,
         budget_s=options.time_budget_s * _BISECTION_SHARE,
