@@ -16,12 +16,14 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
 from kubernetes.utils.quantity import parse_quantity
 
-from kvsched.packer import Gpu, GpuId, Model, PackOptions, Slot
+from kvsched.packer import Gpu, GpuId, InvalidInput, Model, PackOptions, Slot
+
+T = TypeVar("T")
 
 GIB_BYTES = 2**30
 # A memory quantity string under 1 MiB is almost surely a missing unit ("80" is 80 bytes, not 80Gi).
@@ -45,6 +47,14 @@ class ClusterFileError(ValueError):
         self.path = path
         self.problem = problem
         super().__init__(f"{path}: {problem}" if path else problem)
+
+
+def _checked(make: Callable[[], T], path: str) -> T:
+    """Build a packer object; its own validation errors become file errors at `path`.<field>."""
+    try:
+        return make()
+    except InvalidInput as exc:
+        raise ClusterFileError(f"{path}.{exc.field}", exc.why) from None
 
 
 @dataclass(frozen=True)
@@ -150,7 +160,7 @@ def _parse_gpus(top: Mapping[str, object]) -> tuple[tuple[Gpu, ...], dict[GpuId,
         node = _name(obj, "node", path)
         index = _integer(obj, "index", path, minimum=0)
         memory_gib = _memory_gib(_required(obj, "memory", path), f"{path}.memory")
-        add(Gpu(node=node, index=index, memory_gib=memory_gib), path)
+        add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib), path), path)
     for i, item in enumerate(_list(top.get("nodes", []), "nodes")):
         path = f"nodes[{i}]"
         obj = _mapping(item, path, NODE_KEYS)
@@ -158,7 +168,7 @@ def _parse_gpus(top: Mapping[str, object]) -> tuple[tuple[Gpu, ...], dict[GpuId,
         count = _integer(obj, "gpus", path, minimum=1)
         memory_gib = _memory_gib(_required(obj, "gpuMemory", path), f"{path}.gpuMemory")
         for index in range(count):
-            add(Gpu(node=node, index=index, memory_gib=memory_gib), path)
+            add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib), path), path)
     if not gpus:
         raise ClusterFileError("gpus", "no GPUs listed: give at least one in gpus or nodes")
     return tuple(sorted(gpus, key=lambda gpu: gpu.id)), where
@@ -178,7 +188,8 @@ def _parse_models(value: object) -> tuple[Model, ...]:
         rate_rps = _number(_required(obj, "requestRate", path), f"{path}.requestRate", minimum=0.0)
         slo_s = _seconds(_required(obj, "sloSeconds", path), f"{path}.sloSeconds", zero_ok=False)
         replicas = _integer(obj, "replicas", path, minimum=1, default=1)
-        models.append(Model(name=name, size_gib=size_gib, rate_rps=rate_rps, slo_s=slo_s, replicas=replicas))
+        models.append(_checked(lambda: Model(name=name, size_gib=size_gib, rate_rps=rate_rps, slo_s=slo_s,
+                                             replicas=replicas), path))
     return tuple(models)
 
 

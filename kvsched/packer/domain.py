@@ -14,6 +14,10 @@ from dataclasses import dataclass, field
 from kvsched.packer.errors import InvalidInput
 
 
+# A guard against typos such as `replicas: 1000000000`, which would otherwise expand into a billion items.
+MAX_REPLICAS = 100_000
+
+
 @dataclass(frozen=True, order=True)
 class GpuId:
     """A GPU by node name and device index on that node; orders by node then index (ties break by id)."""
@@ -60,6 +64,9 @@ class Model:
         _check_number(obj, "sloSeconds", self.slo_s, positive=True)
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
             raise InvalidInput(obj, "replicas", self.replicas, "must be an integer >= 1")
+        if self.replicas > MAX_REPLICAS:
+            raise InvalidInput(obj, "replicas", self.replicas,
+                               f"must be at most {MAX_REPLICAS} (each replica needs a GPU of its own)")
 
     @property
     def load(self) -> float:

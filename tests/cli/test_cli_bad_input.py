@@ -63,6 +63,8 @@ BAD_DOCUMENTS = [
     pytest.param(changed((("models", 0, "sloSeconds"), "soon")), "models[0].sloSeconds", "duration",
                  id="SLO not a duration"),
     pytest.param(changed((("models", 0, "replicas"), 0)), "models[0].replicas", ">= 1", id="zero replicas"),
+    pytest.param(changed((("models", 0, "replicas"), 10**9)), "models[0].replicas", "at most",
+                 id="a billion replicas, caught by the packer's own check"),
     pytest.param(changed((("models", 0, "replicas"), 1.5)), "models[0].replicas", "integer",
                  id="fractional replicas"),
     pytest.param(changed((("models", 0, "name"), "")), "models[0].name", "non-empty", id="empty model name"),

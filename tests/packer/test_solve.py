@@ -144,6 +144,7 @@ def test_replicas_split_the_load() -> None:
         pytest.param(lambda: Model("a", 16, -1, 1), "requestRate", id="negative rate"),
         pytest.param(lambda: Model("a", 16, 1, 0), "sloSeconds", id="zero SLO"),
         pytest.param(lambda: Model("a", 16, 1, 1, replicas=0), "replicas", id="zero replicas"),
+        pytest.param(lambda: Model("a", 16, 1, 1, replicas=10**9), "replicas", id="a billion replicas (typo)"),
         pytest.param(lambda: Model("a", float("nan"), 1, 1), "size", id="NaN size"),
         pytest.param(lambda: Gpu("n", 0, 0), "memory", id="zero memory"),
         pytest.param(lambda: Gpu("n", -1, 80), "index", id="negative index"),
