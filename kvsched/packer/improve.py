@@ -156,9 +156,9 @@ def descend(inst: Instance, assign: IntArray, lower: float, *, first_step_ratio:
     while step >= min_step_ratio and value > lower * (1 + min_step_ratio) and not out_of_time():
         target = max(value * (1 - step), lower)
         tries += 1
-        fixed = repair(inst, assign, target)
+        fixed = repair(inst, assign, target, out_of_time=out_of_time)
         if fixed is None:
-            fixed = repair(inst, assign, target, shed_first=False)
+            fixed = repair(inst, assign, target, shed_first=False, out_of_time=out_of_time)
         if fixed is not None and max_kvpr(inst, fixed) < value:
             assign, value = fixed, max_kvpr(inst, fixed)
             step *= 1.5

@@ -15,7 +15,7 @@ Called by: `try_pack` (items a pass could not place), `improve` (descent by lowe
 from __future__ import annotations
 
 from collections import deque
-from typing import Iterable, Sequence
+from typing import Callable, Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -96,10 +96,12 @@ def evict_overfull(bins: _Bins, shed_first: bool = True) -> list[int]:
 
 
 def repair(inst: Instance, assign: IntArray, target: float, trash: Sequence[int] = (),
-           max_steps: int | None = None, shed_first: bool = True) -> IntArray | None:
+           max_steps: int | None = None, shed_first: bool = True,
+           out_of_time: Callable[[], bool] = lambda: False) -> IntArray | None:
     """An assignment meeting T for every item placed in `assign` or listed in `trash`, or None.
 
     `assign` is not modified. Steps are bounded by max_steps (default 30 * trash + 200); each is O(n) vectorised.
+    Gives up (None) as soon as out_of_time() says so, checked every step.
     """
     bins = _Bins(inst, assign.copy(), target)
     pending = list(trash) + evict_overfull(bins, shed_first)
@@ -107,7 +109,7 @@ def repair(inst: Instance, assign: IntArray, target: float, trash: Sequence[int]
     tabu: deque[int] = deque(maxlen=_TABU)
     weight = bins.weight
     while pending:
-        if budget <= 0:
+        if budget <= 0 or out_of_time():
             return None
         budget -= 1
         pending.sort(key=lambda i: (-weight[i], i))

@@ -37,6 +37,9 @@ class BisectionResult:
 MODE = 'C'
 
 
+PROBE: tuple[Order, Policy] = ("weight", "best_fit")
+
+
 def candidates(n_gpus: int) -> list[tuple[Order, Policy]]:
     """Orderings x policies worth running, best first.
 
@@ -79,7 +82,8 @@ def bisect_target(
     """Smallest T at which a candidate packs `items`, between `lower` (a valid bound) and `upper`.
 
     `upper` may be inf (no known placement): the search then first doubles T from `lower` until a pass
-    completes. No new step starts once elapsed() passes budget_s (the first always runs). Re-running a
+    completes. No new step starts once elapsed() passes budget_s, and a step stops between passes once a
+    placement is known (the first step runs until one is). Re-running a
     retuned pass without retune doubles a step's cost, so it is done only while the steps still expected,
     at the passes' measured speed, fit the budget (and never with rerun_retuned=False).
     O(iterations * candidates * pass cost).
@@ -100,7 +104,14 @@ def bisect_target(
         target = lo if iterations == 0 else math.sqrt(lo * hi) if math.isfinite(hi) else lo * 2
         iterations += 1
         reached = False
-        for c, (order, policy) in enumerate(cands):
+        # Best fit by weight is cheap and retunes to the tightest first bracket (fast path at 1024 GPUs: 9.2%
+        # above the fluid bound against 20.9% for fill alone), so the probe at the bound always includes it.
+        step_cands = cands + [PROBE] if iterations == 1 and PROBE not in cands else cands
+        cut = False
+        for c, (order, policy) in enumerate(step_cands):
+            if c > 0 and best_assign is not None and elapsed() > budget_s:
+                cut = True  # out of time mid-step: what ran proves nothing about T, keep the best found
+                break
             res = try_pack(inst, items, target, order=order, policy=policy, checkpoints=checkpoints,
                            retune_threshold_ratio=retune_threshold_ratio, retune=retune)
             passes += 1
@@ -134,8 +145,12 @@ def bisect_target(
                     best, best_assign = value, res.assign
             if res.complete:
                 reached = True
-                cands.insert(0, cands.pop(c))  # the winner goes first next time
+                if c < len(cands):
+                    cands.insert(0, cands.pop(c))  # the winner goes first next time
                 break
+        if cut:
+            hi = min(hi, best)
+            break
         if reached:
             hi = min(best, target)
         else:
