@@ -82,8 +82,8 @@ def bisect_target(
     """Smallest T at which a candidate packs `items`, between `lower` (a valid bound) and `upper`.
 
     `upper` may be inf (no known placement): the search then first doubles T from `lower` until a pass
-    completes. No new step starts once elapsed() passes budget_s, and a step stops between passes once a
-    placement is known (the first step runs until one is). Re-running a
+    completes. No new step starts once elapsed() passes budget_s, and a later step stops between passes when
+    it does (the probe at the bound always runs whole: it is the fast path's plan). Re-running a
     retuned pass without retune doubles a step's cost, so it is done only while the steps still expected,
     at the passes' measured speed, fit the budget (and never with rerun_retuned=False).
     O(iterations * candidates * pass cost).
@@ -109,7 +109,7 @@ def bisect_target(
         step_cands = cands + [PROBE] if iterations == 1 and PROBE not in cands else cands
         cut = False
         for c, (order, policy) in enumerate(step_cands):
-            if c > 0 and best_assign is not None and elapsed() > budget_s:
+            if iterations > 1 and c > 0 and elapsed() > budget_s:
                 cut = True  # out of time mid-step: what ran proves nothing about T, keep the best found
                 break
             res = try_pack(inst, items, target, order=order, policy=policy, checkpoints=checkpoints,
