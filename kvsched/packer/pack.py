@@ -24,6 +24,7 @@ import numpy as np
 from sortedcontainers import SortedList
 
 from kvsched.packer.instance import FloatArray, Instance, IntArray
+from kvsched.packer.kvpr import kvpr_array
 from kvsched.packer.repair import repair
 
 Order = Literal["weight", "density", "ratio"]
@@ -354,13 +355,7 @@ class _Bins:
 def _least_kvpr(load: float, size: float, gpu_load: FloatArray, gpu_weights: FloatArray, memory: FloatArray,
                 target: float, taken: list[int] | None) -> int:
     """The GPU whose KVPR after taking the item is smallest and <= T, ties by index; -1 when none. O(G)."""
-    room = memory - gpu_weights - size
-    new_load = gpu_load + load
-    if load > 0:
-        kv = np.where(room > 0, new_load / np.where(room > 0, room, 1.0), np.inf)
-    else:
-        kv = np.where(room >= 0, gpu_load / np.where(room > 0, room, 1.0), np.inf)
-        kv = np.where((room >= 0) & (gpu_load <= 0), 0.0, kv)
+    kv = kvpr_array(gpu_load + load, gpu_weights + size, memory)
     limit = target * (1 + 1e-12)
     kv = np.where(kv <= limit, kv, np.inf)
     if taken:

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 
 from kvsched.packer import Gpu, Model
 from kvsched.packer.bounds import lower_bound
@@ -82,6 +82,10 @@ def test_residual_bound_is_computed_on_the_partial_placement() -> None:
 
 @settings(max_examples=80, deadline=None)
 @given(tiny_cluster())
+# Found by hypothesis: least-KVPR put a zero-load model into a loaded GPU's last free GiB (its KVPR formula
+# divided by a stand-in 1 where the free memory was 0).
+@example(([Model("m0", 2, 1, 0.5), Model("m1", 11, 20, 0.5), Model("m2", 38, 0, 0.5)],
+          [Gpu("n0", 0, 40.0), Gpu("n1", 1, 40.0)]))
 def test_every_pass_respects_the_t_it_reports(cluster: tuple[list[Model], list[Gpu]]) -> None:
     inst = build_instance(*cluster)
     items = list(range(inst.n_items))
