@@ -133,7 +133,7 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
     if options.local_search:
         better = improve(inst, assign, out_of_time=out_of_time)
         assign, steps = better.assign, better.steps
-        if len(items) > options.exact_max_items:  # small instances go to the exact stage instead
+        if not exact_next:  # small instances go to the exact stage instead
             repacked = repack_peak(inst, assign, out_of_time=out_of_time)
             again = improve(inst, repacked.assign, out_of_time=out_of_time)
             assign, steps = again.assign, steps + repacked.improvements + again.steps
@@ -141,7 +141,7 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
             best = improve(inst, lower_t.assign, out_of_time=out_of_time)
             assign, steps = best.assign, steps + lower_t.steps + best.steps
     optimal = max_kvpr(inst, assign) <= lower * (1 + 1e-9)
-    if not optimal and len(items) <= options.exact_max_items and not out_of_time():
+    if not optimal and exact_next and not out_of_time():
         exact = prove_or_improve(inst, items, assign, lower, options.exact_node_limit, out_of_time)
         assign, optimal = exact.assign, exact.optimal
         if optimal:
