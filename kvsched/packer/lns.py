@@ -107,3 +107,28 @@ def repack_peak(inst: Instance, assign: IntArray, *, partners: int = 3, attempts
         if not improved:
             break
     return Repacked(assign, float(kv.max()) if inst.n_gpus else 0.0, improvements, tried)
+
+
+def kick(inst: Instance, assign: IntArray, rng: np.random.Generator, swaps: int) -> IntArray:
+    """A perturbed copy of `assign`: up to `swaps` swaps between a GPU in the top tenth by KVPR and a random
+    GPU, each kept only if both GPUs keep their weights within memory and no model twice. O(swaps * n)."""
+    out = assign.copy()
+    load, weights = gpu_totals(inst, out)
+    kv = kvpr_array(load, weights, inst.gpu_memory)
+    top = np.argsort(-kv, kind="stable")[: max(2, inst.n_gpus // 10)]
+    for _ in range(swaps):
+        p, q = int(rng.choice(top)), int(rng.integers(inst.n_gpus))
+        on_p, on_q = np.nonzero(out == p)[0], np.nonzero(out == q)[0]
+        if p == q or on_p.size == 0 or on_q.size == 0:
+            continue
+        i, k = int(rng.choice(on_p)), int(rng.choice(on_q))
+        gi, gk = inst.item_group[i], inst.item_group[k]
+        if gi == gk or (inst.item_group[on_q] == gi).any() or (inst.item_group[on_p] == gk).any():
+            continue
+        dp = float(inst.item_size[k] - inst.item_size[i])
+        if weights[p] + dp >= inst.gpu_memory[p] or weights[q] - dp >= inst.gpu_memory[q]:
+            continue
+        out[i], out[k] = q, p
+        weights[p] += dp
+        weights[q] -= dp
+    return out

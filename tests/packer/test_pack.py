@@ -170,3 +170,18 @@ def test_repack_peak_finds_what_single_moves_and_swaps_cannot() -> None:
     assert valid(inst, repacked.assign)
     assert repacked.max_kvpr == pytest.approx(optimum, rel=1e-9)
     assert repack_peak(inst, stuck.assign).assign.tolist() == repacked.assign.tolist()  # deterministic
+
+
+@settings(max_examples=60, deadline=None)
+@given(tiny_cluster(max_models=4, max_gpus=3))
+def test_kicks_keep_plans_valid(cluster: tuple[list[Model], list[Gpu]]) -> None:
+    from kvsched.packer.lns import kick
+
+    inst = build_instance(*cluster)
+    start = greedy(inst)
+    if (start < 0).any() or not valid(inst, start):
+        return
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        kicked = kick(inst, start, rng, 4)
+        assert valid(inst, kicked)
