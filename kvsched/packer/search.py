@@ -34,9 +34,6 @@ class BisectionResult:
     retunes: int
 
 
-MODE = 'C'
-
-
 PROBE: tuple[Order, Policy] = ("weight", "best_fit")
 
 
