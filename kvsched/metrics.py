@@ -1,0 +1,94 @@
+"""Prometheus metrics of kvsched: the one registry and every metric it exports (prefix `kvsched_`, base units).
+
+The controller records plans, models and migrations; the extender records its requests and bind conflicts; both
+run in one process under `kvsched serve`, so they share one `Metrics` object. Nothing here imports the packer or
+Kubernetes: callers pass plain numbers. The Grafana dashboard (helm/kvsched/dashboards/) queries these names.
+Called by: kvsched.controller, kvsched.extender, the CLI (`kvsched serve/controller/extender`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Re-plans take milliseconds for a handful of models and up to tens of seconds at thousands of GPUs.
+_PLACEMENT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Extender verbs answer in about a millisecond; bind includes two API calls (tens of milliseconds).
+_REQUEST_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+MODEL_STATES = ("placed", "partial", "unschedulable", "invalid", "migrating")
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One GPU of the current plan: its KVPR (inf allowed) and the bytes of weights planned on it."""
+
+    node: str
+    gpu: int
+    kvpr: float
+    memory_used_bytes: float
+
+
+@dataclass
+class Metrics:
+    """Every kvsched metric on its own registry (tests build one each; the process builds one)."""
+
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=True))
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.max_kvpr = Gauge("kvsched_max_kvpr", "Largest KV-cache pressure ratio over all GPUs of the current "
+                              "plan (load / free GiB).", registry=r)
+        self.kvpr_lower_bound = Gauge("kvsched_kvpr_lower_bound", "Proven lower bound on the optimal max KVPR "
+                                      "of the current models and GPUs.", registry=r)
+        self.gpu_kvpr = Gauge("kvsched_gpu_kvpr", "KVPR of one GPU in the current plan.", ["node", "gpu"],
+                              registry=r)
+        self.gpu_memory_used_bytes = Gauge("kvsched_gpu_memory_used_bytes", "Bytes of model weights planned on "
+                                           "one GPU.", ["node", "gpu"], registry=r)
+        self.packer_retunes = Counter("kvsched_packer_retunes", "Mid-pack raises of the target T in the plans "
+                                      "actually solved.", registry=r)
+        self.placement_duration_seconds = Histogram("kvsched_placement_duration_seconds", "Seconds one re-plan "
+                                                    "took (packer solve).", buckets=_PLACEMENT_BUCKETS_S,
+                                                    registry=r)
+        self.models = Gauge("kvsched_models", "Models (ModelServings) by state.", ["state"], registry=r)
+        self.migrations = Counter("kvsched_migrations", "Replica migrations started (evictions), by reason.",
+                                  ["reason"], registry=r)
+        self.is_leader = Gauge("kvsched_is_leader", "1 when this process holds the leader Lease.", registry=r)
+        self.cache_synced = Gauge("kvsched_cache_synced", "1 once every watch has listed its objects.",
+                                  registry=r)
+        self.extender_requests = Counter("kvsched_extender_requests", "Extender requests by verb and outcome.",
+                                         ["verb", "outcome"], registry=r)
+        self.extender_request_duration_seconds = Histogram(
+            "kvsched_extender_request_duration_seconds", "Seconds to answer one extender request, by verb.",
+            ["verb"], buckets=_REQUEST_BUCKETS_S, registry=r)
+        self.bind_conflicts = Counter("kvsched_bind_conflicts", "Binds refused because the slot was taken "
+                                      "meanwhile.", registry=r)
+        for state in MODEL_STATES:
+            self.models.labels(state=state).set(0)
+
+    def record_plan(self, max_kvpr: float, lower_bound: float, retunes: int, solve_seconds: float,
+                    gpus: Iterable[GpuSample]) -> None:
+        """Publish one solved plan: gauges replaced (GPUs no longer planned disappear), counters advanced."""
+        self.max_kvpr.set(max_kvpr)
+        self.kvpr_lower_bound.set(lower_bound)
+        self.packer_retunes.inc(max(retunes, 0))
+        self.placement_duration_seconds.observe(solve_seconds)
+        self.gpu_kvpr.clear()
+        self.gpu_memory_used_bytes.clear()
+        for g in gpus:
+            self.gpu_kvpr.labels(node=g.node, gpu=str(g.gpu)).set(g.kvpr)
+            self.gpu_memory_used_bytes.labels(node=g.node, gpu=str(g.gpu)).set(g.memory_used_bytes)
+
+    def record_models(self, counts: dict[str, int]) -> None:
+        """Set the models-by-state gauge; states missing from `counts` are 0."""
+        for state in MODEL_STATES:
+            self.models.labels(state=state).set(counts.get(state, 0))
+
+    def exposition(self) -> bytes:
+        """The text format for GET /metrics."""
+        return generate_latest(self.registry)
