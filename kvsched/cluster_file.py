@@ -12,22 +12,16 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import re
 from dataclasses import dataclass
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any, Callable, Mapping, TypeVar
 
 import yaml
-from kubernetes.utils.quantity import parse_quantity
 
+from kvsched import units
 from kvsched.packer import Gpu, GpuId, InvalidInput, Model, PackOptions, Slot
 
 T = TypeVar("T")
-
-GIB_BYTES = 2**30
-# A memory quantity string under 1 MiB is almost surely a missing unit ("80" is 80 bytes, not 80Gi).
-SMALLEST_MEMORY_BYTES = 2**20
 
 TOP_KEYS = ("gpus", "nodes", "models", "current", "options")
 GPU_KEYS = ("node", "index", "memory")
@@ -35,9 +29,6 @@ NODE_KEYS = ("name", "gpus", "gpuMemory")
 MODEL_KEYS = ("name", "size", "requestRate", "sloSeconds", "replicas")
 CURRENT_KEYS = ("model", "replica", "node", "gpu")
 OPTION_KEYS = ("stabilityThreshold", "timeBudgetSeconds")
-
-_DURATION = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m)?\s*$")
-_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 
 
 class ClusterFileError(ValueError):
@@ -233,20 +224,7 @@ def _parse_options(value: object) -> PackOptions:
 # ---- field readers: each names the path in its error ----
 
 
-def _describe(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return f"the number {value!r}"
-    if isinstance(value, str):
-        return f"the string {value!r}"
-    if isinstance(value, list):
-        return "a list"
-    if isinstance(value, dict):
-        return "a mapping"
-    return type(value).__name__
+_describe = units.describe
 
 
 def _mapping(value: object, path: str, keys: tuple[str, ...]) -> dict[str, object]:
@@ -297,52 +275,23 @@ def _integer(obj: Mapping[str, object], key: str, path: str, *, minimum: int, de
 
 
 def _number(value: object, path: str, *, minimum: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ClusterFileError(path, f"must be a number, got {_describe(value)}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ClusterFileError(path, f"must be a finite number, got {value!r}")
-    if number < minimum:
-        raise ClusterFileError(path, f"must be >= {minimum:g}, got {value!r}")
-    return number
+    try:
+        return units.number(value, minimum=minimum)
+    except units.UnitError as exc:
+        raise ClusterFileError(path, str(exc)) from None
 
 
 def _seconds(value: object, path: str, *, zero_ok: bool) -> float:
     """A number of seconds, or a duration string "500ms", "2s", "1.5m" (a bare numeric string is seconds)."""
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match is None:
-            raise ClusterFileError(path, f"{value!r} is not a duration (e.g. 2, \"500ms\", \"2s\", \"1m\")")
-        seconds = float(match["number"]) * _SECONDS_PER_UNIT[match["unit"]]
-    else:
-        seconds = _number(value, path, minimum=0.0)
-    if seconds == 0 and not zero_ok:
-        raise ClusterFileError(path, f"must be greater than zero, got {value!r}")
-    return seconds
+    try:
+        return units.seconds(value, zero_ok=zero_ok)
+    except units.UnitError as exc:
+        raise ClusterFileError(path, str(exc)) from None
 
 
 def _memory_gib(value: object, path: str) -> float:
     """A Kubernetes quantity string (bytes unless suffixed) or a plain number of GiB, as GiB; must be > 0."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-        raise ClusterFileError(path, f"must be a Kubernetes quantity like \"80Gi\" or a number of GiB, "
-                                     f"got {_describe(value)}")
-    if isinstance(value, str):
-        try:
-            size_bytes: Decimal = parse_quantity(value.strip())  # type: ignore[no-untyped-call]
-        except (ValueError, InvalidOperation):
-            raise ClusterFileError(path, f"{value!r} is not a Kubernetes quantity (e.g. 16Gi)") from None
-        if not size_bytes.is_finite():
-            raise ClusterFileError(path, f"{value!r} is not a Kubernetes quantity (e.g. 16Gi)")
-        if 0 < size_bytes < SMALLEST_MEMORY_BYTES:
-            raise ClusterFileError(
-                path, f"{value!r} is only {size_bytes} bytes: add a unit (e.g. \"{value.strip()}Gi\"), "
-                      f"or write a plain number for GiB"
-            )
-        size_gib = float(size_bytes / Decimal(GIB_BYTES))
-    else:
-        size_gib = float(value)
-        if not math.isfinite(size_gib):
-            raise ClusterFileError(path, f"must be a finite number of GiB, got {value!r}")
-    if size_gib <= 0:
-        raise ClusterFileError(path, f"must be greater than zero, got {value!r}")
-    return size_gib
+    try:
+        return units.memory_gib(value)
+    except units.UnitError as exc:
+        raise ClusterFileError(path, str(exc)) from None

@@ -1,0 +1,114 @@
+"""Quantities and durations as people write them in Kubernetes objects and cluster files.
+
+`memory_gib("16Gi")` and `seconds("500ms")` turn what a user wrote into the packer's units (GiB, seconds) or raise
+`UnitError` with a sentence fit for an error message (the caller adds the field path or the object's name).
+Memory is a Kubernetes quantity string (bytes unless suffixed: "80Gi", "81920Mi", "85899345920") or a plain number
+meaning GiB; durations are numbers of seconds or strings "500ms", "2s", "1.5m".
+Called by: the cluster file reader, the controller (annotations, ModelServing spec, node labels), the extender.
+
+The quantity grammar is the official client's `parse_quantity` (a pure function of the `kubernetes` package);
+this is the one module outside kvsched.k8s allowed to import it (see the import contracts in pyproject.toml).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from decimal import Decimal, InvalidOperation
+
+from kubernetes.utils.quantity import parse_quantity
+
+GIB_BYTES = 2**30
+MIB_BYTES = 2**20
+# A memory quantity string under 1 MiB is almost surely a missing unit ("80" is 80 bytes, not 80Gi).
+SMALLEST_MEMORY_BYTES = MIB_BYTES
+
+_DURATION = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m)?\s*$")
+_SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
+
+
+class UnitError(ValueError):
+    """A value is not a quantity or duration of the expected kind; str() is the problem, without a field path."""
+
+
+def describe(value: object) -> str:
+    """How a value reads in an error message: 'the string "x"', 'a list', 'null'."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def number(value: object, *, minimum: float) -> float:
+    """A finite int or float >= minimum (booleans are not numbers). Raises UnitError."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise UnitError(f"must be a number, got {describe(value)}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise UnitError(f"must be a finite number, got {value!r}")
+    if result < minimum:
+        raise UnitError(f"must be >= {minimum:g}, got {value!r}")
+    return result
+
+
+def seconds(value: object, *, zero_ok: bool) -> float:
+    """A number of seconds, or a duration string "500ms", "2s", "1.5m" (a bare numeric string is seconds)."""
+    if isinstance(value, str):
+        match = _DURATION.match(value)
+        if match is None:
+            raise UnitError(f"{value!r} is not a duration (e.g. 2, \"500ms\", \"2s\", \"1m\")")
+        result = float(match["number"]) * _SECONDS_PER_UNIT[match["unit"]]
+    else:
+        result = number(value, minimum=0.0)
+    if result == 0 and not zero_ok:
+        raise UnitError(f"must be greater than zero, got {value!r}")
+    return result
+
+
+def quantity_bytes(text: str) -> Decimal:
+    """A Kubernetes quantity string as a number of bytes (may be fractional). Raises UnitError."""
+    try:
+        result: Decimal = parse_quantity(text.strip())  # type: ignore[no-untyped-call]
+    except (ValueError, InvalidOperation):
+        raise UnitError(f"{text!r} is not a Kubernetes quantity (e.g. 16Gi)") from None
+    if not result.is_finite():
+        raise UnitError(f"{text!r} is not a Kubernetes quantity (e.g. 16Gi)")
+    return result
+
+
+def memory_gib(value: object) -> float:
+    """A Kubernetes quantity string (bytes unless suffixed) or a plain number of GiB, as GiB; must be > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise UnitError(f"must be a Kubernetes quantity like \"80Gi\" or a number of GiB, got {describe(value)}")
+    if isinstance(value, str):
+        size_bytes = quantity_bytes(value)
+        if 0 < size_bytes < SMALLEST_MEMORY_BYTES:
+            raise UnitError(f"{value!r} is only {size_bytes} bytes: add a unit (e.g. \"{value.strip()}Gi\"), "
+                            f"or write a plain number for GiB")
+        size_gib = float(size_bytes / Decimal(GIB_BYTES))
+    else:
+        size_gib = float(value)
+        if not math.isfinite(size_gib):
+            raise UnitError(f"must be a finite number of GiB, got {value!r}")
+    if size_gib <= 0:
+        raise UnitError(f"must be greater than zero, got {value!r}")
+    return size_gib
+
+
+def gib_to_quantity(gib: float) -> str:
+    """GiB as the shortest exact-enough quantity string a person reads: 80 -> "80Gi", 0.5 -> "512Mi"."""
+    if gib == int(gib):
+        return f"{int(gib)}Gi"
+    mib = gib * 1024
+    if abs(mib - round(mib)) < 1e-6:
+        return f"{int(round(mib))}Mi"
+    return f"{gib:.3f}Gi"
