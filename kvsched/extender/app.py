@@ -10,7 +10,7 @@ problem with the pod, node or model is reported in the answer's `Error` or as fa
 unexpected exception in a handler becomes an `Error` answer (logged with its traceback). Pods without the model
 label (or with another scheduler name) pass through: every node passes, neutral scores, a plain Binding.
 Metrics: `kvsched_extender_requests_total{verb,outcome}` with outcome in managed / unmanaged / rejected (bind
-refused: no plan, or the slot went to another pod) / conflict / error / bad_request, and the duration histogram.
+refused: no plan) / conflict (the slot went to another pod) / not_synced / error / bad_request, and the duration histogram.
 """
 
 from __future__ import annotations
@@ -65,6 +65,14 @@ class Binder(Protocol):
 
     def bind(self, namespace: str, name: str, uid: str, node: str,
              annotations: dict[str, str] | None) -> None: ...
+
+
+class NotSynced(Exception):
+    """The cache has not listed everything yet; managed pods wait (an Error answer) until it has."""
+
+    def __init__(self, verb: str) -> None:
+        super().__init__(f"kvsched extender is starting: its cache has not synced yet, so it cannot {verb} a "
+                         f"pod of a kvsched model; the scheduler will retry")
 
 
 class BadRequest(Exception):
@@ -138,6 +146,9 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
             if ref.model_key is None:
                 decision = FilterDecision(passed=list(names))
                 outcome = "unmanaged"
+            elif not cache.ready():
+                # Without the pods' bindings the extender cannot know which slots are held: wait, do not guess.
+                raise NotSynced("filter")
             else:
                 cache.remember(ref)
                 decision = cache.filter(ref, names)
@@ -152,6 +163,8 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
                 result = ExtenderFilterResult.model_construct(
                     NodeNames=decision.passed, FailedNodes=decision.failed,
                     FailedAndUnresolvableNodes=decision.unresolvable, Error="")
+        except NotSynced as e:
+            result, outcome = ExtenderFilterResult(Error=str(e)), "not_synced"
         except Exception as e:
             log.exception("filter failed")
             result, outcome = ExtenderFilterResult(Error=f"kvsched extender: filter failed: {e}"), "error"
@@ -213,6 +226,8 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
             except Exception as e:
                 return str(e), "error"
             return "", "unmanaged"
+        if not cache.ready():
+            return str(NotSynced("bind")), "not_synced"
         if target.node_name:
             if target.node_name == node and target.gpu is not None:
                 return "", "managed"  # a retried bind whose first try went through
