@@ -23,20 +23,19 @@ from typing import Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
+from pydantic_core import to_json
 from starlette.concurrency import run_in_threadpool
 
 from kvsched.extender.cache import GPU_ANNOTATION, GPU_MEMORY_FRACTION_ANNOTATION, BindTarget
 from kvsched.extender.slots import NEUTRAL_SCORE, FilterDecision, PlannedSlot, PodRef, Refusal
 from kvsched.extender.wire import (
-    ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, HostPriority, NodeList,
+    ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
 )
 from kvsched.metrics import CONTENT_TYPE, Metrics
 from kvsched.settings import ExtenderSettings
 
 log = logging.getLogger(__name__)
-
-_PRIORITIES = TypeAdapter(list[HostPriority])
 
 
 class ExtenderCache(Protocol):
@@ -193,7 +192,8 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
             log.exception("prioritize failed")
             scores, outcome = [(n, NEUTRAL_SCORE) for n in args.candidate_names()], "error"
         record("prioritize", outcome, started)
-        return _json(_PRIORITIES.dump_json([HostPriority.model_construct(Host=h, Score=s) for h, s in scores]))
+        # The shape of wire.HostPriority, serialized from plain dicts: building 500 models costs milliseconds.
+        return _json(to_json([{"Host": h, "Score": s} for h, s in scores]))
 
     @app.post("/bind")
     async def bind(request: Request) -> Response:
