@@ -1,0 +1,96 @@
+"""kvsched's own processes in e2e tests: `kvsched extender` as a harness Component against the control plane,
+and ModelServing objects written the way the controller writes them (spec, then the status subresource).
+
+Called by tests/e2e/test_extender.py; the controller's tests may reuse `ExtenderProcess` and `write_model`.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from .cluster import ControlPlane
+from .processes import Component, free_port, http_ok
+
+GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
+MODEL_LABEL = "kvsched.io/model"
+GPU_ANNOTATION = "kvsched.io/gpu"
+FRACTION_ANNOTATION = "kvsched.io/gpu-memory-fraction"
+
+
+def kvsched_argv(*args: str) -> list[str]:
+    """argv running the `kvsched` CLI of this checkout with the test's interpreter."""
+    return [sys.executable, "-c", "import sys; from kvsched.cli import main; sys.exit(main())", *args]
+
+
+@dataclass
+class ExtenderProcess:
+    """`kvsched extender` on a fixed loopback port, so kube-scheduler keeps its URL across restarts."""
+
+    plane: ControlPlane
+    port: int = field(default_factory=free_port)
+    starts: int = 0
+    component: Component | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout_s: float = 60.0) -> ExtenderProcess:
+        """Start it (from the main thread) and wait until /readyz says its watches have synced."""
+        assert self.plane.kubeconfig is not None
+        self.starts += 1
+        log = self.plane.workdir / "logs" / f"kvsched-extender-{self.port}-{self.starts}.log"
+        self.component = Component(f"kvsched-extender-{self.starts}", kvsched_argv(
+            "extender", f"--kubeconfig={self.plane.kubeconfig}", "--host=127.0.0.1", f"--port={self.port}",
+            "--log-level=info"), Path(log)).start()
+        self.plane.components.append(self.component)
+        self.component.wait_ready(lambda: http_ok(f"{self.url}/readyz"), timeout_s, "ready (/readyz)")
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash or an OOM kill would."""
+        if self.component is not None and self.component.process is not None:
+            self.component.process.kill()
+            self.component.process.wait(10)
+            self.component.stop()
+
+    def stop(self) -> None:
+        if self.component is not None:
+            self.component.stop()
+
+
+def write_model(custom: client.CustomObjectsApi, namespace: str, name: str, size: str,
+                slots: list[tuple[str, int, float]]) -> dict[str, Any]:
+    """Create (or update) ModelServing `name` and write `slots` [(node, gpu, memoryFraction)] to its status,
+    acting as the controller."""
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelServing",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"workloadRef": {"kind": "Deployment", "name": name}, "modelSize": size, "requestRate": 1.0,
+                     "sloSeconds": 1.0, "replicas": len(slots)}}
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, body)
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    status = {"status": {"replicas": len(slots), "placedReplicas": len(slots),
+                         "slots": [{"node": n, "gpu": g, "memoryFraction": f} for n, g, f in slots]}}
+    result: dict[str, Any] = custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name,
+                                                                         status)
+    return result
+
+
+def managed_deployment(name: str, replicas: int, model: str | None = None) -> dict[str, Any]:
+    """A Deployment whose pods carry the model label and `schedulerName: kvsched`, as the controller patches
+    them (replacement only after an old pod is gone: maxSurge 0, maxUnavailable 1)."""
+    from .kube import deployment_manifest
+
+    manifest = deployment_manifest(name, replicas=replicas, scheduler_name="kvsched")
+    manifest["spec"]["template"]["metadata"]["labels"][MODEL_LABEL] = model or name
+    manifest["spec"]["strategy"] = {"type": "RollingUpdate",
+                                    "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    return manifest
