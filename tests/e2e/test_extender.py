@@ -64,15 +64,17 @@ def placements(core: client.CoreV1Api, namespace: str, selector: str) -> list[tu
                    (p.metadata.annotations or {})[FRACTION_ANNOTATION]) for p in pods if p.spec.node_name)
 
 
+@pytest.mark.parametrize("node_cache_capable", [pytest.param(True, id="node names"),
+                                                pytest.param(False, id="whole Node objects")])
 def test_managed_pods_land_on_exactly_the_planned_gpus(
         core: client.CoreV1Api, apps: client.AppsV1Api, custom: client.CustomObjectsApi, namespace: str,
         node_factory: Callable[..., list[str]], extender: ExtenderProcess,
-        kvsched_scheduler: Callable[..., Component]) -> None:
+        kvsched_scheduler: Callable[..., Component], node_cache_capable: bool) -> None:
     a, b, c = node_factory(3, gpus=4)
     plan = [(a, 3, 0.25), (b, 1, 0.5), (c, 0, 0.125)]
     write_model(custom, namespace, "llama", "16Gi", plan)
     write_model(custom, namespace, "qwen", "40Gi", [(a, 3, 0.5)])  # shares a/3 with llama: 56 GiB of 80 fit
-    kvsched_scheduler(extender.url)
+    kvsched_scheduler(extender.url, node_cache_capable=node_cache_capable)
     apps.create_namespaced_deployment(namespace, managed_deployment("llama", replicas=3))
     apps.create_namespaced_deployment(namespace, managed_deployment("qwen", replicas=1))
     wait_pods_bound(core, namespace, f"{MODEL_LABEL}=llama", count=3)
