@@ -192,8 +192,19 @@ def _post(conn: http.client.HTTPConnection, path: str, body: bytes) -> float:
     return elapsed
 
 
-def measure(port: int, path: str, bodies: Callable[[int], bytes], requests: int, clients: int) -> dict[str, float]:
-    """Latencies (ms) and throughput of `requests` POSTs per client from `clients` threads."""
+def server_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) the server process has used, from /proc (Linux); 0.0 elsewhere."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def measure(port: int, path: str, bodies: Callable[[int], bytes], requests: int, clients: int,
+            server_pid: int) -> dict[str, float]:
+    """Latencies (ms), throughput and the server's CPU ms per request of `requests` POSTs per client from
+    `clients` threads. CPU per request hardly depends on what else the machine runs; latency does."""
     latencies: list[float] = []
     lock = threading.Lock()
 
@@ -207,14 +218,17 @@ def measure(port: int, path: str, bodies: Callable[[int], bytes], requests: int,
             latencies.extend(mine)
 
     threads = [threading.Thread(target=worker, args=(c * 1_000_000,)) for c in range(clients)]
+    cpu_before = server_cpu_s(server_pid)
     started = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
+    cpu = server_cpu_s(server_pid) - cpu_before
     latencies.sort()
-    return {"p50_ms": 1000 * latencies[len(latencies) // 2],
+    return {"server_cpu_ms_per_request": 1000 * cpu / (len(latencies) + 20 * clients),
+            "p50_ms": 1000 * latencies[len(latencies) // 2],
             "p99_ms": 1000 * latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))],
             "requests_per_s": len(latencies) / wall, "requests": len(latencies)}
 
@@ -224,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=2000, help="requests per client per case (default 2000)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per case; the report gives medians")
     parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--names-only", action="store_true", help="skip the nodeCacheCapable=false cases (slow)")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.serve:
@@ -266,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
         filter_names = args_body(by_names)
         filter_objects = args_body(by_objects)
+        print(f"load average before: {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         print(f"request sizes: filter/prioritize with names {len(filter_names(0)) / 1024:.1f} KiB, "
               f"with Node objects {len(filter_objects(0)) / 1024:.0f} KiB, pod alone "
               f"{len(json.dumps(vllm_pod('x', 'y'))) / 1024:.1f} KiB")
@@ -277,19 +293,21 @@ def main(argv: list[str] | None = None) -> int:
             ("bind", "unmanaged pod, no-op binder", "/bind", bind_body),
         ]
         results = []
-        print(f"{'verb':<11}{'mode':<30}{'clients':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}  (median of "
-              f"{args.repeat} runs)")
+        print(f"{'verb':<11}{'mode':<30}{'clients':>8}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}{'cpu ms':>8}"
+              f"  (median of {args.repeat} runs; cpu: server CPU per request)")
         for verb, mode, path, bodies in cases:
+            if args.names_only and mode == "nodeCacheCapable=false":
+                continue
             for clients in (1, CONCURRENCY):
                 slow = mode == "nodeCacheCapable=false"
                 n = max(50, args.requests // (10 if slow else 1) // clients)
-                runs = [measure(port, path, bodies, n, clients) for _ in range(args.repeat)]
-                row = {key: statistics.median(r[key] for r in runs) for key in ("p50_ms", "p99_ms",
-                                                                                 "requests_per_s")}
+                runs = [measure(port, path, bodies, n, clients, server.pid) for _ in range(args.repeat)]
+                row = {key: statistics.median(r[key] for r in runs)
+                       for key in ("p50_ms", "p99_ms", "requests_per_s", "server_cpu_ms_per_request")}
                 row.update(verb=verb, mode=mode, clients=clients, requests_per_run=n * clients)
                 results.append(row)
                 print(f"{verb:<11}{mode:<30}{clients:>8}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}"
-                      f"{row['requests_per_s']:>9.0f}")
+                      f"{row['requests_per_s']:>9.0f}{row['server_cpu_ms_per_request']:>8.2f}")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps({
