@@ -167,3 +167,33 @@ def test_twenty_replicas_at_once_take_twenty_distinct_planned_slots(
     got = placements(core, namespace, "app=llama")
     assert len({(n, g) for n, g, _ in got}) == 20
     assert got == sorted((n, g, f"{f:.3f}") for n, g, f in plan)
+
+
+def test_rollout_on_a_full_plan_completes_one_replica_at_a_time(
+        core: client.CoreV1Api, apps: client.AppsV1Api, custom: client.CustomObjectsApi, namespace: str,
+        node_factory: Callable[..., list[str]], extender: ExtenderProcess,
+        kvsched_scheduler: Callable[..., Component]) -> None:
+    """Every planned slot is taken, so a surge pod would find none; with maxSurge 0 / maxUnavailable 1 (what the
+    controller sets) each new pod waits until an old one is deleted, then takes its slot."""
+    a, b = node_factory(2, gpus=2)
+    plan = [(a, 0, 0.3), (a, 1, 0.3), (b, 0, 0.3)]
+    write_model(custom, namespace, "llama", "16Gi", plan)
+    kvsched_scheduler(extender.url)
+    apps.create_namespaced_deployment(namespace, managed_deployment("llama", replicas=3))
+    old = {p.metadata.name for p in wait_pods_bound(core, namespace, "app=llama", count=3)}
+
+    apps.patch_namespaced_deployment("llama", namespace, {"spec": {"template": {"metadata": {"annotations": {
+        "kvsched.io/e2e-rollout": "2"}}}}})
+
+    def rolled_out(deployment: client.V1Deployment) -> bool:
+        status = deployment.status
+        return bool(status.observed_generation == deployment.metadata.generation
+                    and status.updated_replicas == 3 and status.replicas == 3
+                    and status.available_replicas == 3)
+
+    wait_for(lambda: apps.read_namespaced_deployment("llama", namespace), rolled_out, 180.0, "the rollout")
+    pods = wait_for(lambda: [p for p in core.list_namespaced_pod(namespace, label_selector="app=llama").items
+                             if not p.metadata.deletion_timestamp],
+                    lambda items: len(items) == 3, 60.0, "three replicas after the rollout")
+    assert not {p.metadata.name for p in pods} & old
+    assert placements(core, namespace, "app=llama") == sorted((n, g, f"{f:.3f}") for n, g, f in plan)
