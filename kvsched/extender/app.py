@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from kvsched.extender.cache import GPU_ANNOTATION, GPU_MEMORY_FRACTION_ANNOTATION, BindTarget
+from kvsched.extender.cache import GPU_ANNOTATION, GPU_MEMORY_FRACTION_ANNOTATION, MODEL_LABEL, BindTarget
 from kvsched.extender.slots import NEUTRAL_SCORE, FilterDecision, PlannedSlot, PodRef, Refusal
 from kvsched.extender.wire import (
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
@@ -119,7 +119,7 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
 
     def pod_ref(args: ExtenderArgs) -> PodRef:
         meta, spec = args.Pod.metadata, args.Pod.spec
-        model = meta.labels.get("kvsched.io/model") or None
+        model = meta.labels.get(MODEL_LABEL) or None
         managed = cache.is_managed(model, spec.schedulerName)
         ref = PodRef(meta.namespace, meta.name, meta.uid, f"{meta.namespace}/{model}" if managed else None)
         return ref
@@ -156,9 +156,9 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
                 outcome = "managed"
             if args.NodeNames is None and args.Nodes is not None:
                 by_name = {(n.get("metadata") or {}).get("name"): n for n in args.Nodes.items}
-                result = ExtenderFilterResult(
-                    Nodes=NodeList(items=[by_name[name] for name in decision.passed]),
-                    FailedNodes=decision.failed, FailedAndUnresolvableNodes=decision.unresolvable)
+                result = ExtenderFilterResult.model_construct(
+                    Nodes=NodeList.model_construct(items=[by_name[name] for name in decision.passed]),
+                    FailedNodes=decision.failed, FailedAndUnresolvableNodes=decision.unresolvable, Error="")
             else:
                 result = ExtenderFilterResult.model_construct(
                     NodeNames=decision.passed, FailedNodes=decision.failed,
