@@ -11,7 +11,7 @@ import pytest
 from kubernetes import client
 
 from kvsched.k8s.client import api_client
-from kvsched.k8s.watch import DEPLOYMENTS, MODELSERVINGS, NODES, Informer, Resource, informer
+from kvsched.k8s.watch import DEPLOYMENTS, MODELSERVINGS, NODES, ApiListWatch, Informer, Resource, informer
 
 from .harness.cluster import ControlPlane
 from .harness.kube import create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, wait_for
@@ -90,4 +90,30 @@ def test_informers_for_nodes_deployments_and_custom_objects(
         delete_nodes(core, [node])
         for i in informers:
             i.stop()
+        api.close()
+
+
+def test_a_dropped_watch_resumes_from_the_last_resource_version(control_plane: ControlPlane,
+                                                                core: client.CoreV1Api, namespace: str) -> None:
+    """Cut the watch's connection (as a network drop would): the informer watches again from where it was,
+    without a relist, and neither misses nor repeats an event."""
+    assert control_plane.kubeconfig is not None
+    body = {"spec": {"containers": [{"name": "c", "image": "registry.invalid/x"}]}}
+    recorder = Recorder()
+    api = api_client(str(control_plane.kubeconfig))
+    pods = informer(api, Resource("", "v1", "pods", namespace=namespace), recorder).start()
+    try:
+        assert pods.synced.wait(30)
+        core.create_namespaced_pod(namespace, {**body, "metadata": {"name": "before"}})
+        wait_event(recorder, "ADDED", "before")
+        source = pods.source
+        assert isinstance(source, ApiListWatch)
+        watches = source.watches_started
+        source.close()  # shut the socket under the reading thread
+        core.create_namespaced_pod(namespace, {**body, "metadata": {"name": "after"}})
+        wait_event(recorder, "ADDED", "after")
+        assert recorder.events.count(("ADDED", "before")) == 1
+        assert source.watches_started > watches and pods.relists == 0
+    finally:
+        pods.stop()
         api.close()
