@@ -166,10 +166,11 @@ def test_repack_peak_finds_what_single_moves_and_swaps_cannot() -> None:
     stuck = improve(inst, greedy(inst))
     optimum = brute_force_optimum(inst)
     assert stuck.max_kvpr > optimum * 1.5  # single moves and swaps are stuck
-    repacked = repack_peak(inst, stuck.assign)
+    repacked = repack_peak(inst, stuck.assign, np.random.default_rng(0))
     assert valid(inst, repacked.assign)
     assert repacked.max_kvpr == pytest.approx(optimum, rel=1e-9)
-    assert repack_peak(inst, stuck.assign).assign.tolist() == repacked.assign.tolist()  # deterministic
+    again = repack_peak(inst, stuck.assign, np.random.default_rng(0))
+    assert again.assign.tolist() == repacked.assign.tolist()  # deterministic for the same generator state
 
 
 @settings(max_examples=60, deadline=None)
