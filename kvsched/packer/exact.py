@@ -67,13 +67,14 @@ def pack_exactly(inst: Instance, items: Sequence[int], target: float, node_limit
     residual = [capacity(m, target) for m in memory]
     slack = [capacity_slack(r) for r in residual]
     groups_on: list[set[int]] = [set() for _ in memory]
-    assign = np.full(inst.n_items, -1, dtype=np.int64)
+    where = [-1] * inst.n_items  # a plain list: the search reads and writes it at every node
     suffix = [0.0] * (len(order) + 1)
     for pos in range(len(order) - 1, -1, -1):
         suffix[pos] = suffix[pos + 1] + weight[order[pos]]
     nodes = 0
     gpus = range(len(memory))
     lightest = (weight[order[-1]] - CAPACITY_SLACK_RATIO * target * max(memory)) if order else 0.0
+    tolerance = IMPROVEMENT_RATIO * target
     # Without replicas, GPUs of equal memory and residual are interchangeable whatever models they hold.
     replicas = len(set(group[i] for i in items)) < len(items)
     twin = [pos > 0 and not replicas and load[order[pos]] == load[order[pos - 1]]
@@ -88,38 +89,44 @@ def pack_exactly(inst: Instance, items: Sequence[int], target: float, node_limit
             raise _Budget
         i = order[pos]
         w = weight[i]
+        gi = group[i]
         # room smaller than the lightest item (the last in order) can never be used
-        if suffix[pos] > sum(r for r in residual if r >= lightest) + IMPROVEMENT_RATIO * target:
+        if suffix[pos] > sum([r for r in residual if r >= lightest]) + tolerance:
             return False
-        tried: set[tuple[float, float, frozenset[int]]] = set()
         # identical items (same load and size, no replicas) are interchangeable: keep their GPUs in index order
-        first = int(assign[order[pos - 1]]) if twin[pos] else 0
-        fitting = [g for g in gpus[first:] if w <= residual[g] + slack[g] and group[i] not in groups_on[g]]
-        fitting.sort(key=lambda g: (residual[g], g))
+        first = where[order[pos - 1]] if twin[pos] else 0
+        fitting = [g for g in gpus[first:] if w <= residual[g] + slack[g] and gi not in groups_on[g]]
+        if len(fitting) > 1:
+            fitting.sort(key=lambda g: (residual[g], g))
+        tried: set[tuple[float, float, frozenset[int]]] = set()
         for g in fitting:
-            key = (memory[g], round(residual[g], _RESIDUAL_DECIMALS), frozenset(groups_on[g]) if replicas else _NO_GROUPS)
-            if key in tried:
-                continue
-            tried.add(key)
+            if len(fitting) > 1:
+                key = (memory[g], round(residual[g], _RESIDUAL_DECIMALS),
+                       frozenset(groups_on[g]) if replicas else _NO_GROUPS)
+                if key in tried:
+                    continue
+                tried.add(key)
             residual[g] -= w
-            groups_on[g].add(group[i])
-            assign[i] = g
+            groups_on[g].add(gi)
+            where[i] = g
             if dfs(pos + 1):
                 return True
-            assign[i] = -1
-            groups_on[g].discard(group[i])
+            where[i] = -1
+            groups_on[g].discard(gi)
             residual[g] += w
         return False
 
-    found = dfs(0)
-    return (assign if found else None), nodes
+    if not dfs(0):
+        return None, nodes
+    return np.asarray(where, dtype=np.int64), nodes
 
 
 def prove_or_improve(inst: Instance, items: Sequence[int], assign: IntArray, lower: float, node_limit: int,
-                     deadline: Deadline = NEVER) -> ExactResult:
+                     deadline: Deadline = NEVER, good_enough: float = 0.0) -> ExactResult:
     """Lower the max KVPR of `assign` exactly until it is proven optimal or the budget is spent.
 
-    Stops at once when the best already meets `lower` (a valid lower bound), which proves it optimal.
+    Stops at once when the best already meets `lower` (a valid lower bound), which proves it optimal, and
+    (unproven) as soon as the best is below `good_enough`, for callers that only need some improvement.
     """
     best = assign
     value = max_kvpr(inst, assign)
@@ -127,6 +134,8 @@ def prove_or_improve(inst: Instance, items: Sequence[int], assign: IntArray, low
     while True:
         if reaches(value, lower):
             return ExactResult(best, value, True, used)
+        if value < good_enough:
+            return ExactResult(best, value, False, used)
         try:
             found, nodes = pack_exactly(inst, items, below(value), node_limit - used, deadline)
         except _Budget:

@@ -5,7 +5,8 @@ GPUs (those of lowest KVPR, then random sets among the lowest quarter, from the 
 with their replicas, and the exact branch and bound (`exact.prove_or_improve`) finds their best arrangement.
 If it puts every one of them below the current peak, the arrangement is applied and the next peak is taken.
 The search stops when a peak survives all its partner sets, or when the deadline expires.
-`iterated_search` kicks the best plan with random swaps and improves and re-packs it again, keeping what is better.
+`iterated_search` kicks the best plan with random swaps and improves and re-packs it again, keeping what is better;
+`polish` chains re-packing, local search, descent and the iterated search (the improving phases of `solve`).
 Called by: `solve` after `improve`, for any instance size (each attempt touches only k + 1 GPUs).
 """
 
@@ -19,9 +20,9 @@ import numpy as np
 from kvsched.packer.deadline import NEVER, Deadline
 from kvsched.packer.evaluate import gpu_totals, max_kvpr
 from kvsched.packer.exact import prove_or_improve
-from kvsched.packer.improve import improve
+from kvsched.packer.improve import descend, improve
 from kvsched.packer.instance import Instance, IntArray
-from kvsched.packer.kvpr import improves, kvpr_array
+from kvsched.packer.kvpr import below, improves, kvpr_array
 
 # Re-packing: the peak GPU with this many partners (4 GPUs at once) is what the exact search settles within
 # its node budget; a fifth GPU multiplies the nodes needed for the same proof.
@@ -30,6 +31,11 @@ REPACK_PARTNERS = 3
 REPACK_ATTEMPTS = 12
 # Node budget of one exact sub-problem: a few milliseconds, so that a hopeless set costs little.
 REPACK_NODE_LIMIT = 4000
+# A peak counts as settled after this many partner sets in a row whose exact search ran out of nodes undecided.
+# Sub-problems of many small replicas are never proven infeasible within the budget, so without this cap every
+# settled peak cost REPACK_ATTEMPTS full budgets (50-115 replicas of 2.5-8 GiB on 5-11 GPUs: 548 of 827 exact
+# searches ran out, and re-packing took 90% of a 10-27 s solve); at 128 GPUs of the scale suite 1 of 349 did.
+REPACK_UNDECIDED_IN_A_ROW = 2
 # Random partner sets come from the lowest-KVPR quarter of the GPUs, and from at least this many times the
 # partners (on small clusters a quarter is too few to choose from).
 _POOL_PARTNERS_FACTOR = 4
@@ -48,6 +54,8 @@ KICK_WORK = 6_000  # replicas x kicks
 # 20 misses in a row end the search long before anyway.
 KICK_ROUNDS_MIN = 4
 KICK_ROUNDS_MAX = 40
+# Replicas per GPU up to which a kick costs O(replicas) (the scale instances have 3); see `iterated_search`.
+KICK_DENSITY_REFERENCE = 3.0
 
 
 @dataclass(frozen=True, eq=False)
@@ -114,14 +122,20 @@ def repack_peak(inst: Instance, assign: IntArray, rng: np.random.Generator, *, p
         if peak <= 0 or not np.isfinite(peak):
             break
         improved = False
+        undecided = 0
         for others in partner_sets(kv, p, partners, attempts, rng):
+            if undecided >= REPACK_UNDECIDED_IN_A_ROW:
+                break
             tried += 1
             gpus = [p, *others]
             local = {g: k for k, g in enumerate(gpus)}
             items = [int(i) for i in np.nonzero(np.isin(assign, gpus))[0]]
             sub = sub_instance(inst, gpus, items)
             start = np.asarray([local[int(assign[i])] for i in items], dtype=np.int64)
-            best = prove_or_improve(sub, list(range(len(items))), start, 0.0, node_limit, deadline)
+            # The first arrangement below the peak is enough: the next peak is taken from there.
+            best = prove_or_improve(sub, list(range(len(items))), start, 0.0, node_limit, deadline,
+                                    good_enough=below(peak))
+            undecided = 0 if best.optimal else undecided + 1
             if improves(best.max_kvpr, peak):
                 for j, i in enumerate(items):
                     assign[i] = gpus[int(best.assign[j])]
@@ -169,17 +183,35 @@ def iterated_search(inst: Instance, assign: IntArray, rng: np.random.Generator,
     Never raises the max KVPR; deterministic for a given state of `rng`. At most KICK_ROUNDS_MAX kicks, each
     one `kick`, two `improve` runs and one `repack_peak`; stops early when the deadline expires.
     """
-    rounds = min(KICK_ROUNDS_MAX, max(KICK_ROUNDS_MIN, KICK_WORK // max(inst.n_items, 1)))
+    # A kick's re-packing works on the replicas of a few GPUs: past KICK_DENSITY_REFERENCE replicas per GPU its
+    # cost grows with their number, so the kicks and each sub-problem's node budget shrink with it.
+    density = max(1.0, inst.n_items / max(inst.n_gpus, 1) / KICK_DENSITY_REFERENCE)
+    rounds = min(KICK_ROUNDS_MAX, max(KICK_ROUNDS_MIN, int(KICK_WORK / (max(inst.n_items, 1) * density))))
     best, value = assign, max_kvpr(inst, assign)
     misses = 0
     for _ in range(rounds):
         if misses >= KICK_PATIENCE or deadline.expired():
             break
         cand = improve(inst, kick(inst, best, rng, KICK_SWAPS), deadline=deadline).assign
-        cand = improve(inst, repack_peak(inst, cand, rng, deadline=deadline).assign, deadline=deadline).assign
+        repacked = repack_peak(inst, cand, rng, node_limit=int(REPACK_NODE_LIMIT / density), deadline=deadline)
+        cand = improve(inst, repacked.assign, deadline=deadline).assign
         cand_value = max_kvpr(inst, cand)
         if improves(cand_value, value):
             best, value, misses = cand, cand_value, 0
         else:
             misses += 1
     return best
+
+
+def polish(inst: Instance, assign: IntArray, lower: float, rng: np.random.Generator,
+           deadline: Deadline = NEVER) -> tuple[IntArray, int]:
+    """The improving phases after the first local search: re-pack the peak, local search, descend towards
+    `lower` (a valid lower bound), local search, then `iterated_search`. Returns the assignment and the moves
+    made. Never raises the max KVPR; deterministic for a given state of `rng`; stops when the deadline expires.
+    """
+    repacked = repack_peak(inst, assign, rng, deadline=deadline)
+    again = improve(inst, repacked.assign, deadline=deadline)
+    lowered = descend(inst, again.assign, lower, deadline=deadline)
+    best = improve(inst, lowered.assign, deadline=deadline)
+    steps = repacked.improvements + again.steps + lowered.steps + best.steps
+    return iterated_search(inst, best.assign, rng, deadline), steps

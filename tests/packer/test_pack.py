@@ -143,6 +143,18 @@ def test_exact_search_says_no_below_the_optimum() -> None:
     assert at is not None and oracle_max_kvpr(inst, at) == pytest.approx(0.3)
 
 
+def test_exact_search_stops_at_the_first_arrangement_good_enough() -> None:
+    inst = build_instance(*RETUNE_CASE)
+    items = list(range(inst.n_items))
+    start = np.array([0, 1, 0, 0, 0])  # 7 / 10 = 0.7
+    full = prove_or_improve(inst, items, start, 0.0, 10_000)
+    assert full.optimal and full.max_kvpr == pytest.approx(0.3)
+    first = prove_or_improve(inst, items, start, 0.0, 10_000, good_enough=0.7 * (1 - 1e-9))
+    assert valid(inst, first.assign)
+    assert first.max_kvpr < 0.7 and first.nodes < full.nodes
+    assert first.max_kvpr == pytest.approx(oracle_max_kvpr(inst, first.assign))
+
+
 def test_repair_fixes_a_placement_over_t_by_moving_the_excess() -> None:
     inst = build_instance(*RETUNE_CASE)
     # everything small on GPU 0 next to a: 7 / 10 = 0.7; b alone: 0.1

@@ -9,6 +9,8 @@ independent of the machine's speed.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -126,6 +128,22 @@ def test_solve_above_the_exact_stage_is_valid_no_worse_than_greedy_and_determini
     assert plan.max_kvpr <= greedy_value(inst) * (1 + 1e-9)
     assert plan.stats.local_search_moves > 0
     assert plan == again
+
+
+def test_small_instance_the_exact_search_cannot_prove_gets_the_improving_phases() -> None:
+    # 27 replicas on 9 mixed GPUs: the exact stage runs, but with 2000 nodes it proves nothing; the improving
+    # phases of large instances then run between its two halves.
+    models, gpus = generated(9, 3, seed=8, memories=(40.0, 80.0, 141.0))
+    inst = build_instance(models, gpus)
+    options = PackOptions(exact_node_limit=2000, time_budget_s=0.04)
+    assert inst.n_items <= options.exact_max_items
+    plans = [solve(models, gpus, options=options, clock=TickClock(), rng=np.random.default_rng(2)) for _ in range(2)]
+    check_plan(models, gpus, plans[0])
+    assert not plans[0].stats.proven_optimal
+    assert plans[0].max_kvpr <= greedy_value(inst) * (1 + 1e-9)
+    assert plans[0] == plans[1]
+    without = solve(models, gpus, options=dataclasses.replace(options, local_search=False), clock=TickClock())
+    assert plans[0].max_kvpr <= without.max_kvpr * (1 + 1e-12)
 
 
 def test_candidates_above_512_gpus_are_the_fill_orders_only() -> None:
