@@ -36,10 +36,10 @@ POLICIES: tuple[Policy, ...] = ("fill", "best_fit", "min_kvpr", "hybrid")
 # skipping them keeps a checkpoint O(K * G) instead of O(n * G). Skipping only ever lowers the bound.
 _RESIDUAL_SAMPLE = 32
 # Rounds of the fluid part of the residual bound (each lets in the GPUs the last raise of T opened up); the
-# bound only rises with each and is valid after any number, and a fifth round was never seen to move it.
+# bound only rises with each round and is valid after any number of them (4 is the seed's choice, not tuned).
 _FLUID_ROUNDS = 4
-# Pair candidates tried by `fill` per completion step: heavier first items rarely leave a better pair beyond
-# the first few dozen, and each costs a bisection (see `_best_completion`).
+# Pair candidates tried by `fill` per completion step, heaviest first; each costs a bisection, and the pair
+# search stops earlier once no lighter pair can beat the best (see `_best_completion`).
 _PAIR_CANDIDATES = 48
 
 

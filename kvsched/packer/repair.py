@@ -24,16 +24,16 @@ from kvsched.packer.deadline import NEVER, Deadline
 from kvsched.packer.instance import Instance, IntArray
 from kvsched.packer.state import GpuState
 
-# `make room` tries the GPUs of most residual only: a GPU far down that list needs a larger exchange than any
-# single move or swap gives, and each try is O(n) vectorised.
+# `make room` tries only the GPUs with the most residual: they need the smallest exchange to take the item,
+# and each try is O(n) vectorised.
 _TOP_ROOMS = 8
 # Items moved by the last this-many steps may not be ejected again, so that two items cannot trade places forever.
 _TABU = 16
-# Steps of `_consolidate` for one item: each moves one exchange's gain onto the chosen GPU; past a dozen the
-# gains left are too small to matter and the step budget is better spent on ejections.
+# Steps of `_consolidate` for one item: each moves one exchange's gain onto the chosen GPU. A bound on the work
+# of one step of `repair` (each is O(n) vectorised); the value is the one it was written with, not tuned.
 _CONSOLIDATE_STEPS = 12
-# Default step budget of one repair: enough for every pending item to be ejected and re-inserted a few dozen
-# times, plus a floor for the items evicted from over-full GPUs.
+# Default step budget of one repair: this many steps per pending item plus a floor, so that ejection chains
+# end; a repair that needs more gives up (None) and the caller keeps what it had.
 _STEPS_PER_ITEM = 30
 _STEPS_FLOOR = 200
 
