@@ -52,7 +52,10 @@ def test_gpu_state_totals_follow_puts_and_takes(cluster: tuple[list[Model], list
             state.take(data.draw(st.sampled_from(placed)))
         elif len(placed) < inst.n_items:
             i = data.draw(st.sampled_from([i for i in range(inst.n_items) if state.assign[i] < 0]))
-            state.put(i, data.draw(st.integers(0, inst.n_gpus - 1)))
+            # put's contract: never a second replica of a model on one GPU (capacity is not its concern)
+            free = [g for g in range(inst.n_gpus) if int(inst.item_group[i]) not in state.groups_on[g]]
+            if free:
+                state.put(i, data.draw(st.sampled_from(free)))
     load, weights = totals(inst, state.assign)
     assert state.load == pytest.approx(load, abs=1e-9)
     assert state.weights == pytest.approx(weights, abs=1e-9)
