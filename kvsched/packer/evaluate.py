@@ -1,7 +1,7 @@
 """Evaluate an assignment (item -> GPU index, -1 for unplaced): per-GPU load, weights, KVPR and memory fractions.
 
-Called by: `solve` (to judge candidates), `greedy`, `plan_result` and the property tests (as the oracle that
-reported numbers are recomputed from).
+Called by: `solve`, `search`, `exact`, `improve`, `lns` and `stability` (to judge candidates), `result` (to
+report a plan), bench. The tests recompute these numbers on their own (tests/packer/brute.py).
 """
 
 from __future__ import annotations
