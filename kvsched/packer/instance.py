@@ -2,7 +2,7 @@
 
 `build_instance` validates the inputs (names unique, GPUs unique) and expands each model of k replicas into k
 items of load n/k that may not share a GPU. Items and GPUs keep the input order so ties break by it.
-Called by: `solve`, `greedy`, bounds and tests.
+Called by: `planner` (`build_instance`); every packer module uses `Instance`; tests.
 """
 
 from __future__ import annotations
