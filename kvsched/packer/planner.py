@@ -89,17 +89,20 @@ def solve(
 
     inst = build_instance(models, gpus)
     run = running_assignment(inst, current)
-    causes = _unplaceable(inst)
+    causes = _spare_running(inst, run, _unplaceable(inst))
     items = [i for i in range(inst.n_items) if i not in causes]
     if items and (run[np.asarray(items)] >= 0).any():
         out = _replan(inst, items, run, options, elapsed)
     else:
         assign, lower, stats = _optimise(inst, items, options, elapsed)
         out = _Outcome(assign, lower, stats, 0.0)
-    assign = out.assign
     for i in items:
-        if assign[i] < 0:
+        if out.assign[i] < 0:
             causes[i] = ("InsufficientCapacity", _no_room_reason(inst, i))
+    # Replicas are interchangeable: a running replica keeps its GPU whatever its number (the numbers past a
+    # model's capable GPUs are the ones set aside above), and the causes go with the replicas left unplaced.
+    assign = align(inst, run, out.assign)
+    causes = _carry_causes(inst, out.assign, assign, causes)
     steps = [
         MigrationStep(inst.item_model[s.item], inst.item_replica[s.item],
                       inst.gpu_id(s.source) if s.source >= 0 else None, inst.gpu_id(s.target), s.stop_first)
@@ -174,9 +177,10 @@ def _fewest_against(inst: Instance, items: list[int], run: IntArray, base: IntAr
     the fewest moves to (1 + threshold) x its max KVPR among the heuristic from the repaired placement, the
     scratch plan relabelled (never more moves than that), and exact search on tiny instances."""
     idx = np.asarray(items, dtype=np.int64)
-    if not bool((scratch[idx] >= 0).all()):
-        # Memory ran out from scratch: the repaired placement places more when it is complete.
-        if complete:
+    scratch_placed = int((scratch[idx] >= 0).sum())
+    if scratch_placed < len(items):
+        # Memory ran out from scratch: keep the repaired placement unless the scratch plan places more.
+        if int((base[idx] >= 0).sum()) >= scratch_placed:
             return base
         completed = fewest_moves(inst, items, run, base, math.inf, out_of_time=out_of_time)
         return completed if completed is not None else relabel(inst, run, scratch)
@@ -352,6 +356,39 @@ def _unplaceable(inst: Instance) -> dict[int, tuple[UnplacedCause, str]]:
         else:
             out[i] = ("TooFewGPUs",
                       f"only {capable[i]} GPUs can hold it and replicas of one model never share a GPU")
+    return out
+
+
+def _spare_running(inst: Instance, run: IntArray,
+                   causes: dict[int, tuple[UnplacedCause, str]]) -> dict[int, tuple[UnplacedCause, str]]:
+    """When only some replicas of a model are set aside (more replicas than capable GPUs), set aside ones that
+    are not running, so that the search counts moving a running one as a move."""
+    out = dict(causes)
+    by_group: dict[int, list[int]] = {}
+    for i in range(inst.n_items):
+        by_group.setdefault(int(inst.item_group[i]), []).append(i)
+    for members in by_group.values():
+        aside = [i for i in members if i in out]
+        if not aside or len(aside) == len(members):
+            continue
+        order = sorted(members, key=lambda i: (run[i] < 0, i))  # running first: they are kept
+        spare = order[len(members) - len(aside):]
+        reasons = [out.pop(i) for i in aside]
+        for i, reason in zip(spare, reasons):
+            out[i] = reason
+    return out
+
+
+def _carry_causes(inst: Instance, before: IntArray, after: IntArray,
+                  causes: dict[int, tuple[UnplacedCause, str]]) -> dict[int, tuple[UnplacedCause, str]]:
+    """The causes of each model's unplaced items in `before`, given in item order to its unplaced items in
+    `after` (the same number: `align` only permutes a model's GPUs among its replicas)."""
+    lost: dict[int, list[tuple[UnplacedCause, str]]] = {}
+    for i in np.nonzero(before < 0)[0].tolist():
+        lost.setdefault(int(inst.item_group[i]), []).append(causes[i])
+    out: dict[int, tuple[UnplacedCause, str]] = {}
+    for i in np.nonzero(after < 0)[0].tolist():
+        out[i] = lost[int(inst.item_group[i])].pop(0)
     return out
 
 

@@ -158,9 +158,13 @@ def align(inst: Instance, run: IntArray, assign: IntArray) -> IntArray:
     """`assign` with GPUs permuted among the replicas of each model so that every running replica whose GPU is
     still one of its model's GPUs stays there; placed GPUs go to running replicas before new ones. O(items)."""
     out = assign.copy()
+    group = inst.item_group
+    if group.size == 0:
+        return out
+    shared = np.bincount(group)[group] > 1  # single-replica models need no permuting
     by_group: dict[int, list[int]] = {}
-    for i in range(inst.n_items):
-        by_group.setdefault(int(inst.item_group[i]), []).append(i)
+    for i in np.nonzero(shared)[0].tolist():
+        by_group.setdefault(int(group[i]), []).append(i)
     for members in by_group.values():
         gpus = [int(assign[i]) for i in members if assign[i] >= 0]
         planned = set(gpus)
@@ -238,7 +242,7 @@ def fewest_moves(inst: Instance, items: Sequence[int], run: IntArray, start: Int
     routes = [_shed_route(inst, items, run, start, target, out_of_time)]
     if 0 < target < math.inf:
         routes.append(_repair(inst, start, target, unplaced, out_of_time))
-        if not unplaced:
+        if not unplaced and all(a is None for a in routes):  # the slow route, when the others fail
             routes.append(_descend_route(inst, start, target, out_of_time))
     found = [revert(inst, run, align(inst, run, a), target) for a in routes if a is not None]
     if not found:
@@ -258,13 +262,15 @@ def _descend_route(inst: Instance, start: IntArray, target: float,
                    out_of_time: Callable[[], bool]) -> IntArray | None:
     """Local search off the peak (`improve`, one move or swap at a time) until every KVPR is within target."""
     assign = start
-    for _ in range(4 * inst.n_items + 10):
-        if within(max_kvpr_of(inst, assign), target):
-            return assign
-        step = improve(inst, assign, max_steps=1, out_of_time=out_of_time)
+    chunk = 1
+    while not within(max_kvpr_of(inst, assign), target) and not out_of_time():
+        # Chunks that double: each call of improve costs O(n) to set up, and revert undoes the overshoot.
+        step = improve(inst, assign, max_steps=chunk, out_of_time=out_of_time)
         if step.steps == 0:
             break
-        assign = step.assign
+        assign, chunk = step.assign, chunk * 2
+    if within(max_kvpr_of(inst, assign), target):
+        return assign
     lowered = descend(inst, assign, target, out_of_time=out_of_time).assign
     return lowered if within(max_kvpr_of(inst, lowered), target) else None
 
