@@ -231,18 +231,21 @@ def fewest_moves(inst: Instance, items: Sequence[int], run: IntArray, start: Int
     """An assignment of every item of `items` with every GPU's KVPR <= target, moving few running replicas of
     `start` (whose unplaced items must be placed); None when the heuristic cannot reach the target.
 
-    Two routes, the one with fewer moves (then lower max KVPR) wins. Shed: over-target GPUs shed free items
-    first (new ones, or running ones `start` already moved), then the fewest running ones that cover the
-    excess, heaviest first, putting back the lightest that need not leave; the shed items go, heaviest first,
-    where they fit the tightest, and the rest go to `repair`. Repair: `repair` at the target straight from
-    `start` (it sheds by single moves and swaps). Either result then goes through `revert`.
+    Routes, each tried when the ones before fail. Shed: over-target GPUs shed free items first (new ones, or
+    running ones `start` already moved), then the fewest running ones that cover the excess, heaviest first,
+    putting back the lightest that need not leave; the shed items go, heaviest first, where they fit the
+    tightest, and the rest go to `repair`. Repair: `repair` at the target straight from `start` (it sheds by
+    single moves and swaps). Descent: local search off the peak, then `descend`. The result goes through
+    `revert`.
     O(G + shed * G) plus repair's bounded steps (each O(n) vectorised).
     """
     unplaced = [i for i in items if start[i] < 0]
     routes = [_shed_route(inst, items, run, start, target, out_of_time)]
-    if 0 < target < math.inf:
+    # The other routes run only when shedding fails: measured on scale instances they never moved fewer
+    # (repair: the same moves, at twice the time; descent: 1.3-1.8x the moves).
+    if routes[0] is None and 0 < target < math.inf:
         routes.append(_repair(inst, start, target, unplaced, out_of_time))
-        if not unplaced and all(a is None for a in routes):  # the slow route, when the others fail
+        if not unplaced and routes[-1] is None:
             routes.append(_descend_route(inst, start, target, out_of_time))
     found = [revert(inst, run, align(inst, run, a), target) for a in routes if a is not None]
     if not found:
