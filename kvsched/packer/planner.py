@@ -55,8 +55,13 @@ Clock = Callable[[], float]
 # the fluid bound in 22 s at 8192 GPUs, where 8 bisection steps took 34 s).
 _BISECTION_SHARE = 0.3
 # Re-plans of at most this many replicas are settled by exact search (fewest moves, or lowest peak within
-# the budget); the node limit is PackOptions.exact_node_limit. 12 replicas on a few GPUs take milliseconds.
+# the budget), within at most this many nodes (and PackOptions.exact_node_limit): 12 replicas on a few GPUs
+# take milliseconds; on many GPUs the node limit stops it (the heuristic's plan is its incumbent).
 _EXACT_REPLAN_ITEMS = 12
+_EXACT_REPLAN_NODES = 50_000
+# Seconds the re-plan heuristics (repair, descent) may take whatever the time budget; they stop far earlier
+# on one change (measured: at most 0.2 s at 1024 GPUs).
+_REPLAN_MIN_S = 1.0
 
 
 def solve(
@@ -133,7 +138,9 @@ def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOption
     """
 
     def out_of_time() -> bool:
-        return elapsed() > options.time_budget_s
+        # The re-plan heuristics get a floor of their own: a budget of 0 (the controller's fast path) must not
+        # turn the cheap way to few moves into a search from scratch.
+        return elapsed() > max(options.time_budget_s, _REPLAN_MIN_S)
 
     theta = options.stability_threshold_ratio
     idx = np.asarray(items, dtype=np.int64)
@@ -163,7 +170,7 @@ def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOption
             choice, gain = budgeted.assign, budgeted.next_move_gain
             if len(items) <= _EXACT_REPLAN_ITEMS:
                 exact = exact_replan(inst, items, run, target=None, max_moves=allowed,
-                                     node_limit=options.exact_node_limit, incumbent=choice)
+                                     node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=choice)
                 if exact is not None:
                     again = within_budget(inst, run, exact, 0)
                     choice, gain = again.assign, again.next_move_gain
@@ -197,8 +204,8 @@ def _fewest_against(inst: Instance, items: list[int], run: IntArray, base: IntAr
         candidates.append(heuristic)
     best = min(candidates, key=lambda a: (count_moves(run, a), max_kvpr(inst, a)))
     if len(items) <= _EXACT_REPLAN_ITEMS:
-        exact = exact_replan(inst, items, run, target=target, max_moves=None, node_limit=options.exact_node_limit,
-                             incumbent=best)
+        exact = exact_replan(inst, items, run, target=target, max_moves=None,
+                             node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=best)
         if exact is not None:
             best = align(inst, run, exact)
     return best
