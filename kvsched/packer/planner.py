@@ -37,6 +37,7 @@ from kvsched.packer.replan import (
     exact_replan,
     fewest_moves,
     polish,
+    reduce_moves,
     relabel,
     relink,
     repair_around,
@@ -59,6 +60,9 @@ _BISECTION_SHARE = 0.3
 # take milliseconds; on many GPUs the node limit stops it (the heuristic's plan is its incumbent).
 _EXACT_REPLAN_ITEMS = 12
 _EXACT_REPLAN_NODES = 50_000
+# Attempts of `reduce_moves` after a search from scratch: this many replicas x attempts (the example's 38
+# replicas get 105; removing a model from it: 17 -> 13 moves in 0.04 s; at 128 GPUs no attempt saved a move).
+_REDUCE_WORK = 4_000
 # Seconds the re-plan heuristics (repair, descent) may take whatever the time budget; they stop far earlier
 # on one change (measured: at most 0.2 s at 1024 GPUs).
 _REPLAN_MIN_S = 1.0
@@ -203,6 +207,7 @@ def _fewest_against(inst: Instance, items: list[int], run: IntArray, base: IntAr
     if heuristic is not None:
         candidates.append(heuristic)
     best = min(candidates, key=lambda a: (count_moves(run, a), max_kvpr(inst, a)))
+    best = reduce_moves(inst, items, run, best, target, max_attempts=max(1, _REDUCE_WORK // max(len(items), 1)))
     if len(items) <= _EXACT_REPLAN_ITEMS:
         exact = exact_replan(inst, items, run, target=target, max_moves=None,
                              node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=best)

@@ -12,9 +12,10 @@ The pieces, in the order `solve` uses them:
    first; the evicted go where they fit tightest; what fits nowhere goes to `repair`; then `revert` puts moved
    replicas back home where T allows. `exact_replan` solves the same problem exactly on tiny instances.
 4. `relabel`: a plan from scratch with its GPUs permuted among GPUs of equal memory to keep most models in place.
-5. `within_budget`: the lowest peak reachable with at most k more moves (greedy: the best move off the hottest
+5. `reduce_moves`: undo a move and repair around it, while that saves moves (after a search from scratch).
+6. `within_budget`: the lowest peak reachable with at most k more moves (greedy: the best move off the hottest
    GPU, again and again), and what one more move would gain.
-6. `polish`: moves that cost nothing (new replicas, replicas already moving) lower the peak further.
+7. `polish`: moves that cost nothing (new replicas, replicas already moving) lower the peak further.
 Called by: `kvsched.packer.planner.solve`.
 """
 
@@ -448,6 +449,39 @@ def relink(inst: Instance, run: IntArray, start: IntArray, guide: IntArray, targ
     if not within(max_kvpr_of(inst, state.assign), target):
         return None
     return revert(inst, run, align(inst, run, state.assign), target)
+
+
+def reduce_moves(inst: Instance, items: Sequence[int], run: IntArray, assign: IntArray, target: float, *,
+                 max_attempts: int) -> IntArray:
+    """Fewer moves by undoing one and repairing around it: put a moved replica back home (a replica of its
+    model moved in there leaves) and let `fewest_moves` shed the free replicas that now overfill it. Kept when
+    the moves drop (or stay, with a lower peak); repeated, largest replicas first, until a round finds nothing
+    or `max_attempts` (a count, so the plan does not depend on the machine's speed) are spent.
+    O(attempts * fewest_moves).
+    """
+    best = assign
+    key = (count_moves(run, best), max_kvpr_of(inst, best))
+    attempts = 0
+    improved = True
+    while improved and attempts < max_attempts:
+        improved = False
+        moved = np.nonzero((run >= 0) & (best >= 0) & (best != run))[0].tolist()
+        for i in sorted(moved, key=lambda i: (-inst.item_size[i], i)):
+            if attempts >= max_attempts:
+                break
+            attempts += 1
+            trial = best.copy()
+            home = int(run[i])
+            trial[(trial == home) & (inst.item_group == inst.item_group[i])] = -1
+            trial[i] = home
+            found = fewest_moves(inst, items, run, trial, target)
+            if found is None:
+                continue
+            found_key = (count_moves(run, found), max_kvpr_of(inst, found))
+            if found_key < key:
+                best, key, improved = found, found_key, True
+                break
+    return best
 
 
 def _best_move(state: _State, run: IntArray, p: int, paid: bool) -> tuple[float, int, int]:
