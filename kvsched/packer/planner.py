@@ -36,13 +36,16 @@ from kvsched.packer.replan import (
     count_moves,
     exact_replan,
     fewest_moves,
+    moves_of,
     polish,
     reduce_moves,
     relabel,
+    rematch,
     relink,
     repair_around,
     revert,
     running_assignment,
+    running_gpus,
     within,
     within_budget,
 )
@@ -97,11 +100,12 @@ def solve(
         return clock() - start
 
     inst = build_instance(models, gpus)
-    run = running_assignment(inst, current)
+    running = running_gpus(inst, current)
+    run = running_assignment(inst, running)
     causes = _spare_running(inst, run, _unplaceable(inst))
     items = [i for i in range(inst.n_items) if i not in causes]
     if items and (run[np.asarray(items)] >= 0).any():
-        out = _replan(inst, items, run, options, elapsed)
+        out = _replan(inst, items, run, running, options, elapsed)
     else:
         assign, lower, stats = _optimise(inst, items, options, elapsed)
         out = _Outcome(assign, lower, stats, 0.0)
@@ -112,14 +116,15 @@ def solve(
     # model's capable GPUs are the ones set aside above), and the causes go with the replicas left unplaced.
     assign = align(inst, run, out.assign)
     causes = _carry_causes(inst, out.assign, assign, causes)
+    run = rematch(inst, running, assign)
     steps = [
         MigrationStep(inst.item_model[s.item], inst.item_replica[s.item],
                       inst.gpu_id(s.source) if s.source >= 0 else None, inst.gpu_id(s.target), s.stop_first)
         for s in order_steps(inst, run, assign)
     ]
-    running = bool((run >= 0).any())
+    any_running = any(running.values())
     return build_plan(inst, assign, lower_bound=out.lower, solve_seconds=clock() - start, causes=causes,
-                      steps=steps, kept_current=running and count_moves(run, assign) == 0,
+                      steps=steps, kept_current=any_running and count_moves(run, assign) == 0,
                       next_move_gain=out.next_move_gain, stats=out.stats)
 
 
@@ -131,7 +136,7 @@ class _Outcome:
     next_move_gain: float
 
 
-def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOptions,
+def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]], options: PackOptions,
             elapsed: Callable[[], float]) -> _Outcome:
     """Repair, keep, fewest moves, budget (kvsched.packer.replan has the pieces; docs/packer.md the why).
 
@@ -163,17 +168,17 @@ def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOption
     if choice is None:
         scratch, scratch_lower, stats = _optimise(inst, items, options, elapsed)
         lower = max(lower, scratch_lower)
-        choice = _fewest_against(inst, items, run, base, complete, scratch, theta, options, out_of_time)
+        choice = _fewest_against(inst, items, run, running, base, complete, scratch, theta, options, out_of_time)
     choice = polish(inst, run, align(inst, run, choice))
     gain = 0.0
     if options.max_migrations is not None:
         forced = _forced(inst, items, run, base, complete)
-        allowed = count_moves(run, forced) + options.max_migrations
-        if count_moves(run, choice) > allowed:
+        allowed = moves_of(inst, running, forced) + options.max_migrations
+        if moves_of(inst, running, choice) > allowed:
             budgeted = within_budget(inst, run, forced, options.max_migrations, out_of_time=out_of_time)
             choice, gain = budgeted.assign, budgeted.next_move_gain
             if len(items) <= _EXACT_REPLAN_ITEMS:
-                exact = exact_replan(inst, items, run, target=None, max_moves=allowed,
+                exact = exact_replan(inst, items, running, target=None, max_moves=allowed,
                                      node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=choice)
                 if exact is not None:
                     again = within_budget(inst, run, exact, 0)
@@ -181,7 +186,8 @@ def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOption
     return _Outcome(choice, lower, stats, gain)
 
 
-def _fewest_against(inst: Instance, items: list[int], run: IntArray, base: IntArray, complete: bool,
+def _fewest_against(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]],
+                    base: IntArray, complete: bool,
                     scratch: IntArray, theta: float, options: PackOptions,
                     out_of_time: Callable[[], bool]) -> IntArray:
     """With the best plan from scratch in hand: keep the repaired placement within the threshold of it, else
@@ -206,10 +212,10 @@ def _fewest_against(inst: Instance, items: list[int], run: IntArray, base: IntAr
     heuristic = fewest_moves(inst, items, run, base, target, out_of_time=out_of_time)
     if heuristic is not None:
         candidates.append(heuristic)
-    best = min(candidates, key=lambda a: (count_moves(run, a), max_kvpr(inst, a)))
+    best = min(candidates, key=lambda a: (moves_of(inst, running, a), max_kvpr(inst, a)))
     best = reduce_moves(inst, items, run, best, target, max_attempts=max(1, _REDUCE_WORK // max(len(items), 1)))
     if len(items) <= _EXACT_REPLAN_ITEMS:
-        exact = exact_replan(inst, items, run, target=target, max_moves=None,
+        exact = exact_replan(inst, items, running, target=target, max_moves=None,
                              node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=best)
         if exact is not None:
             best = align(inst, run, exact)
