@@ -48,6 +48,7 @@ from kvsched.packer.replan import (
     running_gpus,
     within,
     within_budget,
+    lowest_within,
 )
 from kvsched.packer.result import build_plan
 from kvsched.packer.search import bisect_target
@@ -175,14 +176,17 @@ def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, 
         forced = _forced(inst, items, run, base, complete)
         allowed = moves_of(inst, running, forced) + options.max_migrations
         if moves_of(inst, running, choice) > allowed:
-            budgeted = within_budget(inst, run, forced, options.max_migrations, out_of_time=out_of_time)
-            choice, gain = budgeted.assign, budgeted.next_move_gain
+            uncapped = max_kvpr(inst, choice)
+            greedy = within_budget(inst, run, forced, options.max_migrations, out_of_time=out_of_time)
+            bisected = lowest_within(inst, items, run, running, forced, allowed, uncapped, out_of_time=out_of_time)
+            choice = min((greedy, bisected), key=lambda a: (max_kvpr(inst, a), moves_of(inst, running, a)))
             if len(items) <= _EXACT_REPLAN_ITEMS:
                 exact = exact_replan(inst, items, running, target=None, max_moves=allowed,
                                      node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=choice)
                 if exact is not None:
-                    again = within_budget(inst, run, exact, 0)
-                    choice, gain = again.assign, again.next_move_gain
+                    choice = exact
+            choice = polish(inst, run, align(inst, run, choice))
+            gain = max(0.0, max_kvpr(inst, choice) - uncapped)
     return _Outcome(choice, lower, stats, gain)
 
 

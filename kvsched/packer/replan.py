@@ -13,10 +13,11 @@ The pieces, in the order `solve` uses them:
    first; the evicted go where they fit tightest; what fits nowhere goes to `repair`; then `revert` puts moved
    replicas back home where T allows. `exact_replan` solves the same problem exactly on tiny instances.
 4. `relabel`: a plan from scratch with its GPUs permuted among GPUs of equal memory to keep most models in place.
-5. `reduce_moves`: undo a move and repair around it, while that saves moves (after a search from scratch).
-6. `within_budget`: the lowest peak reachable with at most k more moves (greedy: the best move off the hottest
-   GPU, again and again), and what one more move would gain.
-7. `polish`: moves that cost nothing (new replicas, replicas already moving) lower the peak further.
+5. `lowest_within`: under a cap on moves, the lowest target the fewest-moves heuristic reaches within it.
+6. `reduce_moves`: undo a move and repair around it, while that saves moves (after a search from scratch).
+7. `within_budget`: a low peak reachable with at most k more moves (greedy: the best move off the hottest
+   GPU, again and again).
+8. `polish`: moves that cost nothing (new replicas, replicas already moving) lower the peak further.
 Called by: `kvsched.packer.planner.solve`.
 """
 
@@ -539,6 +540,29 @@ def _best_move(state: _State, run: IntArray, p: int, paid: bool) -> tuple[float,
     return best
 
 
+def lowest_within(inst: Instance, items: Sequence[int], run: IntArray, running: dict[int, list[int]],
+                  start: IntArray, allowed: int, floor: float, *, steps: int = 6,
+                  out_of_time: Callable[[], bool] = lambda: False) -> IntArray:
+    """The lowest target T in [floor, max KVPR of start] that `fewest_moves` reaches from `start` with at most
+    `allowed` moves, by bisection (geometric, `steps` probes): where single moves cannot lower the peak (a tight
+    packing needs chains), chains within the cap still can. Returns start when no probe fits the cap.
+    O(steps * fewest_moves)."""
+    best = start
+    lo, hi = floor, max_kvpr_of(inst, start)
+    if not (0 < lo < hi < math.inf):
+        return best
+    for _ in range(steps):
+        mid = math.sqrt(lo * hi)
+        found = fewest_moves(inst, items, run, start, mid, out_of_time=out_of_time)
+        if found is not None and moves_of(inst, running, found) <= allowed:
+            best, hi = found, max_kvpr_of(inst, found)
+        else:
+            lo = mid
+        if hi <= lo * (1 + 1e-3):
+            break
+    return best
+
+
 def polish(inst: Instance, run: IntArray, assign: IntArray, *, max_steps: int | None = None) -> IntArray:
     """Lower the peak by moves that cost no migration (new replicas, replicas moving anyway). Never raises the
     max KVPR nor the number of moves. O(steps * items on the peak * G)."""
@@ -556,19 +580,11 @@ def polish(inst: Instance, run: IntArray, assign: IntArray, *, max_steps: int | 
     return align(inst, run, state.assign)
 
 
-@dataclass(frozen=True, eq=False)
-class Budgeted:
-    """`within_budget`'s result: the assignment and what one more paid move would take off the peak GPU."""
-
-    assign: IntArray
-    next_move_gain: float
-
-
 def within_budget(inst: Instance, run: IntArray, start: IntArray, extra_moves: int, *,
-                  out_of_time: Callable[[], bool] = lambda: False) -> Budgeted:
+                  out_of_time: Callable[[], bool] = lambda: False) -> IntArray:
     """From `start`, lower the peak by at most `extra_moves` more moves of running replicas (moves that cost
-    nothing are free): each step applies the best move off the hottest GPU (`_best_move`). Then the gain one more
-    paid move would bring (0 when none lowers the peak). O(steps * items on the peak * G)."""
+    nothing are free): each step applies the best move off the hottest GPU (`_best_move`).
+    O(steps * items on the peak * G)."""
     state = _State(inst, align(inst, run, start))
     left = extra_moves
     steps = 4 * inst.n_items + 10
@@ -585,14 +601,7 @@ def within_budget(inst: Instance, run: IntArray, start: IntArray, extra_moves: i
         state.put(i, b)
         if run[i] == b:
             left += 1  # a replica back home undoes a move
-    kv = state.kvprs()
-    p = int(np.argmax(kv)) if inst.n_gpus else 0
-    gain = 0.0
-    if inst.n_gpus > 1 and math.isfinite(float(kv[p])):
-        value, i, _ = _best_move(state, run, p, paid=True)
-        if i >= 0 and value < float(kv[p]):
-            gain = float(kv[p]) - value
-    return Budgeted(align(inst, run, state.assign), gain)
+    return align(inst, run, state.assign)
 
 
 def moves_of(inst: Instance, running: dict[int, list[int]], assign: IntArray) -> int:
