@@ -209,7 +209,8 @@ def align(inst: Instance, run: IntArray, assign: IntArray) -> IntArray:
         stay = [i for i in members if run[i] >= 0 and int(run[i]) in planned]
         kept = {int(run[i]) for i in stay}
         rest = [g for g in gpus if g not in kept]
-        others = [i for i in members if i not in set(stay)]
+        staying = set(stay)
+        others = [i for i in members if i not in staying]
         others.sort(key=lambda i: run[i] < 0)  # running replicas first: they move rather than stop
         for i in stay:
             out[i] = run[i]
