@@ -1,6 +1,6 @@
 """Evaluate an assignment (item -> GPU index, -1 for unplaced): per-GPU load, weights, KVPR and memory fractions.
 
-Called by: `solve`, `search`, `exact`, `improve`, `lns` and `stability` (to judge candidates), `result` (to
+Called by: `planner`, `search`, `exact`, `improve`, `lns` and `replan` (to judge candidates), `result` (to
 report a plan), bench. The tests recompute these numbers on their own (tests/packer/brute.py).
 """
 
