@@ -31,6 +31,7 @@ from kvsched.packer.instance import Instance, IntArray, build_instance
 from kvsched.packer.lns import kick, repack_peak
 from kvsched.packer.options import PackOptions
 from kvsched.packer.pack import try_pack
+from kvsched.packer.progress import ProgressCallback, Reporter
 from kvsched.packer.replan import (
     align,
     count_moves,
@@ -75,6 +76,7 @@ def solve(
     current: Sequence[Slot] = (),
     options: PackOptions = PackOptions(),
     clock: Clock = time.perf_counter,
+    progress: ProgressCallback | None = None,
 ) -> Plan:
     """Place every replica of `models` on `gpus` minimising the max KVPR; report what cannot be placed.
 
@@ -83,7 +85,8 @@ def solve(
     interchangeable). With replicas running, the plan moves as few of them as the stability threshold allows
     (see kvsched.packer.replan) and `Plan.steps` orders the moves. Raises InvalidInput for bad models, GPUs,
     options or a replica listed twice in `current`. Never raises for an infeasible cluster: those replicas are
-    unplaced, with a cause.
+    unplaced, with a cause. `progress` (optional) is called with a `Progress` at each phase boundary and at most
+    a few times a second between them, last with phase "done" (kvsched.packer.progress).
 
     Complexity, n replicas on G GPUs: validation O(n + G); a fresh plan is dominated by the bisection
     (O(log(1/tol)) passes of O(n log n) to O(n G)) and the local search, bounded by `time_budget_s`; a re-plan
@@ -92,18 +95,17 @@ def solve(
     scratch only when that heuristic cannot reach the threshold of the lower bound (or n <= 40).
     """
     start = clock()
-
-    def elapsed() -> float:
-        return clock() - start
+    reporter = Reporter(progress, lambda: clock() - start)
+    elapsed = reporter.elapsed  # with a callback, every time check is also a (throttled) progress call
 
     inst = build_instance(models, gpus)
     run = running_assignment(inst, current)
     causes = _spare_running(inst, run, _unplaceable(inst))
     items = [i for i in range(inst.n_items) if i not in causes]
     if items and (run[np.asarray(items)] >= 0).any():
-        out = _replan(inst, items, run, options, elapsed)
+        out = _replan(inst, items, run, options, elapsed, reporter)
     else:
-        assign, lower, stats = _optimise(inst, items, options, elapsed)
+        assign, lower, stats = _optimise(inst, items, options, elapsed, reporter)
         out = _Outcome(assign, lower, stats, 0.0)
     for i in items:
         if out.assign[i] < 0:
@@ -118,9 +120,11 @@ def solve(
         for s in order_steps(inst, run, assign)
     ]
     running = bool((run >= 0).any())
-    return build_plan(inst, assign, lower_bound=out.lower, solve_seconds=clock() - start, causes=causes,
+    plan = build_plan(inst, assign, lower_bound=out.lower, solve_seconds=clock() - start, causes=causes,
                       steps=steps, kept_current=running and count_moves(run, assign) == 0,
                       next_move_gain=out.next_move_gain, stats=out.stats)
+    reporter.finish(plan.max_kvpr, plan.lower_bound, plan.solve_seconds)
+    return plan
 
 
 @dataclass(frozen=True, eq=False)
@@ -132,7 +136,7 @@ class _Outcome:
 
 
 def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOptions,
-            elapsed: Callable[[], float]) -> _Outcome:
+            elapsed: Callable[[], float], reporter: Reporter) -> _Outcome:
     """Repair, keep, fewest moves, budget (kvsched.packer.replan has the pieces; docs/packer.md the why).
 
     The reference for the threshold is the lower bound as long as that suffices (no search from scratch):
@@ -153,6 +157,7 @@ def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOption
     complete = not repaired.leftover
     base_value = max_kvpr(inst, base) if complete else math.inf
     lower = lower_bound(inst.item_load[idx], inst.item_size[idx], inst.gpu_memory, upper=base_value)
+    reporter.phase("re-plan", best=base_value, lower=lower)
     stats = SearchStats()
     choice: IntArray | None = None
     if complete and within(base_value, (1 + theta) * lower):
@@ -161,8 +166,9 @@ def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOption
     if choice is None and not small and 0 < lower < math.inf:
         choice = fewest_moves(inst, items, run, base, (1 + theta) * lower, out_of_time=out_of_time)
     if choice is None:
-        scratch, scratch_lower, stats = _optimise(inst, items, options, elapsed)
+        scratch, scratch_lower, stats = _optimise(inst, items, options, elapsed, reporter)
         lower = max(lower, scratch_lower)
+        reporter.phase("re-plan", lower=lower)
         choice = _fewest_against(inst, items, run, base, complete, scratch, theta, options, out_of_time)
     choice = polish(inst, run, align(inst, run, choice))
     gain = 0.0
@@ -224,8 +230,8 @@ def _forced(inst: Instance, items: list[int], run: IntArray, base: IntArray, com
     return completed if completed is not None else base
 
 
-def _optimise(inst: Instance, items: list[int], options: PackOptions,
-              elapsed: Callable[[], float]) -> tuple[IntArray, float, SearchStats]:
+def _optimise(inst: Instance, items: list[int], options: PackOptions, elapsed: Callable[[], float],
+              reporter: Reporter) -> tuple[IntArray, float, SearchStats]:
     """Best assignment of `items` (some may stay -1 when memory runs out), a valid lower bound, counters.
 
     Time: bisection stops starting new steps after _BISECTION_SHARE of the budget (its first step always
@@ -235,6 +241,7 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
     def out_of_time() -> bool:
         return elapsed() > options.time_budget_s
 
+    reporter.phase("greedy")
     sub_load = inst.item_load[items]
     sub_size = inst.item_size[items]
     base = greedy(inst.subset(items)) if items else np.zeros(0, dtype=np.int64)
@@ -248,7 +255,8 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
         return start_assign, lower, SearchStats()
     if not complete and (not math.isfinite(lower) or not _packs_at_all(inst, items, lower)):
         kept = [i for i in items if start_assign[i] >= 0]
-        return _optimise(inst, kept, options, elapsed) if kept else (start_assign, 0.0, SearchStats())
+        return _optimise(inst, kept, options, elapsed, reporter) if kept else (start_assign, 0.0, SearchStats())
+    reporter.phase("bisection", best=upper, lower=lower)
     exact_next = len(items) <= options.exact_max_items
     res = bisect_target(
         inst, items, lower, upper,
@@ -264,33 +272,41 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions,
         max_iterations=options.max_bisection_iterations,
         elapsed=elapsed,
         budget_s=options.time_budget_s * _BISECTION_SHARE,
+        on_step=lambda best: reporter.note(best=best),
     )
     if res.assign is None:
         # Memory runs out: keep what the greedy placed (the most it could) and optimise those alone.
         kept = [i for i in items if start_assign[i] >= 0]
-        assign, lower, stats = _optimise(inst, kept, options, elapsed) if kept else (start_assign, 0.0,
-                                                                                         SearchStats())
+        assign, lower, stats = _optimise(inst, kept, options, elapsed, reporter) if kept else (start_assign, 0.0,
+                                                                                                   SearchStats())
         return assign, lower, stats
     assign = res.assign
     steps = 0
     if options.local_search:
+        reporter.phase("local search", best=res.max_kvpr)
         better = improve(inst, assign, out_of_time=out_of_time)
         assign, steps = better.assign, better.steps
+        reporter.note(best=better.max_kvpr)
         if not exact_next:  # small instances go to the exact stage instead
             repacked = repack_peak(inst, assign, out_of_time=out_of_time)
             again = improve(inst, repacked.assign, out_of_time=out_of_time)
             assign, steps = again.assign, steps + repacked.improvements + again.steps
+            reporter.note(best=again.max_kvpr)
             lower_t = descend(inst, assign, lower, out_of_time=out_of_time)
             best = improve(inst, lower_t.assign, out_of_time=out_of_time)
             assign, steps = best.assign, steps + lower_t.steps + best.steps
-            assign = _iterated(inst, assign, out_of_time)
+            reporter.note(best=best.max_kvpr)
+            assign = _iterated(inst, assign, out_of_time, reporter)
     optimal = max_kvpr(inst, assign) <= lower * (1 + 1e-9)
     if not optimal and exact_next and not out_of_time():
+        reporter.phase("exact")
         exact = prove_or_improve(inst, items, assign, lower, options.exact_node_limit, out_of_time)
         assign, optimal = exact.assign, exact.optimal
         if optimal:
             lower = max(lower, exact.max_kvpr)
+        reporter.note(best=exact.max_kvpr, lower=lower)
     if optimal and not out_of_time():
+        reporter.phase("local search")
         # The peak is proven optimal, so the local search has nothing left to do there: freeze the GPUs at it
         # and balance the rest below it, which leaves every other model more KV cache than it needs.
         peak_value = max_kvpr(inst, assign)
@@ -313,7 +329,7 @@ _KICK_PATIENCE = 20
 _KICK_WORK = 6_000  # replicas x kicks
 
 
-def _iterated(inst: Instance, assign: IntArray, out_of_time: Callable[[], bool]) -> IntArray:
+def _iterated(inst: Instance, assign: IntArray, out_of_time: Callable[[], bool], reporter: Reporter) -> IntArray:
     """Kick the best plan, improve and re-pack it, keep what is better (see the constants above)."""
     rng = np.random.default_rng(0)
     rounds = min(40, max(4, _KICK_WORK // max(inst.n_items, 1)))
@@ -327,6 +343,7 @@ def _iterated(inst: Instance, assign: IntArray, out_of_time: Callable[[], bool])
         cand_value = max_kvpr(inst, cand)
         if cand_value < value * (1 - 1e-9):
             best, value, misses = cand, cand_value, 0
+            reporter.note(best=value)
         else:
             misses += 1
     return best

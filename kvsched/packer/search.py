@@ -75,6 +75,7 @@ def bisect_target(
     elapsed: Callable[[], float] = lambda: 0.0,
     budget_s: float = math.inf,
     rerun_retuned: bool = True,
+    on_step: Callable[[float], None] = lambda best: None,
 ) -> BisectionResult:
     """Smallest T at which a candidate packs `items`, between `lower` (a valid bound) and `upper`.
 
@@ -82,7 +83,8 @@ def bisect_target(
     completes. No new step starts once elapsed() passes budget_s, and a later step stops between passes when
     it does (the probe at the bound always runs whole: it is the fast path's plan). Re-running a
     retuned pass without retune doubles a step's cost, so it is done only while the steps still expected,
-    at the passes' measured speed, fit the budget (and never with rerun_retuned=False).
+    at the passes' measured speed, fit the budget (and never with rerun_retuned=False). on_step(best max KVPR)
+    is called after each step (for progress reports).
     O(iterations * candidates * pass cost).
     """
     best_assign = upper_assign
@@ -155,4 +157,5 @@ def bisect_target(
             hi = min(hi, best)
         if lo > hi:
             lo = hi
+        on_step(best)
     return BisectionResult(best_assign, best, lo, iterations, passes, evaluated, retunes)
