@@ -37,15 +37,19 @@ from kvsched.packer.replan import (
     count_moves,
     exact_replan,
     fewest_moves,
+    moves_of,
     polish,
     reduce_moves,
     relabel,
+    rematch,
     relink,
     repair_around,
     revert,
     running_assignment,
+    running_gpus,
     within,
     within_budget,
+    lowest_within,
 )
 from kvsched.packer.result import build_plan
 from kvsched.packer.search import bisect_target
@@ -99,11 +103,12 @@ def solve(
     elapsed = reporter.elapsed  # with a callback, every time check is also a (throttled) progress call
 
     inst = build_instance(models, gpus)
-    run = running_assignment(inst, current)
+    running = running_gpus(inst, current)
+    run = running_assignment(inst, running)
     causes = _spare_running(inst, run, _unplaceable(inst))
     items = [i for i in range(inst.n_items) if i not in causes]
     if items and (run[np.asarray(items)] >= 0).any():
-        out = _replan(inst, items, run, options, elapsed, reporter)
+        out = _replan(inst, items, run, running, options, elapsed, reporter)
     else:
         assign, lower, stats = _optimise(inst, items, options, elapsed, reporter)
         out = _Outcome(assign, lower, stats, 0.0)
@@ -114,14 +119,15 @@ def solve(
     # model's capable GPUs are the ones set aside above), and the causes go with the replicas left unplaced.
     assign = align(inst, run, out.assign)
     causes = _carry_causes(inst, out.assign, assign, causes)
+    run = rematch(inst, running, assign)
     steps = [
         MigrationStep(inst.item_model[s.item], inst.item_replica[s.item],
                       inst.gpu_id(s.source) if s.source >= 0 else None, inst.gpu_id(s.target), s.stop_first)
         for s in order_steps(inst, run, assign)
     ]
-    running = bool((run >= 0).any())
+    any_running = any(running.values())
     plan = build_plan(inst, assign, lower_bound=out.lower, solve_seconds=clock() - start, causes=causes,
-                      steps=steps, kept_current=running and count_moves(run, assign) == 0,
+                      steps=steps, kept_current=any_running and count_moves(run, assign) == 0,
                       next_move_gain=out.next_move_gain, stats=out.stats)
     reporter.finish(plan.max_kvpr, plan.lower_bound, plan.solve_seconds)
     return plan
@@ -135,7 +141,7 @@ class _Outcome:
     next_move_gain: float
 
 
-def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOptions,
+def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]], options: PackOptions,
             elapsed: Callable[[], float], reporter: Reporter) -> _Outcome:
     """Repair, keep, fewest moves, budget (kvsched.packer.replan has the pieces; docs/packer.md the why).
 
@@ -169,30 +175,35 @@ def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOption
         scratch, scratch_lower, stats = _optimise(inst, items, options, elapsed, reporter)
         lower = max(lower, scratch_lower)
         reporter.phase("re-plan", lower=lower)
-        choice = _fewest_against(inst, items, run, base, complete, scratch, theta, options, out_of_time)
+        choice = _fewest_against(inst, items, run, running, base, complete, scratch, theta, options, out_of_time)
     choice = polish(inst, run, align(inst, run, choice))
     gain = 0.0
     if options.max_migrations is not None:
         forced = _forced(inst, items, run, base, complete)
-        allowed = count_moves(run, forced) + options.max_migrations
-        if count_moves(run, choice) > allowed:
-            budgeted = within_budget(inst, run, forced, options.max_migrations, out_of_time=out_of_time)
-            choice, gain = budgeted.assign, budgeted.next_move_gain
+        allowed = moves_of(inst, running, forced) + options.max_migrations
+        if moves_of(inst, running, choice) > allowed:
+            uncapped = max_kvpr(inst, choice)
+            greedy = within_budget(inst, run, forced, options.max_migrations, out_of_time=out_of_time)
+            bisected = lowest_within(inst, items, run, running, forced, allowed, uncapped, out_of_time=out_of_time)
+            choice = min((greedy, bisected), key=lambda a: (max_kvpr(inst, a), moves_of(inst, running, a)))
             if len(items) <= _EXACT_REPLAN_ITEMS:
-                exact = exact_replan(inst, items, run, target=None, max_moves=allowed,
+                exact = exact_replan(inst, items, running, target=None, max_moves=allowed,
                                      node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=choice)
                 if exact is not None:
-                    again = within_budget(inst, run, exact, 0)
-                    choice, gain = again.assign, again.next_move_gain
+                    choice = exact
+            choice = polish(inst, run, align(inst, run, choice))
+            gain = max(0.0, max_kvpr(inst, choice) - uncapped)
     return _Outcome(choice, lower, stats, gain)
 
 
-def _fewest_against(inst: Instance, items: list[int], run: IntArray, base: IntArray, complete: bool,
+def _fewest_against(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]],
+                    base: IntArray, complete: bool,
                     scratch: IntArray, theta: float, options: PackOptions,
                     out_of_time: Callable[[], bool]) -> IntArray:
-    """With the best plan from scratch in hand: keep the repaired placement within the threshold of it, else
-    the fewest moves to (1 + threshold) x its max KVPR among the heuristic from the repaired placement, the
-    scratch plan relabelled (never more moves than that), and exact search on tiny instances."""
+    """With the best plan from scratch in hand: keep the repaired placement within the threshold of the best
+    plan found (scratch, or the repaired placement after local search), else the fewest moves to (1 + threshold)
+    x its max KVPR among the heuristic from the repaired placement, the scratch plan relabelled (never more moves
+    than that), path relinking, the local search's plan, and exact search on tiny instances."""
     idx = np.asarray(items, dtype=np.int64)
     scratch_placed = int((scratch[idx] >= 0).sum())
     if scratch_placed < len(items):
@@ -201,21 +212,30 @@ def _fewest_against(inst: Instance, items: list[int], run: IntArray, base: IntAr
             return base
         completed = fewest_moves(inst, items, run, base, math.inf, out_of_time=out_of_time)
         return completed if completed is not None else relabel(inst, run, scratch)
-    target = (1 + theta) * max_kvpr(inst, scratch)
+    # The best plan found is the better of the scratch plan and the repaired placement after local search: a
+    # short budget leaves the scratch plan far from the best (on the example with a budget of 0, 32% above it
+    # after a rate rise), and a reference that weak would keep a poor placement.
+    improved = improve(inst, base, out_of_time=out_of_time).assign if complete else None
+    best_value = max_kvpr(inst, scratch)
+    if improved is not None:
+        best_value = min(best_value, max_kvpr(inst, improved))
+    target = (1 + theta) * best_value
     if complete and within(max_kvpr(inst, base), target):
         return base
     relabelled = relabel(inst, run, scratch)
     candidates = [revert(inst, run, relabelled, target)]
+    if improved is not None and within(max_kvpr(inst, improved), target):
+        candidates.append(revert(inst, run, align(inst, run, improved), target))
     relinked = relink(inst, run, base, relabelled, target) if complete else None
     if relinked is not None:
         candidates.append(relinked)
     heuristic = fewest_moves(inst, items, run, base, target, out_of_time=out_of_time)
     if heuristic is not None:
         candidates.append(heuristic)
-    best = min(candidates, key=lambda a: (count_moves(run, a), max_kvpr(inst, a)))
+    best = min(candidates, key=lambda a: (moves_of(inst, running, a), max_kvpr(inst, a)))
     best = reduce_moves(inst, items, run, best, target, max_attempts=max(1, _REDUCE_WORK // max(len(items), 1)))
     if len(items) <= _EXACT_REPLAN_ITEMS:
-        exact = exact_replan(inst, items, run, target=target, max_moves=None,
+        exact = exact_replan(inst, items, running, target=target, max_moves=None,
                              node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=best)
         if exact is not None:
             best = align(inst, run, exact)

@@ -57,7 +57,7 @@ def test_the_table_lists_the_steps_in_order(run_cli: RunCli, write_cluster: Writ
     first = lines.index("STEPS (1, in order):")
     assert lines[first + 1].startswith("  1. ") and "n/0 ->" in lines[first + 1]
     assert any(line.startswith("steps:        1 (1 moved, 0 newly placed)") for line in lines)
-    assert any(line.startswith("next move:    would lower the hottest GPU's KVPR by ") for line in lines)
+    assert any(line.startswith("next move:    more moves would lower the max KVPR by ") for line in lines)
 
 
 def test_unplaced_json_names_the_cause(run_cli: RunCli, write_cluster: WriteCluster) -> None:
