@@ -3,8 +3,8 @@
 `ProgressLine` is the callback `kvsched plan` hands to `solve(progress=...)`. On a terminal it rewrites one line
 with a carriage return (cut to the terminal's width, so it never wraps) and `close()` blanks it, so the plan
 printed next starts on a clean line. Elsewhere (forced with `--progress`: a pipe, a log, the tests) each update
-is a line of its own starting "kvsched plan: ", the last one with phase "done". Updates before `delay_s` seconds of the solve are not
-shown: a solve that ends sooner prints nothing. Called by: `kvsched.cli` (`plan`).
+is a line of its own starting "kvsched plan: ", the last one with phase "done". Updates before `delay_s` seconds
+of the solve are not shown: a solve that ends sooner prints nothing. Called by: `kvsched.cli` (`plan`).
 """
 
 from __future__ import annotations

@@ -25,9 +25,10 @@ class Progress:
     """A snapshot of a running solve.
 
     phase: what the solve is doing now ("done" on the last call). best_max_kvpr: max KVPR of the best complete
-    plan found so far (inf before there is one; in a re-plan, of the plan it would return now). lower_bound: a
-    valid lower bound on the optimum (0 before it is computed). elapsed_s: seconds of the injected clock since
-    the solve started, non-decreasing from one call to the next.
+    plan found so far (inf before there is one); on the "done" call, the returned plan's own max KVPR, which in a
+    re-plan may lie above the best found (a re-plan trades KVPR within the stability threshold for fewer moves).
+    lower_bound: a valid lower bound on the optimum (0 before it is computed). elapsed_s: seconds of the injected
+    clock since the solve started, non-decreasing from one call to the next.
     """
 
     phase: Phase
