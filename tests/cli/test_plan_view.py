@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import pytest
 
+from kvsched.cluster_file import load_cluster_file
 from kvsched.natural_order import gpu_key, natural_key
 from kvsched.packer import Gpu, GpuId, GpuUsage, Model, PackOptions, Progress, Slot, solve
 from kvsched.packer.progress import PROGRESS_INTERVAL_S
@@ -106,6 +107,8 @@ def test_cluster_file_gpus_reach_the_packer_in_natural_order(run_cli: Callable[.
         "models": [{"name": "a", "size": 10, "requestRate": 1, "sloSeconds": 1, "replicas": 6}],
         "options": {"timeBudgetSeconds": 0},
     })
+    cluster = load_cluster_file(path)
+    assert [str(g.id) for g in cluster.gpus] == ["gpu-1/0", "gpu-1/1", "gpu-9/0", "gpu-9/1", "gpu-10/0", "gpu-10/1"]
     result = run_cli("plan", str(path))
     assert result.code == 0, result.err
     assert _table_nodes(result.out) == ["gpu-1", "gpu-1", "gpu-9", "gpu-9", "gpu-10", "gpu-10"]
