@@ -14,11 +14,16 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import shutil
 import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from kvsched import __version__
+from kvsched.plan_output import DEFAULT_TOP, TABLE_MAX_GPUS, VIEWS, View
+
+if TYPE_CHECKING:
+    from kvsched.progress_line import ProgressLine
 
 EXIT_OK = 0
 EXIT_WRITE_FAILED = 1
@@ -44,6 +49,13 @@ bound, gap to the bound, retunes, migration steps, solve time). With a `current`
 section it re-plans: new replicas go around the running ones, the running
 placement is kept when within the stability threshold, otherwise the fewest
 replicas move; the steps say in which order (never over a GPU's memory).
+
+Big clusters: above 64 GPUs the printout has one row per node (GPUs, models,
+used/total memory, max KVPR) instead of one per GPU; --view table shows every
+GPU, --top N the N GPUs with the highest KVPR; --output always has them all.
+Nodes are listed in natural order (gpu-2 before gpu-10). When stderr is a
+terminal, a solve that takes more than a second shows its progress there on one
+line (phase, best max KVPR so far, lower bound, gap), cleared when it ends.
 
 Cluster file (YAML or JSON; JSON when the name ends in .json):
 
@@ -82,8 +94,9 @@ old replica before the new one starts (a cycle of moves), otherwise the new one
 starts first; moves counts running replicas that change GPU; nextMoveGain is
 by how much more moves would lower maxKVPR when maxMigrations cut the re-plan
 short (re-plan again after these steps), else 0; an infinite KVPR (weights fill
-a loaded GPU) or gap is null; times are seconds. GPUs are listed by node name,
-then index.
+a loaded GPU) or gap is null; times are seconds. gpus and placements are listed
+by node name in natural order (gpu-2 before gpu-10), then GPU index; the JSON
+always has every GPU, whatever --view prints.
 
 Exit codes: 0 a plan was made (unplaced replicas are listed, not an error),
 1 --output or --plot could not be written, 2 bad usage or a bad cluster file
@@ -144,6 +157,17 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
                       help="move at most N running replicas of the file's `current` placement; the plan is then "
                       "the lowest max KVPR reachable with N moves (overrides options.maxMigrations; default: no "
                       "cap)")
+    plan.add_argument("--view", choices=VIEWS, default=None,
+                      help="what the printout lists: 'table' one row per GPU, 'nodes' one row per node (GPUs, "
+                      "models, used/total memory, max KVPR), 'top' the GPUs with the highest KVPR; default "
+                      f"'auto': the table up to {TABLE_MAX_GPUS} GPUs, the nodes above (with --top: 'top')")
+    plan.add_argument("--top", metavar="N", type=_positive_int, default=None,
+                      help=f"list the N GPUs with the highest KVPR (implies --view top; default N {DEFAULT_TOP})")
+    plan.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                      help="show the solve's progress on stderr: by default only when stderr is a terminal and "
+                      "the solve takes more than a second (one line, rewritten in place, cleared at the end); "
+                      "--progress shows it from the start even into a pipe or log (a line per update), "
+                      "--no-progress never")
     plan.set_defaults(handler=run_plan)
 
 
@@ -191,6 +215,9 @@ def run_plan(args: argparse.Namespace) -> int:
 
     file: Path = args.file
     plot_file: Path | None = args.plot
+    view: View = args.view or ("top" if args.top is not None else "auto")
+    if args.top is not None and view != "top":
+        return _fail(f"--top: lists the hottest GPUs, it does not combine with --view {view}", EXIT_BAD_INPUT)
     if plot_file is not None and plot_file.suffix.lower() not in PLOT_SUFFIXES:
         return _fail(f"--plot: {str(plot_file)!r} must end in .svg or .png", EXIT_BAD_INPUT)
     try:
@@ -204,10 +231,14 @@ def run_plan(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, stability_threshold_ratio=args.stability_threshold_ratio)
     if args.max_migrations is not None:
         options = dataclasses.replace(options, max_migrations=args.max_migrations)
+    progress = _progress_line(args.progress)
     try:
-        plan = solve(cluster.models, cluster.gpus, current=cluster.current, options=options)
+        plan = solve(cluster.models, cluster.gpus, current=cluster.current, options=options, progress=progress)
     except InvalidInput as exc:
         return _fail(f"{file}: {exc.obj}: {file_field(exc.field)}: {exc.why} (got {exc.value!r})", EXIT_BAD_INPUT)
+    finally:
+        if progress is not None:
+            progress.close()
 
     document = json.dumps(plan_to_json(plan), indent=2, allow_nan=False) + "\n"
     if args.output == "-":
@@ -216,7 +247,7 @@ def run_plan(args: argparse.Namespace) -> int:
             print(f"kvsched plan: {len(plan.unplaced)} replica(s) could not be placed, see \"unplaced\"",
                   file=sys.stderr)
     else:
-        sys.stdout.write(plan_to_table(plan))
+        sys.stdout.write(plan_to_table(plan, view=view, top=args.top or DEFAULT_TOP))
         if args.output is not None:
             try:
                 Path(args.output).write_text(document, encoding="utf-8")
@@ -232,6 +263,17 @@ def run_plan(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _progress_line(forced: bool | None) -> ProgressLine | None:
+    """The progress display `--progress`/`--no-progress` (forced) or stderr being a terminal (None) asks for."""
+    from kvsched.progress_line import TERMINAL_DELAY_S, ProgressLine
+
+    terminal = sys.stderr.isatty()
+    if forced is False or (forced is None and not terminal):
+        return None
+    width = shutil.get_terminal_size().columns
+    return ProgressLine(sys.stderr, in_place=terminal, delay_s=0.0 if forced else TERMINAL_DELAY_S, width=width)
+
+
 def _fail(message: str, code: int) -> int:
     print(f"kvsched plan: {message}", file=sys.stderr)
     return code
@@ -244,6 +286,13 @@ def _non_negative_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 1")
     return value
 
 

@@ -19,6 +19,7 @@ from typing import Any, Callable, Mapping, TypeVar
 import yaml
 
 from kvsched import units
+from kvsched.natural_order import gpu_key
 from kvsched.packer import Gpu, GpuId, InvalidInput, Model, PackOptions, Slot
 
 T = TypeVar("T")
@@ -66,7 +67,8 @@ def _checked(make: Callable[[], T], path: str, fields: Mapping[str, str]) -> T:
 
 @dataclass(frozen=True)
 class Cluster:
-    """Everything `solve` needs, validated. GPUs are sorted by node, then index, so the plan reads in that order."""
+    """Everything `solve` needs, validated. GPUs are sorted by node name in natural order (`gpu-2` before
+    `gpu-10`), then index, so the plan reads in that order."""
 
     models: tuple[Model, ...]
     gpus: tuple[Gpu, ...]
@@ -178,7 +180,7 @@ def _parse_gpus(top: Mapping[str, object]) -> tuple[tuple[Gpu, ...], dict[GpuId,
             add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib), path, NODE_FIELDS), path)
     if not gpus:
         raise ClusterFileError("gpus", "no GPUs listed: give at least one in gpus or nodes")
-    return tuple(sorted(gpus, key=lambda gpu: gpu.id)), where
+    return tuple(sorted(gpus, key=lambda gpu: gpu_key(gpu.id))), where
 
 
 def _parse_models(value: object) -> tuple[Model, ...]:

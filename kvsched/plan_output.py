@@ -1,4 +1,9 @@
-"""Render a packer `Plan` for people and programs: the JSON document of DESIGN.md and a plain-text table.
+"""Render a packer `Plan` for people and programs: the JSON document of DESIGN.md and plain-text views of it.
+
+Views (`plan_to_table(plan, view=...)`): one row per GPU ("table"), one row per node ("nodes"), or the N GPUs
+with the highest KVPR ("top"); "auto" is the table up to TABLE_MAX_GPUS GPUs and the node summary above. Nodes
+and GPUs are always listed in natural order of node name (`gpu-2` before `gpu-10`, kvsched.natural_order), then
+GPU index; so are `gpus` and `placements` in the JSON (placements on one GPU in model order).
 
 JSON conventions: memory values are GiB as numbers (`memory`, `usedMemory`; rounded to 3 decimals) and the
 document says so in `"memoryUnit": "GiB"`; times are seconds; an infinite KVPR or gap is `null` (JSON has no
@@ -9,16 +14,28 @@ keeps 6 significant digits. Called by: `kvsched.cli` (`plan --output`, the table
 from __future__ import annotations
 
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
-from kvsched.packer import Plan
+from kvsched.natural_order import gpu_key, natural_key
+
+if TYPE_CHECKING:  # types only: `kvsched --help` reads the view names here without loading the packer
+    from kvsched.packer import GpuUsage, Plan
 
 MEMORY_DECIMALS = 3
 KVPR_SIGNIFICANT_DIGITS = 6
 # Beyond this many characters the models column is cut and ends with "+N more".
 MODELS_COLUMN_WIDTH = 60
+# The node summary's models column is narrower: a node holds dozens of models, and its rows should fit 80 columns.
+NODE_MODELS_COLUMN_WIDTH = 40
 # The table lists at most this many migration steps; the JSON has them all.
 STEPS_SHOWN = 40
+View = Literal["auto", "table", "nodes", "top"]
+VIEWS: tuple[View, ...] = ("auto", "table", "nodes", "top")
+# "auto" prints one row per GPU up to this many GPUs (eight 8-GPU nodes fit a screen), one row per node above.
+TABLE_MAX_GPUS = 64
+# GPUs listed by the "top" view unless told otherwise.
+DEFAULT_TOP = 20
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -42,7 +59,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "gpu": p.gpu.index,
                 "memoryFraction": p.memory_fraction,
             }
-            for p in plan.placements
+            for p in sorted(plan.placements, key=lambda p: gpu_key(p.gpu))
         ],
         "gpus": [
             {
@@ -53,7 +70,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "usedMemory": round(g.used_memory_gib, MEMORY_DECIMALS),
                 "models": list(g.models),
             }
-            for g in plan.gpus
+            for g in sorted(plan.gpus, key=lambda g: gpu_key(g.gpu))
         ],
         "unplaced": [{"model": u.model, "replica": u.replica, "cause": u.cause, "reason": u.reason}
                      for u in plan.unplaced],
@@ -72,26 +89,29 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
     }
 
 
-def plan_to_table(plan: Plan) -> str:
-    """A table with one row per GPU, then unplaced replicas with reasons, the migration steps when replicas move,
-    then a summary block. Ends with \\n."""
-    header = ("NODE", "GPU", "MODELS", "MEMORY", "KVPR")
-    rows = [
-        (
-            g.gpu.node,
-            str(g.gpu.index),
-            shorten_models(g.models, MODELS_COLUMN_WIDTH),
-            format_memory(g.used_memory_gib, g.memory_gib),
-            format_kvpr(g.kvpr),
-        )
-        for g in plan.gpus
-    ]
-    widths = [max(len(r[c]) for r in [header, *rows]) for c in range(len(header))]
-    right_aligned = {1, 3, 4}
-    lines = []
-    for row in [header, *rows]:
-        cells = [cell.rjust(w) if c in right_aligned else cell.ljust(w) for c, (cell, w) in enumerate(zip(row, widths))]
-        lines.append("  ".join(cells).rstrip())
+def choose_view(view: View, n_gpus: int) -> View:
+    """The view "auto" stands for with `n_gpus` GPUs: "table" up to TABLE_MAX_GPUS, "nodes" above; others as given."""
+    if view != "auto":
+        return view
+    return "table" if n_gpus <= TABLE_MAX_GPUS else "nodes"
+
+
+def plan_to_table(plan: Plan, *, view: View = "table", top: int = DEFAULT_TOP) -> str:
+    """The chosen view (one row per GPU, per node, or the `top` hottest GPUs; see choose_view), then unplaced
+    replicas with reasons, the migration steps when replicas move, then a summary block. Ends with \\n.
+    O(GPUs log GPUs)."""
+    chosen = choose_view(view, len(plan.gpus))
+    gpus = sorted(plan.gpus, key=lambda g: gpu_key(g.gpu))
+    if chosen == "nodes":
+        nodes = node_summaries(gpus)
+        lines = [f"NODES ({len(nodes)}, {len(gpus)} GPUs; --view table lists every GPU, --top N the hottest):",
+                 *node_table_lines(nodes)]
+    elif chosen == "top":
+        hottest = hottest_gpus(gpus, top)
+        lines = [f"HOTTEST {len(hottest)} OF {len(gpus)} GPUs BY KVPR (--view table lists every GPU):",
+                 *gpu_table_lines(hottest)]
+    else:
+        lines = gpu_table_lines(gpus)
     if plan.unplaced:
         lines.append("")
         lines.append(f"UNPLACED ({len(plan.unplaced)} replica(s)):")
@@ -103,6 +123,87 @@ def plan_to_table(plan: Plan) -> str:
     lines.append("")
     lines.extend(summary_lines(plan))
     return "\n".join(lines) + "\n"
+
+
+def gpu_table_lines(gpus: Sequence[GpuUsage]) -> list[str]:
+    """Header and one row per GPU, in the order given: node, GPU, models, used/total memory, KVPR."""
+    header = ("NODE", "GPU", "MODELS", "MEMORY", "KVPR")
+    rows = [
+        (
+            g.gpu.node,
+            str(g.gpu.index),
+            shorten_models(g.models, MODELS_COLUMN_WIDTH),
+            format_memory(g.used_memory_gib, g.memory_gib),
+            format_kvpr(g.kvpr),
+        )
+        for g in gpus
+    ]
+    return _aligned([header, *rows], right_aligned={1, 3, 4})
+
+
+@dataclass(frozen=True)
+class NodeSummary:
+    """One node of a plan: its GPUs, the distinct models on them (first seen first), summed weights and memory
+    (GiB), and the highest KVPR among its GPUs."""
+
+    node: str
+    gpus: int
+    models: tuple[str, ...]
+    used_memory_gib: float
+    memory_gib: float
+    max_kvpr: float
+
+
+def node_summaries(gpus: Sequence[GpuUsage]) -> list[NodeSummary]:
+    """One summary per node, nodes in natural order. O(GPUs log GPUs + placements)."""
+    by_node: dict[str, list[GpuUsage]] = {}
+    for g in gpus:
+        by_node.setdefault(g.gpu.node, []).append(g)
+    return [
+        NodeSummary(
+            node=node,
+            gpus=len(members),
+            models=tuple(dict.fromkeys(name for g in members for name in g.models)),
+            used_memory_gib=sum(g.used_memory_gib for g in members),
+            memory_gib=sum(g.memory_gib for g in members),
+            max_kvpr=max(g.kvpr for g in members),
+        )
+        for node, members in sorted(by_node.items(), key=lambda item: natural_key(item[0]))
+    ]
+
+
+def node_table_lines(nodes: Sequence[NodeSummary]) -> list[str]:
+    """Header and one row per node: node, GPUs, models, used/total memory, max KVPR on the node."""
+    header = ("NODE", "GPUS", "MODELS", "MEMORY", "MAX KVPR")
+    rows = [
+        (
+            n.node,
+            str(n.gpus),
+            shorten_models(n.models, NODE_MODELS_COLUMN_WIDTH),
+            format_memory(n.used_memory_gib, n.memory_gib),
+            format_kvpr(n.max_kvpr),
+        )
+        for n in nodes
+    ]
+    return _aligned([header, *rows], right_aligned={1, 3, 4})
+
+
+def hottest_gpus(gpus: Sequence[GpuUsage], n: int) -> list[GpuUsage]:
+    """The `n` GPUs with the highest KVPR (all of them when fewer), highest first; ties in natural GPU order.
+
+    Raises ValueError for n < 1. O(GPUs log GPUs).
+    """
+    if n < 1:
+        raise ValueError(f"the number of GPUs to list must be at least 1, got {n}")
+    return sorted(gpus, key=lambda g: (-g.kvpr, gpu_key(g.gpu)))[:n]
+
+
+def _aligned(rows: Sequence[tuple[str, ...]], right_aligned: set[int]) -> list[str]:
+    """Columns padded to their widest cell, two spaces apart, trailing blanks cut."""
+    widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+    return ["  ".join(cell.rjust(w) if c in right_aligned else cell.ljust(w)
+                      for c, (cell, w) in enumerate(zip(row, widths))).rstrip()
+            for row in rows]
 
 
 def step_lines(plan: Plan) -> list[str]:

@@ -4,15 +4,18 @@ Bars are GiB of memory (left axis): a coloured segment per model, the free memor
 segment on top. KVPR is on the right axis: a dot per GPU, a line at the plan's max KVPR and one at the lower
 bound. The format follows the file suffix (.svg or .png). matplotlib is imported inside `write_plot` (Agg
 backend) so that importing this module, and `kvsched --help`, stay fast.
+Bars are in natural order of node name (`gpu-2` before `gpu-10`), then GPU index.
 Called by: `kvsched.cli` (`plan --plot`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from kvsched.natural_order import gpu_key
 from kvsched.packer import Model, Plan
 from kvsched.plan_output import format_kvpr
 
@@ -41,6 +44,7 @@ def write_plot(plan: Plan, models: Sequence[Model], file: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plan = dataclasses.replace(plan, gpus=tuple(sorted(plan.gpus, key=lambda g: gpu_key(g.gpu))))
     size_gib = {m.name: m.size_gib for m in models}
     names_in_plan = sorted({name for g in plan.gpus for name in g.models})
     palette = _palette(len(names_in_plan))

@@ -22,6 +22,7 @@ from kvsched.packer.domain import (
 from kvsched.packer.errors import InvalidInput
 from kvsched.packer.options import PackOptions
 from kvsched.packer.planner import solve
+from kvsched.packer.progress import Progress, ProgressCallback
 
 __all__ = [
     "UNPLACED_CAUSES",
@@ -34,6 +35,8 @@ __all__ = [
     "PackOptions",
     "Placement",
     "Plan",
+    "Progress",
+    "ProgressCallback",
     "SearchStats",
     "Slot",
     "Unplaced",

@@ -33,6 +33,7 @@ from kvsched.packer.kvpr import IMPROVEMENT_RATIO, reaches
 from kvsched.packer.lns import polish as polish_search
 from kvsched.packer.options import PackOptions
 from kvsched.packer.pack import try_pack
+from kvsched.packer.progress import ProgressCallback, Reporter
 from kvsched.packer.replan import (
     align,
     count_moves,
@@ -85,6 +86,7 @@ def solve(
     options: PackOptions = PackOptions(),
     clock: Clock = time.perf_counter,
     rng: np.random.Generator | None = None,
+    progress: ProgressCallback | None = None,
 ) -> Plan:
     """Place every replica of `models` on `gpus` minimising the max KVPR; report what cannot be placed.
 
@@ -94,7 +96,8 @@ def solve(
     (see kvsched.packer.replan) and `Plan.steps` orders the moves. Raises InvalidInput for bad models, GPUs,
     options or a replica listed twice in `current`. Never raises for an infeasible cluster: those replicas are
     unplaced, with a cause. `rng` drives the randomised search phases; None means a generator seeded with 0
-    (the same input gives the same plan).
+    (the same input gives the same plan). `progress` (optional) is called with a `Progress` at each phase
+    boundary and at most a few times a second between them, last with phase "done" (kvsched.packer.progress).
 
     Complexity, n replicas on G GPUs: validation O(n + G); a fresh plan is dominated by the bisection
     (O(log(1/tol)) passes of O(n log n) to O(n G)) and the local search, bounded by `time_budget_s`; a re-plan
@@ -102,7 +105,10 @@ def solve(
     search; one that must move replicas adds O(shed * G) for the fewest-moves heuristic, and a search from
     scratch only when that heuristic cannot reach the threshold of the lower bound (or n <= 40).
     """
-    deadline = Deadline.start(clock, options.time_budget_s)
+    start = clock()
+    reporter = Reporter(progress, lambda: clock() - start)
+    # With a callback, every time check of the search is also a (throttled) progress call.
+    deadline = Deadline(reporter.elapsed, 0.0, options.time_budget_s)
     rng = np.random.default_rng(0) if rng is None else rng
     inst = build_instance(models, gpus)
     running = running_gpus(inst, current)
@@ -110,9 +116,9 @@ def solve(
     causes = _spare_running(inst, run, _unplaceable(inst))
     items = [i for i in range(inst.n_items) if i not in causes]
     if items and (run[np.asarray(items)] >= 0).any():
-        out = _replan(inst, items, run, running, options, deadline, rng)
+        out = _replan(inst, items, run, running, options, deadline, rng, reporter)
     else:
-        assign, lower, stats = _optimise(inst, items, options, deadline, rng)
+        assign, lower, stats = _optimise(inst, items, options, deadline, rng, reporter)
         out = _Outcome(assign, lower, stats, 0.0)
     for i in items:
         if out.assign[i] < 0:
@@ -128,9 +134,11 @@ def solve(
         for s in order_steps(inst, run, assign)
     ]
     any_running = any(running.values())
-    return build_plan(inst, assign, lower_bound=out.lower, solve_seconds=deadline.elapsed_s(), causes=causes,
+    plan = build_plan(inst, assign, lower_bound=out.lower, solve_seconds=deadline.elapsed_s(), causes=causes,
                       steps=steps, kept_current=any_running and count_moves(run, assign) == 0,
                       next_move_gain=out.next_move_gain, stats=out.stats)
+    reporter.finish(plan.max_kvpr, plan.lower_bound, plan.solve_seconds)
+    return plan
 
 
 @dataclass(frozen=True, eq=False)
@@ -142,7 +150,7 @@ class _Outcome:
 
 
 def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]], options: PackOptions,
-            deadline: Deadline, rng: np.random.Generator) -> _Outcome:
+            deadline: Deadline, rng: np.random.Generator, reporter: Reporter) -> _Outcome:
     """Repair, keep, fewest moves, budget (kvsched.packer.replan has the pieces; docs/packer.md the why).
 
     The reference for the threshold is the lower bound as long as that suffices (no search from scratch):
@@ -162,6 +170,7 @@ def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, 
     complete = not repaired.leftover
     base_value = max_kvpr(inst, base) if complete else math.inf
     lower = lower_bound(inst.item_load[idx], inst.item_size[idx], inst.gpu_memory, upper=base_value)
+    reporter.phase("re-plan", best=base_value, lower=lower)
     stats = SearchStats()
     choice: IntArray | None = None
     if complete and within(base_value, (1 + theta) * lower):
@@ -170,8 +179,9 @@ def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, 
     if choice is None and not small and 0 < lower < math.inf:
         choice = fewest_moves(inst, items, run, base, (1 + theta) * lower, deadline=heuristics)
     if choice is None:
-        scratch, scratch_lower, stats = _optimise(inst, items, options, deadline, rng)
+        scratch, scratch_lower, stats = _optimise(inst, items, options, deadline, rng, reporter)
         lower = max(lower, scratch_lower)
+        reporter.phase("re-plan", lower=lower)
         choice = _fewest_against(inst, items, run, running, base, complete, scratch, theta, options, heuristics)
     choice = polish(inst, run, align(inst, run, choice))
     gain = 0.0
@@ -248,12 +258,13 @@ def _forced(inst: Instance, items: list[int], run: IntArray, base: IntArray, com
 
 
 def _optimise(inst: Instance, items: list[int], options: PackOptions, deadline: Deadline,
-              rng: np.random.Generator) -> tuple[IntArray, float, SearchStats]:
+              rng: np.random.Generator, reporter: Reporter) -> tuple[IntArray, float, SearchStats]:
     """Best assignment of `items` (some may stay -1 when memory runs out), a valid lower bound, counters.
 
     Time: bisection stops starting new steps after _BISECTION_SHARE of the budget (its first step always
     runs, so there is always a plan); the improving phases stop at the budget.
     """
+    reporter.phase("greedy")
     sub_load = inst.item_load[items]
     sub_size = inst.item_size[items]
     base = greedy(inst.subset(items)) if items else np.zeros(0, dtype=np.int64)
@@ -267,7 +278,9 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions, deadline: 
         return start_assign, lower, SearchStats()
     if not complete and (not math.isfinite(lower) or not _packs_at_all(inst, items, lower)):
         kept = [i for i in items if start_assign[i] >= 0]
-        return _optimise(inst, kept, options, deadline, rng) if kept else (start_assign, 0.0, SearchStats())
+        return (_optimise(inst, kept, options, deadline, rng, reporter) if kept
+                else (start_assign, 0.0, SearchStats()))
+    reporter.phase("bisection", best=upper, lower=lower)
     exact_next = len(items) <= options.exact_max_items
     res = bisect_target(
         inst, items, lower, upper,
@@ -282,23 +295,28 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions, deadline: 
         rerun_retuned=not exact_next,
         max_iterations=options.max_bisection_iterations,
         deadline=deadline.share(_BISECTION_SHARE),
+        on_step=lambda best: reporter.note(best=best),
     )
     if res.assign is None:
         # Memory runs out: keep what the greedy placed (the most it could) and optimise those alone.
         kept = [i for i in items if start_assign[i] >= 0]
-        assign, lower, stats = _optimise(inst, kept, options, deadline, rng) if kept else (start_assign, 0.0,
-                                                                                         SearchStats())
+        assign, lower, stats = (_optimise(inst, kept, options, deadline, rng, reporter) if kept
+                                else (start_assign, 0.0, SearchStats()))
         return assign, lower, stats
     assign = res.assign
     steps = 0
     if options.local_search:
+        reporter.phase("local search", best=res.max_kvpr)
         better = improve(inst, assign, deadline=deadline)
         assign, steps = better.assign, better.steps
+        reporter.note(best=better.max_kvpr)
         if not exact_next:  # small instances go to the exact stage first
             assign, more = polish_search(inst, assign, lower, rng, deadline)
             steps += more
+            reporter.note(best=max_kvpr(inst, assign))
     optimal = reaches(max_kvpr(inst, assign), lower)
     if not optimal and exact_next and not deadline.expired():
+        reporter.phase("exact")
         # A share of the nodes proves most small instances optimal (ADRS-50: all within 23k of 200k); the
         # others get the improving phases of large instances, then the exact search again with the rest.
         first = options.exact_node_limit // _EXACT_FIRST_SHARE_INVERSE
@@ -311,7 +329,9 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions, deadline: 
             assign, optimal = exact.assign, exact.optimal
         if optimal:
             lower = max(lower, exact.max_kvpr)
+        reporter.note(best=exact.max_kvpr, lower=lower)
     if optimal and not deadline.expired():
+        reporter.phase("local search")
         # The peak is proven optimal, so the local search has nothing left to do there: freeze the GPUs at it
         # and balance the rest below it, which leaves every other model more KV cache than it needs.
         peak_value = max_kvpr(inst, assign)

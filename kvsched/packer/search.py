@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 from kvsched.packer.deadline import NEVER, Deadline
 from kvsched.packer.evaluate import max_kvpr
@@ -82,6 +82,7 @@ def bisect_target(
     max_iterations: int = 40,
     deadline: Deadline = NEVER,
     rerun_retuned: bool = True,
+    on_step: Callable[[float], None] = lambda best: None,
 ) -> BisectionResult:
     """Smallest T at which a candidate packs `items`, between `lower` (a valid bound) and `upper`.
 
@@ -89,7 +90,8 @@ def bisect_target(
     completes. No new step starts once the deadline has expired, and a later step stops between passes when
     it does (the probe at the bound always runs whole: it is the fast path's plan). Re-running a
     retuned pass without retune doubles a step's cost, so it is done only while the steps still expected,
-    at the passes' measured speed, fit the budget (and never with rerun_retuned=False).
+    at the passes' measured speed, fit the budget (and never with rerun_retuned=False). on_step(best max KVPR)
+    is called after each step (for progress reports).
     O(iterations * candidates * pass cost).
     """
     best_assign = upper_assign
@@ -161,4 +163,5 @@ def bisect_target(
             hi = min(hi, best)
         if lo > hi:
             lo = hi
+        on_step(best)
     return BisectionResult(best_assign, best, lo, iterations, passes, evaluated, retunes)
