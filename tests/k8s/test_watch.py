@@ -1,0 +1,230 @@
+"""Informer loop: list then watch, resume from the last resourceVersion, relist with a diff on 410 Gone, back off
+with jitter on errors, stop promptly. Driven through a scripted fake ListWatch (no cluster)."""
+from __future__ import annotations
+
+import itertools
+import random
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from kvsched.k8s.watch import Backoff, Gone, Informer, Resource, object_key
+
+Obj = dict[str, Any]
+
+
+def pod(name: str, rv: str, phase: str = "Running") -> Obj:
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}, "status": {"phase": phase}}
+
+
+class ConnectionDropped(ConnectionError):
+    pass
+
+
+class FakeListWatch:
+    """Scripted lists and watches. A list step is (items, rv) or an exception; a watch step is a list of events
+    (an exception inside the list is raised at that point) or an exception raised when the watch starts. When the
+    script runs out, the informer is stopped."""
+
+    name = "fake"
+
+    def __init__(self, lists: list[Any], watches: list[Any]) -> None:
+        self.lists = list(lists)
+        self.watches = list(watches)
+        self.calls: list[tuple[str, str | None]] = []
+        self.informer: Informer | None = None
+        self.closed = 0
+
+    def _stop(self) -> None:
+        assert self.informer is not None
+        self.informer._stop.set()
+
+    def list(self) -> tuple[list[Obj], str]:
+        self.calls.append(("list", None))
+        if not self.lists:
+            self._stop()
+            raise RuntimeError("script over")
+        step = self.lists.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        items, rv = step
+        return list(items), rv
+
+    def watch(self, resource_version: str, timeout_s: int) -> Iterator[tuple[str, Obj]]:
+        self.calls.append(("watch", resource_version))
+        if not self.watches:
+            self._stop()
+            return
+        step = self.watches.pop(0)
+        if isinstance(step, Exception):
+            raise step
+        for item in step:
+            if isinstance(item, Exception):
+                raise item
+            yield item
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+def run(lists: list[Any], watches: list[Any], **options: Any) -> tuple[Informer, FakeListWatch, list[tuple[str, str, str]], list[float]]:
+    """Run the informer loop to the end of the script; returns it, the fake, the events seen as
+    (type, name, rv) and the backoff delays it slept."""
+    source = FakeListWatch(lists, watches)
+    seen: list[tuple[str, str, str]] = []
+    delays: list[float] = []
+    ticks = itertools.count(step=10)  # every watch "lasts" 10 s unless a test says otherwise
+
+    def sleep(seconds: float) -> bool:
+        delays.append(seconds)
+        return False
+
+    informer = Informer(source, lambda t, o: seen.append((t, o["metadata"]["name"], o["metadata"]["resourceVersion"])),
+                        rng=random.Random(1), sleep=sleep, clock=lambda: float(next(ticks)), **options)
+    source.informer = informer
+    informer.run()
+    return informer, source, seen, delays
+
+
+def test_first_list_is_delivered_as_added_then_watch_events_in_order() -> None:
+    informer, source, seen, delays = run(
+        lists=[([pod("a", "1"), pod("b", "2")], "10")],
+        watches=[[("MODIFIED", pod("a", "11")), ("ADDED", pod("c", "12")), ("DELETED", pod("b", "13"))]],
+    )
+    assert seen == [("ADDED", "a", "1"), ("ADDED", "b", "2"), ("MODIFIED", "a", "11"), ("ADDED", "c", "12"),
+                    ("DELETED", "b", "13")]
+    assert informer.synced.is_set()
+    assert sorted(object_key(o) for o in informer.items()) == ["ns/a", "ns/c"]
+    assert source.calls[:2] == [("list", None), ("watch", "10")]
+    assert delays == []
+
+
+def test_a_watch_that_ends_normally_resumes_from_the_last_resource_version_without_listing() -> None:
+    _, source, seen, delays = run(
+        lists=[([], "5")],
+        watches=[[("ADDED", pod("a", "6"))], [("BOOKMARK", {"metadata": {"resourceVersion": "9"}})],
+                 [("MODIFIED", pod("a", "10"))]],
+    )
+    assert [c for c in source.calls if c[0] == "watch"][:3] == [("watch", "5"), ("watch", "6"), ("watch", "9")]
+    assert [c for c in source.calls if c[0] == "list"] == [("list", None)]
+    assert seen == [("ADDED", "a", "6"), ("MODIFIED", "a", "10")]  # the bookmark is not an event
+    assert delays == []
+
+
+@pytest.mark.parametrize("gone", [
+    pytest.param([("ERROR", {"kind": "Status", "code": 410, "message": "too old resource version"})],
+                 id="ERROR event 410 in the stream"),
+    pytest.param(Gone("410"), id="HTTP 410 when the watch starts"),
+])
+def test_gone_relists_and_delivers_only_the_difference(gone: Any) -> None:
+    informer, source, seen, delays = run(
+        lists=[([pod("keep", "1"), pod("change", "2"), pod("vanish", "3")], "10"),
+               ([pod("keep", "1"), pod("change", "20"), pod("new", "21")], "30")],
+        watches=[gone, []],
+    )
+    assert seen[3:] == [("DELETED", "vanish", "3"), ("MODIFIED", "change", "20"), ("ADDED", "new", "21")]
+    assert informer.relists == 1
+    assert ("watch", "30") in source.calls
+    assert delays == []  # a relist is not an error: no backoff
+
+
+def test_dropped_connection_backs_off_and_resumes_from_the_last_event_seen() -> None:
+    informer, source, seen, delays = run(
+        lists=[([], "1")],
+        watches=[[("ADDED", pod("a", "2")), ConnectionDropped("reset by peer")],
+                 ConnectionDropped("refused"), ConnectionDropped("refused"),
+                 [("MODIFIED", pod("a", "3"))],
+                 ConnectionDropped("refused")],
+    )
+    assert [c for c in source.calls if c[0] == "watch"][:5] == [
+        ("watch", "1"), ("watch", "2"), ("watch", "2"), ("watch", "2"), ("watch", "3")]
+    assert informer.errors == 4 and informer.relists == 0
+    # Delays grow while failures repeat (equal jitter: within [d/2, d]) and restart after a good watch.
+    assert 0.25 <= delays[0] <= 0.5 and 0.5 <= delays[1] <= 1.0 and 1.0 <= delays[2] <= 2.0
+    assert 0.25 <= delays[3] <= 0.5
+    assert seen == [("ADDED", "a", "2"), ("MODIFIED", "a", "3")]
+
+
+def test_a_failing_first_list_is_retried_and_synced_waits_for_it() -> None:
+    informer, source, seen, delays = run(
+        lists=[ConnectionDropped("refused"), RuntimeError("HTTP 503"), ([pod("a", "1")], "1")],
+        watches=[],
+    )
+    assert [c[0] for c in source.calls[:4]] == ["list", "list", "list", "watch"]
+    assert len(delays) == 2 and informer.synced.is_set()
+    assert seen == [("ADDED", "a", "1")]
+
+
+def test_a_watch_that_ends_at_once_without_events_backs_off_instead_of_spinning() -> None:
+    source = FakeListWatch([([], "1")], [[], [], []])
+    delays: list[float] = []
+    informer = Informer(source, lambda t, o: None, rng=random.Random(1),
+                        sleep=lambda s: delays.append(s) or False, clock=lambda: 0.0)
+    source.informer = informer
+    informer.run()
+    assert len(delays) == 3
+
+
+def test_a_failing_handler_does_not_stop_the_informer() -> None:
+    seen: list[str] = []
+
+    def handler(event_type: str, obj: Obj) -> None:
+        if obj["metadata"]["name"] == "bad":
+            raise ValueError("handler bug")
+        seen.append(obj["metadata"]["name"])
+
+    source = FakeListWatch([([pod("bad", "1"), pod("good", "2")], "2")], [[("ADDED", pod("later", "3"))]])
+    ticks = itertools.count(step=10)
+    informer = Informer(source, handler, sleep=lambda s: False, clock=lambda: float(next(ticks)))
+    source.informer = informer
+    informer.run()
+    assert seen == ["good", "later"]
+
+
+@pytest.mark.parametrize("attempt, low, high", [
+    pytest.param(0, 0.25, 0.5, id="first retry"),
+    pytest.param(3, 2.0, 4.0, id="fourth retry doubles three times"),
+    pytest.param(10, 15.0, 30.0, id="capped at max_s"),
+    pytest.param(10_000, 15.0, 30.0, id="huge attempt does not overflow"),
+])
+def test_backoff_delay_is_within_equal_jitter_bounds(attempt: int, low: float, high: float) -> None:
+    rng = random.Random(7)
+    values = [Backoff().delay_s(attempt, rng) for _ in range(200)]
+    assert all(low <= v <= high for v in values)
+    assert max(values) - min(values) > (high - low) / 4  # jittered, not constant
+
+
+def test_stop_aborts_a_blocked_watch_and_joins_the_thread() -> None:
+    release = threading.Event()
+
+    class Blocking(FakeListWatch):
+        def watch(self, resource_version: str, timeout_s: int) -> Iterator[tuple[str, Obj]]:
+            release.wait(10)
+            return iter(())
+
+        def close(self) -> None:
+            release.set()
+
+    source = Blocking([([pod("a", "1")], "1")], [])
+    informer = Informer(source, lambda t, o: None)
+    source.informer = informer
+    informer.start()
+    assert informer.synced.wait(5)
+    started = time.monotonic()
+    informer.stop(timeout_s=5)
+    assert time.monotonic() - started < 2
+    assert informer._thread is not None and not informer._thread.is_alive()
+
+
+@pytest.mark.parametrize("resource, path", [
+    pytest.param(Resource("", "v1", "pods"), "/api/v1/pods", id="core, all namespaces"),
+    pytest.param(Resource("", "v1", "pods", namespace="ml"), "/api/v1/namespaces/ml/pods", id="core, namespaced"),
+    pytest.param(Resource("apps", "v1", "deployments"), "/apis/apps/v1/deployments", id="apps"),
+    pytest.param(Resource("kvsched.io", "v1alpha1", "modelservings", namespace="ml"),
+                 "/apis/kvsched.io/v1alpha1/namespaces/ml/modelservings", id="custom resource"),
+])
+def test_resource_paths(resource: Resource, path: str) -> None:
+    assert resource.path == path
