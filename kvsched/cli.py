@@ -117,7 +117,15 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         epilog=PLAN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plan.add_argument("file", metavar="FILE", type=Path, help="cluster file, YAML or JSON (format above)")
+    plan.add_argument("file", metavar="FILE", type=Path, nargs="?",
+                      help="cluster file, YAML or JSON (format above); omit with --kubeconfig")
+    plan.add_argument("--kubeconfig", metavar="PATH", nargs="?", const="", default=None,
+                      help="plan the live cluster instead of a file: read its GPU nodes, ModelServings, annotated "
+                      "Deployments and running pods, and print the plan the controller would make (writes "
+                      "nothing). Without PATH: $KUBECONFIG, in-cluster, then ~/.kube/config")
+    plan.add_argument("--node-selector", metavar="SELECTOR", default=None,
+                      help="with --kubeconfig: the controller's node selector (default $KVSCHED_NODE_SELECTOR, "
+                      "else every GPU node)")
     plan.add_argument("-o", "--output", metavar="FILE", help="write the plan as JSON to FILE ('-': to stdout, "
                       "instead of the table)")
     plan.add_argument("--plot", metavar="FILE", type=Path, help="draw the plan to FILE.svg or FILE.png: a bar per "
@@ -139,6 +147,10 @@ def run_plan(args: argparse.Namespace) -> int:
     from kvsched.plan_output import plan_to_json, plan_to_table
     from kvsched.plot import PLOT_SUFFIXES, write_plot
 
+    if args.kubeconfig is not None:
+        return run_plan_live(args)
+    if args.file is None:
+        return _fail("give a cluster FILE, or --kubeconfig to plan the live cluster", EXIT_BAD_INPUT)
     file: Path = args.file
     plot_file: Path | None = args.plot
     if plot_file is not None and plot_file.suffix.lower() not in PLOT_SUFFIXES:
@@ -177,6 +189,67 @@ def run_plan(args: argparse.Namespace) -> int:
         except OSError as exc:
             return _fail(f"--plot: cannot write {plot_file}: {exc.strerror or exc}", EXIT_WRITE_FAILED)
         print(f"wrote {plot_file}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run_plan_live(args: argparse.Namespace) -> int:
+    """`kvsched plan --kubeconfig`: the controller's decision over the live cluster, printed, nothing written."""
+    import dataclasses as dc
+    import os
+
+    from kvsched.controller import DecisionConfig, SelectorError, World, decide, parse_selector
+    from kvsched.controller.models import collect_models
+    from kvsched.k8s.client import ClientConfigError, api_client
+    from kvsched.k8s.rest import ApiError
+    from kvsched.k8s.snapshot import read_world
+    from kvsched.k8s.watch import WatchError
+    from kvsched.packer import PackOptions, solve
+    from kvsched.plan_output import plan_to_json, plan_to_table
+    from kvsched.plot import PLOT_SUFFIXES, write_plot
+
+    plot_file: Path | None = args.plot
+    if plot_file is not None and plot_file.suffix.lower() not in PLOT_SUFFIXES:
+        return _fail(f"--plot: {str(plot_file)!r} must end in .svg or .png", EXIT_BAD_INPUT)
+    selector_text = args.node_selector if args.node_selector is not None else os.environ.get(
+        "KVSCHED_NODE_SELECTOR", "")
+    try:
+        config = DecisionConfig(node_selector=parse_selector(selector_text))
+    except SelectorError as exc:
+        return _fail(f"--node-selector: {exc}", EXIT_BAD_INPUT)
+    options = PackOptions()
+    if args.time_budget_s is not None:
+        options = dc.replace(options, time_budget_s=args.time_budget_s)
+    if args.stability_threshold_ratio is not None:
+        options = dc.replace(options, stability_threshold_ratio=args.stability_threshold_ratio)
+    try:
+        world: World = read_world(api_client(args.kubeconfig or None))
+    except (ClientConfigError, ApiError, WatchError, OSError) as exc:
+        return _fail(f"--kubeconfig: cannot read the cluster: {exc}", EXIT_BAD_INPUT)
+    decision = decide(world, config, lambda m, g, c: solve(m, g, current=c, options=options), now="")
+    for event in decision.events:
+        if event.type == "Warning":
+            print(f"kvsched plan: {event.target.kind} {event.target.namespace + '/' if event.target.namespace else ''}"
+                  f"{event.target.name}: {event.reason}: {event.message}", file=sys.stderr)
+    if decision.plan is None:
+        print("kvsched plan: no ModelServing or annotated Deployment to plan", file=sys.stderr)
+        return EXIT_OK
+    plan = decision.plan
+    document = json.dumps(plan_to_json(plan), indent=2, allow_nan=False) + "\n"
+    if args.output == "-":
+        sys.stdout.write(document)
+    else:
+        sys.stdout.write(plan_to_table(plan))
+        if args.output is not None:
+            try:
+                Path(args.output).write_text(document, encoding="utf-8")
+            except OSError as exc:
+                return _fail(f"--output: cannot write {args.output}: {exc.strerror or exc}", EXIT_WRITE_FAILED)
+    if plot_file is not None:
+        models = [e.model for e in collect_models(world).entries if e.model is not None]
+        try:
+            write_plot(plan, models, plot_file)
+        except OSError as exc:
+            return _fail(f"--plot: cannot write {plot_file}: {exc.strerror or exc}", EXIT_WRITE_FAILED)
     return EXIT_OK
 
 
