@@ -105,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kvsched {__version__}")
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_plan_parser(subparsers)
+    add_extender_parser(subparsers)
     return parser
 
 
@@ -138,6 +139,41 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
                       "plan's max KVPR is lower by more than this ratio (overrides options.stabilityThreshold; "
                       "default 0.05 = 5%%)")
     plan.set_defaults(handler=run_plan)
+
+
+EXTENDER_DESCRIPTION = """\
+Run the scheduler extender: kube-scheduler's filter, prioritize and bind verbs
+(POST /filter, /prioritize, /bind) for the `kvsched` scheduler profile, plus
+GET /healthz, /readyz (200 once the pod, node and ModelServing watches have
+listed) and /metrics. Pods labelled kvsched.io/model land on the GPU slot their
+ModelServing's status plans; other pods pass through. See docs/extender.md.
+
+Every setting is a flag or an environment variable (the flag wins).
+"""
+
+
+def add_extender_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `kvsched extender` (flags generated from kvsched.settings.ExtenderSettings)."""
+    from kvsched.settings import ExtenderSettings, add_settings_arguments
+
+    extender = subparsers.add_parser(
+        "extender", help="run the scheduler extender (HTTP filter/prioritize/bind for kube-scheduler)",
+        description=EXTENDER_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings_arguments(extender, ExtenderSettings)
+    extender.set_defaults(handler=run_extender)
+
+
+def run_extender(args: argparse.Namespace) -> int:
+    """`kvsched extender`: build the settings, serve until a signal. Exit 2 on bad settings or kubeconfig."""
+    from kvsched.extender.runner import run
+    from kvsched.k8s.client import ClientConfigError
+    from kvsched.settings import ExtenderSettings, settings_from
+
+    try:
+        settings = settings_from(ExtenderSettings, args)
+        return run(settings)
+    except (ValueError, ClientConfigError) as e:
+        return _fail(f"kvsched extender: {e}", EXIT_BAD_INPUT)
 
 
 def run_plan(args: argparse.Namespace) -> int:

@@ -7,7 +7,17 @@ Called by: kvsched.cli, kvsched.extender.
 
 from __future__ import annotations
 
+import argparse
+import ast
+import dataclasses
+import inspect
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any, TypeVar
+
+ENV_PREFIX = "KVSCHED_"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -32,8 +42,9 @@ class ExtenderSettings:
     """Path of a kubeconfig file; None: $KUBECONFIG, then the in-cluster service account, then ~/.kube/config."""
 
     sync_timeout_s: float = 60.0
-    """Seconds to wait at start for the informers' first lists before serving anyway (with /readyz false until
-    they sync): long enough for a big cluster's first pod list, short enough to surface a broken RBAC."""
+    """Seconds after start by which the watches' first lists should be in; past it the extender logs a warning
+    (RBAC? the CRD missing?) and keeps trying, /readyz false. Long enough for a big cluster's first pod list,
+    short enough to surface a broken install."""
 
     bind_timeout_s: float = 10.0
     """Read timeout in seconds of each API call a bind makes (annotate, Binding); kube-scheduler's own extender
@@ -105,3 +116,61 @@ class ControllerSettings:
 
     log_level: str = "info"
     """Python logging level name (debug, info, warning, error)."""
+
+# -- flags and environment for any settings class (the CLI's `kvsched extender`, `kvsched controller`) --------
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of a settings dataclass (what --help prints), by field name."""
+    tree = ast.parse(inspect.getsource(cls))
+    body = tree.body[0].body if isinstance(tree.body[0], ast.ClassDef) else []
+    docs: dict[str, str] = {}
+    for stmt, following in zip(body, body[1:]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(following, ast.Expr) and isinstance(following.value, ast.Constant)
+                and isinstance(following.value.value, str)):
+            docs[stmt.target.id] = " ".join(following.value.value.split())
+    return docs
+
+
+def flag_name(field_name: str) -> str:
+    """`sync_timeout_s` -> `--sync-timeout-seconds`."""
+    name = field_name[:-2] + "_seconds" if field_name.endswith("_s") else field_name
+    return "--" + name.replace("_", "-")
+
+
+def env_name(field_name: str) -> str:
+    """`sync_timeout_s` -> `KVSCHED_SYNC_TIMEOUT_S`."""
+    return ENV_PREFIX + field_name.upper()
+
+
+def _converter(annotation: str) -> Any:
+    kind = annotation.replace(" | None", "").strip()
+    return {"int": int, "float": float, "bool": lambda v: str(v).lower() in ("1", "true", "yes")}.get(kind, str)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per field of `cls`, with the field's docstring, default and environment variable in --help.
+    Defaults are left as None so `settings_from` can tell a flag given from one omitted."""
+    docs = field_docs(cls)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        parser.add_argument(flag_name(f.name), dest=f.name, type=_converter(str(f.type)), default=None,
+                            metavar=f.name.upper(),
+                            help=f"{docs.get(f.name, '')} [env {env_name(f.name)}; default {default!r}]"
+                            .replace("%", "%%"))
+
+
+def settings_from(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> T:
+    """An instance of `cls`: a flag wins over the environment, which wins over the default. Raises ValueError
+    naming the variable when an environment value does not convert."""
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        given = getattr(args, f.name, None)
+        if given is not None:
+            values[f.name] = given
+        elif env_name(f.name) in environ:
+            try:
+                values[f.name] = _converter(str(f.type))(environ[env_name(f.name)])
+            except ValueError:
+                raise ValueError(f"{env_name(f.name)}={environ[env_name(f.name)]!r} is not a valid "
+                                 f"{str(f.type).replace(' | None', '')}") from None
+    return cls(**values)

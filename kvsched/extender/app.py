@@ -1,0 +1,266 @@
+"""The extender's HTTP API: POST /filter, /prioritize, /bind for kube-scheduler; GET /healthz, /readyz, /metrics.
+
+`create_app(settings, cache, binder, metrics)` builds the FastAPI app; tests pass an in-memory cache and a fake
+binder, the CLI passes the informer-fed cache and a `PodBinder`. Every answer comes from the cache (no API call)
+except bind's two writes.
+
+Request handling: the body is read up to `settings.max_request_bytes` (413 beyond), parsed with the wire models
+(400 with the parser's message when malformed or truncated), and answered with 200 and kube-scheduler's JSON; a
+problem with the pod, node or model is reported in the answer's `Error` or as failed nodes, never as a 5xx, and an
+unexpected exception in a handler becomes an `Error` answer (logged with its traceback). Pods without the model
+label (or with another scheduler name) pass through: every node passes, neutral scores, a plain Binding.
+Metrics: `kvsched_extender_requests_total{verb,outcome}` with outcome in managed / unmanaged / rejected (bind
+refused: no plan) / conflict (the slot went to another pod) / not_synced / error / bad_request, and the duration histogram.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Protocol
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import TypeAdapter, ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from kvsched.extender.cache import GPU_ANNOTATION, GPU_MEMORY_FRACTION_ANNOTATION, BindTarget
+from kvsched.extender.slots import NEUTRAL_SCORE, FilterDecision, PlannedSlot, PodRef, Refusal
+from kvsched.extender.wire import (
+    ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, HostPriority, NodeList,
+)
+from kvsched.metrics import CONTENT_TYPE, Metrics
+from kvsched.settings import ExtenderSettings
+
+log = logging.getLogger(__name__)
+
+_PRIORITIES = TypeAdapter(list[HostPriority])
+
+
+class ExtenderCache(Protocol):
+    """What the app asks the cache (kvsched.extender.cache.Cache implements it)."""
+
+    def ready(self) -> bool: ...
+
+    def is_managed(self, model: str | None, scheduler_name: str) -> bool: ...
+
+    def remember(self, ref: PodRef) -> None: ...
+
+    def filter(self, pod: PodRef, candidates: Sequence[str]) -> FilterDecision: ...
+
+    def score(self, pod: PodRef, candidates: Sequence[str]) -> list[tuple[str, int]]: ...
+
+    def bind_target(self, namespace: str, name: str, uid: str) -> BindTarget | None: ...
+
+    def reserve(self, pod: PodRef, node: str) -> PlannedSlot | Refusal: ...
+
+    def release(self, uid: str) -> None: ...
+
+
+class Binder(Protocol):
+    """Writes a bind (kvsched.k8s.binding.PodBinder): annotations (None for a plain Binding), then the Binding;
+    raises an exception whose str() is the reason when it fails (and has undone the annotations)."""
+
+    def bind(self, namespace: str, name: str, uid: str, node: str,
+             annotations: dict[str, str] | None) -> None: ...
+
+
+class NotSynced(Exception):
+    """The cache has not listed everything yet; managed pods wait (an Error answer) until it has."""
+
+    def __init__(self, verb: str) -> None:
+        super().__init__(f"kvsched extender is starting: its cache has not synced yet, so it cannot {verb} a "
+                         f"pod of a kvsched model; the scheduler will retry")
+
+
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The request body, at most `limit` bytes (BadRequest 413 beyond, checked before and while reading)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadRequest(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BadRequest(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    body = b"".join(chunks)
+    if not body:
+        raise BadRequest(400, "empty request body: expected kube-scheduler's extender JSON")
+    return body
+
+
+def _parse_error(verb: str, e: ValidationError) -> BadRequest:
+    first = e.errors()[0] if e.errors() else {"loc": (), "msg": str(e)}
+    where = ".".join(str(p) for p in first.get("loc", ())) or "body"
+    return BadRequest(400, f"bad {verb} request at {where}: {first.get('msg')} ({e.error_count()} error(s))")
+
+
+def _json(body: str | bytes) -> Response:
+    return Response(content=body, media_type="application/json")
+
+
+def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder, metrics: Metrics) -> FastAPI:
+    """The extender app (see the module docstring). `cache.ready()` drives /readyz."""
+    app = FastAPI(title="kvsched extender", docs_url=None, redoc_url=None, openapi_url=None)
+    requests = metrics.extender_requests
+    durations = metrics.extender_request_duration_seconds
+
+    def pod_ref(args: ExtenderArgs) -> PodRef:
+        meta, spec = args.Pod.metadata, args.Pod.spec
+        model = meta.labels.get("kvsched.io/model") or None
+        managed = cache.is_managed(model, spec.schedulerName)
+        ref = PodRef(meta.namespace, meta.name, meta.uid, f"{meta.namespace}/{model}" if managed else None)
+        return ref
+
+    def record(verb: str, outcome: str, started: float) -> None:
+        requests.labels(verb=verb, outcome=outcome).inc()
+        durations.labels(verb=verb).observe(time.perf_counter() - started)
+
+    @app.exception_handler(BadRequest)
+    async def bad_request(request: Request, exc: BadRequest) -> JSONResponse:
+        verb = request.url.path.strip("/") or "unknown"
+        requests.labels(verb=verb, outcome="bad_request").inc()
+        return JSONResponse({"Error": str(exc)}, status_code=exc.status)
+
+    @app.post("/filter")
+    async def filter_(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await _read_body(request, settings.max_request_bytes)
+        try:
+            args = ExtenderArgs.model_validate_json(body)
+        except ValidationError as e:
+            raise _parse_error("filter", e) from None
+        try:
+            ref = pod_ref(args)
+            names = args.candidate_names()
+            if ref.model_key is None:
+                decision = FilterDecision(passed=list(names))
+                outcome = "unmanaged"
+            elif not cache.ready():
+                # Without the pods' bindings the extender cannot know which slots are held: wait, do not guess.
+                raise NotSynced("filter")
+            else:
+                cache.remember(ref)
+                decision = cache.filter(ref, names)
+                outcome = "managed"
+            if args.NodeNames is None and args.Nodes is not None:
+                kept = set(decision.passed)
+                result = ExtenderFilterResult(
+                    Nodes=NodeList(items=[n for n in args.Nodes.items
+                                          if (n.get("metadata") or {}).get("name") in kept]),
+                    FailedNodes=decision.failed, FailedAndUnresolvableNodes=decision.unresolvable)
+            else:
+                result = ExtenderFilterResult.model_construct(
+                    NodeNames=decision.passed, FailedNodes=decision.failed,
+                    FailedAndUnresolvableNodes=decision.unresolvable, Error="")
+        except NotSynced as e:
+            result, outcome = ExtenderFilterResult(Error=str(e)), "not_synced"
+        except Exception as e:
+            log.exception("filter failed")
+            result, outcome = ExtenderFilterResult(Error=f"kvsched extender: filter failed: {e}"), "error"
+        record("filter", outcome, started)
+        return _json(result.model_dump_json(exclude_none=True))
+
+    @app.post("/prioritize")
+    async def prioritize(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await _read_body(request, settings.max_request_bytes)
+        try:
+            args = ExtenderArgs.model_validate_json(body)
+        except ValidationError as e:
+            raise _parse_error("prioritize", e) from None
+        try:
+            ref = pod_ref(args)
+            names = args.candidate_names()
+            if ref.model_key is None:
+                scores = [(n, NEUTRAL_SCORE) for n in names]
+                outcome = "unmanaged"
+            else:
+                scores = cache.score(ref, names)
+                outcome = "managed"
+        except Exception:
+            # A prioritize answer has no Error field: log and stay neutral rather than fail the pod.
+            log.exception("prioritize failed")
+            scores, outcome = [(n, NEUTRAL_SCORE) for n in args.candidate_names()], "error"
+        record("prioritize", outcome, started)
+        return _json(_PRIORITIES.dump_json([HostPriority.model_construct(Host=h, Score=s) for h, s in scores]))
+
+    @app.post("/bind")
+    async def bind(request: Request) -> Response:
+        started = time.perf_counter()
+        body = await _read_body(request, settings.max_request_bytes)
+        try:
+            args = ExtenderBindingArgs.model_validate_json(body)
+        except ValidationError as e:
+            raise _parse_error("bind", e) from None
+        try:
+            error, outcome = await _bind(args)
+        except Exception as e:
+            log.exception("bind failed")
+            error, outcome = f"kvsched extender: bind failed: {e}", "error"
+        record("bind", outcome, started)
+        if error:
+            log.info("bind %s/%s to %s refused: %s", args.PodNamespace, args.PodName, args.Node, error)
+        return _json(ExtenderBindingResult(Error=error).model_dump_json())
+
+    async def _bind(args: ExtenderBindingArgs) -> tuple[str, str]:
+        """(error or "", outcome) for one bind request."""
+        ns, name, uid, node = args.PodNamespace, args.PodName, args.PodUID, args.Node
+        target = cache.bind_target(ns, name, uid)
+        if target is None:
+            return (f"pod {ns}/{name} (uid {uid or '?'}) is not known to the kvsched extender yet; "
+                    f"the scheduler will retry"), "error"
+        if not target.managed:
+            try:
+                await run_in_threadpool(binder.bind, ns, name, uid, node, None)
+            except Exception as e:
+                return str(e), "error"
+            return "", "unmanaged"
+        if not cache.ready():
+            return str(NotSynced("bind")), "not_synced"
+        if target.node_name:
+            if target.node_name == node and target.gpu is not None:
+                return "", "managed"  # a retried bind whose first try went through
+            return f"pod {ns}/{name} is already bound to {target.node_name}", "error"
+        choice = cache.reserve(target.ref, node)
+        if isinstance(choice, Refusal):
+            if choice.conflict:
+                metrics.bind_conflicts.inc()
+                return f"{choice.reason}; the scheduler will retry", "conflict"
+            return choice.reason, "rejected"
+        annotations = {GPU_ANNOTATION: str(choice.gpu),
+                       GPU_MEMORY_FRACTION_ANNOTATION: f"{choice.memory_fraction:.3f}"}
+        try:
+            await run_in_threadpool(binder.bind, ns, name, uid, node, annotations)
+        except Exception as e:
+            cache.release(uid)
+            return str(e), "error"
+        log.info("bound %s/%s to %s GPU %d (fraction %.3f)", ns, name, node, choice.gpu, choice.memory_fraction)
+        return "", "managed"
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return _json(b'{"ok":true}')
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        ready = cache.ready()
+        metrics.cache_synced.set(1 if ready else 0)
+        return Response(content=json.dumps({"ready": ready}), media_type="application/json",
+                        status_code=200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics_() -> Response:
+        return Response(content=metrics.exposition(), media_type=CONTENT_TYPE)
+
+    return app

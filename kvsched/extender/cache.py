@@ -1,0 +1,291 @@
+"""The extender's view of the cluster, fed by informers, answering filter/prioritize/bind without API calls.
+
+Three handlers (`on_pod`, `on_node`, `on_model`) take watch events (type, object as a JSON-shaped dict) and keep
+indexes: models by packer key, nodes by name, pods by uid and by namespace/name, and the holders of each GPU
+(node, index). Bind reserves a slot here before it writes anything, so two binds racing for one slot cannot both
+win; the reservation turns into a plain holder when the watch shows the pod annotated, and goes away when the
+bind fails or the pod is deleted. One lock guards everything; each request holds it for O(candidate nodes).
+
+Holding rule (docs/architecture.md): a pod holds (node, gpu) from its bind until it is deleted, terminating or
+not. One exception: a pod whose phase is Succeeded or Failed (completed, or evicted and left behind by its
+Deployment) has no running container, so it holds no GPU memory and no slot.
+Called by: kvsched.extender.app (queries), kvsched.extender.runner (informer handlers).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from kvsched.units import UnitError, memory_gib
+from kvsched.extender.slots import (
+    FilterDecision, Holder, ModelPlan, NodeGpus, PlannedSlot, PodRef, Refusal, choose_slot, filter_nodes,
+    score_nodes,
+)
+
+log = logging.getLogger(__name__)
+
+MODEL_LABEL = "kvsched.io/model"
+GPU_ANNOTATION = "kvsched.io/gpu"
+GPU_MEMORY_FRACTION_ANNOTATION = "kvsched.io/gpu-memory-fraction"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_MEMORY_LABEL = "kvsched.io/gpu-memory"       # quantity per GPU; wins over the next
+GFD_GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"   # MiB per GPU, from GPU Feature Discovery
+_REMEMBERED_PODS = 10_000  # pods seen in filter requests, for a bind that outruns the pod watch
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What the extender keeps of a pod (a few strings, not the 7 KB object)."""
+
+    namespace: str
+    name: str
+    uid: str
+    model: str | None           # the kvsched.io/model label
+    scheduler_name: str
+    node_name: str
+    gpu: int | None             # the kvsched.io/gpu annotation, when it is a valid index
+    terminating: bool
+    finished: bool              # phase Succeeded or Failed
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def model_key(self) -> str | None:
+        return f"{self.namespace}/{self.model}" if self.model else None
+
+
+def pod_info(obj: Obj) -> PodInfo:
+    """The fields the extender needs from a Pod in the API's JSON shape (missing fields read as empty)."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    labels = meta.get("labels") or {}
+    annotations = meta.get("annotations") or {}
+    gpu_text = annotations.get(GPU_ANNOTATION)
+    gpu: int | None = None
+    if isinstance(gpu_text, str) and gpu_text.strip().isdigit():
+        gpu = int(gpu_text)
+    phase = (obj.get("status") or {}).get("phase", "")
+    return PodInfo(namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""),
+                   uid=str(meta.get("uid") or ""), model=labels.get(MODEL_LABEL) or None,
+                   scheduler_name=str(spec.get("schedulerName") or ""), node_name=str(spec.get("nodeName") or ""),
+                   gpu=gpu, terminating=bool(meta.get("deletionTimestamp")),
+                   finished=phase in ("Succeeded", "Failed"))
+
+
+def node_gpus(obj: Obj) -> NodeGpus:
+    """GPU count (capacity nvidia.com/gpu) and memory per GPU (label kvsched.io/gpu-memory, else
+    nvidia.com/gpu.memory in MiB) of a Node; unparsable values read as 0 GPUs / unknown memory."""
+    meta = obj.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    capacity = (obj.get("status") or {}).get("capacity") or {}
+    try:
+        gpus = int(str(capacity.get(GPU_RESOURCE, "0")))
+    except ValueError:
+        gpus = 0
+    memory: float | None = None
+    try:
+        if GPU_MEMORY_LABEL in labels:
+            memory = memory_gib(labels[GPU_MEMORY_LABEL])
+        elif GFD_GPU_MEMORY_LABEL in labels:
+            memory = int(labels[GFD_GPU_MEMORY_LABEL]) / 1024.0
+    except (UnitError, ValueError):
+        log.warning("node %s: GPU memory label is not a quantity; memory unknown", meta.get("name"))
+    return NodeGpus(name=str(meta.get("name") or ""), gpus=max(gpus, 0), gpu_memory_gib=memory)
+
+
+def model_plan(obj: Obj) -> ModelPlan:
+    """A ModelServing's packer key, size and planned slots (status.slots entries that are malformed are
+    skipped with a warning: the controller writes them, a person may have edited them)."""
+    meta = obj.get("metadata") or {}
+    key = f"{meta.get('namespace')}/{meta.get('name')}"
+    size: float | None = None
+    try:
+        size = memory_gib((obj.get("spec") or {}).get("modelSize"))
+    except UnitError:
+        size = None
+    by_node: dict[str, list[PlannedSlot]] = {}
+    for i, raw in enumerate((obj.get("status") or {}).get("slots") or []):
+        try:
+            node, gpu = raw["node"], raw["gpu"]
+            fraction = float(raw.get("memoryFraction", 0.0))
+            if not isinstance(node, str) or isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
+                raise ValueError
+        except (KeyError, TypeError, ValueError):
+            log.warning("ModelServing %s: status.slots[%d] is malformed (%r); ignored", key, i, raw)
+            continue
+        by_node.setdefault(node, []).append(PlannedSlot(node, gpu, fraction))
+    return ModelPlan(key=key, size_gib=size, slots_by_node={n: tuple(s) for n, s in by_node.items()})
+
+
+@dataclass(frozen=True)
+class BindTarget:
+    """What bind needs to know of a pod: who it is, whether kvsched manages it, where it is bound already."""
+
+    ref: PodRef
+    managed: bool
+    node_name: str
+    gpu: int | None
+
+
+class Cache:
+    """Thread-safe indexes of models, nodes and GPU-holding pods; implements slots.World under its lock."""
+
+    def __init__(self, scheduler_name: str = "kvsched") -> None:
+        self.scheduler_name = scheduler_name
+        self._lock = threading.Lock()
+        self._models: dict[str, ModelPlan] = {}
+        self._nodes: dict[str, NodeGpus] = {}
+        self._pods: dict[str, PodInfo] = {}            # by uid
+        self._uid_by_key: dict[str, str] = {}          # namespace/name -> uid
+        self._holders: dict[tuple[str, int], dict[str, Holder]] = {}
+        self._held_by: dict[str, tuple[str, int]] = {}  # uid -> the GPU its holder entry sits on
+        self._reservations: dict[str, Holder] = {}     # uid -> slot taken by a bind in flight
+        self._remembered: OrderedDict[str, PodRef] = OrderedDict()
+        self.sync_checks: list[Callable[[], bool]] = []
+
+    # -- readiness ----------------------------------------------------------------------------------------------
+    def ready(self) -> bool:
+        """True once every informer feeding the cache has delivered its first list."""
+        return bool(self.sync_checks) and all(check() for check in self.sync_checks)
+
+    # -- informer handlers (one thread per informer) ------------------------------------------------------------
+    def on_pod(self, event_type: str, obj: Obj) -> None:
+        info = pod_info(obj)
+        if not info.uid:
+            return
+        with self._lock:
+            if event_type == "DELETED":
+                self._pods.pop(info.uid, None)
+                if self._uid_by_key.get(info.key) == info.uid:
+                    del self._uid_by_key[info.key]
+                self._reservations.pop(info.uid, None)
+            else:
+                self._pods[info.uid] = info
+                self._uid_by_key[info.key] = info.uid
+                reservation = self._reservations.get(info.uid)
+                if reservation is not None and info.node_name == reservation.node and info.gpu == reservation.gpu:
+                    del self._reservations[info.uid]  # the watch now shows what the bind wrote
+            self._reindex(info.uid)
+
+    def on_node(self, event_type: str, obj: Obj) -> None:
+        gpus = node_gpus(obj)
+        with self._lock:
+            if event_type == "DELETED":
+                self._nodes.pop(gpus.name, None)
+            else:
+                self._nodes[gpus.name] = gpus
+
+    def on_model(self, event_type: str, obj: Obj) -> None:
+        plan = model_plan(obj)
+        with self._lock:
+            if event_type == "DELETED":
+                self._models.pop(plan.key, None)
+            else:
+                self._models[plan.key] = plan
+
+    def _holder_for(self, uid: str) -> Holder | None:
+        """The GPU `uid` holds: from the pod itself when bound and annotated, else from a reservation."""
+        info = self._pods.get(uid)
+        if info is not None and info.node_name and info.gpu is not None and not info.finished:
+            return Holder(pod=info.key, uid=uid, model_key=info.model_key, node=info.node_name, gpu=info.gpu,
+                          terminating=info.terminating)
+        if info is not None and info.finished:
+            return None
+        return self._reservations.get(uid)
+
+    def _reindex(self, uid: str) -> None:
+        old = self._held_by.pop(uid, None)
+        if old is not None:
+            entries = self._holders.get(old)
+            if entries is not None:
+                entries.pop(uid, None)
+                if not entries:
+                    del self._holders[old]
+        holder = self._holder_for(uid)
+        if holder is not None:
+            where = (holder.node, holder.gpu)
+            self._holders.setdefault(where, {})[uid] = holder
+            self._held_by[uid] = where
+
+    # -- slots.World (called with the lock held) ----------------------------------------------------------------
+    def model(self, key: str) -> ModelPlan | None:
+        return self._models.get(key)
+
+    def node(self, name: str) -> NodeGpus | None:
+        return self._nodes.get(name)
+
+    def holders(self, node: str, gpu: int) -> Iterable[Holder]:
+        return self._holders.get((node, gpu), {}).values()
+
+    # -- queries (thread-safe) ----------------------------------------------------------------------------------
+    def is_managed(self, model: str | None, scheduler_name: str) -> bool:
+        """A pod is managed when it has the model label and kvsched's scheduler name."""
+        return bool(model) and scheduler_name == self.scheduler_name
+
+    def remember(self, ref: PodRef) -> None:
+        """Keep the identity of a pod seen in a filter request, in case its bind comes before the pod watch."""
+        with self._lock:
+            self._remembered[ref.uid] = ref
+            self._remembered.move_to_end(ref.uid)
+            while len(self._remembered) > _REMEMBERED_PODS:
+                self._remembered.popitem(last=False)
+
+    def filter(self, pod: PodRef, candidates: Sequence[str]) -> FilterDecision:
+        with self._lock:
+            return filter_nodes(pod, candidates, self)
+
+    def score(self, pod: PodRef, candidates: Sequence[str]) -> list[tuple[str, int]]:
+        with self._lock:
+            return score_nodes(pod, candidates, self)
+
+    def bind_target(self, namespace: str, name: str, uid: str) -> BindTarget | None:
+        """The pod a bind request names, from the pod watch or else from a filter request; None if unknown.
+        A pod known under the same name with another uid is a different pod (deleted and recreated): None."""
+        with self._lock:
+            info = self._pods.get(uid)
+            if info is not None and info.key == f"{namespace}/{name}":
+                managed = self.is_managed(info.model, info.scheduler_name)
+                ref = PodRef(namespace, name, uid, info.model_key if managed else None)
+                return BindTarget(ref, managed, info.node_name, info.gpu)
+            remembered = self._remembered.get(uid)
+            if remembered is not None and remembered.key == f"{namespace}/{name}":
+                return BindTarget(remembered, remembered.model_key is not None, "", None)
+            return None
+
+    def reserve(self, pod: PodRef, node: str) -> PlannedSlot | Refusal:
+        """Take the free usable slot with the lowest GPU index on `node` for `pod`, atomically. Idempotent: a pod
+        that already holds or reserved a slot on `node` gets that slot again. A Refusal says why not."""
+        with self._lock:
+            held = self._holder_for(pod.uid)
+            plan = self._models.get(pod.model_key or "")
+            if held is not None and held.node == node and plan is not None:
+                for slot in plan.slots_by_node.get(node, ()):
+                    if slot.gpu == held.gpu:
+                        return slot
+            choice = choose_slot(pod, node, self)
+            if isinstance(choice, PlannedSlot):
+                self._reservations[pod.uid] = Holder(pod=pod.key, uid=pod.uid, model_key=pod.model_key,
+                                                     node=node, gpu=choice.gpu, reserved=True)
+                self._reindex(pod.uid)
+            return choice
+
+    def release(self, uid: str) -> None:
+        """Drop the reservation of a bind that failed."""
+        with self._lock:
+            if self._reservations.pop(uid, None) is not None:
+                self._reindex(uid)
+
+    def counts(self) -> dict[str, int]:
+        """Sizes of the indexes, for logs and tests."""
+        with self._lock:
+            return {"models": len(self._models), "nodes": len(self._nodes), "pods": len(self._pods),
+                    "holders": len(self._held_by), "reservations": len(self._reservations)}

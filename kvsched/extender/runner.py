@@ -1,0 +1,63 @@
+"""`kvsched extender`: informers into the cache, the app on uvicorn, until SIGTERM/SIGINT.
+
+Starts one informer each for pods (except Succeeded/Failed ones, which hold nothing), nodes and ModelServings,
+serves at once (so /healthz answers while a big cluster lists; /readyz and managed pods wait for the sync), and
+stops the informers when uvicorn exits. Called by: kvsched.cli (`kvsched extender`), e2e tests as a process.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import uvicorn
+
+from kvsched.extender.app import create_app
+from kvsched.extender.cache import Cache
+from kvsched.k8s.binding import PodBinder
+from kvsched.k8s.client import DEFAULT_CONNECT_TIMEOUT_S, api_client
+from kvsched.k8s.watch import MODELSERVINGS, NODES, PODS, Resource, informer, wait_synced
+from kvsched.metrics import Metrics
+from kvsched.settings import ExtenderSettings
+
+log = logging.getLogger(__name__)
+
+LIVE_PODS = Resource(PODS.group, PODS.version, PODS.plural,
+                     field_selector="status.phase!=Succeeded,status.phase!=Failed")
+
+
+def run(settings: ExtenderSettings) -> int:
+    """Serve until a signal stops uvicorn; returns the exit code. Raises ClientConfigError (no kubeconfig)."""
+    logging.basicConfig(level=settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    api = api_client(settings.kubeconfig, timeout_s=(DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s))
+    cache = Cache(settings.scheduler_name)
+    metrics = Metrics()
+    informers = [informer(api, LIVE_PODS, cache.on_pod), informer(api, NODES, cache.on_node),
+                 informer(api, MODELSERVINGS, cache.on_model)]
+    cache.sync_checks = [i.synced.is_set for i in informers]
+    for i in informers:
+        i.start()
+
+    def report_sync() -> None:
+        if wait_synced(informers, settings.sync_timeout_s):
+            log.info("cache synced: %s", cache.counts())
+        else:
+            log.warning("cache not synced after %.0fs (RBAC? the ModelServing CRD?); still trying",
+                        settings.sync_timeout_s)
+            wait_synced(informers, 365 * 86400.0)
+            log.info("cache synced: %s", cache.counts())
+        metrics.cache_synced.set(1)
+
+    threading.Thread(target=report_sync, name="sync-report", daemon=True).start()
+    app = create_app(settings, cache, PodBinder(api, (DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s)), metrics)
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False,
+                                           log_level=settings.log_level.lower()))
+    log.info("kvsched extender for scheduler %r on %s:%d", settings.scheduler_name, settings.host, settings.port)
+    try:
+        server.run()
+    finally:
+        for i in informers:
+            i.stop(timeout_s=2.0)
+        api.close()  # type: ignore[no-untyped-call]
+    return 0

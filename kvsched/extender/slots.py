@@ -1,0 +1,249 @@
+"""The slot-occupancy rule of docs/architecture.md as pure functions: filter, score and pick a slot.
+
+Plain data in, plain data out, no I/O and no locks: the cache calls these under its own lock with a `World` that
+answers lookups from its indexes (no copy of the cluster per request).
+
+The rule. For a managed pod of model X on node N: X's free slots on N are X's planned slots on N whose GPU no
+other live pod of X holds. A free slot is usable now when the weights already on that GPU (every pod holding it,
+by its model's size) plus X's size fit the GPU's memory. So, per candidate node:
+- usable slot             -> the node passes filter; prioritize gives it MAX_SCORE;
+- planned, none usable    -> FailedNodes with who is in the way (it frees when those pods go: a migration step,
+                             a rollout's old pod terminating);
+- no slot of X planned, or the plan contradicts the node (gone, GPU index past its count)
+                          -> FailedAndUnresolvableNodes (preemption cannot help).
+A pod holds GPU (node, gpu) from the moment bind reserves/annotates it until it is deleted, terminating or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+MAX_SCORE = 10      # kube-scheduler's MaxExtenderPriority
+BLOCKED_SCORE = 5   # planned here, but the slot is still held: better than a node with no plan at all
+NEUTRAL_SCORE = 0   # unmanaged pods and unplanned nodes: no opinion
+_MEMORY_EPSILON_GIB = 1e-6  # sizes come from quantities; equal sums must fit
+
+
+@dataclass(frozen=True)
+class PlannedSlot:
+    """One replica's place in the plan (ModelServing status.slots[i])."""
+
+    node: str
+    gpu: int
+    memory_fraction: float
+
+
+@dataclass(frozen=True)
+class ModelPlan:
+    """A ModelServing as the extender needs it. `key` is the packer name `<namespace>/<name>`; `size_gib` is
+    None when spec.modelSize is missing or unparsable (then memory cannot be checked and filter says so)."""
+
+    key: str
+    size_gib: float | None
+    slots_by_node: Mapping[str, tuple[PlannedSlot, ...]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.key.split("/", 1)[-1]
+
+
+@dataclass(frozen=True)
+class NodeGpus:
+    """A node's GPUs: count (capacity nvidia.com/gpu) and memory per GPU in GiB (None: not labelled)."""
+
+    name: str
+    gpus: int
+    gpu_memory_gib: float | None
+
+
+@dataclass(frozen=True)
+class Holder:
+    """A pod holding one GPU: bound and annotated, or reserved by a bind in flight (`reserved`)."""
+
+    pod: str               # namespace/name
+    uid: str
+    model_key: str | None  # namespace/<kvsched.io/model label>; None for a pod outside kvsched's models
+    node: str
+    gpu: int
+    terminating: bool = False
+    reserved: bool = False
+
+    def describe(self) -> str:
+        state = " (terminating)" if self.terminating else " (binding)" if self.reserved else ""
+        return f"pod {self.pod}{state}"
+
+
+@dataclass(frozen=True)
+class PodRef:
+    """The pod being scheduled: who it is and which model it serves (None: unmanaged)."""
+
+    namespace: str
+    name: str
+    uid: str
+    model_key: str | None
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class World(Protocol):
+    """Lookups the rule needs; the cache implements them over its indexes."""
+
+    def model(self, key: str) -> ModelPlan | None: ...
+
+    def node(self, name: str) -> NodeGpus | None: ...
+
+    def holders(self, node: str, gpu: int) -> Iterable[Holder]: ...
+
+
+@dataclass(frozen=True)
+class SlotState:
+    """One planned slot of the pod's model on one node: usable now, or why not and whether that can change."""
+
+    slot: PlannedSlot
+    usable: bool
+    reason: str = ""
+    resolvable: bool = True
+
+
+@dataclass
+class FilterDecision:
+    """Filter's answer: names that pass, and node -> reason for the others (see the module docstring)."""
+
+    passed: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    unresolvable: dict[str, str] = field(default_factory=dict)
+
+
+def _fmt_gib(gib: float) -> str:
+    return f"{gib:.1f} GiB"
+
+
+def slot_states(pod: PodRef, plan: ModelPlan, node_name: str, world: World) -> list[SlotState]:
+    """The states of `plan`'s slots on `node_name` for `pod` (empty when none is planned there), by GPU index.
+
+    Holders that are `pod` itself (a retried bind) do not count against it. Complexity: O(slots on the node x
+    holders of each GPU)."""
+    slots = plan.slots_by_node.get(node_name, ())
+    if not slots:
+        return []
+    node = world.node(node_name)
+    states: list[SlotState] = []
+    for slot in sorted(slots, key=lambda s: s.gpu):
+        where = f"GPU {slot.gpu} planned for {plan.name}"
+        if node is None:
+            states.append(SlotState(slot, False, f"{where} is on a node kvsched does not know (deleted, or not "
+                                    f"listed yet)", resolvable=False))
+            continue
+        if slot.gpu >= node.gpus:
+            states.append(SlotState(slot, False, f"{where} is past the node's {node.gpus} GPU(s); the plan is "
+                                    f"stale", resolvable=False))
+            continue
+        others = [h for h in world.holders(node_name, slot.gpu) if h.uid != pod.uid]
+        same_model = [h for h in others if h.model_key == plan.key]
+        if same_model:
+            states.append(SlotState(slot, False, f"{where} is held by "
+                                    + ", ".join(h.describe() for h in same_model)))
+            continue
+        if plan.size_gib is None or node.gpu_memory_gib is None:
+            # Without a size or a GPU memory there is nothing to check; the controller planned the slot.
+            states.append(SlotState(slot, True))
+            continue
+        held_gib = 0.0
+        blockers: list[str] = []
+        for h in others:
+            other = world.model(h.model_key) if h.model_key else None
+            size = other.size_gib if other is not None and other.size_gib is not None else None
+            if size is None:  # a pod whose model kvsched cannot size: assume it fills the GPU
+                held_gib = node.gpu_memory_gib
+                blockers.append(f"{h.describe()} (size unknown)")
+            else:
+                held_gib += size
+                blockers.append(f"{h.describe()} ({_fmt_gib(size)})")
+        if held_gib + plan.size_gib <= node.gpu_memory_gib + _MEMORY_EPSILON_GIB:
+            states.append(SlotState(slot, True))
+        else:
+            free = max(0.0, node.gpu_memory_gib - held_gib)
+            states.append(SlotState(
+                slot, False, f"{where} has {_fmt_gib(free)} of {_fmt_gib(node.gpu_memory_gib)} free and needs "
+                f"{_fmt_gib(plan.size_gib)}: {', '.join(blockers)} must move first"))
+    return states
+
+
+def _node_verdict(pod: PodRef, plan: ModelPlan, node_name: str, world: World) -> tuple[bool, str, bool]:
+    """(passes, reason, resolvable) for one node."""
+    states = slot_states(pod, plan, node_name, world)
+    if not states:
+        return False, f"no slot of {plan.name} planned on this node", False
+    if any(s.usable for s in states):
+        return True, "", True
+    resolvable = any(s.resolvable for s in states)
+    return False, "; ".join(s.reason for s in states if s.resolvable or not resolvable), resolvable
+
+
+def filter_nodes(pod: PodRef, candidates: Sequence[str], world: World) -> FilterDecision:
+    """Split `candidates` for a managed pod (see the module docstring). An unmanaged pod, or a model with no
+    ModelServing (yet), is answered by the caller. Complexity: O(candidates + planned slots x holders)."""
+    assert pod.model_key is not None
+    decision = FilterDecision()
+    plan = world.model(pod.model_key)
+    if plan is None:
+        reason = f"no ModelServing {pod.model_key} (yet): kvsched has no plan for this pod's model"
+        decision.failed = dict.fromkeys(candidates, reason)
+        return decision
+    unplanned = f"no slot of {plan.name} planned on this node"  # one string shared by every unplanned node
+    for name in candidates:
+        if name not in plan.slots_by_node:
+            decision.unresolvable[name] = unplanned
+            continue
+        passes, reason, resolvable = _node_verdict(pod, plan, name, world)
+        if passes:
+            decision.passed.append(name)
+        elif resolvable:
+            decision.failed[name] = reason
+        else:
+            decision.unresolvable[name] = reason
+    return decision
+
+
+def score_nodes(pod: PodRef, candidates: Sequence[str], world: World) -> list[tuple[str, int]]:
+    """(node, score) per candidate, in order: MAX_SCORE where a planned slot is usable now, BLOCKED_SCORE where
+    one is planned but held, NEUTRAL_SCORE elsewhere (and for unmanaged pods or unknown models)."""
+    plan = world.model(pod.model_key) if pod.model_key else None
+    if plan is None:
+        return [(name, NEUTRAL_SCORE) for name in candidates]
+    scores = []
+    for name in candidates:
+        if name not in plan.slots_by_node:
+            scores.append((name, NEUTRAL_SCORE))
+            continue
+        passes, _, _ = _node_verdict(pod, plan, name, world)
+        scores.append((name, MAX_SCORE if passes else BLOCKED_SCORE))
+    return scores
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a bind cannot take a slot on the chosen node; `conflict` when another bind got there first."""
+
+    reason: str
+    conflict: bool = False
+
+
+def choose_slot(pod: PodRef, node_name: str, world: World) -> PlannedSlot | Refusal:
+    """The usable planned slot with the lowest GPU index on `node_name` for `pod`, or a Refusal with the
+    reason. The caller reserves it under the same lock. Complexity: as `slot_states`."""
+    assert pod.model_key is not None
+    plan = world.model(pod.model_key)
+    if plan is None:
+        return Refusal(f"no ModelServing {pod.model_key}: kvsched has no plan for this pod's model")
+    states = slot_states(pod, plan, node_name, world)
+    if not states:
+        return Refusal(f"no slot of {plan.name} planned on node {node_name}")
+    for state in states:
+        if state.usable:
+            return state.slot
+    return Refusal(f"node {node_name}: " + "; ".join(s.reason for s in states), conflict=True)

@@ -1,0 +1,86 @@
+"""kube-scheduler's extender wire format (k8s.io/kube-scheduler/extender/v1) as pydantic models.
+
+The Go structs carry no json tags, so the JSON keys are the Go field names: `Pod`, `Nodes`, `NodeNames`,
+`FailedNodes`, `FailedAndUnresolvableNodes`, `Error`, `Host`, `Score`, `PodName`, `PodNamespace`, `PodUID`,
+`Node`. The Pod inside is a core/v1 Pod in its own (camelCase) JSON. We parse only the few Pod fields the
+extender reads (metadata name/namespace/uid/labels/annotations, spec.schedulerName/nodeName) and ignore the rest,
+so a 7 KB vLLM pod costs one pass of pydantic-core. With `nodeCacheCapable: false` the scheduler sends whole
+Node objects in `Nodes.items`; they are kept as raw dicts because the filter answer must return them.
+Called by: kvsched.extender.app.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MIN_SCORE = 0   # MinExtenderPriority
+MAX_SCORE = 10  # MaxExtenderPriority
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class ObjectMeta(_Wire):
+    name: str = ""
+    namespace: str = ""
+    uid: str = ""
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+
+class PodSpec(_Wire):
+    schedulerName: str = ""  # noqa: N815 (the API's spelling)
+    nodeName: str = ""       # noqa: N815
+
+
+class Pod(_Wire):
+    metadata: ObjectMeta = Field(default_factory=ObjectMeta)
+    spec: PodSpec = Field(default_factory=PodSpec)
+
+
+class NodeList(_Wire):
+    items: list[dict[str, Any]] = Field(default_factory=list)
+
+
+class ExtenderArgs(_Wire):
+    """Body of filter and prioritize. Exactly one of `Nodes` (nodeCacheCapable false) and `NodeNames` (true)."""
+
+    Pod: Pod
+    Nodes: NodeList | None = None
+    NodeNames: list[str] | None = None
+
+    def candidate_names(self) -> list[str]:
+        if self.NodeNames is not None:
+            return self.NodeNames
+        if self.Nodes is not None:
+            return [str((n.get("metadata") or {}).get("name") or "") for n in self.Nodes.items]
+        return []
+
+
+class ExtenderFilterResult(_Wire):
+    """Filter's answer: `NodeNames` when the request had names, `Nodes` when it had Node objects."""
+
+    Nodes: NodeList | None = None
+    NodeNames: list[str] | None = None
+    FailedNodes: dict[str, str] = Field(default_factory=dict)
+    FailedAndUnresolvableNodes: dict[str, str] = Field(default_factory=dict)
+    Error: str = ""
+
+
+class HostPriority(_Wire):
+    Host: str
+    Score: int = Field(ge=MIN_SCORE, le=MAX_SCORE)
+
+
+class ExtenderBindingArgs(_Wire):
+    PodName: str = Field(min_length=1)
+    PodNamespace: str = Field(min_length=1)
+    PodUID: str = ""
+    Node: str = Field(min_length=1)
+
+
+class ExtenderBindingResult(_Wire):
+    Error: str = ""

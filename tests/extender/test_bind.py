@@ -1,0 +1,149 @@
+"""Bind through create_app(...): the slot it takes and the annotations it writes, refusals, conflicts between
+concurrent binds, idempotent retries, and the undo of a failed bind."""
+from __future__ import annotations
+
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kvsched.extender.app import create_app
+from kvsched.extender.cache import Cache
+from kvsched.extender.slots import PlannedSlot, PodRef, Refusal
+from kvsched.metrics import Metrics
+from kvsched.settings import ExtenderSettings
+
+from .world import FakeBinder, args, binding, model, node, pod, world
+
+Obj = dict[str, Any]
+
+
+def setup(models: list[Obj], pods: list[Obj], binder: FakeBinder | None = None,
+          nodes: list[Obj] | None = None) -> tuple[TestClient, Cache, FakeBinder, Metrics]:
+    cache = world(nodes or [node("n1"), node("n2")], models, pods)
+    binder = binder or FakeBinder()
+    metrics = Metrics()
+    return TestClient(create_app(ExtenderSettings(), cache, binder, metrics)), cache, binder, metrics
+
+
+@pytest.mark.parametrize("slots, holders, chosen, gpu, fraction", [
+    pytest.param([("n1", 2, 0.25), ("n1", 1, 0.5)], [], "n1", "1", "0.500", id="lowest free GPU index"),
+    pytest.param([("n1", 1, 0.25), ("n1", 2, 0.123456)], [pod("llama-a", "llama", "n1", 1)], "n1", "2",
+                 "0.123", id="skips the held slot; fraction to 3 places"),
+    pytest.param([("n1", 0, 0.2), ("n2", 3, 0.2)], [], "n2", "3", "0.200", id="slot on the node the scheduler chose"),
+])
+def test_bind_takes_a_free_planned_slot_and_annotates(slots: list[tuple[str, int, float]], holders: list[Obj],
+                                                      chosen: str, gpu: str, fraction: str) -> None:
+    p = pod("llama-new", "llama")
+    client, cache, binder, _ = setup([model("llama", "16Gi", slots)], [*holders, p])
+    result = client.post("/bind", json=binding(p, chosen)).json()
+    assert result == {"Error": ""}
+    assert binder.calls == [("ml", "llama-new", "uid-llama-new", chosen,
+                             {"kvsched.io/gpu": gpu, "kvsched.io/gpu-memory-fraction": fraction})]
+    assert cache.counts()["reservations"] == 1
+
+
+@pytest.mark.parametrize("holders, p, chosen, message, conflict", [
+    pytest.param([], pod("llama-new", "llama"), "n2", "no slot of llama planned on node n2", False,
+                 id="no slot on the chosen node"),
+    pytest.param([pod("llama-a", "llama", "n1", 0)], pod("llama-new", "llama"), "n1",
+                 "GPU 0 planned for llama is held by pod ml/llama-a", True, id="slot taken meanwhile"),
+    pytest.param([], pod("p", "ghost"), "n1", "no ModelServing ml/ghost", False, id="unknown model"),
+    pytest.param([pod("llama-new", "llama", "n2", 0)], None, "n1", "already bound to n2", False,
+                 id="pod already bound elsewhere"),
+])
+def test_bind_refusals_are_errors_and_write_nothing(holders: list[Obj], p: Obj | None, chosen: str,
+                                                    message: str, conflict: bool) -> None:
+    pods = holders + ([p] if p else [])
+    client, _, binder, metrics = setup([model("llama", "16Gi", [("n1", 0)])], pods)
+    response = client.post("/bind", json=binding(p or holders[0], chosen))
+    assert response.status_code == 200
+    assert message in response.json()["Error"]
+    assert binder.calls == []
+    assert metrics.bind_conflicts._value.get() == (1 if conflict else 0)
+
+
+def test_unknown_pod_and_recreated_pod_are_errors() -> None:
+    p = pod("llama-new", "llama")
+    client, _, binder, _ = setup([model("llama", "16Gi", [("n1", 0)])], [p])
+    stranger = pod("nobody", "llama")
+    assert "not known to the kvsched extender" in client.post("/bind", json=binding(stranger, "n1")).json()["Error"]
+    recreated = pod("llama-new", "llama", uid="uid-other")
+    assert "not known" in client.post("/bind", json=binding(recreated, "n1")).json()["Error"]
+    assert binder.calls == []
+
+
+def test_a_pod_seen_only_in_filter_can_be_bound() -> None:
+    """The pod watch may lag the scheduler: bind uses the identity filter saw."""
+    p = pod("fresh", "llama")
+    client, _, binder, _ = setup([model("llama", "16Gi", [("n1", 0)])], [])
+    client.post("/filter", json=args(p, names=["n1"]))
+    assert client.post("/bind", json=binding(p, "n1")).json() == {"Error": ""}
+    assert binder.calls[0][4] == {"kvsched.io/gpu": "0", "kvsched.io/gpu-memory-fraction": "0.500"}
+
+
+def test_unmanaged_pod_gets_a_plain_binding() -> None:
+    web = pod("web")
+    client, _, binder, _ = setup([], [web])
+    assert client.post("/bind", json=binding(web, "n2")).json() == {"Error": ""}
+    assert binder.calls == [("ml", "web", "uid-web", "n2", None)]
+
+
+def test_retried_bind_of_the_same_pod_is_idempotent() -> None:
+    p = pod("llama-new", "llama")
+    client, cache, binder, _ = setup([model("llama", "16Gi", [("n1", 0), ("n1", 1)])], [p])
+    first = client.post("/bind", json=binding(p, "n1")).json()
+    again = client.post("/bind", json=binding(p, "n1")).json()  # before the watch shows the bind
+    assert first == again == {"Error": ""}
+    assert [c[4] for c in binder.calls] == [{"kvsched.io/gpu": "0", "kvsched.io/gpu-memory-fraction": "0.500"}] * 2
+    cache.on_pod("MODIFIED", pod("llama-new", "llama", "n1", 0))  # the watch catches up
+    assert cache.counts()["reservations"] == 0
+    assert client.post("/bind", json=binding(p, "n1")).json() == {"Error": ""}
+    assert len(binder.calls) == 2  # already bound there: nothing written again
+
+
+def test_failed_bind_releases_the_slot() -> None:
+    p, q = pod("llama-a", "llama"), pod("llama-b", "llama")
+    binder = FakeBinder(fail="could not bind pod ml/llama-a to n1: 500 InternalError")
+    client, cache, _, _ = setup([model("llama", "16Gi", [("n1", 0)])], [p, q], binder=binder)
+    assert "500 InternalError" in client.post("/bind", json=binding(p, "n1")).json()["Error"]
+    assert cache.counts()["reservations"] == 0
+    binder.fail = ""
+    assert client.post("/bind", json=binding(q, "n1")).json() == {"Error": ""}
+
+
+def test_concurrent_binds_for_the_last_slot_one_wins() -> None:
+    pods = [pod(f"llama-{i}", "llama") for i in range(2)]
+    binder = FakeBinder(delay_s=0.2)  # both binds are in flight at once
+    client, _, _, metrics = setup([model("llama", "16Gi", [("n1", 0)])], pods, binder=binder)
+    barrier = threading.Barrier(2)
+
+    def bind(p: Obj) -> str:
+        barrier.wait()
+        return str(client.post("/bind", json=binding(p, "n1")).json()["Error"])
+
+    with ThreadPoolExecutor(2) as pool:
+        errors = list(pool.map(bind, pods))
+    assert sorted(e == "" for e in errors) == [False, True]
+    assert "held by pod" in next(e for e in errors if e) and "(binding)" in next(e for e in errors if e)
+    assert len(binder.calls) == 1
+    assert metrics.bind_conflicts._value.get() == 1
+
+
+def test_cache_reserve_under_a_thread_storm_gives_each_slot_once() -> None:
+    slots = [("n1", g) for g in range(4)] + [("n2", g) for g in range(4)]
+    cache = world([node("n1"), node("n2")], [model("llama", "16Gi", slots)])
+    refs = [PodRef("ml", f"p{i}", f"u{i}", "ml/llama") for i in range(32)]
+    barrier = threading.Barrier(32)
+
+    def reserve(ref: PodRef) -> PlannedSlot | Refusal:
+        barrier.wait()
+        return cache.reserve(ref, "n1" if int(ref.uid[1:]) % 2 else "n2")
+
+    with ThreadPoolExecutor(32) as pool:
+        results = list(pool.map(reserve, refs))
+    won = [(r.node, r.gpu) for r in results if isinstance(r, PlannedSlot)]
+    assert sorted(won) == sorted(slots)  # every slot taken exactly once
+    assert sum(isinstance(r, Refusal) and r.conflict for r in results) == 32 - 8

@@ -1,0 +1,128 @@
+"""Filter and prioritize through create_app(...) with an in-memory cache: who passes, who fails with which
+reason, resolvable or not, and the scores; in both cache modes (names, or whole Node objects)."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from kvsched.extender.app import create_app
+from kvsched.metrics import Metrics
+from kvsched.settings import ExtenderSettings
+
+from .world import FakeBinder, args, model, node, pod, world
+
+Obj = dict[str, Any]
+LLAMA = pod("llama-new", "llama")
+
+
+def client_for(nodes: list[Obj], models: list[Obj], pods: list[Obj]) -> TestClient:
+    return TestClient(create_app(ExtenderSettings(), world(nodes, models, pods), FakeBinder(), Metrics()))
+
+
+# (nodes, models, holders, pod, candidates, passed, failed {node: substrings}, unresolvable {node: substrings})
+FILTER_CASES = [
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n1", 0)])], [], LLAMA, [], [], {}, {},
+                 id="empty node list"),
+    pytest.param([node("n1")], [], [], pod("p", "ghost"), ["n1"], [],
+                 {"n1": ["no ModelServing ml/ghost"]}, {}, id="unknown model: everything waits, resolvable"),
+    pytest.param([node("n1"), node("n2")], [model("llama", "16Gi", [("n1", 0)])], [], LLAMA, ["n1", "n2"],
+                 ["n1"], {}, {"n2": ["no slot of llama planned on this node"]},
+                 id="free slot passes, unplanned node is unresolvable"),
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n1", 3)])], [pod("llama-old", "llama", "n1", 3)],
+                 LLAMA, ["n1"], [], {"n1": ["GPU 3 planned for llama is held by pod ml/llama-old"]}, {},
+                 id="slot held by another replica"),
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n1", 0)])],
+                 [pod("llama-old", "llama", "n1", 0, terminating=True)], LLAMA, ["n1"], [],
+                 {"n1": ["held by pod ml/llama-old (terminating)"]}, {},
+                 id="a terminating replica still holds its slot"),
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n1", 0)]), model("qwen", "70Gi", [("n2", 0)])],
+                 [pod("qwen-0", "qwen", "n1", 0)], LLAMA, ["n1"], [],
+                 {"n1": ["10.0 GiB of 80.0 GiB free and needs 16.0 GiB", "pod ml/qwen-0 (70.0 GiB) must move"]},
+                 {}, id="memory blocked by a pod that must move first"),
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n1", 0)]), model("qwen", "64Gi", [("n2", 0)])],
+                 [pod("qwen-0", "qwen", "n1", 0)], LLAMA, ["n1"], ["n1"], {}, {},
+                 id="weights fill the GPU exactly: fits"),
+    pytest.param([node("n1", memory_mib=0)], [model("llama", "16Gi", [("n1", 0)])],
+                 [pod("odd", None, "n1", 0)], LLAMA, ["n1"], [],
+                 {"n1": ["pod ml/odd (size unknown)"]}, {},
+                 id="zero free memory: a holder of unknown size fills the GPU"),
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n1", 0), ("n1", 1)])],
+                 [pod("llama-a", "llama", "n1", 0)], LLAMA, ["n1"], ["n1"], {}, {},
+                 id="one of two planned slots free"),
+    pytest.param([node("n2", gpus=2)], [model("llama", "16Gi", [("n2", 5)])], [], LLAMA, ["n2"], [], {},
+                 {"n2": ["past the node's 2 GPU(s)"]}, id="plan names a GPU past the node's count"),
+    pytest.param([], [model("llama", "16Gi", [("gone", 0)])], [], LLAMA, ["gone"], [], {},
+                 {"gone": ["does not know"]}, id="planned node unknown to the cache"),
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n1", 0)])],
+                 [pod("llama-old", "llama", "n1", 0, phase="Failed")], LLAMA, ["n1"], ["n1"], {}, {},
+                 id="a Failed (evicted) pod holds nothing"),
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n1", 0)])],
+                 [pod("llama-new", "llama", "n1", 0)], LLAMA, ["n1"], ["n1"], {}, {},
+                 id="the pod's own slot does not block it (retry)"),
+    pytest.param([node("n1"), node("n2")], [], [], pod("web"), ["n1", "n2"], ["n1", "n2"], {}, {},
+                 id="unmanaged pod passes everywhere"),
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n2", 0)])], [], pod("p", "llama", scheduler="other"),
+                 ["n1"], ["n1"], {}, {}, id="model label but another scheduler: unmanaged"),
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n1", 0)])], [], LLAMA, ["n1", "n1"], ["n1", "n1"],
+                 {}, {}, id="duplicate names are answered as sent"),
+]
+
+
+@pytest.mark.parametrize("nodes, models, holders, p, names, passed, failed, unresolvable", FILTER_CASES)
+@pytest.mark.parametrize("cache_mode", ["NodeNames", "Nodes"])
+def test_filter(nodes: list[Obj], models: list[Obj], holders: list[Obj], p: Obj, names: list[str],
+                passed: list[str], failed: dict[str, list[str]], unresolvable: dict[str, list[str]],
+                cache_mode: str) -> None:
+    by_name = {n["metadata"]["name"]: n for n in nodes}
+    sent = [by_name.get(n, {"metadata": {"name": n}}) for n in names]
+    body = args(p, names=names) if cache_mode == "NodeNames" else args(p, nodes=sent)
+    response = client_for(nodes, models, holders).post("/filter", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    if cache_mode == "NodeNames":
+        assert result["NodeNames"] == passed and "Nodes" not in result
+    else:
+        assert [n["metadata"]["name"] for n in result["Nodes"]["items"]] == passed and "NodeNames" not in result
+        assert all(n in sent for n in result["Nodes"]["items"])  # whole objects echoed, not rebuilt
+    assert set(result["FailedNodes"]) == set(failed)
+    for name, parts in failed.items():
+        for part in parts:
+            assert part in result["FailedNodes"][name]
+    assert set(result["FailedAndUnresolvableNodes"]) == set(unresolvable)
+    for name, parts in unresolvable.items():
+        for part in parts:
+            assert part in result["FailedAndUnresolvableNodes"][name]
+    assert result.get("Error", "") == ""
+
+
+@pytest.mark.parametrize("holders, p, names, scores", [
+    pytest.param([], LLAMA, ["n1", "n2"], {"n1": 10, "n2": 10}, id="exact tie: both planned and free"),
+    pytest.param([pod("llama-a", "llama", "n2", 0)], LLAMA, ["n1", "n2", "n3"], {"n1": 10, "n2": 5, "n3": 0},
+                 id="planned-free 10, planned-held 5, unplanned 0"),
+    pytest.param([], pod("web"), ["n1", "n3"], {"n1": 0, "n3": 0}, id="unmanaged: neutral"),
+    pytest.param([], pod("p", "ghost"), ["n1"], {"n1": 0}, id="unknown model: neutral"),
+    pytest.param([], LLAMA, [], {}, id="empty node list"),
+])
+def test_prioritize(holders: list[Obj], p: Obj, names: list[str], scores: dict[str, int]) -> None:
+    nodes = [node("n1"), node("n2"), node("n3")]
+    models = [model("llama", "16Gi", [("n1", 0), ("n2", 0)])]
+    response = client_for(nodes, models, holders).post("/prioritize", json=args(p, names=names))
+    assert response.status_code == 200, response.text
+    assert response.json() == [{"Host": n, "Score": scores[n]} for n in names]
+
+
+def test_filter_of_managed_pod_records_metrics() -> None:
+    metrics = Metrics()
+    app = create_app(ExtenderSettings(), world([node("n1")], [model("llama", "16Gi", [("n1", 0)])]),
+                     FakeBinder(), metrics)
+    client = TestClient(app)
+    client.post("/filter", json=args(LLAMA, names=["n1"]))
+    client.post("/filter", json=args(pod("web"), names=["n1"]))
+    client.post("/prioritize", json=args(LLAMA, names=["n1"]))
+    text = client.get("/metrics").text
+    assert 'kvsched_extender_requests_total{outcome="managed",verb="filter"} 1.0' in text
+    assert 'kvsched_extender_requests_total{outcome="unmanaged",verb="filter"} 1.0' in text
+    assert 'kvsched_extender_requests_total{outcome="managed",verb="prioritize"} 1.0' in text
+    assert 'kvsched_extender_request_duration_seconds_count{verb="filter"} 2.0' in text
