@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_plan_parser(subparsers)
     add_extender_parser(subparsers)
+    add_controller_parser(subparsers)
+    add_serve_parser(subparsers)
     return parser
 
 
@@ -174,6 +176,76 @@ def run_extender(args: argparse.Namespace) -> int:
         return run(settings)
     except (ValueError, ClientConfigError) as e:
         return _fail(f"kvsched extender: {e}", EXIT_BAD_INPUT)
+
+
+CONTROLLER_DESCRIPTION = """\
+Run the controller: watch ModelServings, annotated Deployments (kvsched.io/model-size,
+kvsched.io/request-rate, kvsched.io/slo-seconds), GPU Nodes and managed Pods;
+re-plan with the packer on every change; write each ModelServing's status (the
+planned slots the extender enforces), patch managed Deployments' pod templates,
+and migrate replicas one eviction at a time. One replica leads (a Lease); only
+the leader writes. GET /healthz, /readyz (200 once the watches have listed; says
+who leads) and /metrics on the metrics port. See docs/controller.md.
+
+Every setting is a flag or an environment variable (the flag wins).
+"""
+
+
+def add_controller_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `kvsched controller` (flags generated from kvsched.settings.ControllerSettings)."""
+    from kvsched.settings import ControllerSettings, add_settings_arguments
+
+    controller = subparsers.add_parser(
+        "controller", help="run the controller (re-plan on change, statuses, template patches, migrations)",
+        description=CONTROLLER_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings_arguments(controller, ControllerSettings)
+    controller.set_defaults(handler=run_controller)
+
+
+def run_controller(args: argparse.Namespace) -> int:
+    """`kvsched controller`: build the settings, run until SIGTERM/SIGINT. Exit 2 on bad settings."""
+    from kvsched.controller.app import run
+    from kvsched.controller.selector import SelectorError
+    from kvsched.k8s.client import ClientConfigError
+    from kvsched.settings import ControllerSettings, settings_from
+
+    try:
+        return run(settings_from(ControllerSettings, args))
+    except (ValueError, ClientConfigError, SelectorError, OSError) as e:
+        return _fail(f"kvsched controller: {e}", EXIT_BAD_INPUT)
+
+
+SERVE_DESCRIPTION = """\
+Run the controller and the scheduler extender in one process (one Metrics
+registry): the extender's HTTP API on --port, the controller's /healthz, /readyz
+and /metrics on --metrics-port. Settings of both commands; the shared ones
+(--kubeconfig, --scheduler-name, --sync-timeout-seconds, --log-level) apply to both.
+"""
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `kvsched serve`."""
+    from kvsched.settings import ControllerSettings, ExtenderSettings, add_settings_arguments
+
+    serve = subparsers.add_parser(
+        "serve", help="run the controller and the extender in one process", description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter, conflict_handler="resolve")
+    add_settings_arguments(serve, ControllerSettings)
+    add_settings_arguments(serve, ExtenderSettings)
+    serve.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """`kvsched serve`: the controller on a thread, the extender (uvicorn) on this one."""
+    from kvsched.controller.app import serve
+    from kvsched.controller.selector import SelectorError
+    from kvsched.k8s.client import ClientConfigError
+    from kvsched.settings import ControllerSettings, ExtenderSettings, settings_from
+
+    try:
+        return serve(settings_from(ControllerSettings, args), settings_from(ExtenderSettings, args))
+    except (ValueError, ClientConfigError, SelectorError, OSError) as e:
+        return _fail(f"kvsched serve: {e}", EXIT_BAD_INPUT)
 
 
 def run_plan(args: argparse.Namespace) -> int:

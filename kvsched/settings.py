@@ -111,11 +111,12 @@ class ControllerSettings:
     """Seconds between election attempts and renewals."""
 
     sync_timeout_s: float = 60.0
-    """Seconds to wait for the informers' first lists before deciding anyway; nothing is planned before they
-    sync (a partial view would look like lost nodes and pods)."""
+    """Seconds to wait for the informers' first lists before logging an error (RBAC? a missing CRD?). Nothing
+    is planned until they have listed: a partial view would look like lost nodes and pods."""
 
     log_level: str = "info"
     """Python logging level name (debug, info, warning, error)."""
+
 
 # -- flags and environment for any settings class (the CLI's `kvsched extender`, `kvsched controller`) --------
 def field_docs(cls: type) -> dict[str, str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import threading
 import time
@@ -23,12 +24,16 @@ from kvsched.controller.selector import parse_selector
 from kvsched.k8s.client import api_client
 from kvsched.k8s.leader import LeaseElector
 from kvsched.k8s.readers import read_deployment, read_model_serving, read_node, read_pod
-from kvsched.k8s.watch import DELETED, DEPLOYMENTS, MODELSERVINGS, NODES, PODS, Informer, Obj, informer
+from kvsched.k8s.watch import DELETED, DEPLOYMENTS, MODELSERVINGS, NODES, PODS, Informer, Obj, Resource, informer
 from kvsched.k8s.writers import ApiWriter
 from kvsched.metrics import Metrics
 from kvsched.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
+
+# Succeeded and Failed pods hold no GPU: leave them out of the watch (the extender does the same).
+LIVE_PODS = Resource(PODS.group, PODS.version, PODS.plural,
+                     field_selector="status.phase!=Succeeded,status.phase!=Failed")
 
 
 def decision_config(settings: ControllerSettings) -> DecisionConfig:
@@ -123,7 +128,7 @@ def build_controller(settings: ControllerSettings, metrics: Metrics | None = Non
 
     informers = [
         informer(api, NODES, handler(read_node, reconciler.observe_node)),
-        informer(api, PODS, handler(read_pod, reconciler.observe_pod)),
+        informer(api, LIVE_PODS, handler(read_pod, reconciler.observe_pod)),
         informer(api, DEPLOYMENTS, handler(read_deployment, reconciler.observe_deployment)),
         informer(api, MODELSERVINGS, handler(read_model_serving, reconciler.observe_model_serving)),
     ]
@@ -137,3 +142,39 @@ def build_controller(settings: ControllerSettings, metrics: Metrics | None = Non
         controller.health = HealthServer(settings.metrics_host, settings.metrics_port, metrics, controller.ready,
                                          controller.leadership)
     return controller
+
+
+def run(settings: ControllerSettings) -> int:
+    """`kvsched controller`: run until SIGTERM or SIGINT; returns the exit code. Raises ClientConfigError,
+    SelectorError, ValueError (bad durations), OSError (metrics port taken)."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    controller = build_controller(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    controller.run(stop)
+    return 0
+
+
+def serve(controller_settings: ControllerSettings, extender_settings: Any) -> int:
+    """`kvsched serve`: the controller on a thread, the extender's uvicorn server on this one (it handles
+    SIGTERM/SIGINT); both record into one Metrics registry."""
+    from kvsched.extender.runner import run as run_extender
+
+    logging.basicConfig(level=controller_settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = Metrics()
+    controller = build_controller(controller_settings, metrics)
+    stop = threading.Event()
+    thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
+    thread.start()
+    try:
+        return run_extender(extender_settings, metrics=metrics)
+    finally:
+        stop.set()
+        thread.join(10.0)
