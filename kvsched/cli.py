@@ -40,7 +40,10 @@ Exit codes: 0 success, 1 an output file could not be written, 2 bad usage or bad
 PLAN_DESCRIPTION = """\
 Plan where every model replica of a cluster file goes, and print one row per
 GPU (node, GPU, models, used/total memory, KVPR) and a summary (max KVPR, lower
-bound, gap to the bound, retunes, migrations, solve time).
+bound, gap to the bound, retunes, migration steps, solve time). With a `current`
+section it re-plans: new replicas go around the running ones, the running
+placement is kept when within the stability threshold, otherwise the fewest
+replicas move; the steps say in which order (never over a GPU's memory).
 
 Cluster file (YAML or JSON; JSON when the name ends in .json):
 
@@ -54,10 +57,11 @@ Cluster file (YAML or JSON; JSON when the name ends in .json):
       requestRate: 4             # requests per second, over all replicas
       sloSeconds: 1              # latency SLO: seconds, or "500ms", "2s", "1m"
       replicas: 2                # optional, default 1; replicas never share a GPU
-  current:                       # optional: where replicas run now
-    - {model: llama-8b, replica: 0, node: n1, gpu: 0}
+  current:                       # optional: where replicas run now (replica
+    - {model: llama-8b, replica: 0, node: n1, gpu: 0}   # numbers do not matter)
   options:                       # optional
-    stabilityThreshold: 0.05     # keep `current` unless a plan beats it by 5%
+    stabilityThreshold: 0.05     # move nothing while within 5% of the best plan
+    maxMigrations: 4             # at most 4 running replicas move (default: no cap)
     timeBudgetSeconds: 30        # soft limit on the search's seconds (0: first valid plan)
 
 Memory is a Kubernetes quantity ("80Gi", "81920Mi", "85899345920" = bytes) or
@@ -66,14 +70,19 @@ a plain number meaning GiB (80). Unknown keys are errors, not ignored.
 
 PLAN_EPILOG = """\
 Output JSON (--output): maxKVPR, lowerBound, gapPercent, retunes, solveSeconds,
-keptCurrent, memoryUnit ("GiB"), placements [{model, replica, node, gpu,
-memoryFraction}], gpus [{node, gpu, kvpr, memory, usedMemory, models}],
-unplaced [{model, replica, reason}], migrations [{model, replica, fromNode,
-fromGpu, toNode, toGpu}]. Memory values are GiB as numbers (3 decimals);
-memoryFraction is the replica's share of its GPU's memory (for vLLM's
---gpu-memory-utilization); fromNode/fromGpu are null for a replica placed for
-the first time; an infinite KVPR (weights fill a loaded GPU) or gap is null;
-times are seconds. GPUs are listed by node name, then index.
+keptCurrent, moves, nextMoveGain, memoryUnit ("GiB"), placements [{model,
+replica, node, gpu, memoryFraction}], gpus [{node, gpu, kvpr, memory,
+usedMemory, models}], unplaced [{model, replica, cause, reason}], steps
+[{model, replica, fromNode, fromGpu, toNode, toGpu, stopFirst}]. Memory values
+are GiB as numbers (3 decimals); memoryFraction is the replica's share of its
+GPU's memory (for vLLM's --gpu-memory-utilization); cause is one of
+ModelTooLarge, NoRoomForKVCache, TooFewGPUs, InsufficientCapacity; steps are
+in order: fromNode/fromGpu null start a new replica, stopFirst true stops the
+old replica before the new one starts (a cycle of moves), otherwise the new one
+starts first; moves counts running replicas that change GPU; nextMoveGain (KVPR)
+is what one more move would take off the hottest GPU when maxMigrations cut
+the re-plan short, else 0; an infinite KVPR (weights fill a loaded GPU) or gap
+is null; times are seconds. GPUs are listed by node name, then index.
 
 Exit codes: 0 a plan was made (unplaced replicas are listed, not an error),
 1 --output or --plot could not be written, 2 bad usage or a bad cluster file
@@ -137,9 +146,13 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
                       help="soft limit on the search's seconds; 0 gives the first valid plan at once "
                       "(overrides options.timeBudgetSeconds; default 30)")
     plan.add_argument("--stability-threshold", metavar="RATIO", type=_non_negative_float,
-                      dest="stability_threshold_ratio", help="keep the file's `current` placement unless the new "
-                      "plan's max KVPR is lower by more than this ratio (overrides options.stabilityThreshold; "
-                      "default 0.05 = 5%%)")
+                      dest="stability_threshold_ratio", help="keep the file's `current` placement (new replicas "
+                      "placed around it) while its max KVPR is within this ratio of the best plan, else move the "
+                      "fewest replicas that get within it (overrides options.stabilityThreshold; default 0.05 = 5%%)")
+    plan.add_argument("--max-migrations", metavar="N", type=_non_negative_int, dest="max_migrations",
+                      help="move at most N running replicas of the file's `current` placement; the plan is then "
+                      "the lowest max KVPR reachable with N moves (overrides options.maxMigrations; default: no "
+                      "cap)")
     plan.set_defaults(handler=run_plan)
 
 
@@ -250,7 +263,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_plan(args: argparse.Namespace) -> int:
     """`kvsched plan`: read, solve, print the table or JSON, write the files asked for. Returns the exit code."""
-    from kvsched.cluster_file import ClusterFileError, load_cluster_file
+    from kvsched.cluster_file import ClusterFileError, file_field, load_cluster_file
     from kvsched.packer import InvalidInput, solve
     from kvsched.plan_output import plan_to_json, plan_to_table
     from kvsched.plot import PLOT_SUFFIXES, write_plot
@@ -272,10 +285,12 @@ def run_plan(args: argparse.Namespace) -> int:
         options = dataclasses.replace(options, time_budget_s=args.time_budget_s)
     if args.stability_threshold_ratio is not None:
         options = dataclasses.replace(options, stability_threshold_ratio=args.stability_threshold_ratio)
+    if args.max_migrations is not None:
+        options = dataclasses.replace(options, max_migrations=args.max_migrations)
     try:
         plan = solve(cluster.models, cluster.gpus, current=cluster.current, options=options)
     except InvalidInput as exc:
-        return _fail(f"{file}: {exc.obj}: {exc.field}: {exc.why} (got {exc.value!r})", EXIT_BAD_INPUT)
+        return _fail(f"{file}: {exc.obj}: {file_field(exc.field)}: {exc.why} (got {exc.value!r})", EXIT_BAD_INPUT)
 
     document = json.dumps(plan_to_json(plan), indent=2, allow_nan=False) + "\n"
     if args.output == "-":
@@ -364,6 +379,16 @@ def run_plan_live(args: argparse.Namespace) -> int:
 def _fail(message: str, code: int) -> int:
     print(f"kvsched plan: {message}", file=sys.stderr)
     return code
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 0")
+    return value
 
 
 def _non_negative_float(text: str) -> float:

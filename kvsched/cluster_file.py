@@ -28,7 +28,22 @@ GPU_KEYS = ("node", "index", "memory")
 NODE_KEYS = ("name", "gpus", "gpuMemory")
 MODEL_KEYS = ("name", "size", "requestRate", "sloSeconds", "replicas")
 CURRENT_KEYS = ("model", "replica", "node", "gpu")
-OPTION_KEYS = ("stabilityThreshold", "timeBudgetSeconds")
+OPTION_KEYS = ("stabilityThreshold", "timeBudgetSeconds", "maxMigrations")
+
+# The packer names its own fields in InvalidInput (`size_gib`, `memory_gib`, ...); these map them back to the
+# keys of the file, per kind of object, so every error names the path the user wrote.
+MODEL_FIELDS = {"name": "name", "size_gib": "size", "rate_rps": "requestRate", "slo_s": "sloSeconds",
+                "replicas": "replicas"}
+GPU_FIELDS = {"node": "node", "index": "index", "memory_gib": "memory"}
+NODE_FIELDS = {"node": "name", "index": "gpus", "memory_gib": "gpuMemory"}
+OPTION_FIELDS = {"stability_threshold_ratio": "stabilityThreshold", "time_budget_s": "timeBudgetSeconds",
+                 "max_migrations": "maxMigrations"}
+FILE_FIELDS = {**GPU_FIELDS, **MODEL_FIELDS, **OPTION_FIELDS}
+
+
+def file_field(field: str) -> str:
+    """The cluster file's key for a packer field name (unknown names unchanged): `size_gib` -> `size`."""
+    return FILE_FIELDS.get(field, field)
 
 
 class ClusterFileError(ValueError):
@@ -40,12 +55,13 @@ class ClusterFileError(ValueError):
         super().__init__(f"{path}: {problem}" if path else problem)
 
 
-def _checked(make: Callable[[], T], path: str) -> T:
-    """Build a packer object; its own validation errors become file errors at `path`.<field>."""
+def _checked(make: Callable[[], T], path: str, fields: Mapping[str, str]) -> T:
+    """Build a packer object; its own validation errors become file errors at `path`.<file key>, the key
+    found through `fields` (packer field name -> file key)."""
     try:
         return make()
     except InvalidInput as exc:
-        raise ClusterFileError(f"{path}.{exc.field}", exc.why) from None
+        raise ClusterFileError(f"{path}.{fields.get(exc.field, exc.field)}", exc.why) from None
 
 
 @dataclass(frozen=True)
@@ -151,7 +167,7 @@ def _parse_gpus(top: Mapping[str, object]) -> tuple[tuple[Gpu, ...], dict[GpuId,
         node = _name(obj, "node", path)
         index = _integer(obj, "index", path, minimum=0)
         memory_gib = _memory_gib(_required(obj, "memory", path), f"{path}.memory")
-        add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib), path), path)
+        add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib), path, GPU_FIELDS), path)
     for i, item in enumerate(_list(top.get("nodes", []), "nodes")):
         path = f"nodes[{i}]"
         obj = _mapping(item, path, NODE_KEYS)
@@ -159,7 +175,7 @@ def _parse_gpus(top: Mapping[str, object]) -> tuple[tuple[Gpu, ...], dict[GpuId,
         count = _integer(obj, "gpus", path, minimum=1)
         memory_gib = _memory_gib(_required(obj, "gpuMemory", path), f"{path}.gpuMemory")
         for index in range(count):
-            add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib), path), path)
+            add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib), path, NODE_FIELDS), path)
     if not gpus:
         raise ClusterFileError("gpus", "no GPUs listed: give at least one in gpus or nodes")
     return tuple(sorted(gpus, key=lambda gpu: gpu.id)), where
@@ -180,7 +196,7 @@ def _parse_models(value: object) -> tuple[Model, ...]:
         slo_s = _seconds(_required(obj, "sloSeconds", path), f"{path}.sloSeconds", zero_ok=False)
         replicas = _integer(obj, "replicas", path, minimum=1, default=1)
         models.append(_checked(lambda: Model(name=name, size_gib=size_gib, rate_rps=rate_rps, slo_s=slo_s,
-                                             replicas=replicas), path))
+                                             replicas=replicas), path, MODEL_FIELDS))
     return tuple(models)
 
 
@@ -218,7 +234,11 @@ def _parse_options(value: object) -> PackOptions:
         stability = _number(obj["stabilityThreshold"], "options.stabilityThreshold", minimum=0.0)
     if "timeBudgetSeconds" in obj:
         budget_s = _seconds(obj["timeBudgetSeconds"], "options.timeBudgetSeconds", zero_ok=True)
-    return PackOptions(stability_threshold_ratio=stability, time_budget_s=budget_s)
+    max_migrations = defaults.max_migrations
+    if obj.get("maxMigrations") is not None:  # null: no cap, as when the key is left out
+        max_migrations = _integer(obj, "maxMigrations", "options", minimum=0)
+    return _checked(lambda: PackOptions(stability_threshold_ratio=stability, time_budget_s=budget_s,
+                                        max_migrations=max_migrations), "options", OPTION_FIELDS)
 
 
 # ---- field readers: each names the path in its error ----

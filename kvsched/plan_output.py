@@ -2,8 +2,8 @@
 
 JSON conventions: memory values are GiB as numbers (`memory`, `usedMemory`; rounded to 3 decimals) and the
 document says so in `"memoryUnit": "GiB"`; times are seconds; an infinite KVPR or gap is `null` (JSON has no
-inf). `maxKVPR`, `lowerBound` and `memoryFraction` keep full float precision, per-GPU `kvpr` keeps 6 significant
-digits. Called by: `kvsched.cli` (`plan --output`, the table on stdout).
+inf). `maxKVPR`, `lowerBound`, `nextMoveGain` and `memoryFraction` keep full float precision, per-GPU `kvpr`
+keeps 6 significant digits. Called by: `kvsched.cli` (`plan --output`, the table on stdout).
 """
 
 from __future__ import annotations
@@ -17,10 +17,13 @@ MEMORY_DECIMALS = 3
 KVPR_SIGNIFICANT_DIGITS = 6
 # Beyond this many characters the models column is cut and ends with "+N more".
 MODELS_COLUMN_WIDTH = 60
+# The table lists at most this many migration steps; the JSON has them all.
+STEPS_SHOWN = 40
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
-    """The DESIGN.md output document plus gapPercent, keptCurrent, migrations and per-GPU memory. O(plan size)."""
+    """The DESIGN.md output document plus gapPercent, keptCurrent, moves, nextMoveGain, the ordered migration
+    steps, each unplaced replica's machine-readable cause, and per-GPU memory. O(plan size)."""
     return {
         "maxKVPR": _finite_or_none(plan.max_kvpr),
         "lowerBound": _finite_or_none(plan.lower_bound),
@@ -28,6 +31,8 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "retunes": plan.retunes,
         "solveSeconds": round(plan.solve_seconds, 6),
         "keptCurrent": plan.kept_current,
+        "moves": plan.moves,
+        "nextMoveGain": plan.next_move_gain,
         "memoryUnit": "GiB",
         "placements": [
             {
@@ -50,8 +55,9 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
             }
             for g in plan.gpus
         ],
-        "unplaced": [{"model": u.model, "replica": u.replica, "reason": u.reason} for u in plan.unplaced],
-        "migrations": [
+        "unplaced": [{"model": u.model, "replica": u.replica, "cause": u.cause, "reason": u.reason}
+                     for u in plan.unplaced],
+        "steps": [
             {
                 "model": m.model,
                 "replica": m.replica,
@@ -59,14 +65,16 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "fromGpu": m.source.index if m.source is not None else None,
                 "toNode": m.target.node,
                 "toGpu": m.target.index,
+                "stopFirst": m.stop_first,
             }
-            for m in plan.migrations
+            for m in plan.steps
         ],
     }
 
 
 def plan_to_table(plan: Plan) -> str:
-    """A table with one row per GPU, then unplaced replicas with reasons, then a summary block. Ends with \\n."""
+    """A table with one row per GPU, then unplaced replicas with reasons, the migration steps when replicas move,
+    then a summary block. Ends with \\n."""
     header = ("NODE", "GPU", "MODELS", "MEMORY", "KVPR")
     rows = [
         (
@@ -89,27 +97,45 @@ def plan_to_table(plan: Plan) -> str:
         lines.append(f"UNPLACED ({len(plan.unplaced)} replica(s)):")
         for u in plan.unplaced:
             lines.append(f"  {u.model} replica {u.replica}: {u.reason}")
+    if plan.moves:
+        lines.append("")
+        lines.extend(step_lines(plan))
     lines.append("")
     lines.extend(summary_lines(plan))
     return "\n".join(lines) + "\n"
 
 
+def step_lines(plan: Plan) -> list[str]:
+    """`STEPS (N):` then one numbered line per step in order (at most STEPS_SHOWN, then "... +K more")."""
+    lines = [f"STEPS ({len(plan.steps)}, in order):"]
+    for k, m in enumerate(plan.steps[:STEPS_SHOWN], start=1):
+        source = "start" if m.source is None else f"{m.source} ->"
+        how = " (stop the old one first)" if m.stop_first else ""
+        lines.append(f"  {k}. {m.model} replica {m.replica}: {source} {m.target}{how}")
+    if len(plan.steps) > STEPS_SHOWN:
+        lines.append(f"  ... +{len(plan.steps) - STEPS_SHOWN} more (see --output)")
+    return lines
+
+
 def summary_lines(plan: Plan) -> list[str]:
-    """The summary block: max KVPR, lower bound, gap, retunes, placed/unplaced, migrations, solve time."""
+    """The summary block: max KVPR, lower bound, gap, retunes, placed/unplaced, steps, solve time."""
     total = len(plan.placements) + len(plan.unplaced)
-    moved = sum(1 for m in plan.migrations if m.source is not None)
-    migrations = f"{len(plan.migrations)} ({moved} moved, {len(plan.migrations) - moved} newly placed)"
+    steps = f"{len(plan.steps)} ({plan.moves} moved, {len(plan.steps) - plan.moves} newly placed)"
     if plan.kept_current:
-        migrations += " (kept the current placement: within the stability threshold)"
-    return [
+        steps += " (kept the running placement: within the stability threshold)"
+    lines = [
         f"max KVPR:     {format_kvpr(plan.max_kvpr)}",
         f"lower bound:  {format_kvpr(plan.lower_bound)}",
         f"gap:          {format_gap(plan.gap_ratio)}",
         f"retunes:      {plan.retunes}",
         f"placed:       {len(plan.placements)}/{total} replicas",
-        f"migrations:   {migrations}",
-        f"solve time:   {plan.solve_seconds:.3f} s",
+        f"steps:        {steps}",
     ]
+    if plan.next_move_gain > 0:
+        lines.append(f"next move:    would lower the hottest GPU's KVPR by {format_kvpr(plan.next_move_gain)} "
+                     "(max migrations reached)")
+    lines.append(f"solve time:   {plan.solve_seconds:.3f} s")
+    return lines
 
 
 def format_kvpr(kvpr: float) -> str:

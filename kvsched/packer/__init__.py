@@ -1,31 +1,35 @@
 """The retuning packer: a pure library that places LLM replicas on GPUs to minimise the worst KVPR.
 
-Entry point: `solve(models, gpus, current=..., options=..., clock=...) -> Plan`. No Kubernetes, no I/O, no
-globals: plain data in, plain data out. Callers: the CLI, the controller, the benchmark.
+Entry point: `solve(models, gpus, current=..., options=..., clock=...) -> Plan` (module `planner`), for a fresh
+plan and a re-plan alike. No Kubernetes, no I/O, no globals: plain data in, plain data out.
+Callers: the CLI, the controller, the benchmark.
 """
 
 from kvsched.packer.domain import (
+    UNPLACED_CAUSES,
     Gpu,
     GpuId,
     GpuUsage,
-    Migration,
+    MigrationStep,
     Model,
     Placement,
     Plan,
     SearchStats,
     Slot,
     Unplaced,
+    UnplacedCause,
 )
 from kvsched.packer.errors import InvalidInput
 from kvsched.packer.options import PackOptions
-from kvsched.packer.solve import solve
+from kvsched.packer.planner import solve
 
 __all__ = [
+    "UNPLACED_CAUSES",
     "Gpu",
     "GpuId",
     "GpuUsage",
     "InvalidInput",
-    "Migration",
+    "MigrationStep",
     "Model",
     "PackOptions",
     "Placement",
@@ -33,5 +37,6 @@ __all__ = [
     "SearchStats",
     "Slot",
     "Unplaced",
+    "UnplacedCause",
     "solve",
 ]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Literal, get_args
 
 from kvsched.packer.errors import InvalidInput
 
@@ -59,9 +60,9 @@ class Model:
         obj = f"model {self.name!r}"
         if not isinstance(self.name, str) or not self.name:
             raise InvalidInput("model", "name", self.name, "must be a non-empty string")
-        _check_number(obj, "size", self.size_gib, positive=True)
-        _check_number(obj, "requestRate", self.rate_rps, positive=False)
-        _check_number(obj, "sloSeconds", self.slo_s, positive=True)
+        _check_number(obj, "size_gib", self.size_gib, positive=True)
+        _check_number(obj, "rate_rps", self.rate_rps, positive=False)
+        _check_number(obj, "slo_s", self.slo_s, positive=True)
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
             raise InvalidInput(obj, "replicas", self.replicas, "must be an integer >= 1")
         if self.replicas > MAX_REPLICAS:
@@ -93,7 +94,7 @@ class Gpu:
         obj = f"gpu {self.node}/{self.index}"
         if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
             raise InvalidInput(obj, "index", self.index, "must be an integer >= 0")
-        _check_number(obj, "memory", self.memory_gib, positive=True)
+        _check_number(obj, "memory_gib", self.memory_gib, positive=True)
 
     @property
     def id(self) -> GpuId:
@@ -130,23 +131,45 @@ class GpuUsage:
     models: tuple[str, ...]
 
 
+# Why a replica is unplaced, machine-readable (the controller's `Unschedulable` condition reasons):
+# ModelTooLarge: its weights exceed the largest GPU's memory. NoRoomForKVCache: its weights fit the largest GPU
+# but leave no memory for KV cache while it carries load. TooFewGPUs: more replicas than GPUs able to hold one
+# (replicas of one model never share a GPU), or no GPUs at all. InsufficientCapacity: a GPU could hold it alone,
+# but none has room next to the replicas placed.
+UnplacedCause = Literal["ModelTooLarge", "NoRoomForKVCache", "TooFewGPUs", "InsufficientCapacity"]
+UNPLACED_CAUSES: tuple[UnplacedCause, ...] = get_args(UnplacedCause)
+
+
 @dataclass(frozen=True)
 class Unplaced:
-    """A replica the plan could not place, and why (a sentence naming the limit it hit)."""
+    """A replica the plan could not place: `cause` for programs, `reason` a sentence naming the limit it hit."""
 
     model: str
     replica: int
     reason: str
+    cause: UnplacedCause = "InsufficientCapacity"
 
 
 @dataclass(frozen=True)
-class Migration:
-    """A replica the plan moves away from where the current assignment has it (source None: newly placed)."""
+class MigrationStep:
+    """One step of going from the running placement to the plan: start replica `replica` of `model` on `target`.
+
+    source is the GPU the replica runs on now (None: a replica started for the first time, or whose GPU is gone).
+    stop_first False: start the new replica, then stop the old one (make before break). stop_first True: stop the
+    old one first; the new one starts once `target` has room (a later step frees it). Steps are ordered so that
+    no GPU ever holds more weights than its memory when they are carried out one at a time in order.
+    """
 
     model: str
     replica: int
     source: GpuId | None
     target: GpuId
+    stop_first: bool = False
+
+    @property
+    def is_move(self) -> bool:
+        """A running replica changes GPU (a pod restart elsewhere), as opposed to a new replica starting."""
+        return self.source is not None
 
 
 @dataclass(frozen=True)
@@ -167,8 +190,11 @@ class Plan:
 
     max_kvpr is the largest KVPR over all GPUs of the placed replicas (0 when nothing carries load);
     lower_bound <= the optimal max KVPR of the placeable replicas; retunes counts mid-pack raises of T over the
-    whole search; solve_seconds is measured with the injected clock; kept_current says the current assignment
-    was kept because it was within the stability threshold.
+    whole search; solve_seconds is measured with the injected clock.
+    steps: how to get from the running placement (`current`) to this plan, in order (a fresh plan: one start
+    step per replica). kept_current: no running replica moves (new and orphaned replicas may still start).
+    next_move_gain: when `max_migrations` stopped the re-plan short of its target, by how much one more move
+    would lower the hottest GPU's KVPR (the controller re-plans for the next wave); 0 otherwise.
     """
 
     max_kvpr: float
@@ -178,9 +204,20 @@ class Plan:
     placements: tuple[Placement, ...]
     gpus: tuple[GpuUsage, ...]
     unplaced: tuple[Unplaced, ...] = ()
-    migrations: tuple[Migration, ...] = ()
+    steps: tuple[MigrationStep, ...] = ()
     kept_current: bool = False
+    next_move_gain: float = 0.0
     stats: SearchStats = field(default_factory=SearchStats)
+
+    @property
+    def moves(self) -> int:
+        """Running replicas this plan moves to another GPU (steps with a source)."""
+        return sum(1 for s in self.steps if s.is_move)
+
+    @property
+    def migrations(self) -> tuple[MigrationStep, ...]:
+        """The same as `steps` (the earlier name, kept for callers written against it)."""
+        return self.steps
 
     @property
     def gap_ratio(self) -> float:

@@ -1,7 +1,7 @@
 """Evaluate an assignment (item -> GPU index, -1 for unplaced): per-GPU load, weights, KVPR and memory fractions.
 
-Called by: `solve` (to judge candidates), `greedy`, `plan_result` and the property tests (as the oracle that
-reported numbers are recomputed from).
+Called by: `planner` (to judge candidates), `search`, `improve`, `lns`, `exact`, `result`, and the tests (as the
+oracle that reported numbers are recomputed from).
 """
 
 from __future__ import annotations

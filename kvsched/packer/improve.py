@@ -4,7 +4,7 @@ Each step takes the GPU p with the largest KVPR and, for every item i on it, eva
 every move of i to another GPU and every swap of i with an item k elsewhere, by the exact KVPRs of the two GPUs
 afterwards. It applies the candidate whose larger new KVPR is smallest, provided that is below the current peak;
 otherwise p is a local optimum and the search stops. Replicas of one model never end up on one GPU.
-Called by: `search` after bisection, and by the stability step.
+Called by: `planner` after bisection (`_optimise`), and `replan` (the descent route of `fewest_moves`).
 """
 
 from __future__ import annotations

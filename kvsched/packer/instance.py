@@ -2,7 +2,7 @@
 
 `build_instance` validates the inputs (names unique, GPUs unique) and expands each model of k replicas into k
 items of load n/k that may not share a GPU. Items and GPUs keep the input order so ties break by it.
-Called by: `solve`, `greedy`, bounds and tests.
+Called by: `planner` (`build_instance`); every packer module uses `Instance`; tests.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class Instance:
     item_load: FloatArray
     item_size: FloatArray
     gpu_memory: FloatArray
+    # The GpuId of every GPU, built once by build_instance (Gpu.id builds a new one per call); may be empty.
+    gpu_ids: tuple[GpuId, ...] = ()
 
     @property
     def n_items(self) -> int:
@@ -45,7 +47,7 @@ class Instance:
         return len(self.gpus)
 
     def gpu_id(self, g: int) -> GpuId:
-        return self.gpus[g].id
+        return self.gpu_ids[g] if self.gpu_ids else self.gpus[g].id
 
     def subset(self, keep: Sequence[int]) -> Instance:
         """The same GPUs with only items `keep` (in that order); groups keep their numbers."""
@@ -59,6 +61,7 @@ class Instance:
             item_load=_frozen_float(self.item_load[idx]),
             item_size=_frozen_float(self.item_size[idx]),
             gpu_memory=self.gpu_memory,
+            gpu_ids=self.gpu_ids,
         )
 
 
@@ -114,4 +117,5 @@ def build_instance(models: Sequence[Model], gpus: Sequence[Gpu]) -> Instance:
         item_load=_frozen_float(loads),
         item_size=_frozen_float(sizes),
         gpu_memory=_frozen_float([g.memory_gib for g in gpus]),
+        gpu_ids=tuple(g.id for g in gpus),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from kvsched.packer.errors import InvalidInput
@@ -27,8 +28,15 @@ class PackOptions:
     # so 0 gives the controller's fast path (one retuning pass at the lower bound). 30 s lets 8192 GPUs finish
     # well inside a minute; small clusters reach a local optimum long before it.
     time_budget_s: float = 30.0
-    # Keep the current assignment when its max KVPR is within this ratio of the best plan found (no churn).
+    # Re-planning: keep the running placement (with new replicas placed around it) when its max KVPR is within
+    # this ratio of the best plan; otherwise move the fewest replicas that bring the max KVPR within it. 5%: a pod
+    # restart costs minutes of weight loading, a few percent of KV-cache headroom costs far less.
     stability_threshold_ratio: float = 0.05
+    # Re-planning: at most this many running replicas move in one re-plan (None: no cap). When the cap binds, the
+    # plan is the lowest max KVPR reachable with that many moves and `Plan.next_move_gain` says what one more
+    # would bring, so the controller can migrate in waves. Moves forced by the change itself (a replica its GPU
+    # can no longer hold, or room made for a new replica that fits nowhere else) are made regardless.
+    max_migrations: int | None = None
     # Local search off the peak GPU after bisection.
     local_search: bool = True
     # Instances with at most this many replicas get an exact branch-and-bound pass that can prove optimality.
@@ -40,11 +48,17 @@ class PackOptions:
         for c in self.checkpoints:
             if not 0.0 < c < 1.0:
                 raise InvalidInput("options", "checkpoints", self.checkpoints, "each must be in (0, 1)")
-        if self.retune_threshold_ratio < 0:
-            raise InvalidInput("options", "retuneThreshold", self.retune_threshold_ratio, "must be >= 0")
+        if not self.retune_threshold_ratio >= 0:
+            raise InvalidInput("options", "retune_threshold_ratio", self.retune_threshold_ratio, "must be >= 0")
         if not 0 < self.bisection_tolerance_ratio < 1:
-            raise InvalidInput("options", "bisectionTolerance", self.bisection_tolerance_ratio, "must be in (0, 1)")
-        if self.time_budget_s < 0:
-            raise InvalidInput("options", "timeBudgetSeconds", self.time_budget_s, "must be >= 0")
-        if self.stability_threshold_ratio < 0:
-            raise InvalidInput("options", "stabilityThreshold", self.stability_threshold_ratio, "must be >= 0")
+            raise InvalidInput("options", "bisection_tolerance_ratio", self.bisection_tolerance_ratio,
+                               "must be in (0, 1)")
+        if not self.time_budget_s >= 0:
+            raise InvalidInput("options", "time_budget_s", self.time_budget_s, "must be >= 0")
+        if not (self.stability_threshold_ratio >= 0 and math.isfinite(self.stability_threshold_ratio)):
+            raise InvalidInput("options", "stability_threshold_ratio", self.stability_threshold_ratio,
+                               "must be a finite number >= 0")
+        if self.max_migrations is not None and (isinstance(self.max_migrations, bool)
+                                                or not isinstance(self.max_migrations, int)
+                                                or self.max_migrations < 0):
+            raise InvalidInput("options", "max_migrations", self.max_migrations, "must be an integer >= 0 or None")

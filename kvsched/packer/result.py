@@ -1,10 +1,10 @@
-"""Turn an internal assignment into the public `Plan`. Called by: `solve` only."""
+"""Turn an internal assignment into the public `Plan`. Called by: `kvsched.packer.planner.solve` only."""
 
 from __future__ import annotations
 
 from typing import Mapping, Sequence
 
-from kvsched.packer.domain import GpuUsage, Migration, Placement, Plan, SearchStats, Unplaced
+from kvsched.packer.domain import GpuUsage, MigrationStep, Placement, Plan, SearchStats, Unplaced, UnplacedCause
 from kvsched.packer.evaluate import gpu_kvprs, gpu_totals, memory_fractions
 from kvsched.packer.instance import Instance, IntArray
 
@@ -15,12 +15,13 @@ def build_plan(
     *,
     lower_bound: float,
     solve_seconds: float,
-    reasons: Mapping[int, str],
-    migrations: Sequence[Migration] = (),
+    causes: Mapping[int, tuple[UnplacedCause, str]],
+    steps: Sequence[MigrationStep] = (),
     kept_current: bool = False,
+    next_move_gain: float = 0.0,
     stats: SearchStats = SearchStats(),
 ) -> Plan:
-    """Placements in item order, GPUs in input order, unplaced items with the reason given for them.
+    """Placements in item order, GPUs in input order, unplaced items with the cause and sentence given for them.
 
     Invariant: every item appears exactly once, in `placements` or in `unplaced`. O(items + GPUs).
     """
@@ -33,8 +34,9 @@ def build_plan(
     for i in range(inst.n_items):
         g = int(assign[i])
         if g < 0:
-            reason = reasons.get(i, "no GPU has room for it next to the other models")
-            unplaced.append(Unplaced(inst.item_model[i], inst.item_replica[i], reason))
+            cause, reason = causes.get(i, ("InsufficientCapacity",
+                                           "no GPU has room for it next to the other models"))
+            unplaced.append(Unplaced(inst.item_model[i], inst.item_replica[i], reason, cause))
             continue
         placements.append(Placement(inst.item_model[i], inst.item_replica[i], inst.gpu_id(g), float(fractions[i])))
         models_on[g].append(inst.item_model[i])
@@ -56,7 +58,8 @@ def build_plan(
         placements=tuple(placements),
         gpus=gpus,
         unplaced=tuple(unplaced),
-        migrations=tuple(migrations),
+        steps=tuple(steps),
         kept_current=kept_current,
+        next_move_gain=float(next_move_gain),
         stats=stats,
     )

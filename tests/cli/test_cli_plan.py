@@ -142,7 +142,7 @@ def test_every_replica_appears_once(run_cli: RunCli, cluster_file: Path) -> None
 def test_json_structure_and_numbers_are_consistent(run_cli: RunCli, cluster_file: Path) -> None:
     document = plan_json(run_cli, cluster_file)
     assert set(document) == {"maxKVPR", "lowerBound", "gapPercent", "retunes", "solveSeconds", "keptCurrent",
-                             "memoryUnit", "placements", "gpus", "unplaced", "migrations"}
+                             "moves", "nextMoveGain", "memoryUnit", "placements", "gpus", "unplaced", "steps"}
     assert document["memoryUnit"] == "GiB"
     assert isinstance(document["retunes"], int) and document["retunes"] >= 0
     assert document["solveSeconds"] >= 0
@@ -150,9 +150,9 @@ def test_json_structure_and_numbers_are_consistent(run_cli: RunCli, cluster_file
         assert set(p) == {"model", "replica", "node", "gpu", "memoryFraction"}
         assert 0 < p["memoryFraction"] <= 1 + 1e-9
     for u in document["unplaced"]:
-        assert set(u) == {"model", "replica", "reason"} and u["reason"]
-    for m in document["migrations"]:
-        assert set(m) == {"model", "replica", "fromNode", "fromGpu", "toNode", "toGpu"}
+        assert set(u) == {"model", "replica", "cause", "reason"} and u["reason"]
+    for m in document["steps"]:
+        assert set(m) == {"model", "replica", "fromNode", "fromGpu", "toNode", "toGpu", "stopFirst"}
 
     sizes = {name: m for name, m in models_of(cluster_file).items()}
     by_gpu = {(g["node"], g["gpu"]): g for g in document["gpus"]}
@@ -183,7 +183,7 @@ def _gib(size: Any) -> float:
 
 TABLE_ROW = re.compile(r"^(?P<node>\S+)\s+(?P<gpu>\d+)\s+(?P<models>.+?)\s+(?P<used>[\d.]+)/(?P<total>[\d.]+)Gi\s+"
                        r"(?P<kvpr>\S+)$")
-SUMMARY_LINE = re.compile(r"^(max KVPR|lower bound|gap|retunes|placed|migrations|solve time):\s")
+SUMMARY_LINE = re.compile(r"^(max KVPR|lower bound|gap|retunes|placed|steps|solve time):\s")
 
 
 @pytest.mark.parametrize("cluster_file", CLUSTERS, indirect=True)
@@ -213,7 +213,7 @@ def test_table_agrees_with_json(run_cli: RunCli, cluster_file: Path, tmp_path: P
         document["maxKVPR"], rel=1e-5)
     assert int(summary["retunes"]) == document["retunes"]
     assert summary["placed"].strip().startswith(f"{len(document['placements'])}/")
-    assert int(summary["migrations"].split()[0]) == len(document["migrations"])
+    assert int(summary["steps"].split()[0]) == len(document["steps"])
     for u in document["unplaced"]:
         assert f"  {u['model']} replica {u['replica']}: {u['reason']}" in lines
     assert f"wrote {out}" in result.err

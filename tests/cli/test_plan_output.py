@@ -1,4 +1,4 @@
-"""plan_output on hand-built plans: JSON null for inf, rounding, migrations, model truncation, table layout."""
+"""plan_output on hand-built plans: JSON null for inf, rounding, steps, causes, model truncation, table layout."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from kvsched.packer import GpuId, GpuUsage, Migration, Placement, Plan, Unplaced
+from kvsched.packer import GpuId, GpuUsage, MigrationStep, Placement, Plan, Unplaced
 from kvsched.plan_output import (
     format_gap,
     format_kvpr,
@@ -22,7 +22,7 @@ A0 = GpuId("a", 0)
 A1 = GpuId("a", 1)
 
 
-def hand_plan(kvpr_a1: float = math.inf, lower_bound: float = 0.1) -> Plan:
+def hand_plan(kvpr_a1: float = math.inf, lower_bound: float = 0.1, next_move_gain: float = 0.0) -> Plan:
     return Plan(
         max_kvpr=kvpr_a1,
         lower_bound=lower_bound,
@@ -31,8 +31,9 @@ def hand_plan(kvpr_a1: float = math.inf, lower_bound: float = 0.1) -> Plan:
         placements=(Placement("m1", 0, A0, 0.6), Placement("m1", 1, A1, 0.5), Placement("m2", 0, A1, 0.5)),
         gpus=(GpuUsage(A0, 80.0, 0.123456789, 16.0, ("m1",)),
               GpuUsage(A1, 40.0, kvpr_a1, 40.0, ("m1", "m2"))),
-        unplaced=(Unplaced("m3", 0, "needs 90 GiB, the largest GPU has 80"),),
-        migrations=(Migration("m1", 0, None, A0), Migration("m2", 0, A0, A1)),
+        unplaced=(Unplaced("m3", 0, "needs 90 GiB, the largest GPU has 80", "ModelTooLarge"),),
+        steps=(MigrationStep("m1", 0, None, A0), MigrationStep("m2", 0, A0, A1, stop_first=True)),
+        next_move_gain=next_move_gain,
     )
 
 
@@ -54,12 +55,32 @@ def test_rounding_keeps_bounds_exact_and_rounds_the_rest() -> None:
     assert document["gapPercent"] == pytest.approx(111.111, abs=1e-3)
 
 
-def test_migrations_name_source_and_target() -> None:
-    migrations = plan_to_json(hand_plan())["migrations"]
-    assert migrations == [
-        {"model": "m1", "replica": 0, "fromNode": None, "fromGpu": None, "toNode": "a", "toGpu": 0},
-        {"model": "m2", "replica": 0, "fromNode": "a", "fromGpu": 0, "toNode": "a", "toGpu": 1},
+def test_steps_name_source_target_and_order() -> None:
+    document = plan_to_json(hand_plan())
+    assert document["steps"] == [
+        {"model": "m1", "replica": 0, "fromNode": None, "fromGpu": None, "toNode": "a", "toGpu": 0,
+         "stopFirst": False},
+        {"model": "m2", "replica": 0, "fromNode": "a", "fromGpu": 0, "toNode": "a", "toGpu": 1, "stopFirst": True},
     ]
+    assert document["moves"] == 1
+
+
+def test_unplaced_entries_carry_the_cause() -> None:
+    assert plan_to_json(hand_plan())["unplaced"] == [
+        {"model": "m3", "replica": 0, "cause": "ModelTooLarge", "reason": "needs 90 GiB, the largest GPU has 80"}]
+
+
+@pytest.mark.parametrize(
+    ("gain", "line"),
+    [pytest.param(0.0, None, id="no budget cut: no next-move line"),
+     pytest.param(0.05, "next move:    would lower the hottest GPU's KVPR by 0.05 (max migrations reached)",
+                  id="budget cut: the gain is shown")],
+)
+def test_next_move_gain_in_json_and_table(gain: float, line: str | None) -> None:
+    plan = hand_plan(next_move_gain=gain)
+    assert plan_to_json(plan)["nextMoveGain"] == gain
+    lines = plan_to_table(plan).splitlines()
+    assert (line in lines) if line else not any(x.startswith("next move:") for x in lines)
 
 
 def test_table_shows_inf_unplaced_and_summary() -> None:
@@ -71,7 +92,10 @@ def test_table_shows_inf_unplaced_and_summary() -> None:
     assert "  m3 replica 0: needs 90 GiB, the largest GPU has 80" in lines
     assert "max KVPR:     inf" in lines
     assert "placed:       3/4 replicas" in lines
-    assert "migrations:   2 (1 moved, 1 newly placed)" in lines
+    assert "steps:        2 (1 moved, 1 newly placed)" in lines
+    first = lines.index("STEPS (2, in order):")
+    assert lines[first + 1:first + 3] == ["  1. m1 replica 0: start a/0",
+                                          "  2. m2 replica 0: a/0 -> a/1 (stop the old one first)"]
     assert table.endswith("\n")
 
 

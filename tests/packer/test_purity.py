@@ -37,11 +37,11 @@ def test_packer_imports_nothing_but_the_allowed() -> None:
             assert top in ALLOWED_TOP, f"{path.name} imports {name}: not on the packer's allowed list"
 
 
-def test_only_solve_reads_time_and_only_as_the_default_clock() -> None:
+def test_only_the_planner_reads_time_and_only_as_the_default_clock() -> None:
     root = Path(kvsched.packer.__file__).parent
     for path in root.glob("*.py"):
         text = path.read_text()
-        if path.name == "solve.py":
+        if path.name == "planner.py":
             assert text.count("time.perf_counter") == 1  # the default of the injected `clock` parameter
         else:
             assert "import time" not in text, f"{path.name} reads the clock"

@@ -1,0 +1,397 @@
+"""`solve`: the packer's one entry point, for a fresh plan and a re-plan alike. Models and GPUs in, a `Plan` out.
+
+A fresh plan is a re-plan with nothing running. Steps, each in its own module: validate and expand replicas
+(instance), set aside replicas no GPU can hold (here, with a cause and a sentence each), then
+- nothing running: bound the optimum from below (bounds), start from the Prism greedy (greedy), bisect on the
+  target T with retuning passes (search, pack), improve off the peak GPU (improve, lns), prove or improve
+  exactly on small instances (exact) -- `_optimise`;
+- replicas running (`current`): repair around them, keep that when it is within the stability threshold of the
+  lower bound, else reach the threshold with the fewest moves, within `max_migrations` (replan; `_replan` here);
+then order the migration steps (steps) and report (result).
+Pure: the only outside input is the injected clock, read for solve_seconds and the time budget.
+Called by: the CLI, the controller, the benchmark.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kvsched.packer.bounds import lower_bound
+from kvsched.packer.domain import Gpu, MigrationStep, Model, Plan, SearchStats, Slot, UnplacedCause
+from kvsched.packer.evaluate import gpu_kvprs, max_kvpr
+from kvsched.packer.exact import prove_or_improve
+from kvsched.packer.greedy import greedy
+from kvsched.packer.improve import descend, improve
+from kvsched.packer.instance import Instance, IntArray, build_instance
+from kvsched.packer.lns import kick, repack_peak
+from kvsched.packer.options import PackOptions
+from kvsched.packer.pack import try_pack
+from kvsched.packer.replan import (
+    align,
+    count_moves,
+    exact_replan,
+    fewest_moves,
+    polish,
+    relabel,
+    relink,
+    repair_around,
+    revert,
+    running_assignment,
+    within,
+    within_budget,
+)
+from kvsched.packer.result import build_plan
+from kvsched.packer.search import bisect_target
+from kvsched.packer.steps import order_steps
+
+Clock = Callable[[], float]
+# Share of the time budget the bisection may use before the local search takes over. At thousands of GPUs
+# the local search gains more per second than further passes from scratch (measured: 2.9% -> 0.27% above
+# the fluid bound in 22 s at 8192 GPUs, where 8 bisection steps took 34 s).
+_BISECTION_SHARE = 0.3
+# Re-plans of at most this many replicas are settled by exact search (fewest moves, or lowest peak within
+# the budget); the node limit is PackOptions.exact_node_limit. 12 replicas on a few GPUs take milliseconds.
+_EXACT_REPLAN_ITEMS = 12
+
+
+def solve(
+    models: Sequence[Model],
+    gpus: Sequence[Gpu],
+    *,
+    current: Sequence[Slot] = (),
+    options: PackOptions = PackOptions(),
+    clock: Clock = time.perf_counter,
+) -> Plan:
+    """Place every replica of `models` on `gpus` minimising the max KVPR; report what cannot be placed.
+
+    `current` (optional) says where replicas run now; slots naming unknown models or GPUs are ignored (they
+    describe what no longer exists), and replica numbers do not matter (replicas of a model are
+    interchangeable). With replicas running, the plan moves as few of them as the stability threshold allows
+    (see kvsched.packer.replan) and `Plan.steps` orders the moves. Raises InvalidInput for bad models, GPUs,
+    options or a replica listed twice in `current`. Never raises for an infeasible cluster: those replicas are
+    unplaced, with a cause.
+
+    Complexity, n replicas on G GPUs: validation O(n + G); a fresh plan is dominated by the bisection
+    (O(log(1/tol)) passes of O(n log n) to O(n G)) and the local search, bounded by `time_budget_s`; a re-plan
+    whose repaired placement is kept costs O(n log n + placed * G) (the repair and the lower bound) with no
+    search; one that must move replicas adds O(shed * G) for the fewest-moves heuristic, and a search from
+    scratch only when that heuristic cannot reach the threshold of the lower bound (or n <= 40).
+    """
+    start = clock()
+
+    def elapsed() -> float:
+        return clock() - start
+
+    inst = build_instance(models, gpus)
+    run = running_assignment(inst, current)
+    causes = _spare_running(inst, run, _unplaceable(inst))
+    items = [i for i in range(inst.n_items) if i not in causes]
+    if items and (run[np.asarray(items)] >= 0).any():
+        out = _replan(inst, items, run, options, elapsed)
+    else:
+        assign, lower, stats = _optimise(inst, items, options, elapsed)
+        out = _Outcome(assign, lower, stats, 0.0)
+    for i in items:
+        if out.assign[i] < 0:
+            causes[i] = ("InsufficientCapacity", _no_room_reason(inst, i))
+    # Replicas are interchangeable: a running replica keeps its GPU whatever its number (the numbers past a
+    # model's capable GPUs are the ones set aside above), and the causes go with the replicas left unplaced.
+    assign = align(inst, run, out.assign)
+    causes = _carry_causes(inst, out.assign, assign, causes)
+    steps = [
+        MigrationStep(inst.item_model[s.item], inst.item_replica[s.item],
+                      inst.gpu_id(s.source) if s.source >= 0 else None, inst.gpu_id(s.target), s.stop_first)
+        for s in order_steps(inst, run, assign)
+    ]
+    running = bool((run >= 0).any())
+    return build_plan(inst, assign, lower_bound=out.lower, solve_seconds=clock() - start, causes=causes,
+                      steps=steps, kept_current=running and count_moves(run, assign) == 0,
+                      next_move_gain=out.next_move_gain, stats=out.stats)
+
+
+@dataclass(frozen=True, eq=False)
+class _Outcome:
+    assign: IntArray
+    lower: float
+    stats: SearchStats
+    next_move_gain: float
+
+
+def _replan(inst: Instance, items: list[int], run: IntArray, options: PackOptions,
+            elapsed: Callable[[], float]) -> _Outcome:
+    """Repair, keep, fewest moves, budget (kvsched.packer.replan has the pieces; docs/packer.md the why).
+
+    The reference for the threshold is the lower bound as long as that suffices (no search from scratch):
+    a plan within (1 + threshold) x lower bound is within it of the best plan too. Only when neither the
+    repaired placement nor the fewest-moves heuristic gets there (or on small instances, where it is cheap)
+    does a search from scratch give the best plan, whose relabelled copy is also a candidate.
+    """
+
+    def out_of_time() -> bool:
+        return elapsed() > options.time_budget_s
+
+    theta = options.stability_threshold_ratio
+    idx = np.asarray(items, dtype=np.int64)
+    repaired = repair_around(inst, items, run)
+    base = repaired.assign
+    complete = not repaired.leftover
+    base_value = max_kvpr(inst, base) if complete else math.inf
+    lower = lower_bound(inst.item_load[idx], inst.item_size[idx], inst.gpu_memory, upper=base_value)
+    stats = SearchStats()
+    choice: IntArray | None = None
+    if complete and within(base_value, (1 + theta) * lower):
+        choice = base  # keep: zero moves beyond the forced ones
+    small = len(items) <= options.exact_max_items
+    if choice is None and not small and 0 < lower < math.inf:
+        choice = fewest_moves(inst, items, run, base, (1 + theta) * lower, out_of_time=out_of_time)
+    if choice is None:
+        scratch, scratch_lower, stats = _optimise(inst, items, options, elapsed)
+        lower = max(lower, scratch_lower)
+        choice = _fewest_against(inst, items, run, base, complete, scratch, theta, options, out_of_time)
+    choice = polish(inst, run, align(inst, run, choice))
+    gain = 0.0
+    if options.max_migrations is not None:
+        forced = _forced(inst, items, run, base, complete)
+        allowed = count_moves(run, forced) + options.max_migrations
+        if count_moves(run, choice) > allowed:
+            budgeted = within_budget(inst, run, forced, options.max_migrations, out_of_time=out_of_time)
+            choice, gain = budgeted.assign, budgeted.next_move_gain
+            if len(items) <= _EXACT_REPLAN_ITEMS:
+                exact = exact_replan(inst, items, run, target=None, max_moves=allowed,
+                                     node_limit=options.exact_node_limit, incumbent=choice)
+                if exact is not None:
+                    again = within_budget(inst, run, exact, 0)
+                    choice, gain = again.assign, again.next_move_gain
+    return _Outcome(choice, lower, stats, gain)
+
+
+def _fewest_against(inst: Instance, items: list[int], run: IntArray, base: IntArray, complete: bool,
+                    scratch: IntArray, theta: float, options: PackOptions,
+                    out_of_time: Callable[[], bool]) -> IntArray:
+    """With the best plan from scratch in hand: keep the repaired placement within the threshold of it, else
+    the fewest moves to (1 + threshold) x its max KVPR among the heuristic from the repaired placement, the
+    scratch plan relabelled (never more moves than that), and exact search on tiny instances."""
+    idx = np.asarray(items, dtype=np.int64)
+    scratch_placed = int((scratch[idx] >= 0).sum())
+    if scratch_placed < len(items):
+        # Memory ran out from scratch: keep the repaired placement unless the scratch plan places more.
+        if int((base[idx] >= 0).sum()) >= scratch_placed:
+            return base
+        completed = fewest_moves(inst, items, run, base, math.inf, out_of_time=out_of_time)
+        return completed if completed is not None else relabel(inst, run, scratch)
+    target = (1 + theta) * max_kvpr(inst, scratch)
+    if complete and within(max_kvpr(inst, base), target):
+        return base
+    relabelled = relabel(inst, run, scratch)
+    candidates = [revert(inst, run, relabelled, target)]
+    relinked = relink(inst, run, base, relabelled, target) if complete else None
+    if relinked is not None:
+        candidates.append(relinked)
+    heuristic = fewest_moves(inst, items, run, base, target, out_of_time=out_of_time)
+    if heuristic is not None:
+        candidates.append(heuristic)
+    best = min(candidates, key=lambda a: (count_moves(run, a), max_kvpr(inst, a)))
+    if len(items) <= _EXACT_REPLAN_ITEMS:
+        exact = exact_replan(inst, items, run, target=target, max_moves=None, node_limit=options.exact_node_limit,
+                             incumbent=best)
+        if exact is not None:
+            best = align(inst, run, exact)
+    return best
+
+
+def _forced(inst: Instance, items: list[int], run: IntArray, base: IntArray, complete: bool) -> IntArray:
+    """The repaired placement made complete with the fewest moves (memory only): the moves the change forces."""
+    if complete:
+        return base
+    completed = fewest_moves(inst, items, run, base, math.inf)
+    return completed if completed is not None else base
+
+
+def _optimise(inst: Instance, items: list[int], options: PackOptions,
+              elapsed: Callable[[], float]) -> tuple[IntArray, float, SearchStats]:
+    """Best assignment of `items` (some may stay -1 when memory runs out), a valid lower bound, counters.
+
+    Time: bisection stops starting new steps after _BISECTION_SHARE of the budget (its first step always
+    runs, so there is always a plan); the improving phases stop at the budget.
+    """
+
+    def out_of_time() -> bool:
+        return elapsed() > options.time_budget_s
+
+    sub_load = inst.item_load[items]
+    sub_size = inst.item_size[items]
+    base = greedy(inst.subset(items)) if items else np.zeros(0, dtype=np.int64)
+    start_assign = np.full(inst.n_items, -1, dtype=np.int64)
+    if items:
+        start_assign[np.asarray(items)] = base
+    complete = bool((base >= 0).all())
+    upper = max_kvpr(inst, start_assign) if complete else float("inf")
+    lower = lower_bound(sub_load, sub_size, inst.gpu_memory, upper=upper) if items else 0.0
+    if not items or inst.n_gpus == 0:
+        return start_assign, lower, SearchStats()
+    if not complete and (not math.isfinite(lower) or not _packs_at_all(inst, items, lower)):
+        kept = [i for i in items if start_assign[i] >= 0]
+        return _optimise(inst, kept, options, elapsed) if kept else (start_assign, 0.0, SearchStats())
+    exact_next = len(items) <= options.exact_max_items
+    res = bisect_target(
+        inst, items, lower, upper,
+        upper_assign=start_assign if complete else None,
+        checkpoints=options.checkpoints,
+        retune_threshold_ratio=options.retune_threshold_ratio,
+        retune=options.retune,
+        # The exact stage closes whatever gap is left on small instances, so bisection need not be fine there,
+        # nor re-run retuned passes to find out whether repair could have reached T.
+        tolerance_ratio=(max(options.bisection_tolerance_ratio, 0.01) if exact_next
+                         else options.bisection_tolerance_ratio),
+        rerun_retuned=not exact_next,
+        max_iterations=options.max_bisection_iterations,
+        elapsed=elapsed,
+        budget_s=options.time_budget_s * _BISECTION_SHARE,
+    )
+    if res.assign is None:
+        # Memory runs out: keep what the greedy placed (the most it could) and optimise those alone.
+        kept = [i for i in items if start_assign[i] >= 0]
+        assign, lower, stats = _optimise(inst, kept, options, elapsed) if kept else (start_assign, 0.0,
+                                                                                         SearchStats())
+        return assign, lower, stats
+    assign = res.assign
+    steps = 0
+    if options.local_search:
+        better = improve(inst, assign, out_of_time=out_of_time)
+        assign, steps = better.assign, better.steps
+        if not exact_next:  # small instances go to the exact stage instead
+            repacked = repack_peak(inst, assign, out_of_time=out_of_time)
+            again = improve(inst, repacked.assign, out_of_time=out_of_time)
+            assign, steps = again.assign, steps + repacked.improvements + again.steps
+            lower_t = descend(inst, assign, lower, out_of_time=out_of_time)
+            best = improve(inst, lower_t.assign, out_of_time=out_of_time)
+            assign, steps = best.assign, steps + lower_t.steps + best.steps
+            assign = _iterated(inst, assign, out_of_time)
+    optimal = max_kvpr(inst, assign) <= lower * (1 + 1e-9)
+    if not optimal and exact_next and not out_of_time():
+        exact = prove_or_improve(inst, items, assign, lower, options.exact_node_limit, out_of_time)
+        assign, optimal = exact.assign, exact.optimal
+        if optimal:
+            lower = max(lower, exact.max_kvpr)
+    if optimal and not out_of_time():
+        # The peak is proven optimal, so the local search has nothing left to do there: freeze the GPUs at it
+        # and balance the rest below it, which leaves every other model more KV cache than it needs.
+        peak_value = max_kvpr(inst, assign)
+        kv = gpu_kvprs(inst, assign)
+        at_peak = [int(g) for g in np.nonzero(kv >= peak_value * (1 - 1e-9))[0]]
+        balanced = improve(inst, assign, out_of_time=out_of_time, frozen=at_peak)
+        assign, steps = balanced.assign, steps + balanced.steps
+    stats = SearchStats(bisection_iterations=res.iterations, passes=res.passes, checkpoints=res.checkpoints,
+                        retunes=res.retunes, local_search_moves=steps, proven_optimal=optimal)
+    return assign, lower, stats
+
+
+# Iterated local search: kicks of 8 random swaps off the hottest GPUs, each followed by local search and
+# exact re-packing; it stops after 20 kicks in a row that found nothing better, or after a number of kicks that
+# shrinks with the instance (each costs O(n) per local-search step), so the result does not depend on the
+# machine's speed. Measured over 8 seeds at 128 GPUs: median 0.58% -> 0.37% above the fluid bound, worst
+# 1.01% -> 0.54%, at most 0.84 s a solve; 16 GPUs: median 0.63% -> 0.44%.
+_KICK_SWAPS = 8
+_KICK_PATIENCE = 20
+_KICK_WORK = 6_000  # replicas x kicks
+
+
+def _iterated(inst: Instance, assign: IntArray, out_of_time: Callable[[], bool]) -> IntArray:
+    """Kick the best plan, improve and re-pack it, keep what is better (see the constants above)."""
+    rng = np.random.default_rng(0)
+    rounds = min(40, max(4, _KICK_WORK // max(inst.n_items, 1)))
+    best, value = assign, max_kvpr(inst, assign)
+    misses = 0
+    for _ in range(rounds):
+        if misses >= _KICK_PATIENCE or out_of_time():
+            break
+        cand = improve(inst, kick(inst, best, rng, _KICK_SWAPS), out_of_time=out_of_time).assign
+        cand = improve(inst, repack_peak(inst, cand, out_of_time=out_of_time).assign, out_of_time=out_of_time).assign
+        cand_value = max_kvpr(inst, cand)
+        if cand_value < value * (1 - 1e-9):
+            best, value, misses = cand, cand_value, 0
+        else:
+            misses += 1
+    return best
+
+
+def _packs_at_all(inst: Instance, items: list[int], lower: float) -> bool:
+    """Whether a pass at a huge T (where only memory matters) places every item."""
+    huge = max(lower, 1e-9) * 1e6
+    for policy in ("best_fit", "min_kvpr"):
+        res = try_pack(inst, items, huge, order="weight", policy=policy, retune=False)
+        if res.complete and math.isfinite(max_kvpr(inst, res.assign)):
+            return True
+    return False
+
+
+def _unplaceable(inst: Instance) -> dict[int, tuple[UnplacedCause, str]]:
+    """Replicas no GPU can ever hold, with cause and sentence: too large for every GPU, no room for KV cache on
+    any, or more replicas than GPUs that fit one.
+
+    A GPU can hold a replica alone when its memory exceeds the replica's weights (equals them, for a replica
+    with no load). O(n log G).
+    """
+    if inst.n_gpus == 0:
+        return {i: ("TooFewGPUs", "the cluster has no GPUs") for i in range(inst.n_items)}
+    memory = np.sort(inst.gpu_memory)
+    largest = float(memory[-1])
+    strict = np.searchsorted(memory, inst.item_size, side="right")  # GPUs with M <= m cannot take a loaded one
+    loose = np.searchsorted(memory, inst.item_size, side="left")  # GPUs with M < m cannot take any
+    capable = inst.n_gpus - np.where(inst.item_load > 0, strict, loose)
+    out: dict[int, tuple[UnplacedCause, str]] = {}
+    for i in np.nonzero((capable == 0) | (np.asarray(inst.item_replica) >= capable))[0].tolist():
+        m = float(inst.item_size[i])
+        if capable[i] == 0 and m > largest:
+            out[i] = ("ModelTooLarge",
+                      f"its weights ({m:g}Gi) exceeds the largest GPU ({largest:g}Gi)")
+        elif capable[i] == 0:
+            out[i] = ("NoRoomForKVCache",
+                      f"its weights ({m:g}Gi) leaves no room for KV cache on the largest GPU ({largest:g}Gi)")
+        else:
+            out[i] = ("TooFewGPUs",
+                      f"only {capable[i]} GPUs can hold it and replicas of one model never share a GPU")
+    return out
+
+
+def _spare_running(inst: Instance, run: IntArray,
+                   causes: dict[int, tuple[UnplacedCause, str]]) -> dict[int, tuple[UnplacedCause, str]]:
+    """When only some replicas of a model are set aside (more replicas than capable GPUs), set aside ones that
+    are not running, so that the search counts moving a running one as a move."""
+    out = dict(causes)
+    by_group: dict[int, list[int]] = {}
+    for i in range(inst.n_items):
+        by_group.setdefault(int(inst.item_group[i]), []).append(i)
+    for members in by_group.values():
+        aside = [i for i in members if i in out]
+        if not aside or len(aside) == len(members):
+            continue
+        order = sorted(members, key=lambda i: (run[i] < 0, i))  # running first: they are kept
+        spare = order[len(members) - len(aside):]
+        reasons = [out.pop(i) for i in aside]
+        for i, reason in zip(spare, reasons):
+            out[i] = reason
+    return out
+
+
+def _carry_causes(inst: Instance, before: IntArray, after: IntArray,
+                  causes: dict[int, tuple[UnplacedCause, str]]) -> dict[int, tuple[UnplacedCause, str]]:
+    """The causes of each model's unplaced items in `before`, given in item order to its unplaced items in
+    `after` (the same number: `align` only permutes a model's GPUs among its replicas)."""
+    lost: dict[int, list[tuple[UnplacedCause, str]]] = {}
+    for i in np.nonzero(before < 0)[0].tolist():
+        lost.setdefault(int(inst.item_group[i]), []).append(causes[i])
+    out: dict[int, tuple[UnplacedCause, str]] = {}
+    for i in np.nonzero(after < 0)[0].tolist():
+        out[i] = lost[int(inst.item_group[i])].pop(0)
+    return out
+
+
+def _no_room_reason(inst: Instance, i: int) -> str:
+    return (f"not enough free GPU memory: its weights ({float(inst.item_size[i]):g}Gi) fit no GPU next to the "
+            "replicas placed before it")

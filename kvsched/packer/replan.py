@@ -1,0 +1,592 @@
+"""Re-planning: from the replicas running now to a plan that moves as few of them as its quality allows.
+
+A *move* is a running replica whose GPU is no longer one of its model's GPUs. Replicas of one model are
+interchangeable, so replica numbers do not matter: `align` gives every replica that stays the GPU it runs on.
+The pieces, in the order `solve` uses them:
+1. `running_assignment`: the running slots as item -> GPU (-1: not running).
+2. `repair_around`: keep every running replica where it is; evict the fewest from each GPU that can no longer
+   hold them (a model grew); place new, orphaned and evicted replicas around the rest, each on the GPU where its
+   KVPR ends lowest. Nothing else moves.
+3. `fewest_moves`: reach a target T (every GPU's KVPR <= T) from an assignment with few moves: free replicas
+   (new, or already moved) leave an over-T GPU first, then as few running ones as cover its excess, heaviest
+   first; the evicted go where they fit tightest; what fits nowhere goes to `repair`; then `revert` puts moved
+   replicas back home where T allows. `exact_replan` solves the same problem exactly on tiny instances.
+4. `relabel`: a plan from scratch with its GPUs permuted among GPUs of equal memory to keep most models in place.
+5. `within_budget`: the lowest peak reachable with at most k more moves (greedy: the best move off the hottest
+   GPU, again and again), and what one more move would gain.
+6. `polish`: moves that cost nothing (new replicas, replicas already moving) lower the peak further.
+Called by: `kvsched.packer.planner.solve`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+
+from kvsched.packer.domain import Slot
+from kvsched.packer.errors import InvalidInput
+from kvsched.packer.instance import FloatArray, Instance, IntArray
+from kvsched.packer.kvpr import kvpr, kvpr_array
+from kvsched.packer.improve import descend, improve
+from kvsched.packer.repair import repair
+
+# A KVPR counts as within a target when it is at most target * (1 + _TOL): float noise is not a violation.
+_TOL = 1e-9
+
+
+def within(value: float, target: float) -> bool:
+    """value <= target up to float noise (inf is within inf only)."""
+    return value <= target * (1 + _TOL) if math.isfinite(target) else True
+
+
+def running_assignment(inst: Instance, current: Sequence[Slot]) -> IntArray:
+    """Item -> GPU index of the replica running there, -1 for replicas not running.
+
+    Slots of unknown models or GPUs are skipped (they describe what no longer exists), as is a second replica of
+    one model on one GPU. Replica numbers only pick which item a running replica becomes: a slot numbered below
+    the model's replica count keeps its number, the others take the free numbers in order, and replicas beyond
+    the count are dropped (they stop). Raises InvalidInput for a replica listed twice. O(items + slots).
+    """
+    out = np.full(inst.n_items, -1, dtype=np.int64)
+    first_item: dict[str, int] = {}
+    for i in range(inst.n_items):
+        first_item.setdefault(inst.item_model[i], i)
+    replicas = {m.name: m.replicas for m in inst.models}
+    gpu_of = {inst.gpu_id(g): g for g in range(inst.n_gpus)}
+    seen: set[tuple[str, int]] = set()
+    running: dict[str, list[tuple[int, int]]] = {}
+    for k, slot in enumerate(current):
+        key = (slot.model, slot.replica)
+        if key in seen:
+            raise InvalidInput(f"current[{k}]", "replica", slot.replica,
+                               f"replica {slot.replica} of model {slot.model!r} is listed twice")
+        seen.add(key)
+        g = gpu_of.get(slot.gpu)
+        if slot.model in first_item and g is not None:
+            running.setdefault(slot.model, []).append((slot.replica, g))
+    for name, slots in running.items():
+        base, count = first_item[name], replicas[name]
+        taken: set[int] = set()
+        later: list[int] = []
+        for replica, g in sorted(slots):
+            if g in taken:
+                continue
+            taken.add(g)
+            if 0 <= replica < count and out[base + replica] < 0:
+                out[base + replica] = g
+            else:
+                later.append(g)
+        free = [base + r for r in range(count) if out[base + r] < 0]
+        for i, g in zip(free, later):
+            out[i] = g
+    return out
+
+
+class _State:
+    """An assignment with per-GPU load, weights and model groups kept in sync. Moves are O(1)."""
+
+    def __init__(self, inst: Instance, assign: IntArray) -> None:
+        self.inst = inst
+        self.assign = assign.copy()
+        placed = self.assign >= 0
+        self.load: FloatArray = np.bincount(self.assign[placed], weights=inst.item_load[placed],
+                                            minlength=inst.n_gpus).astype(np.float64)
+        self.weights: FloatArray = np.bincount(self.assign[placed], weights=inst.item_size[placed],
+                                               minlength=inst.n_gpus).astype(np.float64)
+        self.on_gpu: list[list[int]] = [[] for _ in range(inst.n_gpus)]
+        self.groups_on: list[set[int]] = [set() for _ in range(inst.n_gpus)]
+        self.gpus_of: dict[int, set[int]] = {}
+        for i in np.nonzero(placed)[0].tolist():
+            g, grp = int(self.assign[i]), int(inst.item_group[i])
+            self.on_gpu[g].append(i)
+            self.groups_on[g].add(grp)
+            self.gpus_of.setdefault(grp, set()).add(g)
+
+    def kvpr(self, g: int) -> float:
+        return kvpr(float(self.load[g]), float(self.weights[g]), float(self.inst.gpu_memory[g]))
+
+    def kvprs(self) -> FloatArray:
+        return kvpr_array(self.load, self.weights, self.inst.gpu_memory)
+
+    def kvpr_with(self, i: int, g: int) -> float:
+        """KVPR of GPU g with item i added."""
+        return kvpr(float(self.load[g] + self.inst.item_load[i]), float(self.weights[g] + self.inst.item_size[i]),
+                    float(self.inst.gpu_memory[g]))
+
+    def kvpr_without(self, i: int) -> float:
+        """KVPR of item i's GPU with item i taken off."""
+        g = int(self.assign[i])
+        return kvpr(float(self.load[g] - self.inst.item_load[i]), float(self.weights[g] - self.inst.item_size[i]),
+                    float(self.inst.gpu_memory[g]))
+
+    def take(self, i: int) -> None:
+        g = int(self.assign[i])
+        self.assign[i] = -1
+        self.load[g] -= self.inst.item_load[i]
+        self.weights[g] -= self.inst.item_size[i]
+        self.on_gpu[g].remove(i)
+        self.groups_on[g].discard(int(self.inst.item_group[i]))
+        self.gpus_of[int(self.inst.item_group[i])].discard(g)
+
+    def put(self, i: int, g: int) -> None:
+        self.assign[i] = g
+        self.load[g] += self.inst.item_load[i]
+        self.weights[g] += self.inst.item_size[i]
+        self.on_gpu[g].append(i)
+        self.groups_on[g].add(int(self.inst.item_group[i]))
+        self.gpus_of.setdefault(int(self.inst.item_group[i]), set()).add(g)
+
+    def kvprs_with(self, i: int) -> FloatArray:
+        """KVPR of every GPU with item i added; inf where its model already runs (or i itself sits)."""
+        out = kvpr_array(self.load + self.inst.item_load[i], self.weights + self.inst.item_size[i],
+                         self.inst.gpu_memory)
+        holders = self.gpus_of.get(int(self.inst.item_group[i]))
+        if holders:
+            out[list(holders)] = math.inf
+        return out
+
+
+def count_moves(run: IntArray, assign: IntArray) -> int:
+    """Running items placed on another GPU than their own (after `align`, this is the number of moves)."""
+    return int(((run >= 0) & (assign >= 0) & (assign != run)).sum())
+
+
+def align(inst: Instance, run: IntArray, assign: IntArray) -> IntArray:
+    """`assign` with GPUs permuted among the replicas of each model so that every running replica whose GPU is
+    still one of its model's GPUs stays there; placed GPUs go to running replicas before new ones. O(items)."""
+    out = assign.copy()
+    group = inst.item_group
+    if group.size == 0:
+        return out
+    shared = np.bincount(group)[group] > 1  # single-replica models need no permuting
+    by_group: dict[int, list[int]] = {}
+    for i in np.nonzero(shared)[0].tolist():
+        by_group.setdefault(int(group[i]), []).append(i)
+    for members in by_group.values():
+        gpus = [int(assign[i]) for i in members if assign[i] >= 0]
+        planned = set(gpus)
+        stay = [i for i in members if run[i] >= 0 and int(run[i]) in planned]
+        kept = {int(run[i]) for i in stay}
+        rest = [g for g in gpus if g not in kept]
+        others = [i for i in members if i not in set(stay)]
+        others.sort(key=lambda i: run[i] < 0)  # running replicas first: they move rather than stop
+        for i in stay:
+            out[i] = run[i]
+        for k, i in enumerate(others):
+            out[i] = rest[k] if k < len(rest) else -1
+    return out
+
+
+@dataclass(frozen=True, eq=False)
+class Repaired:
+    """`repair_around`'s result: the assignment, and items it could not place without moving others."""
+
+    assign: IntArray
+    leftover: tuple[int, ...]
+
+
+def repair_around(inst: Instance, items: Sequence[int], run: IntArray) -> Repaired:
+    """Keep running replicas; evict the fewest (largest first) from GPUs that can no longer hold them; place
+    new, orphaned and evicted items around the rest on the GPU of least resulting KVPR, heaviest load first.
+
+    O(evicted + placed * G) vectorised.
+    """
+    keep = np.full(inst.n_items, -1, dtype=np.int64)
+    idx = np.asarray(items, dtype=np.int64)
+    if idx.size:
+        keep[idx] = run[idx]
+    state = _State(inst, keep)
+    pool = [i for i in items if state.assign[i] < 0]
+    for g in range(inst.n_gpus):
+        if math.isfinite(state.kvpr(g)):
+            continue
+        evicted: list[int] = []
+        for i in sorted(state.on_gpu[g], key=lambda i: (-inst.item_size[i], i)):
+            state.take(i)
+            evicted.append(i)
+            if math.isfinite(state.kvpr(g)):
+                break
+        for i in sorted(evicted, key=lambda i: (inst.item_size[i], i)):  # put back what need not leave
+            if math.isfinite(state.kvpr_with(i, g)) and int(inst.item_group[i]) not in state.groups_on[g]:
+                state.put(i, g)
+                evicted.remove(i)
+        pool.extend(evicted)
+    pool.sort(key=lambda i: (-inst.item_load[i], -inst.item_size[i], i))
+    leftover: list[int] = []
+    for i in pool:
+        values = state.kvprs_with(i)
+        g = int(np.argmin(values))
+        if math.isfinite(float(values[g])):
+            state.put(i, g)
+        else:
+            leftover.append(i)
+    return Repaired(state.assign, tuple(leftover))
+
+
+def fewest_moves(inst: Instance, items: Sequence[int], run: IntArray, start: IntArray, target: float, *,
+                 out_of_time: Callable[[], bool] = lambda: False) -> IntArray | None:
+    """An assignment of every item of `items` with every GPU's KVPR <= target, moving few running replicas of
+    `start` (whose unplaced items must be placed); None when the heuristic cannot reach the target.
+
+    Two routes, the one with fewer moves (then lower max KVPR) wins. Shed: over-target GPUs shed free items
+    first (new ones, or running ones `start` already moved), then the fewest running ones that cover the
+    excess, heaviest first, putting back the lightest that need not leave; the shed items go, heaviest first,
+    where they fit the tightest, and the rest go to `repair`. Repair: `repair` at the target straight from
+    `start` (it sheds by single moves and swaps). Either result then goes through `revert`.
+    O(G + shed * G) plus repair's bounded steps (each O(n) vectorised).
+    """
+    unplaced = [i for i in items if start[i] < 0]
+    routes = [_shed_route(inst, items, run, start, target, out_of_time)]
+    if 0 < target < math.inf:
+        routes.append(_repair(inst, start, target, unplaced, out_of_time))
+        if not unplaced and all(a is None for a in routes):  # the slow route, when the others fail
+            routes.append(_descend_route(inst, start, target, out_of_time))
+    found = [revert(inst, run, align(inst, run, a), target) for a in routes if a is not None]
+    if not found:
+        return None
+    return min(found, key=lambda a: (count_moves(run, a), max_kvpr_of(inst, a)))
+
+
+def max_kvpr_of(inst: Instance, assign: IntArray) -> float:
+    """Largest KVPR over the GPUs (0 without GPUs)."""
+    placed = assign >= 0
+    load = np.bincount(assign[placed], weights=inst.item_load[placed], minlength=inst.n_gpus)
+    weights = np.bincount(assign[placed], weights=inst.item_size[placed], minlength=inst.n_gpus)
+    return float(kvpr_array(load, weights, inst.gpu_memory).max()) if inst.n_gpus else 0.0
+
+
+def _descend_route(inst: Instance, start: IntArray, target: float,
+                   out_of_time: Callable[[], bool]) -> IntArray | None:
+    """Local search off the peak (`improve`, one move or swap at a time) until every KVPR is within target."""
+    assign = start
+    chunk = 1
+    while not within(max_kvpr_of(inst, assign), target) and not out_of_time():
+        # Chunks that double: each call of improve costs O(n) to set up, and revert undoes the overshoot.
+        step = improve(inst, assign, max_steps=chunk, out_of_time=out_of_time)
+        if step.steps == 0:
+            break
+        assign, chunk = step.assign, chunk * 2
+    if within(max_kvpr_of(inst, assign), target):
+        return assign
+    lowered = descend(inst, assign, target, out_of_time=out_of_time).assign
+    return lowered if within(max_kvpr_of(inst, lowered), target) else None
+
+
+def _repair(inst: Instance, assign: IntArray, target: float, trash: list[int],
+            out_of_time: Callable[[], bool]) -> IntArray | None:
+    fixed = repair(inst, assign, target, trash=trash, out_of_time=out_of_time)
+    if fixed is None:
+        fixed = repair(inst, assign, target, trash=trash, shed_first=False, out_of_time=out_of_time)
+    return fixed
+
+
+def _shed_route(inst: Instance, items: Sequence[int], run: IntArray, start: IntArray, target: float,
+                out_of_time: Callable[[], bool]) -> IntArray | None:
+    state = _State(inst, start)
+    pending = [i for i in items if state.assign[i] < 0]
+    kv = state.kvprs()
+    for g in np.argsort(-kv, kind="stable").tolist():
+        if within(float(kv[g]), target):
+            break
+        pending.extend(_shed(state, int(g), run, target))
+    weight = inst.item_load + (target if math.isfinite(target) else 1.0) * inst.item_size
+    pending.sort(key=lambda i: (-weight[i], i))
+    leftover: list[int] = []
+    for i in pending:
+        values = state.kvprs_with(i)
+        ok = np.isfinite(values) & (values <= target * (1 + _TOL))
+        if not ok.any():
+            leftover.append(i)
+            continue
+        # Tightest fit: the GPU whose KVPR ends closest to the target keeps the roomy GPUs for big items.
+        g = int(np.argmax(np.where(ok, values, -np.inf)))
+        state.put(i, g)
+    if not leftover:
+        return state.assign
+    if not 0 < target < math.inf:
+        return None
+    return _repair(inst, state.assign, target, leftover, out_of_time)
+
+
+def _shed(state: _State, g: int, run: IntArray, target: float) -> list[int]:
+    """Take items off GPU g until its KVPR is within target: free ones first, then running ones, heaviest
+    first; then put back the lightest that need not have left. Returns the items taken."""
+    inst = state.inst
+    weight = inst.item_load + (target if math.isfinite(target) else 1.0) * inst.item_size
+
+    def key(i: int) -> tuple[bool, float, int]:
+        return (run[i] == g, -weight[i], i)
+
+    taken: list[int] = []
+    for i in sorted(state.on_gpu[g], key=key):
+        if within(state.kvpr(g), target):
+            break
+        state.take(i)
+        taken.append(i)
+    for i in sorted(taken, key=lambda i: (run[i] != g, weight[i], i)):  # running ones back first, then light
+        if within(state.kvpr_with(i, g), target):
+            state.put(i, g)
+            taken.remove(i)
+    return taken
+
+
+def revert(inst: Instance, run: IntArray, assign: IntArray, target: float) -> IntArray:
+    """Bring moved replicas back to the GPU they run on while every KVPR stays within target: straight back
+    when home has room, else in exchange for a free replica on home (new, or moving anyway) that then goes
+    where it fits -- the moved replica's spot included. Each success saves one move.
+    O(rounds * moved * free on home * G).
+    """
+    state = _State(inst, assign)
+    changed = True
+    while changed:
+        changed = False
+        for i in np.nonzero((run >= 0) & (state.assign >= 0) & (state.assign != run))[0].tolist():
+            home, spot = int(run[i]), int(state.assign[i])
+            grp = int(inst.item_group[i])
+            if grp in state.groups_on[home]:
+                continue
+            if within(state.kvpr_with(i, home), target):
+                state.take(i)
+                state.put(i, home)
+                changed = True
+                continue
+            state.take(i)
+            state.put(i, home)
+            for k in sorted(state.on_gpu[home], key=lambda k: (-inst.item_size[k], k)):
+                if k == i or run[k] == home:
+                    continue
+                state.take(k)
+                values = state.kvprs_with(k) if within(state.kvpr(home), target) else None
+                if values is not None:
+                    values[home] = math.inf
+                    ok = np.isfinite(values) & (values <= target * (1 + _TOL))
+                    if ok.any():
+                        state.put(k, int(np.argmax(np.where(ok, values, -np.inf))))
+                        changed = True
+                        break
+                state.put(k, home)
+            else:
+                state.take(i)
+                state.put(i, spot)
+    return state.assign
+
+
+def relabel(inst: Instance, run: IntArray, new: IntArray) -> IntArray:
+    """`new` with its GPUs permuted among GPUs of equal memory so that as many models as possible keep a GPU
+    they run on, then aligned. Greedy matching on overlap counts, largest first, ties by GPU index.
+    O(n + P log P), P overlapping pairs.
+    """
+    running_on: dict[int, list[int]] = {}
+    for i in np.nonzero(run >= 0)[0].tolist():
+        running_on.setdefault(int(inst.item_group[i]), []).append(int(run[i]))
+    overlap: dict[tuple[int, int], int] = {}
+    for i in np.nonzero(new >= 0)[0].tolist():
+        a = int(new[i])
+        for b in running_on.get(int(inst.item_group[i]), ()):
+            if inst.gpu_memory[a] == inst.gpu_memory[b]:
+                overlap[(a, b)] = overlap.get((a, b), 0) + 1
+    mapping: dict[int, int] = {}
+    taken: set[int] = set()
+    for (a, b), _ in sorted(overlap.items(), key=lambda kv: (-kv[1], kv[0])):
+        if a not in mapping and b not in taken:
+            mapping[a] = b
+            taken.add(b)
+    free_by_memory: dict[float, list[int]] = {}
+    for g in range(inst.n_gpus):
+        if g not in taken:
+            free_by_memory.setdefault(float(inst.gpu_memory[g]), []).append(g)
+    for a in range(inst.n_gpus):
+        if a not in mapping:
+            mapping[a] = free_by_memory[float(inst.gpu_memory[a])].pop(0)
+    out = new.copy()
+    placed = new >= 0
+    out[placed] = np.asarray([mapping[int(g)] for g in new[placed]], dtype=np.int64)
+    return align(inst, run, out)
+
+
+def relink(inst: Instance, run: IntArray, start: IntArray, guide: IntArray, target: float) -> IntArray | None:
+    """Path relinking from `start` towards `guide` (a plan within target, e.g. one from scratch relabelled):
+    repeatedly move the replica, among those placed differently, whose move to its guide GPU leaves the lowest
+    max KVPR (ties: moves that cost nothing first), until every KVPR is within target; then `revert`.
+    None when a model's replicas block each other. O(D^2) for D replicas placed differently.
+    """
+    state = _State(inst, align(inst, run, start))
+    guide = align(inst, run, guide)
+    differ = [i for i in np.nonzero((state.assign >= 0) & (guide >= 0) & (state.assign != guide))[0].tolist()]
+    unplaced = [i for i in np.nonzero((state.assign < 0) & (guide >= 0))[0].tolist()]
+    for i in unplaced:
+        if int(inst.item_group[i]) in state.groups_on[int(guide[i])]:
+            return None
+        state.put(i, int(guide[i]))
+    while differ:
+        kv = state.kvprs()
+        if within(float(kv.max()), target):
+            break
+        top = np.argsort(-kv, kind="stable")[:3].tolist()
+        best: tuple[float, bool, int] | None = None
+        for i in differ:
+            src, dst = int(state.assign[i]), int(guide[i])
+            if int(inst.item_group[i]) in state.groups_on[dst]:
+                continue
+            rest = next((float(kv[g]) for g in top if g != src and g != dst), 0.0)
+            value = max(rest, state.kvpr_without(i), state.kvpr_with(i, dst))
+            key = (value, bool(run[i] == src), i)
+            if best is None or key < best:
+                best = key
+        if best is None:
+            return None
+        i = best[2]
+        state.take(i)
+        state.put(i, int(guide[i]))
+        differ.remove(i)
+    if not within(max_kvpr_of(inst, state.assign), target):
+        return None
+    return revert(inst, run, align(inst, run, state.assign), target)
+
+
+def _best_move(state: _State, run: IntArray, p: int, paid: bool) -> tuple[float, int, int]:
+    """The move off GPU p whose larger new KVPR (of p and the target) is the smallest: (value, item, GPU).
+
+    paid False: only items whose move costs no migration (not running there). (inf, -1, -1) when none.
+    """
+    best = (math.inf, -1, -1)
+    for i in state.on_gpu[p]:
+        free = run[i] != p
+        if not free and not paid:
+            continue
+        values = state.kvprs_with(i)
+        values[p] = math.inf
+        b = int(np.argmin(values))
+        value = max(state.kvpr_without(i), float(values[b]))
+        if value < best[0]:
+            best = (value, i, b)
+    return best
+
+
+def polish(inst: Instance, run: IntArray, assign: IntArray, *, max_steps: int | None = None) -> IntArray:
+    """Lower the peak by moves that cost no migration (new replicas, replicas moving anyway). Never raises the
+    max KVPR nor the number of moves. O(steps * items on the peak * G)."""
+    state = _State(inst, assign)
+    steps = max_steps if max_steps is not None else 4 * inst.n_items + 10
+    while steps > 0 and inst.n_gpus > 1:
+        steps -= 1
+        kv = state.kvprs()
+        p = int(np.argmax(kv))
+        value, i, b = _best_move(state, run, p, paid=False)
+        if i < 0 or not value < float(kv[p]) * (1 - _TOL):
+            break
+        state.take(i)
+        state.put(i, b)
+    return align(inst, run, state.assign)
+
+
+@dataclass(frozen=True, eq=False)
+class Budgeted:
+    """`within_budget`'s result: the assignment and what one more paid move would take off the peak GPU."""
+
+    assign: IntArray
+    next_move_gain: float
+
+
+def within_budget(inst: Instance, run: IntArray, start: IntArray, extra_moves: int, *,
+                  out_of_time: Callable[[], bool] = lambda: False) -> Budgeted:
+    """From `start`, lower the peak by at most `extra_moves` more moves of running replicas (moves that cost
+    nothing are free): each step applies the best move off the hottest GPU (`_best_move`). Then the gain one more
+    paid move would bring (0 when none lowers the peak). O(steps * items on the peak * G)."""
+    state = _State(inst, align(inst, run, start))
+    left = extra_moves
+    steps = 4 * inst.n_items + 10
+    while steps > 0 and inst.n_gpus > 1 and not out_of_time():
+        steps -= 1
+        kv = state.kvprs()
+        p = int(np.argmax(kv))
+        value, i, b = _best_move(state, run, p, paid=left > 0)
+        if i < 0 or not value < float(kv[p]) * (1 - _TOL):
+            break
+        if run[i] == p:
+            left -= 1
+        state.take(i)
+        state.put(i, b)
+        if run[i] == b:
+            left += 1  # a replica back home undoes a move
+    kv = state.kvprs()
+    p = int(np.argmax(kv)) if inst.n_gpus else 0
+    gain = 0.0
+    if inst.n_gpus > 1 and math.isfinite(float(kv[p])):
+        value, i, _ = _best_move(state, run, p, paid=True)
+        if i >= 0 and value < float(kv[p]):
+            gain = float(kv[p]) - value
+    return Budgeted(align(inst, run, state.assign), gain)
+
+
+def exact_replan(inst: Instance, items: Sequence[int], run: IntArray, *, target: float | None,
+                 max_moves: int | None, node_limit: int, incumbent: IntArray | None) -> IntArray | None:
+    """Exact branch and bound for tiny instances: every item of `items` placed, replicas of a model apart.
+
+    With `target`: the fewest moves with every KVPR within target, ties to the lower max KVPR. With `max_moves`:
+    the lowest max KVPR with at most that many moves, ties to fewer moves. The incumbent (if valid) seeds the
+    bound. Returns the best found (None if none): optimal when the node limit was not reached. O(G^n) worst case.
+    """
+    order = sorted(items, key=lambda i: (-(inst.item_load[i] + inst.item_size[i]), i))
+    n, g_count = len(order), inst.n_gpus
+    load = [0.0] * g_count
+    weights = [0.0] * g_count
+    memory = [float(x) for x in inst.gpu_memory]
+    groups: list[set[int]] = [set() for _ in range(g_count)]
+    assign = np.full(inst.n_items, -1, dtype=np.int64)
+    limit_target = target if target is not None else math.inf
+    limit_moves = max_moves if max_moves is not None else n
+
+    def key(moves: int, peak: float) -> tuple[float, float]:
+        return (moves, peak) if target is not None else (peak, moves)
+
+    best_key: tuple[float, float] = (math.inf, math.inf)
+    best: IntArray | None = None
+    if incumbent is not None and all(incumbent[i] >= 0 for i in items):
+        peak = max((kvpr(*_totals(inst, incumbent, g)) for g in range(g_count)), default=0.0)
+        moves = count_moves(run, incumbent)
+        if within(peak, limit_target) and moves <= limit_moves:
+            best_key, best = key(moves, peak), incumbent.copy()
+    nodes = 0
+
+    def dfs(k: int, moves: int, peak: float) -> None:
+        nonlocal best_key, best, nodes
+        nodes += 1
+        if nodes > node_limit or key(moves, peak) >= best_key:
+            return
+        if k == n:
+            best_key, best = key(moves, peak), assign.copy()
+            return
+        i = order[k]
+        n_i, m_i, grp, home = float(inst.item_load[i]), float(inst.item_size[i]), int(inst.item_group[i]), int(run[i])
+        options: list[tuple[tuple[float, float], int, float, int]] = []
+        for g in range(g_count):
+            if grp in groups[g]:
+                continue
+            value = kvpr(load[g] + n_i, weights[g] + m_i, memory[g])
+            cost = 1 if home >= 0 and g != home else 0
+            if not math.isfinite(value) or not within(value, limit_target) or moves + cost > limit_moves:
+                continue
+            options.append((key(cost, value), cost, value, g))
+        options.sort()
+        for _, cost, value, g in options:
+            load[g] += n_i
+            weights[g] += m_i
+            groups[g].add(grp)
+            assign[i] = g
+            dfs(k + 1, moves + cost, max(peak, value))
+            assign[i] = -1
+            groups[g].discard(grp)
+            load[g] -= n_i
+            weights[g] -= m_i
+
+    dfs(0, 0, 0.0)
+    return best
+
+
+def _totals(inst: Instance, assign: IntArray, g: int) -> tuple[float, float, float]:
+    on = assign == g
+    return float(inst.item_load[on].sum()), float(inst.item_size[on].sum()), float(inst.gpu_memory[g])
