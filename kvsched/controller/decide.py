@@ -40,7 +40,7 @@ from kvsched.controller.status import (
     status_changed,
 )
 from kvsched.controller.template import affinity_terms, template_patch, touches_template
-from kvsched.packer import Gpu, GpuId, Model, Placement, Plan, Slot, Unplaced
+from kvsched.packer import Gpu, GpuId, MigrationStep, Model, Placement, Plan, Slot, Unplaced
 
 Planner = Callable[[Sequence[Model], Sequence[Gpu], Sequence[Slot]], Plan]
 
@@ -185,7 +185,8 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
             unplaced[u.model].append(u)
         gpu_kvpr = {g.gpu: g.kvpr for g in plan.gpus}
 
-    migration = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s)
+    migration = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s,
+                            plan.steps if plan is not None else ())
     events: list[Event] = []
     nodes_by_name = {n.name: n for n in world.nodes}
     for problem in inventory.problems:
@@ -256,11 +257,12 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
 
 def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventory, running: Sequence[RunningPod],
                 placements: Mapping[str, Sequence[Placement]], config: DecisionConfig,
-                blocked: Mapping[ObjectKey, Blocked], clock_s: float) -> MigrationState:
+                blocked: Mapping[ObjectKey, Blocked], clock_s: float,
+                order: Sequence[MigrationStep]) -> MigrationState:
     size = {e.model.name: e.model.size_gib for e in entries if e.model is not None}
     memory = {g.id: g.memory_gib for g in inventory.gpus}
     planned = {m: [p.gpu for p in ps] for m, ps in placements.items()}
-    steps = plan_steps(planned, running, size, memory)
+    steps = plan_steps(planned, running, size, memory, order)
     managed = [p for p in world.pods if is_managed(p, config) and not p.terminal]
     held_weights: dict[GpuId, float] = defaultdict(float)
     held_by_model: dict[str, set[GpuId]] = defaultdict(set)

@@ -206,7 +206,8 @@ class Reconciler:
     def _plan(self, models: Sequence[Model], gpus: Sequence[Gpu], current: Sequence[Slot]) -> Plan:
         fast = self._fast_next
         options = PackOptions(time_budget_s=0.0 if fast else self.config.time_budget_s,
-                              stability_threshold_ratio=self.config.stability_threshold_ratio)
+                              stability_threshold_ratio=self.config.stability_threshold_ratio,
+                              max_migrations=self.config.max_migrations)
         key = (tuple(models), tuple(gpus), tuple(current), options)
         if self._memo is not None and self._memo[0] == key:
             return self._memo[1]

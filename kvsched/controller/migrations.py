@@ -3,8 +3,10 @@
 A move is a running pod of model X on a GPU that is not one of X's planned GPUs while one of X's planned slots
 is free (replicas are interchangeable). Evicting the pod lets its ReplicaSet create a replacement, which the
 extender binds to the free slot. An eviction stops the old replica before the new one starts, so a step whose
-target GPU lacks memory for X until someone else leaves is `stop_first`: steps with room go first, and a
-stop-first step is only taken when no step has room (it breaks a cycle). One eviction at a time, cluster-wide:
+target GPU lacks memory for X until someone else leaves is `stop_first`. The packer's ordered steps
+(`Plan.steps`) give the order: carried out one at a time, no GPU ever holds more weights than its memory (an
+eviction stops the old replica before the new one starts, which only frees memory earlier). Moves the packer
+does not list come after, those with room first. One eviction at a time, cluster-wide:
 the next only when no managed pod is terminating, no replacement that could bind is still unbound, and every
 bound managed pod is Ready. A pod whose eviction was refused (PodDisruptionBudget, API error) waits out its
 backoff; the shell keeps that record and passes it in.
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from kvsched.controller.objects import ObjectKey, PodObj
-from kvsched.packer import GpuId
+from kvsched.packer import GpuId, MigrationStep
 
 
 @dataclass(frozen=True)
@@ -61,8 +63,14 @@ class MigrationState:
 
 
 def plan_steps(planned: Mapping[str, Sequence[GpuId]], running: Sequence[RunningPod],
-               size_gib: Mapping[str, float], memory_gib: Mapping[GpuId, float]) -> list[Step]:
-    """Ordered steps from planned GPUs per model and the running pods. O(pods log pods)."""
+               size_gib: Mapping[str, float], memory_gib: Mapping[GpuId, float],
+               order: Sequence[MigrationStep] = ()) -> list[Step]:
+    """Ordered steps from planned GPUs per model and the running pods. O(pods log pods).
+
+    `order`: the packer's ordered steps (`Plan.steps`); moves it lists come first, in its order, with its
+    target and `stop_first`. Moves it does not list (a pod the packer saw as a planned slot only) follow,
+    those with room first.
+    """
     held_weights: dict[GpuId, float] = defaultdict(float)
     for r in running:
         held_weights[r.gpu] += size_gib.get(r.model, 0.0)
@@ -81,7 +89,20 @@ def plan_steps(planned: Mapping[str, Sequence[GpuId]], running: Sequence[Running
             stop_first = room < size_gib.get(model, 0.0) - 1e-9
             steps.append(Step(model, r.pod, r.gpu, target, stop_first))
     steps.sort(key=lambda s: (s.stop_first, s.model, s.pod.name))
-    return steps
+    by_source = {(s.model, s.source): s for s in steps}
+    ordered: list[Step] = []
+    for planned_step in order:
+        if planned_step.source is None:
+            continue
+        step = by_source.pop((planned_step.model, planned_step.source), None)
+        if step is None:
+            continue
+        open_slots = set(planned.get(step.model, ())) - {r.gpu for r in by_model.get(step.model, [])}
+        target = planned_step.target if planned_step.target in open_slots else step.target
+        ordered.append(Step(step.model, step.pod, step.source, target, planned_step.stop_first))
+    taken = {(s.model, s.target) for s in ordered}
+    rest = [s for s in steps if (s.model, s.source) in by_source and (s.model, s.target) not in taken]
+    return ordered + rest
 
 
 def choose_next(steps: Sequence[Step], managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],

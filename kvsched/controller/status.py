@@ -2,7 +2,7 @@
 
 Conditions (docs/architecture.md): `Invalid` (reasons InvalidSpec, InvalidAnnotation, WorkloadNotFound),
 `Placed` (True/Planned when every wanted replica has a slot), `Unschedulable` (True with the packer's cause:
-ModelTooLarge, NoRoomForKVCache, TooFewGPUs, InsufficientCapacity), `Migrating` (True while the plan moves a
+ModelTooLarge, NoRoomForKVCache, TooFewGPUs, InsufficientCapacity: `Unplaced.cause`), `Migrating` (True while the plan moves a
 replica of the model, with why it waits or is blocked). A condition keeps its lastTransitionTime unless its
 status changes. Numbers are rounded (KVPR to 4 decimals, memory fractions to 3, as the extender writes them) so
 that the same plan always gives the same status and an unchanged world writes nothing.
@@ -30,21 +30,6 @@ class Condition:
     message: str = ""
 
 
-def unplaced_cause(reason: str) -> str:
-    """The machine-readable cause of an unplaced replica from the packer's sentence.
-
-    Stands in for `Unplaced.cause` until the packer carries it (the re-plan issue); the sentences are the ones
-    kvsched.packer.solve writes.
-    """
-    if "exceeds the largest GPU" in reason:
-        return "ModelTooLarge"
-    if "leaves no room for KV cache" in reason:
-        return "NoRoomForKVCache"
-    if "GPUs can hold it" in reason:
-        return "TooFewGPUs"
-    return "InsufficientCapacity"
-
-
 def slots_of(placements: Sequence[Placement]) -> list[dict[str, Any]]:
     """Status slots of one model, ordered by node then GPU (replicas are interchangeable)."""
     return [{"node": p.gpu.node, "gpu": p.gpu.index, "memoryFraction": round(p.memory_fraction, FRACTION_DECIMALS)}
@@ -66,7 +51,7 @@ def placement_conditions(wanted: int, placed: int, unplaced: Sequence[Unplaced],
     if not planned and invalid is not None:
         placed_c = Condition("Placed", "False", invalid[0], "not planned: " + invalid[1])
     elif unplaced:
-        placed_c = Condition("Placed", "False", unplaced_cause(unplaced[0].reason),
+        placed_c = Condition("Placed", "False", unplaced[0].cause,
                              f"{placed} of {wanted} replicas planned")
     else:
         placed_c = Condition("Placed", "True", "Planned", f"{placed} of {wanted} replicas planned")
@@ -74,7 +59,7 @@ def placement_conditions(wanted: int, placed: int, unplaced: Sequence[Unplaced],
     conditions.append(Condition("Invalid", "True", invalid[0], invalid[1]) if invalid is not None
                       else Condition("Invalid", "False", "Valid"))
     if unplaced:
-        cause = unplaced_cause(unplaced[0].reason)
+        cause = unplaced[0].cause
         conditions.append(Condition("Unschedulable", "True", cause,
                                     f"{len(unplaced)} of {wanted} replicas cannot be placed: {unplaced[0].reason}"))
     else:

@@ -287,3 +287,24 @@ def test_replica_count_follows_the_deployment() -> None:
 def test_empty_world_writes_nothing() -> None:
     decision = run(World())
     assert decision.writes == 0 and decision.plan is None and decision.events == ()
+
+
+@pytest.mark.parametrize("first", [pytest.param("a", id="plan orders a first"),
+                                   pytest.param("b", id="plan orders b first")])
+def test_evictions_follow_the_plans_ordered_steps(first: str) -> None:
+    from kvsched.packer import GpuId, GpuUsage, MigrationStep, Placement, Plan
+
+    world = World(nodes=(node("n", gpus=4),), deployments=(deployment("a"), deployment("b")))
+    world, _ = settle(world)
+    world = dataclasses.replace(world, pods=(pod("a-0", "a", "n", 2), pod("b-0", "b", "n", 3)))
+    moves = {"a": MigrationStep("ns/a", 0, GpuId("n", 2), GpuId("n", 0)),
+             "b": MigrationStep("ns/b", 0, GpuId("n", 3), GpuId("n", 1))}
+    order = (moves[first], moves["b" if first == "a" else "a"])
+    plan = Plan(max_kvpr=0.1, lower_bound=0.1, retunes=0, solve_seconds=0.0,
+                placements=(Placement("ns/a", 0, GpuId("n", 0), 0.5), Placement("ns/b", 0, GpuId("n", 1), 0.5)),
+                gpus=tuple(GpuUsage(GpuId("n", i), 80.0, 0.1, 16.0, ()) for i in range(4)), steps=order)
+    from kvsched.controller import decide
+
+    decision = decide(world, DecisionConfig(), lambda m, g, c: plan, now=LATER)
+    assert decision.eviction is not None and decision.eviction.pod.name == f"{first}-0"
+    assert [s.pod.name for s in decision.steps] == [f"{first}-0", f"{'b' if first == 'a' else 'a'}-0"]
