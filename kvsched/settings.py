@@ -66,6 +66,10 @@ class ControllerSettings:
     with `nvidia.com/gpu` capacity and a GPU memory label, so a cluster with GPU Feature Discovery works as
     installed. Set it (and taint those nodes) to keep a pool apart from other GPU workloads."""
 
+    namespace: str = ""
+    """Watch ModelServings, Deployments and Pods in this namespace only (empty: all namespaces). Nodes are always
+    cluster-wide; GPU pods of other namespaces are then not seen, so give such a controller its own pool."""
+
     scheduler_name: str = "kvsched"
     """`spec.schedulerName` the controller writes on managed templates: the kube-scheduler profile that calls
     kvsched's extender (the chart's default)."""

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from kvsched.controller.config import DecisionConfig
@@ -126,11 +126,13 @@ def build_controller(settings: ControllerSettings, metrics: Metrics | None = Non
             observe(read(obj), deleted=event_type == DELETED)
         return on_event
 
+    scope = settings.namespace or None
     informers = [
         informer(api, NODES, handler(read_node, reconciler.observe_node)),
-        informer(api, LIVE_PODS, handler(read_pod, reconciler.observe_pod)),
-        informer(api, DEPLOYMENTS, handler(read_deployment, reconciler.observe_deployment)),
-        informer(api, MODELSERVINGS, handler(read_model_serving, reconciler.observe_model_serving)),
+        informer(api, replace(LIVE_PODS, namespace=scope), handler(read_pod, reconciler.observe_pod)),
+        informer(api, replace(DEPLOYMENTS, namespace=scope), handler(read_deployment, reconciler.observe_deployment)),
+        informer(api, replace(MODELSERVINGS, namespace=scope),
+                 handler(read_model_serving, reconciler.observe_model_serving)),
     ]
     elector = None
     if settings.leader_election:

@@ -54,7 +54,8 @@ class Pool:
 
     def start(self, scheduler: bool = True) -> KvschedProcess:
         proc = KvschedProcess(self.plane, self.kubeconfig, [
-            f"--node-selector=e2e-pool={self.label}", f"--leader-election-namespace={self.namespace}",
+            f"--node-selector=e2e-pool={self.label}", f"--namespace={self.namespace}",
+            f"--leader-election-namespace={self.namespace}",
             f"--leader-election-name=kvsched-{self.label}", f"--lease-duration-seconds={LEASE_S}",
             "--renew-deadline-seconds=4", "--retry-period-seconds=1", "--time-budget-seconds=2"],
             name=f"kvsched-serve-{len(self.processes) + 1}-{self.label}").start()
