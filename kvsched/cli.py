@@ -138,6 +138,9 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     plan.add_argument("--node-selector", metavar="SELECTOR", default=None,
                       help="with --kubeconfig: the controller's node selector (default $KVSCHED_NODE_SELECTOR, "
                       "else every GPU node)")
+    plan.add_argument("--namespace", metavar="NAMESPACE", default=None,
+                      help="with --kubeconfig: only the ModelServings, Deployments and pods of NAMESPACE "
+                      "(default: all namespaces)")
     plan.add_argument("-o", "--output", metavar="FILE", help="write the plan as JSON to FILE ('-': to stdout, "
                       "instead of the table)")
     plan.add_argument("--plot", metavar="FILE", type=Path, help="draw the plan to FILE.svg or FILE.png: a bar per "
@@ -345,7 +348,7 @@ def run_plan_live(args: argparse.Namespace) -> int:
     if args.stability_threshold_ratio is not None:
         options = dc.replace(options, stability_threshold_ratio=args.stability_threshold_ratio)
     try:
-        world: World = read_world(api_client(args.kubeconfig or None))
+        world: World = read_world(api_client(args.kubeconfig or None), args.namespace or None)
     except (ClientConfigError, ApiError, WatchError, OSError) as exc:
         return _fail(f"--kubeconfig: cannot read the cluster: {exc}", EXIT_BAD_INPUT)
     decision = decide(world, config, lambda m, g, c: solve(m, g, current=c, options=options), now="")

@@ -5,6 +5,8 @@ Called by: kvsched.cli.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from kubernetes import client
 
 from kvsched.controller.objects import World
@@ -12,14 +14,14 @@ from kvsched.k8s.readers import read_deployment, read_model_serving, read_node, 
 from kvsched.k8s.watch import DEPLOYMENTS, MODELSERVINGS, NODES, PODS, ApiListWatch, WatchError
 
 
-def read_world(api: client.ApiClient) -> World:
-    """Every object the controller decides from. Raises WatchError (HTTP error, e.g. RBAC or a missing CRD)
-    or a connection error."""
+def read_world(api: client.ApiClient, namespace: str | None = None) -> World:
+    """Every object the controller decides from (ModelServings, Deployments and Pods of `namespace` only, when
+    given). Raises WatchError (HTTP error, e.g. RBAC or a missing CRD) or a connection error."""
     nodes, _ = ApiListWatch(api, NODES).list()
-    pods, _ = ApiListWatch(api, PODS).list()
-    deployments, _ = ApiListWatch(api, DEPLOYMENTS).list()
+    pods, _ = ApiListWatch(api, replace(PODS, namespace=namespace)).list()
+    deployments, _ = ApiListWatch(api, replace(DEPLOYMENTS, namespace=namespace)).list()
     try:
-        servings, _ = ApiListWatch(api, MODELSERVINGS).list()
+        servings, _ = ApiListWatch(api, replace(MODELSERVINGS, namespace=namespace)).list()
     except WatchError as e:
         if "404" not in str(e):
             raise

@@ -9,6 +9,8 @@ replicas; (2) a rate change moves exactly the replicas the plan moves, an unchan
 """
 from __future__ import annotations
 
+import json
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -20,7 +22,7 @@ from kubernetes import client
 from .harness.cluster import ControlPlane
 from .harness.kube import create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, wait_for
 from .harness.kvsched import (
-    KvschedProcess, lease_holder, resource_versions, service_account_kubeconfig, unique,
+    KvschedProcess, kvsched_executable, lease_holder, resource_versions, service_account_kubeconfig, unique,
 )
 from .harness.processes import Component
 
@@ -197,6 +199,18 @@ def test_three_annotated_deployments_match_one_plan(pool: Pool) -> None:
     for name in MODELS:
         assert statuses[name]["status"]["kvpr"] == pytest.approx(
             max(load[g] / (memory[g[0]] - weights[g]) for g in slot_set(statuses[name])), abs=1e-4)
+    # `kvsched plan --kubeconfig` prints the plan the controller made, and writes nothing.
+    versions = resource_versions(pool.kube, pool.namespace)
+    printed = subprocess.run([str(kvsched_executable()), "plan", f"--kubeconfig={pool.kubeconfig}", "-o", "-",
+                              f"--node-selector=e2e-pool={pool.label}", f"--namespace={pool.namespace}"],
+                             capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    planned = json.loads(printed.stdout)
+    by_model: dict[str, set[tuple[str, int]]] = {}
+    for p in planned["placements"]:
+        by_model.setdefault(p["model"].split("/", 1)[1], set()).add((p["node"], p["gpu"]))
+    assert by_model == {n: slot_set(statuses[n]) for n in MODELS}
+    assert resource_versions(pool.kube, pool.namespace) == versions
 
 
 # -- (6) ------------------------------------------------------------------------------------------------------
@@ -280,6 +294,16 @@ def test_cordoning_a_node_replaces_its_replicas(pool: Pool) -> None:
     after = wait_settled(pool, list(MODELS), timeout_s=180)
     assert all(p.spec.node_name != target for n in MODELS for p in managed_pods(pool, n))
     assert all(after[n]["status"]["placedReplicas"] == MODELS[n][3] for n in MODELS)
+    # More llama replicas than GPUs that can take one: the extra waits, Unschedulable; a new node places it.
+    client.AppsV1Api(pool.kube).patch_namespaced_deployment_scale("llama", pool.namespace, {"spec": {"replicas": 5}})
+    waiting = wait_for(lambda: serving(pool, "llama"),
+                       lambda ms: condition(ms, "Unschedulable").get("status") == "True", 60, "llama Unschedulable")
+    assert condition(waiting, "Unschedulable")["reason"] == "TooFewGPUs"
+    assert waiting["status"]["placedReplicas"] == 4
+    pool.add_nodes({"extra": (1, "40Gi")})
+    placed = wait_settled(pool, list(MODELS), timeout_s=180)
+    assert placed["llama"]["status"]["placedReplicas"] == 5
+    assert (f"{pool.label}-extra", 0) in slot_set(placed["llama"])
 
 
 # -- (2) ------------------------------------------------------------------------------------------------------
