@@ -54,13 +54,13 @@ class Pool:
             for n, (g, m) in zip(names, spec.values())])
         self.nodes.extend(names)
 
-    def start(self, scheduler: bool = True) -> KvschedProcess:
+    def start(self, scheduler: bool = True, command: str = "serve") -> KvschedProcess:
         proc = KvschedProcess(self.plane, self.kubeconfig, [
             f"--node-selector=e2e-pool={self.label}", f"--namespace={self.namespace}",
             f"--leader-election-namespace={self.namespace}",
             f"--leader-election-name=kvsched-{self.label}", f"--lease-duration-seconds={LEASE_S}",
             "--renew-deadline-seconds=4", "--retry-period-seconds=1", "--time-budget-seconds=2"],
-            name=f"kvsched-serve-{len(self.processes) + 1}-{self.label}").start()
+            name=f"kvsched-{command}-{len(self.processes) + 1}-{self.label}", command=command).start()
         self.processes.append(proc)
         if scheduler:
             self.start_scheduler(proc.extender_url)
@@ -262,8 +262,8 @@ def test_restarting_the_controller_patches_and_migrates_nothing(pool: Pool) -> N
 # -- (5) ------------------------------------------------------------------------------------------------------
 def test_two_controllers_one_leads_and_sigkill_hands_over_within_the_lease(pool: Pool) -> None:
     pool.add_nodes({"big": (2, "80Gi")})
-    a = pool.start(scheduler=False)
-    b = pool.start(scheduler=False)
+    a = pool.start(scheduler=False, command="controller")
+    b = pool.start(scheduler=False, command="controller")
     first = wait_for(lambda: leader(pool), lambda p: p is not None, LEASE_S + 10, "a leader")
     assert first is not None
     other = b if first is a else a

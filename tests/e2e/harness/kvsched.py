@@ -86,14 +86,15 @@ def service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane, names
 
 
 class KvschedProcess:
-    """A `kvsched serve` (controller + extender) process on free loopback ports."""
+    """A `kvsched serve` (controller + extender) or `kvsched controller` process on free loopback ports."""
 
-    def __init__(self, plane: ControlPlane, kubeconfig: Path, args: list[str], name: str) -> None:
+    def __init__(self, plane: ControlPlane, kubeconfig: Path, args: list[str], name: str,
+                 command: str = "serve") -> None:
         self.metrics_port = free_port()
         self.extender_port = free_port()
-        argv = [str(kvsched_executable()), "serve", f"--kubeconfig={kubeconfig}", "--host=127.0.0.1",
-                f"--port={self.extender_port}", "--metrics-host=127.0.0.1", f"--metrics-port={self.metrics_port}",
-                "--log-level=info", *args]
+        extender = ["--host=127.0.0.1", f"--port={self.extender_port}"] if command == "serve" else []
+        argv = [str(kvsched_executable()), command, f"--kubeconfig={kubeconfig}", *extender,
+                "--metrics-host=127.0.0.1", f"--metrics-port={self.metrics_port}", "--log-level=info", *args]
         self.component = Component(name, argv, plane.workdir / "logs" / f"{name}.log")
         self.plane = plane
 
