@@ -136,6 +136,8 @@ def settled(pool: Pool, names: list[str]) -> bool:
                     for p in mine)
         if len(mine) != status.get("replicas") or held != slot_set(ms) or not ready:
             return False
+        if status.get("readyReplicas") != status.get("replicas"):
+            return False
     return True
 
 
@@ -228,7 +230,7 @@ def test_bad_annotations_are_invalid_with_an_event_and_others_stay_placed(pool: 
 
     seen = wait_for(lambda: events("broken"), lambda ev: any(e.startswith("InvalidAnnotation") for e in ev), 30,
                     "InvalidAnnotation event on Deployment broken")
-    assert any("kvsched.io/model-size" in e for e in seen), seen
+    assert any("kvsched.io/model-size" in e for e in seen if e.startswith("InvalidAnnotation")), seen
     # A managed Deployment whose annotation turns bad: Invalid, and its placement kept.
     apps.patch_namespaced_deployment("qwen", pool.namespace,
                                      {"metadata": {"annotations": {"kvsched.io/request-rate": "-1"}}})
