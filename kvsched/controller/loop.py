@@ -9,6 +9,7 @@ before every informer has listed.
   running pods plus the fast plan's slots are that solve's `current`, so the fewest-moves rule refines it.
 - The same packer input twice is solved once (the last plan is kept), so the loop's own status writes coming
   back through the watch cost no solve.
+- Writes to different objects go out in parallel (8 at a time); the eviction and events after them.
 - A write that fails is retried on the next round (errors back off 1 s to 30 s); a write issued and not yet seen
   back through the watch is not issued again (for 30 s), so a slow watch cannot cause duplicate writes.
 - An eviction the API refuses (a PodDisruptionBudget) is retried with backoff (10 s doubling to 5 min) and shown
@@ -23,6 +24,7 @@ import json
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
@@ -87,7 +89,7 @@ class Reconciler:
     def __init__(self, config: DecisionConfig, writer: Writer, metrics: Metrics, *, debounce_s: float = 0.2,
                  max_migrations: int | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], str] = utc_now,
-                 solver: Callable[..., Plan] = solve) -> None:
+                 solver: Callable[..., Plan] = solve, write_concurrency: int = 8) -> None:
         self.config = config
         self.writer = writer
         self.metrics = metrics
@@ -96,6 +98,7 @@ class Reconciler:
         self.clock = clock
         self.wall = wall
         self.solver = solver
+        self.write_concurrency = write_concurrency
         self.leader = False
         self.synced = False
         self._lock = threading.Lock()
@@ -241,12 +244,18 @@ class Reconciler:
         report = RoundReport(decision, solved=self._solved)
         if not self.leader:
             return report
-        for write in decision.statuses:
-            self._write("status", write.key, write.status, report)
-        for change in decision.owned_changes:
-            self._write("owned", change.key, change, report)
-        for patch in decision.deployment_patches:
-            self._write("deployment", patch.key, patch.patch, report)
+        jobs: list[tuple[str, ObjectKey, Any]] = [("status", w.key, w.status) for w in decision.statuses]
+        jobs += [("owned", c.key, c) for c in decision.owned_changes]
+        jobs += [("deployment", p.key, p.patch) for p in decision.deployment_patches]
+        if len(jobs) > 1 and self.write_concurrency > 1:
+            # Independent objects: written in parallel (a thousand statuses after a node loss is seconds
+            # one by one; the apiserver takes them concurrently).
+            with ThreadPoolExecutor(max_workers=min(self.write_concurrency, len(jobs)),
+                                    thread_name_prefix="write") as pool:
+                list(pool.map(lambda job: self._write(job[0], job[1], job[2], report), jobs))
+        else:
+            for kind, key, payload in jobs:
+                self._write(kind, key, payload, report)
         if decision.eviction is not None:
             self._evict(decision, report)
         for event in decision.events:
@@ -269,11 +278,12 @@ class Reconciler:
             else:
                 self.writer.patch_deployment(key, payload)
         except Exception as e:
-            report.failures += 1
+            with self._lock:
+                report.failures += 1
             log.warning("writing %s %s failed: %s", kind, key, e)
             return
-        report.writes += 1
         with self._lock:
+            report.writes += 1
             self._inflight[(seen_kind, key)] = (text, self.clock())
 
     def _evict(self, decision: Decision, report: RoundReport) -> None:
