@@ -238,7 +238,9 @@ def test_bad_annotations_are_invalid_with_an_event_and_others_stay_placed(pool: 
                     30, "ModelServing qwen Invalid")
     assert condition(qwen, "Invalid")["reason"] == "InvalidAnnotation"
     assert slot_set(qwen) == slot_set(before["qwen"])
-    assert any(e.startswith("InvalidAnnotation") for e in events("qwen"))
+    # The event follows the status write (the loop writes, then records events).
+    wait_for(lambda: events("qwen"), lambda ev: any(e.startswith("InvalidAnnotation") for e in ev), 30,
+             "InvalidAnnotation event on qwen")
     after = wait_settled(pool, list(MODELS))
     assert {n: slot_set(ms) for n, ms in after.items()} == {n: slot_set(ms) for n, ms in before.items()}
 
