@@ -45,3 +45,9 @@ clean:
 ## clean-e2e: drop the built control plane (the next `make test` rebuilds it, ~15 min on 2 cores)
 clean-e2e:
 	rm -rf $${KVSCHED_E2E_CACHE:-$$HOME/.cache/kvsched-e2e}
+
+## bench-extender: the extender's HTTP latency and throughput (loopback), then bind against a real apiserver
+.PHONY: bench-extender
+bench-extender: $(STAMP)
+	$(PY) -m bench.extender_load
+	$(PY) -m bench.extender_bind

@@ -22,7 +22,7 @@ from kubernetes import client
 
 from tests.e2e.harness.cluster import ControlPlane
 from tests.e2e.harness.kube import api_client, apply_crds, gpu_node_manifest, project_crd_paths
-from tests.e2e.harness.kvsched import KvschedProcess
+from tests.e2e.harness.controller import KvschedProcess
 from tests.e2e.harness.tools import locate_tools, missing_tools
 
 NS = "bench"

@@ -79,10 +79,11 @@ GPU's memory (for vLLM's --gpu-memory-utilization); cause is one of
 ModelTooLarge, NoRoomForKVCache, TooFewGPUs, InsufficientCapacity; steps are
 in order: fromNode/fromGpu null start a new replica, stopFirst true stops the
 old replica before the new one starts (a cycle of moves), otherwise the new one
-starts first; moves counts running replicas that change GPU; nextMoveGain (KVPR)
-is what one more move would take off the hottest GPU when maxMigrations cut
-the re-plan short, else 0; an infinite KVPR (weights fill a loaded GPU) or gap
-is null; times are seconds. GPUs are listed by node name, then index.
+starts first; moves counts running replicas that change GPU; nextMoveGain is
+by how much more moves would lower maxKVPR when maxMigrations cut the re-plan
+short (re-plan again after these steps), else 0; an infinite KVPR (weights fill
+a loaded GPU) or gap is null; times are seconds. GPUs are listed by node name,
+then index.
 
 Exit codes: 0 a plan was made (unplaced replicas are listed, not an error),
 1 --output or --plot could not be written, 2 bad usage or a bad cluster file

@@ -132,7 +132,7 @@ def summary_lines(plan: Plan) -> list[str]:
         f"steps:        {steps}",
     ]
     if plan.next_move_gain > 0:
-        lines.append(f"next move:    would lower the hottest GPU's KVPR by {format_kvpr(plan.next_move_gain)} "
+        lines.append(f"next move:    more moves would lower the max KVPR by {format_kvpr(plan.next_move_gain)} "
                      "(max migrations reached)")
     lines.append(f"solve time:   {plan.solve_seconds:.3f} s")
     return lines

@@ -25,7 +25,8 @@ class ExtenderSettings:
     """The scheduler extender (`kvsched extender`)."""
 
     host: str = "0.0.0.0"
-    """Address to listen on. All interfaces: kube-scheduler reaches the extender through a Service."""
+    """Address to listen on. All interfaces: the kvsched kube-scheduler in the same pod calls it on localhost, and
+    Prometheus scrapes /metrics on the pod's IP."""
 
     port: int = 8888
     """TCP port for the extender's HTTP API (filter, prioritize, bind, healthz, readyz, metrics)."""

@@ -243,7 +243,7 @@ class Cache:
         with self._lock:
             return filter_nodes(pod, candidates, self)
 
-    def score(self, pod: PodRef, candidates: Sequence[str]) -> list[tuple[str, int]]:
+    def score(self, pod: PodRef, candidates: Sequence[str]) -> dict[str, int]:
         with self._lock:
             return score_nodes(pod, candidates, self)
 

@@ -194,11 +194,14 @@ def filter_nodes(pod: PodRef, candidates: Sequence[str], world: World) -> Filter
         reason = f"no ModelServing {pod.model_key} (yet): kvsched has no plan for this pod's model"
         decision.failed = dict.fromkeys(candidates, reason)
         return decision
+    # Most candidates have no slot of the model: mark them all in C (dict.fromkeys), then look at the few planned.
     unplanned = f"no slot of {plan.name} planned on this node"  # one string shared by every unplanned node
-    for name in candidates:
-        if name not in plan.slots_by_node:
-            decision.unresolvable[name] = unplanned
-            continue
+    decision.unresolvable = dict.fromkeys(candidates, unplanned)
+    planned = plan.slots_by_node.keys() & decision.unresolvable.keys()
+    if not planned:
+        return decision
+    for name in sorted(planned):  # by name: deterministic, and duplicates in `candidates` answered once
+        del decision.unresolvable[name]
         passes, reason, resolvable = _node_verdict(pod, plan, name, world)
         if passes:
             decision.passed.append(name)
@@ -209,20 +212,16 @@ def filter_nodes(pod: PodRef, candidates: Sequence[str], world: World) -> Filter
     return decision
 
 
-def score_nodes(pod: PodRef, candidates: Sequence[str], world: World) -> list[tuple[str, int]]:
-    """(node, score) per candidate, in order: MAX_SCORE where a planned slot is usable now, BLOCKED_SCORE where
-    one is planned but held, NEUTRAL_SCORE elsewhere (and for unmanaged pods or unknown models)."""
+def score_nodes(pod: PodRef, candidates: Sequence[str], world: World) -> dict[str, int]:
+    """Scores that differ from NEUTRAL_SCORE, by node: MAX_SCORE where a planned slot is usable now,
+    BLOCKED_SCORE where one is planned but held. Every other candidate (all of them for unmanaged pods and
+    unknown models) scores NEUTRAL_SCORE. Complexity: O(candidates) in C, plus O(planned slots x holders)."""
     plan = world.model(pod.model_key) if pod.model_key else None
     if plan is None:
-        return [(name, NEUTRAL_SCORE) for name in candidates]
-    scores = []
-    for name in candidates:
-        if name not in plan.slots_by_node:
-            scores.append((name, NEUTRAL_SCORE))
-            continue
-        passes, _, _ = _node_verdict(pod, plan, name, world)
-        scores.append((name, MAX_SCORE if passes else BLOCKED_SCORE))
-    return scores
+        return {}
+    planned = plan.slots_by_node.keys() & set(candidates)
+    return {name: MAX_SCORE if _node_verdict(pod, plan, name, world)[0] else BLOCKED_SCORE
+            for name in sorted(planned)}
 
 
 @dataclass(frozen=True)

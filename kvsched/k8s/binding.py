@@ -33,6 +33,12 @@ def _api_message(e: ApiException) -> str:
         return f"{e.status} {e.reason}"
 
 
+def _drain(raw: Any) -> None:
+    """Read a raw response to its end: urllib3 returns the connection to the pool only then (an unread one
+    costs a new TLS handshake on the next call)."""
+    raw.data  # noqa: B018 (reading is the point)
+
+
 class PodBinder:
     """Writes through CoreV1Api; `timeout_s` is the (connect, read) timeout of each call."""
 
@@ -47,8 +53,8 @@ class PodBinder:
             if uid:
                 patch["metadata"]["uid"] = uid
             try:
-                self.core.patch_namespaced_pod(name, namespace, patch, _request_timeout=self.timeout_s,
-                                               _preload_content=False)
+                _drain(self.core.patch_namespaced_pod(name, namespace, patch, _request_timeout=self.timeout_s,
+                                                      _preload_content=False))
             except ApiException as e:
                 raise BindError(f"could not annotate pod {pod}: {_api_message(e)}") from None
             except Exception as e:  # connection errors: the scheduler retries the pod
@@ -67,8 +73,8 @@ class PodBinder:
         )
         try:
             # The generated client cannot deserialize the Status the apiserver answers; read it raw.
-            self.core.create_namespaced_binding(namespace, body, _request_timeout=self.timeout_s,
-                                                _preload_content=False)
+            _drain(self.core.create_namespaced_binding(namespace, body, _request_timeout=self.timeout_s,
+                                                       _preload_content=False))
         except ApiException as e:
             if e.status == 409 and self._bound_to(namespace, name, node):
                 return
@@ -89,8 +95,8 @@ class PodBinder:
         if uid:
             patch["metadata"]["uid"] = uid
         try:
-            self.core.patch_namespaced_pod(name, namespace, patch, _request_timeout=self.timeout_s,
-                                           _preload_content=False)
+            _drain(self.core.patch_namespaced_pod(name, namespace, patch, _request_timeout=self.timeout_s,
+                                                  _preload_content=False))
         except Exception as e:  # the pod may be gone; a stale annotation on an unbound pod holds nothing
             log.warning("pod %s/%s: could not remove annotations %s after a failed bind: %s", namespace, name,
                         keys, e)

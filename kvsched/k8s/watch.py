@@ -279,6 +279,7 @@ class ApiListWatch:
         self.list_timeout_s = list_timeout_s
         self._response: Any = None
         self._lock = threading.Lock()
+        self.watches_started = 0  # for logs and tests
 
     def _query(self, **params: str | int | bool) -> list[tuple[str, str | int | bool]]:
         query: list[tuple[str, str | int | bool]] = []
@@ -334,6 +335,7 @@ class ApiListWatch:
         raw = self._get(query, (self.connect_timeout_s, timeout_s + 30.0))
         with self._lock:
             self._response = raw
+            self.watches_started += 1
         try:
             for line in raw:
                 if not line.strip():

@@ -193,8 +193,9 @@ class Plan:
     whole search; solve_seconds is measured with the injected clock.
     steps: how to get from the running placement (`current`) to this plan, in order (a fresh plan: one start
     step per replica). kept_current: no running replica moves (new and orphaned replicas may still start).
-    next_move_gain: when `max_migrations` stopped the re-plan short of its target, by how much one more move
-    would lower the hottest GPU's KVPR (the controller re-plans for the next wave); 0 otherwise.
+    next_move_gain: when `max_migrations` stopped the re-plan short, by how much more moves would lower the
+    max KVPR (this plan's minus that of the same re-plan without the cap): the controller migrates in waves,
+    re-planning after each, while it is > 0. 0 when the cap did not bind.
     """
 
     max_kvpr: float

@@ -11,13 +11,8 @@ import heapq
 import numpy as np
 
 from kvsched.packer.instance import Instance, IntArray
+from kvsched.packer.kvpr import fits as fits  # the memory-fit rule lives in kvpr; re-exported for old callers
 from kvsched.packer.kvpr import kvpr
-
-
-def fits(load: float, size_gib: float, weights_gib: float, memory_gib: float, gpu_load: float = 0.0) -> bool:
-    """True when an item fits a GPU by memory: weights must leave room for KV cache once the GPU carries load."""
-    free_after = memory_gib - weights_gib - size_gib
-    return free_after > 0 if load + gpu_load > 0 else free_after >= 0
 
 
 def greedy(inst: Instance) -> IntArray:

@@ -33,8 +33,8 @@ class PackOptions:
     # restart costs minutes of weight loading, a few percent of KV-cache headroom costs far less.
     stability_threshold_ratio: float = 0.05
     # Re-planning: at most this many running replicas move in one re-plan (None: no cap). When the cap binds, the
-    # plan is the lowest max KVPR reachable with that many moves and `Plan.next_move_gain` says what one more
-    # would bring, so the controller can migrate in waves. Moves forced by the change itself (a replica its GPU
+    # plan is the lowest max KVPR reachable with that many moves and `Plan.next_move_gain` says what further
+    # moves would bring, so the controller can migrate in waves. Moves forced by the change itself (a replica its GPU
     # can no longer hold, or room made for a new replica that fits nowhere else) are made regardless.
     max_migrations: int | None = None
     # Local search off the peak GPU after bisection.

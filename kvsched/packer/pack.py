@@ -18,14 +18,14 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Collection, Literal, Mapping, Sequence
 
 import numpy as np
-from sortedcontainers import SortedList
 
 from kvsched.packer.instance import FloatArray, Instance, IntArray
-from kvsched.packer.kvpr import kvpr_array
+from kvsched.packer.kvpr import CAPACITY_SLACK_RATIO, IMPROVEMENT_RATIO, kvpr_array, transformed_weight
 from kvsched.packer.repair import repair
+from kvsched.packer.state import GpuState
 
 Order = Literal["weight", "density", "ratio"]
 Policy = Literal["best_fit", "min_kvpr", "hybrid", "fill"]
@@ -35,7 +35,12 @@ POLICIES: tuple[Policy, ...] = ("fill", "best_fit", "min_kvpr", "hybrid")
 # Items checked exactly by the per-model part of the residual bound; the rest are dominated in practice and
 # skipping them keeps a checkpoint O(K * G) instead of O(n * G). Skipping only ever lowers the bound.
 _RESIDUAL_SAMPLE = 32
-_EPS = 1e-12
+# Rounds of the fluid part of the residual bound (each lets in the GPUs the last raise of T opened up); the
+# bound only rises with each round and is valid after any number of them (4 is the seed's choice, not tuned).
+_FLUID_ROUNDS = 4
+# Pair candidates tried by `fill` per completion step, heaviest first; each costs a bisection, and the pair
+# search stops earlier once no lighter pair can beat the best (see `_best_completion`).
+_PAIR_CANDIDATES = 48
 
 
 @dataclass(frozen=True, eq=False)
@@ -57,7 +62,7 @@ def order_items(inst: Instance, items: Sequence[int], order: Order, target: floa
     load = inst.item_load
     size = inst.item_size
     if order == "weight":
-        key = load + target * size
+        key = transformed_weight(load, size, target)
     elif order == "density":
         free = float(inst.gpu_memory.max()) - size
         key = np.where(free > 0, load / np.where(free > 0, free, 1.0), np.inf)
@@ -68,7 +73,7 @@ def order_items(inst: Instance, items: Sequence[int], order: Order, target: floa
 
 
 def residual_bound(inst: Instance, remaining: Sequence[int], gpu_load: FloatArray, gpu_weights: FloatArray,
-                   group_gpus: Mapping[int, list[int]], target: float) -> float:
+                   group_gpus: Mapping[int, Collection[int]], target: float) -> float:
     """The least T the remaining items need given what is already placed (a bound on *this* partial packing).
 
     Two parts, the larger wins:
@@ -96,22 +101,22 @@ def residual_bound(inst: Instance, remaining: Sequence[int], gpu_load: FloatArra
             need = np.where(room >= 0, 0.0, np.inf)
         taken = group_gpus.get(int(inst.item_group[idx[s]]))
         if taken:
-            need[taken] = np.inf
+            need[list(taken)] = np.inf
         per_item = max(per_item, float(need.min()))
     total_load = float(load.sum())
     total_size = float(size.sum())
     # Start from the per-item part: when no GPU can take even the lightest item at T, the GPUs it opens up
     # are the ones the remaining total must fit.
     fluid = max(target, per_item) if math.isfinite(per_item) else target
-    for _ in range(4):
-        smallest = float((load + fluid * size).min())
-        usable = fluid * free - gpu_load >= smallest - _EPS * fluid * inst.gpu_memory
+    for _ in range(_FLUID_ROUNDS):
+        smallest = float(transformed_weight(load, size, fluid).min())
+        usable = fluid * free - gpu_load >= smallest - CAPACITY_SLACK_RATIO * fluid * inst.gpu_memory
         denominator = float(free[usable].sum()) - total_size
         if denominator <= 0:
             fluid = math.inf
             break
         nxt = (float(gpu_load[usable].sum()) + total_load) / denominator
-        if nxt <= fluid * (1 + 1e-9):
+        if nxt <= fluid * (1 + IMPROVEMENT_RATIO):
             break
         fluid = nxt
     fluid_part = fluid if fluid > target else 0.0
@@ -139,47 +144,49 @@ def try_pack(
     """
     state = _PassState(inst, target)
     if inst.n_gpus == 0:
-        return PassResult(state.assign, target, 0, 0, not items)
+        return PassResult(state.gpus.assign, target, 0, 0, not items)
     queue = order_items(inst, items, order, target)
     marks = sorted({min(len(queue), max(1, math.ceil(c * len(queue)))) for c in checkpoints}) if retune else []
     if policy == "fill":
         overflow = _fill(state, queue, order, marks, retune_threshold_ratio)
         return _finish(state, overflow)
     overflow = []
+    gpus = state.gpus
     pos = 0
     while pos < len(queue):
         if marks and pos == marks[0]:
             marks.pop(0)
             if state.checkpoint(queue[pos:], retune_threshold_ratio) and order == "weight":
-                queue[pos:] = order_items(inst, queue[pos:], order, state.target)
+                queue[pos:] = order_items(inst, queue[pos:], order, gpus.target)
             continue
         i = queue[pos]
         spread = policy == "min_kvpr" or (policy == "hybrid" and pos < inst.n_gpus)
-        g = state.least_kvpr(i) if spread else state.bins.best_fit(state.weight(i), state.groups_on, state.group[i])
+        g = state.least_kvpr(i) if spread else gpus.best_fit(i)
         if g < 0:
             overflow.append(i)
         else:
-            state.place(i, g)
+            gpus.put(i, g)
         pos += 1
     return _finish(state, overflow)
 
 
 def _finish(state: _PassState, overflow: list[int]) -> PassResult:
     """The pass's result once every item was tried: items no GPU took are placed by `repair` when it can."""
+    gpus = state.gpus
     if not overflow:
-        return PassResult(state.assign, state.target, state.retunes, state.checkpoints, True)
-    fixed = repair(state.inst, state.assign, state.target, overflow)
+        return PassResult(gpus.assign, gpus.target, state.retunes, state.checkpoints, True)
+    fixed = repair(state.inst, gpus.assign, gpus.target, overflow)
     if fixed is None:
-        return PassResult(state.assign, state.target, state.retunes, state.checkpoints, False)
-    return PassResult(fixed, state.target, state.retunes, state.checkpoints, True)
+        return PassResult(gpus.assign, gpus.target, state.retunes, state.checkpoints, False)
+    return PassResult(fixed, gpus.target, state.retunes, state.checkpoints, True)
 
 
 class _ByWeight:
     """Remaining items sorted by transformed weight: parallel plain lists, which beat a SortedList here
     (C-level bisect and memmove on a few thousand entries)."""
 
-    def __init__(self, state: _PassState, items: Sequence[int]) -> None:
-        pairs = sorted((state.weight(i), i) for i in items)
+    def __init__(self, gpus: GpuState, items: Sequence[int]) -> None:
+        pairs = sorted((gpus.weight(i), i) for i in items)
         self.w = [w for w, _ in pairs]
         self.ids = [i for _, i in pairs]
 
@@ -197,57 +204,53 @@ class _ByWeight:
 def _fill(state: _PassState, queue: list[int], order: Order, marks: list[int], threshold: float) -> list[int]:
     """The `fill` policy of `try_pack` (see there). Returns the items it could not place."""
     inst = state.inst
-    gpus = sorted(range(inst.n_gpus), key=lambda g: (-inst.gpu_memory[g], g))
+    gpus = state.gpus
+    by_memory = sorted(range(inst.n_gpus), key=lambda g: (-inst.gpu_memory[g], g))
     done = [False] * inst.n_items
     head = 0  # queue[:head] are all placed
-    by_weight = _ByWeight(state, queue)
-    residual = state.bins.residual
-    slack = state.bins.slack
-    for g in gpus:
+    by_weight = _ByWeight(gpus, queue)
+    for g in by_memory:
         while len(by_weight):
             if marks and inst.n_items - len(by_weight) >= marks[0]:
                 marks.pop(0)
                 rest = [i for i in queue[head:] if not done[i]]
                 if state.checkpoint(rest, threshold):
-                    residual, slack = state.bins.residual, state.bins.slack
-                    by_weight = _ByWeight(state, rest)
-                    queue, head = (order_items(inst, rest, order, state.target) if order == "weight" else rest), 0
+                    by_weight = _ByWeight(gpus, rest)
+                    queue, head = (order_items(inst, rest, order, gpus.target) if order == "weight" else rest), 0
                 continue
-            if not state.groups_on[g]:
+            room = float(gpus.residual[g] + gpus.slack[g])
+            if not gpus.groups_on[g]:
                 while done[queue[head]]:
                     head += 1
                 chosen = []
                 for at in range(head, len(queue)):
                     i = queue[at]
-                    if not done[i] and state.weight(i) <= residual[g] + slack[g]:
+                    if not done[i] and gpus.weight(i) <= room:
                         chosen = [i]
                         break
             else:
-                chosen = _best_completion(state, by_weight, residual[g] + slack[g], state.groups_on[g])
+                chosen = _best_completion(gpus, by_weight, room, gpus.groups_on[g])
             if not chosen:
                 break
             for i in chosen:
-                by_weight.remove(state.weight(i), i)
-                state.place(i, g)
+                by_weight.remove(gpus.weight(i), i)
+                gpus.put(i, g)
                 done[i] = True
         if not by_weight:
             break
     return list(by_weight.ids)
 
 
-_PAIR_CANDIDATES = 48
-
-
-def _best_completion(state: _PassState, by_weight: _ByWeight, room: float, taken: set[int]) -> list[int]:
+def _best_completion(gpus: GpuState, by_weight: _ByWeight, room: float, taken: set[int]) -> list[int]:
     """The single item or pair of remaining items of weight <= room leaving the least room; [] when none.
 
     Singles: the heaviest that fits. Pairs: for up to _PAIR_CANDIDATES first items, heaviest first, the heaviest
     partner that fits beside it (a bisection). Items of a model in `taken`, or twice the same model, are skipped.
-    Stops early at a fill within 1e-9 of the room. O(_PAIR_CANDIDATES * log n).
+    Stops early at a fill within IMPROVEMENT_RATIO of the room. O(_PAIR_CANDIDATES * log n).
     """
     ws = by_weight.w
     ids = by_weight.ids
-    group = state.group
+    group = gpus.group
     top = bisect.bisect_right(ws, room)
     best: list[int] = []
     best_fill = -1.0
@@ -259,7 +262,7 @@ def _best_completion(state: _PassState, by_weight: _ByWeight, room: float, taken
         at -= 1
     tried = 0
     at = top - 1
-    perfect = room * (1 - 1e-9)
+    perfect = room * (1 - IMPROVEMENT_RATIO)
     while at >= 1 and tried < _PAIR_CANDIDATES and best_fill < perfect:
         w1, i1 = ws[at], ids[at]
         if 2 * w1 < best_fill:
@@ -280,85 +283,27 @@ def _best_completion(state: _PassState, by_weight: _ByWeight, room: float, taken
 
 
 class _PassState:
-    """The partial placement of one pass: per-GPU load and weights, model groups per GPU, residuals at T."""
+    """One pass: the GPUs' state at the pass's current T (sorted by residual for best fit), and its counters."""
 
     def __init__(self, inst: Instance, target: float) -> None:
         self.inst = inst
-        self.target = target
-        self.assign = np.full(inst.n_items, -1, dtype=np.int64)
-        self.gpu_load = np.zeros(inst.n_gpus)
-        self.gpu_weights = np.zeros(inst.n_gpus)
-        self.groups_on: list[set[int]] = [set() for _ in range(inst.n_gpus)]
-        self.group_gpus: dict[int, list[int]] = {}
-        self.load: list[float] = inst.item_load.tolist()
-        self.size: list[float] = inst.item_size.tolist()
-        self.group: list[int] = inst.item_group.tolist()
-        self.bins = _Bins(inst.gpu_memory, target)
+        self.gpus = GpuState.empty(inst, target, sorted_residuals=True)
         self.retunes = 0
         self.checkpoints = 0
-
-    def weight(self, i: int) -> float:
-        return self.load[i] + self.target * self.size[i]
-
-    def place(self, i: int, g: int) -> None:
-        self.bins.take(g, self.weight(i))
-        self.assign[i] = g
-        self.gpu_load[g] += self.load[i]
-        self.gpu_weights[g] += self.size[i]
-        self.groups_on[g].add(self.group[i])
-        self.group_gpus.setdefault(self.group[i], []).append(g)
 
     def checkpoint(self, rest: Sequence[int], threshold: float) -> bool:
         """Retune when the residual bound of `rest` beats T by more than `threshold`; True when T was raised."""
         self.checkpoints += 1
-        need = residual_bound(self.inst, rest, self.gpu_load, self.gpu_weights, self.group_gpus, self.target)
-        if not (need > self.target * (1 + threshold) and math.isfinite(need)):
+        gpus = self.gpus
+        need = residual_bound(self.inst, rest, gpus.load, gpus.weights, gpus.gpus_of, gpus.target)
+        if not (need > gpus.target * (1 + threshold) and math.isfinite(need)):
             return False
-        self.target = need
         self.retunes += 1
-        self.bins = _Bins(self.inst.gpu_memory, need, self.gpu_load, self.gpu_weights)
+        gpus.retarget(need)
         return True
 
     def least_kvpr(self, i: int) -> int:
-        return _least_kvpr(self.load[i], self.size[i], self.gpu_load, self.gpu_weights, self.inst.gpu_memory,
-                           self.target, self.group_gpus.get(self.group[i]))
-
-
-class _Bins:
-    """Residual transformed capacity r_g = T * (M_g - W_g) - N_g of every GPU, sorted for best-fit lookups."""
-
-    def __init__(self, memory: FloatArray, target: float, load: FloatArray | None = None,
-                 weights: FloatArray | None = None) -> None:
-        residual = target * memory
-        if load is not None and weights is not None:
-            residual = residual - load - target * weights
-        self.residual = residual.tolist()
-        self.slack = (_EPS * target * memory + 1e-15).tolist()
-        self.sorted = SortedList((r, g) for g, r in enumerate(self.residual))
-
-    def best_fit(self, weight: float, groups_on: Sequence[set[int]], group: int) -> int:
-        """The GPU with the least residual >= weight not holding `group`, ties by index; -1 when none."""
-        at = self.sorted.bisect_left((weight - 1e-12 * max(weight, 1.0), -1))
-        while at < len(self.sorted):
-            r, g = self.sorted[at]
-            if group not in groups_on[g] and weight <= r + self.slack[g]:
-                return int(g)
-            at += 1
-        return -1
-
-    def take(self, g: int, weight: float) -> None:
-        self.sorted.remove((self.residual[g], g))
-        self.residual[g] -= weight
-        self.sorted.add((self.residual[g], g))
-
-
-def _least_kvpr(load: float, size: float, gpu_load: FloatArray, gpu_weights: FloatArray, memory: FloatArray,
-                target: float, taken: list[int] | None) -> int:
-    """The GPU whose KVPR after taking the item is smallest and <= T, ties by index; -1 when none. O(G)."""
-    kv = kvpr_array(gpu_load + load, gpu_weights + size, memory)
-    limit = target * (1 + 1e-12)
-    kv = np.where(kv <= limit, kv, np.inf)
-    if taken:
-        kv[taken] = np.inf
-    g = int(np.argmin(kv))
-    return g if math.isfinite(kv[g]) else -1
+        """The GPU whose KVPR after taking item i is smallest and <= T, ties by index; -1 when none. O(G)."""
+        gpus = self.gpus
+        after = kvpr_array(gpus.load + gpus.item_load[i], gpus.weights + gpus.item_size[i], self.inst.gpu_memory)
+        return gpus.least_kvpr(i, after)

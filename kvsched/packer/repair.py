@@ -15,15 +15,27 @@ Called by: `try_pack` (items a pass could not place), `improve` (descent by lowe
 from __future__ import annotations
 
 from collections import deque
-from typing import Callable, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import numpy as np
 import numpy.typing as npt
 
-from kvsched.packer.instance import FloatArray, Instance, IntArray
+from kvsched.packer.deadline import NEVER, Deadline
+from kvsched.packer.instance import Instance, IntArray
+from kvsched.packer.state import GpuState
 
+# `make room` tries only the GPUs with the most residual: they need the smallest exchange to take the item,
+# and each try is O(n) vectorised.
 _TOP_ROOMS = 8
+# Items moved by the last this-many steps may not be ejected again, so that two items cannot trade places forever.
 _TABU = 16
+# Steps of `_consolidate` for one item: each moves one exchange's gain onto the chosen GPU. A bound on the work
+# of one step of `repair` (each is O(n) vectorised); the value is the one it was written with, not tuned.
+_CONSOLIDATE_STEPS = 12
+# Default step budget of one repair: this many steps per pending item plus a floor, so that ejection chains
+# end; a repair that needs more gives up (None) and the caller keeps what it had.
+_STEPS_PER_ITEM = 30
+_STEPS_FLOOR = 200
 
 
 def _none_of(values: IntArray, excluded: Iterable[int]) -> npt.NDArray[np.bool_]:
@@ -34,50 +46,7 @@ def _none_of(values: IntArray, excluded: Iterable[int]) -> npt.NDArray[np.bool_]
     return mask
 
 
-class _Bins:
-    """Weights, residuals and model groups per GPU at target T, kept in sync with `assign`."""
-
-    def __init__(self, inst: Instance, assign: IntArray, target: float) -> None:
-        self.inst = inst
-        self.assign = assign
-        self.weight: FloatArray = inst.item_load + target * inst.item_size
-        self.capacity: FloatArray = target * inst.gpu_memory
-        self.slack: FloatArray = 1e-12 * self.capacity + 1e-15
-        placed = assign >= 0
-        used = np.bincount(assign[placed], weights=self.weight[placed], minlength=inst.n_gpus)
-        self.residual: FloatArray = self.capacity - used
-        self.group = inst.item_group
-        self.on_gpu: list[list[int]] = [[] for _ in range(inst.n_gpus)]
-        self.groups_on: list[set[int]] = [set() for _ in range(inst.n_gpus)]
-        self.gpus_of: dict[int, set[int]] = {}
-        for i in np.nonzero(placed)[0].tolist():
-            self.on_gpu[assign[i]].append(i)
-            self.groups_on[assign[i]].add(int(self.group[i]))
-            self.gpus_of.setdefault(int(self.group[i]), set()).add(int(assign[i]))
-
-    def put(self, i: int, g: int) -> None:
-        self.assign[i] = g
-        self.residual[g] -= self.weight[i]
-        self.on_gpu[g].append(i)
-        self.groups_on[g].add(int(self.group[i]))
-        self.gpus_of.setdefault(int(self.group[i]), set()).add(g)
-
-    def take(self, i: int) -> None:
-        g = int(self.assign[i])
-        self.assign[i] = -1
-        self.residual[g] += self.weight[i]
-        self.on_gpu[g].remove(i)
-        self.groups_on[g].discard(int(self.group[i]))
-        self.gpus_of[int(self.group[i])].discard(g)
-
-    def fits(self, i: int, g: int) -> bool:
-        return bool(self.weight[i] <= self.residual[g] + self.slack[g]) and int(self.group[i]) not in self.groups_on[g]
-
-    def gpus_with_group(self, group: int) -> list[int]:
-        return sorted(self.gpus_of.get(group, ()))
-
-
-def evict_overfull(bins: _Bins, shed_first: bool = True) -> list[int]:
+def evict_overfull(bins: GpuState, shed_first: bool = True) -> list[int]:
     """Bring every GPU over capacity within it, worst first: by `shed` (one move or swap that another GPU
     absorbs) while that works, else by taking items off into the returned trash. O(over-full GPUs * n)."""
     trash: list[int] = []
@@ -87,8 +56,8 @@ def evict_overfull(bins: _Bins, shed_first: bool = True) -> list[int]:
             excess = -bins.residual[g]
             if shed_first and shed(bins, g, excess):
                 continue
-            items = sorted(bins.on_gpu[g], key=lambda i: (bins.weight[i], i))
-            enough = [i for i in items if bins.weight[i] >= excess - bins.slack[g]]
+            items = sorted(bins.on_gpu[g], key=lambda i: (bins.item_weight[i], i))
+            enough = [i for i in items if bins.item_weight[i] >= excess - bins.slack[g]]
             victim = enough[0] if enough else items[-1]
             bins.take(victim)
             trash.append(victim)
@@ -97,19 +66,19 @@ def evict_overfull(bins: _Bins, shed_first: bool = True) -> list[int]:
 
 def repair(inst: Instance, assign: IntArray, target: float, trash: Sequence[int] = (),
            max_steps: int | None = None, shed_first: bool = True,
-           out_of_time: Callable[[], bool] = lambda: False) -> IntArray | None:
+           deadline: Deadline = NEVER) -> IntArray | None:
     """An assignment meeting T for every item placed in `assign` or listed in `trash`, or None.
 
-    `assign` is not modified. Steps are bounded by max_steps (default 30 * trash + 200); each is O(n) vectorised.
-    Gives up (None) as soon as out_of_time() says so, checked every step.
+    `assign` is not modified. Steps are bounded by max_steps (default _STEPS_PER_ITEM * pending +
+    _STEPS_FLOOR); each is O(n) vectorised. Gives up (None) as soon as the deadline expires, checked every step.
     """
-    bins = _Bins(inst, assign.copy(), target)
+    bins = GpuState(inst, assign.copy(), target)
     pending = list(trash) + evict_overfull(bins, shed_first)
-    budget = max_steps if max_steps is not None else 30 * len(pending) + 200
+    budget = max_steps if max_steps is not None else _STEPS_PER_ITEM * len(pending) + _STEPS_FLOOR
     tabu: deque[int] = deque(maxlen=_TABU)
-    weight = bins.weight
+    weight = bins.item_weight
     while pending:
-        if budget <= 0 or out_of_time():
+        if budget <= 0 or deadline.expired():
             return None
         budget -= 1
         pending.sort(key=lambda i: (-weight[i], i))
@@ -125,10 +94,10 @@ def repair(inst: Instance, assign: IntArray, target: float, trash: Sequence[int]
     return bins.assign
 
 
-def _insert(bins: _Bins, x: int) -> bool:
+def _insert(bins: GpuState, x: int) -> bool:
     """Put x on the GPU it fits with the least residual left."""
-    room = bins.residual + bins.slack - bins.weight[x]
-    room[bins.gpus_with_group(int(bins.group[x]))] = -np.inf
+    room = bins.residual + bins.slack - bins.item_weight[x]
+    room[bins.gpus_with_group(int(bins.item_group[x]))] = -np.inf
     g = int(np.argmin(np.where(room >= 0, room, np.inf)))
     if room[g] < 0:
         return False
@@ -136,10 +105,10 @@ def _insert(bins: _Bins, x: int) -> bool:
     return True
 
 
-def _make_room(bins: _Bins, x: int) -> bool:
+def _make_room(bins: GpuState, x: int) -> bool:
     """Grow the residual of a roomy GPU c enough for x by one move or swap (`shed`); then put x on c."""
-    weight = bins.weight
-    gx = int(bins.group[x])
+    weight = bins.item_weight
+    gx = int(bins.item_group[x])
     blocked = set(bins.gpus_with_group(gx))
     order = np.argsort(-bins.residual, kind="stable")
     rooms = [int(c) for c in order[: _TOP_ROOMS + len(blocked)] if int(c) not in blocked][:_TOP_ROOMS]
@@ -151,22 +120,22 @@ def _make_room(bins: _Bins, x: int) -> bool:
     return False
 
 
-def shed(bins: _Bins, c: int, need: float, incoming_group: int = -1) -> bool:
+def shed(bins: GpuState, c: int, need: float, incoming_group: int = -1) -> bool:
     """Raise GPU c's residual by at least `need` with one move of an item z of c to another GPU b, or one swap
     of z with a lighter item y of b; b must stay within capacity. Of all such, the one using least of b's
     residual (w_z for a move, w_z - w_y for a swap) is applied. y may not be of `incoming_group` (the model
     about to join c). Returns whether it found one. O(|items on c| * n) vectorised.
     """
-    weight = bins.weight
+    weight = bins.item_weight
     placed = np.nonzero(bins.assign >= 0)[0]
     bin_of = bins.assign[placed]
     absorb = bins.residual[bin_of] + bins.slack[bin_of]
-    grp_placed = bins.group[placed]
+    grp_placed = bins.item_group[placed]
     best = (np.inf, -1, -1, -1)  # (residual used, z, target GPU b, y or -1 for a move)
     for z in bins.on_gpu[c]:
         if weight[z] < need:
             continue
-        gz = int(bins.group[z])
+        gz = int(bins.item_group[z])
         z_blocked = bins.gpus_with_group(gz)
         room = bins.residual + bins.slack - weight[z]
         room[c] = -np.inf
@@ -197,17 +166,14 @@ def shed(bins: _Bins, c: int, need: float, incoming_group: int = -1) -> bool:
     return True
 
 
-_CONSOLIDATE_STEPS = 12
-
-
-def _consolidate(bins: _Bins, x: int, tabu: deque[int]) -> bool:
+def _consolidate(bins: GpuState, x: int, tabu: deque[int]) -> bool:
     """Gather residual onto the roomiest GPU c x may use, then put x there.
 
     Each step trades an item z of c for a lighter item y of another GPU b (or moves z to b) with the largest
     gain w_z - w_y that b can absorb; items moved by an earlier step are tabu. Up to _CONSOLIDATE_STEPS steps.
     """
-    weight = bins.weight
-    gx = int(bins.group[x])
+    weight = bins.item_weight
+    gx = int(bins.item_group[x])
     residual = bins.residual.copy()
     residual[bins.gpus_with_group(gx)] = -np.inf
     c = int(np.argmax(residual))
@@ -225,13 +191,13 @@ def _consolidate(bins: _Bins, x: int, tabu: deque[int]) -> bool:
         for z in bins.on_gpu[c]:
             if z in moved:
                 continue
-            gz = int(bins.group[z])
+            gz = int(bins.item_group[z])
             d = weight[z] - weight[placed]
             others_on_c = bins.groups_on[c] - {gz}
-            ok = (bin_of != c) & (d > 0) & (d <= absorb) & (bins.group[placed] != gx)
+            ok = (bin_of != c) & (d > 0) & (d <= absorb) & (bins.item_group[placed] != gx)
             ok &= _none_of(bin_of, bins.gpus_with_group(gz))
             if others_on_c:
-                ok &= _none_of(bins.group[placed], others_on_c)
+                ok &= _none_of(bins.item_group[placed], others_on_c)
             if moved:
                 ok &= _none_of(placed, moved)
             if ok.any():
@@ -254,16 +220,16 @@ def _consolidate(bins: _Bins, x: int, tabu: deque[int]) -> bool:
     return False
 
 
-def _eject(bins: _Bins, x: int, tabu: deque[int]) -> int:
+def _eject(bins: GpuState, x: int, tabu: deque[int]) -> int:
     """x replaces a lighter item y on a GPU where it then fits; returns y, or -1 when no such y exists."""
-    weight = bins.weight
-    gx = int(bins.group[x])
+    weight = bins.item_weight
+    gx = int(bins.item_group[x])
     placed = np.nonzero(bins.assign >= 0)[0]
     bin_of = bins.assign[placed]
     blocked = bins.gpus_with_group(gx)
     ok = (weight[placed] < weight[x]) & (weight[x] - weight[placed] <= bins.residual[bin_of] + bins.slack[bin_of])
     if blocked:
-        ok &= _none_of(bin_of, blocked) | (bins.group[placed] == gx)
+        ok &= _none_of(bin_of, blocked) | (bins.item_group[placed] == gx)
     if tabu:
         ok &= _none_of(placed, tabu)
     if not ok.any():

@@ -6,7 +6,7 @@ first. A pass that completes without retuning proves T reachable: hi drops to th
 (<= T). A pass that completes only after retuning to T' > T yields a valid placement judged by its own max KVPR
 (<= T'), so hi may still drop; whether T itself is reachable is then asked of the same pass without retune.
 When no candidate reaches T, lo rises to T. It stops when hi / lo - 1 is
-below the tolerance, after max_iterations, or when out_of_time() says so after at least one iteration.
+below the tolerance, after max_iterations, or when the deadline has expired after at least one iteration.
 Called by: `solve`, bench.
 """
 
@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Sequence
 
+from kvsched.packer.deadline import NEVER, Deadline
 from kvsched.packer.evaluate import max_kvpr
 from kvsched.packer.instance import Instance, IntArray
 from kvsched.packer.pack import ORDERS, Order, Policy, try_pack
@@ -35,6 +36,12 @@ class BisectionResult:
 
 
 PROBE: tuple[Order, Policy] = ("weight", "best_fit")
+# Above this many GPUs only the `fill` candidates run: a failing bisection step costs a pass per candidate,
+# and there fill completes wherever another candidate does (see `candidates`).
+FILL_ONLY_ABOVE_GPUS = 512
+# The bisection never asks for a T below this: a lower bound of 0 (no load at all) would otherwise make
+# sqrt(lo * hi) stick at 0.
+_MIN_TARGET = 1e-12
 
 
 def candidates(n_gpus: int) -> list[tuple[Order, Policy]]:
@@ -44,20 +51,21 @@ def candidates(n_gpus: int) -> list[tuple[Order, Policy]]:
     grid points for each order); best fit by weight and the hybrid by n/m win the rest. Above 512 GPUs a failing bisection step costs a
     pass per candidate, so only the fill orders run.
     """
-    if n_gpus > 512:
+    if n_gpus > FILL_ONLY_ABOVE_GPUS:
         return [(o, "fill") for o in ORDERS]
     return [(o, "fill") for o in ORDERS] + [("weight", "best_fit"), ("ratio", "hybrid")]
 
 
 def _can_afford_reruns(lo: float, hi: float, tolerance_ratio: float, n_candidates: int, passes: int,
-                       spent_s: float, budget_s: float) -> bool:
+                       deadline: Deadline) -> bool:
     """Whether the steps bisection still expects, each with every candidate run twice, fit the budget left."""
-    if not math.isfinite(budget_s):
+    if not math.isfinite(deadline.budget_s):
         return True
     if not math.isfinite(hi) or hi <= lo:
         return False
+    spent_s = deadline.elapsed_s()
     steps = max(1.0, math.log2(max(math.log(hi / lo) / math.log1p(tolerance_ratio), 1.0)))
-    return steps * n_candidates * 2 * (spent_s / max(passes, 1)) <= budget_s - spent_s
+    return steps * n_candidates * 2 * (spent_s / max(passes, 1)) <= deadline.budget_s - spent_s
 
 
 def bisect_target(
@@ -72,14 +80,13 @@ def bisect_target(
     retune: bool = True,
     tolerance_ratio: float = 1e-4,
     max_iterations: int = 40,
-    elapsed: Callable[[], float] = lambda: 0.0,
-    budget_s: float = math.inf,
+    deadline: Deadline = NEVER,
     rerun_retuned: bool = True,
 ) -> BisectionResult:
     """Smallest T at which a candidate packs `items`, between `lower` (a valid bound) and `upper`.
 
     `upper` may be inf (no known placement): the search then first doubles T from `lower` until a pass
-    completes. No new step starts once elapsed() passes budget_s, and a later step stops between passes when
+    completes. No new step starts once the deadline has expired, and a later step stops between passes when
     it does (the probe at the bound always runs whole: it is the fast path's plan). Re-running a
     retuned pass without retune doubles a step's cost, so it is done only while the steps still expected,
     at the passes' measured speed, fit the budget (and never with rerun_retuned=False).
@@ -87,14 +94,14 @@ def bisect_target(
     """
     best_assign = upper_assign
     best = upper if upper_assign is not None else math.inf
-    lo = max(lower, 1e-12)
+    lo = max(lower, _MIN_TARGET)
     hi = best
     cands = candidates(inst.n_gpus)
     iterations = passes = evaluated = retunes = 0
     while iterations < max_iterations:
         if math.isfinite(hi) and hi / lo - 1 <= tolerance_ratio:
             break
-        if iterations > 0 and elapsed() > budget_s:
+        if iterations > 0 and deadline.expired():
             break
         # The first probe is at the lower bound itself: a retuning pass there fails part-way and finishes at
         # the T it was forced to, which brackets the optimum far tighter than the greedy's upper bound.
@@ -106,7 +113,7 @@ def bisect_target(
         step_cands = cands + [PROBE] if iterations == 1 and PROBE not in cands else cands
         cut = False
         for c, (order, policy) in enumerate(step_cands):
-            if iterations > 1 and c > 0 and elapsed() > budget_s:
+            if iterations > 1 and c > 0 and deadline.expired():
                 cut = True  # out of time mid-step: what ran proves nothing about T, keep the best found
                 break
             res = try_pack(inst, items, target, order=order, policy=policy, checkpoints=checkpoints,
@@ -125,8 +132,7 @@ def bisect_target(
                 continue  # the probe at the lower bound only brackets: T = bound is rarely reachable
             if res.retunes and not rerun_retuned:
                 continue
-            if res.retunes and not _can_afford_reruns(lo, hi, tolerance_ratio, len(cands), passes, elapsed(),
-                                                      budget_s):
+            if res.retunes and not _can_afford_reruns(lo, hi, tolerance_ratio, len(cands), passes, deadline):
                 continue
             if res.retunes:
                 # The retune judged this partial placement unable to finish at T, and it was right for the

@@ -37,6 +37,8 @@ def order_steps(inst: Instance, run: IntArray, final: IntArray) -> list[Step]:
     """The steps from `run` (item -> GPU running it, -1) to `final` (item -> planned GPU, -1), ordered as the
     module says. O(S^2) for S steps in the worst case (each step may rescan the pending ones), O(S) when each
     step fits at once."""
+    if not (run >= 0).any():  # a fresh plan: every GPU only ever holds a subset of its planned replicas
+        return [Step(i, -1, int(final[i]), False) for i in np.nonzero(final >= 0)[0].tolist()]
     size = inst.item_size
     memory = inst.gpu_memory
     stays = (run >= 0) & (final >= 0)

@@ -73,7 +73,7 @@ def test_unplaced_entries_carry_the_cause() -> None:
 @pytest.mark.parametrize(
     ("gain", "line"),
     [pytest.param(0.0, None, id="no budget cut: no next-move line"),
-     pytest.param(0.05, "next move:    would lower the hottest GPU's KVPR by 0.05 (max migrations reached)",
+     pytest.param(0.05, "next move:    more moves would lower the max KVPR by 0.05 (max migrations reached)",
                   id="budget cut: the gain is shown")],
 )
 def test_next_move_gain_in_json_and_table(gain: float, line: str | None) -> None:

@@ -21,7 +21,7 @@ from kubernetes import client
 
 from .harness.cluster import ControlPlane
 from .harness.kube import create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, wait_for
-from .harness.kvsched import (
+from .harness.controller import (
     KvschedProcess, kvsched_executable, lease_holder, resource_versions, service_account_kubeconfig, unique,
 )
 from .harness.processes import Component

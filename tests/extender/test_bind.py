@@ -147,3 +147,17 @@ def test_cache_reserve_under_a_thread_storm_gives_each_slot_once() -> None:
     won = [(r.node, r.gpu) for r in results if isinstance(r, PlannedSlot)]
     assert sorted(won) == sorted(slots)  # every slot taken exactly once
     assert sum(isinstance(r, Refusal) and r.conflict for r in results) == 32 - 8
+
+
+def test_until_the_cache_has_synced_managed_pods_wait_and_others_pass() -> None:
+    managed, web = pod("llama-new", "llama"), pod("web")
+    cache = world([node("n1")], [model("llama", "16Gi", [("n1", 0)])], [managed, web], ready=False)
+    binder, metrics = FakeBinder(), Metrics()
+    client = TestClient(create_app(ExtenderSettings(), cache, binder, metrics))
+    filtered = client.post("/filter", json=args(managed, names=["n1"])).json()
+    assert "cache has not synced yet" in filtered["Error"] and not filtered.get("NodeNames")
+    assert client.post("/filter", json=args(web, names=["n1"])).json()["NodeNames"] == ["n1"]
+    assert "cache has not synced yet" in client.post("/bind", json=binding(managed, "n1")).json()["Error"]
+    assert client.post("/bind", json=binding(web, "n1")).json() == {"Error": ""}
+    assert binder.calls == [("ml", "web", "uid-web", "n1", None)]
+    assert metrics.extender_requests.labels(verb="filter", outcome="not_synced")._value.get() == 1

@@ -192,7 +192,7 @@ def simulate_steps(models: Sequence[Model], gpus: Sequence[Gpu], current: Sequen
 # ---- strategies: a tiny cluster, its plan as the running placement, then one change ----
 
 CHANGES = ("none", "add model", "rate up", "rate down", "remove model", "drop gpu", "add gpu", "grow model",
-           "add replica")
+           "add replica", "drop replica")
 
 
 @st.composite
@@ -221,6 +221,9 @@ def changed_cluster(draw: st.DrawFn) -> tuple[list[Model], list[Gpu], list[Slot]
     elif change == "add replica":
         assume(sum(m.replicas for m in models) < 6)
         new_models[j] = dataclasses.replace(models[j], replicas=models[j].replicas + 1)
+    elif change == "drop replica":
+        assume(models[j].replicas > 1)
+        new_models[j] = dataclasses.replace(models[j], replicas=models[j].replicas - 1)
     return models, gpus, current, new_models, new_gpus, change
 
 
@@ -370,6 +373,9 @@ CASES = [
                  id="a model grown out of its GPU: one replica moves"),
     pytest.param(Case([Model("x", 20, 4, 1, replicas=3)], A[:3], slots(("x", 0, 0)), 0, 2),
                  id="replicas added: the running one stays"),
+    pytest.param(Case([Model("x", 20, 4, 1, replicas=1), Model("y", 60, 1, 1)], A[:3],
+                      slots(("x", 0, 0), ("x", 1, 1), ("x", 2, 2), ("y", 0, 0)), 0, 0),
+                 id="replicas removed: a kept one stays, whatever its number, the rest stop"),
     pytest.param(Case([Model("hot", 10, 40, 1), Model("a", 10, 1, 1), Model("b", 10, 1, 1)], A[:3],
                       slots(("hot", 0, 0), ("a", 0, 0), ("b", 0, 0)), 0, 0, options=PackOptions(max_migrations=0)),
                  id="budget 0: nothing moves however crowded"),
