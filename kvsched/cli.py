@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
     add_plan_parser(subparsers)
     add_extender_parser(subparsers)
+    add_controller_parser(subparsers)
+    add_serve_parser(subparsers)
     return parser
 
 
@@ -141,7 +143,18 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
         epilog=PLAN_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    plan.add_argument("file", metavar="FILE", type=Path, help="cluster file, YAML or JSON (format above)")
+    plan.add_argument("file", metavar="FILE", type=Path, nargs="?",
+                      help="cluster file, YAML or JSON (format above); omit with --kubeconfig")
+    plan.add_argument("--kubeconfig", metavar="PATH", nargs="?", const="", default=None,
+                      help="plan the live cluster instead of a file: read its GPU nodes, ModelServings, annotated "
+                      "Deployments and running pods, and print the plan the controller would make (writes "
+                      "nothing). Without PATH: $KUBECONFIG, in-cluster, then ~/.kube/config")
+    plan.add_argument("--node-selector", metavar="SELECTOR", default=None,
+                      help="with --kubeconfig: the controller's node selector (default $KVSCHED_NODE_SELECTOR, "
+                      "else every GPU node)")
+    plan.add_argument("--namespace", metavar="NAMESPACE", default=None,
+                      help="with --kubeconfig: only the ModelServings, Deployments and pods of NAMESPACE "
+                      "(default: all namespaces)")
     plan.add_argument("-o", "--output", metavar="FILE", help="write the plan as JSON to FILE ('-': to stdout, "
                       "instead of the table)")
     plan.add_argument("--plot", metavar="FILE", type=Path, help="draw the plan to FILE.svg or FILE.png: a bar per "
@@ -206,6 +219,76 @@ def run_extender(args: argparse.Namespace) -> int:
         return _fail(f"kvsched extender: {e}", EXIT_BAD_INPUT)
 
 
+CONTROLLER_DESCRIPTION = """\
+Run the controller: watch ModelServings, annotated Deployments (kvsched.io/model-size,
+kvsched.io/request-rate, kvsched.io/slo-seconds), GPU Nodes and managed Pods;
+re-plan with the packer on every change; write each ModelServing's status (the
+planned slots the extender enforces), patch managed Deployments' pod templates,
+and migrate replicas one eviction at a time. One replica leads (a Lease); only
+the leader writes. GET /healthz, /readyz (200 once the watches have listed; says
+who leads) and /metrics on the metrics port. See docs/controller.md.
+
+Every setting is a flag or an environment variable (the flag wins).
+"""
+
+
+def add_controller_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `kvsched controller` (flags generated from kvsched.settings.ControllerSettings)."""
+    from kvsched.settings import ControllerSettings, add_settings_arguments
+
+    controller = subparsers.add_parser(
+        "controller", help="run the controller (re-plan on change, statuses, template patches, migrations)",
+        description=CONTROLLER_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings_arguments(controller, ControllerSettings)
+    controller.set_defaults(handler=run_controller)
+
+
+def run_controller(args: argparse.Namespace) -> int:
+    """`kvsched controller`: build the settings, run until SIGTERM/SIGINT. Exit 2 on bad settings."""
+    from kvsched.controller.app import run
+    from kvsched.controller.selector import SelectorError
+    from kvsched.k8s.client import ClientConfigError
+    from kvsched.settings import ControllerSettings, settings_from
+
+    try:
+        return run(settings_from(ControllerSettings, args))
+    except (ValueError, ClientConfigError, SelectorError, OSError) as e:
+        return _fail(f"kvsched controller: {e}", EXIT_BAD_INPUT)
+
+
+SERVE_DESCRIPTION = """\
+Run the controller and the scheduler extender in one process (one Metrics
+registry): the extender's HTTP API on --port, the controller's /healthz, /readyz
+and /metrics on --metrics-port. Settings of both commands; the shared ones
+(--kubeconfig, --scheduler-name, --sync-timeout-seconds, --log-level) apply to both.
+"""
+
+
+def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `kvsched serve`."""
+    from kvsched.settings import ControllerSettings, ExtenderSettings, add_settings_arguments
+
+    serve = subparsers.add_parser(
+        "serve", help="run the controller and the extender in one process", description=SERVE_DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter, conflict_handler="resolve")
+    add_settings_arguments(serve, ControllerSettings)
+    add_settings_arguments(serve, ExtenderSettings)
+    serve.set_defaults(handler=run_serve)
+
+
+def run_serve(args: argparse.Namespace) -> int:
+    """`kvsched serve`: the controller on a thread, the extender (uvicorn) on this one."""
+    from kvsched.controller.app import serve
+    from kvsched.controller.selector import SelectorError
+    from kvsched.k8s.client import ClientConfigError
+    from kvsched.settings import ControllerSettings, ExtenderSettings, settings_from
+
+    try:
+        return serve(settings_from(ControllerSettings, args), settings_from(ExtenderSettings, args))
+    except (ValueError, ClientConfigError, SelectorError, OSError) as e:
+        return _fail(f"kvsched serve: {e}", EXIT_BAD_INPUT)
+
+
 def run_plan(args: argparse.Namespace) -> int:
     """`kvsched plan`: read, solve, print the table or JSON, write the files asked for. Returns the exit code."""
     from kvsched.cluster_file import ClusterFileError, file_field, load_cluster_file
@@ -213,11 +296,15 @@ def run_plan(args: argparse.Namespace) -> int:
     from kvsched.plan_output import plan_to_json, plan_to_table
     from kvsched.plot import PLOT_SUFFIXES, write_plot
 
-    file: Path = args.file
-    plot_file: Path | None = args.plot
     view: View = args.view or ("top" if args.top is not None else "auto")
     if args.top is not None and view != "top":
         return _fail(f"--top: lists the hottest GPUs, it does not combine with --view {view}", EXIT_BAD_INPUT)
+    if args.kubeconfig is not None:
+        return run_plan_live(args, view)
+    if args.file is None:
+        return _fail("give a cluster FILE, or --kubeconfig to plan the live cluster", EXIT_BAD_INPUT)
+    file: Path = args.file
+    plot_file: Path | None = args.plot
     if plot_file is not None and plot_file.suffix.lower() not in PLOT_SUFFIXES:
         return _fail(f"--plot: {str(plot_file)!r} must end in .svg or .png", EXIT_BAD_INPUT)
     try:
@@ -272,6 +359,67 @@ def _progress_line(forced: bool | None) -> ProgressLine | None:
         return None
     width = shutil.get_terminal_size().columns
     return ProgressLine(sys.stderr, in_place=terminal, delay_s=0.0 if forced else TERMINAL_DELAY_S, width=width)
+
+
+def run_plan_live(args: argparse.Namespace, view: View) -> int:
+    """`kvsched plan --kubeconfig`: the controller's decision over the live cluster, printed, nothing written."""
+    import dataclasses as dc
+    import os
+
+    from kvsched.controller import DecisionConfig, SelectorError, World, decide, parse_selector
+    from kvsched.controller.models import collect_models
+    from kvsched.k8s.client import ClientConfigError, api_client
+    from kvsched.k8s.rest import ApiError
+    from kvsched.k8s.snapshot import read_world
+    from kvsched.k8s.watch import WatchError
+    from kvsched.packer import PackOptions, solve
+    from kvsched.plan_output import plan_to_json, plan_to_table
+    from kvsched.plot import PLOT_SUFFIXES, write_plot
+
+    plot_file: Path | None = args.plot
+    if plot_file is not None and plot_file.suffix.lower() not in PLOT_SUFFIXES:
+        return _fail(f"--plot: {str(plot_file)!r} must end in .svg or .png", EXIT_BAD_INPUT)
+    selector_text = args.node_selector if args.node_selector is not None else os.environ.get(
+        "KVSCHED_NODE_SELECTOR", "")
+    try:
+        config = DecisionConfig(node_selector=parse_selector(selector_text))
+    except SelectorError as exc:
+        return _fail(f"--node-selector: {exc}", EXIT_BAD_INPUT)
+    options = PackOptions()
+    if args.time_budget_s is not None:
+        options = dc.replace(options, time_budget_s=args.time_budget_s)
+    if args.stability_threshold_ratio is not None:
+        options = dc.replace(options, stability_threshold_ratio=args.stability_threshold_ratio)
+    try:
+        world: World = read_world(api_client(args.kubeconfig or None), args.namespace or None)
+    except (ClientConfigError, ApiError, WatchError, OSError) as exc:
+        return _fail(f"--kubeconfig: cannot read the cluster: {exc}", EXIT_BAD_INPUT)
+    decision = decide(world, config, lambda m, g, c: solve(m, g, current=c, options=options), now="")
+    for event in decision.events:
+        if event.type == "Warning":
+            print(f"kvsched plan: {event.target.kind} {event.target.namespace + '/' if event.target.namespace else ''}"
+                  f"{event.target.name}: {event.reason}: {event.message}", file=sys.stderr)
+    if decision.plan is None:
+        print("kvsched plan: no ModelServing or annotated Deployment to plan", file=sys.stderr)
+        return EXIT_OK
+    plan = decision.plan
+    document = json.dumps(plan_to_json(plan), indent=2, allow_nan=False) + "\n"
+    if args.output == "-":
+        sys.stdout.write(document)
+    else:
+        sys.stdout.write(plan_to_table(plan, view=view, top=args.top or DEFAULT_TOP))
+        if args.output is not None:
+            try:
+                Path(args.output).write_text(document, encoding="utf-8")
+            except OSError as exc:
+                return _fail(f"--output: cannot write {args.output}: {exc.strerror or exc}", EXIT_WRITE_FAILED)
+    if plot_file is not None:
+        models = [e.model for e in collect_models(world).entries if e.model is not None]
+        try:
+            write_plot(plan, models, plot_file)
+        except OSError as exc:
+            return _fail(f"--plot: cannot write {plot_file}: {exc.strerror or exc}", EXIT_WRITE_FAILED)
+    return EXIT_OK
 
 
 def _fail(message: str, code: int) -> int:

@@ -55,6 +55,74 @@ class ExtenderSettings:
     """Python logging level name (debug, info, warning, error)."""
 
 
+@dataclass(frozen=True)
+class ControllerSettings:
+    """The controller (`kvsched controller`, or half of `kvsched serve`). See docs/controller.md."""
+
+    kubeconfig: str | None = None
+    """Path of a kubeconfig file; None: $KUBECONFIG, then the in-cluster service account, then ~/.kube/config."""
+
+    node_selector: str = ""
+    """Label selector of the nodes kvsched may plan on (kubectl syntax: `pool=gpu,!spot`). Empty: every node
+    with `nvidia.com/gpu` capacity and a GPU memory label, so a cluster with GPU Feature Discovery works as
+    installed. Set it (and taint those nodes) to keep a pool apart from other GPU workloads."""
+
+    namespace: str = ""
+    """Watch ModelServings, Deployments and Pods in this namespace only (empty: all namespaces). Nodes are always
+    cluster-wide; GPU pods of other namespaces are then not seen, so give such a controller its own pool."""
+
+    scheduler_name: str = "kvsched"
+    """`spec.schedulerName` the controller writes on managed templates: the kube-scheduler profile that calls
+    kvsched's extender (the chart's default)."""
+
+    stability_threshold: float = 0.05
+    """Keep the running placement unless a new plan's max KVPR is lower by more than this ratio: every move
+    restarts a replica (minutes of weight loading), so 5% is what a move must buy."""
+
+    max_migrations: int | None = None
+    """Cap on the moves of one re-plan (None: no cap); the packer plans the best it can within it."""
+
+    time_budget_s: float = 5.0
+    """Soft limit of one full re-plan, in seconds. A re-plan runs on every change; small clusters finish in
+    milliseconds, and 5 s keeps a 1000-GPU cluster responsive. The first plan after start uses 0 (fast path)."""
+
+    debounce_s: float = 0.2
+    """Seconds to wait after a change for more before re-planning: a Deployment rollout or a node loss arrives
+    as dozens of events within milliseconds; 200 ms coalesces them into one re-plan without a visible delay."""
+
+    metrics_port: int = 8080
+    """TCP port of /healthz, /readyz and /metrics (0: a free port, printed in the log)."""
+
+    metrics_host: str = "0.0.0.0"
+    """Address of the metrics listener. All interfaces: Prometheus scrapes the pod."""
+
+    leader_election: bool = True
+    """Elect one leader among replicas on a Lease; only the leader writes. Off: this process always writes."""
+
+    leader_election_namespace: str = "kvsched-system"
+    """Namespace of the Lease (the chart's release namespace)."""
+
+    leader_election_name: str = "kvsched-controller"
+    """Name of the Lease."""
+
+    lease_duration_s: float = 15.0
+    """Seconds a follower waits after the leader's last renewal before taking over (client-go's default): the
+    longest a crashed leader leaves the cluster without re-plans."""
+
+    renew_deadline_s: float = 10.0
+    """Seconds the leader keeps trying to renew before it stops leading (must be < lease duration)."""
+
+    retry_period_s: float = 2.0
+    """Seconds between election attempts and renewals."""
+
+    sync_timeout_s: float = 60.0
+    """Seconds to wait for the informers' first lists before logging an error (RBAC? a missing CRD?). Nothing
+    is planned until they have listed: a partial view would look like lost nodes and pods."""
+
+    log_level: str = "info"
+    """Python logging level name (debug, info, warning, error)."""
+
+
 # -- flags and environment for any settings class (the CLI's `kvsched extender`, `kvsched controller`) --------
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a settings dataclass (what --help prints), by field name."""

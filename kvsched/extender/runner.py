@@ -26,13 +26,14 @@ LIVE_PODS = Resource(PODS.group, PODS.version, PODS.plural,
                      field_selector="status.phase!=Succeeded,status.phase!=Failed")
 
 
-def run(settings: ExtenderSettings) -> int:
-    """Serve until a signal stops uvicorn; returns the exit code. Raises ClientConfigError (no kubeconfig)."""
+def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
+    """Serve until a signal stops uvicorn; returns the exit code. Raises ClientConfigError (no kubeconfig).
+    `metrics`: a registry shared with the controller under `kvsched serve` (default: a new one)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = api_client(settings.kubeconfig, timeout_s=(DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s))
     cache = Cache(settings.scheduler_name)
-    metrics = Metrics()
+    metrics = metrics or Metrics()
     informers = [informer(api, LIVE_PODS, cache.on_pod), informer(api, NODES, cache.on_node),
                  informer(api, MODELSERVINGS, cache.on_model)]
     cache.sync_checks = [i.synced.is_set for i in informers]

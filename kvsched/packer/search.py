@@ -101,7 +101,8 @@ def bisect_target(
     cands = candidates(inst.n_gpus)
     iterations = passes = evaluated = retunes = 0
     while iterations < max_iterations:
-        if math.isfinite(hi) and hi / lo - 1 <= tolerance_ratio:
+        # hi <= lo also covers a plan of zero load everywhere (hi = 0), where the ratio is undefined.
+        if math.isfinite(hi) and (hi <= lo or hi / lo - 1 <= tolerance_ratio):
             break
         if iterations > 0 and deadline.expired():
             break

@@ -7,6 +7,7 @@ URL the caller chooses. One process cannot host both: kube-scheduler shares its 
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,6 +218,17 @@ class ControlPlane:
         """Start a kube-scheduler whose only profile is `profile_name`, calling `extender`; the caller stops it
         (ControlPlane.stop also does). Each call needs a distinct `name` while the previous one runs."""
         return self._scheduler(name, {"schedulerName": profile_name}, [extender.to_config()])
+
+    def restart_apiserver(self, down_s: float = 2.0) -> None:
+        """Stop kube-apiserver, wait `down_s`, start it again on the same port and wait until it is ready."""
+        assert self.creds is not None
+        creds = self.creds
+        apiserver = next(c for c in self.components if c.name == "kube-apiserver")
+        apiserver.stop()
+        time.sleep(down_s)
+        apiserver.start()
+        apiserver.wait_ready(lambda: http_ok(f"{self.server}/readyz", creds.admin_token, creds.ca_cert),
+                             READY_TIMEOUT_S, "ready again (/readyz)")
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _wait_api_object(self, path: str, what: str) -> None:

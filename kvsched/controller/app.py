@@ -1,0 +1,182 @@
+"""`kvsched controller`: informers -> Reconciler -> ApiWriter, leader election, and the health server.
+
+Threads: one per informer (Nodes, Pods, Deployments, ModelServings), the leader elector, the health server,
+and the reconcile loop on the calling thread. SIGTERM/SIGINT stop everything; the leader releases its Lease.
+Called by: kvsched.cli (`kvsched controller`, `kvsched serve`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+from kvsched.controller.config import DecisionConfig
+from kvsched.controller.http import HealthServer
+from kvsched.controller.loop import Reconciler
+from kvsched.controller.selector import parse_selector
+from kvsched.k8s.client import api_client
+from kvsched.k8s.leader import LeaseElector
+from kvsched.k8s.readers import read_deployment, read_model_serving, read_node, read_pod
+from kvsched.k8s.watch import DELETED, DEPLOYMENTS, MODELSERVINGS, NODES, PODS, Informer, Obj, Resource, informer
+from kvsched.k8s.writers import ApiWriter
+from kvsched.metrics import Metrics
+from kvsched.settings import ControllerSettings
+
+log = logging.getLogger(__name__)
+
+# Succeeded and Failed pods hold no GPU: leave them out of the watch (the extender does the same).
+LIVE_PODS = Resource(PODS.group, PODS.version, PODS.plural,
+                     field_selector="status.phase!=Succeeded,status.phase!=Failed")
+
+
+def decision_config(settings: ControllerSettings) -> DecisionConfig:
+    """The decision core's knobs from the settings. Raises SelectorError for a bad node selector."""
+    return DecisionConfig(node_selector=parse_selector(settings.node_selector),
+                          scheduler_name=settings.scheduler_name,
+                          stability_threshold_ratio=settings.stability_threshold,
+                          max_migrations=settings.max_migrations, time_budget_s=settings.time_budget_s)
+
+
+def identity() -> str:
+    """This process's name in the Lease: host, pid and a random suffix (a restarted process is a new one)."""
+    return f"{socket.gethostname()}_{os.getpid()}_{uuid.uuid4().hex[:6]}"
+
+
+@dataclass
+class Controller:
+    """A running controller; `run(stop)` blocks until `stop` is set."""
+
+    settings: ControllerSettings
+    metrics: Metrics
+    reconciler: Reconciler
+    informers: list[Informer]
+    elector: LeaseElector | None
+    health: HealthServer | None
+
+    def leadership(self) -> str:
+        if self.elector is None:
+            return "leader: this process (leader election off)"
+        holder = self.elector.holder or "unknown"
+        me = " (this process)" if self.elector.is_leader else ""
+        return f"leader: {holder}{me}"
+
+    def ready(self) -> bool:
+        return all(i.synced.is_set() for i in self.informers)
+
+    def run(self, stop: threading.Event) -> None:
+        for i in self.informers:
+            i.start()
+        if self.health is not None:
+            self.health.start()
+            log.info("serving /healthz, /readyz, /metrics on port %d", self.health.port)
+        threading.Thread(target=self._wait_synced, args=(stop,), name="sync-wait", daemon=True).start()
+        elector_thread = None
+        if self.elector is not None:
+            elector = self.elector
+            elector_thread = threading.Thread(target=elector.run, args=(stop, self.reconciler.set_leader),
+                                              name="leader-election", daemon=True)
+            elector_thread.start()
+        else:
+            self.reconciler.set_leader(True)
+        try:
+            self.reconciler.run(stop)
+        finally:
+            stop.set()
+            if elector_thread is not None:
+                elector_thread.join(5.0)
+            for i in self.informers:
+                i.stop(timeout_s=2.0)
+            if self.health is not None:
+                self.health.stop()
+
+    def _wait_synced(self, stop: threading.Event) -> None:
+        started = time.monotonic()
+        warned = False
+        while not stop.is_set():
+            if all(i.synced.is_set() for i in self.informers):
+                log.info("informers synced")
+                self.reconciler.set_synced(True)
+                return
+            if not warned and time.monotonic() - started > self.settings.sync_timeout_s:
+                warned = True
+                log.error("informers not synced after %.0fs (RBAC? apiserver?); nothing is planned until they are",
+                          self.settings.sync_timeout_s)
+            stop.wait(0.1)
+
+
+def build_controller(settings: ControllerSettings, metrics: Metrics | None = None, *,
+                     with_health: bool = True, api: Any = None) -> Controller:
+    """Wire a controller from settings. Raises ClientConfigError, SelectorError, ValueError (bad durations)."""
+    metrics = metrics or Metrics()
+    api = api or api_client(settings.kubeconfig)
+    me = identity()
+    config = decision_config(settings)
+    reconciler = Reconciler(config, ApiWriter(api, me), metrics, debounce_s=settings.debounce_s,
+                            max_migrations=settings.max_migrations)
+
+    def handler(read: Callable[[Obj], Any], observe: Callable[..., None]) -> Callable[[str, Obj], None]:
+        def on_event(event_type: str, obj: Obj) -> None:
+            observe(read(obj), deleted=event_type == DELETED)
+        return on_event
+
+    scope = settings.namespace or None
+    informers = [
+        informer(api, NODES, handler(read_node, reconciler.observe_node)),
+        informer(api, replace(LIVE_PODS, namespace=scope), handler(read_pod, reconciler.observe_pod)),
+        informer(api, replace(DEPLOYMENTS, namespace=scope), handler(read_deployment, reconciler.observe_deployment)),
+        informer(api, replace(MODELSERVINGS, namespace=scope),
+                 handler(read_model_serving, reconciler.observe_model_serving)),
+    ]
+    elector = None
+    if settings.leader_election:
+        elector = LeaseElector(api, settings.leader_election_namespace, settings.leader_election_name, me,
+                               lease_duration_s=settings.lease_duration_s,
+                               renew_deadline_s=settings.renew_deadline_s, retry_period_s=settings.retry_period_s)
+    controller = Controller(settings, metrics, reconciler, informers, elector, None)
+    if with_health:
+        controller.health = HealthServer(settings.metrics_host, settings.metrics_port, metrics, controller.ready,
+                                         controller.leadership)
+    return controller
+
+
+def run(settings: ControllerSettings) -> int:
+    """`kvsched controller`: run until SIGTERM or SIGINT; returns the exit code. Raises ClientConfigError,
+    SelectorError, ValueError (bad durations), OSError (metrics port taken)."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    controller = build_controller(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        log.info("signal %d: stopping", signum)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    controller.run(stop)
+    return 0
+
+
+def serve(controller_settings: ControllerSettings, extender_settings: Any) -> int:
+    """`kvsched serve`: the controller on a thread, the extender's uvicorn server on this one (it handles
+    SIGTERM/SIGINT); both record into one Metrics registry."""
+    from kvsched.extender.runner import run as run_extender
+
+    logging.basicConfig(level=controller_settings.log_level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    metrics = Metrics()
+    controller = build_controller(controller_settings, metrics)
+    stop = threading.Event()
+    thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
+    thread.start()
+    try:
+        return run_extender(extender_settings, metrics=metrics)
+    finally:
+        stop.set()
+        thread.join(10.0)

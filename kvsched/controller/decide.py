@@ -1,0 +1,326 @@
+"""The decision core: a snapshot of the world in, the smallest set of writes out. Pure (no I/O, no clock read).
+
+    world -> models (ModelServings, annotated Deployments) + inventory (Nodes, unmanaged GPU pods)
+          -> current slots (running managed pods, then the planned slots of replicas not running yet)
+          -> planner (kvsched.packer.solve)
+          -> statuses, template patches, owned ModelServings, at most one eviction, events
+
+Only what differs from the world is returned: a status equal to the one stored (but for timestamps) is not
+written, a template already as needed is not patched, so an unchanged world yields no write. Bad input on one
+object becomes its condition and event; every other model is still planned; a placement already made is never
+dropped for bad input elsewhere (a Deployment whose annotations turn bad keeps its last good spec).
+Called by: kvsched.controller.reconcile (the loop), `kvsched plan --kubeconfig`, tests/controller.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+from kvsched.controller.config import DecisionConfig
+from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed
+from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, Step, choose_next, plan_steps
+from kvsched.controller.models import ModelEntry, OwnedChange, collect_models
+from kvsched.controller.objects import (
+    API_VERSION,
+    KIND,
+    MODEL_LABEL,
+    DeploymentObj,
+    ModelServingObj,
+    ObjectKey,
+    PodObj,
+    World,
+)
+from kvsched.controller.status import (
+    merge_conditions,
+    model_kvpr,
+    placement_conditions,
+    slots_of,
+    status_changed,
+)
+from kvsched.controller.template import affinity_terms, template_patch, touches_template
+from kvsched.packer import Gpu, GpuId, MigrationStep, Model, Placement, Plan, Slot, Unplaced
+
+Planner = Callable[[Sequence[Model], Sequence[Gpu], Sequence[Slot]], Plan]
+
+
+@dataclass(frozen=True)
+class EventTarget:
+    """The object an event is about."""
+
+    kind: str
+    api_version: str
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Event:
+    target: EventTarget
+    type: str  # "Normal" | "Warning"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StatusWrite:
+    key: ObjectKey
+    status: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DeploymentPatch:
+    """A strategic-merge patch of a Deployment; `rollout` when it changes the pod template."""
+
+    key: ObjectKey
+    patch: Mapping[str, Any]
+    rollout: bool
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """Evict `pod` (model `model`) to move it from `source` to `target`."""
+
+    pod: ObjectKey
+    model: ObjectKey
+    source: GpuId
+    target: GpuId
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Everything one decision wants written, and what it saw (for metrics, logs and `kvsched plan`)."""
+
+    plan: Plan | None
+    statuses: tuple[StatusWrite, ...] = ()
+    deployment_patches: tuple[DeploymentPatch, ...] = ()
+    owned_changes: tuple[OwnedChange, ...] = ()
+    eviction: Eviction | None = None
+    events: tuple[Event, ...] = ()
+    model_states: Mapping[str, int] = field(default_factory=dict)
+    steps: tuple[Step, ...] = ()
+    waiting: str | None = None
+    inventory: Inventory | None = None
+
+    @property
+    def writes(self) -> int:
+        """API writes this decision asks for (events not counted)."""
+        return (len(self.statuses) + len(self.deployment_patches) + len(self.owned_changes)
+                + (1 if self.eviction else 0))
+
+
+def ms_target(ms: ModelServingObj) -> EventTarget:
+    return EventTarget(KIND, API_VERSION, ms.namespace, ms.name, ms.uid)
+
+
+def deployment_target(dep: DeploymentObj) -> EventTarget:
+    return EventTarget("Deployment", "apps/v1", dep.namespace, dep.name, dep.uid)
+
+
+def node_target(name: str, uid: str) -> EventTarget:
+    return EventTarget("Node", "v1", "", name, uid)
+
+
+def running_pods(world: World, entries: Sequence[ModelEntry], config: DecisionConfig) -> list[RunningPod]:
+    """Live managed pods holding a GPU, with the packer name of their model (pods of unknown models skipped)."""
+    known = {e.ms.key for e in entries}
+    out = []
+    for pod in world.pods:
+        if not is_managed(pod, config):
+            continue
+        gpu = held_gpu(pod)
+        key = ObjectKey(pod.namespace, pod.labels[MODEL_LABEL])
+        if gpu is None or key not in known or pod.node is None:
+            continue
+        out.append(RunningPod(f"{key.namespace}/{key.name}", pod, GpuId(pod.node, gpu)))
+    return out
+
+
+def current_slots(entries: Sequence[ModelEntry], running: Sequence[RunningPod]) -> list[Slot]:
+    """Where replicas are now: running pods first (live before terminating, then by name), then the planned
+    slots in status of replicas not running yet, at most `replicas` per model, one per GPU."""
+    by_model: dict[str, list[RunningPod]] = defaultdict(list)
+    for r in running:
+        by_model[r.model].append(r)
+    slots: list[Slot] = []
+    for entry in entries:
+        if entry.model is None:
+            continue
+        name = entry.model.name
+        gpus: list[GpuId] = []
+        for r in sorted(by_model.get(name, []), key=lambda r: (r.pod.deleting, r.pod.created, r.pod.name)):
+            if r.gpu not in gpus:
+                gpus.append(r.gpu)
+        for s in entry.ms.status.get("slots") or []:
+            if isinstance(s, dict) and isinstance(s.get("node"), str) and isinstance(s.get("gpu"), int):
+                gpu = GpuId(s["node"], s["gpu"])
+                if gpu not in gpus:
+                    gpus.append(gpu)
+        slots.extend(Slot(name, i, g) for i, g in enumerate(gpus[:entry.model.replicas]))
+    return slots
+
+
+def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, clock_s: float = 0.0,
+           blocked: Mapping[ObjectKey, Blocked] | None = None) -> Decision:
+    """One decision over `world` (see the module docstring). `now` is the RFC 3339 time for condition
+    transitions; `clock_s` and `blocked` (refused evictions by pod) drive the eviction backoff. Never raises
+    for bad values in the world; the planner's InvalidInput (a bug) propagates."""
+    blocked = blocked or {}
+    model_set = collect_models(world)
+    entries = model_set.entries
+    inventory = build_inventory(world.nodes, world.pods, config)
+    running = running_pods(world, entries, config)
+    models = [e.model for e in entries if e.model is not None]
+    plan = planner(models, inventory.gpus, current_slots(entries, running)) if models else None
+
+    placements: dict[str, list[Placement]] = defaultdict(list)
+    unplaced: dict[str, list[Unplaced]] = defaultdict(list)
+    gpu_kvpr: dict[GpuId, float] = {}
+    if plan is not None:
+        for p in plan.placements:
+            placements[p.model].append(p)
+        for u in plan.unplaced:
+            unplaced[u.model].append(u)
+        gpu_kvpr = {g.gpu: g.kvpr for g in plan.gpus}
+
+    migration = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s,
+                            plan.steps if plan is not None else ())
+    events: list[Event] = []
+    nodes_by_name = {n.name: n for n in world.nodes}
+    for problem in inventory.problems:
+        node = nodes_by_name[problem.node]
+        events.append(Event(node_target(node.name, node.uid), "Warning", problem.reason, problem.message))
+    for dp in model_set.deployment_problems:
+        events.append(Event(deployment_target(dp.deployment), "Warning", dp.problem.reason, dp.problem.message))
+    for change in model_set.owned_changes:
+        dep = next(d for d in world.deployments if d.key == change.key)
+        verb = {"create": "ModelServingCreated", "patch": "ModelServingUpdated", "delete": "ModelServingDeleted"}
+        events.append(Event(deployment_target(dep), "Normal", verb[change.action],
+                            f"{change.action} ModelServing {change.key} from the kvsched.io annotations"))
+
+    pods_by_model: dict[str, list[PodObj]] = defaultdict(list)
+    for r in running:
+        pods_by_model[r.model].append(r.pod)
+    statuses: list[StatusWrite] = []
+    patches: list[DeploymentPatch] = []
+    states: dict[str, int] = defaultdict(int)
+    for entry in entries:
+        name = entry.ms.model_name
+        mine = placements.get(name, [])
+        missing = unplaced.get(name, [])
+        planned_gpus = {p.gpu for p in mine}
+        ready = sum(1 for r in running if r.model == name and r.pod.ready and not r.pod.deleting
+                    and r.gpu in planned_gpus)
+        moving = _migrating_condition(name, migration)
+        invalid = (entry.invalid.reason, entry.invalid.message) if entry.invalid else None
+        conditions = placement_conditions(entry.replicas, len(mine), missing, entry.model is not None,
+                                          invalid, moving)
+        status = {
+            "observedGeneration": entry.ms.generation,
+            "replicas": entry.replicas,
+            "placedReplicas": len(mine),
+            "readyReplicas": ready,
+            "kvpr": model_kvpr([gpu_kvpr[g] for g in planned_gpus if g in gpu_kvpr]),
+            "slots": slots_of(mine),
+            "conditions": merge_conditions(conditions, entry.ms.status.get("conditions") or [],
+                                           entry.ms.generation, now),
+        }
+        states[_state(entry, len(mine), moving)] += 1
+        if status_changed(entry.ms.status, status):
+            statuses.append(StatusWrite(entry.ms.key, status))
+            events.extend(_transition_events(entry.ms, conditions))
+        if entry.deployment is not None and entry.size_gib is not None:
+            terms = affinity_terms(entry.size_gib, inventory.pool, config)
+            patch = template_patch(entry.deployment, entry.ms.name, terms, config)
+            if patch is not None:
+                rollout = touches_template(patch)
+                patches.append(DeploymentPatch(entry.deployment.key, patch, rollout))
+                events.append(Event(deployment_target(entry.deployment), "Normal", "TemplatePatched",
+                                    "pod template set for kvsched (scheduler, GPU affinity, env)" if rollout
+                                    else "strategy set to RollingUpdate with maxSurge 0"))
+    states["invalid"] += len(model_set.deployment_problems)
+
+    eviction = None
+    if migration.next_step is not None:
+        step = migration.next_step
+        model_key = ObjectKey(*step.model.split("/", 1))
+        eviction = Eviction(step.pod.key, model_key, step.source, step.target)
+        ms = next(e.ms for e in entries if e.ms.key == model_key)
+        events.append(Event(ms_target(ms), "Normal", "Migrating",
+                            f"evicting pod {step.pod.name} from GPU {step.source} so that its replacement "
+                            f"takes GPU {step.target}"))
+    return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, eviction, tuple(events),
+                    dict(states), migration.steps, migration.waiting, inventory)
+
+
+def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventory, running: Sequence[RunningPod],
+                placements: Mapping[str, Sequence[Placement]], config: DecisionConfig,
+                blocked: Mapping[ObjectKey, Blocked], clock_s: float,
+                order: Sequence[MigrationStep]) -> MigrationState:
+    size = {e.model.name: e.model.size_gib for e in entries if e.model is not None}
+    memory = {g.id: g.memory_gib for g in inventory.gpus}
+    planned = {m: [p.gpu for p in ps] for m, ps in placements.items()}
+    steps = plan_steps(planned, running, size, memory, order)
+    managed = [p for p in world.pods if is_managed(p, config) and not p.terminal]
+    held_weights: dict[GpuId, float] = defaultdict(float)
+    held_by_model: dict[str, set[GpuId]] = defaultdict(set)
+    for r in running:
+        held_weights[r.gpu] += size.get(r.model, 0.0)
+        held_by_model[r.model].add(r.gpu)
+    pending = []
+    for pod in managed:
+        if pod.node is not None or pod.deleting:
+            continue
+        model = f"{pod.namespace}/{pod.labels[MODEL_LABEL]}"
+        free = [g for g in planned.get(model, []) if g not in held_by_model[model]
+                and memory.get(g, 0.0) - held_weights[g] >= size.get(model, 0.0) - 1e-9]
+        if free:
+            pending.append(pod)
+    return choose_next(steps, managed, pending, blocked, clock_s)
+
+
+def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, str] | None:
+    mine = [s for s in migration.steps if s.model == model]
+    if not mine:
+        return None
+    if model in migration.stuck:
+        b = migration.stuck[model]
+        return b.reason, b.message
+    moving = f"{len(mine)} replica(s) to move"
+    if migration.next_step is not None and migration.next_step.model == model:
+        s = migration.next_step
+        return "Evicting", f"{moving}; evicting pod {s.pod.name} from GPU {s.source} to free GPU {s.target}"
+    return "Waiting", f"{moving}; {migration.waiting or 'another model migrates first'}"
+
+
+def _state(entry: ModelEntry, placed: int, moving: tuple[str, str] | None) -> str:
+    """The `kvsched_models{state}` label of one model."""
+    if entry.model is None and entry.invalid is not None:
+        return "invalid"
+    if moving is not None:
+        return "migrating"
+    if entry.invalid is not None:
+        return "invalid"
+    if placed >= entry.replicas:
+        return "placed"
+    return "partial" if placed else "unschedulable"
+
+
+def _transition_events(ms: ModelServingObj, conditions: Sequence[Any]) -> list[Event]:
+    """An event for each condition that becomes True (or Placed that changes reason) since the stored status."""
+    old = {c.get("type"): c for c in ms.status.get("conditions") or [] if isinstance(c, dict)}
+    events = []
+    for c in conditions:
+        before = old.get(c.type) or {}
+        if c.status != "True" and c.type != "Placed":
+            continue
+        if before.get("status") == c.status and before.get("reason") == c.reason:
+            continue
+        if c.type == "Placed" and c.status != "True":
+            continue
+        warning = c.type in ("Invalid", "Unschedulable")
+        events.append(Event(ms_target(ms), "Warning" if warning else "Normal",
+                            c.reason, c.message or c.type))
+    return events

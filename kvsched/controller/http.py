@@ -1,0 +1,67 @@
+"""/healthz, /readyz and /metrics of `kvsched controller` on the standard library's HTTP server.
+
+/healthz: 200 while the process runs. /readyz: 200 once every informer has listed (503 before), with a line
+saying who leads (`leader: <identity>`, `leader: unknown`) and whether this process is it. /metrics: the
+Prometheus text format of the process's `Metrics`. Under `kvsched serve` the extender's app serves the same
+metrics registry on its own port.
+Called by: kvsched.controller.app.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
+
+from kvsched.metrics import CONTENT_TYPE, Metrics
+
+log = logging.getLogger(__name__)
+
+
+class HealthServer:
+    """Serve the three endpoints on `host:port` from a daemon thread (port 0: a free port, see `.port`)."""
+
+    def __init__(self, host: str, port: int, metrics: Metrics, ready: Callable[[], bool],
+                 leadership: Callable[[], str]) -> None:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
+                path = self.path.split("?", 1)[0]
+                if path == "/healthz":
+                    self._send(200, b"ok\n", "text/plain; charset=utf-8")
+                elif path == "/readyz":
+                    ok = outer.ready()
+                    body = f"{'ok' if ok else 'not synced'}\n{outer.leadership()}\n".encode()
+                    self._send(200 if ok else 503, body, "text/plain; charset=utf-8")
+                elif path == "/metrics":
+                    self._send(200, outer.metrics.exposition(), CONTENT_TYPE)
+                else:
+                    self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+            def _send(self, code: int, body: bytes, content_type: str) -> None:
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                log.debug("http: " + format, *args)
+
+        self.metrics = metrics
+        self.ready = ready
+        self.leadership = leadership
+        self.server = ThreadingHTTPServer((host, port), Handler)
+        self.server.daemon_threads = True
+        self.port = int(self.server.server_address[1])
+        self._thread = threading.Thread(target=self.server.serve_forever, name="health-http", daemon=True)
+
+    def start(self) -> HealthServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

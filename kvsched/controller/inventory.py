@@ -1,0 +1,152 @@
+"""GPU inventory: which GPUs of which nodes the packer may plan on.
+
+A node is in kvsched's pool when it matches the node selector, has `nvidia.com/gpu` capacity > 0 and a per-GPU
+memory label (`kvsched.io/gpu-memory`, a quantity, wins over `nvidia.com/gpu.memory`, MiB). It is planned on only
+while it is schedulable (not cordoned), Ready and not being deleted. A label that is not a quantity, or a
+capacity that is not a whole number, takes the node out with a problem (an event on the Node).
+
+GPUs taken by unmanaged pods (pods requesting `nvidia.com/gpu` that are not kvsched's) are withheld whole: the
+device plugin gives such a pod whole GPUs, and kvsched's pods bypass it, so the two cannot share a device. The
+device plugin does not say which indices it gave, so the N GPUs withheld on a node are the highest indices that
+no managed pod holds (then the highest). docs/controller.md explains why the pool should rather be kept free
+of unmanaged GPU pods (node selector plus a taint).
+Called by: kvsched.controller.decide.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Iterable, Mapping
+
+from kvsched.controller.config import DecisionConfig
+from kvsched.controller.objects import (
+    GPU_ANNOTATION,
+    GPU_MEMORY_LABEL,
+    GPU_MEMORY_MIB_LABEL,
+    MODEL_LABEL,
+    NodeObj,
+    PodObj,
+)
+from kvsched.packer import Gpu
+from kvsched.units import UnitError, memory_gib
+
+
+@dataclass(frozen=True)
+class NodeProblem:
+    """A node left out of the pool because of a value on it: reason (CamelCase) and a sentence."""
+
+    node: str
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class PoolNode:
+    """A node of the pool whose labels parse: its GPU count and memory, and whether it is usable now."""
+
+    name: str
+    gpus: int
+    memory_gib: float
+    usable: bool
+    labels: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """GPUs to plan on (node, then index order), the pool, problems, GPUs withheld for unmanaged pods."""
+
+    gpus: tuple[Gpu, ...]
+    pool: tuple[PoolNode, ...]
+    problems: tuple[NodeProblem, ...]
+    withheld: Mapping[str, tuple[int, ...]]
+
+
+def is_managed(pod: PodObj, config: DecisionConfig) -> bool:
+    """A pod is kvsched's when it carries the model label and uses kvsched's scheduler (docs/architecture.md)."""
+    return MODEL_LABEL in pod.labels and pod.scheduler_name == config.scheduler_name
+
+
+def held_gpu(pod: PodObj) -> int | None:
+    """The GPU index a bound pod holds (its `kvsched.io/gpu` annotation), or None when unbound or unannotated."""
+    if pod.node is None or pod.terminal:
+        return None
+    text = pod.annotations.get(GPU_ANNOTATION)
+    if text is None or not text.strip().isdigit():
+        return None
+    return int(text)
+
+
+def node_memory_gib(node: NodeObj) -> float | None:
+    """Per-GPU memory of a node in GiB from its labels; None when it has neither label. Raises UnitError."""
+    if GPU_MEMORY_LABEL in node.labels:
+        try:
+            return memory_gib(node.labels[GPU_MEMORY_LABEL])
+        except UnitError as e:
+            raise UnitError(f"label {GPU_MEMORY_LABEL}: {e}") from None
+    if GPU_MEMORY_MIB_LABEL in node.labels:
+        text = node.labels[GPU_MEMORY_MIB_LABEL].strip()
+        try:
+            mib = float(text)
+        except ValueError:
+            raise UnitError(f"label {GPU_MEMORY_MIB_LABEL}: {text!r} is not a number of MiB") from None
+        if not mib > 0 or mib == float("inf"):
+            raise UnitError(f"label {GPU_MEMORY_MIB_LABEL}: must be a number of MiB > 0, got {text!r}")
+        return mib / 1024.0
+    return None
+
+
+def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: DecisionConfig) -> Inventory:
+    """The GPUs the packer may use now, the pool, and the nodes left out for a bad value. O(nodes + pods)."""
+    pods = list(pods)
+    unmanaged_gpus: dict[str, int] = defaultdict(int)
+    managed_held: dict[str, set[int]] = defaultdict(set)
+    for pod in pods:
+        if pod.node is None or pod.terminal:
+            continue
+        if is_managed(pod, config):
+            gpu = held_gpu(pod)
+            if gpu is not None:
+                managed_held[pod.node].add(gpu)
+        elif pod.gpu_request > 0:
+            unmanaged_gpus[pod.node] += pod.gpu_request
+    gpus: list[Gpu] = []
+    pool: list[PoolNode] = []
+    problems: list[NodeProblem] = []
+    withheld: dict[str, tuple[int, ...]] = {}
+    for node in sorted(nodes, key=lambda n: n.name):
+        if node.gpu_capacity is None or not config.node_selector.matches(node.labels):
+            continue
+        capacity_text = node.gpu_capacity.strip()
+        if not capacity_text.isdigit():
+            problems.append(NodeProblem(node.name, "InvalidGPUCapacity",
+                                        f"capacity nvidia.com/gpu {node.gpu_capacity!r} is not a whole number"))
+            continue
+        count = int(capacity_text)
+        if count == 0:
+            continue
+        try:
+            memory = node_memory_gib(node)
+        except UnitError as e:
+            problems.append(NodeProblem(node.name, "InvalidGPUMemoryLabel", f"{e}; the node is left out"))
+            continue
+        if memory is None:
+            problems.append(NodeProblem(node.name, "NoGPUMemoryLabel",
+                                        f"neither {GPU_MEMORY_LABEL} nor {GPU_MEMORY_MIB_LABEL} is set; the node "
+                                        "is left out"))
+            continue
+        usable = not node.unschedulable and node.ready and not node.deleting
+        pool.append(PoolNode(node.name, count, memory, usable, node.labels))
+        if not usable:
+            continue
+        taken = _withheld(count, unmanaged_gpus.get(node.name, 0), managed_held.get(node.name, set()))
+        if taken:
+            withheld[node.name] = taken
+        gpus.extend(Gpu(node.name, i, memory) for i in range(count) if i not in taken)
+    return Inventory(tuple(gpus), tuple(pool), tuple(problems), withheld)
+
+
+def _withheld(count: int, wanted: int, held: set[int]) -> tuple[int, ...]:
+    """The `wanted` highest indices, those no managed pod holds first. O(count log count)."""
+    order = sorted(range(count), key=lambda i: (i in held, -i))
+    return tuple(sorted(order[:min(wanted, count)]))

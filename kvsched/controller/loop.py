@@ -1,0 +1,333 @@
+"""The reconcile loop: a cache fed by the informers, bursts of changes coalesced into one decision, the
+decision's writes carried out by a `Writer`, metrics recorded. Only the leader writes; nothing is decided
+before every informer has listed.
+
+- Debounce: a change wakes the loop, which then waits `debounce_s` more (and again while changes keep coming,
+  up to 5 x debounce_s) so a rollout or a node loss is one re-plan.
+- Fast path: the first plan after start (or after gaining leadership) uses the packer's fast path
+  (time budget 0) so placements appear at once; the loop then re-plans at once with the full budget, and the
+  running pods plus the fast plan's slots are that solve's `current`, so the fewest-moves rule refines it.
+- The same packer input twice is solved once (the last plan is kept), so the loop's own status writes coming
+  back through the watch cost no solve.
+- Writes to different objects go out in parallel (8 at a time); the eviction and events after them.
+- A write that fails is retried on the next round (errors back off 1 s to 30 s); a write issued and not yet seen
+  back through the watch is not issued again (for 30 s), so a slow watch cannot cause duplicate writes.
+- An eviction the API refuses (a PodDisruptionBudget) is retried with backoff (10 s doubling to 5 min) and shown
+  as condition Migrating with the reason; the other steps proceed.
+Called by: kvsched.controller.app (threads and wiring), tests/controller (with a fake writer).
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Mapping, Protocol, Sequence
+
+from kvsched.controller.config import DecisionConfig
+from kvsched.controller.decide import Decision, Event, decide
+from kvsched.controller.migrations import Blocked
+from kvsched.controller.models import OwnedChange
+from kvsched.controller.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, PodObj, World
+from kvsched.metrics import GpuSample, Metrics
+from kvsched.packer import Gpu, Model, PackOptions, Plan, Slot, solve
+
+log = logging.getLogger(__name__)
+
+GIB = 2**30
+_INFLIGHT_TTL_S = 30.0
+_RESYNC_S = 30.0
+_EVICTED_HOLD_S = 60.0
+
+
+class EvictionRefusedError(Exception):
+    """Raised by `Writer.evict` when the API refuses (reason for the condition, message from the API)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class Writer(Protocol):
+    """What the loop needs from the API (kvsched.k8s.writers.ApiWriter; a fake in tests). Every method raises
+    on failure; `evict` raises EvictionRefusedError (or anything with `reason` and `message`) when refused."""
+
+    def write_status(self, key: ObjectKey, status: Mapping[str, Any]) -> Any: ...
+
+    def patch_deployment(self, key: ObjectKey, patch: Mapping[str, Any]) -> Any: ...
+
+    def owned_change(self, change: OwnedChange) -> Any: ...
+
+    def evict(self, pod: ObjectKey) -> None: ...
+
+    def event(self, event: Event) -> None: ...
+
+
+def utc_now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class RoundReport:
+    """What one round did (for logs and tests)."""
+
+    decision: Decision | None
+    writes: int = 0
+    failures: int = 0
+    solved: bool = False
+
+
+class Reconciler:
+    """The loop's state. `observe_*` are called from informer threads; `run` or `reconcile_once` from one
+    thread. Thread-safe by one lock around the cache."""
+
+    def __init__(self, config: DecisionConfig, writer: Writer, metrics: Metrics, *, debounce_s: float = 0.2,
+                 max_migrations: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 wall: Callable[[], str] = utc_now,
+                 solver: Callable[..., Plan] = solve, write_concurrency: int = 8) -> None:
+        self.config = config
+        self.writer = writer
+        self.metrics = metrics
+        self.debounce_s = debounce_s
+        self.max_migrations = max_migrations
+        self.clock = clock
+        self.wall = wall
+        self.solver = solver
+        self.write_concurrency = write_concurrency
+        self.leader = False
+        self.synced = False
+        self._lock = threading.Lock()
+        self._nodes: dict[str, NodeObj] = {}
+        self._pods: dict[ObjectKey, PodObj] = {}
+        self._deployments: dict[ObjectKey, DeploymentObj] = {}
+        self._servings: dict[ObjectKey, ModelServingObj] = {}
+        self._wake = threading.Event()
+        self._last_change = 0.0
+        self._fast_next = True
+        self._memo: tuple[Any, Plan] | None = None
+        self._inflight: dict[tuple[str, ObjectKey], tuple[str, float]] = {}
+        self._blocked: dict[ObjectKey, Blocked] = {}
+        self._refusals: dict[ObjectKey, int] = {}
+        self._emitted: dict[tuple[str, str, str, str], None] = {}
+        self._error_streak = 0
+        self._solved = False
+        self.rounds = 0
+
+    # -- informer side ------------------------------------------------------------------------------------------
+    def _changed(self, kind: str, key: ObjectKey) -> None:
+        self._inflight.pop((kind, key), None)
+        self._last_change = self.clock()
+        self._wake.set()
+
+    def observe_node(self, node: NodeObj, deleted: bool = False) -> None:
+        with self._lock:
+            if deleted:
+                self._nodes.pop(node.name, None)
+            else:
+                self._nodes[node.name] = node
+            self._changed("node", ObjectKey("", node.name))
+
+    def observe_pod(self, pod: PodObj, deleted: bool = False) -> None:
+        """Only managed pods and pods requesting GPUs are kept (the others cannot change a decision)."""
+        relevant = "kvsched.io/model" in pod.labels or pod.gpu_request > 0
+        with self._lock:
+            if deleted or not relevant:
+                if self._pods.pop(pod.key, None) is None:
+                    return
+            else:
+                self._pods[pod.key] = pod
+            self._changed("pod", pod.key)
+
+    def observe_deployment(self, deployment: DeploymentObj, deleted: bool = False) -> None:
+        with self._lock:
+            if deleted:
+                self._deployments.pop(deployment.key, None)
+            else:
+                self._deployments[deployment.key] = deployment
+            self._changed("deployment", deployment.key)
+
+    def observe_model_serving(self, ms: ModelServingObj, deleted: bool = False) -> None:
+        with self._lock:
+            if deleted:
+                self._servings.pop(ms.key, None)
+            else:
+                self._servings[ms.key] = ms
+            self._changed("modelserving", ms.key)
+
+    def set_synced(self, synced: bool) -> None:
+        self.synced = synced
+        self.metrics.cache_synced.set(1 if synced else 0)
+        self._wake.set()
+
+    def set_leader(self, leader: bool) -> None:
+        self.leader = leader
+        self.metrics.is_leader.set(1 if leader else 0)
+        if leader:
+            self._fast_next = True
+        self._wake.set()
+
+    def world(self) -> World:
+        with self._lock:
+            return World(tuple(self._nodes.values()), tuple(self._pods.values()),
+                         tuple(self._deployments.values()), tuple(self._servings.values()))
+
+    # -- the loop -----------------------------------------------------------------------------------------------
+    def run(self, stop: threading.Event) -> None:
+        """Round after round until `stop`: wait for a change (or a retry, or the periodic resync), debounce,
+        decide and write. Never raises: an unexpected error is logged and the round retried with backoff."""
+        next_wake = self.clock() + _RESYNC_S
+        while not stop.is_set():
+            self._wake.wait(max(0.0, next_wake - self.clock()))
+            if stop.is_set():
+                return
+            self._wake.clear()
+            deadline = self.clock() + 5 * self.debounce_s
+            while self.clock() - self._last_change < self.debounce_s and self.clock() < deadline:
+                stop.wait(self.debounce_s / 4)
+            delay = _RESYNC_S
+            try:
+                report = self.reconcile_once()
+                if report.failures:
+                    self._error_streak += 1
+                    delay = min(30.0, 2.0 ** (self._error_streak - 1))
+                else:
+                    self._error_streak = 0
+            except Exception:  # a bug must not end the loop: log it, retry with backoff
+                log.exception("reconcile round failed")
+                self._error_streak += 1
+                delay = min(30.0, 2.0 ** (self._error_streak - 1))
+            retry = [b.retry_at for b in self._blocked.values() if b.retry_at > self.clock()]
+            if retry:
+                delay = min(delay, max(0.05, min(retry) - self.clock()))
+            next_wake = self.clock() + delay
+
+    def _plan(self, models: Sequence[Model], gpus: Sequence[Gpu], current: Sequence[Slot]) -> Plan:
+        fast = self._fast_next
+        options = PackOptions(time_budget_s=0.0 if fast else self.config.time_budget_s,
+                              stability_threshold_ratio=self.config.stability_threshold_ratio,
+                              max_migrations=self.config.max_migrations)
+        key = (tuple(models), tuple(gpus), tuple(current), options)
+        if self._memo is not None and self._memo[0] == key:
+            return self._memo[1]
+        plan = self.solver(models, gpus, current=current, options=options)
+        self._memo = (key, plan)
+        self._solved = True
+        self.metrics.record_plan(
+            plan.max_kvpr, plan.lower_bound, plan.retunes,
+            plan.solve_seconds,
+            [GpuSample(g.gpu.node, g.gpu.index, g.kvpr, g.used_memory_gib * GIB) for g in plan.gpus])
+        log.info("planned %d models on %d GPUs (%s): max KVPR %.4f, lower bound %.4f, %d retunes, %.3fs",
+                 len(models), len(gpus), "fast path" if fast else "full", plan.max_kvpr, plan.lower_bound,
+                 plan.retunes, plan.solve_seconds)
+        return plan
+
+    def reconcile_once(self) -> RoundReport:
+        """Decide over the cache and carry out the writes (leader only, synced only)."""
+        if not self.synced:
+            return RoundReport(None)
+        self.rounds += 1
+        now = self.clock()
+        self._blocked = {k: b for k, b in self._blocked.items() if b.retry_at > now or b.reason != "Evicting"}
+        self._solved = False
+        fast = self._fast_next
+        decision = decide(self.world(), self.config, self._plan, now=self.wall(), clock_s=now,
+                          blocked=self._blocked)
+        self.metrics.record_models(dict(decision.model_states))
+        if fast and self._solved:
+            self._fast_next = False
+            self._wake.set()  # refine with the full budget at once (a plan-less round keeps the fast path)
+        report = RoundReport(decision, solved=self._solved)
+        if not self.leader:
+            return report
+        jobs: list[tuple[str, ObjectKey, Any]] = [("status", w.key, w.status) for w in decision.statuses]
+        jobs += [("owned", c.key, c) for c in decision.owned_changes]
+        jobs += [("deployment", p.key, p.patch) for p in decision.deployment_patches]
+        if len(jobs) > 1 and self.write_concurrency > 1:
+            # Independent objects: written in parallel (a thousand statuses after a node loss is seconds
+            # one by one; the apiserver takes them concurrently).
+            with ThreadPoolExecutor(max_workers=min(self.write_concurrency, len(jobs)),
+                                    thread_name_prefix="write") as pool:
+                list(pool.map(lambda job: self._write(job[0], job[1], job[2], report), jobs))
+        else:
+            for kind, key, payload in jobs:
+                self._write(kind, key, payload, report)
+        if decision.eviction is not None:
+            self._evict(decision, report)
+        for event in decision.events:
+            self._emit(event)
+        if report.writes:
+            log.info("round %d: %d write(s), %d failed", self.rounds, report.writes, report.failures)
+        return report
+
+    def _write(self, kind: str, key: ObjectKey, payload: Any, report: RoundReport) -> None:
+        text = json.dumps(payload, sort_keys=True, default=str)
+        seen_kind = {"status": "modelserving", "owned": "modelserving", "deployment": "deployment"}[kind]
+        previous = self._inflight.get((seen_kind, key))
+        if previous is not None and previous[0] == text and self.clock() - previous[1] < _INFLIGHT_TTL_S:
+            return
+        try:
+            if kind == "status":
+                self.writer.write_status(key, payload)
+            elif kind == "owned":
+                self.writer.owned_change(payload)
+            else:
+                self.writer.patch_deployment(key, payload)
+        except Exception as e:
+            with self._lock:
+                report.failures += 1
+            log.warning("writing %s %s failed: %s", kind, key, e)
+            return
+        with self._lock:
+            report.writes += 1
+            self._inflight[(seen_kind, key)] = (text, self.clock())
+
+    def _evict(self, decision: Decision, report: RoundReport) -> None:
+        eviction = decision.eviction
+        assert eviction is not None
+        try:
+            self.writer.evict(eviction.pod)
+        except Exception as e:
+            count = self._refusals.get(eviction.pod, 0) + 1
+            self._refusals[eviction.pod] = count
+            delay = min(300.0, 10.0 * 2 ** (count - 1))
+            reason = str(getattr(e, "reason", "EvictionFailed"))
+            message = str(getattr(e, "message", e))
+            self._blocked[eviction.pod] = Blocked(reason, f"eviction of pod {eviction.pod.name} refused "
+                                                  f"({message}); retrying in {delay:.0f}s", self.clock() + delay)
+            log.warning("evicting %s refused: %s; retry in %.0fs", eviction.pod, message, delay)
+            self._wake.set()  # the condition says so at once
+            return
+        report.writes += 1
+        self._refusals.pop(eviction.pod, None)
+        self._blocked[eviction.pod] = Blocked("Evicting", f"pod {eviction.pod.name} is being evicted",
+                                              self.clock() + _EVICTED_HOLD_S)
+        usable = decision.inventory is not None and any(g.node == eviction.source.node
+                                                        for g in decision.inventory.gpus)
+        self.metrics.migrations.labels(reason="Rebalance" if usable else "NodeUnavailable").inc()
+        log.info("evicted %s (model %s) from %s; its replacement goes to %s", eviction.pod, eviction.model,
+                 eviction.source, eviction.target)
+
+    def _emit(self, event: Event) -> None:
+        key = (event.target.kind, str(ObjectKey(event.target.namespace, event.target.name)), event.reason,
+               event.message)
+        if key in self._emitted:
+            return
+        try:
+            self.writer.event(event)
+        except Exception as e:
+            log.warning("event %s on %s %s failed: %s", event.reason, event.target.kind, event.target.name, e)
+            return
+        self._emitted[key] = None
+        if len(self._emitted) > 10_000:
+            for old in list(self._emitted)[:5_000]:
+                del self._emitted[old]
+
+
+def with_status(ms: ModelServingObj, status: Mapping[str, Any]) -> ModelServingObj:
+    """`ms` with `status` (tests use it to play the API server back)."""
+    return replace(ms, status=dict(status))

@@ -1,0 +1,147 @@
+"""The controller's view of the cluster: plain frozen snapshots of Nodes, Pods, Deployments and ModelServings.
+
+Readers in kvsched.k8s build these from API objects (camelCase dicts); the unit tests build them by hand. They
+carry the raw strings people wrote (annotations, labels, spec values): giving them meaning, and rejecting what has
+none, is the decision core's job (kvsched.controller.models / inventory), so that a bad value becomes a condition
+and an event on its object instead of an exception in a reader.
+Called by: kvsched.controller.decide and its helpers, kvsched.k8s.readers, tests/controller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# Names fixed by docs/architecture.md.
+GROUP = "kvsched.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelServing"
+PLURAL = "modelservings"
+MODEL_LABEL = "kvsched.io/model"
+GPU_ANNOTATION = "kvsched.io/gpu"
+MEMORY_FRACTION_ANNOTATION = "kvsched.io/gpu-memory-fraction"
+SIZE_ANNOTATION = "kvsched.io/model-size"
+RATE_ANNOTATION = "kvsched.io/request-rate"
+SLO_ANNOTATION = "kvsched.io/slo-seconds"
+MODEL_ANNOTATIONS = (SIZE_ANNOTATION, RATE_ANNOTATION, SLO_ANNOTATION)
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_MEMORY_MIB_LABEL = "nvidia.com/gpu.memory"
+GPU_MEMORY_LABEL = "kvsched.io/gpu-memory"
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+VISIBLE_DEVICES_ENV = "NVIDIA_VISIBLE_DEVICES"
+MEMORY_FRACTION_ENV = "KVSCHED_GPU_MEMORY_FRACTION"
+
+
+@dataclass(frozen=True, order=True)
+class ObjectKey:
+    """A namespaced object by namespace and name (namespace "" for cluster-scoped objects such as Nodes)."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}" if self.namespace else self.name
+
+
+@dataclass(frozen=True)
+class NodeObj:
+    """A Node: labels, the `nvidia.com/gpu` capacity as written (None when absent), cordon and readiness."""
+
+    name: str
+    uid: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    gpu_capacity: str | None = None
+    unschedulable: bool = False
+    ready: bool = True
+    deleting: bool = False
+
+
+@dataclass(frozen=True)
+class PodObj:
+    """A Pod: where it is bound, its kvsched labels and annotations, its GPU requests and its life stage.
+
+    `gpu_request` is the pod's `nvidia.com/gpu` request (max over init containers, sum over containers, as the
+    scheduler counts it); `ready` is the Ready condition; `deleting` a set deletionTimestamp; `terminal` phase
+    Succeeded or Failed (a terminal pod holds nothing).
+    """
+
+    namespace: str
+    name: str
+    uid: str = ""
+    node: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    scheduler_name: str = "default-scheduler"
+    gpu_request: int = 0
+    ready: bool = False
+    deleting: bool = False
+    terminal: bool = False
+    created: str = ""
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(self.namespace, self.name)
+
+
+@dataclass(frozen=True)
+class DeploymentObj:
+    """A Deployment: its annotations, wanted replicas, pod template and strategy as plain dicts (camelCase)."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    replicas: int = 1
+    template: Mapping[str, Any] = field(default_factory=dict)
+    strategy: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(self.namespace, self.name)
+
+    @property
+    def annotated(self) -> bool:
+        """Whether any kvsched model annotation is present (the Deployment asks to be managed)."""
+        return any(a in self.annotations for a in MODEL_ANNOTATIONS)
+
+
+@dataclass(frozen=True)
+class OwnerRef:
+    """The controlling owner of an object (kind, name, uid)."""
+
+    kind: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class ModelServingObj:
+    """A ModelServing: spec and status as plain dicts, its generation and its controlling owner if any."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    generation: int = 1
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    status: Mapping[str, Any] = field(default_factory=dict)
+    owner: OwnerRef | None = None
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(self.namespace, self.name)
+
+    @property
+    def model_name(self) -> str:
+        """The packer's name of this model: `<namespace>/<name>`."""
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class World:
+    """One consistent snapshot of everything the controller decides from."""
+
+    nodes: tuple[NodeObj, ...] = ()
+    pods: tuple[PodObj, ...] = ()
+    deployments: tuple[DeploymentObj, ...] = ()
+    model_servings: tuple[ModelServingObj, ...] = ()

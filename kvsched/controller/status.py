@@ -1,0 +1,101 @@
+"""A ModelServing's status from the plan: slots, KVPR, counts and the four conditions, and whether it changed.
+
+Conditions (docs/architecture.md): `Invalid` (reasons InvalidSpec, InvalidAnnotation, WorkloadNotFound),
+`Placed` (True/Planned when every wanted replica has a slot), `Unschedulable` (True with the packer's cause:
+ModelTooLarge, NoRoomForKVCache, TooFewGPUs, InsufficientCapacity: `Unplaced.cause`), `Migrating` (True while the plan moves a
+replica of the model, with why it waits or is blocked). A condition keeps its lastTransitionTime unless its
+status changes. Numbers are rounded (KVPR to 4 decimals, memory fractions to 3, as the extender writes them) so
+that the same plan always gives the same status and an unchanged world writes nothing.
+Called by: kvsched.controller.decide.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+from kvsched.packer import Placement, Unplaced
+
+KVPR_DECIMALS = 4
+FRACTION_DECIMALS = 3
+CONDITION_TYPES = ("Placed", "Invalid", "Unschedulable", "Migrating")
+
+
+@dataclass(frozen=True)
+class Condition:
+    type: str
+    status: str
+    reason: str
+    message: str = ""
+
+
+def slots_of(placements: Sequence[Placement]) -> list[dict[str, Any]]:
+    """Status slots of one model, ordered by node then GPU (replicas are interchangeable)."""
+    return [{"node": p.gpu.node, "gpu": p.gpu.index, "memoryFraction": round(p.memory_fraction, FRACTION_DECIMALS)}
+            for p in sorted(placements, key=lambda p: p.gpu)]
+
+
+def model_kvpr(kvprs: Sequence[float]) -> float | None:
+    """The largest KVPR over the model's GPUs, rounded; None when unknown (no GPU, or infinite)."""
+    if not kvprs:
+        return None
+    worst = max(kvprs)
+    return round(worst, KVPR_DECIMALS) if math.isfinite(worst) else None
+
+
+def placement_conditions(wanted: int, placed: int, unplaced: Sequence[Unplaced], planned: bool,
+                         invalid: tuple[str, str] | None, migrating: tuple[str, str] | None) -> list[Condition]:
+    """The four conditions of one model. `invalid`/`migrating` are (reason, message) when True."""
+    conditions: list[Condition] = []
+    if not planned and invalid is not None:
+        placed_c = Condition("Placed", "False", invalid[0], "not planned: " + invalid[1])
+    elif unplaced:
+        placed_c = Condition("Placed", "False", unplaced[0].cause,
+                             f"{placed} of {wanted} replicas planned")
+    else:
+        placed_c = Condition("Placed", "True", "Planned", f"{placed} of {wanted} replicas planned")
+    conditions.append(placed_c)
+    conditions.append(Condition("Invalid", "True", invalid[0], invalid[1]) if invalid is not None
+                      else Condition("Invalid", "False", "Valid"))
+    if unplaced:
+        cause = unplaced[0].cause
+        conditions.append(Condition("Unschedulable", "True", cause,
+                                    f"{len(unplaced)} of {wanted} replicas cannot be placed: {unplaced[0].reason}"))
+    else:
+        conditions.append(Condition("Unschedulable", "False", "Schedulable"))
+    conditions.append(Condition("Migrating", "True", migrating[0], migrating[1]) if migrating is not None
+                      else Condition("Migrating", "False", "Stable"))
+    return conditions
+
+
+def merge_conditions(new: Sequence[Condition], old: Sequence[Mapping[str, Any]], generation: int,
+                     now: str) -> list[dict[str, Any]]:
+    """Condition dicts: lastTransitionTime carried over from `old` unless the status flipped."""
+    old_by_type = {c.get("type"): c for c in old if isinstance(c, dict)}
+    out = []
+    for c in new:
+        previous = old_by_type.get(c.type)
+        since = previous.get("lastTransitionTime") if previous and previous.get("status") == c.status else None
+        out.append({"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
+                    "observedGeneration": generation, "lastTransitionTime": since or now})
+    return out
+
+
+def _normalised(status: Mapping[str, Any]) -> dict[str, Any]:
+    """Status without transition times, absent kvpr as None, numbers as floats: what a 'real change' compares."""
+    out: dict[str, Any] = {}
+    for key in ("observedGeneration", "replicas", "placedReplicas", "readyReplicas", "kvpr"):
+        value = status.get(key)
+        out[key] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
+    out["slots"] = [(s.get("node"), s.get("gpu"), float(s.get("memoryFraction", 0)))
+                    for s in status.get("slots") or [] if isinstance(s, dict)]
+    out["conditions"] = sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message") or "",
+                                c.get("observedGeneration"))
+                               for c in status.get("conditions") or [] if isinstance(c, dict))
+    return out
+
+
+def status_changed(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
+    """Whether writing `new` over `old` changes anything but timestamps."""
+    return _normalised(old) != _normalised(new)

@@ -1,0 +1,125 @@
+"""The pod template a managed Deployment needs, and the smallest patch that gets it there.
+
+Every change to a Deployment's pod template starts a rollout that recreates all its replicas, so the template
+carries nothing that changes with the plan: the model label, kvsched's `schedulerName`, Downward-API env for the
+GPU index and memory fraction the extender writes at bind time, and a required node affinity that names no node:
+the pool's selector plus "a GPU larger than the model" (`nvidia.com/gpu.memory Gt <size in MiB>` for nodes without
+the `kvsched.io/gpu-memory` override; `kvsched.io/gpu-memory In <the override values larger than the model>` for
+nodes with it). That set changes only when a node with a new override value joins. The extender enforces the
+exact GPU, and evictions move replicas. The Deployment's strategy becomes RollingUpdate with maxSurge 0, so a
+rollout on a full cluster frees a slot before it asks for one (a surge pod would find every slot planned).
+Called by: kvsched.controller.decide.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterable, Mapping
+
+from kvsched.controller.config import DecisionConfig
+from kvsched.controller.inventory import PoolNode
+from kvsched.controller.objects import (
+    GPU_ANNOTATION,
+    GPU_MEMORY_LABEL,
+    GPU_MEMORY_MIB_LABEL,
+    MEMORY_FRACTION_ANNOTATION,
+    MEMORY_FRACTION_ENV,
+    MODEL_LABEL,
+    VISIBLE_DEVICES_ENV,
+    DeploymentObj,
+)
+
+_ENV = (
+    (VISIBLE_DEVICES_ENV, f"metadata.annotations['{GPU_ANNOTATION}']"),
+    (MEMORY_FRACTION_ENV, f"metadata.annotations['{MEMORY_FRACTION_ANNOTATION}']"),
+)
+
+
+def affinity_terms(size_gib: float, pool: Iterable[PoolNode], config: DecisionConfig) -> list[dict[str, Any]]:
+    """Node selector terms (ORed) of the nodes whose GPUs can hold a model of `size_gib`. O(pool)."""
+    base = config.node_selector.to_expressions()
+    size_mib = math.floor(size_gib * 1024 + 1e-9)
+    terms: list[dict[str, Any]] = [{"matchExpressions": [
+        *base,
+        {"key": GPU_MEMORY_MIB_LABEL, "operator": "Gt", "values": [str(size_mib)]},
+        {"key": GPU_MEMORY_LABEL, "operator": "DoesNotExist"},
+    ]}]
+    overrides = sorted({n.labels[GPU_MEMORY_LABEL] for n in pool
+                        if GPU_MEMORY_LABEL in n.labels and n.memory_gib > size_gib})
+    if overrides:
+        terms.append({"matchExpressions": [
+            *base, {"key": GPU_MEMORY_LABEL, "operator": "In", "values": overrides}]})
+    return terms
+
+
+def _current_terms(template: Mapping[str, Any]) -> object:
+    spec = template.get("spec") or {}
+    return (((spec.get("affinity") or {}).get("nodeAffinity") or {})
+            .get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms")
+
+
+def _env_ok(container: Mapping[str, Any]) -> bool:
+    env = {e.get("name"): e for e in container.get("env") or [] if isinstance(e, dict)}
+    for name, path in _ENV:
+        field_ref = ((env.get(name) or {}).get("valueFrom") or {}).get("fieldRef") or {}
+        if field_ref.get("fieldPath") != path:
+            return False
+    return True
+
+
+def template_patch(deployment: DeploymentObj, model_label: str, terms: list[dict[str, Any]],
+                   config: DecisionConfig) -> dict[str, Any] | None:
+    """The strategic-merge patch of `spec.template` (and `spec.strategy`) the Deployment needs; None if none.
+
+    The template part is sent whole whenever any of it differs (it is idempotent); the strategy alone does not
+    start a rollout.
+    """
+    template = deployment.template
+    labels = (template.get("metadata") or {}).get("labels") or {}
+    spec = template.get("spec") or {}
+    containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
+    template_ok = (labels.get(MODEL_LABEL) == model_label
+                   and spec.get("schedulerName") == config.scheduler_name
+                   and _current_terms(template) == terms
+                   and all(_env_ok(c) for c in containers))
+    strategy = _strategy_patch(deployment.strategy)
+    if template_ok and strategy is None:
+        return None
+    patch_spec: dict[str, Any] = {}
+    if strategy is not None:
+        patch_spec["strategy"] = strategy
+    if not template_ok:
+        env = [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in _ENV]
+        patch_spec["template"] = {
+            "metadata": {"labels": {MODEL_LABEL: model_label}},
+            "spec": {
+                "schedulerName": config.scheduler_name,
+                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": terms}}},
+                "containers": [{"name": c.get("name"), "env": env} for c in containers],
+            },
+        }
+    return {"spec": patch_spec}
+
+
+def touches_template(patch: Mapping[str, Any]) -> bool:
+    """Whether a patch from `template_patch` changes the pod template (and so starts a rollout)."""
+    return "template" in (patch.get("spec") or {})
+
+
+def _is_zero(value: object) -> bool:
+    return value in (0, "0", "0%")
+
+
+def _strategy_patch(strategy: Mapping[str, Any]) -> dict[str, Any] | None:
+    """RollingUpdate with maxSurge 0 and maxUnavailable >= 1 (kept when already positive); Recreate is left."""
+    kind = strategy.get("type", "RollingUpdate")
+    if kind == "Recreate":
+        return None
+    rolling = strategy.get("rollingUpdate") or {}
+    surge, unavailable = rolling.get("maxSurge"), rolling.get("maxUnavailable")
+    unavailable_ok = isinstance(unavailable, int) and not isinstance(unavailable, bool) and unavailable >= 1
+    if kind == "RollingUpdate" and _is_zero(surge) and unavailable_ok:
+        return None
+    return {"type": "RollingUpdate",
+            "rollingUpdate": {"maxSurge": 0, "maxUnavailable": unavailable if unavailable_ok else 1}}

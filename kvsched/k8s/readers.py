@@ -1,0 +1,103 @@
+"""API objects (camelCase dicts, as the informers deliver them) -> the controller's snapshot types.
+
+Readers take only the shape: they never judge a value (an annotation, a label, a spec field) beyond its JSON
+type, so that a bad value reaches the decision core and becomes a condition and an event on its object rather
+than an exception here. Missing or mistyped structure reads as absent.
+Called by: kvsched.controller.loop (the informers' caches), `kvsched plan --kubeconfig`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from kvsched.controller.objects import (
+    GPU_RESOURCE,
+    DeploymentObj,
+    ModelServingObj,
+    NodeObj,
+    OwnerRef,
+    PodObj,
+)
+
+Obj = Mapping[str, Any]
+
+
+def _map(value: object) -> dict[str, Any]:
+    return dict(value) if isinstance(value, dict) else {}
+
+
+def _str_map(value: object) -> dict[str, str]:
+    return {str(k): str(v) for k, v in _map(value).items()}
+
+
+def _meta(obj: Obj) -> dict[str, Any]:
+    return _map(obj.get("metadata"))
+
+
+def read_node(obj: Obj) -> NodeObj:
+    meta, spec, status = _meta(obj), _map(obj.get("spec")), _map(obj.get("status"))
+    capacity = _map(status.get("capacity"))
+    allocatable = _map(status.get("allocatable"))
+    gpus = allocatable.get(GPU_RESOURCE, capacity.get(GPU_RESOURCE))
+    ready = any(isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or [])
+    return NodeObj(name=str(meta.get("name", "")), uid=str(meta.get("uid", "")), labels=_str_map(meta.get("labels")),
+                   gpu_capacity=None if gpus is None else str(gpus), unschedulable=bool(spec.get("unschedulable")),
+                   ready=ready, deleting=bool(meta.get("deletionTimestamp")))
+
+
+def _gpu_count(resources: object) -> int:
+    res = _map(resources)
+    value = _map(res.get("requests")).get(GPU_RESOURCE, _map(res.get("limits")).get(GPU_RESOURCE, 0))
+    try:
+        return max(int(str(value)), 0)
+    except ValueError:
+        return 0
+
+
+def pod_gpu_request(spec: Mapping[str, Any]) -> int:
+    """`nvidia.com/gpu` the scheduler counts for a pod: max(largest init container, sum of containers)."""
+    containers = sum(_gpu_count(_map(c).get("resources")) for c in spec.get("containers") or [])
+    init = max((_gpu_count(_map(c).get("resources")) for c in spec.get("initContainers") or []), default=0)
+    return max(containers, init)
+
+
+def read_pod(obj: Obj) -> PodObj:
+    meta, spec, status = _meta(obj), _map(obj.get("spec")), _map(obj.get("status"))
+    ready = any(isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True"
+                for c in status.get("conditions") or [])
+    node = spec.get("nodeName")
+    return PodObj(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
+                  uid=str(meta.get("uid", "")), node=str(node) if node else None,
+                  labels=_str_map(meta.get("labels")), annotations=_str_map(meta.get("annotations")),
+                  scheduler_name=str(spec.get("schedulerName") or "default-scheduler"),
+                  gpu_request=pod_gpu_request(spec), ready=ready, deleting=bool(meta.get("deletionTimestamp")),
+                  terminal=status.get("phase") in ("Succeeded", "Failed"),
+                  created=str(meta.get("creationTimestamp") or ""))
+
+
+def read_deployment(obj: Obj) -> DeploymentObj:
+    meta, spec = _meta(obj), _map(obj.get("spec"))
+    replicas = spec.get("replicas", 1)
+    return DeploymentObj(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
+                         uid=str(meta.get("uid", "")), annotations=_str_map(meta.get("annotations")),
+                         replicas=replicas if isinstance(replicas, int) and not isinstance(replicas, bool) else 1,
+                         template=_map(spec.get("template")), strategy=_map(spec.get("strategy")))
+
+
+def controller_owner(meta: Mapping[str, Any]) -> OwnerRef | None:
+    """The ownerReference with controller: true, if any."""
+    for ref in meta.get("ownerReferences") or []:
+        if isinstance(ref, dict) and ref.get("controller"):
+            return OwnerRef(str(ref.get("kind", "")), str(ref.get("name", "")), str(ref.get("uid", "")))
+    return None
+
+
+def read_model_serving(obj: Obj) -> ModelServingObj:
+    meta = _meta(obj)
+    generation = meta.get("generation", 1)
+    return ModelServingObj(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
+                           uid=str(meta.get("uid", "")),
+                           generation=generation if isinstance(generation, int) else 1,
+                           spec=_map(obj.get("spec")), status=_map(obj.get("status")),
+                           owner=controller_owner(meta))

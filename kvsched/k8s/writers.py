@@ -1,0 +1,101 @@
+"""The controller's writes to the API server, one function each, plain dicts in, the updated object out.
+
+- ModelServing status through the status subresource (JSON merge patch: slots and conditions are replaced whole);
+- Deployment template/strategy (strategic merge patch: containers and env merge by name);
+- ModelServing create (with the ownerReference the decision built), spec patch, delete;
+- Eviction (policy/v1, so PodDisruptionBudgets hold: 429 means "not now");
+- Events (core/v1, what `kubectl describe` shows), reported by `kvsched-controller`.
+Called by: kvsched.controller.loop through `ApiWriter`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import uuid
+from typing import Any, Mapping
+
+from kubernetes import client
+
+from kvsched.controller.decide import Event
+from kvsched.controller.models import OwnedChange
+from kvsched.controller.objects import GROUP, PLURAL, VERSION, ObjectKey
+from kvsched.k8s.rest import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, call
+
+COMPONENT = "kvsched-controller"
+
+
+def _ms_path(key: ObjectKey) -> str:
+    return f"/apis/{GROUP}/{VERSION}/namespaces/{key.namespace}/{PLURAL}/{key.name}"
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class EvictionRefused(Exception):
+    """The Eviction API said no (429: a PodDisruptionBudget, or 5xx); `reason` goes to the condition."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+class ApiWriter:
+    """Carries out a Decision's writes with one ApiClient. Raises ApiError on failures the caller retries."""
+
+    def __init__(self, api: client.ApiClient, identity: str = COMPONENT) -> None:
+        self.api = api
+        self.identity = identity
+
+    def write_status(self, key: ObjectKey, status: Mapping[str, Any]) -> dict[str, Any]:
+        return call(self.api, "PATCH", _ms_path(key) + "/status", {"status": dict(status)}, content_type=MERGE_PATCH)
+
+    def patch_deployment(self, key: ObjectKey, patch: Mapping[str, Any]) -> dict[str, Any]:
+        return call(self.api, "PATCH", f"/apis/apps/v1/namespaces/{key.namespace}/deployments/{key.name}",
+                    dict(patch), content_type=STRATEGIC_MERGE_PATCH)
+
+    def owned_change(self, change: OwnedChange) -> dict[str, Any]:
+        """Create, patch or delete an owned ModelServing; a create that finds it exists, or a delete that finds
+        it gone, is not an error (another writer got there first)."""
+        try:
+            if change.action == "create":
+                path = f"/apis/{GROUP}/{VERSION}/namespaces/{change.key.namespace}/{PLURAL}"
+                return call(self.api, "POST", path, dict(change.body))
+            if change.action == "patch":
+                return call(self.api, "PATCH", _ms_path(change.key), dict(change.body), content_type=MERGE_PATCH)
+            call(self.api, "DELETE", _ms_path(change.key))
+            return {}
+        except ApiError as e:
+            if (change.action == "create" and e.status == 409) or (change.action == "delete" and e.status == 404):
+                return {}
+            raise
+
+    def evict(self, pod: ObjectKey) -> None:
+        """Evict a pod through policy/v1. A pod already gone is fine; a refusal raises EvictionRefused."""
+        body = {"apiVersion": "policy/v1", "kind": "Eviction",
+                "metadata": {"name": pod.name, "namespace": pod.namespace}}
+        try:
+            call(self.api, "POST", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/eviction", body)
+        except ApiError as e:
+            if e.status == 404:
+                return
+            if e.status == 429:
+                raise EvictionRefused("EvictionBlocked", e.message) from None
+            raise EvictionRefused("EvictionFailed", f"HTTP {e.status} {e.reason}: {e.message}") from None
+
+    def event(self, event: Event) -> None:
+        """Create a core/v1 Event about `event.target` (Nodes' events go to the `default` namespace)."""
+        namespace = event.target.namespace or "default"
+        now = _now()
+        involved = {"kind": event.target.kind, "apiVersion": event.target.api_version,
+                    "namespace": event.target.namespace, "name": event.target.name, "uid": event.target.uid}
+        body: dict[str, Any] = {
+            "apiVersion": "v1", "kind": "Event",
+            "metadata": {"name": f"{event.target.name}.{uuid.uuid4().hex[:16]}", "namespace": namespace},
+            "involvedObject": {k: v for k, v in involved.items() if v},
+            "reason": event.reason, "message": event.message[:1024], "type": event.type,
+            "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
+            "reportingInstance": self.identity, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        call(self.api, "POST", f"/api/v1/namespaces/{namespace}/events", body)

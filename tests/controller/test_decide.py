@@ -1,0 +1,310 @@
+"""The decision core against a fake world: what it writes, what it leaves alone, and how bad input ends up."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kvsched.controller import Blocked, DecisionConfig, ObjectKey, World, parse_selector
+from kvsched.controller.objects import GPU_MEMORY_LABEL
+
+from .fake import LATER, apply, bind_planned, condition, deployment, node, pod, run, serving, settle
+
+
+def _servings(world: World) -> dict[str, object]:
+    return {ms.name: ms for ms in world.model_servings}
+
+
+def three_models() -> World:
+    return World(
+        nodes=(node("big", gpus=2, memory_mib=81920), node("small", gpus=2, memory_mib=40960)),
+        deployments=(deployment("llama", size="16Gi", rate="4", replicas=2),
+                     deployment("qwen", size="30Gi", rate="2", replicas=1),
+                     deployment("phi", size="8Gi", rate="6", slo="500ms", replicas=1)),
+    )
+
+
+def test_annotated_deployments_get_owned_modelservings_then_statuses() -> None:
+    world = three_models()
+    first = run(world)
+    assert [(c.action, c.key.name) for c in first.owned_changes] == [
+        ("create", "llama"), ("create", "phi"), ("create", "qwen")]
+    body = next(c.body for c in first.owned_changes if c.key.name == "phi")
+    assert body["spec"] == {"workloadRef": {"kind": "Deployment", "name": "phi"}, "modelSize": "8Gi",
+                            "requestRate": 6, "sloSeconds": 0.5, "replicas": 1}
+    assert body["metadata"]["ownerReferences"][0] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "phi",
+                                                      "uid": "uid-phi", "controller": True,
+                                                      "blockOwnerDeletion": True}
+    settled, _ = settle(world)
+    llama = _servings(settled)["llama"]
+    assert llama.status["placedReplicas"] == 2 and len(llama.status["slots"]) == 2  # type: ignore[attr-defined]
+    assert condition(llama, "Placed")["status"] == "True"  # type: ignore[arg-type]
+    assert len({(s["node"], s["gpu"]) for s in llama.status["slots"]}) == 2  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("with_pods", [pytest.param(False, id="nothing running yet"),
+                                       pytest.param(True, id="every planned replica running")])
+def test_an_unchanged_world_writes_nothing(with_pods: bool) -> None:
+    world, _ = settle(three_models())
+    if with_pods:
+        world, _ = settle(bind_planned(world))
+    again = run(world, now=LATER)
+    assert again.writes == 0, again
+    assert again.events == ()
+
+
+def test_running_pods_are_kept_where_they_are() -> None:
+    world, _ = settle(three_models())
+    world = bind_planned(world)
+    before = {ms.name: ms.status["slots"] for ms in world.model_servings}
+    world, decisions = settle(world)
+    assert {ms.name: ms.status["slots"] for ms in world.model_servings} == before
+    assert all(d.eviction is None for d in decisions)
+    assert all(ms.status["readyReplicas"] == ms.status["replicas"] for ms in world.model_servings)
+
+
+@pytest.mark.parametrize("annotations, fragment", [
+    pytest.param({"kvsched.io/model-size": "lots", "kvsched.io/request-rate": "1", "kvsched.io/slo-seconds": "1"},
+                 "kvsched.io/model-size", id="unparsable size"),
+    pytest.param({"kvsched.io/model-size": "16", "kvsched.io/request-rate": "1", "kvsched.io/slo-seconds": "1"},
+                 "add a unit", id="size without a unit"),
+    pytest.param({"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "-3", "kvsched.io/slo-seconds": "1"},
+                 "kvsched.io/request-rate", id="negative rate"),
+    pytest.param({"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "fast",
+                  "kvsched.io/slo-seconds": "1"}, "not a number", id="rate not a number"),
+    pytest.param({"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "1", "kvsched.io/slo-seconds": "0"},
+                 "greater than zero", id="SLO zero"),
+    pytest.param({"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "1"}, "is missing",
+                 id="SLO annotation missing"),
+])
+def test_bad_annotations_make_an_event_and_leave_the_others_planned(annotations: dict[str, str],
+                                                                    fragment: str) -> None:
+    world = dataclasses.replace(three_models(), deployments=(*three_models().deployments,
+                                                             deployment("bad", annotations=annotations)))
+    first = run(world)
+    assert "bad" not in {c.key.name for c in first.owned_changes}
+    (event,) = [e for e in first.events if e.target.name == "bad"]
+    assert (event.type, event.reason, event.target.kind) == ("Warning", "InvalidAnnotation", "Deployment")
+    assert fragment in event.message
+    assert first.model_states["invalid"] == 1
+    settled, _ = settle(world)
+    assert sorted(_servings(settled)) == ["llama", "phi", "qwen"]
+    assert all(condition(ms, "Placed")["status"] == "True" for ms in settled.model_servings)
+
+
+def test_annotations_turning_bad_keep_the_last_good_spec_and_placement() -> None:
+    world, _ = settle(three_models())
+    before = _servings(world)["qwen"].status["slots"]  # type: ignore[attr-defined]
+    world = dataclasses.replace(world, deployments=tuple(
+        dataclasses.replace(d, annotations={**d.annotations, "kvsched.io/request-rate": "-1"}) if d.name == "qwen"
+        else d for d in world.deployments))
+    decision = run(world, now=LATER)
+    assert decision.owned_changes == ()
+    world = apply(world, decision)
+    qwen = _servings(world)["qwen"]
+    invalid = condition(qwen, "Invalid")  # type: ignore[arg-type]
+    assert (invalid["status"], invalid["reason"]) == ("True", "InvalidAnnotation")
+    assert "kvsched.io/request-rate" in invalid["message"]
+    assert qwen.status["slots"] == before  # type: ignore[attr-defined]
+    assert [e.reason for e in decision.events if e.target.name == "qwen"] == ["InvalidAnnotation"]
+
+
+def test_cordoned_node_replicas_are_replanned_and_evicted_one_at_a_time() -> None:
+    world, _ = settle(three_models())
+    world, _ = settle(bind_planned(world))
+    on_big = sorted(p.name for p in world.pods if p.node == "big")
+    assert on_big
+    nodes = tuple(dataclasses.replace(n, unschedulable=True) if n.name == "big" else n for n in world.nodes)
+    nodes = (*nodes, node("spare", gpus=2, memory_mib=81920))
+    world = dataclasses.replace(world, nodes=nodes)
+    decision = run(world, now=LATER)
+    for ms in apply(world, decision).model_servings:
+        assert all(s["node"] != "big" for s in ms.status["slots"])
+    assert decision.eviction is not None and decision.eviction.pod.name in on_big
+    assert decision.eviction.source.node == "big"
+    migrating = [w for w in decision.statuses if any(
+        c["type"] == "Migrating" and c["status"] == "True" for c in w.status["conditions"])]
+    assert migrating
+
+
+def test_next_eviction_waits_for_the_replacement() -> None:
+    world, _ = settle(three_models())
+    world, _ = settle(bind_planned(world))
+    nodes = tuple(dataclasses.replace(n, ready=False) if n.name == "big" else n for n in world.nodes)
+    world = dataclasses.replace(world, nodes=(*nodes, node("spare", gpus=2, memory_mib=81920)))
+    first = run(world, now=LATER)
+    assert first.eviction is not None
+    evicted = first.eviction.pod
+    # The evicted pod is terminating: nothing else is evicted meanwhile.
+    world = apply(world, dataclasses.replace(first, eviction=None))
+    world = dataclasses.replace(world, pods=tuple(dataclasses.replace(p, deleting=True) if p.key == evicted else p
+                                                  for p in world.pods))
+    second = run(world, now=LATER)
+    assert second.eviction is None and second.waiting is not None and "terminate" in second.waiting
+
+
+def test_a_refused_eviction_is_reported_and_not_retried_before_its_backoff() -> None:
+    world, _ = settle(three_models())
+    world, _ = settle(bind_planned(world))
+    nodes = tuple(dataclasses.replace(n, unschedulable=True) if n.name == "small" else n for n in world.nodes)
+    world = dataclasses.replace(world, nodes=(*nodes, node("spare", gpus=2, memory_mib=40960)))
+    first = run(world, now=LATER)
+    assert first.eviction is not None
+    pods_on_small = [p for p in world.pods if p.node == "small"]
+    blocked = {p.key: Blocked("EvictionBlocked", "Cannot evict pod as it would violate the pod's disruption "
+                              "budget.", retry_at=100.0) for p in pods_on_small}
+    refused = run(world, now=LATER, clock_s=50.0, blocked=blocked)
+    assert refused.eviction is None
+    reasons = {c["reason"] for w in refused.statuses for c in w.status["conditions"] if c["type"] == "Migrating"}
+    assert "EvictionBlocked" in reasons
+    retried = run(world, now=LATER, clock_s=150.0, blocked=blocked)
+    assert retried.eviction is not None
+
+
+@pytest.mark.parametrize("size, cause", [
+    pytest.param("100Gi", "ModelTooLarge", id="bigger than every GPU"),
+    pytest.param("80Gi", "NoRoomForKVCache", id="exactly the largest GPU"),
+])
+def test_model_too_large_is_unschedulable_and_others_placed(size: str, cause: str) -> None:
+    world = dataclasses.replace(three_models(), deployments=(*three_models().deployments,
+                                                             deployment("huge", size=size)))
+    world, decisions = settle(world)
+    huge = _servings(world)["huge"]
+    unschedulable = condition(huge, "Unschedulable")  # type: ignore[arg-type]
+    assert (unschedulable["status"], unschedulable["reason"]) == ("True", cause)
+    assert condition(huge, "Placed")["status"] == "False"  # type: ignore[arg-type]
+    assert huge.status["placedReplicas"] == 0 and huge.status["kvpr"] is None  # type: ignore[attr-defined]
+    assert any(e.reason == cause and e.type == "Warning" for d in decisions for e in d.events)
+    others = [ms for ms in world.model_servings if ms.name != "huge"]
+    assert all(condition(ms, "Placed")["status"] == "True" for ms in others)
+
+
+@pytest.mark.parametrize("labels, reason", [
+    pytest.param({GPU_MEMORY_LABEL: "eighty"}, "InvalidGPUMemoryLabel", id="override not a quantity"),
+    pytest.param({"nvidia.com/gpu.memory": "lots"}, "InvalidGPUMemoryLabel", id="GFD label not MiB"),
+])
+def test_a_bad_node_label_leaves_that_node_out_with_an_event(labels: dict[str, str], reason: str) -> None:
+    bad = node("bad", gpus=4, memory_mib=81920)
+    bad = dataclasses.replace(bad, labels={**bad.labels, **labels})
+    world = dataclasses.replace(three_models(), nodes=(*three_models().nodes, bad))
+    world, decisions = settle(world)
+    assert all(s["node"] != "bad" for ms in world.model_servings for s in ms.status["slots"])
+    (event,) = {(e.target.kind, e.target.name, e.reason) for d in decisions for e in d.events
+                if e.target.kind == "Node"}
+    assert event == ("Node", "bad", reason)
+
+
+def test_missing_workload_is_invalid() -> None:
+    world = World(nodes=(node("n"),), model_servings=(serving("ghost", workload="nowhere"),))
+    decision = run(world)
+    (write,) = decision.statuses
+    invalid = next(c for c in write.status["conditions"] if c["type"] == "Invalid")
+    assert (invalid["status"], invalid["reason"]) == ("True", "WorkloadNotFound")
+    assert "nowhere" in invalid["message"]
+    assert decision.deployment_patches == ()
+
+
+def test_user_modelserving_with_bad_size_is_invalid_and_others_planned() -> None:
+    world = World(nodes=(node("n"),),
+                  deployments=(deployment("a", annotations={}), deployment("b", annotations={})),
+                  model_servings=(serving("a", size=16), serving("b", size="16Gi")))
+    world, _ = settle(world)
+    a, b = _servings(world)["a"], _servings(world)["b"]
+    assert condition(a, "Invalid")["reason"] == "InvalidSpec"  # type: ignore[arg-type]
+    assert "spec.modelSize" in condition(a, "Invalid")["message"]  # type: ignore[arg-type]
+    assert condition(b, "Placed")["status"] == "True"  # type: ignore[arg-type]
+
+
+def test_unmanaged_gpu_pods_withhold_whole_gpus() -> None:
+    world = World(nodes=(node("n", gpus=2),), deployments=(deployment("m", replicas=2),),
+                  pods=(pod("other", "", "n", None, scheduler="default-scheduler", gpu_request=1),))
+    world, decisions = settle(world)
+    ms = _servings(world)["m"]
+    assert ms.status["placedReplicas"] == 1  # type: ignore[attr-defined]
+    assert condition(ms, "Unschedulable")["reason"] == "TooFewGPUs"  # type: ignore[arg-type]
+    assert decisions[-1].inventory is not None and decisions[-1].inventory.withheld == {"n": (1,)}
+
+
+def test_template_patch_sets_scheduler_label_env_affinity_and_strategy_once() -> None:
+    world = World(nodes=(node("big", memory_mib=81920), node("small", memory_mib=40960),
+                         dataclasses.replace(node("over"), labels={GPU_MEMORY_LABEL: "48Gi"})),
+                  deployments=(deployment("m", size="40Gi"),))
+    world, decisions = settle(world)
+    patches = [p for d in decisions for p in d.deployment_patches]
+    assert len(patches) == 1 and patches[0].rollout
+    dep = world.deployments[0]
+    spec = dep.template["spec"]
+    assert spec["schedulerName"] == "kvsched"
+    assert dep.template["metadata"]["labels"] == {"app": "m", "kvsched.io/model": "m"}
+    terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms == [
+        {"matchExpressions": [{"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["40960"]},
+                              {"key": "kvsched.io/gpu-memory", "operator": "DoesNotExist"}]},
+        {"matchExpressions": [{"key": "kvsched.io/gpu-memory", "operator": "In", "values": ["48Gi"]}]},
+    ]
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in spec["containers"][0]["env"]}
+    assert env == {"NVIDIA_VISIBLE_DEVICES": "metadata.annotations['kvsched.io/gpu']",
+                   "KVSCHED_GPU_MEMORY_FRACTION": "metadata.annotations['kvsched.io/gpu-memory-fraction']"}
+    assert dep.strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert all(s["node"] == "big" or s["node"] == "over" for s in world.model_servings[0].status["slots"])
+
+
+def test_affinity_follows_the_node_selector_and_does_not_change_when_a_node_is_cordoned() -> None:
+    config = DecisionConfig(node_selector=parse_selector("pool=gpu"))
+    pool = {"pool": "gpu"}
+    world = World(nodes=(node("a", labels=pool), node("b", labels=pool), node("outside")),
+                  deployments=(deployment("m", replicas=2),))
+    world, _ = settle(world, config=config)
+    slots = world.model_servings[0].status["slots"]
+    assert {s["node"] for s in slots} <= {"a", "b"}
+    terms = world.deployments[0].template["spec"]["affinity"]["nodeAffinity"][
+        "requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+    assert terms[0]["matchExpressions"][0] == {"key": "pool", "operator": "In", "values": ["gpu"]}
+    cordoned = dataclasses.replace(world, nodes=tuple(dataclasses.replace(n, unschedulable=True) if n.name == "a"
+                                                      else n for n in world.nodes))
+    decision = run(cordoned, config=config, now=LATER)
+    assert decision.deployment_patches == ()
+
+
+def test_deployment_without_annotations_deletes_its_owned_modelserving() -> None:
+    world, _ = settle(three_models())
+    world = dataclasses.replace(world, deployments=tuple(dataclasses.replace(d, annotations={}) if d.name == "phi"
+                                                         else d for d in world.deployments))
+    decision = run(world, now=LATER)
+    assert [(c.action, c.key) for c in decision.owned_changes] == [("delete", ObjectKey("ns", "phi"))]
+
+
+def test_replica_count_follows_the_deployment() -> None:
+    world, _ = settle(three_models())
+    scaled = dataclasses.replace(next(d for d in world.deployments if d.name == "llama"), replicas=3)
+    world = dataclasses.replace(world, deployments=tuple(scaled if d.name == "llama" else d
+                                                         for d in world.deployments))
+    world, decisions = settle(world)
+    assert [(c.action, c.body["spec"]["replicas"]) for c in decisions[0].owned_changes] == [("patch", 3)]
+    assert _servings(world)["llama"].status["placedReplicas"] == 3  # type: ignore[attr-defined]
+
+
+def test_empty_world_writes_nothing() -> None:
+    decision = run(World())
+    assert decision.writes == 0 and decision.plan is None and decision.events == ()
+
+
+@pytest.mark.parametrize("first", [pytest.param("a", id="plan orders a first"),
+                                   pytest.param("b", id="plan orders b first")])
+def test_evictions_follow_the_plans_ordered_steps(first: str) -> None:
+    from kvsched.packer import GpuId, GpuUsage, MigrationStep, Placement, Plan
+
+    world = World(nodes=(node("n", gpus=4),), deployments=(deployment("a"), deployment("b")))
+    world, _ = settle(world)
+    world = dataclasses.replace(world, pods=(pod("a-0", "a", "n", 2), pod("b-0", "b", "n", 3)))
+    moves = {"a": MigrationStep("ns/a", 0, GpuId("n", 2), GpuId("n", 0)),
+             "b": MigrationStep("ns/b", 0, GpuId("n", 3), GpuId("n", 1))}
+    order = (moves[first], moves["b" if first == "a" else "a"])
+    plan = Plan(max_kvpr=0.1, lower_bound=0.1, retunes=0, solve_seconds=0.0,
+                placements=(Placement("ns/a", 0, GpuId("n", 0), 0.5), Placement("ns/b", 0, GpuId("n", 1), 0.5)),
+                gpus=tuple(GpuUsage(GpuId("n", i), 80.0, 0.1, 16.0, ()) for i in range(4)), steps=order)
+    from kvsched.controller import decide
+
+    decision = decide(world, DecisionConfig(), lambda m, g, c: plan, now=LATER)
+    assert decision.eviction is not None and decision.eviction.pod.name == f"{first}-0"
+    assert [s.pod.name for s in decision.steps] == [f"{first}-0", f"{'b' if first == 'a' else 'a'}-0"]

@@ -1,0 +1,134 @@
+"""The reconcile loop with a fake writer: leader and sync gating, fast path then refine, no repeated writes."""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import pytest
+
+from kvsched.controller import DecisionConfig, ObjectKey
+from kvsched.controller.decide import Event
+from kvsched.controller.loop import EvictionRefusedError, Reconciler
+from kvsched.controller.models import OwnedChange
+from kvsched.controller.objects import ModelServingObj, OwnerRef
+from kvsched.metrics import Metrics
+from kvsched.packer import solve
+
+from .fake import deployment, node, pod
+
+
+class FakeWriter:
+    """Records every call; plays ModelServing creates and status writes back into the reconciler."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, Any]] = []
+        self.reconciler: Reconciler | None = None
+        self.refuse_evictions = False
+        self.servings: dict[ObjectKey, ModelServingObj] = {}
+
+    def write_status(self, key: ObjectKey, status: Mapping[str, Any]) -> None:
+        self.calls.append(("status", key))
+        ms = dataclasses.replace(self.servings[key], status=dict(status))
+        self.servings[key] = ms
+        assert self.reconciler is not None
+        self.reconciler.observe_model_serving(ms)
+
+    def patch_deployment(self, key: ObjectKey, patch: Mapping[str, Any]) -> None:
+        self.calls.append(("deployment", key))
+
+    def owned_change(self, change: OwnedChange) -> None:
+        self.calls.append((change.action, change.key))
+        if change.action == "create":
+            ms = ModelServingObj(change.key.namespace, change.key.name, "uid-ms", 1, dict(change.body["spec"]), {},
+                                 OwnerRef("Deployment", change.key.name, f"uid-{change.key.name}"))
+            self.servings[change.key] = ms
+            assert self.reconciler is not None
+            self.reconciler.observe_model_serving(ms)
+
+    def evict(self, pod_key: ObjectKey) -> None:
+        self.calls.append(("evict", pod_key))
+        if self.refuse_evictions:
+            raise EvictionRefusedError("EvictionBlocked", "Cannot evict pod as it would violate the pod's "
+                                       "disruption budget.")
+
+    def event(self, event: Event) -> None:
+        self.calls.append(("event", event.reason))
+
+
+def make(leader: bool = True, synced: bool = True) -> tuple[Reconciler, FakeWriter, list[float]]:
+    budgets: list[float] = []
+
+    def solver(*args: Any, **kw: Any) -> Any:
+        budgets.append(kw["options"].time_budget_s)
+        return solve(*args, **kw)
+
+    writer = FakeWriter()
+    now = [0.0]
+    r = Reconciler(DecisionConfig(time_budget_s=1.0), writer, Metrics(), clock=lambda: now[0],
+                   wall=lambda: "2026-11-28T06:00:00Z", solver=solver)
+    writer.reconciler = r
+    r.observe_node(node("n1", gpus=2))
+    r.observe_deployment(deployment("m", replicas=2))
+    r.set_synced(synced)
+    r.set_leader(leader)
+    return r, writer, budgets
+
+
+@pytest.mark.parametrize("leader, synced", [pytest.param(False, True, id="follower"),
+                                            pytest.param(True, False, id="not synced")])
+def test_only_a_synced_leader_writes(leader: bool, synced: bool) -> None:
+    r, writer, _ = make(leader=leader, synced=synced)
+    r.reconcile_once()
+    r.reconcile_once()
+    assert writer.calls == []
+
+
+def test_fast_path_first_then_full_budget_then_nothing() -> None:
+    r, writer, budgets = make()
+    r.reconcile_once()  # creates the ModelServing (no model to plan yet)
+    assert ("create", ObjectKey("ns", "m")) in writer.calls and budgets == []
+    r.reconcile_once()  # first plan: fast path
+    assert budgets == [0.0]
+    r.reconcile_once()  # refine with the full budget
+    assert budgets == [0.0, 1.0]
+    writer.calls.clear()
+    r.reconcile_once()
+    r.reconcile_once()
+    assert [c for c in writer.calls if c[0] != "event"] == []
+    assert budgets == [0.0, 1.0]  # the same input is not solved twice
+    metrics = r.metrics.exposition().decode()
+    assert "kvsched_max_kvpr " in metrics and 'kvsched_models{state="placed"} 1.0' in metrics
+
+
+def test_a_write_not_yet_seen_back_is_not_repeated() -> None:
+    r, writer, _ = make()
+    writer.owned_change = lambda change: writer.calls.append((change.action, change.key))  # type: ignore
+    r.reconcile_once()
+    r.reconcile_once()
+    assert writer.calls.count(("create", ObjectKey("ns", "m"))) == 1
+
+
+def test_refused_eviction_is_retried_only_after_backoff() -> None:
+    r, writer, _ = make()
+    for _ in range(3):
+        r.reconcile_once()
+    slots = writer.servings[ObjectKey("ns", "m")].status["slots"]
+    # Replica 1 runs on a GPU of a node that is then cordoned; a new node has room.
+    r.observe_node(node("n2", gpus=2))
+    r.observe_pod(pod("m-a", "m", slots[0]["node"], slots[0]["gpu"]))
+    r.observe_pod(pod("m-b", "m", slots[1]["node"], slots[1]["gpu"]))
+    for _ in range(2):
+        r.reconcile_once()
+    r.observe_node(dataclasses.replace(node("n1", gpus=2), unschedulable=True))
+    writer.refuse_evictions = True
+    writer.calls.clear()
+    r.reconcile_once()
+    assert [c for c in writer.calls if c[0] == "evict"] == [("evict", ObjectKey("ns", "m-a"))]
+    r.reconcile_once()
+    status = writer.servings[ObjectKey("ns", "m")].status
+    migrating = next(c for c in status["conditions"] if c["type"] == "Migrating")
+    assert (migrating["status"], migrating["reason"]) == ("True", "EvictionBlocked")
+    assert "disruption budget" in migrating["message"]
+    evictions = len([c for c in writer.calls if c[0] == "evict"])
+    assert evictions <= 2  # m-b may be tried once; m-a is not retried inside its backoff
+    assert writer.calls.count(("evict", ObjectKey("ns", "m-a"))) == 1

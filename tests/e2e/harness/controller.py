@@ -1,0 +1,172 @@
+"""Run kvsched's controller (`kvsched serve` or `kvsched controller`) against the e2e control plane with the
+RBAC the chart grants.
+
+- `service_account_kubeconfig`: a ServiceAccount bound to the ClusterRoles in deploy/rbac.yaml and a kubeconfig
+  with a token for it, so the controller does not run as system:masters;
+- `KvschedProcess`: `kvsched serve|controller ...` as a `processes.Component` registered with the control plane (its
+  log tail is attached to failing tests and it is stopped with the plane);
+- small readers for /metrics and /readyz, Leases, and an API-write counter based on resourceVersions.
+Called by: tests/e2e/test_controller.py.
+"""
+from __future__ import annotations
+
+import sys
+import urllib.request
+import uuid
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client
+from kubernetes.client.rest import ApiException
+
+from .cluster import ControlPlane
+from .kube import REPO_ROOT
+from .processes import Component, free_port, http_ok
+
+RBAC_PATH = REPO_ROOT / "deploy" / "rbac.yaml"
+
+
+def kvsched_executable() -> Path:
+    """The `kvsched` console script of the running interpreter's environment."""
+    return Path(sys.executable).parent / "kvsched"
+
+
+def apply_rbac(api: client.ApiClient, path: Path = RBAC_PATH) -> list[str]:
+    """Create or replace every ClusterRole in `path`; returns their names."""
+    rbac = client.RbacAuthorizationV1Api(api)
+    names = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not isinstance(doc, dict) or doc.get("kind") != "ClusterRole":
+            continue
+        name = doc["metadata"]["name"]
+        try:
+            rbac.create_cluster_role(body=doc)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+            rbac.replace_cluster_role(name, body=doc)
+        names.append(name)
+    return names
+
+
+def service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane, namespace: str,
+                               name: str = "kvsched") -> Path:
+    """A ServiceAccount `namespace/name` bound to deploy/rbac.yaml's ClusterRoles; a kubeconfig using a 2-hour
+    token for it, written next to the plane's own kubeconfig."""
+    assert plane.creds is not None
+    core = client.CoreV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(api)
+    try:
+        core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})
+    except ApiException as e:
+        if e.status != 409:
+            raise
+    for role in apply_rbac(api):
+        binding = {"metadata": {"name": f"{role}-{namespace}-{name}"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+                   "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}
+        try:
+            rbac.create_cluster_role_binding(binding)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+    token = core.create_namespaced_service_account_token(
+        name, namespace, {"spec": {"expirationSeconds": 7200}}).status.token
+    config = {
+        "apiVersion": "v1", "kind": "Config",
+        "clusters": [{"name": "e2e", "cluster": {"server": plane.server,
+                                                 "certificate-authority": str(plane.creds.ca_cert)}}],
+        "users": [{"name": name, "user": {"token": token}}],
+        "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": name}}],
+        "current-context": "e2e",
+    }
+    path = plane.workdir / f"kubeconfig-{namespace}-{name}"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+class KvschedProcess:
+    """A `kvsched serve` (controller + extender) or `kvsched controller` process on free loopback ports."""
+
+    def __init__(self, plane: ControlPlane, kubeconfig: Path, args: list[str], name: str,
+                 command: str = "serve") -> None:
+        self.metrics_port = free_port()
+        self.extender_port = free_port()
+        extender = ["--host=127.0.0.1", f"--port={self.extender_port}"] if command == "serve" else []
+        argv = [str(kvsched_executable()), command, f"--kubeconfig={kubeconfig}", *extender,
+                "--metrics-host=127.0.0.1", f"--metrics-port={self.metrics_port}", "--log-level=info", *args]
+        self.component = Component(name, argv, plane.workdir / "logs" / f"{name}.log")
+        self.plane = plane
+
+    @property
+    def extender_url(self) -> str:
+        return f"http://127.0.0.1:{self.extender_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.metrics_port}"
+
+    def start(self, timeout_s: float = 60.0) -> KvschedProcess:
+        self.component.start()
+        self.plane.components.append(self.component)
+        self.component.wait_ready(lambda: http_ok(f"{self.metrics_url}/readyz"), timeout_s, "ready (/readyz)")
+        return self
+
+    def stop(self) -> None:
+        self.component.stop()
+
+    def kill(self) -> None:
+        """SIGKILL, no clean-up (no Lease release)."""
+        import os
+        import signal
+        assert self.component.process is not None
+        os.killpg(self.component.process.pid, signal.SIGKILL)
+        self.component.process.wait(10)
+
+    def metrics(self) -> dict[str, float]:
+        """`name{labels}` -> value from /metrics."""
+        with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        out = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                key, _, value = line.rpartition(" ")
+                out[key] = float(value)
+        return out
+
+    def readyz(self) -> str:
+        try:
+            with urllib.request.urlopen(f"{self.metrics_url}/readyz", timeout=5) as r:
+                return str(r.read().decode())
+        except Exception as e:  # 503 before sync
+            return f"error: {e}"
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:6]}"
+
+
+def lease_holder(api: client.ApiClient, namespace: str, name: str) -> str | None:
+    try:
+        lease = client.CoordinationV1Api(api).read_namespaced_lease(name, namespace)
+    except ApiException as e:
+        if e.status == 404:
+            return None
+        raise
+    holder: str | None = lease.spec.holder_identity
+    return holder
+
+
+def resource_versions(api: client.ApiClient, namespace: str) -> dict[str, Any]:
+    """resourceVersion of every Deployment, ModelServing and Pod in `namespace` (a change is an API write)."""
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    custom = client.CustomObjectsApi(api)
+    out: dict[str, Any] = {}
+    for d in apps.list_namespaced_deployment(namespace).items:
+        out[f"deployment/{d.metadata.name}"] = d.metadata.resource_version
+    for m in custom.list_namespaced_custom_object("kvsched.io", "v1alpha1", namespace, "modelservings")["items"]:
+        out[f"modelserving/{m['metadata']['name']}"] = m["metadata"]["resourceVersion"]
+    for p in core.list_namespaced_pod(namespace).items:
+        out[f"pod/{p.metadata.name}"] = p.metadata.resource_version
+    return out

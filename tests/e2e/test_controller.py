@@ -1,0 +1,381 @@
+"""The controller end to end: `kvsched serve` (controller + extender) with the RBAC of deploy/rbac.yaml, a
+kube-scheduler with the `kvsched` profile, KWOK GPU nodes of a pool only this test plans on.
+
+Scenarios (issue 7): (1) three annotated Deployments on mixed 80Gi/40Gi GPUs match one plan, /metrics shows it;
+(6) bad annotations -> Invalid and an event, the others placed; (4) a controller restart writes nothing;
+(5) two controllers: one leads, SIGKILL hands over within the lease; (3) cordoning a node re-places its
+replicas; (2) a rate change moves exactly the replicas the plan moves, an unchanged world writes nothing;
+(7) an apiserver restart; (8) a rollout on a full cluster completes.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from .harness.cluster import ControlPlane
+from .harness.kube import create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, wait_for
+from .harness.controller import (
+    KvschedProcess, kvsched_executable, lease_holder, resource_versions, service_account_kubeconfig, unique,
+)
+from .harness.processes import Component
+
+pytestmark = pytest.mark.e2e
+
+LEASE_S = 6
+GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
+MIB = {"80Gi": 81920, "40Gi": 40960}
+
+
+@dataclass
+class Pool:
+    """GPU nodes labelled for this test only, and the `kvsched serve` processes planning on them."""
+
+    plane: ControlPlane
+    kube: client.ApiClient
+    namespace: str
+    label: str
+    kubeconfig: Any
+    start_scheduler: Callable[..., Component]
+    nodes: list[str] = field(default_factory=list)
+    processes: list[KvschedProcess] = field(default_factory=list)
+
+    def add_nodes(self, spec: dict[str, tuple[int, str]]) -> None:
+        """{"big": (2, "80Gi")} -> node `<label>-big` with 2 GPUs of 80Gi."""
+        names = [f"{self.label}-{suffix}" for suffix in spec]
+        create_gpu_nodes(client.CoreV1Api(self.kube), [
+            gpu_node_manifest(n, gpus=g, gpu_memory_mib=MIB[m], labels={"e2e-pool": self.label})
+            for n, (g, m) in zip(names, spec.values())])
+        self.nodes.extend(names)
+
+    def start(self, scheduler: bool = True, command: str = "serve") -> KvschedProcess:
+        proc = KvschedProcess(self.plane, self.kubeconfig, [
+            f"--node-selector=e2e-pool={self.label}", f"--namespace={self.namespace}",
+            f"--leader-election-namespace={self.namespace}",
+            f"--leader-election-name=kvsched-{self.label}", f"--lease-duration-seconds={LEASE_S}",
+            "--renew-deadline-seconds=4", "--retry-period-seconds=1", "--time-budget-seconds=2"],
+            name=f"kvsched-{command}-{len(self.processes) + 1}-{self.label}", command=command).start()
+        self.processes.append(proc)
+        if scheduler:
+            self.start_scheduler(proc.extender_url)
+        return proc
+
+
+@pytest.fixture
+def pool(control_plane: ControlPlane, kube: client.ApiClient, namespace: str, project_crds: list[str],
+         kvsched_scheduler: Callable[..., Component]) -> Iterator[Pool]:
+    assert "modelservings.kvsched.io" in project_crds
+    label = unique("pool")
+    p = Pool(control_plane, kube, namespace, label, service_account_kubeconfig(kube, control_plane, namespace),
+             kvsched_scheduler)
+    try:
+        yield p
+    finally:
+        for proc in p.processes:
+            proc.stop()
+        delete_nodes(client.CoreV1Api(kube), p.nodes)
+
+
+def annotated(name: str, size: str, rate: float, slo: str, replicas: int) -> dict[str, Any]:
+    return deployment_manifest(name, replicas=replicas, scheduler_name="kvsched", annotations={
+        "kvsched.io/model-size": size, "kvsched.io/request-rate": str(rate), "kvsched.io/slo-seconds": slo})
+
+
+MODELS = {  # name: (size, rate, slo, replicas)
+    "llama": ("16Gi", 4.0, "1", 2),
+    "qwen": ("30Gi", 2.0, "1", 1),
+    "mixtral": ("60Gi", 1.0, "2s", 1),
+}
+
+
+def create_models(pool: Pool, models: dict[str, tuple[str, float, str, int]] = MODELS) -> None:
+    apps = client.AppsV1Api(pool.kube)
+    for name, (size, rate, slo, replicas) in models.items():
+        apps.create_namespaced_deployment(pool.namespace, annotated(name, size, rate, slo, replicas))
+
+
+def serving(pool: Pool, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = client.CustomObjectsApi(pool.kube).get_namespaced_custom_object(
+        GROUP, VERSION, pool.namespace, PLURAL, name)
+    return obj
+
+
+def condition(ms: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in (ms.get("status") or {}).get("conditions") or [] if c["type"] == kind), {})
+
+
+def managed_pods(pool: Pool, name: str) -> list[client.V1Pod]:
+    return [p for p in client.CoreV1Api(pool.kube).list_namespaced_pod(
+        pool.namespace, label_selector=f"kvsched.io/model={name}").items if not p.metadata.deletion_timestamp]
+
+
+def slot_set(ms: dict[str, Any]) -> set[tuple[str, int]]:
+    return {(s["node"], s["gpu"]) for s in (ms.get("status") or {}).get("slots") or []}
+
+
+def settled(pool: Pool, names: list[str]) -> bool:
+    """Every model fully placed, its pods exactly on its slots, Ready, nothing terminating."""
+    core = client.CoreV1Api(pool.kube)
+    pods = core.list_namespaced_pod(pool.namespace).items
+    if any(p.metadata.deletion_timestamp for p in pods):
+        return False
+    for name in names:
+        ms = serving(pool, name)
+        status = ms.get("status") or {}
+        if condition(ms, "Placed").get("status") != "True" or condition(ms, "Migrating").get("status") == "True":
+            return False
+        mine = [p for p in pods if (p.metadata.labels or {}).get("kvsched.io/model") == name]
+        held = {(p.spec.node_name, int((p.metadata.annotations or {}).get("kvsched.io/gpu", -1))) for p in mine}
+        ready = all(any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+                    for p in mine)
+        if len(mine) != status.get("replicas") or held != slot_set(ms) or not ready:
+            return False
+        if status.get("readyReplicas") != status.get("replicas"):
+            return False
+    return True
+
+
+def wait_settled(pool: Pool, names: list[str], timeout_s: float = 120.0) -> dict[str, dict[str, Any]]:
+    wait_for(lambda: settled(pool, names), bool, timeout_s, f"models {names} placed, bound and Ready",
+             interval_s=0.5)
+    return {n: serving(pool, n) for n in names}
+
+
+def leader(pool: Pool) -> KvschedProcess | None:
+    leaders = [p for p in pool.processes if p.component.running and p.metrics().get("kvsched_is_leader") == 1.0]
+    assert len(leaders) <= 1, "two processes lead at once"
+    return leaders[0] if leaders else None
+
+
+# -- (1) ------------------------------------------------------------------------------------------------------
+def test_three_annotated_deployments_match_one_plan(pool: Pool) -> None:
+    pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
+    proc = pool.start()
+    create_models(pool)
+    statuses = wait_settled(pool, list(MODELS))
+    apps = client.AppsV1Api(pool.kube)
+    memory = {f"{pool.label}-big": 80.0, f"{pool.label}-small": 40.0}
+    load: dict[tuple[str, int], float] = {}
+    weights: dict[tuple[str, int], float] = {}
+    for name, (size, rate, slo, replicas) in MODELS.items():
+        ms = statuses[name]
+        assert ms["status"]["placedReplicas"] == replicas == len(slot_set(ms))
+        assert ms["status"]["observedGeneration"] == ms["metadata"]["generation"]
+        assert ms["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
+        size_gib = float(size[:-2])
+        slo_s = float(slo.rstrip("s"))
+        for slot in slot_set(ms):
+            load[slot] = load.get(slot, 0.0) + rate / slo_s / replicas
+            weights[slot] = weights.get(slot, 0.0) + size_gib
+        dep = apps.read_namespaced_deployment(name, pool.namespace)
+        spec = dep.spec.template.spec
+        assert spec.scheduler_name == "kvsched"
+        assert dep.spec.template.metadata.labels["kvsched.io/model"] == name
+        assert dep.spec.strategy.rolling_update.max_surge == 0
+        terms = spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution.node_selector_terms
+        exprs = {(e.key, e.operator, tuple(e.values or ())) for e in terms[0].match_expressions}
+        assert ("e2e-pool", "In", (pool.label,)) in exprs
+        assert ("nvidia.com/gpu.memory", "Gt", (str(int(size_gib * 1024)),)) in exprs
+        env = {e.name: e.value_from.field_ref.field_path for e in spec.containers[0].env}
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "metadata.annotations['kvsched.io/gpu']"
+        fractions = {(s["node"], s["gpu"]): s["memoryFraction"] for s in ms["status"]["slots"]}
+        for p in managed_pods(pool, name):
+            gpu = (p.spec.node_name, int(p.metadata.annotations["kvsched.io/gpu"]))
+            assert float(p.metadata.annotations["kvsched.io/gpu-memory-fraction"]) == pytest.approx(
+                fractions[gpu], abs=1e-3)
+    for gpu, w in weights.items():
+        assert w < memory[gpu[0]], f"GPU {gpu} over memory"
+    kvpr = max(load[g] / (memory[g[0]] - weights[g]) for g in load)
+    metrics = proc.metrics()
+    assert metrics["kvsched_max_kvpr"] == pytest.approx(kvpr, rel=1e-3)
+    assert 0 < metrics["kvsched_kvpr_lower_bound"] <= metrics["kvsched_max_kvpr"] + 1e-9
+    assert "kvsched_packer_retunes_total" in metrics
+    assert metrics["kvsched_cache_synced"] == 1.0 and metrics["kvsched_is_leader"] == 1.0
+    assert metrics['kvsched_models{state="placed"}'] == 3.0
+    for name in MODELS:
+        assert statuses[name]["status"]["kvpr"] == pytest.approx(
+            max(load[g] / (memory[g[0]] - weights[g]) for g in slot_set(statuses[name])), abs=1e-4)
+    # `kvsched plan --kubeconfig` prints the plan the controller made, and writes nothing.
+    versions = resource_versions(pool.kube, pool.namespace)
+    printed = subprocess.run([str(kvsched_executable()), "plan", f"--kubeconfig={pool.kubeconfig}", "-o", "-",
+                              f"--node-selector=e2e-pool={pool.label}", f"--namespace={pool.namespace}"],
+                             capture_output=True, text=True, timeout=120)
+    assert printed.returncode == 0, printed.stderr
+    planned = json.loads(printed.stdout)
+    by_model: dict[str, set[tuple[str, int]]] = {}
+    for p in planned["placements"]:
+        by_model.setdefault(p["model"].split("/", 1)[1], set()).add((p["node"], p["gpu"]))
+    assert by_model == {n: slot_set(statuses[n]) for n in MODELS}
+    assert resource_versions(pool.kube, pool.namespace) == versions
+
+
+# -- (6) ------------------------------------------------------------------------------------------------------
+def test_bad_annotations_are_invalid_with_an_event_and_others_stay_placed(pool: Pool) -> None:
+    pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
+    pool.start()
+    create_models(pool)
+    before = wait_settled(pool, list(MODELS))
+    apps, core = client.AppsV1Api(pool.kube), client.CoreV1Api(pool.kube)
+    apps.create_namespaced_deployment(pool.namespace, annotated("broken", "lots", -3, "0", 1))
+
+    def events(name: str) -> list[str]:
+        return [f"{e.reason}: {e.message}" for e in core.list_namespaced_event(
+            pool.namespace, field_selector=f"involvedObject.name={name}").items]
+
+    seen = wait_for(lambda: events("broken"), lambda ev: any(e.startswith("InvalidAnnotation") for e in ev), 30,
+                    "InvalidAnnotation event on Deployment broken")
+    assert any("kvsched.io/model-size" in e for e in seen if e.startswith("InvalidAnnotation")), seen
+    # A managed Deployment whose annotation turns bad: Invalid, and its placement kept.
+    apps.patch_namespaced_deployment("qwen", pool.namespace,
+                                     {"metadata": {"annotations": {"kvsched.io/request-rate": "-1"}}})
+    qwen = wait_for(lambda: serving(pool, "qwen"), lambda ms: condition(ms, "Invalid").get("status") == "True",
+                    30, "ModelServing qwen Invalid")
+    assert condition(qwen, "Invalid")["reason"] == "InvalidAnnotation"
+    assert slot_set(qwen) == slot_set(before["qwen"])
+    # The event follows the status write (the loop writes, then records events).
+    wait_for(lambda: events("qwen"), lambda ev: any(e.startswith("InvalidAnnotation") for e in ev), 30,
+             "InvalidAnnotation event on qwen")
+    after = wait_settled(pool, list(MODELS))
+    assert {n: slot_set(ms) for n, ms in after.items()} == {n: slot_set(ms) for n, ms in before.items()}
+
+
+# -- (4) ------------------------------------------------------------------------------------------------------
+def test_restarting_the_controller_patches_and_migrates_nothing(pool: Pool) -> None:
+    pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
+    first = pool.start()
+    create_models(pool)
+    wait_settled(pool, list(MODELS))
+    time.sleep(2)
+    before = resource_versions(pool.kube, pool.namespace)
+    first.stop()
+    second = pool.start(scheduler=False)  # the scheduler keeps calling the old URL; nothing needs binding
+    wait_for(lambda: second.metrics().get("kvsched_is_leader"), lambda v: v == 1.0, LEASE_S + 10,
+             "the restarted controller leads")
+    time.sleep(5)  # fast path, refine, a resync's worth of quiet
+    after = resource_versions(pool.kube, pool.namespace)
+    changed = {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
+    assert changed == {}
+
+
+# -- (5) ------------------------------------------------------------------------------------------------------
+def test_two_controllers_one_leads_and_sigkill_hands_over_within_the_lease(pool: Pool) -> None:
+    pool.add_nodes({"big": (2, "80Gi")})
+    a = pool.start(scheduler=False, command="controller")
+    b = pool.start(scheduler=False, command="controller")
+    first = wait_for(lambda: leader(pool), lambda p: p is not None, LEASE_S + 10, "a leader")
+    assert first is not None
+    other = b if first is a else a
+    assert other.metrics()["kvsched_is_leader"] == 0.0
+    assert "(this process)" in first.readyz() and "(this process)" not in other.readyz()
+    holder = lease_holder(pool.kube, pool.namespace, f"kvsched-{pool.label}")
+    assert holder is not None and holder in other.readyz()
+    first.kill()
+    killed_at = time.monotonic()
+    wait_for(lambda: other.metrics().get("kvsched_is_leader"), lambda v: v == 1.0, LEASE_S + 5,
+             "the follower takes over")
+    handover_s = time.monotonic() - killed_at
+    assert handover_s <= LEASE_S + 2, handover_s
+    print(f"handover after SIGKILL: {handover_s:.1f}s (lease {LEASE_S}s)")
+
+
+# -- (3) ------------------------------------------------------------------------------------------------------
+def test_cordoning_a_node_replaces_its_replicas(pool: Pool) -> None:
+    pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi"), "spare": (2, "80Gi")})
+    pool.start()
+    create_models(pool)
+    before = wait_settled(pool, list(MODELS))
+    busy = sorted({node for ms in before.values() for node, _ in slot_set(ms)})
+    target = busy[0]
+    client.CoreV1Api(pool.kube).patch_node(target, {"spec": {"unschedulable": True}})
+    wait_for(lambda: [n for n in MODELS if any(node == target for node, _ in slot_set(serving(pool, n)))],
+             lambda left: left == [], 60, f"no slot planned on cordoned {target}")
+    after = wait_settled(pool, list(MODELS), timeout_s=180)
+    assert all(p.spec.node_name != target for n in MODELS for p in managed_pods(pool, n))
+    assert all(after[n]["status"]["placedReplicas"] == MODELS[n][3] for n in MODELS)
+    # More llama replicas than GPUs that can take one: the extra waits, Unschedulable; a new node places it.
+    client.AppsV1Api(pool.kube).patch_namespaced_deployment_scale("llama", pool.namespace, {"spec": {"replicas": 5}})
+    waiting = wait_for(lambda: serving(pool, "llama"),
+                       lambda ms: condition(ms, "Unschedulable").get("status") == "True", 60, "llama Unschedulable")
+    assert condition(waiting, "Unschedulable")["reason"] == "TooFewGPUs"
+    assert waiting["status"]["placedReplicas"] == 4
+    pool.add_nodes({"extra": (1, "40Gi")})
+    placed = wait_settled(pool, list(MODELS), timeout_s=180)
+    assert placed["llama"]["status"]["placedReplicas"] == 5
+    assert (f"{pool.label}-extra", 0) in slot_set(placed["llama"])
+
+
+# -- (2) ------------------------------------------------------------------------------------------------------
+QUAD = {name: ("10Gi", 1.0, "1", 1) for name in ("m1", "m2", "m3", "m4")}
+
+
+def test_rate_change_moves_exactly_the_replanned_replicas_and_quiet_writes_nothing(pool: Pool) -> None:
+    # Four equal models on two 80Gi GPUs: two per GPU is optimal (KVPR 2/60). Ten times the rate on one of them
+    # makes it worth one move (its GPU-mate leaves: 0.35 -> 0.29, beyond the 5% stability threshold).
+    pool.add_nodes({"big": (2, "80Gi")})
+    proc = pool.start()
+    create_models(pool, QUAD)
+    before = wait_settled(pool, list(QUAD))
+    assert sorted(len([n for n in QUAD if gpu in slot_set(before[n])]) for gpu in
+                  {g for ms in before.values() for g in slot_set(ms)}) == [2, 2]
+    time.sleep(2)
+    versions = resource_versions(pool.kube, pool.namespace)
+    time.sleep(5)
+    assert resource_versions(pool.kube, pool.namespace) == versions, "an unchanged world was written to"
+    pods_before = {n: {p.metadata.name for p in managed_pods(pool, n)} for n in QUAD}
+    client.AppsV1Api(pool.kube).patch_namespaced_deployment(
+        "m1", pool.namespace, {"metadata": {"annotations": {"kvsched.io/request-rate": "20"}}})
+    wait_for(lambda: serving(pool, "m1"), lambda ms: (ms.get("status") or {}).get("kvpr", 0) > 0.2, 30,
+             "m1's status re-planned for the new rate")
+    after = wait_settled(pool, list(QUAD), timeout_s=180)
+    moved = {n: len(slot_set(before[n]) - slot_set(after[n])) for n in QUAD}
+    recreated = {n: len(pods_before[n] - {p.metadata.name for p in managed_pods(pool, n)}) for n in QUAD}
+    assert recreated == moved
+    assert sum(moved.values()) == 1, moved  # the fewest moves that reach the better plan
+    migrations = sum(v for k, v in proc.metrics().items() if k.startswith("kvsched_migrations_total"))
+    assert migrations == 1
+    print(f"rate x20 on m1: moved {moved}")
+
+
+# -- (7) ------------------------------------------------------------------------------------------------------
+def test_apiserver_restart_loses_nothing_and_the_controller_resumes(pool: Pool) -> None:
+    pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
+    proc = pool.start()
+    create_models(pool)
+    before = wait_settled(pool, list(MODELS))
+    pool.plane.restart_apiserver()
+    client.AppsV1Api(pool.kube).patch_namespaced_deployment_scale("llama", pool.namespace,
+                                                                  {"spec": {"replicas": 3}})
+    wait_for(lambda: serving(pool, "llama"), lambda ms: (ms.get("status") or {}).get("replicas") == 3, 120,
+             "the controller sees llama scaled to 3 after the apiserver restart")
+    after = wait_settled(pool, list(MODELS), timeout_s=180)
+    assert proc.component.running
+    assert after["llama"]["status"]["placedReplicas"] == 3
+    for n in ("qwen", "mixtral"):
+        assert slot_set(after[n]) == slot_set(before[n])
+    assert slot_set(before["llama"]) <= slot_set(after["llama"])
+
+
+# -- (8) ------------------------------------------------------------------------------------------------------
+def test_rollout_on_a_full_cluster_completes(pool: Pool) -> None:
+    pool.add_nodes({"big": (2, "80Gi")})
+    pool.start()
+    # Two models, each with a replica on both GPUs: a surge pod would find no GPU with room for its weights.
+    full = {"a": ("36Gi", 2.0, "1", 2), "b": ("36Gi", 2.0, "1", 2)}
+    create_models(pool, full)
+    wait_settled(pool, list(full))
+    old = {p.metadata.name for p in managed_pods(pool, "a")}
+    client.AppsV1Api(pool.kube).patch_namespaced_deployment("a", pool.namespace, {"spec": {"template": {"spec": {
+        "containers": [{"name": "server", "image": "registry.invalid/kvsched/fake:v2"}]}}}})
+
+    def rolled() -> bool:
+        pods = managed_pods(pool, "a")
+        return (len(pods) == 2 and not {p.metadata.name for p in pods} & old
+                and all(p.spec.containers[0].image.endswith(":v2") for p in pods) and settled(pool, list(full)))
+
+    wait_for(rolled, bool, 180, "deployment a rolled out on a full cluster")
