@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test unit e2e e2e-tools bench lint clean clean-e2e dashboard
+.PHONY: demo test unit e2e e2e-tools bench lint clean clean-e2e dashboard manifests
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,10 @@ clean:
 ## clean-e2e: drop the built control plane (the next `make test` rebuilds it, ~15 min on 2 cores)
 clean-e2e:
 	rm -rf $${KVSCHED_E2E_CACHE:-$$HOME/.cache/kvsched-e2e}
+
+## manifests: regenerate deploy/ (plain manifests) from the Helm chart's defaults, with helm from the e2e cache
+manifests: $(STAMP) e2e-tools
+	$(PY) -m hack.chart manifests
 
 ## dashboard: regenerate helm/kvsched/dashboards/kvsched.json with the Grafana foundation SDK (a dev dependency)
 dashboard: $(STAMP)
