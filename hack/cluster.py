@@ -157,8 +157,7 @@ class LocalCluster:
 
         say(f"kvsched: {' '.join(self.serve)} (extender on :{extender_port}, metrics on :{metrics_port})")
         kvsched = Component("kvsched", [*self.serve, *kvsched_args[1:]], logs / "kvsched.log",
-                            env={"KUBECONFIG": str(sa_kubeconfig), "POD_NAME": "kvsched-local",
-                                 "POD_NAMESPACE": NAMESPACE}).start()
+                            env={"KUBECONFIG": str(sa_kubeconfig)}).start()
         self.components.append(kvsched)
         metrics_url = f"http://127.0.0.1:{metrics_port}"
         kvsched.wait_ready(lambda: http_ok(f"{metrics_url}/metrics"), READY_TIMEOUT_S, "serving /metrics")

@@ -15,7 +15,6 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "replicas": 3,
     "schedulerName": "llm-scheduler",
     "gpuNodeSelector": "pool=llm,gpu!=reserved",
-    "gpuMemoryLabel": "example.com/gpu-mib",
     "stabilityThreshold": 0.1,
     "maxMigrations": 0,
     "metricsPort": 9100,
@@ -109,7 +108,7 @@ def test_pod_disruption_budget_only_with_several_replicas(helm: Helm, replicas: 
     pytest.param({"metricsPort": 70000}, "metricsPort", id="port out of range"),
     pytest.param({"extender": {"httpTimeout": "10"}}, "httpTimeout", id="timeout without a unit"),
     pytest.param({"extender": {"ignorable": "yes"}}, "ignorable", id="ignorable not a boolean"),
-    pytest.param({"gpuMemoryLabel": "gpu memory"}, "gpuMemoryLabel", id="label name with a space"),
+    pytest.param({"gpuNodeSelector": 3}, "gpuNodeSelector", id="selector not a string"),
     pytest.param({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy", id="unknown pull policy"),
     pytest.param({"securityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem",
                  id="writable root filesystem"),
@@ -165,7 +164,7 @@ def test_scheduler_config_calls_the_extender_on_localhost(helm: Helm, values: di
     assert config["leaderElection"]["resourceName"] == f"{profile}-scheduler"
     args = containers(docs)["kvsched"]["args"]
     assert args[0] == "serve"
-    assert f"--extender-port={port}" in args and f"--scheduler-name={profile}" in args
+    assert f"--port={port}" in args and "--host=127.0.0.1" in args and f"--scheduler-name={profile}" in args
     scheduler = containers(docs)["kube-scheduler"]
     assert "--config=/etc/kvsched/scheduler-config.yaml" in scheduler["command"]
 
@@ -177,14 +176,13 @@ def test_scheduler_leader_election_follows_values(helm: Helm) -> None:
 
 @pytest.mark.parametrize("values, expected", [
     pytest.param(None, ["serve", "--scheduler-name=kvsched", "--stability-threshold=0.05", "--max-migrations=4",
-                        "--gpu-memory-label=nvidia.com/gpu.memory", "--metrics-port=8080",
-                        "--extender-port=8888", "--leader-elect=true",
+                        "--metrics-port=8080", "--host=127.0.0.1", "--port=8888", "--leader-election=true",
                         "--leader-election-namespace=kvsched-system"], id="default values"),
     pytest.param(NON_DEFAULT_VALUES, ["serve", "--scheduler-name=llm-scheduler", "--stability-threshold=0.1",
                                       "--max-migrations=0", "--node-selector=pool=llm,gpu!=reserved",
-                                      "--gpu-memory-label=example.com/gpu-mib", "--metrics-port=9100",
-                                      "--extender-port=9999", "--leader-elect=true",
-                                      "--leader-election-namespace=kube-system", "--log-level=debug"],
+                                      "--metrics-port=9100", "--host=127.0.0.1", "--port=9999",
+                                      "--leader-election=true", "--leader-election-namespace=kube-system",
+                                      "--log-level=debug"],
                  id="non-default values"),
 ])
 def test_kvsched_flags_follow_values(helm: Helm, values: dict[str, Any] | None, expected: list[str]) -> None:
@@ -204,15 +202,17 @@ def test_scheduler_image_defaults_to_the_cluster_version(helm: Helm, kube_versio
 
 # (api group, resource) -> verbs: exactly what the controller and the extender call.
 KVSCHED_RULES = {
-    ("kvsched.io", "modelservings"): ["get", "list", "watch", "create", "patch"],
-    ("kvsched.io", "modelservings/status"): ["update"],
+    ("kvsched.io", "modelservings"): ["get", "list", "watch", "create", "patch", "delete"],
+    ("kvsched.io", "modelservings/status"): ["get", "patch", "update"],
     ("apps", "deployments"): ["get", "list", "watch", "patch"],
+    ("apps", "deployments/finalizers"): ["update"],
     ("", "nodes"): ["get", "list", "watch"],
     ("", "pods"): ["get", "list", "watch", "patch"],
+    ("", "bindings"): ["create"],
     ("", "pods/binding"): ["create"],
     ("", "pods/eviction"): ["create"],
-    ("events.k8s.io", "events"): ["create"],
-    ("", "events"): ["create"],
+    ("events.k8s.io", "events"): ["create", "patch"],
+    ("", "events"): ["create", "patch"],
 }
 
 

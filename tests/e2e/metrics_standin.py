@@ -37,7 +37,7 @@ def record(metrics: Metrics, tick: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--metrics-port", "--port", dest="port", type=int, required=True)
+    parser.add_argument("--metrics-port", dest="port", type=int, required=True)
     args, _ = parser.parse_known_args(argv)
     metrics = Metrics()
     record(metrics, 0)

@@ -50,7 +50,9 @@ def can(api: client.ApiClient, user: str, verb: str, group: str, resource: str, 
 KVSCHED_NEEDS = [
     ("get", "kvsched.io", "modelservings", ""), ("list", "kvsched.io", "modelservings", ""),
     ("watch", "kvsched.io", "modelservings", ""), ("create", "kvsched.io", "modelservings", ""),
-    ("patch", "kvsched.io", "modelservings", ""), ("update", "kvsched.io", "modelservings", "status"),
+    ("patch", "kvsched.io", "modelservings", ""), ("delete", "kvsched.io", "modelservings", ""),
+    ("update", "kvsched.io", "modelservings", "status"), ("patch", "kvsched.io", "modelservings", "status"),
+    ("update", "apps", "deployments", "finalizers"), ("create", "", "bindings", ""),
     ("watch", "apps", "deployments", ""), ("patch", "apps", "deployments", ""),
     ("list", "", "nodes", ""), ("watch", "", "nodes", ""),
     ("watch", "", "pods", ""), ("patch", "", "pods", ""), ("create", "", "pods", "binding"),
@@ -61,8 +63,9 @@ KVSCHED_NEEDS = [
 ]
 # (Deleting pods is allowed: system:kube-scheduler grants it for preemption.)
 MUST_NOT = [
-    ("update", "", "nodes", ""), ("update", "apps", "deployments", ""), ("delete", "kvsched.io", "modelservings", ""),
+    ("update", "", "nodes", ""), ("update", "apps", "deployments", ""),
     ("get", "", "secrets", ""), ("create", "apps", "deployments", ""), ("delete", "", "nodes", ""),
+    ("delete", "apps", "deployments", ""),
 ]
 
 
