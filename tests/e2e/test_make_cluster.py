@@ -1,8 +1,10 @@
-"""`make cluster` (hack/cluster.py): it starts, writes its env file, reports ready, and stops cleanly on SIGTERM
-leaving no process behind; without `kvsched serve` it says so and exits 2.
+"""`make cluster` (hack/cluster.py): it starts, writes its env file, reports ready, places the example, and stops
+cleanly on SIGTERM leaving no process behind; without `kvsched serve` it says so and exits 2.
 
-Until `kvsched serve` lands, the started test runs tests/e2e/metrics_standin.py in its place (through
-KVSCHED_CLUSTER_SERVE); the check that the example gets placed waits for the controller and the extender.
+With a kvsched that has `serve` (the controller and the extender), the test runs the real thing and checks that
+every model of examples/cluster.yaml is Placed and every replica bound to a GPU. A kvsched without it (a branch
+that predates them) runs tests/e2e/metrics_standin.py in its place (through KVSCHED_CLUSTER_SERVE) and checks the
+rest.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
-from .harness.kube import api_client
+from .harness.kube import api_client, wait_for
 from .harness.prometheus import wait_for_samples
 from .harness.tools import Tools, locate_tools, prometheus_path
 
@@ -42,6 +44,13 @@ def processes_mentioning(text: str) -> list[str]:
     return found
 
 
+KVSCHED = Path(sys.executable).parent / "kvsched"
+
+
+def has_serve() -> bool:
+    return subprocess.run([str(KVSCHED), "serve", "--help"], capture_output=True).returncode == 0
+
+
 def run_cluster(workdir: Path, **env: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [sys.executable, "-m", "hack.cluster"], cwd=ROOT, text=True, stdout=subprocess.PIPE,
@@ -60,6 +69,26 @@ def tools_and_prometheus() -> Tools:
     return tools
 
 
+def assert_example_placed(api: client.ApiClient, timeout_s: float = 180.0) -> None:
+    """Every ModelServing of the example Placed, and all 38 replicas bound by kvsched with a GPU index."""
+    custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
+
+    def placed(items: list[dict[str, object]]) -> bool:
+        return len(items) == 30 and all(
+            any(c["type"] == "Placed" and c["status"] == "True"
+                for c in m.get("status", {}).get("conditions", []))  # type: ignore[attr-defined]
+            for m in items)
+
+    wait_for(lambda: custom.list_namespaced_custom_object("kvsched.io", "v1alpha1", "kvsched-demo",
+                                                          "modelservings")["items"],
+             placed, timeout_s, "the example's 30 ModelServings Placed")
+    wait_for(lambda: core.list_namespaced_pod("kvsched-demo").items,
+             lambda pods: len(pods) == 38 and all(
+                 p.spec.node_name and p.spec.scheduler_name == "kvsched"
+                 and (p.metadata.annotations or {}).get("kvsched.io/gpu") is not None for p in pods),
+             timeout_s, "the example's 38 replicas bound by kvsched to a GPU")
+
+
 def test_make_cluster_without_kvsched_serve_says_so(tmp_path: Path) -> None:
     missing = f"{Path(sys.executable).parent / 'kvsched'} no-such-command"
     proc = run_cluster(tmp_path, KVSCHED_CLUSTER_SERVE=missing)
@@ -71,7 +100,9 @@ def test_make_cluster_without_kvsched_serve_says_so(tmp_path: Path) -> None:
 
 def test_make_cluster_starts_reports_ready_and_stops_cleanly(tools_and_prometheus: Tools, tmp_path: Path) -> None:
     workdir = tmp_path / "cluster"
-    proc = run_cluster(workdir, KVSCHED_CLUSTER_SERVE=f"{sys.executable} -m tests.e2e.metrics_standin")
+    real = has_serve()
+    proc = run_cluster(workdir) if real else run_cluster(
+        workdir, KVSCHED_CLUSTER_SERVE=f"{sys.executable} -m tests.e2e.metrics_standin")
     lines: list[str] = []
     try:
         assert proc.stdout is not None
@@ -96,6 +127,8 @@ def test_make_cluster_starts_reports_ready_and_stops_cleanly(tools_and_prometheu
             rbac = client.RbacAuthorizationV1Api(api)
             assert rbac.read_cluster_role("kvsched").rules
             assert client.AppsV1Api(api).read_namespaced_deployment("kvsched", "kvsched-system").spec.replicas == 0
+            if real:
+                assert_example_placed(api)
         finally:
             api.close()
         wait_for_samples(env["PROMETHEUS_URL"], 'up{job="kvsched"} == 1', 30.0)
