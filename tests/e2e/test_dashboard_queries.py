@@ -1,9 +1,10 @@
 """Every PromQL query of the Grafana dashboard, evaluated by a real Prometheus scraping kvsched's metrics, returns
 data (finite values).
 
-Until `kvsched serve` lands (controller and extender issues), the scraped process is tests/e2e/metrics_standin.py:
-kvsched's own registry (kvsched.metrics) with recorded values. Grafana's `$__rate_interval` becomes 10s, several
-scrapes wide at the 1 s scrape interval used here.
+The scraped process is tests/e2e/metrics_standin.py: kvsched's own registry (kvsched.metrics) with values recorded
+every half second, so every query, rates and quantiles included, must give finite numbers. The same queries are
+evaluated against a real `kvsched serve` placing the example in test_make_cluster.py (when serve is there).
+Grafana's `$__rate_interval` becomes 10s, several scrapes wide at the 1 s scrape interval used here.
 """
 from __future__ import annotations
 

@@ -8,6 +8,7 @@ rest.
 """
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -45,6 +46,12 @@ def processes_mentioning(text: str) -> list[str]:
 
 
 KVSCHED = Path(sys.executable).parent / "kvsched"
+DASHBOARD = ROOT / "helm" / "kvsched" / "dashboards" / "kvsched.json"
+
+
+def dashboard_queries() -> list[str]:
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    return [t["expr"] for p in panels for t in p.get("targets", []) if t.get("expr")]
 
 
 def has_serve() -> bool:
@@ -133,6 +140,9 @@ def test_make_cluster_starts_reports_ready_and_stops_cleanly(tools_and_prometheu
             api.close()
         wait_for_samples(env["PROMETHEUS_URL"], 'up{job="kvsched"} == 1', 30.0)
         wait_for_samples(env["PROMETHEUS_URL"], "kvsched_max_kvpr", 30.0)
+        if real:  # every dashboard query has data from the real kvsched serve
+            for expr in dashboard_queries():
+                wait_for_samples(env["PROMETHEUS_URL"], expr.replace("$__rate_interval", "1m"), 60.0, finite=False)
     finally:
         proc.send_signal(signal.SIGTERM)
         try:
