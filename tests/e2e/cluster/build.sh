@@ -121,7 +121,8 @@ build_helm() {
 # Prometheus 3.x is published as module versions v0.3MM.P (v0.316.0 is Prometheus 3.16.0). Its go.mod has no
 # replace directives, so `go install` builds it directly. The tests and `make cluster` scrape static targets and
 # use the HTTP API only, so the build leaves out every service discovery but file/http (`remove_all_sd`: no
-# cloud SDKs, no client-go) and the web UI's assets (no `builtinassets`).
+# cloud SDKs, no client-go) and the web UI's assets (no `builtinassets`). Cold (empty GOCACHE and GOMODCACHE, load ~4 on 2 cores):
+# 320 s wall / 268 s user CPU, against 516 s / 723 s with every service discovery.
 build_prometheus() {
     local version="$1" out="$2" minor release
     minor="${version#v0.}"; minor="${minor%%.*}"
