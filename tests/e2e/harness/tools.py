@@ -78,3 +78,8 @@ def missing_tools(tools: Tools) -> list[str]:
     if tools.openssl is None:
         missing.append("openssl (on PATH)")
     return missing
+
+
+def prometheus_path() -> Path:
+    """Where build.sh caches Prometheus (tests that need it skip, or fail with CI=true, when it is missing)."""
+    return cache_root() / f"prometheus-{read_versions()['PROMETHEUS_VERSION']}" / "bin" / "prometheus"

@@ -1,0 +1,1 @@
+"""Developer scripts run from the repository root with `python -m hack.<name>` (see the Makefile)."""

@@ -1,0 +1,57 @@
+{{/* Names and labels shared by every template. */}}
+
+{{- define "kvsched.name" -}}
+{{- .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The release's full name: the release name when it already contains the chart name. */}}
+{{- define "kvsched.fullname" -}}
+{{- if contains .Chart.Name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name .Chart.Name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kvsched.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "kvsched.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end -}}
+
+{{- define "kvsched.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "kvsched.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "kvsched.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create -}}
+{{- default (include "kvsched.fullname" .) .Values.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "kvsched.leaseNamespace" -}}
+{{- default .Release.Namespace .Values.leaderElection.namespace -}}
+{{- end -}}
+
+{{/* kvsched's image: the tag defaults to the chart's appVersion. */}}
+{{- define "kvsched.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
+{{- end -}}
+
+{{/* The kube-scheduler's image: the tag defaults to the cluster's own version, without a vendor suffix
+     (v1.30.2-eks-1234 -> v1.30.2), since registry.k8s.io only has the plain tags. */}}
+{{- define "kvsched.schedulerImage" -}}
+{{- $tag := .Values.scheduler.image.tag -}}
+{{- if not $tag -}}
+{{- $tag = regexFind "^v[0-9]+\\.[0-9]+\\.[0-9]+" .Capabilities.KubeVersion.Version -}}
+{{- end -}}
+{{- printf "%s:%s" .Values.scheduler.image.repository $tag -}}
+{{- end -}}
+
+{{- define "kvsched.schedulerConfigName" -}}
+{{- printf "%s-scheduler-config" (include "kvsched.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

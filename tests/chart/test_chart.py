@@ -1,0 +1,253 @@
+"""The Helm chart (helm/kvsched): lint, rendering with default and other values, the values schema, the objects
+it renders (security, scheduler configuration, RBAC), and deploy/ being its default rendering."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from hack.chart import CHART_DIR, Helm, RenderFailed, documents, stale_manifests
+
+NON_DEFAULT_VALUES: dict[str, Any] = {
+    "replicas": 3,
+    "schedulerName": "llm-scheduler",
+    "gpuNodeSelector": "pool=llm,gpu!=reserved",
+    "stabilityThreshold": 0.1,
+    "maxMigrations": 0,
+    "metricsPort": 9100,
+    "extenderPort": 9999,
+    "leaderElection": {"namespace": "kube-system"},
+    "extender": {"httpTimeout": "30s", "ignorable": True},
+    "scheduler": {"image": {"tag": "v1.35.0"}, "leaderElect": False},
+    "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+    "dashboard": {"enabled": True, "namespace": "monitoring"},
+    "nodeSelector": {"node-role.kubernetes.io/control-plane": ""},
+    "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
+    "image": {"repository": "registry.example/kvsched", "tag": "dev"},
+    "extraArgs": ["--log-level=debug"],
+}
+
+
+def render(helm: Helm, values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    return documents(helm.template(values, **kwargs))
+
+
+def only(docs: list[dict[str, Any]], kind: str, name_part: str = "") -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind and name_part in d["metadata"]["name"]]
+    assert len(found) == 1, f"expected one {kind} named *{name_part}*, got {[d['metadata']['name'] for d in found]}"
+    return found[0]
+
+
+def kinds(docs: list[dict[str, Any]]) -> list[str]:
+    return sorted(d["kind"] for d in docs)
+
+
+def containers(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    return {c["name"]: c for c in pod["containers"]}
+
+
+def scheduler_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    cm = only(docs, "ConfigMap", "scheduler-config")
+    return yaml.safe_load(cm["data"]["scheduler-config.yaml"])  # type: ignore[no-any-return]
+
+
+# -- lint and render ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("values", [None, NON_DEFAULT_VALUES], ids=["default values", "non-default values"])
+def test_helm_lint_passes(helm: Helm, values: dict[str, Any] | None, tmp_path: Path) -> None:
+    args = ["lint", "--strict", str(CHART_DIR), "--kube-version", helm.k8s_version]
+    if values is not None:
+        (tmp_path / "values.yaml").write_text(yaml.safe_dump(values))
+        args += ["--values", str(tmp_path / "values.yaml")]
+    done = helm.run(*args, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_default_rendering_has_the_base_objects_only(helm: Helm) -> None:
+    docs = render(helm)
+    assert kinds(docs) == sorted([
+        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "ClusterRoleBinding",
+        "Role", "RoleBinding", "RoleBinding", "ConfigMap", "Deployment", "Service",
+    ])
+    assert all(d["metadata"].get("namespace") in (None, "kvsched-system", "kube-system") for d in docs)
+
+
+def test_non_default_rendering_adds_the_optional_objects(helm: Helm) -> None:
+    docs = render(helm, NON_DEFAULT_VALUES)
+    assert only(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
+    monitor = only(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    dashboard = only(docs, "ConfigMap", "dashboard")
+    assert dashboard["metadata"]["namespace"] == "monitoring"
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    shipped = json.loads((CHART_DIR / "dashboards" / "kvsched.json").read_text())
+    assert json.loads(dashboard["data"]["kvsched.json"]) == shipped
+    deployment = only(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 3
+    assert deployment["spec"]["template"]["spec"]["tolerations"] == NON_DEFAULT_VALUES["tolerations"]
+
+
+@pytest.mark.parametrize("replicas, has_pdb", [(1, False), (2, True)], ids=["one replica", "two replicas"])
+def test_pod_disruption_budget_only_with_several_replicas(helm: Helm, replicas: int, has_pdb: bool) -> None:
+    docs = render(helm, {"replicas": replicas})
+    assert ("PodDisruptionBudget" in kinds(docs)) is has_pdb
+
+
+# -- the values schema -------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("values, field", [
+    pytest.param({"replicas": 0}, "replicas", id="zero replicas"),
+    pytest.param({"replicas": "two"}, "replicas", id="replicas not a number"),
+    pytest.param({"replica": 2}, "replica", id="misspelt key"),
+    pytest.param({"schedulerName": "Kvsched_1"}, "schedulerName", id="scheduler name not DNS-1123"),
+    pytest.param({"stabilityThreshold": -0.1}, "stabilityThreshold", id="negative stability threshold"),
+    pytest.param({"maxMigrations": -1}, "maxMigrations", id="negative migration budget"),
+    pytest.param({"metricsPort": 70000}, "metricsPort", id="port out of range"),
+    pytest.param({"extender": {"httpTimeout": "10"}}, "httpTimeout", id="timeout without a unit"),
+    pytest.param({"extender": {"ignorable": "yes"}}, "ignorable", id="ignorable not a boolean"),
+    pytest.param({"gpuNodeSelector": 3}, "gpuNodeSelector", id="selector not a string"),
+    pytest.param({"image": {"pullPolicy": "Sometimes"}}, "pullPolicy", id="unknown pull policy"),
+    pytest.param({"securityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem",
+                 id="writable root filesystem"),
+    pytest.param({"securityContext": {"allowPrivilegeEscalation": True}}, "allowPrivilegeEscalation",
+                 id="privilege escalation"),
+    pytest.param({"securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}}}, "add",
+                 id="added capability"),
+    pytest.param({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot", id="root allowed"),
+])
+def test_schema_rejects_bad_values(helm: Helm, values: dict[str, Any], field: str) -> None:
+    with pytest.raises(RenderFailed) as failed:
+        helm.template(values)
+    message = str(failed.value)
+    assert "schema" in message and field in message, message
+
+
+# -- what the objects say ----------------------------------------------------------------------------------------
+RESTRICTED = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
+              "capabilities": {"drop": ["ALL"]}, "seccompProfile": {"type": "RuntimeDefault"}}
+
+
+@pytest.mark.parametrize("values", [None, NON_DEFAULT_VALUES], ids=["default values", "non-default values"])
+def test_every_container_is_restricted(helm: Helm, values: dict[str, Any] | None) -> None:
+    docs = render(helm, values)
+    pod = only(docs, "Deployment")["spec"]["template"]["spec"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] != 0
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert set(containers(docs)) == {"kvsched", "kube-scheduler"}
+    for name, container in containers(docs).items():
+        assert {k: container["securityContext"].get(k) for k in RESTRICTED} == RESTRICTED, name
+        assert container["livenessProbe"] and container["readinessProbe"], name
+        assert container["resources"]["requests"], name
+
+
+@pytest.mark.parametrize("values, port, timeout, ignorable, profile", [
+    pytest.param(None, 8888, "10s", False, "kvsched", id="default values"),
+    pytest.param(NON_DEFAULT_VALUES, 9999, "30s", True, "llm-scheduler", id="non-default values"),
+])
+def test_scheduler_config_calls_the_extender_on_localhost(helm: Helm, values: dict[str, Any] | None, port: int,
+                                                          timeout: str, ignorable: bool, profile: str) -> None:
+    docs = render(helm, values)
+    config = scheduler_config(docs)
+    assert config["apiVersion"] == "kubescheduler.config.k8s.io/v1"
+    assert config["kind"] == "KubeSchedulerConfiguration"
+    assert config["profiles"] == [{"schedulerName": profile}]
+    [extender] = config["extenders"]
+    assert extender == {
+        "urlPrefix": f"http://127.0.0.1:{port}", "filterVerb": "filter", "prioritizeVerb": "prioritize",
+        "bindVerb": "bind", "weight": 1, "enableHTTPS": False, "nodeCacheCapable": True,
+        "httpTimeout": timeout, "ignorable": ignorable,
+    }
+    assert config["leaderElection"]["resourceName"] == f"{profile}-scheduler"
+    args = containers(docs)["kvsched"]["args"]
+    assert args[0] == "serve"
+    assert f"--port={port}" in args and "--host=127.0.0.1" in args and f"--scheduler-name={profile}" in args
+    scheduler = containers(docs)["kube-scheduler"]
+    assert "--config=/etc/kvsched/scheduler-config.yaml" in scheduler["command"]
+
+
+def test_scheduler_leader_election_follows_values(helm: Helm) -> None:
+    assert scheduler_config(render(helm))["leaderElection"]["leaderElect"] is True
+    assert scheduler_config(render(helm, NON_DEFAULT_VALUES))["leaderElection"]["leaderElect"] is False
+
+
+@pytest.mark.parametrize("values, expected", [
+    pytest.param(None, ["serve", "--scheduler-name=kvsched", "--stability-threshold=0.05", "--max-migrations=4",
+                        "--metrics-port=8080", "--host=127.0.0.1", "--port=8888", "--leader-election=true",
+                        "--leader-election-namespace=kvsched-system"], id="default values"),
+    pytest.param(NON_DEFAULT_VALUES, ["serve", "--scheduler-name=llm-scheduler", "--stability-threshold=0.1",
+                                      "--max-migrations=0", "--node-selector=pool=llm,gpu!=reserved",
+                                      "--metrics-port=9100", "--host=127.0.0.1", "--port=9999",
+                                      "--leader-election=true", "--leader-election-namespace=kube-system",
+                                      "--log-level=debug"],
+                 id="non-default values"),
+])
+def test_kvsched_flags_follow_values(helm: Helm, values: dict[str, Any] | None, expected: list[str]) -> None:
+    assert containers(render(helm, values))["kvsched"]["args"] == expected
+
+
+@pytest.mark.parametrize("kube_version, values, image", [
+    pytest.param("v1.36.5", None, "registry.k8s.io/kube-scheduler:v1.36.5", id="cluster version"),
+    pytest.param("v1.30.2-eks-1234", None, "registry.k8s.io/kube-scheduler:v1.30.2", id="vendor suffix dropped"),
+    pytest.param("v1.36.5", {"scheduler": {"image": {"tag": "v1.35.0"}}}, "registry.k8s.io/kube-scheduler:v1.35.0",
+                 id="tag from values"),
+])
+def test_scheduler_image_defaults_to_the_cluster_version(helm: Helm, kube_version: str,
+                                                         values: dict[str, Any] | None, image: str) -> None:
+    assert containers(render(helm, values, kube_version=kube_version))["kube-scheduler"]["image"] == image
+
+
+# (api group, resource) -> verbs: exactly what the controller and the extender call.
+KVSCHED_RULES = {
+    ("kvsched.io", "modelservings"): ["get", "list", "watch", "create", "patch", "delete"],
+    ("kvsched.io", "modelservings/status"): ["get", "patch", "update"],
+    ("apps", "deployments"): ["get", "list", "watch", "patch"],
+    ("apps", "deployments/finalizers"): ["update"],
+    ("", "nodes"): ["get", "list", "watch"],
+    ("", "pods"): ["get", "list", "watch", "patch"],
+    ("", "bindings"): ["create"],
+    ("", "pods/binding"): ["create"],
+    ("", "pods/eviction"): ["create"],
+    ("events.k8s.io", "events"): ["create", "patch"],
+    ("", "events"): ["create", "patch"],
+}
+
+
+def test_cluster_role_grants_exactly_the_verbs_kvsched_uses(helm: Helm) -> None:
+    role = only(render(helm), "ClusterRole")
+    granted: dict[tuple[str, str], list[str]] = {}
+    for rule in role["rules"]:
+        assert "resourceNames" not in rule and "*" not in rule["verbs"]
+        for group in rule["apiGroups"]:
+            for resource in rule["resources"]:
+                granted.setdefault((group, resource), []).extend(rule["verbs"])
+    assert granted == KVSCHED_RULES
+
+
+def test_the_scheduler_gets_the_built_in_roles_and_both_get_their_leases(helm: Helm) -> None:
+    docs = render(helm)
+    sa = only(docs, "ServiceAccount")["metadata"]["name"]
+    subject = [{"kind": "ServiceAccount", "name": sa, "namespace": "kvsched-system"}]
+    bound = {b["roleRef"]["name"]: b["subjects"] for b in docs if b["kind"] in ("ClusterRoleBinding", "RoleBinding")}
+    cluster_role = only(docs, "ClusterRole")["metadata"]["name"]
+    for role in (cluster_role, "system:kube-scheduler", "system:volume-scheduler",
+                 "extension-apiserver-authentication-reader", f"{cluster_role}-leader-election"):
+        assert bound.get(role) == subject, role
+    leases = only(docs, "Role")
+    assert leases["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                "verbs": ["get", "create", "update"]}]
+    assert only(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == sa
+
+
+def test_metrics_service_publishes_standbys_too(helm: Helm) -> None:
+    service = only(render(helm), "Service")
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 8080, "targetPort": "metrics",
+                                         "protocol": "TCP"}]
+
+
+def test_deploy_dir_is_the_default_rendering(helm: Helm) -> None:
+    assert stale_manifests(helm) == [], "deploy/ is stale: run `make manifests`"

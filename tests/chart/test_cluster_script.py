@@ -1,0 +1,51 @@
+"""What `make cluster` (hack/cluster.py) builds from a cluster file: KWOK GPU nodes and annotated Deployments."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from hack.cluster import EXAMPLE, example_deployments, example_nodes
+from kvsched.cluster_file import ClusterFileError
+
+
+def test_example_nodes_carry_the_gpus_of_the_file() -> None:
+    nodes = {n["metadata"]["name"]: n for n in example_nodes(EXAMPLE)}
+    assert set(nodes) == {"h100-node-a", "h100-node-b", "a100-node-c"}
+    assert nodes["h100-node-b"]["status"]["capacity"]["nvidia.com/gpu"] == "8"
+    assert nodes["h100-node-b"]["metadata"]["labels"]["nvidia.com/gpu.memory"] == "81920"
+    assert nodes["a100-node-c"]["status"]["capacity"]["nvidia.com/gpu"] == "4"
+    assert nodes["a100-node-c"]["metadata"]["labels"]["kvsched.io/gpu-memory"] == "40960Mi"
+    assert all(n["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake" for n in nodes.values())
+
+
+def test_example_deployments_are_annotated_as_written() -> None:
+    deployments = {d["metadata"]["name"]: d for d in example_deployments(EXAMPLE)}
+    assert len(deployments) == 30
+    llama = deployments["llama-3.1-8b-instruct"]
+    assert llama["spec"]["replicas"] == 3
+    assert llama["metadata"]["annotations"] == {"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "24",
+                                                "kvsched.io/slo-seconds": "1"}
+    assert deployments["phi-3-mini-4k"]["metadata"]["annotations"]["kvsched.io/slo-seconds"] == "500ms"
+    assert deployments["gemma-2-9b-it"]["metadata"]["annotations"]["kvsched.io/model-size"] == "18944Mi"
+    assert sum(d["spec"]["replicas"] for d in deployments.values()) == 38
+
+
+@pytest.mark.parametrize("text, size", [
+    pytest.param("models: [{name: m, size: 40, requestRate: 1, sloSeconds: 1}]", "40Gi", id="plain number is GiB"),
+    pytest.param("models: [{name: m, size: 7.5, requestRate: 1, sloSeconds: 1}]", "7.5Gi", id="fraction of GiB"),
+    pytest.param("models: [{name: m, size: 512Mi, requestRate: 1, sloSeconds: 1}]", "512Mi", id="quantity kept"),
+])
+def test_model_size_becomes_a_quantity(tmp_path: Path, text: str, size: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("gpus: [{node: n, index: 0, memory: 80Gi}]\n" + text + "\n")
+    [deployment] = example_deployments(path)
+    assert deployment["metadata"]["annotations"]["kvsched.io/model-size"] == size
+
+
+def test_a_bad_cluster_file_is_refused_with_the_field(tmp_path: Path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text("gpus: [{node: n, index: 0, memory: 80Gi}]\nmodels: [{name: m, size: 16Qi, requestRate: 1, "
+                    "sloSeconds: 1}]\n")
+    with pytest.raises(ClusterFileError, match=r"models\[0\]\.size"):
+        example_deployments(path)

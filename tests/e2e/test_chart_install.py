@@ -1,0 +1,129 @@
+"""The chart on a real apiserver: `helm install` succeeds; its ServiceAccount may do exactly what kvsched and the
+kube-scheduler need (SubjectAccessReviews against the cluster's own built-in roles); a stock kube-scheduler runs
+with the chart's configuration and the ServiceAccount's token and takes its Lease; the examples are accepted."""
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from kubernetes import client
+
+from .harness.chart import InstalledChart, install_chart, uninstall_chart
+from .harness.cluster import ControlPlane
+from .harness.kube import REPO_ROOT, wait_for
+from .harness.processes import Component, free_port, http_ok
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def chart(control_plane: ControlPlane, kube: client.ApiClient, project_crds: list[str],
+          tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledChart]:
+    helm = control_plane.tools.helm
+    if not os.access(helm, os.X_OK):
+        reason = f"helm is not built: {helm} is missing (run `make e2e-tools`)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    workdir = tmp_path_factory.mktemp("chart")
+    suffix = uuid.uuid4().hex[:6]
+    # Nothing may run the in-cluster pod on a KWOK node (KWOK would pretend it runs): pin it nowhere.
+    installed = install_chart(control_plane, kube, helm, workdir, f"kvsched-{suffix}", f"kvsched-{suffix}",
+                              {"nodeSelector": {"kvsched.io/e2e": "nowhere"}})
+    yield installed
+    uninstall_chart(installed, helm, workdir)
+
+
+def can(api: client.ApiClient, user: str, verb: str, group: str, resource: str, namespace: str = "e2e-any",
+        subresource: str = "") -> bool:
+    review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
+        user=user, groups=["system:serviceaccounts", "system:authenticated"],
+        resource_attributes=client.V1ResourceAttributes(
+            verb=verb, group=group, resource=resource, subresource=subresource or None, namespace=namespace)))
+    return bool(client.AuthorizationV1Api(api).create_subject_access_review(review).status.allowed)
+
+
+KVSCHED_NEEDS = [
+    ("get", "kvsched.io", "modelservings", ""), ("list", "kvsched.io", "modelservings", ""),
+    ("watch", "kvsched.io", "modelservings", ""), ("create", "kvsched.io", "modelservings", ""),
+    ("patch", "kvsched.io", "modelservings", ""), ("delete", "kvsched.io", "modelservings", ""),
+    ("update", "kvsched.io", "modelservings", "status"), ("patch", "kvsched.io", "modelservings", "status"),
+    ("update", "apps", "deployments", "finalizers"), ("create", "", "bindings", ""),
+    ("watch", "apps", "deployments", ""), ("patch", "apps", "deployments", ""),
+    ("list", "", "nodes", ""), ("watch", "", "nodes", ""),
+    ("watch", "", "pods", ""), ("patch", "", "pods", ""), ("create", "", "pods", "binding"),
+    ("create", "", "pods", "eviction"), ("create", "events.k8s.io", "events", ""), ("create", "", "events", ""),
+    # what the stock kube-scheduler needs, from the built-in system:kube-scheduler / system:volume-scheduler
+    ("list", "", "persistentvolumes", ""), ("list", "storage.k8s.io", "csinodes", ""),
+    ("list", "", "namespaces", ""), ("update", "", "pods", "status"),
+]
+# (Deleting pods is allowed: system:kube-scheduler grants it for preemption.)
+MUST_NOT = [
+    ("update", "", "nodes", ""), ("update", "apps", "deployments", ""),
+    ("get", "", "secrets", ""), ("create", "apps", "deployments", ""), ("delete", "", "nodes", ""),
+    ("delete", "apps", "deployments", ""),
+]
+
+
+@pytest.mark.parametrize("verb, group, resource, sub", KVSCHED_NEEDS,
+                         ids=[f"{v} {g or 'core'}/{r}{'/' + s if s else ''}" for v, g, r, s in KVSCHED_NEEDS])
+def test_service_account_may(chart: InstalledChart, kube: client.ApiClient, verb: str, group: str, resource: str,
+                             sub: str) -> None:
+    user = f"system:serviceaccount:{chart.namespace}:{chart.service_account()}"
+    assert can(kube, user, verb, group, resource, subresource=sub)
+
+
+@pytest.mark.parametrize("verb, group, resource, sub", MUST_NOT,
+                         ids=[f"{v} {g or 'core'}/{r}" for v, g, r, s in MUST_NOT])
+def test_service_account_may_not(chart: InstalledChart, kube: client.ApiClient, verb: str, group: str,
+                                 resource: str, sub: str) -> None:
+    user = f"system:serviceaccount:{chart.namespace}:{chart.service_account()}"
+    assert not can(kube, user, verb, group, resource, subresource=sub)
+
+
+def test_leases_only_in_the_release_namespace(chart: InstalledChart, kube: client.ApiClient) -> None:
+    user = f"system:serviceaccount:{chart.namespace}:{chart.service_account()}"
+    for verb in ("get", "create", "update"):
+        assert can(kube, user, verb, "coordination.k8s.io", "leases", namespace=chart.namespace), verb
+    assert not can(kube, user, "update", "coordination.k8s.io", "leases", namespace="default")
+    assert not can(kube, user, "delete", "coordination.k8s.io", "leases", namespace=chart.namespace)
+
+
+def test_the_charts_scheduler_runs_with_its_config_and_token(chart: InstalledChart, control_plane: ControlPlane,
+                                                             kube: client.ApiClient, tmp_path: Path) -> None:
+    kubeconfig = chart.service_account_kubeconfig(tmp_path / "sa.kubeconfig")
+    config = chart.local_scheduler_config(kubeconfig)
+    assert config["extenders"][0]["urlPrefix"].startswith("http://127.0.0.1:")
+    (tmp_path / "scheduler.yaml").write_text(yaml.safe_dump(config))
+    port = free_port()
+    scheduler = Component("chart-scheduler", [
+        str(control_plane.tools.kube_scheduler), f"--config={tmp_path / 'scheduler.yaml'}",
+        f"--authentication-kubeconfig={kubeconfig}", f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1", f"--secure-port={port}", "--v=2",
+    ], tmp_path / "chart-scheduler.log").start()
+    try:
+        scheduler.wait_ready(lambda: http_ok(f"https://127.0.0.1:{port}/readyz"), 120.0)
+        lease_name = config["leaderElection"]["resourceName"]
+        lease = wait_for(
+            lambda: client.CoordinationV1Api(kube).read_namespaced_lease(lease_name, chart.namespace),
+            lambda lease: bool(lease.spec.holder_identity), 60.0, f"Lease {chart.namespace}/{lease_name} held")
+        assert lease.spec.holder_identity
+        assert "forbidden" not in scheduler.tail(200).lower(), scheduler.tail(200)
+    finally:
+        scheduler.stop()
+
+
+def test_the_examples_are_accepted(chart: InstalledChart, kube: client.ApiClient, namespace: str) -> None:
+    for path in (REPO_ROOT / "examples" / "deployment.yaml", REPO_ROOT / "examples" / "modelserving.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            doc["metadata"]["namespace"] = namespace
+            group, _, version = doc["apiVersion"].rpartition("/")
+            if doc["kind"] == "Deployment":
+                client.AppsV1Api(kube).create_namespaced_deployment(namespace, doc, dry_run="All")
+            else:
+                client.CustomObjectsApi(kube).create_namespaced_custom_object(
+                    group, version, namespace, "modelservings", doc, dry_run="All")
