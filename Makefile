@@ -31,9 +31,13 @@ e2e: $(STAMP) e2e-tools
 e2e-tools:
 	@if [ -x tests/e2e/cluster/build.sh ]; then tests/e2e/cluster/build.sh; fi
 
-## bench: figures, not tests (ADRS-50 against proven optima, scale against the fluid bound)
-bench: $(STAMP)
-	$(PY) -m bench.run
+## bench: figures, not tests (ADRS-50 against proven optima, scale against the fluid bound, churn vs CP-SAT)
+bench: $(STAMP) $(VENV)/.bench-stamp
+	$(PY) -m bench.run --churn
+
+$(VENV)/.bench-stamp: pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(VENV)/.bench-stamp
 
 lint: $(STAMP)
 	$(VENV)/bin/mypy kvsched

@@ -1,0 +1,77 @@
+"""The churn benchmark's exact references (bench/exact_moves.py) against brute force on tiny instances.
+
+Needs OR-Tools (the `bench` extra); skipped without it, like the benchmark it checks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+
+import pytest
+
+pytest.importorskip("ortools")
+
+from bench.exact_moves import count_moves, fewest_moves, min_max_kvpr, placement_kvpr  # noqa: E402
+from kvsched.packer import Gpu, GpuId, Model  # noqa: E402
+
+A0, A1, A2 = GpuId("a", 0), GpuId("a", 1), GpuId("a", 2)
+GPUS = [Gpu("a", 0, 80.0), Gpu("a", 1, 80.0), Gpu("a", 2, 40.0)]
+
+
+@pytest.mark.parametrize(("models", "gpus", "before", "after", "expected"), [
+    pytest.param([Model("x", 10, 1, 1, 2)], GPUS, {"x": {A0, A1}}, {"x": {A1, A0}}, 0,
+                 id="replicas swapped between the model's GPUs: no move"),
+    pytest.param([Model("x", 10, 1, 1, 2)], GPUS, {"x": {A0, A1}}, {"x": {A0, A2}}, 1, id="one replica moved"),
+    pytest.param([Model("x", 10, 1, 1)], GPUS[1:], {"x": {A0}}, {"x": {A1}}, 0,
+                 id="its GPU was lost: a forced restart, not a move"),
+    pytest.param([Model("x", 10, 1, 1, 1)], GPUS, {"x": {A0, A1}}, {"x": {A2}}, 1,
+                 id="a model shrank from 2 replicas to 1: one stops, the other moves"),
+    pytest.param([Model("x", 10, 1, 1, 2)], GPUS, {"x": {A0}}, {"x": {A0, A1}}, 0, id="a new replica is not a move"),
+    pytest.param([], GPUS, {"x": {A0}}, {}, 0, id="empty: a removed model moves nothing"),
+])
+def test_count_moves(models: list[Model], gpus: list[Gpu], before: dict[str, set[GpuId]],
+                     after: dict[str, set[GpuId]], expected: int) -> None:
+    def frozen(d: dict[str, set[GpuId]]) -> dict[str, frozenset[GpuId]]:
+        return {k: frozenset(v) for k, v in d.items()}
+
+    assert count_moves(models, gpus, frozen(before), frozen(after)) == expected
+
+
+def _all_placements(models: list[Model], gpus: list[Gpu]) -> list[dict[str, frozenset[GpuId]]]:
+    choices = [[frozenset(c) for c in itertools.combinations([g.id for g in gpus], m.replicas)] for m in models]
+    return [{m.name: c for m, c in zip(models, combo)} for combo in itertools.product(*choices)]
+
+
+def _random_instance(seed: int) -> tuple[list[Model], list[Gpu]]:
+    """A small heterogeneous instance with replicas that has at least one placement (redrawn until it has)."""
+    rng = random.Random(seed)
+    while True:
+        gpus = [Gpu("n", g, rng.choice([40.0, 80.0])) for g in range(rng.randint(2, 4))]
+        models = [Model(f"m{j}", rng.uniform(5, 30), rng.uniform(0.5, 8), rng.uniform(0.5, 3),
+                        rng.choice([1, 1, 2])) for j in range(rng.randint(2, 5))]
+        if any(math.isfinite(placement_kvpr(models, gpus, p)) for p in _all_placements(models, gpus)):
+            return models, gpus
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_min_max_kvpr_and_fewest_moves_match_brute_force(seed: int) -> None:
+    models, gpus = _random_instance(seed)
+    placements = _all_placements(models, gpus)
+    values = [placement_kvpr(models, gpus, p) for p in placements]
+    optimum = min(values)
+    worst_finite = max(v for v in values if math.isfinite(v))
+    res = min_max_kvpr(models, gpus, lower=optimum / 4 if optimum > 0 else 0.0, upper=worst_finite,
+                       hint=placements[values.index(worst_finite)], step_limit_s=5, total_limit_s=30,
+                       tolerance_ratio=1e-6)
+    assert res.proven_lower <= optimum * (1 + 1e-6)
+    assert res.value == pytest.approx(optimum, rel=1e-5)
+
+    current = placements[values.index(worst_finite)]
+    cap = optimum * 1.05
+    fewest = min(count_moves(models, gpus, current, p) for p, v in zip(placements, values) if v <= cap)
+    got = fewest_moves(models, gpus, current, cap, time_limit_s=10)
+    assert got.status == "OPTIMAL" and got.gpus_of is not None
+    assert count_moves(models, gpus, current, got.gpus_of) == fewest
+    assert got.max_kvpr <= cap * (1 + 1e-6)
