@@ -75,3 +75,24 @@ def test_min_max_kvpr_and_fewest_moves_match_brute_force(seed: int) -> None:
     assert got.status == "OPTIMAL" and got.gpus_of is not None
     assert count_moves(models, gpus, current, got.gpus_of) == fewest
     assert got.max_kvpr <= cap * (1 + 1e-6)
+
+
+def test_churn_rows_agree_with_each_other_on_a_tiny_cluster() -> None:
+    from bench.churn import ChurnReport, Limits, changes, format_report, generated, replan, summarise
+    from kvsched.packer import solve
+
+    cluster = generated("homogeneous", 1, 3, 5)
+    first = solve(cluster.models, cluster.gpus)
+    rows = [replan(cluster, change, first, Limits(step_s=1, bisection_s=3, moves_s=3))
+            for change in changes(cluster, first)]
+    assert [r.change for r in rows] == ["add", "rate", "remove", "gpu-lost", "node-added", "replica"]
+    for r in rows:
+        assert r.kvsched_unplaced == 0
+        assert r.best_lower <= r.best_known * (1 + 1e-9) <= r.kvsched_max_kvpr * (1 + 1e-9)
+        assert r.exact_moves is not None and r.exact_gap_pct is not None
+        assert r.exact_gap_pct <= 5.0 + 1e-4
+        if r.exact_proven and r.kvsched_gap_pct <= 5.0:  # kvsched's plan is within the cap: exact is fewer
+            assert r.exact_moves <= r.kvsched_moves
+    assert rows[3].forced > 0  # the lost GPU held replicas
+    text = format_report(ChurnReport(0.05, Limits(1, 3, 3), rows, summarise(rows), None, 1.0))
+    assert "re-plans: 6" in text
