@@ -61,7 +61,7 @@ class Limits:
     moves_s: float
 
 
-DEFAULT_LIMITS = Limits(step_s=2.0, bisection_s=5.0, moves_s=6.0)
+DEFAULT_LIMITS = Limits(step_s=2.0, bisection_s=4.0, moves_s=5.0)
 QUICK_LIMITS = Limits(step_s=1.0, bisection_s=2.0, moves_s=3.0)
 
 
@@ -418,7 +418,7 @@ def run(quick: bool = False, limits: Limits | None = None, example_limit_s: floa
     """Every cluster x every change, the example's gap check (skipped when example_limit_s is 0), then the
     scale re-plans (unless with_scale is False)."""
     limits = limits or (QUICK_LIMITS if quick else DEFAULT_LIMITS)
-    example_limit_s = (5.0 if quick else 20.0) if example_limit_s is None else example_limit_s
+    example_limit_s = (5.0 if quick else 15.0) if example_limit_s is None else example_limit_s
     start = time.perf_counter()
     rows: list[Row] = []
     for cluster in clusters(quick):
@@ -519,14 +519,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.churn", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller clusters and shorter CP-SAT limits")
     parser.add_argument("--example-seconds", type=float, default=None,
-                        help="CP-SAT seconds for the example's gap check (0 skips it; default 20, 5 with --quick)")
+                        help="CP-SAT seconds for the example's gap check (0 skips it; default 15, 5 with --quick)")
     parser.add_argument("--no-scale", action="store_true",
                         help="skip the re-plans of the 128 and 1024 GPU scale instances")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
     args = parser.parse_args(argv)
-    sys.stdout.write(_HEADER + "\n")
+    sys.stderr.write(_HEADER + "\n")  # progress, one line per re-plan; the report follows on stdout
     report = run(quick=args.quick, example_limit_s=args.example_seconds, with_scale=not args.no_scale,
-                 progress=lambda line: sys.stdout.write(line + "\n") or sys.stdout.flush())
+                 progress=lambda line: sys.stderr.write(line + "\n") or sys.stderr.flush())
     sys.stdout.write("\n" + format_report(report))
     if args.json is not None:
         write_json(report, args.json)
