@@ -21,7 +21,8 @@ with the issue's churn targets marked PASS or MISS.
 Figures, not tests: nothing asserts, exit code 0. Needs the `bench` extra (OR-Tools). CP-SAT runs with time
 limits; a re-plan whose exact figures are not proven is marked. CP-SAT with 2 workers is not deterministic, so
 the exact columns may vary a little between runs; kvsched's vary only where a solve runs into its time budget.
-Run: `python -m bench.churn [--quick] [--no-scale] [--example-seconds S] [--json PATH]`.
+Run: `python -m bench.churn [--quick] [--no-scale] [--example-seconds S] [--json PATH]`;
+`python -m bench.churn --compare A.json B.json` prints two runs side by side.
 Called by: `bench/run.py --churn` (`make bench`), tests/bench (a tiny cluster).
 """
 
@@ -515,6 +516,34 @@ def write_json(report: ChurnReport, path: Path) -> None:
     path.write_text(json.dumps(_jsonable(dataclasses.asdict(report)), indent=2) + "\n")
 
 
+def compare(before: Path, after: Path) -> str:
+    """Two churn JSON files (e.g. two versions of the packer) side by side: per re-plan kvsched's moves, gap
+    above the best known plan and time, with CP-SAT's fewest moves from each run; totals and medians last."""
+    runs = [json.loads(before.read_text()), json.loads(after.read_text())]
+    keyed = [{(r["cluster"], r["change"]): r for r in run["rows"]} for run in runs]
+    head = (f"{'cluster':<26} {'change':<10} {'moves A':>7} {'moves B':>7} {'exact A':>7} {'exact B':>7} "
+            f"{'gap% A':>7} {'gap% B':>7} {'s A':>6} {'s B':>6}")
+    lines = [f"A: {before}", f"B: {after}", head, "-" * len(head)]
+
+    def num(value: object, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    for key in [k for k in keyed[0] if k in keyed[1]]:
+        a, b = keyed[0][key], keyed[1][key]
+        lines.append(f"{key[0]:<26} {key[1]:<10} {a['kvsched_moves']:>7} {b['kvsched_moves']:>7} "
+                     f"{num(a['exact_moves'], 'd'):>7} {num(b['exact_moves'], 'd'):>7} "
+                     f"{num(a['kvsched_gap_pct'], '.2f'):>7} {num(b['kvsched_gap_pct'], '.2f'):>7} "
+                     f"{a['kvsched_s']:>6.2f} {b['kvsched_s']:>6.2f}")
+    for label, run in zip("AB", runs):
+        s = run["summary"]
+        lines.append(f"{label}: kvsched moves {s['kvsched_moves']}, exact fewest {s['exact_moves']}; within the "
+                     f"threshold {s['within_threshold']}/{s['replans']}; median re-plan {s['median_kvsched_s']:.2f} s")
+        for r in run.get("scale", []):
+            lines.append(f"{label}:   scale {r['n_gpus']} GPUs {r['change']}: {r['moves']} moves, "
+                         f"{r['gap_lb_pct']:.2f}% above its bound, {r['seconds'] * 1e3:.0f} ms")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.churn", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller clusters and shorter CP-SAT limits")
@@ -523,7 +552,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-scale", action="store_true",
                         help="skip the re-plans of the 128 and 1024 GPU scale instances")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
+    parser.add_argument("--compare", type=Path, nargs=2, metavar=("A.json", "B.json"),
+                        help="run nothing: print two earlier runs' JSON side by side")
     args = parser.parse_args(argv)
+    if args.compare:
+        sys.stdout.write(compare(*args.compare))
+        return 0
     sys.stderr.write(_HEADER + "\n")  # progress, one line per re-plan; the report follows on stdout
     report = run(quick=args.quick, example_limit_s=args.example_seconds, with_scale=not args.no_scale,
                  progress=lambda line: sys.stderr.write(line + "\n") or sys.stderr.flush())

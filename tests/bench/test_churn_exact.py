@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import math
 import random
+from pathlib import Path
 
 import pytest
 
@@ -77,8 +78,9 @@ def test_min_max_kvpr_and_fewest_moves_match_brute_force(seed: int) -> None:
     assert got.max_kvpr <= cap * (1 + 1e-6)
 
 
-def test_churn_rows_agree_with_each_other_on_a_tiny_cluster() -> None:
-    from bench.churn import ChurnReport, Limits, changes, format_report, generated, replan, summarise
+def test_churn_rows_agree_with_each_other_on_a_tiny_cluster(tmp_path: Path) -> None:
+    from bench.churn import ChurnReport, Limits, changes, compare, format_report, generated, replan, summarise, \
+        write_json
     from kvsched.packer import solve
 
     cluster = generated("homogeneous", 1, 3, 5)
@@ -94,5 +96,8 @@ def test_churn_rows_agree_with_each_other_on_a_tiny_cluster() -> None:
         if r.exact_proven and r.kvsched_gap_pct <= 5.0:  # kvsched's plan is within the cap: exact is fewer
             assert r.exact_moves <= r.kvsched_moves
     assert rows[3].forced > 0  # the lost GPU held replicas
-    text = format_report(ChurnReport(0.05, Limits(1, 3, 3), rows, summarise(rows), None, 1.0))
-    assert "re-plans: 6" in text
+    report = ChurnReport(0.05, Limits(1, 3, 3), rows, summarise(rows), None, 1.0)
+    assert "re-plans: 6" in format_report(report)
+    write_json(report, tmp_path / "a.json")
+    side_by_side = compare(tmp_path / "a.json", tmp_path / "a.json").splitlines()
+    assert sum(line.startswith(cluster.name) for line in side_by_side) == 6
