@@ -17,10 +17,10 @@ demo: $(STAMP)
 	$(VENV)/bin/kvsched plan examples/cluster.yaml --output placement.json --plot placement.svg
 
 ## test: the whole suite, unit and e2e (builds the test control plane into its cache first if needed)
-test: $(STAMP) e2e-tools
+test: $(STAMP) $(VENV)/.bench-stamp e2e-tools
 	$(PY) -m pytest
 
-unit: $(STAMP)
+unit: $(STAMP) $(VENV)/.bench-stamp
 	$(PY) -m pytest --ignore=tests/e2e
 
 ## e2e: only the e2e tests (builds the control plane into its cache first if needed)
