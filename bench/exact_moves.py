@@ -257,3 +257,114 @@ def fewest_moves(models: Sequence[Model], gpus: Sequence[Gpu], current: GpuSets,
     model.cp.Minimize(constant - sum(kept_terms))
     model.hint(hint)
     return model.solve(time_limit_s, workers)
+
+
+# ---------------------------------------------------------------------------------- configuration LP bound
+
+
+class _TooManyStates(Exception):
+    """The knapsack's Pareto list outgrew its cap: no exact answer, so no proof."""
+
+
+# Pareto states one knapsack may keep; many small models per GPU blow the list up (then the LP proves nothing).
+_MAX_STATES = 5_000
+
+
+def _best_subset(weights: Sequence[float], values: Sequence[float], capacity: float) -> tuple[float, tuple[int, ...]]:
+    """Exact 0/1 knapsack with real weights and values: the largest total value of items with total weight <=
+    capacity (1e-12 relative slack, in the direction that keeps the bound valid), and the items. Pareto states
+    (weight, value) with dominated ones dropped; exponential at worst, small when few items fit together.
+    Raises _TooManyStates past _MAX_STATES."""
+    limit = capacity * (1 + 1e-12)
+    states: list[tuple[float, float, tuple[int, ...]]] = [(0.0, 0.0, ())]
+    for i, (w, v) in enumerate(zip(weights, values)):
+        if v <= 0 or w > limit:
+            continue
+        grown = [(a + w, b + v, s + (i,)) for a, b, s in states if a + w <= limit]
+        merged = sorted(states + grown, key=lambda x: (x[0], -x[1]))
+        states, best = [], -1.0
+        for state in merged:
+            if state[1] > best:
+                states.append(state)
+                best = state[1]
+        if len(states) > _MAX_STATES:
+            raise _TooManyStates
+    top = max(states, key=lambda x: x[1])
+    return top[1], top[2]
+
+
+def config_lp_refutes(models: Sequence[Model], gpus: Sequence[Gpu], target: float, *, max_rounds: int = 300) -> bool:
+    try:
+        return _config_lp_refutes(models, gpus, target, max_rounds)
+    except _TooManyStates:
+        return False
+
+
+def _config_lp_refutes(models: Sequence[Model], gpus: Sequence[Gpu], target: float, max_rounds: int) -> bool:
+    """True when the configuration LP proves that no placement has max KVPR <= target.
+
+    Columns are feasible GPU contents (at most one replica per model, total n + T*m <= T*M), one LP row per
+    model (cover its replicas) and per memory size (at most that many GPUs). Column generation with GLOP on the
+    phase-1 LP and exact knapsack pricing; the answer is then checked independently of the LP's accuracy by the
+    Farkas certificate: with u the duals of the model rows, sum_j k_j u_j > sum over memory sizes of
+    count * max{u(S) : S fits} proves infeasibility. Bench only (OR-Tools' GLOP).
+    """
+    from ortools.linear_solver import pywraplp
+
+    weights = [m.rate_rps / m.slo_s / m.replicas + target * m.size_gib for m in models]
+    sizes: dict[float, int] = {}
+    for gpu in gpus:
+        sizes[gpu.memory_gib] = sizes.get(gpu.memory_gib, 0) + 1
+    columns = [(mem, (j,)) for mem in sizes for j in range(len(models)) if weights[j] <= target * mem]
+    u = [0.0] * len(models)
+    for _ in range(max_rounds):
+        lp = pywraplp.Solver.CreateSolver("GLOP")
+        lam = [lp.NumVar(0, lp.infinity(), "") for _ in columns]
+        slack = [lp.NumVar(0, lp.infinity(), "") for _ in models]
+        cover = []
+        for j, m in enumerate(models):
+            row = lp.Constraint(m.replicas, lp.infinity())
+            row.SetCoefficient(slack[j], 1)
+            cover.append(row)
+        per_size = {mem: lp.Constraint(-lp.infinity(), count) for mem, count in sizes.items()}
+        for var, (mem, subset) in zip(lam, columns):
+            per_size[mem].SetCoefficient(var, 1)
+            for j in subset:
+                cover[j].SetCoefficient(var, 1)
+        objective = lp.Objective()
+        for var in slack:
+            objective.SetCoefficient(var, 1)
+        objective.SetMinimization()
+        if lp.Solve() != pywraplp.Solver.OPTIMAL:
+            return False
+        u = [max(0.0, row.dual_value()) for row in cover]
+        added = False
+        for mem in sizes:
+            fits = [w if w <= target * mem else math.inf for w in weights]
+            value, subset = _best_subset(fits, u, target * mem)
+            if value + per_size[mem].dual_value() > 1e-9 and (mem, subset) not in columns:
+                columns.append((mem, subset))
+                added = True
+        if not added:
+            break
+    supply = 0.0
+    for mem, count in sizes.items():
+        fits = [w if w <= target * mem else math.inf for w in weights]
+        supply += count * _best_subset(fits, u, target * mem)[0]
+    demand = sum(m.replicas * uj for m, uj in zip(models, u))
+    return demand > supply * (1 + 1e-9) + 1e-9
+
+
+def config_lp_bound(models: Sequence[Model], gpus: Sequence[Gpu], lower: float, upper: float, *,
+                    tolerance_ratio: float = 1e-4, time_limit_s: float = 30.0) -> float:
+    """The largest T in [lower, upper] found by bisection that the configuration LP refutes (or `lower`): a
+    valid lower bound on the optimal max KVPR when `lower` is one."""
+    start = time.perf_counter()
+    lo, hi = lower, upper
+    while hi > lo * (1 + tolerance_ratio) and time.perf_counter() - start < time_limit_s:
+        mid = math.sqrt(lo * hi)
+        if config_lp_refutes(models, gpus, mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -18,7 +18,14 @@ import pytest
 if os.environ.get("CI") != "true":
     pytest.importorskip("ortools")
 
-from bench.exact_moves import count_moves, fewest_moves, min_max_kvpr, placement_kvpr  # noqa: E402
+from bench.exact_moves import (  # noqa: E402
+    config_lp_bound,
+    config_lp_refutes,
+    count_moves,
+    fewest_moves,
+    min_max_kvpr,
+    placement_kvpr,
+)
 from kvsched.packer import Gpu, GpuId, Model  # noqa: E402
 
 A0, A1, A2 = GpuId("a", 0), GpuId("a", 1), GpuId("a", 2)
@@ -60,7 +67,7 @@ def _random_instance(seed: int) -> tuple[list[Model], list[Gpu]]:
             return models, gpus
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(12))
 def test_min_max_kvpr_and_fewest_moves_match_brute_force(seed: int) -> None:
     models, gpus = _random_instance(seed)
     placements = _all_placements(models, gpus)
@@ -72,6 +79,9 @@ def test_min_max_kvpr_and_fewest_moves_match_brute_force(seed: int) -> None:
                        tolerance_ratio=1e-6)
     assert res.proven_lower <= optimum * (1 + 1e-6)
     assert res.value == pytest.approx(optimum, rel=1e-5)
+    if optimum > 0:  # the configuration LP's bound is a lower bound, and it never refutes a reachable target
+        assert config_lp_bound(models, gpus, optimum / 4, worst_finite, tolerance_ratio=1e-6) <= optimum * (1 + 1e-9)
+        assert not config_lp_refutes(models, gpus, optimum * (1 + 1e-9))
 
     current = placements[values.index(worst_finite)]
     cap = optimum * 1.05
