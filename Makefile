@@ -17,10 +17,10 @@ demo: $(STAMP)
 	$(VENV)/bin/kvsched plan examples/cluster.yaml --output placement.json --plot placement.svg
 
 ## test: the whole suite, unit and e2e (builds the test control plane into its cache first if needed)
-test: $(STAMP) e2e-tools
+test: $(STAMP) $(VENV)/.bench-stamp e2e-tools
 	$(PY) -m pytest
 
-unit: $(STAMP)
+unit: $(STAMP) $(VENV)/.bench-stamp
 	$(PY) -m pytest --ignore=tests/e2e
 
 ## e2e: only the e2e tests (builds the control plane into its cache first if needed)
@@ -31,9 +31,13 @@ e2e: $(STAMP) e2e-tools
 e2e-tools:
 	@if [ -x tests/e2e/cluster/build.sh ]; then tests/e2e/cluster/build.sh; fi
 
-## bench: figures, not tests (ADRS-50 against proven optima, scale against the fluid bound)
-bench: $(STAMP)
-	$(PY) -m bench.run
+## bench: figures, not tests (ADRS-50 against proven optima, scale against the fluid bound, churn vs CP-SAT)
+bench: $(STAMP) $(VENV)/.bench-stamp
+	$(PY) -m bench.run --churn
+
+$(VENV)/.bench-stamp: pyproject.toml $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(VENV)/.bench-stamp
 
 lint: $(STAMP)
 	$(VENV)/bin/mypy kvsched

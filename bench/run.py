@@ -712,6 +712,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--adrs-cases", type=int, metavar="K",
                         help="run only the first K ADRS cases (default 50; 10 with --quick)")
     parser.add_argument("--no-ablation", action="store_true", help="skip the retune on/off ablation")
+    parser.add_argument("--churn", action="store_true",
+                        help="also run the churn suite (bench/churn.py; needs the `bench` extra, OR-Tools)")
     parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
                         help="where to write every figure as JSON (default bench/results/latest.json)")
     args = parser.parse_args(argv)
@@ -747,7 +749,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     sys.stdout.write(format_report(report))
     write_json(report, args.json)
     sys.stdout.write(f"\nJSON: {args.json}\n")
+    if args.churn:
+        _run_churn(args.quick, args.json.with_name("churn.json"))
     return 0
+
+
+def _run_churn(quick: bool, json_path: Path) -> None:
+    """The churn suite after the rest, with its own report and JSON (it needs OR-Tools, a bench-only extra)."""
+    try:
+        from bench import churn
+    except ImportError as exc:
+        sys.stdout.write(f"\nCHURN skipped: {exc} (install the bench extra: pip install -e '.[bench]')\n")
+        return
+    sys.stdout.write("\n")
+    churn.main([*(["--quick"] if quick else []), "--json", str(json_path)])
 
 
 if __name__ == "__main__":

@@ -1,0 +1,117 @@
+"""The churn benchmark's exact references (bench/exact_moves.py) against brute force on tiny instances.
+
+Needs OR-Tools (the `bench` extra, which `make test` installs); outside CI it is skipped without it, in CI
+(CI=true) a missing OR-Tools is an error, not a silent skip.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import random
+from pathlib import Path
+
+import os
+
+import pytest
+
+if os.environ.get("CI") != "true":
+    pytest.importorskip("ortools")
+
+from bench.exact_moves import (  # noqa: E402
+    config_lp_bound,
+    config_lp_refutes,
+    count_moves,
+    fewest_moves,
+    min_max_kvpr,
+    placement_kvpr,
+)
+from kvsched.packer import Gpu, GpuId, Model  # noqa: E402
+
+A0, A1, A2 = GpuId("a", 0), GpuId("a", 1), GpuId("a", 2)
+GPUS = [Gpu("a", 0, 80.0), Gpu("a", 1, 80.0), Gpu("a", 2, 40.0)]
+
+
+@pytest.mark.parametrize(("models", "gpus", "before", "after", "expected"), [
+    pytest.param([Model("x", 10, 1, 1, 2)], GPUS, {"x": {A0, A1}}, {"x": {A1, A0}}, 0,
+                 id="replicas swapped between the model's GPUs: no move"),
+    pytest.param([Model("x", 10, 1, 1, 2)], GPUS, {"x": {A0, A1}}, {"x": {A0, A2}}, 1, id="one replica moved"),
+    pytest.param([Model("x", 10, 1, 1)], GPUS[1:], {"x": {A0}}, {"x": {A1}}, 0,
+                 id="its GPU was lost: a forced restart, not a move"),
+    pytest.param([Model("x", 10, 1, 1, 1)], GPUS, {"x": {A0, A1}}, {"x": {A2}}, 1,
+                 id="a model shrank from 2 replicas to 1: one stops, the other moves"),
+    pytest.param([Model("x", 10, 1, 1, 2)], GPUS, {"x": {A0}}, {"x": {A0, A1}}, 0, id="a new replica is not a move"),
+    pytest.param([], GPUS, {"x": {A0}}, {}, 0, id="empty: a removed model moves nothing"),
+])
+def test_count_moves(models: list[Model], gpus: list[Gpu], before: dict[str, set[GpuId]],
+                     after: dict[str, set[GpuId]], expected: int) -> None:
+    def frozen(d: dict[str, set[GpuId]]) -> dict[str, frozenset[GpuId]]:
+        return {k: frozenset(v) for k, v in d.items()}
+
+    assert count_moves(models, gpus, frozen(before), frozen(after)) == expected
+
+
+def _all_placements(models: list[Model], gpus: list[Gpu]) -> list[dict[str, frozenset[GpuId]]]:
+    choices = [[frozenset(c) for c in itertools.combinations([g.id for g in gpus], m.replicas)] for m in models]
+    return [{m.name: c for m, c in zip(models, combo)} for combo in itertools.product(*choices)]
+
+
+def _random_instance(seed: int) -> tuple[list[Model], list[Gpu]]:
+    """A small heterogeneous instance with replicas that has at least one placement (redrawn until it has)."""
+    rng = random.Random(seed)
+    while True:
+        gpus = [Gpu("n", g, rng.choice([40.0, 80.0])) for g in range(rng.randint(2, 4))]
+        models = [Model(f"m{j}", rng.uniform(5, 30), rng.uniform(0.5, 8), rng.uniform(0.5, 3),
+                        rng.choice([1, 1, 2])) for j in range(rng.randint(2, 5))]
+        if any(math.isfinite(placement_kvpr(models, gpus, p)) for p in _all_placements(models, gpus)):
+            return models, gpus
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_min_max_kvpr_and_fewest_moves_match_brute_force(seed: int) -> None:
+    models, gpus = _random_instance(seed)
+    placements = _all_placements(models, gpus)
+    values = [placement_kvpr(models, gpus, p) for p in placements]
+    optimum = min(values)
+    worst_finite = max(v for v in values if math.isfinite(v))
+    res = min_max_kvpr(models, gpus, lower=optimum / 4 if optimum > 0 else 0.0, upper=worst_finite,
+                       hint=placements[values.index(worst_finite)], step_limit_s=5, total_limit_s=30,
+                       tolerance_ratio=1e-6)
+    assert res.proven_lower <= optimum * (1 + 1e-6)
+    assert res.value == pytest.approx(optimum, rel=1e-5)
+    if optimum > 0:  # the configuration LP's bound is a lower bound, and it never refutes a reachable target
+        assert config_lp_bound(models, gpus, optimum / 4, worst_finite, tolerance_ratio=1e-6) <= optimum * (1 + 1e-9)
+        assert not config_lp_refutes(models, gpus, optimum * (1 + 1e-9))
+
+    current = placements[values.index(worst_finite)]
+    cap = optimum * 1.05
+    fewest = min(count_moves(models, gpus, current, p) for p, v in zip(placements, values) if v <= cap)
+    got = fewest_moves(models, gpus, current, cap, time_limit_s=10)
+    assert got.status == "OPTIMAL" and got.gpus_of is not None
+    assert count_moves(models, gpus, current, got.gpus_of) == fewest
+    assert got.max_kvpr <= cap * (1 + 1e-6)
+
+
+def test_churn_rows_agree_with_each_other_on_a_tiny_cluster(tmp_path: Path) -> None:
+    from bench.churn import ChurnReport, Limits, changes, compare, format_report, generated, replan, summarise, \
+        write_json
+    from kvsched.packer import solve
+
+    cluster = generated("homogeneous", 1, 3, 5)
+    first = solve(cluster.models, cluster.gpus)
+    rows = [replan(cluster, change, first, Limits(step_s=1, bisection_s=3, moves_s=3))
+            for change in changes(cluster, first)]
+    assert [r.change for r in rows] == ["add", "rate", "remove", "gpu-lost", "node-added", "replica"]
+    for r in rows:
+        assert r.kvsched_unplaced == 0
+        assert r.best_lower <= r.best_known * (1 + 1e-9) <= r.kvsched_max_kvpr * (1 + 1e-9)
+        assert r.exact_moves is not None and r.exact_gap_pct is not None
+        assert r.exact_gap_pct <= 5.0 + 1e-4
+        if r.exact_proven and r.kvsched_gap_pct <= 5.0:  # kvsched's plan is within the cap: exact is fewer
+            assert r.exact_moves <= r.kvsched_moves
+    assert rows[3].forced > 0  # the lost GPU held replicas
+    report = ChurnReport(0.05, Limits(1, 3, 3), rows, summarise(rows), None, 1.0)
+    assert "re-plans: 6" in format_report(report)
+    write_json(report, tmp_path / "a.json")
+    side_by_side = compare(tmp_path / "a.json", tmp_path / "a.json").splitlines()
+    assert sum(line.startswith(cluster.name) for line in side_by_side) == 6
