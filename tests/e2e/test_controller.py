@@ -1,4 +1,4 @@
-"""The controller end to end: `kvsched serve` (controller + extender) with the RBAC of deploy/rbac.yaml, a
+"""The controller end to end: `kvsched serve` (controller + extender) with the RBAC the chart grants (deploy/kvsched.yaml), a
 kube-scheduler with the `kvsched` profile, KWOK GPU nodes of a pool only this test plans on.
 
 Scenarios (issue 7): (1) three annotated Deployments on mixed 80Gi/40Gi GPUs match one plan, /metrics shows it;

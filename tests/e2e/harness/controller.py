@@ -1,7 +1,7 @@
 """Run kvsched's controller (`kvsched serve` or `kvsched controller`) against the e2e control plane with the
 RBAC the chart grants.
 
-- `service_account_kubeconfig`: a ServiceAccount bound to the ClusterRoles in deploy/rbac.yaml and a kubeconfig
+- `service_account_kubeconfig`: a ServiceAccount bound to the chart's ClusterRole and Lease Role (deploy/kvsched.yaml) and a kubeconfig
   with a token for it, so the controller does not run as system:masters;
 - `KvschedProcess`: `kvsched serve|controller ...` as a `processes.Component` registered with the control plane (its
   log tail is attached to failing tests and it is stopped with the plane);
@@ -24,7 +24,9 @@ from .cluster import ControlPlane
 from .kube import REPO_ROOT
 from .processes import Component, free_port, http_ok
 
-RBAC_PATH = REPO_ROOT / "deploy" / "rbac.yaml"
+# The chart's default rendering (tests/chart checks it equals `helm template`): the e2e tests run kvsched with
+# exactly the permissions the chart grants.
+RBAC_PATH = REPO_ROOT / "deploy" / "kvsched.yaml"
 
 
 def kvsched_executable() -> Path:
@@ -50,9 +52,19 @@ def apply_rbac(api: client.ApiClient, path: Path = RBAC_PATH) -> list[str]:
     return names
 
 
+def lease_roles(path: Path = RBAC_PATH) -> list[dict[str, Any]]:
+    """The Roles of `path` that grant Leases (the chart's leader-election Role), without their namespace."""
+    out = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if isinstance(doc, dict) and doc.get("kind") == "Role" and any(
+                "leases" in rule.get("resources", ()) for rule in doc.get("rules", ())):
+            out.append({"metadata": {"name": doc["metadata"]["name"]}, "rules": doc["rules"]})
+    return out
+
+
 def service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane, namespace: str,
                                name: str = "kvsched") -> Path:
-    """A ServiceAccount `namespace/name` bound to deploy/rbac.yaml's ClusterRoles; a kubeconfig using a 2-hour
+    """A ServiceAccount `namespace/name` bound to the chart's ClusterRole and Lease Role; a kubeconfig using a 2-hour
     token for it, written next to the plane's own kubeconfig."""
     assert plane.creds is not None
     core = client.CoreV1Api(api)
@@ -62,12 +74,25 @@ def service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane, names
     except ApiException as e:
         if e.status != 409:
             raise
+    subjects = [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
     for role in apply_rbac(api):
         binding = {"metadata": {"name": f"{role}-{namespace}-{name}"},
                    "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-                   "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]}
+                   "subjects": subjects}
         try:
             rbac.create_cluster_role_binding(binding)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+    # The chart grants Leases in its release namespace only; here the Lease lives in `namespace`.
+    for role_doc in lease_roles():
+        role_name = role_doc["metadata"]["name"]
+        try:
+            rbac.create_namespaced_role(namespace, role_doc)
+            rbac.create_namespaced_role_binding(namespace, {
+                "metadata": {"name": role_name},
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": role_name},
+                "subjects": subjects})
         except ApiException as e:
             if e.status != 409:
                 raise
