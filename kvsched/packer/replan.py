@@ -33,17 +33,13 @@ from kvsched.packer.deadline import NEVER, Deadline
 from kvsched.packer.domain import Slot
 from kvsched.packer.errors import InvalidInput
 from kvsched.packer.instance import FloatArray, Instance, IntArray
-from kvsched.packer.kvpr import kvpr, kvpr_array
+from kvsched.packer.kvpr import IMPROVEMENT_RATIO, improves, kvpr, kvpr_array, reaches
 from kvsched.packer.improve import descend, improve
 from kvsched.packer.repair import repair
 
-# A KVPR counts as within a target when it is at most target * (1 + _TOL): float noise is not a violation.
-_TOL = 1e-9
-
-
 def within(value: float, target: float) -> bool:
-    """value <= target up to float noise (inf is within inf only)."""
-    return value <= target * (1 + _TOL) if math.isfinite(target) else True
+    """value <= target up to float noise (kvpr.reaches; any value is within an infinite target)."""
+    return reaches(value, target) if math.isfinite(target) else True
 
 
 def running_gpus(inst: Instance, current: Sequence[Slot]) -> dict[int, list[int]]:
@@ -340,7 +336,7 @@ def _shed_route(inst: Instance, items: Sequence[int], run: IntArray, start: IntA
     leftover: list[int] = []
     for i in pending:
         values = state.kvprs_with(i)
-        ok = np.isfinite(values) & (values <= target * (1 + _TOL))
+        ok = np.isfinite(values) & (values <= target * (1 + IMPROVEMENT_RATIO))
         if not ok.any():
             leftover.append(i)
             continue
@@ -405,7 +401,7 @@ def revert(inst: Instance, run: IntArray, assign: IntArray, target: float) -> In
                 values = state.kvprs_with(k) if within(state.kvpr(home), target) else None
                 if values is not None:
                     values[home] = math.inf
-                    ok = np.isfinite(values) & (values <= target * (1 + _TOL))
+                    ok = np.isfinite(values) & (values <= target * (1 + IMPROVEMENT_RATIO))
                     if ok.any():
                         state.put(k, int(np.argmax(np.where(ok, values, -np.inf))))
                         changed = True
@@ -575,7 +571,7 @@ def polish(inst: Instance, run: IntArray, assign: IntArray, *, max_steps: int | 
         kv = state.kvprs()
         p = int(np.argmax(kv))
         value, i, b = _best_move(state, run, p, paid=False)
-        if i < 0 or not value < float(kv[p]) * (1 - _TOL):
+        if i < 0 or not improves(value, float(kv[p])):
             break
         state.take(i)
         state.put(i, b)
@@ -595,7 +591,7 @@ def within_budget(inst: Instance, run: IntArray, start: IntArray, extra_moves: i
         kv = state.kvprs()
         p = int(np.argmax(kv))
         value, i, b = _best_move(state, run, p, paid=left > 0)
-        if i < 0 or not value < float(kv[p]) * (1 - _TOL):
+        if i < 0 or not improves(value, float(kv[p])):
             break
         if run[i] == p:
             left -= 1
