@@ -43,6 +43,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bench.exact_moves import GpuSets, config_lp_bound, count_moves, fewest_moves, min_max_kvpr, placement_kvpr
+from bench.run import Target, verdict
 from kvsched.cluster_file import load_cluster_file
 from kvsched.packer import Gpu, GpuId, Model, PackOptions, Plan, Slot, solve
 
@@ -157,15 +158,6 @@ class ScaleReplan:
     max_kvpr: float
     gap_lb_pct: float
     seconds: float
-
-
-@dataclass(frozen=True)
-class Target:
-    """A goal of the issue next to the figure it is judged on; status PASS, MISS or "not run"."""
-
-    name: str
-    measured: str
-    status: str
 
 
 @dataclass(frozen=True)
@@ -405,9 +397,7 @@ def scale_replans(plan: Sequence[tuple[int, Sequence[str]]]) -> list[ScaleReplan
 
 def judge(rows: Sequence[Row], scale: Sequence[ScaleReplan]) -> list[Target]:
     """The issue's churn targets, each PASS or MISS on this run's figures."""
-    def status(ok: bool) -> str:
-        return "PASS" if ok else "MISS"
-
+    status = verdict
     s = summarise(rows)
     solved = s.replans - s.exact_missing
     targets = [

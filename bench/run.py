@@ -154,6 +154,11 @@ class Target:
     status: str
 
 
+def verdict(ok: bool) -> str:
+    """A target's status for a figure that was measured."""
+    return "PASS" if ok else "MISS"
+
+
 @dataclass(frozen=True)
 class RetuneRow:
     """Full solves of one suite with retune on or off. Counts are totals over the suite's instances."""
@@ -405,9 +410,7 @@ def _traced_peak_bytes(fn: Callable[[], object]) -> int:
 
 def judge_targets(adrs: AdrsReport, scale: Sequence[ScaleRow]) -> list[Target]:
     """The issue's targets, each PASS or MISS on the figures of this run ("not run" when they are absent)."""
-    def status(ok: bool) -> str:
-        return "PASS" if ok else "MISS"
-
+    status = verdict
     k = adrs.kvsched
     targets = [
         Target(f"ADRS: all {k.cases} cases at the proven optimum",
