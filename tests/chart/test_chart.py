@@ -27,7 +27,10 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "nodeSelector": {"node-role.kubernetes.io/control-plane": ""},
     "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
     "image": {"repository": "registry.example/kvsched", "tag": "dev"},
-    "extraArgs": ["--log-level=debug"],
+    "timeBudgetSeconds": 2.5,
+    "watchNamespace": "llm",
+    "logLevel": "warning",
+    "extraArgs": ["--debounce-seconds=1"],
 }
 
 
@@ -105,6 +108,8 @@ def test_pod_disruption_budget_only_with_several_replicas(helm: Helm, replicas: 
     pytest.param({"schedulerName": "Kvsched_1"}, "schedulerName", id="scheduler name not DNS-1123"),
     pytest.param({"stabilityThreshold": -0.1}, "stabilityThreshold", id="negative stability threshold"),
     pytest.param({"maxMigrations": -1}, "maxMigrations", id="negative migration budget"),
+    pytest.param({"timeBudgetSeconds": -1}, "timeBudgetSeconds", id="negative time budget"),
+    pytest.param({"logLevel": "verbose"}, "logLevel", id="unknown log level"),
     pytest.param({"metricsPort": 70000}, "metricsPort", id="port out of range"),
     pytest.param({"extender": {"httpTimeout": "10"}}, "httpTimeout", id="timeout without a unit"),
     pytest.param({"extender": {"ignorable": "yes"}}, "ignorable", id="ignorable not a boolean"),
@@ -176,13 +181,15 @@ def test_scheduler_leader_election_follows_values(helm: Helm) -> None:
 
 @pytest.mark.parametrize("values, expected", [
     pytest.param(None, ["serve", "--scheduler-name=kvsched", "--stability-threshold=0.05", "--max-migrations=4",
-                        "--metrics-port=8080", "--host=127.0.0.1", "--port=8888", "--leader-election=true",
+                        "--time-budget-seconds=5", "--log-level=info", "--metrics-port=8080", "--host=127.0.0.1", "--port=8888", "--leader-election=true",
                         "--leader-election-namespace=kvsched-system"], id="default values"),
     pytest.param(NON_DEFAULT_VALUES, ["serve", "--scheduler-name=llm-scheduler", "--stability-threshold=0.1",
-                                      "--max-migrations=0", "--node-selector=pool=llm,gpu!=reserved",
+                                      "--max-migrations=0", "--time-budget-seconds=2.5",
+                                      "--log-level=warning", "--namespace=llm",
+                                      "--node-selector=pool=llm,gpu!=reserved",
                                       "--metrics-port=9100", "--host=127.0.0.1", "--port=9999",
                                       "--leader-election=true", "--leader-election-namespace=kube-system",
-                                      "--log-level=debug"],
+                                      "--debounce-seconds=1"],
                  id="non-default values"),
 ])
 def test_kvsched_flags_follow_values(helm: Helm, values: dict[str, Any] | None, expected: list[str]) -> None:
