@@ -2,10 +2,12 @@
 ModelServings to create, update or delete for annotated Deployments.
 
 A ModelServing's spec gives a model (`<namespace>/<name>` for the packer). An annotated Deployment gets a
-ModelServing of its name, owned by it, whose spec follows the annotations and `spec.replicas`. Bad input never
-raises: the object gets a `Problem` (condition reason `InvalidSpec`, `InvalidAnnotation` or `WorkloadNotFound`
-and a sentence naming the field). A Deployment whose annotations turn bad keeps its ModelServing's last good
-spec, so its placement stays planned while the condition says what is wrong.
+ModelServing of its name, owned by it, whose spec follows the annotations and `spec.replicas` (and says
+`fromAnnotations: true`), even when its annotations are bad. Bad input never raises: the object gets a `Problem`
+(condition reason `InvalidSpec`, `InvalidAnnotation` or `WorkloadNotFound` and a sentence naming the field and
+the value). A spec field whose annotation is bad keeps its last good value, so a Deployment whose annotations
+turn bad stays planned while the condition says what is wrong; a field that never had a good value is left out
+(the CRD allows that only with `fromAnnotations: true`), and the model is not planned until it is fixed.
 Called by: kvsched.controller.decide.
 """
 
@@ -33,6 +35,9 @@ from kvsched.units import UnitError, describe, memory_gib, number, seconds
 INVALID_SPEC = "InvalidSpec"
 INVALID_ANNOTATION = "InvalidAnnotation"
 WORKLOAD_NOT_FOUND = "WorkloadNotFound"
+FROM_ANNOTATIONS = "fromAnnotations"
+# The spec field each model annotation sets, in spec order.
+FIELD_OF_ANNOTATION = {SIZE_ANNOTATION: "modelSize", RATE_ANNOTATION: "requestRate", SLO_ANNOTATION: "sloSeconds"}
 
 
 @dataclass(frozen=True)
@@ -71,8 +76,9 @@ class OwnedChange:
 
 @dataclass(frozen=True)
 class DeploymentProblem:
-    """A Deployment that asked to be managed but cannot be (bad annotations without a ModelServing yet,
-    or a ModelServing of its name that it does not own)."""
+    """A Deployment whose annotations cannot be taken as they are: bad annotations and no ModelServing yet (it is
+    created in the same decision, and carries the condition from then on), or a ModelServing of its name that it
+    does not own."""
 
     deployment: DeploymentObj
     problem: Problem
@@ -109,35 +115,68 @@ def parse_spec(spec: Mapping[str, Any]) -> tuple[float, float, float]:
     return size, rate, slo
 
 
-def spec_from_annotations(deployment: DeploymentObj) -> dict[str, Any]:
-    """The ModelServing spec an annotated Deployment asks for. Raises UnitError naming the annotation."""
+@dataclass(frozen=True)
+class AnnotationValues:
+    """What an annotated Deployment's annotations say: the spec fields whose annotation parses, and one sentence
+    per annotation that does not (naming the annotation and its value), in MODEL_ANNOTATIONS order."""
+
+    fields: Mapping[str, Any]
+    problems: tuple[str, ...]
+
+    def problem(self, prefix: str = "") -> Problem | None:
+        """The InvalidAnnotation problem (None when every annotation is good), its message led by `prefix`."""
+        if not self.problems:
+            return None
+        return Problem(INVALID_ANNOTATION, prefix + "; ".join(self.problems))
+
+
+def read_annotations(deployment: DeploymentObj) -> AnnotationValues:
+    """The spec fields the model annotations of `deployment` give, and what is wrong with the others.
+    Never raises. O(1)."""
     notes = deployment.annotations
+    fields: dict[str, Any] = {}
+    problems: list[str] = []
     for name in MODEL_ANNOTATIONS:
         if name not in notes:
-            raise UnitError(f"annotation {name} is missing (a managed Deployment needs {', '.join(MODEL_ANNOTATIONS)})")
-    size_text = notes[SIZE_ANNOTATION].strip()
-    try:
-        memory_gib(size_text)
-    except UnitError as e:
-        raise UnitError(f"annotation {SIZE_ANNOTATION}: {e}") from None
-    rate_text = notes[RATE_ANNOTATION].strip()
-    try:
-        rate = float(rate_text)
-    except ValueError:
-        raise UnitError(f"annotation {RATE_ANNOTATION}: {rate_text!r} is not a number of requests per second") from None
-    if not math.isfinite(rate) or rate < 0:
-        raise UnitError(f"annotation {RATE_ANNOTATION}: must be a finite number >= 0, got {rate_text!r}")
-    try:
-        slo = seconds(notes[SLO_ANNOTATION].strip(), zero_ok=False)
-    except UnitError as e:
-        raise UnitError(f"annotation {SLO_ANNOTATION}: {e}") from None
-    return {
-        "workloadRef": {"kind": "Deployment", "name": deployment.name},
-        "modelSize": size_text,
-        "requestRate": _plain(rate),
-        "sloSeconds": _plain(slo),
-        "replicas": deployment.replicas,
-    }
+            problems.append(f"annotation {name} is missing (a managed Deployment needs "
+                            f"{', '.join(MODEL_ANNOTATIONS)})")
+            continue
+        try:
+            fields[FIELD_OF_ANNOTATION[name]] = _annotation_value(name, notes[name].strip())
+        except UnitError as e:
+            problems.append(f"annotation {name}: {e}")
+    return AnnotationValues(fields, tuple(problems))
+
+
+def _annotation_value(name: str, text: str) -> Any:
+    """The spec value of one model annotation. Raises UnitError naming the value."""
+    if name == SIZE_ANNOTATION:
+        memory_gib(text)
+        return text
+    if name == RATE_ANNOTATION:
+        try:
+            rate = float(text)
+        except ValueError:
+            raise UnitError(f"{text!r} is not a number of requests per second") from None
+        if not math.isfinite(rate) or rate < 0:
+            raise UnitError(f"must be a finite number >= 0, got {text!r}")
+        return _plain(rate)
+    return _plain(seconds(text, zero_ok=False))
+
+
+def spec_from_annotations(deployment: DeploymentObj, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The spec of the ModelServing an annotated Deployment owns. A field whose annotation is bad keeps its value
+    in `current` (the last good one) or is left out; `fromAnnotations: true` lets the CRD accept that."""
+    values = read_annotations(deployment)
+    spec: dict[str, Any] = {"workloadRef": {"kind": "Deployment", "name": deployment.name}}
+    for field in FIELD_OF_ANNOTATION.values():
+        if field in values.fields:
+            spec[field] = values.fields[field]
+        elif current is not None and field in current:
+            spec[field] = current[field]
+    spec["replicas"] = deployment.replicas
+    spec[FROM_ANNOTATIONS] = True
+    return spec
 
 
 def _plain(x: float) -> int | float:
@@ -201,13 +240,13 @@ def collect_models(world: World) -> ModelSet:
                 INVALID_ANNOTATION, f"ModelServing {dep.key} exists and is not owned by this Deployment; "
                 "remove the kvsched.io annotations or that ModelServing")))
             continue
-        try:
-            spec = spec_from_annotations(dep)
-        except UnitError as e:
-            if ms is None:
-                dep_problems.append(DeploymentProblem(dep, Problem(INVALID_ANNOTATION, str(e))))
-            continue  # an existing ModelServing keeps its last good spec; its entry carries the problem
+        spec = spec_from_annotations(dep, ms.spec if ms is not None else None)
         if ms is None:
+            # Created even when the annotations are bad, so that the problem has an object to live on (status,
+            # metrics, kubectl get); until it is seen back, the Deployment carries the problem.
+            problem = read_annotations(dep).problem()
+            if problem is not None:
+                dep_problems.append(DeploymentProblem(dep, problem))
             changes.append(OwnedChange("create", dep.key, owned_body(dep, spec)))
         elif not specs_equal(ms.spec, spec):
             changes.append(OwnedChange("patch", dep.key, {"spec": spec}))
@@ -226,11 +265,7 @@ def _entry(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj]) 
     owner_dep = deployment is not None and _owned_by(ms, deployment) and deployment.annotated
     if owner_dep:
         assert deployment is not None
-        try:
-            spec_from_annotations(deployment)
-        except UnitError as e:
-            invalid = Problem(INVALID_ANNOTATION, f"Deployment {deployment.key}: {e}; planning with the last "
-                              "good values in spec")
+        invalid = read_annotations(deployment).problem(f"Deployment {deployment.key}: ")
     if not isinstance(ref_name, str) or ref_kind != "Deployment":
         problem = Problem(INVALID_SPEC, f"spec.workloadRef must name a Deployment, got {describe(ref)}")
         return ModelEntry(ms, None, 0, None, None, problem)
@@ -241,10 +276,18 @@ def _entry(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj]) 
     replicas = _replicas(ms, deployment, owner_dep)
     if isinstance(replicas, Problem):
         return ModelEntry(ms, deployment, 0, None, _size_or_none(ms), replicas)
+    spec = ms.spec
+    if owner_dep and any(f not in spec for f in FIELD_OF_ANNOTATION.values()):
+        # A field left out for a bad annotation: once the annotation is fixed, plan with the value the patch
+        # in flight writes rather than call the stored spec invalid for one round.
+        assert deployment is not None
+        spec = spec_from_annotations(deployment, spec)
     try:
-        size, rate, slo = parse_spec(ms.spec)
+        size, rate, slo = parse_spec(spec)
     except UnitError as e:
         return ModelEntry(ms, deployment, replicas, None, None, invalid or Problem(INVALID_SPEC, str(e)))
+    if invalid is not None:
+        invalid = Problem(invalid.reason, f"{invalid.message}; planning with the last good values in spec")
     if replicas == 0:
         return ModelEntry(ms, deployment, 0, None, size, invalid)
     try:

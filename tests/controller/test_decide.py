@@ -31,7 +31,7 @@ def test_annotated_deployments_get_owned_modelservings_then_statuses() -> None:
         ("create", "llama"), ("create", "phi"), ("create", "qwen")]
     body = next(c.body for c in first.owned_changes if c.key.name == "phi")
     assert body["spec"] == {"workloadRef": {"kind": "Deployment", "name": "phi"}, "modelSize": "8Gi",
-                            "requestRate": 6, "sloSeconds": 0.5, "replicas": 1}
+                            "requestRate": 6, "sloSeconds": 0.5, "replicas": 1, "fromAnnotations": True}
     assert body["metadata"]["ownerReferences"][0] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "phi",
                                                       "uid": "uid-phi", "controller": True,
                                                       "blockOwnerDeletion": True}
@@ -63,33 +63,111 @@ def test_running_pods_are_kept_where_they_are() -> None:
     assert all(ms.status["readyReplicas"] == ms.status["replicas"] for ms in world.model_servings)
 
 
-@pytest.mark.parametrize("annotations, fragment", [
-    pytest.param({"kvsched.io/model-size": "lots", "kvsched.io/request-rate": "1", "kvsched.io/slo-seconds": "1"},
-                 "kvsched.io/model-size", id="unparsable size"),
-    pytest.param({"kvsched.io/model-size": "16", "kvsched.io/request-rate": "1", "kvsched.io/slo-seconds": "1"},
-                 "add a unit", id="size without a unit"),
-    pytest.param({"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "-3", "kvsched.io/slo-seconds": "1"},
-                 "kvsched.io/request-rate", id="negative rate"),
-    pytest.param({"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "fast",
-                  "kvsched.io/slo-seconds": "1"}, "not a number", id="rate not a number"),
-    pytest.param({"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "1", "kvsched.io/slo-seconds": "0"},
-                 "greater than zero", id="SLO zero"),
-    pytest.param({"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "1"}, "is missing",
+GOOD = {"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "1", "kvsched.io/slo-seconds": "1"}
+GOOD_SPEC = {"modelSize": "16Gi", "requestRate": 1, "sloSeconds": 1}
+
+
+def _with(**changes: str | None) -> dict[str, str]:
+    """GOOD with some annotations changed (`model_size="lots"`) or removed (None)."""
+    notes = dict(GOOD)
+    for key, value in changes.items():
+        name = "kvsched.io/" + key.replace("_", "-")
+        if value is None:
+            notes.pop(name)
+        else:
+            notes[name] = value
+    return notes
+
+
+def _add(world: World, *deployments: object) -> World:
+    return dataclasses.replace(world, deployments=(*world.deployments, *deployments))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("annotations, kept, fragments", [
+    pytest.param(_with(model_size="lots"), ["requestRate", "sloSeconds"],
+                 ["annotation kvsched.io/model-size: 'lots' is not a Kubernetes quantity"], id="unparsable size"),
+    pytest.param(_with(model_size="16"), ["requestRate", "sloSeconds"], ["kvsched.io/model-size", "add a unit"],
+                 id="size without a unit"),
+    pytest.param(_with(request_rate="-3"), ["modelSize", "sloSeconds"],
+                 ["annotation kvsched.io/request-rate: must be a finite number >= 0, got '-3'"], id="negative rate"),
+    pytest.param(_with(request_rate="fast"), ["modelSize", "sloSeconds"], ["'fast' is not a number"],
+                 id="rate not a number"),
+    pytest.param(_with(slo_seconds="0"), ["modelSize", "requestRate"],
+                 ["annotation kvsched.io/slo-seconds: must be greater than zero, got '0'"], id="SLO zero"),
+    pytest.param(_with(slo_seconds=None), ["modelSize", "requestRate"], ["kvsched.io/slo-seconds is missing"],
                  id="SLO annotation missing"),
+    pytest.param(_with(model_size="lots", request_rate="-3", slo_seconds="0"), [],
+                 ["kvsched.io/model-size: 'lots'", "kvsched.io/request-rate: must be a finite number >= 0, got '-3'",
+                  "kvsched.io/slo-seconds: must be greater than zero, got '0'"], id="all three bad, all named"),
 ])
-def test_bad_annotations_make_an_event_and_leave_the_others_planned(annotations: dict[str, str],
-                                                                    fragment: str) -> None:
-    world = dataclasses.replace(three_models(), deployments=(*three_models().deployments,
-                                                             deployment("bad", annotations=annotations)))
+def test_bad_annotations_get_an_owned_invalid_modelserving_and_leave_the_others_planned(
+        annotations: dict[str, str], kept: list[str], fragments: list[str]) -> None:
+    world = _add(three_models(), deployment("bad", annotations=annotations, replicas=2))
     first = run(world)
-    assert "bad" not in {c.key.name for c in first.owned_changes}
-    (event,) = [e for e in first.events if e.target.name == "bad"]
-    assert (event.type, event.reason, event.target.kind) == ("Warning", "InvalidAnnotation", "Deployment")
-    assert fragment in event.message
+    (create,) = [c for c in first.owned_changes if c.key.name == "bad"]
+    assert create.action == "create"
+    assert create.body["metadata"]["ownerReferences"] == [{
+        "apiVersion": "apps/v1", "kind": "Deployment", "name": "bad", "uid": "uid-bad", "controller": True,
+        "blockOwnerDeletion": True}]
+    assert create.body["spec"] == {"workloadRef": {"kind": "Deployment", "name": "bad"}, "replicas": 2,
+                                   "fromAnnotations": True, **{k: GOOD_SPEC[k] for k in kept}}
+    (event,) = [e for e in first.events if e.target.name == "bad" and e.type == "Warning"]
+    assert (event.reason, event.target.kind) == ("InvalidAnnotation", "Deployment")
+    assert all(f in event.message for f in fragments), event.message
     assert first.model_states["invalid"] == 1
-    settled, _ = settle(world)
-    assert sorted(_servings(settled)) == ["llama", "phi", "qwen"]
-    assert all(condition(ms, "Placed")["status"] == "True" for ms in settled.model_servings)
+
+    settled, decisions = settle(world)
+    assert decisions[-1].writes == 0
+    assert all(d.model_states["invalid"] == 1 for d in decisions), [d.model_states for d in decisions]
+    bad = _servings(settled)["bad"]
+    invalid, placed = condition(bad, "Invalid"), condition(bad, "Placed")  # type: ignore[arg-type]
+    assert (invalid["status"], invalid["reason"]) == ("True", "InvalidAnnotation")
+    assert all(f in invalid["message"] for f in fragments), invalid["message"]
+    assert (placed["status"], placed["reason"]) == ("False", "InvalidAnnotation")
+    status = bad.status  # type: ignore[attr-defined]
+    assert (status["replicas"], status["placedReplicas"], status["slots"]) == (2, 0, [])
+    assert all(p.key.name != "bad" for d in decisions for p in d.deployment_patches)
+    ms_events = [e for d in decisions for e in d.events if e.target.kind == "ModelServing" and e.target.name == "bad"]
+    assert [(e.type, e.reason) for e in ms_events] == [("Warning", "InvalidAnnotation")]
+    others = [ms for ms in settled.model_servings if ms.name != "bad"]
+    assert sorted(ms.name for ms in others) == ["llama", "phi", "qwen"]
+    assert all(condition(ms, "Placed")["status"] == "True" for ms in others)
+
+
+@pytest.mark.parametrize("steps, spec, invalid, placed", [
+    pytest.param([_with(model_size="lots"), GOOD], GOOD_SPEC, None, 2, id="never valid, then fixed: placed"),
+    pytest.param([_with(model_size="lots", request_rate="-3"), _with(request_rate="-3")],
+                 {"modelSize": "16Gi", "sloSeconds": 1}, "kvsched.io/request-rate", 0,
+                 id="never valid, size fixed: size written, rate still left out"),
+    pytest.param([GOOD, _with(request_rate="-3")], GOOD_SPEC, "kvsched.io/request-rate", 2,
+                 id="valid, rate turns bad: last good rate kept, still placed"),
+    pytest.param([GOOD, _with(model_size="30Gi", request_rate="-3")],
+                 {**GOOD_SPEC, "modelSize": "30Gi"}, "kvsched.io/request-rate", 2,
+                 id="valid, size changed and rate bad: new size, last good rate"),
+    pytest.param([GOOD, _with(slo_seconds=None)], GOOD_SPEC, "kvsched.io/slo-seconds is missing", 2,
+                 id="valid, SLO annotation removed: last good SLO kept"),
+])
+def test_owned_spec_follows_each_good_annotation_and_keeps_the_last_good_value(
+        steps: list[dict[str, str]], spec: dict[str, object], invalid: str | None, placed: int) -> None:
+    world = _add(three_models(), deployment("m", replicas=2, annotations=steps[0]))
+    for notes in steps:
+        world = dataclasses.replace(world, deployments=tuple(
+            dataclasses.replace(d, annotations=notes) if d.name == "m" else d for d in world.deployments))
+        world, decisions = settle(world)
+        assert decisions[-1].writes == 0
+        assert not [e for d in decisions for e in d.events if e.reason == "InvalidSpec"]
+    m = _servings(world)["m"]
+    assert m.spec == {"workloadRef": {"kind": "Deployment", "name": "m"}, "replicas": 2,  # type: ignore[attr-defined]
+                      "fromAnnotations": True, **spec}
+    cond = condition(m, "Invalid")  # type: ignore[arg-type]
+    if invalid is None:
+        assert (cond["status"], cond["reason"]) == ("False", "Valid")
+        assert condition(m, "Placed")["status"] == "True"  # type: ignore[arg-type]
+    else:
+        assert (cond["status"], cond["reason"]) == ("True", "InvalidAnnotation")
+        assert invalid in cond["message"]
+    assert m.status["placedReplicas"] == placed  # type: ignore[attr-defined]
+    assert decisions[0].model_states["invalid"] == (0 if invalid is None else 1)
 
 
 def test_annotations_turning_bad_keep_the_last_good_spec_and_placement() -> None:
