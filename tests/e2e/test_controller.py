@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes.client.exceptions import ApiException
 
 from .harness.cluster import ControlPlane
 from .harness.kube import create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, wait_for
@@ -222,11 +223,11 @@ def test_three_annotated_deployments_match_one_plan(pool: Pool) -> None:
 # -- (6) ------------------------------------------------------------------------------------------------------
 def test_bad_annotations_are_invalid_with_an_event_and_others_stay_placed(pool: Pool) -> None:
     pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
-    pool.start()
+    proc = pool.start()
     create_models(pool)
     before = wait_settled(pool, list(MODELS))
     apps, core = client.AppsV1Api(pool.kube), client.CoreV1Api(pool.kube)
-    apps.create_namespaced_deployment(pool.namespace, annotated("broken", "lots", -3, "0", 1))
+    created = apps.create_namespaced_deployment(pool.namespace, annotated("broken", "lots", -3, "0", 1))
 
     def events(name: str) -> list[str]:
         return [f"{e.reason}: {e.message}" for e in core.list_namespaced_event(
@@ -235,6 +236,29 @@ def test_bad_annotations_are_invalid_with_an_event_and_others_stay_placed(pool: 
     seen = wait_for(lambda: events("broken"), lambda ev: any(e.startswith("InvalidAnnotation") for e in ev), 30,
                     "InvalidAnnotation event on Deployment broken")
     assert any("kvsched.io/model-size" in e for e in seen if e.startswith("InvalidAnnotation")), seen
+    # A new Deployment with bad annotations still gets its own ModelServing, which says what is wrong.
+    broken = wait_for(lambda: serving(pool, "broken"), lambda ms: condition(ms, "Invalid").get("status") == "True",
+                      30, "ModelServing broken Invalid")
+    assert condition(broken, "Invalid")["reason"] == "InvalidAnnotation"
+    for named in ("kvsched.io/model-size: 'lots'", "kvsched.io/request-rate: must be a finite number >= 0, got '-3'",
+                  "kvsched.io/slo-seconds: must be greater than zero, got '0'"):
+        assert named in condition(broken, "Invalid")["message"], condition(broken, "Invalid")
+    assert (condition(broken, "Placed")["status"], condition(broken, "Placed")["reason"]) == (
+        "False", "InvalidAnnotation")
+    assert [(o["kind"], o["name"], o["uid"], o.get("controller")) for o in broken["metadata"]["ownerReferences"]] == [
+        ("Deployment", "broken", created.metadata.uid, True)]
+    assert broken["spec"] == {"workloadRef": {"kind": "Deployment", "name": "broken"}, "replicas": 1,
+                              "fromAnnotations": True}
+    assert not slot_set(broken)
+    # Only such a ModelServing may leave values out: the CRD refuses a hand-written one without them.
+    with pytest.raises(ApiException) as refused:
+        client.CustomObjectsApi(pool.kube).create_namespaced_custom_object(GROUP, VERSION, pool.namespace, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelServing", "metadata": {"name": "handmade"},
+            "spec": {"workloadRef": {"name": "llama"}, "requestRate": 1, "sloSeconds": 1}})
+    assert refused.value.status == 422 and "modelSize, requestRate and sloSeconds are required" in str(
+        refused.value.body), refused.value.body
+    wait_for(proc.metrics, lambda m: m.get('kvsched_models{state="invalid"}') == 1.0, 30,
+             "kvsched_models{state=\"invalid\"} == 1")
     # A managed Deployment whose annotation turns bad: Invalid, and its placement kept.
     apps.patch_namespaced_deployment("qwen", pool.namespace,
                                      {"metadata": {"annotations": {"kvsched.io/request-rate": "-1"}}})
@@ -247,6 +271,13 @@ def test_bad_annotations_are_invalid_with_an_event_and_others_stay_placed(pool: 
              "InvalidAnnotation event on qwen")
     after = wait_settled(pool, list(MODELS))
     assert {n: slot_set(ms) for n, ms in after.items()} == {n: slot_set(ms) for n, ms in before.items()}
+    # Fixing the broken Deployment's annotations makes it a normal placed model (the others stay placed).
+    apps.patch_namespaced_deployment("broken", pool.namespace, {"metadata": {"annotations": {
+        "kvsched.io/model-size": "8Gi", "kvsched.io/request-rate": "1", "kvsched.io/slo-seconds": "1"}}})
+    fixed = wait_settled(pool, [*MODELS, "broken"])["broken"]
+    assert condition(fixed, "Invalid")["status"] == "False"
+    assert (fixed["spec"]["modelSize"], fixed["status"]["placedReplicas"], len(slot_set(fixed))) == ("8Gi", 1, 1)
+    assert fixed["metadata"]["uid"] == broken["metadata"]["uid"]
 
 
 # -- (4) ------------------------------------------------------------------------------------------------------
