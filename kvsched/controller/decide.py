@@ -21,6 +21,7 @@ from typing import Any, Callable, Mapping, Sequence
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed
 from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, Step, choose_next, plan_steps
+from kvsched.controller.shares import SHARE_EPSILON, free_shares, resize_steps
 from kvsched.controller.models import ModelEntry, OwnedChange, collect_models
 from kvsched.controller.objects import (
     API_VERSION,
@@ -34,6 +35,7 @@ from kvsched.controller.objects import (
 )
 from kvsched.controller.status import (
     merge_conditions,
+    share_of,
     model_kvpr,
     placement_conditions,
     slots_of,
@@ -81,12 +83,14 @@ class DeploymentPatch:
 
 @dataclass(frozen=True)
 class Eviction:
-    """Evict `pod` (model `model`) to move it from `source` to `target`."""
+    """Evict `pod` (model `model`) to move it from `source` to `target`; `resize`: to restart it in place with
+    its planned memory share."""
 
     pod: ObjectKey
     model: ObjectKey
     source: GpuId
     target: GpuId
+    resize: bool = False
 
 
 @dataclass(frozen=True)
@@ -185,8 +189,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
             unplaced[u.model].append(u)
         gpu_kvpr = {g.gpu: g.kvpr for g in plan.gpus}
 
-    migration = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s,
-                            plan.steps if plan is not None else ())
+    migration = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s, plan)
     events: list[Event] = []
     nodes_by_name = {n.name: n for n in world.nodes}
     for problem in inventory.problems:
@@ -246,36 +249,43 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     if migration.next_step is not None:
         step = migration.next_step
         model_key = ObjectKey(*step.model.split("/", 1))
-        eviction = Eviction(step.pod.key, model_key, step.source, step.target)
+        eviction = Eviction(step.pod.key, model_key, step.source, step.target, step.resize)
         ms = next(e.ms for e in entries if e.ms.key == model_key)
         events.append(Event(ms_target(ms), "Normal", "Migrating",
                             f"evicting pod {step.pod.name} from GPU {step.source} so that its replacement "
-                            f"takes GPU {step.target}"))
+                            + ("runs there with its planned memory share" if step.resize
+                               else f"takes GPU {step.target}")))
     return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, eviction, tuple(events),
                     dict(states), migration.steps, migration.waiting, inventory)
 
 
 def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventory, running: Sequence[RunningPod],
                 placements: Mapping[str, Sequence[Placement]], config: DecisionConfig,
-                blocked: Mapping[ObjectKey, Blocked], clock_s: float,
-                order: Sequence[MigrationStep]) -> MigrationState:
+                blocked: Mapping[ObjectKey, Blocked], clock_s: float, plan: Plan | None) -> MigrationState:
+    """Restarts for memory shares first (they free what waiting replicas need), then the moves."""
     size = {e.model.name: e.model.size_gib for e in entries if e.model is not None}
+    replica_load = {e.model.name: e.model.replica_load for e in entries if e.model is not None}
     memory = {g.id: g.memory_gib for g in inventory.gpus}
     planned = {m: [p.gpu for p in ps] for m, ps in placements.items()}
-    steps = plan_steps(planned, running, size, memory, order)
+    shares = {(m, p.gpu): share_of(p.memory_fraction) for m, ps in placements.items() for p in ps}
+    steps = resize_steps(shares, running, size, memory, replica_load,
+                         plan.max_kvpr if plan is not None else 0.0, config.stability_threshold_ratio)
+    steps += plan_steps(planned, running, size, memory, plan.steps if plan is not None else ())
     managed = [p for p in world.pods if is_managed(p, config) and not p.terminal]
     held_weights: dict[GpuId, float] = defaultdict(float)
     held_by_model: dict[str, set[GpuId]] = defaultdict(set)
     for r in running:
         held_weights[r.gpu] += size.get(r.model, 0.0)
         held_by_model[r.model].add(r.gpu)
+    free_share = free_shares(running, shares, size, memory)
     pending = []
     for pod in managed:
         if pod.node is not None or pod.deleting:
             continue
         model = f"{pod.namespace}/{pod.labels[MODEL_LABEL]}"
         free = [g for g in planned.get(model, []) if g not in held_by_model[model]
-                and memory.get(g, 0.0) - held_weights[g] >= size.get(model, 0.0) - 1e-9]
+                and memory.get(g, 0.0) - held_weights[g] >= size.get(model, 0.0) - 1e-9
+                and free_share.get(g, 1.0) >= shares[(model, g)] - SHARE_EPSILON]
         if free:
             pending.append(pod)
     return choose_next(steps, managed, pending, blocked, clock_s)
@@ -291,6 +301,9 @@ def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, st
     moving = f"{len(mine)} replica(s) to move"
     if migration.next_step is not None and migration.next_step.model == model:
         s = migration.next_step
+        if s.resize:
+            return "Evicting", (f"{moving}; evicting pod {s.pod.name} so that it restarts on GPU {s.source} "
+                                f"with its planned memory share")
         return "Evicting", f"{moving}; evicting pod {s.pod.name} from GPU {s.source} to free GPU {s.target}"
     return "Waiting", f"{moving}; {migration.waiting or 'another model migrates first'}"
 

@@ -308,7 +308,8 @@ class Reconciler:
                                               self.clock() + _EVICTED_HOLD_S)
         usable = decision.inventory is not None and any(g.node == eviction.source.node
                                                         for g in decision.inventory.gpus)
-        self.metrics.migrations.labels(reason="Rebalance" if usable else "NodeUnavailable").inc()
+        reason = "Resize" if eviction.resize else "Rebalance" if usable else "NodeUnavailable"
+        self.metrics.migrations.labels(reason=reason).inc()
         log.info("evicted %s (model %s) from %s; its replacement goes to %s", eviction.pod, eviction.model,
                  eviction.source, eviction.target)
 

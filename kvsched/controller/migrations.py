@@ -34,13 +34,16 @@ class RunningPod:
 
 @dataclass(frozen=True)
 class Step:
-    """Evict `pod` (model `model`) from `source` so that its replacement takes the free slot `target`."""
+    """Evict `pod` (model `model`) from `source` so that its replacement takes the free slot `target`.
+    `resize`: a restart in place (source == target) so that the pod runs with its planned memory share
+    (kvsched.controller.shares)."""
 
     model: str
     pod: PodObj
     source: GpuId
     target: GpuId
     stop_first: bool
+    resize: bool = False
 
 
 @dataclass(frozen=True)

@@ -51,6 +51,7 @@ class PodInfo:
     scheduler_name: str
     node_name: str
     gpu: int | None             # the kvsched.io/gpu annotation, when it is a valid index
+    memory_fraction: float | None  # the kvsched.io/gpu-memory-fraction annotation, when it is a share in (0, 1]
     terminating: bool
     finished: bool              # phase Succeeded or Failed
 
@@ -78,7 +79,17 @@ def pod_info(obj: Obj) -> PodInfo:
                    uid=str(meta.get("uid") or ""), model=labels.get(MODEL_LABEL) or None,
                    scheduler_name=str(spec.get("schedulerName") or ""), node_name=str(spec.get("nodeName") or ""),
                    gpu=gpu, terminating=bool(meta.get("deletionTimestamp")),
-                   finished=phase in ("Succeeded", "Failed"))
+                   finished=phase in ("Succeeded", "Failed"),
+                   memory_fraction=_share(annotations.get(GPU_MEMORY_FRACTION_ANNOTATION)))
+
+
+def _share(text: object) -> float | None:
+    """A memory-fraction annotation as a number in (0, 1], or None when absent or not such a number."""
+    try:
+        value = float(str(text)) if text is not None else None
+    except ValueError:
+        return None
+    return value if value is not None and 0.0 < value <= 1.0 else None
 
 
 def node_gpus(obj: Obj) -> NodeGpus:
@@ -197,7 +208,7 @@ class Cache:
         info = self._pods.get(uid)
         if info is not None and info.node_name and info.gpu is not None and not info.finished:
             return Holder(pod=info.key, uid=uid, model_key=info.model_key, node=info.node_name, gpu=info.gpu,
-                          terminating=info.terminating)
+                          terminating=info.terminating, memory_fraction=info.memory_fraction)
         if info is not None and info.finished:
             return None
         return self._reservations.get(uid)
@@ -274,7 +285,8 @@ class Cache:
             choice = choose_slot(pod, node, self)
             if isinstance(choice, PlannedSlot):
                 self._reservations[pod.uid] = Holder(pod=pod.key, uid=pod.uid, model_key=pod.model_key,
-                                                     node=node, gpu=choice.gpu, reserved=True)
+                                                     node=node, gpu=choice.gpu, reserved=True,
+                                                     memory_fraction=choice.memory_fraction)
                 self._reindex(pod.uid)
             return choice
 

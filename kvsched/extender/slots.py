@@ -5,10 +5,13 @@ answers lookups from its indexes (no copy of the cluster per request).
 
 The rule. For a managed pod of model X on node N: X's free slots on N are X's planned slots on N whose GPU no
 other live pod of X holds. A free slot is usable now when the weights already on that GPU (every pod holding it,
-by its model's size) plus X's size fit the GPU's memory. So, per candidate node:
+by its model's size) plus X's size fit the GPU's memory, and the memory shares the holders run with
+(`kvsched.io/gpu-memory-fraction`, at least their weights) plus the slot's planned share add up to at most 1, so no
+GPU is ever promised more memory than it has. So, per candidate node:
 - usable slot             -> the node passes filter; prioritize gives it MAX_SCORE;
 - planned, none usable    -> FailedNodes with who is in the way (it frees when those pods go: a migration step,
-                             a rollout's old pod terminating);
+                             a rollout's old pod terminating, or the controller restarting a holder whose
+                             planned share shrank so that it runs with the smaller one);
 - no slot of X planned, or the plan contradicts the node (gone, GPU index past its count)
                           -> FailedAndUnresolvableNodes (preemption cannot help).
 A pod holds GPU (node, gpu) from the moment bind reserves/annotates it until it is deleted, terminating or not.
@@ -24,6 +27,7 @@ MAX_SCORE = 10      # kube-scheduler's MaxExtenderPriority
 BLOCKED_SCORE = 5   # planned here, but the slot is still held: better than a node with no plan at all
 NEUTRAL_SCORE = 0   # unmanaged pods and unplanned nodes: no opinion
 _MEMORY_EPSILON_GIB = 1e-6  # sizes come from quantities; equal sums must fit
+_FRACTION_EPSILON = 1e-6    # shares are written with 3 decimals, rounded down, so planned shares sum to <= 1
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Holder:
     gpu: int
     terminating: bool = False
     reserved: bool = False
+    memory_fraction: float | None = None  # the share of the GPU's memory it runs with (None: not annotated)
 
     def describe(self) -> str:
         state = " (terminating)" if self.terminating else " (binding)" if self.reserved else ""
@@ -153,23 +158,34 @@ def slot_states(pod: PodRef, plan: ModelPlan, node_name: str, world: World) -> l
             states.append(SlotState(slot, True))
             continue
         held_gib = 0.0
+        held_share = 0.0
         blockers: list[str] = []
+        shares: list[str] = []
         for h in others:
             other = world.model(h.model_key) if h.model_key else None
             size = other.size_gib if other is not None and other.size_gib is not None else None
             if size is None:  # a pod whose model kvsched cannot size: assume it fills the GPU
                 held_gib = node.gpu_memory_gib
+                held_share = 1.0
                 blockers.append(f"{h.describe()} (size unknown)")
             else:
                 held_gib += size
+                share = max(h.memory_fraction or 0.0, size / node.gpu_memory_gib)
+                held_share += share
                 blockers.append(f"{h.describe()} ({_fmt_gib(size)})")
-        if held_gib + plan.size_gib <= node.gpu_memory_gib + _MEMORY_EPSILON_GIB:
-            states.append(SlotState(slot, True))
-        else:
+                shares.append(f"{h.describe()} runs with {share:.3f}")
+        if held_gib + plan.size_gib > node.gpu_memory_gib + _MEMORY_EPSILON_GIB:
             free = max(0.0, node.gpu_memory_gib - held_gib)
             states.append(SlotState(
                 slot, False, f"{where} has {_fmt_gib(free)} of {_fmt_gib(node.gpu_memory_gib)} free and needs "
                 f"{_fmt_gib(plan.size_gib)}: {', '.join(blockers)} must move first"))
+        elif held_share + slot.memory_fraction > 1.0 + _FRACTION_EPSILON:
+            states.append(SlotState(
+                slot, False, f"{where} needs {slot.memory_fraction:.3f} of its memory and "
+                f"{max(0.0, 1.0 - held_share):.3f} is free: {', '.join(shares)} (the controller restarts a pod "
+                f"whose planned share is smaller than the one it runs with)"))
+        else:
+            states.append(SlotState(slot, True))
     return states
 
 

@@ -9,7 +9,7 @@ from typing import Any, Mapping, Sequence
 from kvsched.controller import (
     Decision, DecisionConfig, DeploymentObj, ModelServingObj, NodeObj, OwnerRef, PodObj, World, decide,
 )
-from kvsched.controller.objects import GPU_ANNOTATION, GPU_MEMORY_MIB_LABEL, MODEL_LABEL
+from kvsched.controller.objects import GPU_ANNOTATION, GPU_MEMORY_MIB_LABEL, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL
 from kvsched.packer import Gpu, Model, PackOptions, Plan, Slot, solve
 
 NOW = "2026-11-28T06:00:00Z"
@@ -51,8 +51,11 @@ def serving(name: str, size: object = "16Gi", rate: object = 4, slo: object = 1,
 
 
 def pod(name: str, model: str, node_name: str | None, gpu: int | None, namespace: str = "ns",
-        ready: bool = True, deleting: bool = False, scheduler: str = "kvsched", gpu_request: int = 0) -> PodObj:
+        ready: bool = True, deleting: bool = False, scheduler: str = "kvsched", gpu_request: int = 0,
+        fraction: float | None = None) -> PodObj:
     annotations = {GPU_ANNOTATION: str(gpu)} if gpu is not None else {}
+    if fraction is not None:
+        annotations[MEMORY_FRACTION_ANNOTATION] = f"{fraction:.3f}"
     labels = {MODEL_LABEL: model} if model else {}
     return PodObj(namespace=namespace, name=name, uid=f"uid-{name}", node=node_name, labels=labels,
                   annotations=annotations, scheduler_name=scheduler, ready=ready, deleting=deleting,
@@ -122,11 +125,13 @@ def settle(world: World, rounds: int = 5, **kw: Any) -> tuple[World, list[Decisi
 
 
 def bind_planned(world: World) -> World:
-    """Start one Ready pod per planned slot of every ModelServing (as the extender and KWOK would)."""
+    """Start one Ready pod per planned slot of every ModelServing with its planned share (as the extender and
+    KWOK would)."""
     pods = list(world.pods)
     for ms in world.model_servings:
         for i, slot in enumerate(ms.status.get("slots") or []):
-            pods.append(pod(f"{ms.name}-{i}", ms.name, slot["node"], slot["gpu"], namespace=ms.namespace))
+            pods.append(pod(f"{ms.name}-{i}", ms.name, slot["node"], slot["gpu"], namespace=ms.namespace,
+                            fraction=slot["memoryFraction"]))
     return dataclasses.replace(world, pods=tuple(pods))
 
 

@@ -161,3 +161,15 @@ def test_until_the_cache_has_synced_managed_pods_wait_and_others_pass() -> None:
     assert client.post("/bind", json=binding(web, "n1")).json() == {"Error": ""}
     assert binder.calls == [("ml", "web", "uid-web", "n1", None)]
     assert metrics.extender_requests.labels(verb="filter", outcome="not_synced")._value.get() == 1
+
+
+def test_a_reservation_holds_its_planned_share_against_another_model() -> None:
+    # Two models' plans disagree for a moment (one ModelServing written before the other): each planned 0.6 of
+    # GPU 0. The first bind's reservation counts with its share, so the second cannot over-commit the GPU.
+    cache = world([node("n1")], [model("llama", "16Gi", [("n1", 0, 0.6)]), model("qwen", "16Gi", [("n1", 0, 0.6)])])
+    first = cache.reserve(PodRef("ml", "llama-0", "u1", "ml/llama"), "n1")
+    second = cache.reserve(PodRef("ml", "qwen-0", "u2", "ml/qwen"), "n1")
+    assert isinstance(first, PlannedSlot) and first.gpu == 0
+    assert isinstance(second, Refusal) and second.conflict
+    assert "needs 0.600 of its memory and 0.400 is free" in second.reason
+    assert "pod ml/llama-0 (binding) runs with 0.600" in second.reason

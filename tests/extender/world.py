@@ -30,13 +30,15 @@ def model(name: str, size: str, slots: list[tuple[str, int]] | list[tuple[str, i
 
 def pod(name: str, model_name: str | None = None, node_name: str = "", gpu: int | None = None,
         uid: str | None = None, terminating: bool = False, phase: str = "Running",
-        scheduler: str = "kvsched", namespace: str = NS) -> Obj:
+        scheduler: str = "kvsched", namespace: str = NS, fraction: str | None = None) -> Obj:
     meta: Obj = {"name": name, "namespace": namespace, "uid": uid or f"uid-{name}", "resourceVersion": "1",
                  "labels": {"app": "x"}, "annotations": {}}
     if model_name:
         meta["labels"]["kvsched.io/model"] = model_name
     if gpu is not None:
         meta["annotations"]["kvsched.io/gpu"] = str(gpu)
+    if fraction is not None:
+        meta["annotations"]["kvsched.io/gpu-memory-fraction"] = fraction
     if terminating:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     return {"kind": "Pod", "apiVersion": "v1", "metadata": meta,

@@ -1,0 +1,106 @@
+"""Memory shares: which running pods must restart so that every GPU keeps its promise of memory.
+
+A pod's share of its GPU's memory (`kvsched.io/gpu-memory-fraction`, its engine's `--gpu-memory-utilization`) is
+fixed when it binds. A re-plan that keeps the pod where it is but changes who shares its GPU, or the loads, plans a
+new share for it without restarting it. The extender admits a replica onto a GPU only when the shares the pods
+there run with plus the replica's planned share add up to at most 1 (kvsched.extender.slots), so such drift can
+leave a planned replica waiting. A running pod is restarted (evicted, as a migration step; its replacement binds
+with the planned share) only when:
+- **blocked**: a planned replica waits for its GPU and the pods staying there hold more than the planned shares
+  leave; those with the largest excess share restart first, as few as free the memory; or
+- **starved**: its share is below the planned one and so small that its own KV-cache pressure (replica load / the
+  KV memory its share leaves) exceeds the plan's worst KVPR by more than the stability threshold.
+Otherwise a pod keeps the share it started with, so a rate change does not restart every pod next to the model.
+Pure; called by kvsched.controller.decide.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Mapping, Sequence
+
+from kvsched.controller.migrations import RunningPod, Step
+from kvsched.controller.objects import MEMORY_FRACTION_ANNOTATION, PodObj
+from kvsched.packer import GpuId
+
+SHARE_EPSILON = 1e-6  # shares are written rounded down to 3 decimals, so planned shares of a GPU sum to <= 1
+
+
+def running_share(pod: PodObj) -> float | None:
+    """The share `pod` runs with (its annotation), or None when it has none or it is not a number in (0, 1]."""
+    text = pod.annotations.get(MEMORY_FRACTION_ANNOTATION)
+    try:
+        value = float(text) if text is not None else math.nan
+    except ValueError:
+        return None
+    return value if 0.0 < value <= 1.0 else None
+
+
+def held_share(pod: RunningPod, planned: Mapping[tuple[str, GpuId], float], size_gib: Mapping[str, float],
+               memory_gib: Mapping[GpuId, float]) -> float:
+    """The share of its GPU `pod` occupies: what it runs with (its planned share if it has no annotation), never
+    less than its weights. The extender counts holders the same way."""
+    memory = memory_gib.get(pod.gpu, 0.0)
+    weights = size_gib.get(pod.model, 0.0) / memory if memory > 0 else 1.0
+    share = running_share(pod.pod)
+    if share is None:
+        share = planned.get((pod.model, pod.gpu), 0.0)
+    return max(share, weights)
+
+
+def free_shares(running: Sequence[RunningPod], planned: Mapping[tuple[str, GpuId], float],
+                size_gib: Mapping[str, float], memory_gib: Mapping[GpuId, float]) -> dict[GpuId, float]:
+    """Per GPU with a holder, 1 minus the shares held now by every live pod on it (terminating ones included:
+    their memory is in use until they are gone). A GPU without holders has 1 free (absent here)."""
+    held: dict[GpuId, float] = defaultdict(float)
+    for r in running:
+        held[r.gpu] += held_share(r, planned, size_gib, memory_gib)
+    return {g: 1.0 - h for g, h in held.items()}
+
+
+def resize_steps(planned: Mapping[tuple[str, GpuId], float], running: Sequence[RunningPod],
+                 size_gib: Mapping[str, float], memory_gib: Mapping[GpuId, float],
+                 replica_load: Mapping[str, float], max_kvpr: float, tolerance: float) -> list[Step]:
+    """Restarts in place (source == target, `resize`), blocked ones first, by GPU (see the module docstring).
+
+    `planned`: (model, GPU) -> planned share (as written in status); `replica_load`: per model, load of one
+    replica (requests/s^2); `max_kvpr`: the plan's worst GPU KVPR; `tolerance`: the stability threshold ratio.
+    Pods that are terminating or that the plan moves off their GPU are never resized. O(pods + slots).
+    """
+    staying: dict[GpuId, list[RunningPod]] = defaultdict(list)
+    present: set[tuple[str, GpuId]] = set()
+    for r in running:
+        if not r.pod.deleting and (r.model, r.gpu) in planned:
+            staying[r.gpu].append(r)
+            present.add((r.model, r.gpu))
+    waiting_need: dict[GpuId, float] = defaultdict(float)
+    for (model, gpu), share in planned.items():
+        if (model, gpu) not in present:
+            waiting_need[gpu] += share
+    steps: list[Step] = []
+    chosen: set[str] = set()
+    for gpu in sorted(waiting_need):
+        pods = staying.get(gpu, [])
+        used = sum(held_share(r, planned, size_gib, memory_gib) for r in pods)
+        over = sorted(((held_share(r, planned, size_gib, memory_gib) - planned[(r.model, r.gpu)], r) for r in pods),
+                      key=lambda e: (-e[0], e[1].pod.name))
+        for excess, r in over:
+            if used + waiting_need[gpu] <= 1.0 + SHARE_EPSILON or excess <= SHARE_EPSILON:
+                break
+            steps.append(Step(r.model, r.pod, gpu, gpu, stop_first=True, resize=True))
+            chosen.add(r.pod.uid or r.pod.name)
+            used -= excess
+    worst_allowed = max_kvpr * (1.0 + tolerance)
+    for gpu in sorted(staying):
+        memory = memory_gib.get(gpu, 0.0)
+        for r in sorted(staying[gpu], key=lambda r: r.pod.name):
+            share = held_share(r, planned, size_gib, memory_gib)
+            if (r.pod.uid or r.pod.name) in chosen or share >= planned[(r.model, r.gpu)] - SHARE_EPSILON:
+                continue
+            kv_gib = share * memory - size_gib.get(r.model, 0.0)
+            load = replica_load.get(r.model, 0.0)
+            pressure = load / kv_gib if kv_gib > 0 else (math.inf if load > 0 else 0.0)
+            if pressure > worst_allowed + SHARE_EPSILON:
+                steps.append(Step(r.model, r.pod, gpu, gpu, stop_first=True, resize=True))
+    return steps

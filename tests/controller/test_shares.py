@@ -1,0 +1,95 @@
+"""Memory shares: which running pods restart so that a GPU never promises more memory than it has, and which keep
+the share they started with."""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from kvsched.controller import World
+from kvsched.controller.migrations import RunningPod
+from kvsched.controller.shares import free_shares, resize_steps, running_share
+from kvsched.packer import GpuId
+
+from .fake import LATER, apply, bind_planned, deployment, node, pod, run, settle
+
+G0 = GpuId("n1", 0)
+G1 = GpuId("n1", 1)
+MEMORY = {G0: 80.0, G1: 80.0}
+SIZE = {"ns/a": 16.0, "ns/b": 16.0, "ns/c": 16.0}
+
+
+def running(name: str, model: str, gpu: GpuId, share: float | None, deleting: bool = False) -> RunningPod:
+    return RunningPod(f"ns/{model}", pod(name, model, gpu.node, gpu.index, fraction=share, deleting=deleting), gpu)
+
+
+# (planned (model, gpu) -> share, running pods, per-replica load, plan max KVPR, pods restarted in order)
+CASES = [
+    pytest.param({("ns/a", G0): 0.4, ("ns/b", G0): 0.6}, [running("a-0", "a", G0, 0.6), running("b-0", "b", G0, 0.4)],
+                 {"ns/a": 1.0, "ns/b": 1.0}, 1.0, [], id="drifted shares, nobody waiting: nobody restarts"),
+    pytest.param({("ns/a", G0): 0.3, ("ns/b", G0): 0.3, ("ns/c", G0): 0.4},
+                 [running("a-0", "a", G0, 0.6), running("b-0", "b", G0, 0.3)], {}, 1.0, ["a-0"],
+                 id="a waiting replica: the holder over its planned share restarts, the other stays"),
+    pytest.param({("ns/a", G0): 0.3, ("ns/b", G0): 0.3, ("ns/c", G0): 0.4},
+                 [running("a-0", "a", G0, 0.4), running("b-0", "b", G0, 0.5)], {}, 1.0, ["b-0", "a-0"],
+                 id="largest excess first, as many as free the memory"),
+    pytest.param({("ns/a", G0): 0.3, ("ns/b", G0): 0.3, ("ns/c", G0): 0.35},
+                 [running("a-0", "a", G0, 0.35), running("b-0", "b", G0, 0.3)], {}, 1.0, [],
+                 id="the waiting replica fits what the holders leave: nobody restarts"),
+    pytest.param({("ns/a", G1): 0.5, ("ns/c", G0): 0.5},
+                 [running("a-0", "a", G0, 0.9), running("c-old", "c", G0, 0.5, deleting=True)], {}, 1.0, [],
+                 id="a pod the plan moves away or one terminating is never resized"),
+    pytest.param({("ns/a", G0): 0.6, ("ns/b", G0): 0.4},
+                 [running("a-0", "a", G0, 0.21), running("b-0", "b", G0, 0.4)], {"ns/a": 2.0, "ns/b": 1.0}, 0.1,
+                 ["a-0"], id="starved: a share that leaves its KV cache far above the plan's worst KVPR restarts"),
+    pytest.param({("ns/a", G0): 0.6, ("ns/b", G0): 0.4},
+                 [running("a-0", "a", G0, 0.59), running("b-0", "b", G0, 0.4)], {"ns/a": 3.0, "ns/b": 1.0}, 0.1,
+                 [], id="a little under its planned share, within the stability threshold: stays"),
+    pytest.param({("ns/a", G0): 0.3, ("ns/c", G0): 0.7}, [running("a-0", "a", G0, None)], {}, 1.0, [],
+                 id="a pod without a share annotation counts its planned share"),
+]
+
+
+@pytest.mark.parametrize("planned, pods, load, max_kvpr, restarted", CASES)
+def test_resize_steps(planned: dict[tuple[str, GpuId], float], pods: list[RunningPod], load: dict[str, float],
+                      max_kvpr: float, restarted: list[str]) -> None:
+    steps = resize_steps(planned, pods, SIZE, MEMORY, load, max_kvpr, 0.05)
+    assert [s.pod.name for s in steps] == restarted
+    assert all(s.resize and s.stop_first and s.source == s.target for s in steps)
+
+
+def test_free_shares_count_terminating_pods_and_at_least_the_weights() -> None:
+    pods = [running("a-0", "a", G0, 0.1), running("b-0", "b", G0, 0.3, deleting=True)]
+    free = free_shares(pods, {}, SIZE, MEMORY)
+    assert free == {G0: pytest.approx(1.0 - 16.0 / 80.0 - 0.3)}
+
+
+@pytest.mark.parametrize("text, share", [("0.420", 0.42), ("1", 1.0), ("0", None), ("1.5", None), ("x", None),
+                                         (None, None)])
+def test_running_share_reads_only_a_share_in_0_1(text: str | None, share: float | None) -> None:
+    p = pod("p", "a", "n1", 0)
+    if text is not None:
+        p = dataclasses.replace(p, annotations={**p.annotations, "kvsched.io/gpu-memory-fraction": text})
+    assert running_share(p) == share
+
+
+def test_a_model_added_next_to_pods_with_their_old_shares_restarts_them_in_place_one_at_a_time() -> None:
+    # One 80 GiB GPU runs a and b with the shares of a two-model plan; c must join them. c's planned share does
+    # not fit what a and b run with, and both a and b are planned smaller shares now, so both restart in place
+    # (not moves), one eviction per decision; with the replacements bound, nothing else restarts.
+    world = World(nodes=(node("n1", gpus=1),), deployments=(deployment("a", rate="4"), deployment("b", rate="2")))
+    world, _ = settle(bind_planned(settle(world)[0]))
+    before = {p.name: float(p.annotations["kvsched.io/gpu-memory-fraction"]) for p in world.pods}
+    assert sum(before.values()) <= 1.0
+    world = dataclasses.replace(world, deployments=(*world.deployments, deployment("c", rate="4")))
+    world, decisions = settle(world, rounds=6)
+    evictions = [d.eviction for d in decisions if d.eviction is not None]
+    assert sorted(e.pod.name for e in evictions) == ["a-0", "b-0"]
+    assert all(e.resize and e.source == e.target for e in evictions)
+    assert any("planned memory share" in e.message for d in decisions for e in d.events if e.reason == "Migrating")
+    planned = {ms.name: ms.status["slots"][0]["memoryFraction"] for ms in world.model_servings}
+    assert sum(planned.values()) <= 1.0 and planned["a"] < before["a-0"] and planned["b"] < before["b-0"]
+    # The ReplicaSets create the replacements, the extender binds them with their planned shares.
+    world = dataclasses.replace(world, pods=tuple(pod(f"{m}-1", m, "n1", 0, fraction=f) for m, f in planned.items()))
+    world, decisions = settle(world, now=LATER)
+    assert all(d.eviction is None for d in decisions) and decisions[-1].writes == 0
