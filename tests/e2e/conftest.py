@@ -103,8 +103,14 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
 
 @pytest.fixture
 def kvsched_scheduler(control_plane: ControlPlane) -> Generator[Callable[..., Component], None, None]:
-    """Factory: `kvsched_scheduler(url, **ExtenderConfig fields)` starts a kube-scheduler with the `kvsched`
-    profile and an extender at `url`, and waits until it is ready. Every one started is stopped after the test."""
+    """Factory: `kvsched_scheduler(url, **ExtenderConfig fields)` starts a kube-scheduler configured as the Helm
+    chart configures its own (profile `kvsched`, the chart's extender entry; needs helm to render it) with the
+    extender at `url`, and waits until it is ready. Every one started is stopped after the test."""
+    if not control_plane.tools.helm.exists():
+        reason = f"helm is not built ({control_plane.tools.helm}; run `make e2e-tools`): it renders the chart"
+        if _in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
     started: list[Component] = []
 
     def start(url: str, **extender: object) -> Component:

@@ -133,7 +133,7 @@ def test_extender_down_keeps_pods_pending_and_they_bind_to_planned_gpus_when_it_
     a, b = node_factory(2, gpus=2)
     plan = [(a, 0, 0.3), (a, 1, 0.3), (b, 1, 0.3)]
     write_model(custom, namespace, "llama", "16Gi", plan)
-    kvsched_scheduler(extender.url, http_timeout_s=2.0)
+    kvsched_scheduler(extender.url, values={"extender": {"httpTimeout": "2s"}})
     apps.create_namespaced_deployment(namespace, managed_deployment("llama", replicas=1))
     wait_pods_bound(core, namespace, "app=llama", count=1)
 
