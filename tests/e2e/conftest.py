@@ -15,7 +15,9 @@ import pytest
 from kubernetes import client
 
 from .harness.cluster import ControlPlane, ExtenderConfig
+from .harness.controller import service_account_kubeconfig
 from .harness.kube import api_client, apply_crds, project_crd_paths, wait_for
+from .harness.kvsched import ExtenderProcess
 from .harness.processes import Component, ComponentFailed
 from .harness.tools import Tools, cache_root, locate_tools, missing_tools
 
@@ -124,6 +126,16 @@ def kvsched_scheduler(control_plane: ControlPlane) -> Generator[Callable[..., Co
     yield start
     for scheduler in started:
         scheduler.stop()
+
+
+@pytest.fixture
+def extender(control_plane: ControlPlane, kube: client.ApiClient, namespace: str,
+             project_crds: list[str]) -> Iterator[ExtenderProcess]:
+    """`kvsched extender`, ready, as a ServiceAccount of `namespace` bound to the RBAC the chart grants
+    (deploy/kvsched.yaml); stopped after the test."""
+    process = ExtenderProcess(control_plane, service_account_kubeconfig(kube, control_plane, namespace)).start()
+    yield process
+    process.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)
