@@ -6,6 +6,7 @@ Called by tests/e2e/conftest.py (fixture `extender`), test_extender.py and test_
 from __future__ import annotations
 
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,18 @@ class ExtenderProcess:
         self.plane.components.append(self.component)
         self.component.wait_ready(lambda: http_ok(f"{self.url}/readyz"), timeout_s, "ready (/readyz)")
         return self
+
+    def requests(self) -> dict[tuple[str, str], float]:
+        """(verb, outcome) -> kvsched_extender_requests_total from its /metrics (since this start)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        counts = {}
+        for line in text.splitlines():
+            if line.startswith("kvsched_extender_requests_total{"):
+                labels, _, value = line.removeprefix("kvsched_extender_requests_total").rpartition(" ")
+                pairs = dict(p.split("=", 1) for p in labels.strip("{}").split(","))
+                counts[(pairs["verb"].strip('"'), pairs["outcome"].strip('"'))] = float(value)
+        return counts
 
     def kill(self) -> None:
         """SIGKILL, as a crash or an OOM kill would."""
