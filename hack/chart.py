@@ -1,7 +1,8 @@
 """Render the Helm chart with the e2e cache's helm, and generate `deploy/` (the plain manifests) from it.
 
 `python -m hack.chart manifests` rewrites deploy/ (`make manifests`); `... manifests --check` exits 1 when deploy/
-differs from the chart's rendering. Called by the Makefile, tests/chart and `make cluster` (hack/cluster.py).
+differs from the chart's rendering. Called by the Makefile, tests/chart, `make cluster` (hack/cluster.py) and the e2e
+harness (its kvsched kube-scheduler takes the chart's KubeSchedulerConfiguration).
 """
 from __future__ import annotations
 

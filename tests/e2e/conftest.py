@@ -15,7 +15,9 @@ import pytest
 from kubernetes import client
 
 from .harness.cluster import ControlPlane, ExtenderConfig
+from .harness.controller import service_account_kubeconfig
 from .harness.kube import api_client, apply_crds, project_crd_paths, wait_for
+from .harness.kvsched import ExtenderProcess
 from .harness.processes import Component, ComponentFailed
 from .harness.tools import Tools, cache_root, locate_tools, missing_tools
 
@@ -103,8 +105,14 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
 
 @pytest.fixture
 def kvsched_scheduler(control_plane: ControlPlane) -> Generator[Callable[..., Component], None, None]:
-    """Factory: `kvsched_scheduler(url, **ExtenderConfig fields)` starts a kube-scheduler with the `kvsched`
-    profile and an extender at `url`, and waits until it is ready. Every one started is stopped after the test."""
+    """Factory: `kvsched_scheduler(url, **ExtenderConfig fields)` starts a kube-scheduler configured as the Helm
+    chart configures its own (profile `kvsched`, the chart's extender entry; needs helm to render it) with the
+    extender at `url`, and waits until it is ready. Every one started is stopped after the test."""
+    if not control_plane.tools.helm.exists():
+        reason = f"helm is not built ({control_plane.tools.helm}; run `make e2e-tools`): it renders the chart"
+        if _in_ci():
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
     started: list[Component] = []
 
     def start(url: str, **extender: object) -> Component:
@@ -118,6 +126,16 @@ def kvsched_scheduler(control_plane: ControlPlane) -> Generator[Callable[..., Co
     yield start
     for scheduler in started:
         scheduler.stop()
+
+
+@pytest.fixture
+def extender(control_plane: ControlPlane, kube: client.ApiClient, namespace: str,
+             project_crds: list[str]) -> Iterator[ExtenderProcess]:
+    """`kvsched extender`, ready, as a ServiceAccount of `namespace` bound to the RBAC the chart grants
+    (deploy/kvsched.yaml); stopped after the test."""
+    process = ExtenderProcess(control_plane, service_account_kubeconfig(kube, control_plane, namespace)).start()
+    yield process
+    process.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -1,6 +1,6 @@
-"""kvsched's extender end to end: the real kube-scheduler (profile `kvsched`, extender not ignorable, names only)
-calls `kvsched extender` running as a process; KWOK fakes GPU nodes; the test writes ModelServing statuses itself,
-acting as the controller. Checks that pods land on exactly the planned GPUs, wait with the extender's reason
+"""kvsched's extender end to end: the real kube-scheduler, configured as the Helm chart configures it (profile
+`kvsched`, extender not ignorable, names only), calls `kvsched extender` running as a process with the chart's RBAC;
+KWOK fakes GPU nodes; the test writes ModelServing statuses itself, acting as the controller. Checks that pods land on exactly the planned GPUs, wait with the extender's reason
 while their slot is held, that unmanaged pods pass through, that an extender restart binds nothing wrongly, and
 that twenty simultaneous replicas take twenty distinct slots."""
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client
 
-from .harness.cluster import ControlPlane
 from .harness.kube import (
     create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, pod_events, wait_for,
     wait_pods_bound,
@@ -28,13 +27,6 @@ pytestmark = pytest.mark.e2e
 def custom(kube: client.ApiClient, project_crds: list[str]) -> client.CustomObjectsApi:
     assert "modelservings.kvsched.io" in project_crds
     return client.CustomObjectsApi(kube)
-
-
-@pytest.fixture
-def extender(control_plane: ControlPlane, project_crds: list[str]) -> Iterator[ExtenderProcess]:
-    process = ExtenderProcess(control_plane).start()
-    yield process
-    process.stop()
 
 
 def make_nodes(core: client.CoreV1Api, count: int, gpus: int, memory_mib: int = 81920) -> list[str]:
@@ -133,7 +125,7 @@ def test_extender_down_keeps_pods_pending_and_they_bind_to_planned_gpus_when_it_
     a, b = node_factory(2, gpus=2)
     plan = [(a, 0, 0.3), (a, 1, 0.3), (b, 1, 0.3)]
     write_model(custom, namespace, "llama", "16Gi", plan)
-    kvsched_scheduler(extender.url, http_timeout_s=2.0)
+    kvsched_scheduler(extender.url, values={"extender": {"httpTimeout": "2s"}})
     apps.create_namespaced_deployment(namespace, managed_deployment("llama", replicas=1))
     wait_pods_bound(core, namespace, "app=llama", count=1)
 

@@ -2,8 +2,9 @@
 
 Called by the session fixture `control_plane` in tests/e2e/conftest.py. Two kube-scheduler processes mirror the
 production shape in DESIGN.md: the cluster's own scheduler (profile `default-scheduler`, no extender) starts with
-the control plane, and `start_scheduler` runs a second one with only the `kvsched` profile and an extender at a
-URL the caller chooses. One process cannot host both: kube-scheduler shares its extenders with every profile.
+the control plane, and `start_scheduler` runs a second one configured as the Helm chart configures its own (the
+KubeSchedulerConfiguration of helm/kvsched's ConfigMap, rendered by `helm template`) with the extender at a URL
+the caller chooses. One process cannot host both: kube-scheduler shares its extenders with every profile.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from typing import Any
 
 import yaml
 
+from hack.chart import CHART_DIR, Helm, RenderFailed, documents
+
 from .certs import Credentials, write_credentials, write_kubeconfig
 from .processes import Component, ComponentFailed, free_port, http_ok
 from .tools import Tools
@@ -22,40 +25,54 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_VALUE = "fake"
 SERVICE_CIDR = "10.96.0.0/16"
 READY_TIMEOUT_S = 120.0
+SCHEDULER_CONFIG_KEY = "scheduler-config.yaml"  # the chart's ConfigMap key the kube-scheduler container reads
 
 
 @dataclass
 class ExtenderConfig:
-    """One `extenders:` entry of a KubeSchedulerConfiguration (kubescheduler.config.k8s.io/v1).
+    """What an e2e kvsched scheduler changes in the chart's own KubeSchedulerConfiguration (helm/kvsched's
+    scheduler ConfigMap, rendered by `helm template`; see `chart_scheduler_config`).
 
-    `managed_resources` empty means the extender sees every pod of the kvsched profile; `ignorable` false means
-    an unreachable extender fails the pod's scheduling cycle instead of being skipped.
+    `url`: where this test's extender listens (the chart's is 127.0.0.1:extenderPort in its own pod).
+    `values`: chart values to render with, e.g. {"extender": {"httpTimeout": "2s"}} or {"schedulerName": ...}.
+    `node_cache_capable`: overrides the rendered entry, for the mode the chart does not use (None: the chart's).
     """
 
     url: str
-    weight: int = 1
-    node_cache_capable: bool = True
-    bind: bool = True
-    http_timeout_s: float = 10.0
-    managed_resources: tuple[str, ...] = ()
-    ignorable: bool = False
+    values: dict[str, Any] = field(default_factory=dict)
+    node_cache_capable: bool | None = None
 
-    def to_config(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {
-            "urlPrefix": self.url,
-            "filterVerb": "filter",
-            "prioritizeVerb": "prioritize",
-            "weight": self.weight,
-            "enableHTTPS": False,
-            "nodeCacheCapable": self.node_cache_capable,
-            "httpTimeout": f"{self.http_timeout_s}s",
-            "ignorable": self.ignorable,
-        }
-        if self.bind:
-            entry["bindVerb"] = "bind"
-        if self.managed_resources:
-            entry["managedResources"] = [{"name": r, "ignoredByScheduler": True} for r in self.managed_resources]
-        return entry
+
+def chart_scheduler_config(tools: Tools, extender: ExtenderConfig, kubeconfig: Path) -> dict[str, Any]:
+    """The chart's KubeSchedulerConfiguration with only what differs on this machine substituted: the extender's
+    URL (and `node_cache_capable` when given), the client kubeconfig (the chart's pod uses its in-cluster
+    ServiceAccount) and leader election off (each test runs its own scheduler). Everything else (profile name,
+    verbs, weight, timeout, ignorable, managedResources, ...) is the chart's, so a change there is exercised here.
+
+    Raises ComponentFailed when helm is missing or fails, or the chart does not render exactly one scheduler
+    ConfigMap with one profile and one extender.
+    """
+    if not tools.helm.exists():
+        raise ComponentFailed(f"helm is not built: {tools.helm} is missing (run `make e2e-tools`)")
+    try:
+        rendered = documents(Helm(tools.helm, tools.k8s_version).template(extender.values))
+    except RenderFailed as e:
+        raise ComponentFailed(f"helm template {CHART_DIR} failed: {e}") from None
+    configs = [yaml.safe_load(d["data"][SCHEDULER_CONFIG_KEY]) for d in rendered
+               if d.get("kind") == "ConfigMap" and SCHEDULER_CONFIG_KEY in (d.get("data") or {})]
+    if len(configs) != 1:
+        raise ComponentFailed(f"{CHART_DIR} renders {len(configs)} ConfigMaps with {SCHEDULER_CONFIG_KEY}, not 1")
+    config: dict[str, Any] = configs[0]
+    if len(config.get("profiles") or []) != 1 or len(config.get("extenders") or []) != 1:
+        raise ComponentFailed(f"{CHART_DIR}'s KubeSchedulerConfiguration has {len(config.get('profiles') or [])} "
+                              f"profiles and {len(config.get('extenders') or [])} extenders; the e2e expects 1 and 1")
+    config["clientConnection"] = {"kubeconfig": str(kubeconfig)}
+    config["leaderElection"] = {"leaderElect": False}
+    [entry] = config["extenders"]
+    entry["urlPrefix"] = extender.url
+    if extender.node_cache_capable is not None:
+        entry["nodeCacheCapable"] = extender.node_cache_capable
+    return config
 
 
 @dataclass
@@ -188,17 +205,9 @@ class ControlPlane:
         ])
         kwok.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), READY_TIMEOUT_S, "healthy")
 
-    def _scheduler(self, name: str, profile: dict[str, Any], extenders: list[dict[str, Any]]) -> Component:
+    def _scheduler(self, name: str, config: dict[str, Any]) -> Component:
+        """Run kube-scheduler with KubeSchedulerConfiguration `config` and wait until it is ready."""
         assert self.kubeconfig is not None
-        config: dict[str, Any] = {
-            "apiVersion": "kubescheduler.config.k8s.io/v1",
-            "kind": "KubeSchedulerConfiguration",
-            "clientConnection": {"kubeconfig": str(self.kubeconfig)},
-            "leaderElection": {"leaderElect": False},
-            "profiles": [profile],
-        }
-        if extenders:
-            config["extenders"] = extenders
         path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
@@ -211,13 +220,21 @@ class ControlPlane:
         return scheduler
 
     def _start_default_scheduler(self) -> None:
-        self._scheduler("kube-scheduler", {"schedulerName": "default-scheduler"}, [])
+        assert self.kubeconfig is not None
+        self._scheduler("kube-scheduler", {
+            "apiVersion": "kubescheduler.config.k8s.io/v1",
+            "kind": "KubeSchedulerConfiguration",
+            "clientConnection": {"kubeconfig": str(self.kubeconfig)},
+            "leaderElection": {"leaderElect": False},
+            "profiles": [{"schedulerName": "default-scheduler"}],
+        })
 
-    def start_scheduler(self, extender: ExtenderConfig, name: str = "kvsched-scheduler",
-                        profile_name: str = "kvsched") -> Component:
-        """Start a kube-scheduler whose only profile is `profile_name`, calling `extender`; the caller stops it
+    def start_scheduler(self, extender: ExtenderConfig, name: str = "kvsched-scheduler") -> Component:
+        """Start a kube-scheduler configured as the chart configures its own (`chart_scheduler_config`): its one
+        profile (the chart's schedulerName, `kvsched` by default) calls `extender`. The caller stops it
         (ControlPlane.stop also does). Each call needs a distinct `name` while the previous one runs."""
-        return self._scheduler(name, {"schedulerName": profile_name}, [extender.to_config()])
+        assert self.kubeconfig is not None
+        return self._scheduler(name, chart_scheduler_config(self.tools, extender, self.kubeconfig))
 
     def restart_apiserver(self, down_s: float = 2.0) -> None:
         """Stop kube-apiserver, wait `down_s`, start it again on the same port and wait until it is ready."""

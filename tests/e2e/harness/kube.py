@@ -190,13 +190,3 @@ def pod_events(core: client.CoreV1Api, namespace: str, name: str) -> list[str]:
     """`reason: message` of the events about pod `name`, oldest first (handy in assertion messages)."""
     events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name}").items
     return [f"{e.reason}: {e.message}" for e in sorted(events, key=lambda e: str(e.last_timestamp or ""))]
-
-
-def bind_pod(core: client.CoreV1Api, namespace: str, name: str, uid: str | None, node: str) -> None:
-    """Create the pods/binding subresource, as a binding extender must. The response body is discarded:
-    the generated client cannot deserialize the Status the apiserver returns for it."""
-    body = client.V1Binding(
-        metadata=client.V1ObjectMeta(name=name, namespace=namespace, uid=uid),
-        target=client.V1ObjectReference(api_version="v1", kind="Node", name=node),
-    )
-    core.create_namespaced_binding(namespace, body, _preload_content=False)

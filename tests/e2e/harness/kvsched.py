@@ -1,11 +1,12 @@
 """kvsched's own processes in e2e tests: `kvsched extender` as a harness Component against the control plane,
 and ModelServing objects written the way the controller writes them (spec, then the status subresource).
 
-Called by tests/e2e/test_extender.py; the controller's tests may reuse `ExtenderProcess` and `write_model`.
+Called by tests/e2e/conftest.py (fixture `extender`), test_extender.py and test_extender_contract.py.
 """
 from __future__ import annotations
 
 import sys
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,9 +30,11 @@ def kvsched_argv(*args: str) -> list[str]:
 
 @dataclass
 class ExtenderProcess:
-    """`kvsched extender` on a fixed loopback port, so kube-scheduler keeps its URL across restarts."""
+    """`kvsched extender` on a fixed loopback port, so kube-scheduler keeps its URL across restarts, as the user
+    of `kubeconfig` (in the e2e tests a ServiceAccount with the chart's RBAC, controller.service_account_kubeconfig)."""
 
     plane: ControlPlane
+    kubeconfig: Path
     port: int = field(default_factory=free_port)
     starts: int = 0
     component: Component | None = None
@@ -42,15 +45,26 @@ class ExtenderProcess:
 
     def start(self, timeout_s: float = 60.0) -> ExtenderProcess:
         """Start it (from the main thread) and wait until /readyz says its watches have synced."""
-        assert self.plane.kubeconfig is not None
         self.starts += 1
         log = self.plane.workdir / "logs" / f"kvsched-extender-{self.port}-{self.starts}.log"
         self.component = Component(f"kvsched-extender-{self.starts}", kvsched_argv(
-            "extender", f"--kubeconfig={self.plane.kubeconfig}", "--host=127.0.0.1", f"--port={self.port}",
+            "extender", f"--kubeconfig={self.kubeconfig}", "--host=127.0.0.1", f"--port={self.port}",
             "--log-level=info"), Path(log)).start()
         self.plane.components.append(self.component)
         self.component.wait_ready(lambda: http_ok(f"{self.url}/readyz"), timeout_s, "ready (/readyz)")
         return self
+
+    def requests(self) -> dict[tuple[str, str], float]:
+        """(verb, outcome) -> kvsched_extender_requests_total from its /metrics (since this start)."""
+        with urllib.request.urlopen(f"{self.url}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        counts = {}
+        for line in text.splitlines():
+            if line.startswith("kvsched_extender_requests_total{"):
+                labels, _, value = line.removeprefix("kvsched_extender_requests_total").rpartition(" ")
+                pairs = dict(p.split("=", 1) for p in labels.strip("{}").split(","))
+                counts[(pairs["verb"].strip('"'), pairs["outcome"].strip('"'))] = float(value)
+        return counts
 
     def kill(self) -> None:
         """SIGKILL, as a crash or an OOM kill would."""
