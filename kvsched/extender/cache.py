@@ -5,6 +5,8 @@ indexes: models by packer key, nodes by name, pods by uid and by namespace/name,
 (node, index). Bind reserves a slot here before it writes anything, so two binds racing for one slot cannot both
 win; the reservation turns into a plain holder when the watch shows the pod annotated, and goes away when the
 bind fails or the pod is deleted. One lock guards everything; each request holds it for O(candidate nodes).
+It also remembers, per GPU, the models whose pods last left it (deleted or finished), so prioritize can send a
+restarted or rolled replica back where its model ran (`previous_models`; lost when the extender restarts).
 
 Holding rule (docs/architecture.md): a pod holds (node, gpu) from its bind until it is deleted, terminating or
 not. One exception: a pod whose phase is Succeeded or Failed (completed, or evicted and left behind by its
@@ -17,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,7 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_MEMORY_LABEL = "kvsched.io/gpu-memory"       # quantity per GPU; wins over the next
 GFD_GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"   # MiB per GPU, from GPU Feature Discovery
 _REMEMBERED_PODS = 10_000  # pods seen in filter requests, for a bind that outruns the pod watch
+_PREVIOUS_MODELS_PER_GPU = 4  # models remembered per GPU: more than a GPU holds at once in practice
 
 Obj = dict[str, Any]
 
@@ -161,6 +164,9 @@ class Cache:
         self._held_by: dict[str, tuple[str, int]] = {}  # uid -> the GPU its holder entry sits on
         self._reservations: dict[str, Holder] = {}     # uid -> slot taken by a bind in flight
         self._remembered: OrderedDict[str, PodRef] = OrderedDict()
+        # node -> gpu -> model keys of the pods that left that GPU, most recent last (at most
+        # _PREVIOUS_MODELS_PER_GPU); bounded by the cluster's GPUs, dropped with the node.
+        self._previous: dict[str, dict[int, tuple[str, ...]]] = {}
         self.sync_checks: list[Callable[[], bool]] = []
 
     # -- readiness ----------------------------------------------------------------------------------------------
@@ -192,6 +198,7 @@ class Cache:
         with self._lock:
             if event_type == "DELETED":
                 self._nodes.pop(gpus.name, None)
+                self._previous.pop(gpus.name, None)  # a node recreated under this name has empty disks
             else:
                 self._nodes[gpus.name] = gpus
 
@@ -215,10 +222,11 @@ class Cache:
 
     def _reindex(self, uid: str) -> None:
         old = self._held_by.pop(uid, None)
+        left: Holder | None = None
         if old is not None:
             entries = self._holders.get(old)
             if entries is not None:
-                entries.pop(uid, None)
+                left = entries.pop(uid, None)
                 if not entries:
                     del self._holders[old]
         holder = self._holder_for(uid)
@@ -226,6 +234,15 @@ class Cache:
             where = (holder.node, holder.gpu)
             self._holders.setdefault(where, {})[uid] = holder
             self._held_by[uid] = where
+        if left is not None and old is not None and not left.reserved and left.model_key \
+                and (holder is None or (holder.node, holder.gpu) != old):
+            self._remember_previous(old[0], old[1], left.model_key)
+
+    def _remember_previous(self, node: str, gpu: int, model_key: str) -> None:
+        """Note that a pod of `model_key` left (node, gpu); a reservation that never ran is not noted."""
+        by_gpu = self._previous.setdefault(node, {})
+        models = tuple(m for m in by_gpu.get(gpu, ()) if m != model_key) + (model_key,)
+        by_gpu[gpu] = models[-_PREVIOUS_MODELS_PER_GPU:]
 
     # -- slots.World (called with the lock held) ----------------------------------------------------------------
     def model(self, key: str) -> ModelPlan | None:
@@ -236,6 +253,9 @@ class Cache:
 
     def holders(self, node: str, gpu: int) -> Iterable[Holder]:
         return self._holders.get((node, gpu), {}).values()
+
+    def previous_models(self, node: str, gpu: int) -> Collection[str]:
+        return self._previous.get(node, {}).get(gpu, ())
 
     # -- queries (thread-safe) ----------------------------------------------------------------------------------
     def is_managed(self, model: str | None, scheduler_name: str) -> bool:
@@ -273,8 +293,9 @@ class Cache:
             return None
 
     def reserve(self, pod: PodRef, node: str) -> PlannedSlot | Refusal:
-        """Take the free usable slot with the lowest GPU index on `node` for `pod`, atomically. Idempotent: a pod
-        that already holds or reserved a slot on `node` gets that slot again. A Refusal says why not."""
+        """Take the best usable slot on `node` for `pod` (`slots.choose_slot`: the one prioritize scored the node
+        by, ties to the lowest GPU index), atomically. Idempotent: a pod that already holds or reserved a slot on
+        `node` gets that slot again. A Refusal says why not."""
         with self._lock:
             held = self._holder_for(pod.uid)
             plan = self._models.get(pod.model_key or "")

@@ -8,24 +8,39 @@ other live pod of X holds. A free slot is usable now when the weights already on
 by its model's size) plus X's size fit the GPU's memory, and the memory shares the holders run with
 (`kvsched.io/gpu-memory-fraction`, at least their weights) plus the slot's planned share add up to at most 1, so no
 GPU is ever promised more memory than it has. So, per candidate node:
-- usable slot             -> the node passes filter; prioritize gives it MAX_SCORE;
+- usable slot             -> the node passes filter; prioritize scores it by its best usable slot (below);
 - planned, none usable    -> FailedNodes with who is in the way (it frees when those pods go: a migration step,
                              a rollout's old pod terminating, or the controller restarting a holder whose
-                             planned share shrank so that it runs with the smaller one);
+                             planned share shrank so that it runs with the smaller one); prioritize gives
+                             BLOCKED_SCORE;
 - no slot of X planned, or the plan contradicts the node (gone, GPU index past its count)
-                          -> FailedAndUnresolvableNodes (preemption cannot help).
+                          -> FailedAndUnresolvableNodes (preemption cannot help); prioritize gives NEUTRAL_SCORE.
 A pod holds GPU (node, gpu) from the moment bind reserves/annotates it until it is deleted, terminating or not.
+
+Which usable slot (`best_slot`; prioritize scores a node by its best usable slot, bind takes that slot, ties to
+the lowest GPU index). Every usable slot is in the plan, so this only orders the plan's free slots by how little
+the pod's arrival disturbs:
+- RETURN_SCORE (10): the pod's own slot (it holds or reserved that GPU already: a retried cycle), or the GPU a
+  pod of X left last (`World.previous_models`): a restarted or rolled replica goes back where it ran;
+- WARM_SCORE (7):    another GPU of the node holds, or held, a pod of X: image and weights are on the node's disk;
+- COLD_SCORE (4):    nothing of X on the node;
+- plus EMPTY_GPU_BONUS (1) for a warm or cold slot whose GPU holds no other pod: loading the weights does not
+  slow a model already serving there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-MAX_SCORE = 10      # kube-scheduler's MaxExtenderPriority
-BLOCKED_SCORE = 5   # planned here, but the slot is still held: better than a node with no plan at all
-NEUTRAL_SCORE = 0   # unmanaged pods and unplanned nodes: no opinion
+MAX_SCORE = 10       # kube-scheduler's MaxExtenderPriority
+RETURN_SCORE = MAX_SCORE  # the pod's own GPU, or the GPU its model's last pod there left (see the docstring)
+WARM_SCORE = 7       # the model runs or ran on another GPU of the node
+COLD_SCORE = 4       # nothing of the model on the node
+EMPTY_GPU_BONUS = 1  # added to WARM/COLD when the slot's GPU holds no other pod
+BLOCKED_SCORE = 1    # planned here, but the slot is still held: better than a node with no plan at all
+NEUTRAL_SCORE = 0    # unmanaged pods, unplanned nodes and plans the node contradicts: no opinion
 _MEMORY_EPSILON_GIB = 1e-6  # sizes come from quantities; equal sums must fit
 _FRACTION_EPSILON = 1e-6    # shares are written with 3 decimals, rounded down, so planned shares sum to <= 1
 
@@ -102,6 +117,11 @@ class World(Protocol):
     def node(self, name: str) -> NodeGpus | None: ...
 
     def holders(self, node: str, gpu: int) -> Iterable[Holder]: ...
+
+    def previous_models(self, node: str, gpu: int) -> Collection[str]:
+        """Model keys of the pods that stopped holding (node, gpu) (deleted or finished; a dropped reservation
+        does not count), a few most recent, since the cache started."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -228,16 +248,62 @@ def filter_nodes(pod: PodRef, candidates: Sequence[str], world: World) -> Filter
     return decision
 
 
+def _is_warm(pod: PodRef, plan: ModelPlan, node: NodeGpus, world: World) -> bool:
+    """Whether a GPU of `node` holds, or held, a pod of `plan`'s model other than `pod`. O(GPUs x holders)."""
+    for gpu in range(node.gpus):
+        if plan.key in world.previous_models(node.name, gpu):
+            return True
+        if any(h.model_key == plan.key and h.uid != pod.uid for h in world.holders(node.name, gpu)):
+            return True
+    return False
+
+
+def _is_return(pod: PodRef, plan: ModelPlan, slot: PlannedSlot, world: World) -> bool:
+    """Whether `slot`'s GPU is `pod`'s own (it holds or reserved it) or the one a pod of its model left last."""
+    return (any(h.uid == pod.uid for h in world.holders(slot.node, slot.gpu))
+            or plan.key in world.previous_models(slot.node, slot.gpu))
+
+
+def _is_empty(pod: PodRef, slot: PlannedSlot, world: World) -> bool:
+    """Whether no pod other than `pod` holds `slot`'s GPU."""
+    return all(h.uid == pod.uid for h in world.holders(slot.node, slot.gpu))
+
+
+def best_slot(pod: PodRef, plan: ModelPlan, states: Sequence[SlotState], world: World
+              ) -> tuple[int, PlannedSlot] | None:
+    """(score, slot) of the best usable slot among `states` (one node's, by GPU index; scores in the module
+    docstring), ties to the lowest GPU index; None when none is usable. Complexity: O(slots x holders), plus
+    O(GPUs x holders) of the node when no slot scores RETURN_SCORE."""
+    usable = [state.slot for state in states if state.usable]
+    if not usable:
+        return None
+    for slot in usable:
+        if _is_return(pod, plan, slot, world):
+            return RETURN_SCORE, slot
+    node = world.node(usable[0].node)
+    base = WARM_SCORE if node is not None and _is_warm(pod, plan, node, world) else COLD_SCORE
+    scored = [(base + (EMPTY_GPU_BONUS if _is_empty(pod, slot, world) else 0), slot) for slot in usable]
+    return max(scored, key=lambda pair: pair[0])  # max keeps the first of equals: the lowest GPU index
+
+
 def score_nodes(pod: PodRef, candidates: Sequence[str], world: World) -> dict[str, int]:
-    """Scores that differ from NEUTRAL_SCORE, by node: MAX_SCORE where a planned slot is usable now,
-    BLOCKED_SCORE where one is planned but held. Every other candidate (all of them for unmanaged pods and
-    unknown models) scores NEUTRAL_SCORE. Complexity: O(candidates) in C, plus O(planned slots x holders)."""
+    """Scores that differ from NEUTRAL_SCORE, by node: a node with a usable planned slot scores its best slot
+    (`best_slot`, 4-10), one whose planned slots are all held BLOCKED_SCORE. Every other candidate (all of them
+    for unmanaged pods and unknown models, and planned slots the node contradicts) scores NEUTRAL_SCORE.
+    Complexity: O(candidates) in C, plus O(planned slots x holders + planned nodes x GPUs x holders)."""
     plan = world.model(pod.model_key) if pod.model_key else None
     if plan is None:
         return {}
-    planned = plan.slots_by_node.keys() & set(candidates)
-    return {name: MAX_SCORE if _node_verdict(pod, plan, name, world)[0] else BLOCKED_SCORE
-            for name in sorted(planned)}
+    scores: dict[str, int] = {}
+    # keys() & list walks the list against the few planned nodes: no set of every candidate is built.
+    for name in sorted(plan.slots_by_node.keys() & candidates):
+        states = slot_states(pod, plan, name, world)
+        best = best_slot(pod, plan, states, world)
+        if best is not None:
+            scores[name] = best[0]
+        elif any(s.resolvable for s in states):
+            scores[name] = BLOCKED_SCORE
+    return scores
 
 
 @dataclass(frozen=True)
@@ -249,8 +315,9 @@ class Refusal:
 
 
 def choose_slot(pod: PodRef, node_name: str, world: World) -> PlannedSlot | Refusal:
-    """The usable planned slot with the lowest GPU index on `node_name` for `pod`, or a Refusal with the
-    reason. The caller reserves it under the same lock. Complexity: as `slot_states`."""
+    """The best usable planned slot on `node_name` for `pod` (the one prioritize scored the node by: `best_slot`,
+    ties to the lowest GPU index), or a Refusal with the reason. The caller reserves it under the same lock.
+    Complexity: as `best_slot`."""
     assert pod.model_key is not None
     plan = world.model(pod.model_key)
     if plan is None:
@@ -258,7 +325,7 @@ def choose_slot(pod: PodRef, node_name: str, world: World) -> PlannedSlot | Refu
     states = slot_states(pod, plan, node_name, world)
     if not states:
         return Refusal(f"no slot of {plan.name} planned on node {node_name}")
-    for state in states:
-        if state.usable:
-            return state.slot
+    best = best_slot(pod, plan, states, world)
+    if best is not None:
+        return best[1]
     return Refusal(f"node {node_name}: " + "; ".join(s.reason for s in states), conflict=True)

@@ -21,23 +21,33 @@ Obj = dict[str, Any]
 
 
 def setup(models: list[Obj], pods: list[Obj], binder: FakeBinder | None = None,
-          nodes: list[Obj] | None = None) -> tuple[TestClient, Cache, FakeBinder, Metrics]:
-    cache = world(nodes or [node("n1"), node("n2")], models, pods)
+          nodes: list[Obj] | None = None, gone: list[Obj] | None = None
+          ) -> tuple[TestClient, Cache, FakeBinder, Metrics]:
+    cache = world(nodes or [node("n1"), node("n2")], models, pods, gone=gone or [])
     binder = binder or FakeBinder()
     metrics = Metrics()
     return TestClient(create_app(ExtenderSettings(), cache, binder, metrics)), cache, binder, metrics
 
 
-@pytest.mark.parametrize("slots, holders, chosen, gpu, fraction", [
-    pytest.param([("n1", 2, 0.25), ("n1", 1, 0.5)], [], "n1", "1", "0.500", id="lowest free GPU index"),
-    pytest.param([("n1", 1, 0.25), ("n1", 2, 0.123456)], [pod("llama-a", "llama", "n1", 1)], "n1", "2",
+@pytest.mark.parametrize("slots, holders, gone, chosen, gpu, fraction", [
+    pytest.param([("n1", 2, 0.25), ("n1", 1, 0.5)], [], [], "n1", "1", "0.500", id="lowest free GPU index"),
+    pytest.param([("n1", 1, 0.25), ("n1", 2, 0.123456)], [pod("llama-a", "llama", "n1", 1)], [], "n1", "2",
                  "0.123", id="skips the held slot; fraction to 3 places"),
-    pytest.param([("n1", 0, 0.2), ("n2", 3, 0.2)], [], "n2", "3", "0.200", id="slot on the node the scheduler chose"),
+    pytest.param([("n1", 0, 0.2), ("n2", 3, 0.2)], [], [], "n2", "3", "0.200",
+                 id="slot on the node the scheduler chose"),
+    pytest.param([("n1", 0, 0.2), ("n1", 1, 0.3)], [], [pod("llama-old", "llama", "n1", 1)], "n1", "1", "0.300",
+                 id="the GPU its model's deleted pod left, over a lower index"),
+    pytest.param([("n1", 0, 0.2), ("n1", 1, 0.3)], [pod("qwen-0", "qwen", "n1", 0)], [], "n1", "1", "0.300",
+                 id="an empty GPU over one shared with a serving model"),
+    pytest.param([("n1", 0, 0.2), ("n1", 1, 0.3)], [pod("qwen-0", "qwen", "n1", 0)],
+                 [pod("llama-old", "llama", "n1", 0)], "n1", "0", "0.200",
+                 id="the predecessor's GPU even when shared"),
 ])
 def test_bind_takes_a_free_planned_slot_and_annotates(slots: list[tuple[str, int, float]], holders: list[Obj],
-                                                      chosen: str, gpu: str, fraction: str) -> None:
+                                                      gone: list[Obj], chosen: str, gpu: str, fraction: str) -> None:
     p = pod("llama-new", "llama")
-    client, cache, binder, _ = setup([model("llama", "16Gi", slots)], [*holders, p])
+    models = [model("llama", "16Gi", slots), model("qwen", "40Gi", [("n2", 0)])]
+    client, cache, binder, _ = setup(models, [*holders, p], gone=gone)
     result = client.post("/bind", json=binding(p, chosen)).json()
     assert result == {"Error": ""}
     assert binder.calls == [("ml", "llama-new", "uid-llama-new", chosen,

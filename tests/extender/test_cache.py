@@ -77,3 +77,53 @@ def test_models_and_nodes_follow_their_watch() -> None:
     cache.on_node("DELETED", node("n1"))
     assert cache.node("n1") is None
     assert not cache.ready()  # no informer attached
+
+
+LLAMA_0 = pod("llama-0", "llama", "n1", 0)
+QWEN_0 = pod("qwen-0", "qwen", "n1", 0)
+
+
+def _reserve_then_release(cache: Cache) -> None:
+    ref = PodRef("ml", "llama-r", "uid-llama-r", "ml/llama")
+    assert cache.reserve(ref, "n1") == PlannedSlot("n1", 0, 0.5)
+    cache.release(ref.uid)
+
+
+# (events on a cache with node n1 and llama planned on n1 GPU 0, the models remembered as having left n1 GPU 0)
+PREVIOUS_CASES = [
+    pytest.param([], (), id="nothing has left"),
+    pytest.param([lambda c: c.on_pod("ADDED", LLAMA_0)], (), id="a running pod has not left"),
+    pytest.param([lambda c: c.on_pod("ADDED", LLAMA_0), lambda c: c.on_pod("DELETED", LLAMA_0)], ("ml/llama",),
+                 id="a deleted pod's model"),
+    pytest.param([lambda c: c.on_pod("ADDED", LLAMA_0),
+                  lambda c: c.on_pod("MODIFIED", pod("llama-0", "llama", "n1", 0, terminating=True))], (),
+                 id="a terminating pod still holds the GPU"),
+    pytest.param([lambda c: c.on_pod("ADDED", LLAMA_0),
+                  lambda c: c.on_pod("MODIFIED", pod("llama-0", "llama", "n1", 0, phase="Succeeded"))],
+                 ("ml/llama",), id="a finished pod's model"),
+    pytest.param([lambda c: c.on_pod("ADDED", pod("llama-0", "llama", "n1", 0, phase="Failed")),
+                  lambda c: c.on_pod("DELETED", pod("llama-0", "llama", "n1", 0, phase="Failed"))], (),
+                 id="a pod that never held the GPU"),
+    pytest.param([_reserve_then_release], (), id="a failed bind's reservation never ran there"),
+    pytest.param([lambda c: c.on_pod("ADDED", pod("web", None, "n1", 0)), lambda c: c.on_pod("DELETED", pod("web"))],
+                 (), id="a pod without a model"),
+    pytest.param([lambda c: c.on_pod("ADDED", LLAMA_0), lambda c: c.on_pod("ADDED", QWEN_0),
+                  lambda c: c.on_pod("DELETED", LLAMA_0), lambda c: c.on_pod("DELETED", QWEN_0),
+                  lambda c: c.on_pod("ADDED", LLAMA_0), lambda c: c.on_pod("DELETED", LLAMA_0)],
+                 ("ml/qwen", "ml/llama"), id="each model once, the most recent last"),
+    pytest.param([lambda c, i=i: (c.on_pod("ADDED", pod(f"m{i}-0", f"m{i}", "n1", 0)),
+                                  c.on_pod("DELETED", pod(f"m{i}-0", f"m{i}", "n1", 0))) for i in range(6)],
+                 ("ml/m2", "ml/m3", "ml/m4", "ml/m5"), id="at most four models"),
+    pytest.param([lambda c: c.on_pod("ADDED", LLAMA_0), lambda c: c.on_pod("DELETED", LLAMA_0),
+                  lambda c: c.on_node("DELETED", node("n1")), lambda c: c.on_node("ADDED", node("n1"))], (),
+                 id="forgotten with its node"),
+]
+
+
+@pytest.mark.parametrize("events, previous", PREVIOUS_CASES)
+def test_previous_models_of_a_gpu(events: list[Any], previous: tuple[str, ...]) -> None:
+    cache = world([node("n1")], [model("llama", "16Gi", [("n1", 0)])])
+    for event in events:
+        event(cache)
+    assert tuple(cache.previous_models("n1", 0)) == previous
+    assert tuple(cache.previous_models("n1", 1)) == ()

@@ -109,18 +109,54 @@ def test_filter(nodes: list[Obj], models: list[Obj], holders: list[Obj], p: Obj,
     assert result.get("Error", "") == ""
 
 
-@pytest.mark.parametrize("holders, p, names, scores", [
-    pytest.param([], LLAMA, ["n1", "n2"], {"n1": 10, "n2": 10}, id="exact tie: both planned and free"),
-    pytest.param([pod("llama-a", "llama", "n2", 0)], LLAMA, ["n1", "n2", "n3"], {"n1": 10, "n2": 5, "n3": 0},
-                 id="planned-free 10, planned-held 5, unplanned 0"),
-    pytest.param([], pod("web"), ["n1", "n3"], {"n1": 0, "n3": 0}, id="unmanaged: neutral"),
-    pytest.param([], pod("p", "ghost"), ["n1"], {"n1": 0}, id="unknown model: neutral"),
-    pytest.param([], LLAMA, [], {}, id="empty node list"),
-])
-def test_prioritize(holders: list[Obj], p: Obj, names: list[str], scores: dict[str, int]) -> None:
-    nodes = [node("n1"), node("n2"), node("n3")]
-    models = [model("llama", "16Gi", [("n1", 0), ("n2", 0)])]
-    response = client_for(nodes, models, holders).post("/prioritize", json=args(p, names=names))
+LLAMA_N1_N2 = [model("llama", "16Gi", [("n1", 0), ("n2", 0)]), model("qwen", "40Gi", [("n4", 0)])]
+LLAMA_N1_N2_N2 = [model("llama", "16Gi", [("n1", 0), ("n2", 0), ("n2", 1)]), model("qwen", "40Gi", [("n4", 0)])]
+
+
+# (models, holders, gone: pods deleted before the request, pod, candidates, scores by node)
+PRIORITIZE_CASES = [
+    pytest.param(LLAMA_N1_N2, [], [], LLAMA, [], {}, id="empty node list"),
+    pytest.param(LLAMA_N1_N2, [], [], LLAMA, ["n1", "n2"], {"n1": 5, "n2": 5},
+                 id="exact tie: two cold empty slots score the same"),
+    pytest.param(LLAMA_N1_N2, [], [pod("llama-old", "llama", "n2", 0)], LLAMA, ["n1", "n2", "n3"],
+                 {"n1": 5, "n2": 10, "n3": 0}, id="back to the GPU its model's deleted pod left: 10"),
+    pytest.param(LLAMA_N1_N2, [], [pod("llama-old", "llama", "n2", 0, phase="Failed")], LLAMA, ["n1", "n2"],
+                 {"n1": 5, "n2": 10}, id="an evicted (Failed) pod of the model also left its GPU: 10"),
+    pytest.param(LLAMA_N1_N2, [pod("llama-new", "llama", "n2", 0)], [], LLAMA, ["n1", "n2"],
+                 {"n1": 5, "n2": 10}, id="the pod's own slot (a retried cycle): 10"),
+    pytest.param(LLAMA_N1_N2_N2, [pod("llama-a", "llama", "n2", 1)], [], LLAMA, ["n1", "n2"],
+                 {"n1": 5, "n2": 8}, id="warm node: another replica runs on another GPU there: 8"),
+    pytest.param(LLAMA_N1_N2, [], [pod("llama-old", "llama", "n2", 3)], LLAMA, ["n1", "n2"],
+                 {"n1": 5, "n2": 8}, id="warm node: the model ran on another GPU there: 8"),
+    pytest.param(LLAMA_N1_N2, [pod("qwen-0", "qwen", "n1", 0)], [], LLAMA, ["n1", "n2"], {"n1": 4, "n2": 5},
+                 id="an empty GPU beats one shared with a serving model"),
+    pytest.param(LLAMA_N1_N2_N2, [pod("llama-a", "llama", "n2", 1), pod("qwen-0", "qwen", "n2", 0)], [], LLAMA,
+                 ["n1", "n2"], {"n1": 5, "n2": 7}, id="warm node with a shared GPU: 7, still above cold"),
+    pytest.param(LLAMA_N1_N2_N2, [pod("llama-a", "llama", "n2", 1)], [pod("llama-old", "llama", "n1", 0)], LLAMA,
+                 ["n1", "n2"], {"n1": 10, "n2": 8}, id="the predecessor's GPU beats a warm node"),
+    pytest.param(LLAMA_N1_N2, [], [pod("qwen-old", "qwen", "n2", 0)], LLAMA, ["n1", "n2"], {"n1": 5, "n2": 5},
+                 id="another model's predecessor does not count"),
+    pytest.param(LLAMA_N1_N2, [pod("llama-a", "llama", "n2", 0)], [], LLAMA, ["n1", "n2", "n3"],
+                 {"n1": 5, "n2": 1, "n3": 0}, id="planned but held 1, unplanned 0"),
+    pytest.param([model("llama", "16Gi", [("n1", 0)]), model("big", "80Gi", [("n4", 0)])],
+                 [pod("big-0", "big", "n1", 0)], [], LLAMA, ["n1"], {"n1": 1},
+                 id="zero free memory: the planned slot is blocked, 1"),
+    pytest.param([model("big", "80Gi", [("n1", 0), ("n2", 0)])], [], [pod("big-old", "big", "n2", 0)],
+                 pod("big-new", "big"), ["n1", "n2"], {"n1": 5, "n2": 10},
+                 id="one huge model filling a GPU: same order"),
+    pytest.param([model("llama", "16Gi", [("n1", 0), ("n3", 7)])], [], [], LLAMA, ["n1", "n3"],
+                 {"n1": 5, "n3": 0}, id="a GPU past the node's count (stale plan): neutral"),
+    pytest.param(LLAMA_N1_N2, [], [], pod("web"), ["n1", "n3"], {"n1": 0, "n3": 0}, id="unmanaged: neutral"),
+    pytest.param(LLAMA_N1_N2, [], [], pod("p", "ghost"), ["n1"], {"n1": 0}, id="unknown model: neutral"),
+]
+
+
+@pytest.mark.parametrize("models, holders, gone, p, names, scores", PRIORITIZE_CASES)
+def test_prioritize(models: list[Obj], holders: list[Obj], gone: list[Obj], p: Obj, names: list[str],
+                    scores: dict[str, int]) -> None:
+    cache = world([node("n1"), node("n2"), node("n3"), node("n4")], models, holders, gone=gone)
+    response = TestClient(create_app(ExtenderSettings(), cache, FakeBinder(), Metrics())).post(
+        "/prioritize", json=args(p, names=names))
     assert response.status_code == 200, response.text
     result = response.json()
     assert sorted(h["Host"] for h in result) == sorted(names)  # each host once (kube-scheduler reads by Host)

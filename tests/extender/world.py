@@ -48,14 +48,20 @@ def pod(name: str, model_name: str | None = None, node_name: str = "", gpu: int 
 
 
 def world(nodes: list[Obj] = (), models: list[Obj] = (), pods: list[Obj] = (),  # type: ignore[assignment]
-          ready: bool = True) -> Cache:
+          ready: bool = True, gone: list[Obj] = ()) -> Cache:  # type: ignore[assignment]
+    """A synced cache holding `nodes`, `models` and `pods`. The pods in `gone` ran and have left their GPUs
+    (the cache remembers which model left them): deleted, or, with phase Succeeded/Failed, finished."""
     cache = Cache()
     for n in nodes:
         cache.on_node("ADDED", n)
     for m in models:
         cache.on_model("ADDED", m)
+    for p in gone:
+        cache.on_pod("ADDED", {**p, "status": {"phase": "Running"}})
     for p in pods:
         cache.on_pod("ADDED", p)
+    for p in gone:
+        cache.on_pod("MODIFIED" if p["status"]["phase"] in ("Succeeded", "Failed") else "DELETED", p)
     cache.sync_checks = [lambda: ready]
     return cache
 
