@@ -14,6 +14,8 @@ Called by: kvsched.controller.reconcile (the loop), `kvsched plan --kubeconfig`,
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -27,6 +29,7 @@ from kvsched.controller.objects import (
     API_VERSION,
     KIND,
     MODEL_LABEL,
+    PLANNED_SLOTS_ANNOTATION,
     DeploymentObj,
     ModelServingObj,
     ObjectKey,
@@ -94,6 +97,16 @@ class Eviction:
 
 
 @dataclass(frozen=True)
+class PodNudge:
+    """Annotate pending pod `pod` with `digest` (PLANNED_SLOTS_ANNOTATION): kube-scheduler does not watch
+    ModelServings, so a pod the extender rejected before its model had a free slot would wait for an unrelated
+    cluster event (or up to 5 minutes); an update of the pod itself puts it back in the scheduling queue."""
+
+    pod: ObjectKey
+    digest: str
+
+
+@dataclass(frozen=True)
 class Decision:
     """Everything one decision wants written, and what it saw (for metrics, logs and `kvsched plan`)."""
 
@@ -103,6 +116,7 @@ class Decision:
     owned_changes: tuple[OwnedChange, ...] = ()
     eviction: Eviction | None = None
     events: tuple[Event, ...] = ()
+    nudges: tuple[PodNudge, ...] = ()
     model_states: Mapping[str, int] = field(default_factory=dict)
     steps: tuple[Step, ...] = ()
     waiting: str | None = None
@@ -112,7 +126,7 @@ class Decision:
     def writes(self) -> int:
         """API writes this decision asks for (events not counted)."""
         return (len(self.statuses) + len(self.deployment_patches) + len(self.owned_changes)
-                + (1 if self.eviction else 0))
+                + len(self.nudges) + (1 if self.eviction else 0))
 
 
 def ms_target(ms: ModelServingObj) -> EventTarget:
@@ -189,7 +203,8 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
             unplaced[u.model].append(u)
         gpu_kvpr = {g.gpu: g.kvpr for g in plan.gpus}
 
-    migration = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s, plan)
+    migration, can_bind = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s,
+                                      plan)
     events: list[Event] = []
     nodes_by_name = {n.name: n for n in world.nodes}
     for problem in inventory.problems:
@@ -207,6 +222,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     for r in running:
         pods_by_model[r.model].append(r.pod)
     statuses: list[StatusWrite] = []
+    slots_by_model: dict[str, list[dict[str, Any]]] = {}
     patches: list[DeploymentPatch] = []
     states: dict[str, int] = defaultdict(int)
     for entry in entries:
@@ -226,7 +242,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
             "placedReplicas": len(mine),
             "readyReplicas": ready,
             "kvpr": model_kvpr([gpu_kvpr[g] for g in planned_gpus if g in gpu_kvpr]),
-            "slots": slots_of(mine),
+            "slots": slots_by_model.setdefault(name, slots_of(mine)),
             "conditions": merge_conditions(conditions, entry.ms.status.get("conditions") or [],
                                            entry.ms.generation, now),
         }
@@ -256,13 +272,35 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
                             + ("runs there with its planned memory share" if step.resize
                                else f"takes GPU {step.target}")))
     return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, eviction, tuple(events),
-                    dict(states), migration.steps, migration.waiting, inventory)
+                    _nudges(can_bind, slots_by_model), dict(states), migration.steps, migration.waiting, inventory)
+
+
+def slots_digest(slots: Sequence[Mapping[str, Any]]) -> str:
+    """A short, stable digest of a model's status slots (node, GPU, share): it changes when the slots do."""
+    text = json.dumps(sorted((s["node"], s["gpu"], s["memoryFraction"]) for s in slots))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _nudges(can_bind: Sequence[PodObj], slots_by_model: Mapping[str, Sequence[Mapping[str, Any]]]
+            ) -> tuple[PodNudge, ...]:
+    """Pending pods that could bind now and were not nudged for their model's current slots yet."""
+    out = []
+    for pod in sorted(can_bind, key=lambda p: (p.namespace, p.name)):
+        slots = slots_by_model.get(f"{pod.namespace}/{pod.labels[MODEL_LABEL]}")
+        if not slots:
+            continue
+        digest = slots_digest(slots)
+        if pod.annotations.get(PLANNED_SLOTS_ANNOTATION) != digest:
+            out.append(PodNudge(pod.key, digest))
+    return tuple(out)
 
 
 def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventory, running: Sequence[RunningPod],
                 placements: Mapping[str, Sequence[Placement]], config: DecisionConfig,
-                blocked: Mapping[ObjectKey, Blocked], clock_s: float, plan: Plan | None) -> MigrationState:
-    """Restarts for memory shares first (they free what waiting replicas need), then the moves."""
+                blocked: Mapping[ObjectKey, Blocked], clock_s: float, plan: Plan | None
+                ) -> tuple[MigrationState, list[PodObj]]:
+    """Restarts for memory shares first (they free what waiting replicas need), then the moves; and the
+    unbound managed pods that could bind now (a free planned slot with room for weights and share)."""
     size = {e.model.name: e.model.size_gib for e in entries if e.model is not None}
     replica_load = {e.model.name: e.model.replica_load for e in entries if e.model is not None}
     memory = {g.id: g.memory_gib for g in inventory.gpus}
@@ -288,7 +326,7 @@ def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventor
                 and free_share.get(g, 1.0) >= shares[(model, g)] - SHARE_EPSILON]
         if free:
             pending.append(pod)
-    return choose_next(steps, managed, pending, blocked, clock_s)
+    return choose_next(steps, managed, pending, blocked, clock_s), pending
 
 
 def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, str] | None:

@@ -32,7 +32,15 @@ from kvsched.controller.config import DecisionConfig
 from kvsched.controller.decide import Decision, Event, decide
 from kvsched.controller.migrations import Blocked
 from kvsched.controller.models import OwnedChange
-from kvsched.controller.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, PodObj, World
+from kvsched.controller.objects import (
+    PLANNED_SLOTS_ANNOTATION,
+    DeploymentObj,
+    ModelServingObj,
+    NodeObj,
+    ObjectKey,
+    PodObj,
+    World,
+)
 from kvsched.metrics import GpuSample, Metrics
 from kvsched.packer import Gpu, Model, PackOptions, Plan, Slot, solve
 
@@ -64,6 +72,8 @@ class Writer(Protocol):
     def owned_change(self, change: OwnedChange) -> Any: ...
 
     def evict(self, pod: ObjectKey) -> None: ...
+
+    def annotate_pod(self, pod: ObjectKey, annotations: Mapping[str, str]) -> Any: ...
 
     def event(self, event: Event) -> None: ...
 
@@ -247,6 +257,9 @@ class Reconciler:
         jobs: list[tuple[str, ObjectKey, Any]] = [("status", w.key, w.status) for w in decision.statuses]
         jobs += [("owned", c.key, c) for c in decision.owned_changes]
         jobs += [("deployment", p.key, p.patch) for p in decision.deployment_patches]
+        # After the statuses: a nudged pod is retried by the scheduler at once, and must find its slot planned.
+        nudges: list[tuple[str, ObjectKey, Any]] = [("pod", n.pod, {PLANNED_SLOTS_ANNOTATION: n.digest})
+                                                    for n in decision.nudges]
         if len(jobs) > 1 and self.write_concurrency > 1:
             # Independent objects: written in parallel (a thousand statuses after a node loss is seconds
             # one by one; the apiserver takes them concurrently).
@@ -256,6 +269,8 @@ class Reconciler:
         else:
             for kind, key, payload in jobs:
                 self._write(kind, key, payload, report)
+        for kind, key, payload in nudges:
+            self._write(kind, key, payload, report)
         if decision.eviction is not None:
             self._evict(decision, report)
         for event in decision.events:
@@ -266,7 +281,8 @@ class Reconciler:
 
     def _write(self, kind: str, key: ObjectKey, payload: Any, report: RoundReport) -> None:
         text = json.dumps(payload, sort_keys=True, default=str)
-        seen_kind = {"status": "modelserving", "owned": "modelserving", "deployment": "deployment"}[kind]
+        seen_kind = {"status": "modelserving", "owned": "modelserving", "deployment": "deployment",
+                     "pod": "pod"}[kind]
         previous = self._inflight.get((seen_kind, key))
         if previous is not None and previous[0] == text and self.clock() - previous[1] < _INFLIGHT_TTL_S:
             return
@@ -275,6 +291,8 @@ class Reconciler:
                 self.writer.write_status(key, payload)
             elif kind == "owned":
                 self.writer.owned_change(payload)
+            elif kind == "pod":
+                self.writer.annotate_pod(key, payload)
             else:
                 self.writer.patch_deployment(key, payload)
         except Exception as e:

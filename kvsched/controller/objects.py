@@ -21,6 +21,7 @@ PLURAL = "modelservings"
 MODEL_LABEL = "kvsched.io/model"
 GPU_ANNOTATION = "kvsched.io/gpu"
 MEMORY_FRACTION_ANNOTATION = "kvsched.io/gpu-memory-fraction"
+PLANNED_SLOTS_ANNOTATION = "kvsched.io/planned-slots"  # on a pending pod: digest of its model's slots when nudged
 SIZE_ANNOTATION = "kvsched.io/model-size"
 RATE_ANNOTATION = "kvsched.io/request-rate"
 SLO_ANNOTATION = "kvsched.io/slo-seconds"

@@ -71,6 +71,16 @@ class ApiWriter:
                 return {}
             raise
 
+    def annotate_pod(self, pod: ObjectKey, annotations: Mapping[str, str]) -> dict[str, Any]:
+        """Merge `annotations` into a pod's metadata (a pod already gone is fine: nothing to retry)."""
+        try:
+            return call(self.api, "PATCH", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}",
+                        {"metadata": {"annotations": dict(annotations)}}, content_type=MERGE_PATCH)
+        except ApiError as e:
+            if e.status == 404:
+                return {}
+            raise
+
     def evict(self, pod: ObjectKey) -> None:
         """Evict a pod through policy/v1. A pod already gone is fine; a refusal raises EvictionRefused."""
         body = {"apiVersion": "policy/v1", "kind": "Eviction",

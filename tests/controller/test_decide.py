@@ -386,3 +386,20 @@ def test_evictions_follow_the_plans_ordered_steps(first: str) -> None:
     decision = decide(world, DecisionConfig(), lambda m, g, c: plan, now=LATER)
     assert decision.eviction is not None and decision.eviction.pod.name == f"{first}-0"
     assert [s.pod.name for s in decision.steps] == [f"{first}-0", f"{'b' if first == 'a' else 'a'}-0"]
+
+
+def test_pending_pods_are_nudged_when_their_model_has_a_usable_slot_and_only_once() -> None:
+    world, _ = settle(three_models())
+    pending = (pod("llama-x", "llama", None, None), pod("qwen-x", "qwen", None, None))
+    world = dataclasses.replace(world, pods=pending)
+    decision = run(world, now=LATER)
+    assert {n.pod.name for n in decision.nudges} == {"llama-x", "qwen-x"}
+    assert decision.writes == len(decision.nudges)  # nothing else changed
+    digests = {n.pod: n.digest for n in decision.nudges}
+    nudged = tuple(dataclasses.replace(p, annotations={"kvsched.io/planned-slots": digests[p.key]})
+                   for p in pending)
+    assert run(dataclasses.replace(world, pods=nudged), now=LATER).writes == 0
+    # A pod whose model has no free slot (every slot held) is not nudged: the scheduler could not place it.
+    world, _ = settle(bind_planned(world))
+    extra = pod("llama-y", "llama", None, None)
+    assert run(dataclasses.replace(world, pods=(*world.pods, extra)), now=LATER).nudges == ()

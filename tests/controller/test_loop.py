@@ -51,6 +51,12 @@ class FakeWriter:
             raise EvictionRefusedError("EvictionBlocked", "Cannot evict pod as it would violate the pod's "
                                        "disruption budget.")
 
+    def annotate_pod(self, pod_key: ObjectKey, annotations: Mapping[str, str]) -> None:
+        self.calls.append(("annotate", pod_key))
+        assert self.reconciler is not None
+        seen = self.reconciler._pods[pod_key]
+        self.reconciler.observe_pod(dataclasses.replace(seen, annotations={**seen.annotations, **annotations}))
+
     def event(self, event: Event) -> None:
         self.calls.append(("event", event.reason))
 
@@ -132,3 +138,20 @@ def test_refused_eviction_is_retried_only_after_backoff() -> None:
     evictions = len([c for c in writer.calls if c[0] == "evict"])
     assert evictions <= 2  # m-b may be tried once; m-a is not retried inside its backoff
     assert writer.calls.count(("evict", ObjectKey("ns", "m-a"))) == 1
+
+
+def test_a_pod_pending_before_its_slot_was_planned_is_nudged_once_after_the_status() -> None:
+    # The Deployment's pods exist before the ModelServing has slots (kube-scheduler rejected them then). Once the
+    # status is written each pending pod is annotated once, after the status, so the scheduler retries it now.
+    r, writer, _ = make()
+    r.observe_pod(pod("m-a", "m", None, None))
+    r.observe_pod(pod("m-b", "m", None, None))
+    for _ in range(4):
+        r.reconcile_once()
+    annotated = [c[1].name for c in writer.calls if c[0] == "annotate"]
+    assert sorted(annotated) == ["m-a", "m-b"]  # each once
+    first_annotate = next(i for i, c in enumerate(writer.calls) if c[0] == "annotate")
+    assert any(c[0] == "status" for c in writer.calls[:first_annotate])
+    writer.calls.clear()
+    r.reconcile_once()
+    assert [c for c in writer.calls if c[0] != "event"] == []

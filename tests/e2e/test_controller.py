@@ -339,6 +339,28 @@ def test_two_controllers_one_leads_and_sigkill_hands_over_within_the_lease(pool:
     print(f"handover after SIGKILL: {handover_s:.1f}s (lease {LEASE_S}s)")
 
 
+# -- (3, adding a replica) --------------------------------------------------------------------------------------
+def test_a_replica_added_by_scaling_up_binds_without_the_schedulers_retry_timeout(pool: Pool) -> None:
+    # The new pod exists before its slot is planned: kube-scheduler asks the extender at once, which rejects it
+    # (no free slot of llama yet). kube-scheduler does not watch ModelServings; it retries the pod on its own
+    # events or on any cluster event, and the controller annotates a pod still pending once its slot is written
+    # (kvsched.io/planned-slots), so it is never left for the scheduler's 5-minute flush.
+    pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
+    pool.start()
+    create_models(pool)
+    wait_settled(pool, list(MODELS))
+    started = time.monotonic()
+    client.AppsV1Api(pool.kube).patch_namespaced_deployment_scale("llama", pool.namespace,
+                                                                  {"spec": {"replicas": 3}})
+    after = wait_settled(pool, list(MODELS), timeout_s=120)
+    bound_s = time.monotonic() - started
+    assert len(slot_set(after["llama"])) == 3
+    nudged = [p.metadata.name for p in managed_pods(pool, "llama")
+              if "kvsched.io/planned-slots" in (p.metadata.annotations or {})]
+    print(f"scale-up: settled {bound_s:.1f}s after the scale; nudged: {nudged}")
+    assert bound_s < 30.0  # kube-scheduler's own retry of a parked pod comes after up to 5 minutes
+
+
 # -- (3) ------------------------------------------------------------------------------------------------------
 def test_cordoning_a_node_replaces_its_replicas(pool: Pool) -> None:
     pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi"), "spare": (2, "80Gi")})
