@@ -361,6 +361,43 @@ def test_a_replica_added_by_scaling_up_binds_without_the_schedulers_retry_timeou
     assert bound_s < 30.0  # kube-scheduler's own retry of a parked pod comes after up to 5 minutes
 
 
+# -- (3, a pod parked before its plan) ------------------------------------------------------------------------
+def test_a_pod_parked_before_its_plan_existed_is_nudged_and_binds(pool: Pool) -> None:
+    # kube-scheduler parks a pod the extender rejected and does not watch ModelServings: with no other cluster
+    # event it would retry only at its 5-minute flush. A user-written ModelServing adopts a Deployment; the
+    # ModelServing is deleted and the Deployment scaled up, so the new pod is rejected ("no ModelServing") and
+    # parked; written again, the ModelServing gets its slots and the template is already as needed (no
+    # rollout), so only the controller's annotation wakes the parked pod.
+    pool.add_nodes({"big": (2, "80Gi")})
+    pool.start()
+    custom, apps, core = (client.CustomObjectsApi(pool.kube), client.AppsV1Api(pool.kube),
+                          client.CoreV1Api(pool.kube))
+    body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelServing", "metadata": {"name": "solo"},
+            "spec": {"workloadRef": {"kind": "Deployment", "name": "solo"}, "modelSize": "16Gi",
+                     "requestRate": 1, "sloSeconds": 1}}
+    custom.create_namespaced_custom_object(GROUP, VERSION, pool.namespace, PLURAL, body)
+    apps.create_namespaced_deployment(pool.namespace, deployment_manifest("solo", scheduler_name="kvsched"))
+    wait_settled(pool, ["solo"])
+    custom.delete_namespaced_custom_object(GROUP, VERSION, pool.namespace, PLURAL, "solo")
+    apps.patch_namespaced_deployment_scale("solo", pool.namespace, {"spec": {"replicas": 2}})
+
+    def rejected() -> list[str]:
+        return [e.involved_object.name for e in core.list_namespaced_event(
+            pool.namespace, field_selector="reason=FailedScheduling").items if "no ModelServing" in (e.message or "")]
+
+    parked = wait_for(rejected, bool, 30, "the new pod rejected for want of a ModelServing")[0]
+    time.sleep(12)  # past kube-scheduler's 10 s maximum backoff: the pod sits in the unschedulable pool now
+    assert core.read_namespaced_pod(parked, pool.namespace).spec.node_name is None
+    started = time.monotonic()
+    custom.create_namespaced_custom_object(GROUP, VERSION, pool.namespace, PLURAL, body)
+    bound = wait_for(lambda: core.read_namespaced_pod(parked, pool.namespace), lambda p: p.spec.node_name, 60,
+                     f"parked pod {parked} bound")
+    waited_s = time.monotonic() - started
+    print(f"parked pod bound {waited_s:.1f}s after its ModelServing was written again")
+    assert "kvsched.io/planned-slots" in (bound.metadata.annotations or {})
+    assert waited_s < 30.0
+
+
 # -- (3) ------------------------------------------------------------------------------------------------------
 def test_cordoning_a_node_replaces_its_replicas(pool: Pool) -> None:
     pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi"), "spare": (2, "80Gi")})
