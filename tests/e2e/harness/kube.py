@@ -109,14 +109,14 @@ def apply_crds(api: client.ApiClient, paths: Iterable[Path], timeout_s: float = 
             if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
                 continue
             name = doc["metadata"]["name"]
+            if name in names:  # deploy/crds is generated from the chart's crds/: the same CRD twice
+                continue
             try:
                 ext.create_custom_resource_definition(body=doc)
             except ApiException as e:
                 if e.status != 409:
                     raise
-                current = ext.read_custom_resource_definition(name)
-                doc["metadata"]["resourceVersion"] = current.metadata.resource_version
-                ext.replace_custom_resource_definition(name, body=doc)
+                _replace_crd(ext, name, doc)
             names.append(name)
     for name in names:
         wait_for(lambda n=name: ext.read_custom_resource_definition(n),
@@ -124,6 +124,19 @@ def apply_crds(api: client.ApiClient, paths: Iterable[Path], timeout_s: float = 
                                  for c in (crd.status.conditions or [])),
                  timeout_s, f"CRD {name} Established")
     return names
+
+
+def _replace_crd(ext: client.ApiextensionsV1Api, name: str, doc: dict[str, Any], attempts: int = 5) -> None:
+    """Replace an existing CRD; retried on 409, as the apiserver updates a new CRD's status (Established) meanwhile."""
+    for attempt in range(attempts):
+        current = ext.read_custom_resource_definition(name)
+        doc["metadata"]["resourceVersion"] = current.metadata.resource_version
+        try:
+            ext.replace_custom_resource_definition(name, body=doc)
+            return
+        except ApiException as e:
+            if e.status != 409 or attempt == attempts - 1:
+                raise
 
 
 # -- workloads and pods ----------------------------------------------------------------------------------------
