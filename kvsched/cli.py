@@ -23,6 +23,7 @@ from kvsched import __version__
 from kvsched.plan_output import DEFAULT_TOP, TABLE_MAX_GPUS, VIEWS, View
 
 if TYPE_CHECKING:
+    from kvsched.controller.decide import Decision
     from kvsched.progress_line import ProgressLine
 
 EXIT_OK = 0
@@ -408,6 +409,7 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
         sys.stdout.write(document)
     else:
         sys.stdout.write(plan_to_table(plan, view=view, top=args.top or DEFAULT_TOP))
+        sys.stdout.write(restart_lines(decision))
         if args.output is not None:
             try:
                 Path(args.output).write_text(document, encoding="utf-8")
@@ -420,6 +422,25 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
         except OSError as exc:
             return _fail(f"--plot: cannot write {plot_file}: {exc.strerror or exc}", EXIT_WRITE_FAILED)
     return EXIT_OK
+
+
+def restart_lines(decision: Decision) -> str:
+    """The pods the controller would restart in place for their memory shares (docs/controller.md, "Memory
+    shares"), as a block for the table; '' when there are none."""
+    from kvsched.controller.shares import running_share
+    from kvsched.controller.status import share_of
+
+    restarts = [s for s in decision.steps if s.resize]
+    if not restarts or decision.plan is None:
+        return ""
+    planned = {(p.model, p.gpu): share_of(p.memory_fraction) for p in decision.plan.placements}
+    lines = ["", f"RESTARTS FOR MEMORY SHARES ({len(restarts)}; in place, one at a time, before any move):"]
+    for step in restarts:
+        runs = running_share(step.pod)
+        lines.append(f"  {step.pod.namespace}/{step.pod.name} on {step.source.node} GPU {step.source.index}: runs "
+                     f"with {'?' if runs is None else f'{runs:.3f}'}, planned "
+                     f"{planned.get((step.model, step.source), 0.0):.3f}")
+    return "\n".join(lines) + "\n"
 
 
 def _fail(message: str, code: int) -> int:
