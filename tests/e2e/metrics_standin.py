@@ -1,6 +1,7 @@
-"""A process that serves kvsched's real metrics registry (kvsched.metrics) with recorded values, standing in for
-`kvsched serve` until the controller and extender land: every metric the dashboard reads gets samples, and the
-counters and histograms move every half second so rates and quantiles have data.
+"""A process that serves kvsched's real metrics registry (kvsched.metrics) with recorded values: every metric the
+dashboard reads gets samples, and the counters and histograms move every half second so rates and quantiles have
+data (a real `kvsched serve` moves some of them only when something happens: a migration, a bind conflict; the
+real one is scraped in test_make_cluster.py).
 
 Run: python -m tests.e2e.metrics_standin --metrics-port PORT   (GET /metrics, /healthz, /readyz; SIGTERM stops
 it). Other flags (those the chart passes to `kvsched serve`) are accepted and ignored, so the `make cluster` test
@@ -25,7 +26,7 @@ def record(metrics: Metrics, tick: int) -> None:
     metrics.record_plan(max_kvpr=max(g.kvpr for g in gpus), lower_bound=0.3, retunes=tick % 3,
                         solve_seconds=0.02 + 0.001 * (tick % 7), gpus=gpus)
     metrics.record_models({"placed": 3, "partial": 1, "migrating": tick % 2})
-    metrics.migrations.labels(reason="Replan").inc()
+    metrics.migrations.labels(reason="Rebalance" if tick % 2 else "Resize").inc()
     metrics.is_leader.set(1)
     metrics.cache_synced.set(1)
     for verb, seconds in (("filter", 0.001), ("prioritize", 0.0008), ("bind", 0.02)):
