@@ -169,7 +169,8 @@ def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, 
     base = repaired.assign
     complete = not repaired.leftover
     base_value = max_kvpr(inst, base) if complete else math.inf
-    lower = lower_bound(inst.item_load[idx], inst.item_size[idx], inst.gpu_memory, upper=base_value)
+    lower = lower_bound(inst.item_load[idx], inst.item_size[idx], inst.gpu_memory, upper=base_value,
+                        groups=inst.item_group[idx])
     reporter.phase("re-plan", best=base_value, lower=lower)
     stats = SearchStats()
     choice: IntArray | None = None
@@ -273,7 +274,9 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions, deadline: 
         start_assign[np.asarray(items)] = base
     complete = bool((base >= 0).all())
     upper = max_kvpr(inst, start_assign) if complete else float("inf")
-    lower = lower_bound(sub_load, sub_size, inst.gpu_memory, upper=upper) if items else 0.0
+    # With the model of each replica: replicas never share a GPU, which the item-value test uses.
+    lower = (lower_bound(sub_load, sub_size, inst.gpu_memory, upper=upper, groups=inst.item_group[items])
+             if items else 0.0)
     if not items or inst.n_gpus == 0:
         return start_assign, lower, SearchStats()
     if not complete and (not math.isfinite(lower) or not _packs_at_all(inst, items, lower)):
