@@ -196,12 +196,12 @@ def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, 
             if _settled(inst, items, run, running, base, complete, heuristic, improved, lower):
                 choice = _fewest_of(inst, items, run, running, [heuristic], target, options)
     if choice is None:
-        # The plan from scratch is the threshold's reference and a candidate, not the answer. Beyond tiny
-        # instances (exact throughout, in milliseconds) the improving phases of large instances make it, and stop
-        # once it is settled: the exact stage spent its whole node budget on the example to prove nothing. The
-        # heuristic's plan, within the threshold of the bound, competes.
+        # The plan from scratch is the threshold's reference and a candidate, not the answer. Tiny instances get
+        # the exact stage (milliseconds); other small ones the improving phases of large instances, which stop
+        # once the plan is settled: the exact stage spent its whole node budget on the example to prove nothing.
+        # Large ones are unchanged. The heuristic's plan, within the threshold of the bound, competes.
         scratch, scratch_lower, stats = _optimise(inst, items, options, deadline, rng, reporter, with_exact=tiny,
-                                                  settled_ratio=0.0 if tiny else _SETTLED_GAP_RATIO)
+                                                  settled_ratio=_SETTLED_GAP_RATIO if small and not tiny else 0.0)
         lower = max(lower, scratch_lower)
         reporter.phase("re-plan", lower=lower)
         choice = _fewest_against(inst, items, run, running, base, complete, scratch, theta, options, heuristics,
