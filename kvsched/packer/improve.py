@@ -49,7 +49,7 @@ def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
     optimal peak frozen, the search balances the rest below it. Each step is O(|items on p| * (G + n))
     vectorised. Stops at a local optimum, after max_steps, or when the deadline expires (checked every step).
     """
-    state = GpuState(inst, assign.copy(), 0.0)  # totals only: no target here
+    state = GpuState.totals_only(inst, assign)
     assign = state.assign
     memory = inst.gpu_memory
     load = inst.item_load

@@ -12,6 +12,7 @@ Called by: `solve` after `improve`, for any instance size (each attempt touches 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -178,11 +179,12 @@ def kick(inst: Instance, assign: IntArray, rng: np.random.Generator, swaps: int)
 
 
 def iterated_search(inst: Instance, assign: IntArray, rng: np.random.Generator,
-                    deadline: Deadline = NEVER) -> IntArray:
+                    deadline: Deadline = NEVER, good_enough: float = -math.inf) -> IntArray:
     """Kick the best plan, improve and re-pack it, keep what is better (see the KICK_ constants above).
 
     Never raises the max KVPR; deterministic for a given state of `rng`. At most KICK_ROUNDS_MAX kicks, each
-    one `kick`, two `improve` runs and one `repack_peak`; stops early when the deadline expires.
+    one `kick`, two `improve` runs and one `repack_peak`; stops early when the deadline expires or the best max
+    KVPR is at most `good_enough` (for callers that need a plan only that good).
     """
     # A kick's re-packing works on the replicas of a few GPUs: past KICK_DENSITY_REFERENCE replicas per GPU its
     # cost grows with their number, so the kicks and each sub-problem's node budget shrink with it.
@@ -191,7 +193,7 @@ def iterated_search(inst: Instance, assign: IntArray, rng: np.random.Generator,
     best, value = assign, max_kvpr(inst, assign)
     misses = 0
     for _ in range(rounds):
-        if misses >= KICK_PATIENCE or deadline.expired():
+        if misses >= KICK_PATIENCE or deadline.expired() or value <= good_enough:
             break
         cand = improve(inst, kick(inst, best, rng, KICK_SWAPS), deadline=deadline).assign
         repacked = repack_peak(inst, cand, rng, node_limit=int(REPACK_NODE_LIMIT / density), deadline=deadline)
@@ -205,14 +207,15 @@ def iterated_search(inst: Instance, assign: IntArray, rng: np.random.Generator,
 
 
 def polish(inst: Instance, assign: IntArray, lower: float, rng: np.random.Generator,
-           deadline: Deadline = NEVER) -> tuple[IntArray, int]:
+           deadline: Deadline = NEVER, good_enough: float = -math.inf) -> tuple[IntArray, int]:
     """The improving phases after the first local search: re-pack the peak, local search, descend towards
     `lower` (a valid lower bound), local search, then `iterated_search`. Returns the assignment and the moves
-    made. Never raises the max KVPR; deterministic for a given state of `rng`; stops when the deadline expires.
+    made. Never raises the max KVPR; deterministic for a given state of `rng`; stops when the deadline expires,
+    and skips or ends the iterated search once the max KVPR is at most `good_enough`.
     """
     repacked = repack_peak(inst, assign, rng, deadline=deadline)
     again = improve(inst, repacked.assign, deadline=deadline)
     lowered = descend(inst, again.assign, lower, deadline=deadline)
     best = improve(inst, lowered.assign, deadline=deadline)
     steps = repacked.improvements + again.steps + lowered.steps + best.steps
-    return iterated_search(inst, best.assign, rng, deadline), steps
+    return iterated_search(inst, best.assign, rng, deadline, good_enough), steps

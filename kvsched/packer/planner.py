@@ -76,6 +76,11 @@ _REDUCE_WORK = 4_000
 # Seconds the re-plan heuristics (repair, descent) may take whatever the time budget; they stop far earlier
 # on one change (measured: at most 0.2 s at 1024 GPUs).
 _REPLAN_MIN_S = 1.0
+# A small re-plan whose fewest-moves heuristic reaches the lower bound's threshold skips the search from scratch
+# when a plan in hand (local search from the repaired placement, or the heuristic's plan polished) is within
+# this share of the bound: the best plan is then too, so the scratch reference could loosen the target by no
+# more than this (the bisection's default tolerance, below which a pass from scratch rarely gains).
+_SETTLED_GAP_RATIO = 0.002
 
 
 def solve(
@@ -103,7 +108,8 @@ def solve(
     (O(log(1/tol)) passes of O(n log n) to O(n G)) and the local search, bounded by `time_budget_s`; a re-plan
     whose repaired placement is kept costs O(n log n + placed * G) (the repair and the lower bound) with no
     search; one that must move replicas adds O(shed * G) for the fewest-moves heuristic, and a search from
-    scratch only when that heuristic cannot reach the threshold of the lower bound (or n <= 40).
+    scratch only when that heuristic cannot reach the threshold of the lower bound (or, for n <= 40, when no plan
+    in hand is within _SETTLED_GAP_RATIO of the bound).
     """
     start = clock()
     reporter = Reporter(progress, lambda: clock() - start)
@@ -155,7 +161,7 @@ def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, 
 
     The reference for the threshold is the lower bound as long as that suffices (no search from scratch):
     a plan within (1 + threshold) x lower bound is within it of the best plan too. Only when neither the
-    repaired placement nor the fewest-moves heuristic gets there (or on small instances, where it is cheap)
+    repaired placement nor the fewest-moves heuristic gets there (or on small instances, unless `_settled`)
     does a search from scratch give the best plan, whose relabelled copy is also a candidate.
     """
 
@@ -169,20 +175,37 @@ def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, 
     base = repaired.assign
     complete = not repaired.leftover
     base_value = max_kvpr(inst, base) if complete else math.inf
-    lower = lower_bound(inst.item_load[idx], inst.item_size[idx], inst.gpu_memory, upper=base_value)
+    lower = lower_bound(inst.item_load[idx], inst.item_size[idx], inst.gpu_memory, upper=base_value,
+                        groups=inst.item_group[idx])
     reporter.phase("re-plan", best=base_value, lower=lower)
     stats = SearchStats()
     choice: IntArray | None = None
     if complete and within(base_value, (1 + theta) * lower):
         choice = base  # keep: zero moves beyond the forced ones
     small = len(items) <= options.exact_max_items
-    if choice is None and not small and 0 < lower < math.inf:
-        choice = fewest_moves(inst, items, run, base, (1 + theta) * lower, deadline=heuristics)
+    tiny = len(items) <= _EXACT_REPLAN_ITEMS
+    heuristic: IntArray | None = None
+    improved: IntArray | None = None
+    if choice is None and 0 < lower < math.inf:
+        target = (1 + theta) * lower
+        heuristic = fewest_moves(inst, items, run, base, target, deadline=heuristics)
+        if not small:
+            choice = heuristic
+        elif heuristic is not None and not tiny:
+            improved = improve(inst, base, deadline=heuristics).assign if complete else None
+            if _settled(inst, items, run, running, base, complete, heuristic, improved, lower):
+                choice = _fewest_of(inst, items, run, running, [heuristic], target, options)
     if choice is None:
-        scratch, scratch_lower, stats = _optimise(inst, items, options, deadline, rng, reporter)
+        # The plan from scratch is the threshold's reference and a candidate, not the answer. Tiny instances get
+        # the exact stage (milliseconds); other small ones the improving phases of large instances, which stop
+        # once the plan is settled: the exact stage spent its whole node budget on the example to prove nothing.
+        # Large ones are unchanged. The heuristic's plan, within the threshold of the bound, competes.
+        scratch, scratch_lower, stats = _optimise(inst, items, options, deadline, rng, reporter, with_exact=tiny,
+                                                  settled_ratio=_SETTLED_GAP_RATIO if small and not tiny else 0.0)
         lower = max(lower, scratch_lower)
         reporter.phase("re-plan", lower=lower)
-        choice = _fewest_against(inst, items, run, running, base, complete, scratch, theta, options, heuristics)
+        choice = _fewest_against(inst, items, run, running, base, complete, scratch, theta, options, heuristics,
+                                 [] if heuristic is None else [heuristic], improved)
     choice = polish(inst, run, align(inst, run, choice))
     gain = 0.0
     if options.max_migrations is not None:
@@ -203,14 +226,47 @@ def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, 
     return _Outcome(choice, lower, stats, gain)
 
 
+def _settled(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]], base: IntArray,
+             complete: bool, heuristic: IntArray, improved: IntArray | None, lower: float) -> bool:
+    """Whether a small re-plan can take the fewest-moves heuristic's plan (within the threshold of the lower
+    bound) without a search from scratch: it moves nothing beyond what the change forces, or a plan in hand is
+    within _SETTLED_GAP_RATIO of the bound."""
+    if moves_of(inst, running, heuristic) <= moves_of(inst, running, _forced(inst, items, run, base, complete)):
+        return True
+    best = max_kvpr(inst, polish(inst, run, align(inst, run, heuristic)))
+    if improved is not None:
+        best = min(best, max_kvpr(inst, improved))
+    return best <= (1 + _SETTLED_GAP_RATIO) * lower
+
+
+def _fewest_of(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]],
+               candidates: list[IntArray], target: float, options: PackOptions) -> IntArray:
+    """The fewest moves within `target` from the candidates (each within it): every candidate tied at the
+    fewest moves goes through `reduce_moves` (they reach different local optima), then exact search on tiny
+    instances; ties to the lower peak."""
+    counts = [moves_of(inst, running, a) for a in candidates]
+    attempts = max(1, _REDUCE_WORK // max(len(items), 1))
+    reduced = [reduce_moves(inst, items, run, a, target, max_attempts=attempts)
+               for a, count in zip(candidates, counts) if count == min(counts)]
+    best = min(reduced, key=lambda a: (moves_of(inst, running, a), max_kvpr(inst, a)))
+    if len(items) <= _EXACT_REPLAN_ITEMS:
+        exact = exact_replan(inst, items, running, target=target, max_moves=None,
+                             node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=best)
+        if exact is not None:
+            best = align(inst, run, exact)
+    return best
+
+
 def _fewest_against(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]],
                     base: IntArray, complete: bool,
                     scratch: IntArray, theta: float, options: PackOptions,
-                    heuristics: Deadline) -> IntArray:
+                    heuristics: Deadline, extra: list[IntArray], improved: IntArray | None) -> IntArray:
     """With the best plan from scratch in hand: keep the repaired placement within the threshold of the best
     plan found (scratch, or the repaired placement after local search), else the fewest moves to (1 + threshold)
     x its max KVPR among the heuristic from the repaired placement, the scratch plan relabelled (never more moves
-    than that), path relinking, the local search's plan, and exact search on tiny instances."""
+    than that), path relinking, the local search's plan, `extra` (plans within the threshold of the lower bound,
+    hence of this target), and exact search on tiny instances. `improved`: the local search's plan, if already
+    made."""
     idx = np.asarray(items, dtype=np.int64)
     scratch_placed = int((scratch[idx] >= 0).sum())
     if scratch_placed < len(items):
@@ -222,7 +278,8 @@ def _fewest_against(inst: Instance, items: list[int], run: IntArray, running: di
     # The best plan found is the better of the scratch plan and the repaired placement after local search: a
     # short budget leaves the scratch plan far from the best (on the example with a budget of 0, 32% above it
     # after a rate rise), and a reference that weak would keep a poor placement.
-    improved = improve(inst, base, deadline=heuristics).assign if complete else None
+    if improved is None and complete:
+        improved = improve(inst, base, deadline=heuristics).assign
     best_value = max_kvpr(inst, scratch)
     if improved is not None:
         best_value = min(best_value, max_kvpr(inst, improved))
@@ -239,14 +296,8 @@ def _fewest_against(inst: Instance, items: list[int], run: IntArray, running: di
     heuristic = fewest_moves(inst, items, run, base, target, deadline=heuristics)
     if heuristic is not None:
         candidates.append(heuristic)
-    best = min(candidates, key=lambda a: (moves_of(inst, running, a), max_kvpr(inst, a)))
-    best = reduce_moves(inst, items, run, best, target, max_attempts=max(1, _REDUCE_WORK // max(len(items), 1)))
-    if len(items) <= _EXACT_REPLAN_ITEMS:
-        exact = exact_replan(inst, items, running, target=target, max_moves=None,
-                             node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=best)
-        if exact is not None:
-            best = align(inst, run, exact)
-    return best
+    candidates.extend(revert(inst, run, align(inst, run, a), target) for a in extra)
+    return _fewest_of(inst, items, run, running, candidates, target, options)
 
 
 def _forced(inst: Instance, items: list[int], run: IntArray, base: IntArray, complete: bool) -> IntArray:
@@ -258,8 +309,11 @@ def _forced(inst: Instance, items: list[int], run: IntArray, base: IntArray, com
 
 
 def _optimise(inst: Instance, items: list[int], options: PackOptions, deadline: Deadline,
-              rng: np.random.Generator, reporter: Reporter) -> tuple[IntArray, float, SearchStats]:
+              rng: np.random.Generator, reporter: Reporter, *,
+              with_exact: bool = True, settled_ratio: float = 0.0) -> tuple[IntArray, float, SearchStats]:
     """Best assignment of `items` (some may stay -1 when memory runs out), a valid lower bound, counters.
+    `with_exact` False: no exact stage, small instances get the improving phases of large ones instead.
+    `settled_ratio` > 0: the improving phases stop once the plan is within this share of the lower bound.
 
     Time: bisection stops starting new steps after _BISECTION_SHARE of the budget (its first step always
     runs, so there is always a plan); the improving phases stop at the budget.
@@ -273,15 +327,18 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions, deadline: 
         start_assign[np.asarray(items)] = base
     complete = bool((base >= 0).all())
     upper = max_kvpr(inst, start_assign) if complete else float("inf")
-    lower = lower_bound(sub_load, sub_size, inst.gpu_memory, upper=upper) if items else 0.0
+    # With the model of each replica: replicas never share a GPU, which the item-value test uses.
+    lower = (lower_bound(sub_load, sub_size, inst.gpu_memory, upper=upper, groups=inst.item_group[items])
+             if items else 0.0)
     if not items or inst.n_gpus == 0:
         return start_assign, lower, SearchStats()
     if not complete and (not math.isfinite(lower) or not _packs_at_all(inst, items, lower)):
         kept = [i for i in items if start_assign[i] >= 0]
-        return (_optimise(inst, kept, options, deadline, rng, reporter) if kept
+        return (_optimise(inst, kept, options, deadline, rng, reporter, with_exact=with_exact,
+                           settled_ratio=settled_ratio) if kept
                 else (start_assign, 0.0, SearchStats()))
     reporter.phase("bisection", best=upper, lower=lower)
-    exact_next = len(items) <= options.exact_max_items
+    exact_next = with_exact and len(items) <= options.exact_max_items
     res = bisect_target(
         inst, items, lower, upper,
         upper_assign=start_assign if complete else None,
@@ -300,7 +357,8 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions, deadline: 
     if res.assign is None:
         # Memory runs out: keep what the greedy placed (the most it could) and optimise those alone.
         kept = [i for i in items if start_assign[i] >= 0]
-        assign, lower, stats = (_optimise(inst, kept, options, deadline, rng, reporter) if kept
+        assign, lower, stats = (_optimise(inst, kept, options, deadline, rng, reporter, with_exact=with_exact,
+                           settled_ratio=settled_ratio) if kept
                                 else (start_assign, 0.0, SearchStats()))
         return assign, lower, stats
     assign = res.assign
@@ -310,8 +368,9 @@ def _optimise(inst: Instance, items: list[int], options: PackOptions, deadline: 
         better = improve(inst, assign, deadline=deadline)
         assign, steps = better.assign, better.steps
         reporter.note(best=better.max_kvpr)
-        if not exact_next:  # small instances go to the exact stage first
-            assign, more = polish_search(inst, assign, lower, rng, deadline)
+        good_enough = (1 + settled_ratio) * lower if settled_ratio > 0 else -math.inf
+        if not exact_next and better.max_kvpr > good_enough:  # small instances go to the exact stage first
+            assign, more = polish_search(inst, assign, lower, rng, deadline, good_enough)
             steps += more
             reporter.note(best=max_kvpr(inst, assign))
     optimal = reaches(max_kvpr(inst, assign), lower)

@@ -32,10 +32,11 @@ import numpy as np
 from kvsched.packer.deadline import NEVER, Deadline
 from kvsched.packer.domain import Slot
 from kvsched.packer.errors import InvalidInput
-from kvsched.packer.instance import FloatArray, Instance, IntArray
+from kvsched.packer.instance import Instance, IntArray
 from kvsched.packer.kvpr import IMPROVEMENT_RATIO, improves, kvpr, kvpr_array, reaches
 from kvsched.packer.improve import descend, improve
 from kvsched.packer.repair import repair
+from kvsched.packer.state import GpuState
 
 def within(value: float, target: float) -> bool:
     """value <= target up to float noise (kvpr.reaches; any value is within an infinite target)."""
@@ -120,70 +121,6 @@ def rematch(inst: Instance, running: dict[int, list[int]], assign: IntArray) -> 
     return out
 
 
-class _State:
-    """An assignment with per-GPU load, weights and model groups kept in sync. Moves are O(1)."""
-
-    def __init__(self, inst: Instance, assign: IntArray) -> None:
-        self.inst = inst
-        self.assign = assign.copy()
-        placed = self.assign >= 0
-        self.load: FloatArray = np.bincount(self.assign[placed], weights=inst.item_load[placed],
-                                            minlength=inst.n_gpus).astype(np.float64)
-        self.weights: FloatArray = np.bincount(self.assign[placed], weights=inst.item_size[placed],
-                                               minlength=inst.n_gpus).astype(np.float64)
-        self.on_gpu: list[list[int]] = [[] for _ in range(inst.n_gpus)]
-        self.groups_on: list[set[int]] = [set() for _ in range(inst.n_gpus)]
-        self.gpus_of: dict[int, set[int]] = {}
-        for i in np.nonzero(placed)[0].tolist():
-            g, grp = int(self.assign[i]), int(inst.item_group[i])
-            self.on_gpu[g].append(i)
-            self.groups_on[g].add(grp)
-            self.gpus_of.setdefault(grp, set()).add(g)
-
-    def kvpr(self, g: int) -> float:
-        return kvpr(float(self.load[g]), float(self.weights[g]), float(self.inst.gpu_memory[g]))
-
-    def kvprs(self) -> FloatArray:
-        return kvpr_array(self.load, self.weights, self.inst.gpu_memory)
-
-    def kvpr_with(self, i: int, g: int) -> float:
-        """KVPR of GPU g with item i added."""
-        return kvpr(float(self.load[g] + self.inst.item_load[i]), float(self.weights[g] + self.inst.item_size[i]),
-                    float(self.inst.gpu_memory[g]))
-
-    def kvpr_without(self, i: int) -> float:
-        """KVPR of item i's GPU with item i taken off."""
-        g = int(self.assign[i])
-        return kvpr(float(self.load[g] - self.inst.item_load[i]), float(self.weights[g] - self.inst.item_size[i]),
-                    float(self.inst.gpu_memory[g]))
-
-    def take(self, i: int) -> None:
-        g = int(self.assign[i])
-        self.assign[i] = -1
-        self.load[g] -= self.inst.item_load[i]
-        self.weights[g] -= self.inst.item_size[i]
-        self.on_gpu[g].remove(i)
-        self.groups_on[g].discard(int(self.inst.item_group[i]))
-        self.gpus_of[int(self.inst.item_group[i])].discard(g)
-
-    def put(self, i: int, g: int) -> None:
-        self.assign[i] = g
-        self.load[g] += self.inst.item_load[i]
-        self.weights[g] += self.inst.item_size[i]
-        self.on_gpu[g].append(i)
-        self.groups_on[g].add(int(self.inst.item_group[i]))
-        self.gpus_of.setdefault(int(self.inst.item_group[i]), set()).add(g)
-
-    def kvprs_with(self, i: int) -> FloatArray:
-        """KVPR of every GPU with item i added; inf where its model already runs (or i itself sits)."""
-        out = kvpr_array(self.load + self.inst.item_load[i], self.weights + self.inst.item_size[i],
-                         self.inst.gpu_memory)
-        holders = self.gpus_of.get(int(self.inst.item_group[i]))
-        if holders:
-            out[list(holders)] = math.inf
-        return out
-
-
 def count_moves(run: IntArray, assign: IntArray) -> int:
     """Running items placed on another GPU than their own (after `align`, this is the number of moves)."""
     return int(((run >= 0) & (assign >= 0) & (assign != run)).sum())
@@ -234,7 +171,7 @@ def repair_around(inst: Instance, items: Sequence[int], run: IntArray) -> Repair
     idx = np.asarray(items, dtype=np.int64)
     if idx.size:
         keep[idx] = run[idx]
-    state = _State(inst, keep)
+    state = GpuState.totals_only(inst, keep)
     pool = [i for i in items if state.assign[i] < 0]
     for g in range(inst.n_gpus):
         if math.isfinite(state.kvpr(g)):
@@ -324,7 +261,7 @@ def _repair(inst: Instance, assign: IntArray, target: float, trash: list[int],
 
 def _shed_route(inst: Instance, items: Sequence[int], run: IntArray, start: IntArray, target: float,
                 deadline: Deadline) -> IntArray | None:
-    state = _State(inst, start)
+    state = GpuState.totals_only(inst, start)
     pending = [i for i in items if state.assign[i] < 0]
     kv = state.kvprs()
     for g in np.argsort(-kv, kind="stable").tolist():
@@ -350,7 +287,7 @@ def _shed_route(inst: Instance, items: Sequence[int], run: IntArray, start: IntA
     return _repair(inst, state.assign, target, leftover, deadline)
 
 
-def _shed(state: _State, g: int, run: IntArray, target: float) -> list[int]:
+def _shed(state: GpuState, g: int, run: IntArray, target: float) -> list[int]:
     """Take items off GPU g until its KVPR is within target: free ones first, then running ones, heaviest
     first; then put back the lightest that need not have left. Returns the items taken."""
     inst = state.inst
@@ -378,7 +315,7 @@ def revert(inst: Instance, run: IntArray, assign: IntArray, target: float) -> In
     where it fits -- the moved replica's spot included. Each success saves one move.
     O(rounds * moved * free on home * G).
     """
-    state = _State(inst, assign)
+    state = GpuState.totals_only(inst, assign)
     changed = True
     while changed:
         changed = False
@@ -452,7 +389,7 @@ def relink(inst: Instance, run: IntArray, start: IntArray, guide: IntArray, targ
     max KVPR (ties: moves that cost nothing first), until every KVPR is within target; then `revert`.
     None when a model's replicas block each other. O(D^2) for D replicas placed differently.
     """
-    state = _State(inst, align(inst, run, start))
+    state = GpuState.totals_only(inst, align(inst, run, start))
     guide = align(inst, run, guide)
     differ = [i for i in np.nonzero((state.assign >= 0) & (guide >= 0) & (state.assign != guide))[0].tolist()]
     unplaced = [i for i in np.nonzero((state.assign < 0) & (guide >= 0))[0].tolist()]
@@ -519,7 +456,7 @@ def reduce_moves(inst: Instance, items: Sequence[int], run: IntArray, assign: In
     return best
 
 
-def _best_move(state: _State, run: IntArray, p: int, paid: bool) -> tuple[float, int, int]:
+def _best_move(state: GpuState, run: IntArray, p: int, paid: bool) -> tuple[float, int, int]:
     """The move off GPU p whose larger new KVPR (of p and the target) is the smallest: (value, item, GPU).
 
     paid False: only items whose move costs no migration (not running there). (inf, -1, -1) when none.
@@ -564,7 +501,7 @@ def lowest_within(inst: Instance, items: Sequence[int], run: IntArray, running: 
 def polish(inst: Instance, run: IntArray, assign: IntArray, *, max_steps: int | None = None) -> IntArray:
     """Lower the peak by moves that cost no migration (new replicas, replicas moving anyway). Never raises the
     max KVPR nor the number of moves. O(steps * items on the peak * G)."""
-    state = _State(inst, assign)
+    state = GpuState.totals_only(inst, assign)
     steps = max_steps if max_steps is not None else 4 * inst.n_items + 10
     while steps > 0 and inst.n_gpus > 1:
         steps -= 1
@@ -583,7 +520,7 @@ def within_budget(inst: Instance, run: IntArray, start: IntArray, extra_moves: i
     """From `start`, lower the peak by at most `extra_moves` more moves of running replicas (moves that cost
     nothing are free): each step applies the best move off the hottest GPU (`_best_move`).
     O(steps * items on the peak * G)."""
-    state = _State(inst, align(inst, run, start))
+    state = GpuState.totals_only(inst, align(inst, run, start))
     left = extra_moves
     steps = 4 * inst.n_items + 10
     while steps > 0 and inst.n_gpus > 1 and not deadline.expired():

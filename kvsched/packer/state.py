@@ -1,19 +1,21 @@
 """`GpuState`: the per-GPU state of an assignment, in both views the search uses, kept in sync item by item.
 
 Totals: N_g (summed load), W_g (summed weights, GiB), the items and model groups on each GPU, and the GPUs
-holding each group. Bin packing at a target T: each item weighs w_j = n_j + T * m_j and each GPU has the
+holding each group, with the KVPRs they give (now, or with an item added or taken off). Bin packing at a target T: each item weighs w_j = n_j + T * m_j and each GPU has the
 residual r_g = T * M_g - N_g - T * W_g of its capacity (formulas in `kvpr`). Optionally, a sorted index of the
 residuals answers best-fit queries in O(log G).
-Called by: `try_pack` (a pass), `repair` (moves at a fixed T), `improve` (totals only).
+Called by: `try_pack` (a pass), `repair` (moves at a fixed T), `improve` and `replan` (totals and KVPRs only).
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from sortedcontainers import SortedList
 
 from kvsched.packer.instance import FloatArray, Instance, IntArray
-from kvsched.packer.kvpr import CAPACITY_SLACK_RATIO, capacity, capacity_slack, transformed_weight
+from kvsched.packer.kvpr import CAPACITY_SLACK_RATIO, capacity, capacity_slack, kvpr, kvpr_array, transformed_weight
 
 
 class GpuState:
@@ -60,6 +62,39 @@ class GpuState:
     def empty(cls, inst: Instance, target: float, *, sorted_residuals: bool = False) -> GpuState:
         """Nothing placed yet."""
         return cls(inst, np.full(inst.n_items, -1, dtype=np.int64), target, sorted_residuals=sorted_residuals)
+
+    @classmethod
+    def totals_only(cls, inst: Instance, assign: IntArray) -> GpuState:
+        """A copy of `assign` for the totals and KVPR queries alone (no target: the residuals are not used)."""
+        return cls(inst, assign.copy(), 0.0)
+
+    def kvpr(self, g: int) -> float:
+        """KVPR of GPU g now."""
+        return kvpr(float(self.load[g]), float(self.weights[g]), float(self.inst.gpu_memory[g]))
+
+    def kvprs(self) -> FloatArray:
+        """KVPR of every GPU now. O(G)."""
+        return kvpr_array(self.load, self.weights, self.inst.gpu_memory)
+
+    def kvpr_with(self, i: int, g: int) -> float:
+        """KVPR of GPU g with item i added (whether its model is there already is not checked)."""
+        return kvpr(float(self.load[g] + self.inst.item_load[i]), float(self.weights[g] + self.inst.item_size[i]),
+                    float(self.inst.gpu_memory[g]))
+
+    def kvpr_without(self, i: int) -> float:
+        """KVPR of placed item i's GPU with item i taken off."""
+        g = int(self.assign[i])
+        return kvpr(float(self.load[g] - self.inst.item_load[i]), float(self.weights[g] - self.inst.item_size[i]),
+                    float(self.inst.gpu_memory[g]))
+
+    def kvprs_with(self, i: int) -> FloatArray:
+        """KVPR of every GPU with item i added; inf where its model already runs (i's own GPU included). O(G)."""
+        out = kvpr_array(self.load + self.inst.item_load[i], self.weights + self.inst.item_size[i],
+                         self.inst.gpu_memory)
+        holders = self.gpus_of.get(self.group[i])
+        if holders:
+            out[list(holders)] = math.inf
+        return out
 
     def weight(self, i: int) -> float:
         """w_i at the current T, as a Python float (the hot loops compare many of them)."""

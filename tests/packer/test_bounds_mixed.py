@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kvsched.packer import Gpu, Model
+from kvsched.packer import Gpu, GpuId, Model, PackOptions, Slot, solve
 from kvsched.packer.bounds import _most_value, item_value_violated, lower_bound
 from kvsched.packer.instance import build_instance
 
@@ -181,3 +181,40 @@ def test_groups_of_unequal_items_are_not_taken_for_replicas() -> None:
     for target in (0.5, 1.0, 2.0, 4.0):
         plain = item_value_violated(load, size, memory, target)
         assert item_value_violated(load, size, memory, target, groups=np.array([0, 0, 1])) == plain
+
+
+def _rate_up(models: list[Model], factor: float) -> list[Model]:
+    """The busiest model's rate times `factor` (a change a re-plan answers)."""
+    busiest = max(range(len(models)), key=lambda j: (models[j].rate_rps / models[j].slo_s, -j))
+    return [Model(m.name, m.size_gib, m.rate_rps * factor, m.slo_s, m.replicas) if j == busiest else m
+            for j, m in enumerate(models)]
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_solve_reports_a_bound_no_placement_beats(seed: int) -> None:
+    """The bound `solve` reports (with replicas' models passed to `lower_bound`), fresh and on a re-plan, never
+    exceeds the brute-force optimum of what it places."""
+    models, gpus = _random_case(random.Random(2000 + seed))
+    fresh = solve(models, gpus, clock=lambda: 0.0)
+    changed = _rate_up(models, 1.5)
+    replan = solve(changed, gpus, current=[Slot(p.model, p.replica, p.gpu) for p in fresh.placements],
+                   options=PackOptions(stability_threshold_ratio=0.05), clock=lambda: 0.0)
+    for plan, wanted in ((fresh, models), (replan, changed)):
+        if plan.unplaced:
+            continue  # the bound is of the replicas placed; the oracle places all
+        optimum = _optimum(wanted, gpus)
+        assert plan.lower_bound <= optimum * (1 + 1e-9), (plan.lower_bound, optimum)
+        assert plan.lower_bound <= plan.max_kvpr * (1 + 1e-9)
+
+
+def test_a_replan_already_at_the_optimum_is_kept_without_a_search() -> None:
+    """One model of 3 replicas (load 8 each, 16Gi) on 80, 80 and 20Gi, running one per GPU: that is optimal
+    (KVPR 2 on the small GPU). Only a bound that knows replicas never share a GPU sees it (16 / 48 without), so
+    the re-plan keeps it with no search from scratch."""
+    models = [Model("a", 16, 24, 1, 3)]
+    gpus = [Gpu("n", 0, 80.0), Gpu("n", 1, 80.0), Gpu("n", 2, 20.0)]
+    current = [Slot("a", r, GpuId("n", r)) for r in range(3)]
+    plan = solve(models, gpus, current=current, clock=lambda: 0.0)
+    assert plan.kept_current and plan.max_kvpr == pytest.approx(2.0)
+    assert plan.lower_bound == pytest.approx(2.0, rel=1e-6)
+    assert plan.stats.bisection_iterations == 0 and plan.stats.passes == 0

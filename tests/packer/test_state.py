@@ -14,7 +14,7 @@ from kvsched.packer.deadline import NEVER, Deadline
 from kvsched.packer.instance import build_instance
 from kvsched.packer.kvpr import below, fits, improves, reaches
 from kvsched.packer.state import GpuState
-from tests.packer.brute import totals
+from tests.packer.brute import oracle_kvpr, totals
 from tests.packer.conftest import tiny_cluster
 
 
@@ -74,6 +74,42 @@ def test_gpu_state_totals_follow_puts_and_takes(cluster: tuple[list[Model], list
     state.retarget(target * 2)
     assert state.residual == pytest.approx(2 * target * inst.gpu_memory - np.asarray(load)
                                            - 2 * target * np.asarray(weights), abs=1e-9)
+
+
+@settings(max_examples=60, deadline=None)
+@given(tiny_cluster(), st.data())
+def test_gpu_state_kvpr_queries_match_the_oracle(cluster: tuple[list[Model], list[Gpu]],
+                                                 data: st.DataObject) -> None:
+    """The KVPR views `replan` uses: now, with an item added (inf where its model runs), without an item."""
+    inst = build_instance(*cluster)
+    assign = np.asarray([data.draw(st.integers(-1, inst.n_gpus - 1)) for _ in range(inst.n_items)], dtype=np.int64)
+    for grp in set(inst.item_group.tolist()):  # replicas of a model on distinct GPUs, as every caller keeps them
+        seen: set[int] = set()
+        for i in np.nonzero(inst.item_group == grp)[0].tolist():
+            if assign[i] in seen:
+                assign[i] = -1
+            seen.add(int(assign[i]))
+    state = GpuState.totals_only(inst, assign)
+    assert state.assign is not assign and np.array_equal(state.assign, assign)
+    load, weights = totals(inst, assign)
+    memory = inst.gpu_memory.tolist()
+    expected = [oracle_kvpr(load[g], weights[g], memory[g]) for g in range(inst.n_gpus)]
+    assert state.kvprs().tolist() == pytest.approx(expected, rel=1e-9)
+    for i in range(inst.n_items):
+        grp = int(inst.item_group[i])
+        holders = {int(assign[k]) for k in range(inst.n_items) if assign[k] >= 0 and int(inst.item_group[k]) == grp}
+        with_i = [math.inf if g in holders else oracle_kvpr(load[g] + float(inst.item_load[i]),
+                                                            weights[g] + float(inst.item_size[i]), memory[g])
+                  for g in range(inst.n_gpus)]
+        assert state.kvprs_with(i).tolist() == pytest.approx(with_i, rel=1e-9)
+        for g in range(inst.n_gpus):
+            if g not in holders:
+                assert state.kvpr_with(i, g) == pytest.approx(with_i[g], rel=1e-9)
+        if assign[i] >= 0:
+            g = int(assign[i])
+            assert state.kvpr_without(i) == pytest.approx(
+                oracle_kvpr(load[g] - float(inst.item_load[i]), weights[g] - float(inst.item_size[i]), memory[g]),
+                rel=1e-9, abs=1e-12)
 
 
 class _Clock:
