@@ -44,6 +44,7 @@ import numpy as np
 
 from bench.exact_moves import GpuSets, config_lp_bound, count_moves, fewest_moves, min_max_kvpr, placement_kvpr
 from bench.run import Target, verdict
+from bench.share_restarts import share_restarts
 from kvsched.cluster_file import load_cluster_file
 from kvsched.packer import Gpu, GpuId, Model, PackOptions, Plan, Slot, solve
 
@@ -110,6 +111,7 @@ class Row:
     exact_max_kvpr: float | None
     exact_gap_pct: float | None
     exact_s: float
+    share_restarts: int = 0  # pods that stay but restart for their new memory share (bench/share_restarts.py)
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Summary:
     median_kvsched_s: float
     max_kvsched_s: float
     median_exact_s: float
+    share_restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,6 +161,7 @@ class ScaleReplan:
     max_kvpr: float
     gap_lb_pct: float
     seconds: float
+    share_restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -314,6 +318,7 @@ def replan(cluster: Cluster, change: Change, first: Plan, limits: Limits) -> Row
         exact_max_kvpr=res.max_kvpr if found and res else None,
         exact_gap_pct=_gap(res.max_kvpr, best_value) if found and res else None,
         exact_s=exact_s,
+        share_restarts=share_restarts(change.models, change.gpus, first, plan, THRESHOLD),
     )
 
 
@@ -353,6 +358,7 @@ def summarise(rows: Sequence[Row]) -> Summary:
         median_kvsched_s=statistics.median(kv_times) if kv_times else math.nan,
         max_kvsched_s=max(kv_times, default=math.nan),
         median_exact_s=statistics.median([r.exact_s for r in rows]) if rows else math.nan,
+        share_restarts=sum(r.share_restarts for r in rows),
     )
 
 
@@ -391,6 +397,7 @@ def scale_replans(plan: Sequence[tuple[int, Sequence[str]]]) -> list[ScaleReplan
                 forced=sum(len(gs - alive) for name, gs in before.items() if name in names),
                 moves=count_moves(change.models, change.gpus, before, after), unplaced=len(plan_.unplaced),
                 max_kvpr=value, gap_lb_pct=_gap(value, plan_.lower_bound), seconds=seconds,
+                share_restarts=share_restarts(change.models, change.gpus, first, plan_, THRESHOLD),
             ))
     return rows
 
@@ -441,7 +448,7 @@ def run(quick: bool = False, limits: Limits | None = None, example_limit_s: floa
 # -------------------------------------------------------------------------------------------------- output
 
 
-_HEADER = (f"{'cluster':<26} {'change':<10} {'forced':>6} {'kvsched':>7} {'exact':>7} "
+_HEADER = (f"{'cluster':<26} {'change':<10} {'forced':>6} {'kvsched':>7} {'+share':>6} {'exact':>7} "
            f"{'kv gap%':>7} {'ex gap%':>7} {'best':>9} {'proven':>6} {'kv s':>6} {'exact s':>7}")
 
 
@@ -449,7 +456,7 @@ def _row_line(r: Row) -> str:
     exact = "-" if r.exact_moves is None else f"{r.exact_moves}{'' if r.exact_proven else '?'}"
     ex_gap = "-" if r.exact_gap_pct is None else f"{r.exact_gap_pct:.2f}"
     unplaced = f" ({r.kvsched_unplaced} unplaced)" if r.kvsched_unplaced else ""
-    return (f"{r.cluster:<26} {r.change:<10} {r.forced:>6} {r.kvsched_moves:>7} {exact:>7} "
+    return (f"{r.cluster:<26} {r.change:<10} {r.forced:>6} {r.kvsched_moves:>7} {r.share_restarts:>6} {exact:>7} "
             f"{r.kvsched_gap_pct:>7.2f} {ex_gap:>7} {r.best_known:>9.5f} {'yes' if r.best_proven else 'no':>6} "
             f"{r.kvsched_s:>6.2f} {r.exact_s:>7.1f}{unplaced}")
 
@@ -464,6 +471,7 @@ def format_report(report: ChurnReport) -> str:
         *(_row_line(r) for r in report.rows),
         "",
         "moves: running replicas whose GPU is no longer one of their model's GPUs; forced: ran on the lost GPU.",
+        "+share: pods that stay but the controller restarts for their new memory share (bench/share_restarts.py).",
         "exact: CP-SAT fewest moves with max KVPR <= (1 + threshold) x best known ('?': not proven fewest).",
         "gap%: max KVPR above the best known plan; proven: best known is within 0.1% of the proven lower bound",
         "(the largest of kvsched's, the configuration LP's and CP-SAT's).",
@@ -471,6 +479,7 @@ def format_report(report: ChurnReport) -> str:
         f"re-plans: {s.replans}; kvsched moves {s.kvsched_moves}; exact fewest {s.exact_moves} over the "
         f"{s.replans - s.exact_missing} re-plans CP-SAT solved (kvsched {s.kvsched_moves_same} there; "
         f"{s.exact_unproven} not proven fewest)",
+        f"restarts for memory shares after kvsched's re-plans: {s.share_restarts} (on top of its moves)",
         f"kvsched within the threshold of the best known plan: {s.within_threshold}/{s.replans}; "
         f"worst {s.worst_gap_pct:.2f}% above it",
         f"re-plan time: kvsched median {s.median_kvsched_s:.2f} s, max {s.max_kvsched_s:.2f} s; "
@@ -490,14 +499,14 @@ def format_report(report: ChurnReport) -> str:
             f"{e.config_lp_lower:.6f}: kvsched is at most {e.gap_to_config_lp_pct:.3f}% above the optimum",
         ]
     if report.scale:
-        head = (f"{'GPUs':>5} {'replicas':>8} {'change':<10} {'forced':>6} {'moves':>6} {'max KVPR':>9} {'%LB':>6} "
-                f"{'re-plan s':>9}")
+        head = (f"{'GPUs':>5} {'replicas':>8} {'change':<10} {'forced':>6} {'moves':>6} {'+share':>6} "
+                f"{'max KVPR':>9} {'%LB':>6} {'re-plan s':>9}")
         lines += ["", "SCALE RE-PLANS (bench/scale.py instances; no exact reference at this size)", head,
                   "-" * len(head)]
         for r in report.scale:
             unplaced = f" ({r.unplaced} unplaced)" if r.unplaced else ""
             lines.append(f"{r.n_gpus:>5} {r.n_replicas:>8} {r.change:<10} {r.forced:>6} {r.moves:>6} "
-                         f"{r.max_kvpr:>9.5f} {r.gap_lb_pct:>6.2f} {r.seconds:>9.3f}{unplaced}")
+                         f"{r.share_restarts:>6} {r.max_kvpr:>9.5f} {r.gap_lb_pct:>6.2f} {r.seconds:>9.3f}{unplaced}")
     if report.targets:
         width = max(len(t.name) for t in report.targets)
         mwidth = max(len(t.measured) for t in report.targets)

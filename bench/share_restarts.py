@@ -1,0 +1,57 @@
+"""Restarts a re-plan costs beyond its moves: pods that stay on their GPU but that the controller restarts so that
+they run with their new memory share (kvsched/controller/shares.py, docs/controller.md "Memory shares").
+
+A pod's share (`--gpu-memory-utilization`) is fixed when it starts. After a re-plan, the pods that stay run with
+the shares of the plan before; the moved and new replicas start with the new plan's shares. The controller's own
+rule (`resize_steps`) is applied until it asks for nothing more, each restarted pod then running with its planned
+share. Counted: the distinct pods restarted that way (each restarts at most once).
+Called by: bench/churn.py.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+from kvsched.controller.migrations import RunningPod
+from kvsched.controller.objects import MEMORY_FRACTION_ANNOTATION, PodObj
+from kvsched.controller.shares import SHARE_EPSILON, free_shares, resize_steps
+from kvsched.controller.status import share_of
+from kvsched.packer import Gpu, GpuId, Model, Plan
+
+
+def share_restarts(models: Sequence[Model], gpus: Sequence[Gpu], before: Plan, after: Plan,
+                   threshold: float) -> int:
+    """Pods on a GPU in both `before` and `after` (by model) that the controller restarts for their share.
+
+    Simulated in waves, as the controller and the extender act: the restarts `resize_steps` asks for; then every
+    waiting replica (new, moved, or restarted) whose planned share fits what the pods on its GPU hold binds with
+    it; again until neither happens."""
+    old = {(p.model, p.gpu): share_of(p.memory_fraction) for p in before.placements}
+    planned = {(p.model, p.gpu): share_of(p.memory_fraction) for p in after.placements}
+    running = {key: share for key, share in old.items() if key in planned}
+    waiting = sorted(set(planned) - set(running))
+    size = {m.name: m.size_gib for m in models}
+    load = {m.name: m.replica_load for m in models}
+    memory = {g.id: g.memory_gib for g in gpus}
+    restarted: set[tuple[str, GpuId]] = set()
+    while True:
+        pods = [RunningPod(model, PodObj("bench", f"{model}@{gpu.node}/{gpu.index}",
+                                         annotations={MEMORY_FRACTION_ANNOTATION: f"{share:.3f}"}), gpu)
+                for (model, gpu), share in running.items()]
+        steps = resize_steps(planned, pods, size, memory, load, after.max_kvpr, threshold)
+        for step in steps:
+            key = (step.model, step.source)
+            restarted.add(key)
+            del running[key]
+            waiting.append(key)
+        free = free_shares(pods, planned, size, memory) if not steps else {}
+        bound = []
+        for key in waiting if not steps else []:
+            room = free.get(key[1], 1.0)
+            if planned[key] <= room + SHARE_EPSILON:
+                free[key[1]] = room - planned[key]
+                running[key] = planned[key]
+                bound.append(key)
+        waiting = [key for key in waiting if key not in bound]
+        if not steps and not bound:
+            return len(restarted)
