@@ -336,7 +336,11 @@ def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, st
     if model in migration.stuck:
         b = migration.stuck[model]
         return b.reason, b.message
-    moving = f"{len(mine)} replica(s) to move"
+    moves = sum(not s.resize for s in mine)
+    restarts = len(mine) - moves
+    moving = "; ".join(part for part in (f"{moves} replica(s) to move" if moves else "",
+                                         f"{restarts} to restart with a new memory share" if restarts else "")
+                       if part)
     if migration.next_step is not None and migration.next_step.model == model:
         s = migration.next_step
         if s.resize:

@@ -87,6 +87,9 @@ def test_a_model_added_next_to_pods_with_their_old_shares_restarts_them_in_place
     assert sorted(e.pod.name for e in evictions) == ["a-0", "b-0"]
     assert all(e.resize and e.source == e.target for e in evictions)
     assert any("planned memory share" in e.message for d in decisions for e in d.events if e.reason == "Migrating")
+    migrating = [c["message"] for d in decisions for w in d.statuses for c in w.status["conditions"]
+                 if c["type"] == "Migrating" and c["status"] == "True"]
+    assert migrating and all("to restart with a new memory share" in m and "to move" not in m for m in migrating)
     planned = {ms.name: ms.status["slots"][0]["memoryFraction"] for ms in world.model_servings}
     assert sum(planned.values()) <= 1.0 and planned["a"] < before["a-0"] and planned["b"] < before["b-0"]
     # The ReplicaSets create the replacements, the extender binds them with their planned shares.
