@@ -66,6 +66,11 @@ class Metrics:
         self.extender_request_duration_seconds = Histogram(
             "kvsched_extender_request_duration_seconds", "Seconds to answer one extender request, by verb.",
             ["verb"], buckets=_REQUEST_BUCKETS_S, registry=r)
+        self.watch_relists = Counter("kvsched_watch_relists", "Lists again after a watch's resourceVersion "
+                                     "was gone (410), by collection.", ["resource"], registry=r)
+        self.watch_errors = Counter("kvsched_watch_errors", "Failed lists and watches (dropped connection, "
+                                    "apiserver down, 5xx) retried with backoff, by collection.", ["resource"],
+                                    registry=r)
         self.bind_conflicts = Counter("kvsched_bind_conflicts", "Binds refused because the slot was taken "
                                       "meanwhile.", registry=r)
         for state in MODEL_STATES:
@@ -88,6 +93,14 @@ class Metrics:
         """Set the models-by-state gauge; states missing from `counts` are 0."""
         for state in MODEL_STATES:
             self.models.labels(state=state).set(counts.get(state, 0))
+
+    def watch_relisted(self, resource: str) -> None:
+        """One informer of `resource` (e.g. "pods", "deployments.apps") listed again after 410 Gone."""
+        self.watch_relists.labels(resource=resource).inc()
+
+    def watch_failed(self, resource: str) -> None:
+        """One list or watch of `resource` failed and will be retried after a backoff."""
+        self.watch_errors.labels(resource=resource).inc()
 
     def exposition(self) -> bytes:
         """The text format for GET /metrics."""

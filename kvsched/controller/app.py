@@ -128,11 +128,13 @@ def build_controller(settings: ControllerSettings, metrics: Metrics | None = Non
 
     scope = settings.namespace or None
     informers = [
-        informer(api, NODES, handler(read_node, reconciler.observe_node)),
-        informer(api, replace(LIVE_PODS, namespace=scope), handler(read_pod, reconciler.observe_pod)),
-        informer(api, replace(DEPLOYMENTS, namespace=scope), handler(read_deployment, reconciler.observe_deployment)),
+        informer(api, NODES, handler(read_node, reconciler.observe_node), counters=metrics),
+        informer(api, replace(LIVE_PODS, namespace=scope), handler(read_pod, reconciler.observe_pod),
+                 counters=metrics),
+        informer(api, replace(DEPLOYMENTS, namespace=scope), handler(read_deployment, reconciler.observe_deployment),
+                 counters=metrics),
         informer(api, replace(MODELSERVINGS, namespace=scope),
-                 handler(read_model_serving, reconciler.observe_model_serving)),
+                 handler(read_model_serving, reconciler.observe_model_serving), counters=metrics),
     ]
     elector = None
     if settings.leader_election:

@@ -34,8 +34,9 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
     api = api_client(settings.kubeconfig, timeout_s=(DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s))
     cache = Cache(settings.scheduler_name)
     metrics = metrics or Metrics()
-    informers = [informer(api, LIVE_PODS, cache.on_pod), informer(api, NODES, cache.on_node),
-                 informer(api, MODELSERVINGS, cache.on_model)]
+    informers = [informer(api, LIVE_PODS, cache.on_pod, counters=metrics),
+                 informer(api, NODES, cache.on_node, counters=metrics),
+                 informer(api, MODELSERVINGS, cache.on_model, counters=metrics)]
     cache.sync_checks = [i.synced.is_set for i in informers]
     for i in informers:
         i.start()

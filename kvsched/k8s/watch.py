@@ -12,7 +12,8 @@ Failure handling, as client-go's reflector does it:
   deletion that happened while the watch was down;
 - any other error (connection dropped, apiserver restarting, 5xx): wait with exponential backoff and jitter,
   then resume from the last resourceVersion (or list, when no list has succeeded yet).
-`synced` is set once the first list has been delivered. No retry library: the loop needs "relist on 410,
+`synced` is set once the first list has been delivered; `on_relist` and `on_error` callbacks count relists and
+failures (kvsched_watch_relists_total, kvsched_watch_errors_total). No retry library: the loop needs "relist on 410,
 back off otherwise, stop promptly", which is a dozen lines here.
 
 Called by: kvsched.extender (its cache) and kvsched.controller. Unit tests drive `Informer.run()` with a fake
@@ -37,6 +38,15 @@ log = logging.getLogger(__name__)
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
 Obj = dict[str, Any]
 Handler = Callable[[str, Obj], None]
+
+
+class WatchCounters(Protocol):
+    """Where `informer()` reports an informer's relists (after 410 Gone) and failed lists or watches, by the
+    collection's name (`Resource.collection`). kvsched.metrics.Metrics is one."""
+
+    def watch_relisted(self, resource: str) -> None: ...
+
+    def watch_failed(self, resource: str) -> None: ...
 
 
 class Gone(Exception):
@@ -84,9 +94,13 @@ class Resource:
         return f"{prefix}{scope}/{self.plural}"
 
     @property
+    def collection(self) -> str:
+        """`plural.group` ("pods", "deployments.apps"), without namespace or selectors: a metric label."""
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    @property
     def name(self) -> str:
-        group = f".{self.group}" if self.group else ""
-        return f"{self.plural}{group}" + (f" in {self.namespace}" if self.namespace else "")
+        return self.collection + (f" in {self.namespace}" if self.namespace else "")
 
 
 PODS = Resource("", "v1", "pods")
@@ -132,11 +146,14 @@ class Informer:
 
     def __init__(self, source: ListWatch, handler: Handler, *, backoff: Backoff = Backoff(),
                  rng: random.Random | None = None, watch_timeout_s: int = 300,
-                 sleep: Callable[[float], bool] | None = None, clock: Callable[[], float] = time.monotonic
+                 sleep: Callable[[float], bool] | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_relist: Callable[[], None] | None = None, on_error: Callable[[], None] | None = None
                  ) -> None:
         """`watch_timeout_s`: server-side timeout of one watch (client-go uses 5-10 min); each watch asks for a
         random value in [watch_timeout_s, 2 * watch_timeout_s) so restarts spread out. `sleep(seconds)` waits
-        and returns True when the informer was stopped meanwhile (default: waits on the stop event)."""
+        and returns True when the informer was stopped meanwhile (default: waits on the stop event).
+        `on_relist` is called on each 410 Gone (before the list again), `on_error` on each failed list or watch
+        (before the backoff); both on the informer's thread, and must not raise."""
         self.source = source
         self.handler = handler
         self.backoff = backoff
@@ -152,6 +169,8 @@ class Informer:
         self._resource_version: str | None = None  # None: list before watching
         self.relists = 0  # lists after the first one (410 Gone); for tests and logs
         self.errors = 0   # failed lists and watches
+        self._on_relist = on_relist
+        self._on_error = on_error
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> Informer:
@@ -195,15 +214,19 @@ class Informer:
                     # A watch that ends at once without events is a server in trouble: do not spin.
                     raise WatchError(f"watch of {self.source.name} ended at once")
                 attempt = 0
-            except Gone:
-                log.info("%s: resourceVersion %s is too old (410 Gone); listing again", self.source.name,
-                         self._resource_version)
+            except Gone as e:
+                log.info("%s: resourceVersion %s is too old (410 Gone: %s); listing again", self.source.name,
+                         self._resource_version, e)
                 self._resource_version = None
                 self.relists += 1
+                if self._on_relist is not None:
+                    self._on_relist()
             except Exception as e:  # connection errors, 5xx, bad bodies: back off and resume
                 if self._stop.is_set():
                     return
                 self.errors += 1
+                if self._on_error is not None:
+                    self._on_error()
                 delay = self.backoff.delay_s(attempt, self.rng)
                 attempt += 1
                 log.warning("%s: %s: %s; retrying in %.1fs", self.source.name, type(e).__name__, e, delay)
@@ -357,8 +380,14 @@ class ApiListWatch:
             raw.shutdown()  # unblocks the reading thread (urllib3 >= 2.3)
 
 
-def informer(api: client.ApiClient, resource: Resource, handler: Handler, **options: Any) -> Informer:
-    """An Informer (not started) for `resource` through `api`; `options` go to Informer."""
+def informer(api: client.ApiClient, resource: Resource, handler: Handler, *, counters: WatchCounters | None = None,
+             **options: Any) -> Informer:
+    """An Informer (not started) for `resource` through `api`; `options` go to Informer. `counters` (the
+    process's Metrics) hears of its relists and failures under the label `resource.collection`."""
+    if counters is not None:
+        label = resource.collection
+        options.setdefault("on_relist", lambda: counters.watch_relisted(label))
+        options.setdefault("on_error", lambda: counters.watch_failed(label))
     return Informer(ApiListWatch(api, resource), handler, **options)
 
 

@@ -11,7 +11,10 @@ from typing import Any
 
 import pytest
 
-from kvsched.k8s.watch import Backoff, Gone, Informer, Resource, object_key
+from kubernetes import client
+
+from kvsched.k8s.watch import DEPLOYMENTS, Backoff, Gone, Informer, Resource, informer, object_key
+from kvsched.metrics import Metrics
 
 Obj = dict[str, Any]
 
@@ -228,3 +231,39 @@ def test_stop_aborts_a_blocked_watch_and_joins_the_thread() -> None:
 ])
 def test_resource_paths(resource: Resource, path: str) -> None:
     assert resource.path == path
+
+
+@pytest.mark.parametrize("resource, collection, name", [
+    pytest.param(Resource("", "v1", "pods", namespace="ml", field_selector="status.phase!=Failed"), "pods",
+                 "pods in ml", id="core, namespaced, selector"),
+    pytest.param(DEPLOYMENTS, "deployments.apps", "deployments.apps", id="apps"),
+    pytest.param(Resource("kvsched.io", "v1alpha1", "modelservings"), "modelservings.kvsched.io",
+                 "modelservings.kvsched.io", id="custom resource"),
+])
+def test_resource_collection_is_the_metric_label_and_name_adds_the_namespace(
+        resource: Resource, collection: str, name: str) -> None:
+    assert (resource.collection, resource.name) == (collection, name)
+
+
+def test_relists_and_failures_reach_the_callbacks() -> None:
+    counted: list[str] = []
+    informer_, _, _, delays = run(
+        lists=[([pod("a", "1")], "1"), ([pod("a", "1")], "5")],
+        watches=[ConnectionDropped("refused"), [("ERROR", {"code": 410, "message": "too old"})],
+                 ConnectionDropped("refused")],
+        on_relist=lambda: counted.append("relist"), on_error=lambda: counted.append("error"))
+    assert counted == ["error", "relist", "error"]
+    assert (informer_.relists, informer_.errors, len(delays)) == (1, 2, 2)
+
+
+def test_informer_factory_counts_into_metrics_under_the_collection_label() -> None:
+    metrics = Metrics()
+    deployments = informer(client.ApiClient(), Resource("apps", "v1", "deployments", namespace="ml"),
+                           lambda t, o: None, counters=metrics)
+    assert deployments._on_relist is not None and deployments._on_error is not None
+    deployments._on_relist()
+    deployments._on_error()
+    deployments._on_error()
+    text = metrics.exposition().decode()
+    assert 'kvsched_watch_relists_total{resource="deployments.apps"} 1.0' in text
+    assert 'kvsched_watch_errors_total{resource="deployments.apps"} 2.0' in text
