@@ -10,12 +10,13 @@ import os
 import signal
 import uuid
 from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
 
 import pytest
 from kubernetes import client
 
 from .harness.cluster import ControlPlane, ExtenderConfig
-from .harness.controller import service_account_kubeconfig
+from .harness.controller import scheduler_service_account_kubeconfig, service_account_kubeconfig
 from .harness.kube import api_client, apply_crds, project_crd_paths, wait_for
 from .harness.kvsched import ExtenderProcess
 from .harness.processes import Component, ComponentFailed
@@ -103,11 +104,20 @@ def namespace(core: client.CoreV1Api) -> Iterator[str]:
     core.delete_namespace(name)
 
 
+@pytest.fixture(scope="session")
+def scheduler_kubeconfig(control_plane: ControlPlane, kube: client.ApiClient) -> Path:
+    """The credentials of the chart's kube-scheduler container: a ServiceAccount bound as deploy/kvsched.yaml binds
+    the scheduler (system:kube-scheduler, system:volume-scheduler, extension-apiserver-authentication-reader)."""
+    return scheduler_service_account_kubeconfig(kube, control_plane)
+
+
 @pytest.fixture
-def kvsched_scheduler(control_plane: ControlPlane) -> Generator[Callable[..., Component], None, None]:
+def kvsched_scheduler(control_plane: ControlPlane, scheduler_kubeconfig: Path
+                      ) -> Generator[Callable[..., Component], None, None]:
     """Factory: `kvsched_scheduler(url, **ExtenderConfig fields)` starts a kube-scheduler configured as the Helm
-    chart configures its own (profile `kvsched`, the chart's extender entry; needs helm to render it) with the
-    extender at `url`, and waits until it is ready. Every one started is stopped after the test."""
+    chart configures its own (profile `kvsched`, the chart's extender entry; needs helm to render it), running as
+    the chart's scheduler ServiceAccount (`scheduler_kubeconfig`; `kubeconfig=` overrides it), with the extender
+    at `url`, and waits until it is ready. Every one started is stopped after the test."""
     if not control_plane.tools.helm.exists():
         reason = f"helm is not built ({control_plane.tools.helm}; run `make e2e-tools`): it renders the chart"
         if _in_ci():
@@ -117,7 +127,7 @@ def kvsched_scheduler(control_plane: ControlPlane) -> Generator[Callable[..., Co
 
     def start(url: str, **extender: object) -> Component:
         scheduler = control_plane.start_scheduler(
-            ExtenderConfig(url=url, **extender),  # type: ignore[arg-type]
+            ExtenderConfig(url=url, **{"kubeconfig": scheduler_kubeconfig, **extender}),  # type: ignore[arg-type]
             name=f"kvsched-scheduler-{len(started) + 1}-{uuid.uuid4().hex[:4]}",
         )
         started.append(scheduler)

@@ -36,11 +36,14 @@ class ExtenderConfig:
     `url`: where this test's extender listens (the chart's is 127.0.0.1:extenderPort in its own pod).
     `values`: chart values to render with, e.g. {"extender": {"httpTimeout": "2s"}} or {"schedulerName": ...}.
     `node_cache_capable`: overrides the rendered entry, for the mode the chart does not use (None: the chart's).
+    `kubeconfig`: the scheduler's credentials, for the API and for delegated authentication and authorization of
+    its own endpoints, as the chart's pod uses its ServiceAccount for all three (None: the plane's admin).
     """
 
     url: str
     values: dict[str, Any] = field(default_factory=dict)
     node_cache_capable: bool | None = None
+    kubeconfig: Path | None = None
 
 
 def chart_scheduler_config(tools: Tools, extender: ExtenderConfig, kubeconfig: Path) -> dict[str, Any]:
@@ -66,7 +69,7 @@ def chart_scheduler_config(tools: Tools, extender: ExtenderConfig, kubeconfig: P
     if len(config.get("profiles") or []) != 1 or len(config.get("extenders") or []) != 1:
         raise ComponentFailed(f"{CHART_DIR}'s KubeSchedulerConfiguration has {len(config.get('profiles') or [])} "
                               f"profiles and {len(config.get('extenders') or [])} extenders; the e2e expects 1 and 1")
-    config["clientConnection"] = {"kubeconfig": str(kubeconfig)}
+    config["clientConnection"] = {"kubeconfig": str(extender.kubeconfig or kubeconfig)}
     config["leaderElection"] = {"leaderElect": False}
     [entry] = config["extenders"]
     entry["urlPrefix"] = extender.url
@@ -205,15 +208,17 @@ class ControlPlane:
         ])
         kwok.wait_ready(lambda: http_ok(f"http://127.0.0.1:{port}/healthz"), READY_TIMEOUT_S, "healthy")
 
-    def _scheduler(self, name: str, config: dict[str, Any]) -> Component:
-        """Run kube-scheduler with KubeSchedulerConfiguration `config` and wait until it is ready."""
+    def _scheduler(self, name: str, config: dict[str, Any], auth_kubeconfig: Path | None = None) -> Component:
+        """Run kube-scheduler with KubeSchedulerConfiguration `config` and wait until it is ready.
+        `auth_kubeconfig`: its delegated authentication and authorization (None: the plane's admin)."""
         assert self.kubeconfig is not None
+        auth = auth_kubeconfig or self.kubeconfig
         path = self.workdir / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config, sort_keys=False))
         port = free_port()
         scheduler = self._component(name, [
             str(self.tools.kube_scheduler), f"--config={path}",
-            f"--authentication-kubeconfig={self.kubeconfig}", f"--authorization-kubeconfig={self.kubeconfig}",
+            f"--authentication-kubeconfig={auth}", f"--authorization-kubeconfig={auth}",
             "--bind-address=127.0.0.1", f"--secure-port={port}", "--v=2",
         ])
         scheduler.wait_ready(lambda: http_ok(f"https://127.0.0.1:{port}/readyz"), READY_TIMEOUT_S, "ready")
@@ -234,7 +239,8 @@ class ControlPlane:
         profile (the chart's schedulerName, `kvsched` by default) calls `extender`. The caller stops it
         (ControlPlane.stop also does). Each call needs a distinct `name` while the previous one runs."""
         assert self.kubeconfig is not None
-        return self._scheduler(name, chart_scheduler_config(self.tools, extender, self.kubeconfig))
+        return self._scheduler(name, chart_scheduler_config(self.tools, extender, self.kubeconfig),
+                               extender.kubeconfig)
 
     def restart_apiserver(self, down_s: float = 2.0) -> None:
         """Stop kube-apiserver, wait `down_s`, start it again on the same port and wait until it is ready."""

@@ -3,10 +3,13 @@ RBAC the chart grants.
 
 - `service_account_kubeconfig`: a ServiceAccount bound to the chart's ClusterRole and Lease Role (deploy/kvsched.yaml) and a kubeconfig
   with a token for it, so the controller does not run as system:masters;
+- `scheduler_service_account_kubeconfig`: a ServiceAccount with the bindings the chart gives its kube-scheduler
+  container (the built-in system:kube-scheduler and system:volume-scheduler ClusterRoles, the
+  extension-apiserver-authentication-reader Role in kube-system) and its kubeconfig;
 - `KvschedProcess`: `kvsched serve|controller ...` as a `processes.Component` registered with the control plane (its
   log tail is attached to failing tests and it is stopped with the plane);
 - small readers for /metrics and /readyz, Leases, and an API-write counter based on resourceVersions.
-Called by: tests/e2e/test_controller.py.
+Called by: tests/e2e/test_controller.py, tests/e2e/test_watch_gone.py, the `kvsched_scheduler` fixture.
 """
 from __future__ import annotations
 
@@ -96,7 +99,13 @@ def service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane, names
         except ApiException as e:
             if e.status != 409:
                 raise
-    token = core.create_namespaced_service_account_token(
+    return token_kubeconfig(api, plane, namespace, name)
+
+
+def token_kubeconfig(api: client.ApiClient, plane: ControlPlane, namespace: str, name: str) -> Path:
+    """A kubeconfig for the plane with a 2-hour token of ServiceAccount `namespace/name`, next to the plane's own."""
+    assert plane.creds is not None
+    token = client.CoreV1Api(api).create_namespaced_service_account_token(
         name, namespace, {"spec": {"expirationSeconds": 7200}}).status.token
     config = {
         "apiVersion": "v1", "kind": "Config",
@@ -109,6 +118,55 @@ def service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane, names
     path = plane.workdir / f"kubeconfig-{namespace}-{name}"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def scheduler_bindings(path: Path = RBAC_PATH) -> list[tuple[str, str, str]]:
+    """The chart's bindings for its kube-scheduler container: (kind, namespace or "", role) for every
+    ClusterRoleBinding to a built-in `system:` ClusterRole and every RoleBinding in kube-system in `path`."""
+    out = []
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not isinstance(doc, dict):
+            continue
+        role = doc.get("roleRef", {}).get("name", "")
+        if doc.get("kind") == "ClusterRoleBinding" and role.startswith("system:"):
+            out.append(("ClusterRoleBinding", "", role))
+        elif doc.get("kind") == "RoleBinding" and doc["metadata"].get("namespace") == "kube-system":
+            out.append(("RoleBinding", "kube-system", role))
+    return out
+
+
+def scheduler_service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane,
+                                         namespace: str = "kvsched-e2e", name: str = "kube-scheduler") -> Path:
+    """A ServiceAccount `namespace/name` with the chart's kube-scheduler bindings (`scheduler_bindings`: the
+    roles, not copies of them, so they follow the apiserver's version) and a kubeconfig with its token. The
+    chart shares one ServiceAccount between kvsched and kube-scheduler; here the scheduler has its own, so a
+    test's kvsched keeps only the chart's kvsched ClusterRole. Idempotent."""
+    core = client.CoreV1Api(api)
+    rbac = client.RbacAuthorizationV1Api(api)
+    subjects = [{"kind": "ServiceAccount", "name": name, "namespace": namespace}]
+    bindings = scheduler_bindings()
+    assert bindings, f"{RBAC_PATH} binds no role for the kube-scheduler container"
+    for create in (lambda: core.create_namespace({"metadata": {"name": namespace}}),
+                   lambda: core.create_namespaced_service_account(namespace, {"metadata": {"name": name}})):
+        try:
+            create()
+        except ApiException as e:
+            if e.status != 409:
+                raise
+    for kind, role_namespace, role in bindings:
+        binding = {"metadata": {"name": f"e2e-{namespace}-{name}-{role.removeprefix('system:')}"},
+                   "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": kind.removesuffix("Binding"),
+                               "name": role},
+                   "subjects": subjects}
+        try:
+            if kind == "ClusterRoleBinding":
+                rbac.create_cluster_role_binding(binding)
+            else:
+                rbac.create_namespaced_role_binding(role_namespace, binding)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+    return token_kubeconfig(api, plane, namespace, name)
 
 
 class KvschedProcess:
