@@ -88,6 +88,8 @@ class ControlPlane:
     kubeconfig: Path | None = None
     server: str = ""
     creds: Credentials | None = None
+    apiserver_args: list[str] = field(default_factory=list)  # extra kube-apiserver flags, e.g. --watch-cache=false
+    etcd_url: str = ""  # etcd's client URL (its v3 HTTP gateway too), set by `start`
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> ControlPlane:
@@ -133,6 +135,7 @@ class ControlPlane:
             f"--initial-cluster=e2e={peer_url}", "--unsafe-no-fsync", "--log-level=warn",
         ])
         etcd.wait_ready(lambda: http_ok(f"{client_url}/health"), READY_TIMEOUT_S)
+        self.etcd_url = client_url
         return client_url
 
     def _start_apiserver(self, etcd_url: str) -> None:
@@ -165,6 +168,7 @@ class ControlPlane:
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *self.apiserver_args,
         ])
         apiserver.wait_ready(
             lambda: http_ok(f"{self.server}/readyz", c.admin_token, c.ca_cert), READY_TIMEOUT_S, "ready (/readyz)")
