@@ -43,6 +43,8 @@ class ExtenderCache(Protocol):
 
     def ready(self) -> bool: ...
 
+    def current(self) -> bool: ...
+
     def is_managed(self, model: str | None, scheduler_name: str) -> bool: ...
 
     def remember(self, ref: PodRef) -> None: ...
@@ -67,11 +69,14 @@ class Binder(Protocol):
 
 
 class NotSynced(Exception):
-    """The cache has not listed everything yet; managed pods wait (an Error answer) until it has."""
+    """The cache has not listed everything yet, or a watch is reconnecting; managed pods wait (an Error answer,
+    which kube-scheduler retries with backoff) until it is current."""
 
-    def __init__(self, verb: str) -> None:
-        super().__init__(f"kvsched extender is starting: its cache has not synced yet, so it cannot {verb} a "
-                         f"pod of a kvsched model; the scheduler will retry")
+    def __init__(self, verb: str, reconnecting: bool = False) -> None:
+        why = ("is reconnecting to the apiserver: its view of the GPU slots may be stale" if reconnecting
+               else "is starting: its cache has not synced yet")
+        super().__init__(f"kvsched extender {why}, so it cannot {verb} a pod of a kvsched model; "
+                         f"the scheduler will retry")
 
 
 class BadRequest(Exception):
@@ -147,9 +152,12 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
             if ref.model_key is None:
                 decision = FilterDecision(passed=list(names))
                 outcome = "unmanaged"
-            elif not cache.ready():
+            elif not cache.current():
                 # Without the pods' bindings the extender cannot know which slots are held: wait, do not guess.
-                raise NotSynced("filter")
+                # While a watch reconnects, a slot freed or planned meanwhile may be missing, and a FailedNodes
+                # answer from that stale view would park the pod until the next pod or node change (or 5 min);
+                # an Error is retried with backoff.
+                raise NotSynced("filter", reconnecting=cache.ready())
             else:
                 cache.remember(ref)
                 decision = cache.filter(ref, names)
@@ -225,8 +233,8 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
             except Exception as e:
                 return str(e), "error"
             return "", "unmanaged"
-        if not cache.ready():
-            return str(NotSynced("bind")), "not_synced"
+        if not cache.current():
+            return str(NotSynced("bind", reconnecting=cache.ready())), "not_synced"
         if target.node_name:
             if target.node_name == node and target.gpu is not None:
                 return "", "managed"  # a retried bind whose first try went through

@@ -168,11 +168,17 @@ class Cache:
         # _PREVIOUS_MODELS_PER_GPU); bounded by the cluster's GPUs, dropped with the node.
         self._previous: dict[str, dict[int, tuple[str, ...]]] = {}
         self.sync_checks: list[Callable[[], bool]] = []
+        self.current_checks: list[Callable[[], bool]] = []  # each False while its informer reconnects
 
     # -- readiness ----------------------------------------------------------------------------------------------
     def ready(self) -> bool:
         """True once every informer feeding the cache has delivered its first list."""
         return bool(self.sync_checks) and all(check() for check in self.sync_checks)
+
+    def current(self) -> bool:
+        """`ready()`, and no informer is reconnecting after a failed list or watch (while one is, a slot freed or
+        planned meanwhile may be missing)."""
+        return self.ready() and all(check() for check in self.current_checks)
 
     # -- informer handlers (one thread per informer) ------------------------------------------------------------
     def on_pod(self, event_type: str, obj: Obj) -> None:

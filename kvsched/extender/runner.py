@@ -38,6 +38,7 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
                  informer(api, NODES, cache.on_node, counters=metrics),
                  informer(api, MODELSERVINGS, cache.on_model, counters=metrics)]
     cache.sync_checks = [i.synced.is_set for i in informers]
+    cache.current_checks = [i.is_current for i in informers]
     for i in informers:
         i.start()
 

@@ -12,7 +12,9 @@ Failure handling, as client-go's reflector does it:
   deletion that happened while the watch was down;
 - any other error (connection dropped, apiserver restarting, 5xx): wait with exponential backoff and jitter,
   then resume from the last resourceVersion (or list, when no list has succeeded yet).
-`synced` is set once the first list has been delivered; `on_relist` and `on_error` callbacks count relists and
+`synced` is set once the first list has been delivered; `is_current()` is False from a failed list or watch
+until the informer is connected again (a list done, or an event of the new watch, which `ApiListWatch` opens with
+a bookmark at the resourceVersion asked for), so a reader can refuse to answer from a stale view; `on_relist` and `on_error` callbacks count relists and
 failures (kvsched_watch_relists_total, kvsched_watch_errors_total). No retry library: the loop needs "relist on 410,
 back off otherwise, stop promptly", which is a dozen lines here.
 
@@ -68,7 +70,8 @@ class ListWatch(Protocol):
         ...
 
     def watch(self, resource_version: str, timeout_s: int) -> Iterator[tuple[str, Obj]]:
-        """Changes after `resource_version` for about `timeout_s` seconds. Raises like `list`."""
+        """Changes after `resource_version` for about `timeout_s` seconds. Raises like `list`. May yield a
+        BOOKMARK at `resource_version` as soon as the apiserver has accepted the watch."""
         ...
 
     def close(self) -> None:
@@ -171,6 +174,7 @@ class Informer:
         self.errors = 0   # failed lists and watches
         self._on_relist = on_relist
         self._on_error = on_error
+        self._failing = False  # a list or watch failed and no list or watch has succeeded since
 
     # -- lifecycle --------------------------------------------------------------------------------------------
     def start(self) -> Informer:
@@ -193,6 +197,11 @@ class Informer:
     def stopped(self) -> bool:
         return self._stop.is_set()
 
+    def is_current(self) -> bool:
+        """True once synced, except from a failed list or watch (or a 410) until a list completes or the new
+        watch delivers an event or bookmark: meanwhile changes may be missing from what the handler was told."""
+        return self.synced.is_set() and not self._failing
+
     def items(self) -> list[Obj]:
         """The objects as last delivered to the handler (a new list; the dicts are shared, do not mutate)."""
         with self._lock:
@@ -207,6 +216,7 @@ class Informer:
                 if self._resource_version is None:
                     items, self._resource_version = self.source.list()
                     self._replace(items)
+                    self._failing = False
                     attempt = 0
                 started = self._clock()
                 delivered = self._watch_once(self._resource_version)
@@ -218,6 +228,7 @@ class Informer:
                 log.info("%s: resourceVersion %s is too old (410 Gone: %s); listing again", self.source.name,
                          self._resource_version, e)
                 self._resource_version = None
+                self._failing = True
                 self.relists += 1
                 if self._on_relist is not None:
                     self._on_relist()
@@ -225,6 +236,7 @@ class Informer:
                 if self._stop.is_set():
                     return
                 self.errors += 1
+                self._failing = True
                 if self._on_error is not None:
                     self._on_error()
                 delay = self.backoff.delay_s(attempt, self.rng)
@@ -247,6 +259,7 @@ class Informer:
                     raise Gone(obj.get("message", "resource version too old"))
                 raise WatchError(f"watch ERROR event: {obj.get('code')} {obj.get('message')}")
             self._resource_version = _resource_version(obj) or self._resource_version
+            self._failing = False
             if event_type == "BOOKMARK":
                 continue
             if event_type not in (ADDED, MODIFIED, DELETED):
@@ -360,6 +373,9 @@ class ApiListWatch:
             self._response = raw
             self.watches_started += 1
         try:
+            # The apiserver accepted the watch (HTTP 200): say so at once, so the informer counts as connected
+            # again even when nothing changes for minutes. The resourceVersion is the one asked for.
+            yield "BOOKMARK", {"metadata": {"resourceVersion": resource_version}}
             for line in raw:
                 if not line.strip():
                     continue

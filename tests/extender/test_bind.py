@@ -173,6 +173,26 @@ def test_until_the_cache_has_synced_managed_pods_wait_and_others_pass() -> None:
     assert metrics.extender_requests.labels(verb="filter", outcome="not_synced")._value.get() == 1
 
 
+def test_while_a_watch_reconnects_managed_pods_wait_and_others_pass() -> None:
+    # A FailedNodes answer from a stale view would park the pod until the next pod or node change; an Error is
+    # retried with backoff.
+    managed, web = pod("llama-new", "llama"), pod("web")
+    cache = world([node("n1")], [model("llama", "16Gi", [("n1", 0)])], [managed, web])
+    reconnecting = True
+    cache.current_checks = [lambda: not reconnecting]
+    binder, metrics = FakeBinder(), Metrics()
+    client = TestClient(create_app(ExtenderSettings(), cache, binder, metrics))
+    filtered = client.post("/filter", json=args(managed, names=["n1"])).json()
+    assert "reconnecting to the apiserver" in filtered["Error"] and not filtered.get("NodeNames")
+    assert "reconnecting to the apiserver" in client.post("/bind", json=binding(managed, "n1")).json()["Error"]
+    assert client.post("/filter", json=args(web, names=["n1"])).json()["NodeNames"] == ["n1"]
+    assert binder.calls == []
+    reconnecting = False
+    assert client.post("/filter", json=args(managed, names=["n1"])).json()["NodeNames"] == ["n1"]
+    assert client.post("/bind", json=binding(managed, "n1")).json() == {"Error": ""}
+    assert metrics.extender_requests.labels(verb="filter", outcome="not_synced")._value.get() == 1
+
+
 def test_a_reservation_holds_its_planned_share_against_another_model() -> None:
     # Two models' plans disagree for a moment (one ModelServing written before the other): each planned 0.6 of
     # GPU 0. The first bind's reservation counts with its share, so the second cannot over-commit the GPU.

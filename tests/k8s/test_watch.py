@@ -256,6 +256,33 @@ def test_relists_and_failures_reach_the_callbacks() -> None:
     assert (informer_.relists, informer_.errors, len(delays)) == (1, 2, 2)
 
 
+def test_is_current_is_false_from_a_failure_until_the_informer_is_connected_again() -> None:
+    seen: list[tuple[str, str, bool]] = []
+    source = FakeListWatch(
+        lists=[([pod("a", "1")], "1"), ([pod("a", "1")], "7")],
+        watches=[ConnectionDropped("refused"),
+                 [("BOOKMARK", {"metadata": {"resourceVersion": "1"}}), ("ADDED", pod("b", "2"))],
+                 [("ERROR", {"code": 410, "message": "too old"})]])
+    ticks = itertools.count(step=10)
+
+    def sleep(seconds: float) -> bool:
+        seen.append(("backoff", "", informer.is_current()))
+        return False
+
+    informer = Informer(source, lambda t, o: seen.append((t, o["metadata"]["name"], informer.is_current())),
+                        rng=random.Random(1), sleep=sleep, clock=lambda: float(next(ticks)))
+    source.informer = informer
+    assert not informer.is_current()
+    informer.run()
+    assert seen == [
+        ("ADDED", "a", False),    # the first list, before it is synced
+        ("backoff", "", False),   # the watch failed: stale until connected again
+        ("ADDED", "b", True),     # the new watch's opening bookmark said it is connected
+        ("DELETED", "b", False),  # 410: the relist's difference is delivered before it is current again
+    ]
+    assert informer.is_current()
+
+
 def test_informer_factory_counts_into_metrics_under_the_collection_label() -> None:
     metrics = Metrics()
     deployments = informer(client.ApiClient(), Resource("apps", "v1", "deployments", namespace="ml"),
