@@ -136,6 +136,7 @@ def build_controller(settings: ControllerSettings, metrics: Metrics | None = Non
         informer(api, replace(MODELSERVINGS, namespace=scope),
                  handler(read_model_serving, reconciler.observe_model_serving), counters=metrics),
     ]
+    reconciler.watches_current = lambda: all(i.is_current() for i in informers)
     elector = None
     if settings.leader_election:
         elector = LeaseElector(api, settings.leader_election_namespace, settings.leader_election_name, me,

@@ -50,6 +50,7 @@ GIB = 2**30
 _INFLIGHT_TTL_S = 30.0
 _RESYNC_S = 30.0
 _EVICTED_HOLD_S = 60.0
+_STALE_RETRY_S = 0.5  # a round skipped while a watch reconnects is retried this soon
 
 
 class EvictionRefusedError(Exception):
@@ -90,6 +91,7 @@ class RoundReport:
     writes: int = 0
     failures: int = 0
     solved: bool = False
+    stale: bool = False  # skipped: a watch was reconnecting
 
 
 class Reconciler:
@@ -127,6 +129,8 @@ class Reconciler:
         self._error_streak = 0
         self._solved = False
         self.rounds = 0
+        # Whether every watch is connected and current (the app wires its informers in; tests may leave it).
+        self.watches_current: Callable[[], bool] = lambda: True
 
     # -- informer side ------------------------------------------------------------------------------------------
     def _changed(self, kind: str, key: ObjectKey) -> None:
@@ -202,7 +206,9 @@ class Reconciler:
             delay = _RESYNC_S
             try:
                 report = self.reconcile_once()
-                if report.failures:
+                if report.stale:
+                    delay = _STALE_RETRY_S
+                elif report.failures:
                     self._error_streak += 1
                     delay = min(30.0, 2.0 ** (self._error_streak - 1))
                 else:
@@ -237,9 +243,13 @@ class Reconciler:
         return plan
 
     def reconcile_once(self) -> RoundReport:
-        """Decide over the cache and carry out the writes (leader only, synced only)."""
+        """Decide over the cache and carry out the writes (leader only, synced only, every watch current: while
+        one reconnects after a failure or a 410, what it missed would look like lost pods or nodes)."""
         if not self.synced:
             return RoundReport(None)
+        if not self.watches_current():
+            log.debug("a watch is reconnecting: nothing decided this round")
+            return RoundReport(None, stale=True)
         self.rounds += 1
         now = self.clock()
         self._blocked = {k: b for k, b in self._blocked.items() if b.retry_at > now or b.reason != "Evicting"}

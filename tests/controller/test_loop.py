@@ -155,3 +155,14 @@ def test_a_pod_pending_before_its_slot_was_planned_is_nudged_once_after_the_stat
     writer.calls.clear()
     r.reconcile_once()
     assert [c for c in writer.calls if c[0] != "event"] == []
+
+
+def test_nothing_is_decided_or_written_while_a_watch_reconnects() -> None:
+    r, writer, budgets = make()
+    current = [False]
+    r.watches_current = lambda: current[0]
+    report = r.reconcile_once()
+    assert report.stale and report.decision is None and writer.calls == [] and budgets == []
+    current[0] = True
+    r.reconcile_once()
+    assert ("create", ObjectKey("ns", "m")) in writer.calls
