@@ -5,7 +5,8 @@ Scenarios (issue 7): (1) three annotated Deployments on mixed 80Gi/40Gi GPUs mat
 (6) bad annotations -> Invalid and an event, the others placed; (4) a controller restart writes nothing;
 (5) two controllers: one leads, SIGKILL hands over within the lease; (3) cordoning a node re-places its
 replicas; (2) a rate change moves exactly the replicas the plan moves, an unchanged world writes nothing;
-(7) an apiserver restart; (8) a rollout on a full cluster completes.
+(7) an apiserver restart; (8) a rollout on a full cluster completes. Also: a replica added by scaling up binds in
+seconds, and a pod kube-scheduler parked before its ModelServing existed binds once the controller nudges it.
 """
 from __future__ import annotations
 
