@@ -98,6 +98,15 @@ def build() -> dashboard.Dashboard:
         query("sum by (verb, outcome) (rate(kvsched_extender_requests_total[$__rate_interval]))",
               "{{verb}} {{outcome}}", "A"),
         query("sum(rate(kvsched_bind_conflicts_total[$__rate_interval]))", "bind conflicts", "B"), width=8)
+    watches = series(
+        "Watch relists and errors",
+        "Per collection: lists made again because a watch's resourceVersion was gone (410), and lists or watches "
+        "that failed and are retried with backoff. While any is reconnecting the controller writes nothing.",
+        "none",
+        query("sum by (resource) (increase(kvsched_watch_relists_total[$__rate_interval]))", "relist {{resource}}",
+              "A"),
+        query("sum by (resource) (increase(kvsched_watch_errors_total[$__rate_interval]))", "error {{resource}}",
+              "B"), width=12)
     leader = (stat.Panel().title("Leader and cache").datasource(DATASOURCE)
               .description("1 for the replica that holds the leader Lease (only it writes), and whether each "
                            "replica's watches have listed (cache synced).")
@@ -110,7 +119,7 @@ def build() -> dashboard.Dashboard:
         ("Plan", [plan_quality, gpu_kvpr, gpu_memory]),
         ("Planner", [retunes, placement, models]),
         ("Migrations and extender", [migrations, latency, requests]),
-        ("Replicas", [leader]),
+        ("Replicas", [leader, watches]),
     ]
     board = (dashboard.Dashboard("kvsched").uid(UID).tags(["kvsched", "gpu", "scheduler"])
              .description("kvsched: KV-cache pressure of the GPU plan, the planner and the scheduler extender.")

@@ -94,6 +94,11 @@ class Metrics:
         for state in MODEL_STATES:
             self.models.labels(state=state).set(counts.get(state, 0))
 
+    def watch_known(self, resource: str) -> None:
+        """An informer of `resource` exists: its relist and error counters are exported from 0 (not absent)."""
+        self.watch_relists.labels(resource=resource)
+        self.watch_errors.labels(resource=resource)
+
     def watch_relisted(self, resource: str) -> None:
         """One informer of `resource` (e.g. "pods", "deployments.apps") listed again after 410 Gone."""
         self.watch_relists.labels(resource=resource).inc()

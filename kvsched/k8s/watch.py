@@ -43,8 +43,11 @@ Handler = Callable[[str, Obj], None]
 
 
 class WatchCounters(Protocol):
-    """Where `informer()` reports an informer's relists (after 410 Gone) and failed lists or watches, by the
-    collection's name (`Resource.collection`). kvsched.metrics.Metrics is one."""
+    """Where `informer()` reports an informer (once, when made: its counters start at 0), its relists (after 410
+    Gone) and failed lists or watches, by the collection's name (`Resource.collection`). kvsched.metrics.Metrics
+    is one."""
+
+    def watch_known(self, resource: str) -> None: ...
 
     def watch_relisted(self, resource: str) -> None: ...
 
@@ -402,6 +405,7 @@ def informer(api: client.ApiClient, resource: Resource, handler: Handler, *, cou
     process's Metrics) hears of its relists and failures under the label `resource.collection`."""
     if counters is not None:
         label = resource.collection
+        counters.watch_known(label)
         options.setdefault("on_relist", lambda: counters.watch_relisted(label))
         options.setdefault("on_error", lambda: counters.watch_failed(label))
     return Informer(ApiListWatch(api, resource), handler, **options)

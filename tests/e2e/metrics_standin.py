@@ -27,6 +27,8 @@ def record(metrics: Metrics, tick: int) -> None:
                         solve_seconds=0.02 + 0.001 * (tick % 7), gpus=gpus)
     metrics.record_models({"placed": 3, "partial": 1, "migrating": tick % 2})
     metrics.migrations.labels(reason="Rebalance" if tick % 2 else "Resize").inc()
+    metrics.watch_relisted("pods")
+    metrics.watch_failed("pods")
     metrics.is_leader.set(1)
     metrics.cache_synced.set(1)
     for verb, seconds in (("filter", 0.001), ("prioritize", 0.0008), ("bind", 0.02)):

@@ -287,6 +287,9 @@ def test_informer_factory_counts_into_metrics_under_the_collection_label() -> No
     metrics = Metrics()
     deployments = informer(client.ApiClient(), Resource("apps", "v1", "deployments", namespace="ml"),
                            lambda t, o: None, counters=metrics)
+    before = metrics.exposition().decode()
+    assert 'kvsched_watch_relists_total{resource="deployments.apps"} 0.0' in before  # exported from the start
+    assert 'kvsched_watch_errors_total{resource="deployments.apps"} 0.0' in before
     assert deployments._on_relist is not None and deployments._on_error is not None
     deployments._on_relist()
     deployments._on_error()
