@@ -19,11 +19,11 @@ import json
 import logging
 import time
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from kvsched.extender.cache import GPU_ANNOTATION, GPU_MEMORY_FRACTION_ANNOTATION, MODEL_LABEL, BindTarget
@@ -103,6 +103,18 @@ async def _read_body(request: Request, limit: int) -> bytes:
     return body
 
 
+Args = TypeVar("Args", bound=BaseModel)
+
+
+async def _parse(request: Request, model: type[Args], verb: str, limit: int) -> Args:
+    """The request body (at most `limit` bytes) as `model`; BadRequest (4xx, the first error's place) if not."""
+    body = await _read_body(request, limit)
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as e:
+        raise _parse_error(verb, e) from None
+
+
 def _parse_error(verb: str, e: ValidationError) -> BadRequest:
     first = e.errors()[0] if e.errors() else {"loc": (), "msg": str(e)}
     where = ".".join(str(p) for p in first.get("loc", ())) or "body"
@@ -141,11 +153,7 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
 
     async def filter_(request: Request) -> Response:
         started = time.perf_counter()
-        body = await _read_body(request, settings.max_request_bytes)
-        try:
-            args = ExtenderArgs.model_validate_json(body)
-        except ValidationError as e:
-            raise _parse_error("filter", e) from None
+        args = await _parse(request, ExtenderArgs, "filter", settings.max_request_bytes)
         try:
             ref = pod_ref(args)
             names = args.candidate_names()
@@ -181,11 +189,7 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
 
     async def prioritize(request: Request) -> Response:
         started = time.perf_counter()
-        body = await _read_body(request, settings.max_request_bytes)
-        try:
-            args = ExtenderArgs.model_validate_json(body)
-        except ValidationError as e:
-            raise _parse_error("prioritize", e) from None
+        args = await _parse(request, ExtenderArgs, "prioritize", settings.max_request_bytes)
         scores: dict[str, int] = {}
         try:
             ref = pod_ref(args)
@@ -205,11 +209,7 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
 
     async def bind(request: Request) -> Response:
         started = time.perf_counter()
-        body = await _read_body(request, settings.max_request_bytes)
-        try:
-            args = ExtenderBindingArgs.model_validate_json(body)
-        except ValidationError as e:
-            raise _parse_error("bind", e) from None
+        args = await _parse(request, ExtenderBindingArgs, "bind", settings.max_request_bytes)
         try:
             error, outcome = await _bind(args)
         except Exception as e:
