@@ -94,14 +94,7 @@ class LeaseElector:
             body = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
                     "metadata": {"name": self.name, "namespace": self.namespace},
                     "spec": self._spec(acquire_time=_micro_time(), transitions=0)}
-            try:
-                call(self.api, "POST", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", body)
-            except ApiError as created:
-                if created.status == 409:
-                    return False
-                raise
-            self.holder = self.identity
-            return True
+            return self._claim("POST", f"/apis/coordination.k8s.io/v1/namespaces/{self.namespace}/leases", body)
         spec = lease.get("spec") or {}
         holder = spec.get("holderIdentity") or ""
         record = (holder, spec.get("renewTime"))
@@ -115,9 +108,12 @@ class LeaseElector:
         transitions = int(spec.get("leaseTransitions") or 0) + (0 if mine else 1)
         new_spec = self._spec(acquire_time=spec.get("acquireTime") if mine else _micro_time(),
                               transitions=transitions)
-        body = {**lease, "spec": new_spec}
+        return self._claim("PUT", self.path, {**lease, "spec": new_spec})
+
+    def _claim(self, method: str, path: str, body: dict[str, Any]) -> bool:
+        """Create or replace the Lease naming this process; False when another writer got there first (409)."""
         try:
-            call(self.api, "PUT", self.path, body)
+            call(self.api, method, path, body)
         except ApiError as e:
             if e.status == 409:
                 return False
