@@ -112,3 +112,15 @@ def gib_to_quantity(gib: float) -> str:
     if abs(mib - round(mib)) < 1e-6:
         return f"{int(round(mib))}Mi"
     return f"{gib:.3f}Gi"
+
+
+def memory_share(text: object) -> float | None:
+    """A `kvsched.io/gpu-memory-fraction` annotation as a share of a GPU's memory in (0, 1]; None when absent or
+    not such a number (the extender and the controller then count the pod by its weights or its planned share)."""
+    if text is None:
+        return None
+    try:
+        value = float(str(text))
+    except ValueError:
+        return None
+    return value if 0.0 < value <= 1.0 else None

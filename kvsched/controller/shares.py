@@ -23,18 +23,14 @@ from typing import Mapping, Sequence
 from kvsched.controller.migrations import RunningPod, Step
 from kvsched.controller.objects import MEMORY_FRACTION_ANNOTATION, PodObj
 from kvsched.packer import GpuId
+from kvsched.units import memory_share
 
 SHARE_EPSILON = 1e-6  # shares are written rounded down to 3 decimals, so planned shares of a GPU sum to <= 1
 
 
 def running_share(pod: PodObj) -> float | None:
     """The share `pod` runs with (its annotation), or None when it has none or it is not a number in (0, 1]."""
-    text = pod.annotations.get(MEMORY_FRACTION_ANNOTATION)
-    try:
-        value = float(text) if text is not None else math.nan
-    except ValueError:
-        return None
-    return value if 0.0 < value <= 1.0 else None
+    return memory_share(pod.annotations.get(MEMORY_FRACTION_ANNOTATION))
 
 
 def held_share(pod: RunningPod, planned: Mapping[tuple[str, GpuId], float], size_gib: Mapping[str, float],

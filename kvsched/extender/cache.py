@@ -23,7 +23,7 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvsched.units import UnitError, memory_gib
+from kvsched.units import UnitError, memory_gib, memory_share
 from kvsched.extender.slots import (
     FilterDecision, Holder, ModelPlan, NodeGpus, PlannedSlot, PodRef, Refusal, choose_slot, filter_nodes,
     score_nodes,
@@ -83,16 +83,7 @@ def pod_info(obj: Obj) -> PodInfo:
                    scheduler_name=str(spec.get("schedulerName") or ""), node_name=str(spec.get("nodeName") or ""),
                    gpu=gpu, terminating=bool(meta.get("deletionTimestamp")),
                    finished=phase in ("Succeeded", "Failed"),
-                   memory_fraction=_share(annotations.get(GPU_MEMORY_FRACTION_ANNOTATION)))
-
-
-def _share(text: object) -> float | None:
-    """A memory-fraction annotation as a number in (0, 1], or None when absent or not such a number."""
-    try:
-        value = float(str(text)) if text is not None else None
-    except ValueError:
-        return None
-    return value if value is not None and 0.0 < value <= 1.0 else None
+                   memory_fraction=memory_share(annotations.get(GPU_MEMORY_FRACTION_ANNOTATION)))
 
 
 def node_gpus(obj: Obj) -> NodeGpus:
