@@ -36,7 +36,8 @@ def running_share(pod: PodObj) -> float | None:
 def held_share(pod: RunningPod, planned: Mapping[tuple[str, GpuId], float], size_gib: Mapping[str, float],
                memory_gib: Mapping[GpuId, float]) -> float:
     """The share of its GPU `pod` occupies: what it runs with (its planned share if it has no annotation), never
-    less than its weights. The extender counts holders the same way."""
+    less than its weights. The extender counts an annotated holder the same way and one without a readable
+    annotation by its weights alone, so it may admit where this rule would still wait, never the reverse."""
     memory = memory_gib.get(pod.gpu, 0.0)
     weights = size_gib.get(pod.model, 0.0) / memory if memory > 0 else 1.0
     share = running_share(pod.pod)
