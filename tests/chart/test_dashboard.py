@@ -48,3 +48,23 @@ def test_every_metric_kvsched_exports_is_on_the_dashboard() -> None:
     families = {f.name for f in text_string_to_metric_families(m.exposition().decode())
                 if not f.name.endswith("_created")}  # the client's creation timestamps, not metrics
     assert families - on_board == set(), "metrics exported but not on the dashboard"
+
+
+@pytest.mark.parametrize("title", [
+    "Max KVPR and its lower bound", "KVPR per GPU", "GPU memory used by model weights", "Retunes per minute",
+    "Placement duration", "Models by state", "Migrations", "Extender p99 latency by verb",
+    "Extender requests and bind conflicts", "Leader and cache", "Watch relists and errors",
+])
+def test_dashboard_has_the_panel(title: str) -> None:
+    panels = {p["title"]: p for p in committed()["panels"]}  # type: ignore[attr-defined]
+    assert title in panels
+    assert panels[title]["targets"], title
+    assert all(t["datasource"] == {"type": "prometheus", "uid": "${datasource}"} for t in panels[title]["targets"])
+
+
+def test_dashboard_has_a_datasource_variable_and_unique_panel_ids() -> None:
+    model = committed()
+    [variable] = model["templating"]["list"]  # type: ignore[index]
+    assert (variable["type"], variable["name"], variable["query"]) == ("datasource", "datasource", "prometheus")
+    ids = [p["id"] for p in model["panels"]]  # type: ignore[index]
+    assert len(ids) == len(set(ids)) and 0 not in ids
