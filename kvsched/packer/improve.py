@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from kvsched.packer.deadline import NEVER, Deadline
 from kvsched.packer.evaluate import max_kvpr
@@ -42,11 +43,15 @@ class Improved:
 
 
 def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
-            deadline: Deadline = NEVER, frozen: Sequence[int] = ()) -> Improved:
+            deadline: Deadline = NEVER, frozen: Sequence[int] = (),
+            pinned: npt.NDArray[np.bool_] | None = None) -> Improved:
     """Local search from `assign` (every item placed or -1; unplaced items stay unplaced).
 
     Never raises the max KVPR. GPUs in `frozen` keep their replicas and take none: with the GPUs at a proven
-    optimal peak frozen, the search balances the rest below it. Each step is O(|items on p| * (G + n))
+    optimal peak frozen, the search balances the rest below it. Items where `pinned` (a mask over items) is
+    True neither move nor swap, but their GPUs take other items: a re-plan optimises the replicas that do not
+    run yet around the running ones. The search stops when the peak GPU holds nothing that may move.
+    Each step is O(|items on p| * (G + n))
     vectorised. Stops at a local optimum, after max_steps, or when the deadline expires (checked every step).
     """
     state = GpuState.totals_only(inst, assign)
@@ -66,6 +71,8 @@ def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
     movable = placed.copy()
     if frozen_list:
         movable &= ~np.isin(assign, frozen_list)
+    if pinned is not None:
+        movable &= ~pinned
     steps = 0
     while steps < max_steps and n_gpus > 1 and not deadline.expired():
         ranked = kv.copy()
@@ -83,6 +90,8 @@ def improve(inst: Instance, assign: IntArray, *, max_steps: int = 1_000_000,
         for j in on_gpu[p]:
             swappable &= group != group[j]  # k's model must not already be on p (nor be i's own model)
         for i in on_gpu[p]:
+            if not movable[i]:
+                continue
             n_i = float(load[i])
             m_i = float(size[i])
             holders = list(gpus_of[int(group[i])])
