@@ -18,6 +18,10 @@ The pieces, in the order `solve` uses them:
 7. `within_budget`: a low peak reachable with at most k more moves (greedy: the best move off the hottest
    GPU, again and again).
 8. `polish`: moves that cost nothing (new replicas, replicas already moving) lower the peak further.
+9. `pinned_mask`: the replicas on a GPU where their model runs (moving one is a move); the rest move for free.
+   `place_around`: the free replicas placed around fixed ones, on a guide GPU (a relabelled plan from scratch,
+   the `planned` hint) where it has room, else where their KVPR ends lowest. `planned_assignment`: the
+   caller's last plan for replicas that do not run yet, as a hint (slots of a world that moved on ignored).
 Called by: `kvsched.packer.planner.solve`.
 """
 
@@ -28,6 +32,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import numpy.typing as npt
 
 from kvsched.packer.deadline import NEVER, Deadline
 from kvsched.packer.domain import Slot
@@ -625,3 +630,81 @@ def exact_replan(inst: Instance, items: Sequence[int], running: dict[int, list[i
 def _totals(inst: Instance, assign: IntArray, g: int) -> tuple[float, float, float]:
     on = assign == g
     return float(inst.item_load[on].sum()), float(inst.item_size[on].sum()), float(inst.gpu_memory[g])
+
+
+def pinned_mask(inst: Instance, running: dict[int, list[int]], assign: IntArray) -> npt.NDArray[np.bool_]:
+    """Items placed on a GPU where their model runs now: moving one would be a move (a pod restart); every
+    other item (new, pending, orphaned, or a running replica moving anyway) moves at no cost. O(items)."""
+    out = np.zeros(inst.n_items, dtype=bool)
+    homes = {grp: set(gpus) for grp, gpus in running.items()}
+    for i in np.nonzero(assign >= 0)[0].tolist():
+        if int(assign[i]) in homes.get(int(inst.item_group[i]), ()):
+            out[i] = True
+    return out
+
+
+def planned_assignment(inst: Instance, items: Sequence[int], run: IntArray, running: dict[int, list[int]],
+                       current: Sequence[Slot], planned: Sequence[Slot]) -> IntArray:
+    """Item -> the GPU `planned` names for it, -1 for none: the hint for replicas that do not run yet.
+
+    Only items of `items` that do not run get a hint. Ignored (they describe a world that moved on, not an
+    error): slots naming unknown models or GPUs, replica numbers beyond the model's replicas, a replica also
+    listed in `current` (current wins) or listed twice, a GPU where the model runs or that another slot of the
+    model already names. A model's hinted GPUs go to its non-running replicas in replica order (replicas are
+    interchangeable). O(items + slots).
+    """
+    out = np.full(inst.n_items, -1, dtype=np.int64)
+    if not planned:
+        return out
+    group_of: dict[str, int] = {}
+    replicas_of: dict[int, int] = {}
+    for i in range(inst.n_items):
+        grp = int(inst.item_group[i])
+        group_of.setdefault(inst.item_model[i], grp)
+        replicas_of[grp] = replicas_of.get(grp, 0) + 1
+    gpu_of = {inst.gpu_id(g): g for g in range(inst.n_gpus)}
+    listed = {(s.model, s.replica) for s in current}
+    seen: set[tuple[str, int]] = set()
+    hinted: dict[int, list[int]] = {}
+    for slot in sorted(planned, key=lambda s: (s.model, s.replica, s.gpu)):
+        key = (slot.model, slot.replica)
+        known_group = group_of.get(slot.model)
+        hinted_gpu = gpu_of.get(slot.gpu)
+        if (known_group is None or hinted_gpu is None or key in listed or key in seen
+                or not 0 <= slot.replica < replicas_of[known_group]):
+            continue
+        seen.add(key)
+        grp, g = known_group, hinted_gpu
+        gpus = hinted.setdefault(grp, [])
+        if g not in running.get(grp, ()) and g not in gpus:
+            gpus.append(g)
+    for i in items:
+        grp = int(inst.item_group[i])
+        if run[i] < 0 and hinted.get(grp):
+            out[i] = hinted[grp].pop(0)
+    return out
+
+
+def place_around(inst: Instance, items: Sequence[int], fixed: IntArray, guide: IntArray | None = None) -> Repaired:
+    """`fixed` (a valid partial assignment, kept as is) with every other item of `items` placed: on its `guide`
+    GPU when that GPU has no replica of its model and room for it (heaviest load first), else on the GPU where
+    its KVPR ends lowest. Items that fit nowhere are the leftover. O(placed * G) vectorised."""
+    state = GpuState.totals_only(inst, fixed)
+    pool = sorted((i for i in items if state.assign[i] < 0),
+                  key=lambda i: (-inst.item_load[i], -inst.item_size[i], i))
+    rest: list[int] = []
+    for i in pool:
+        g = int(guide[i]) if guide is not None else -1
+        if g >= 0 and int(inst.item_group[i]) not in state.groups_on[g] and math.isfinite(state.kvpr_with(i, g)):
+            state.put(i, g)
+        else:
+            rest.append(i)
+    leftover: list[int] = []
+    for i in rest:
+        values = state.kvprs_with(i)
+        g = int(np.argmin(values))
+        if math.isfinite(float(values[g])):
+            state.put(i, g)
+        else:
+            leftover.append(i)
+    return Repaired(state.assign, tuple(leftover))
