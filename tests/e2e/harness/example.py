@@ -1,0 +1,200 @@
+"""`make cluster` with the bundled example, driven from a test: start `python -m hack.cluster` (the same harness,
+the same 30 models / 38 replicas), read its env file, and watch what kvsched does through /metrics and the API.
+
+Used by tests/e2e/test_idle.py (idle and one change) and tests/e2e/soak/ (many changes).
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from .kube import api_client
+
+ROOT = Path(__file__).resolve().parents[3]
+NAMESPACE = "kvsched-demo"
+GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
+MOVES = re.compile(r"(\d+) replica\(s\) to move")
+RESTARTS = re.compile(r"(\d+) to restart with a new memory share")
+
+
+def read_metrics(url: str) -> dict[str, float]:
+    """`name{labels}` -> value from a /metrics URL."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def migrations(metrics: dict[str, float]) -> float:
+    """Evictions kvsched started, every reason."""
+    return sum(v for k, v in metrics.items() if k.startswith("kvsched_migrations_total"))
+
+
+def placements(metrics: dict[str, float]) -> float:
+    """Solves kvsched ran."""
+    return metrics.get("kvsched_placement_duration_seconds_count", 0.0)
+
+
+def condition(ms: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in (ms.get("status") or {}).get("conditions") or [] if c.get("type") == kind), {})
+
+
+def reported_steps(ms: dict[str, Any]) -> int:
+    """Moves plus share restarts the model's Migrating condition reports (0 when not migrating)."""
+    c = condition(ms, "Migrating")
+    if c.get("status") != "True":
+        return 0
+    text = c.get("message") or ""
+    return sum(int(m.group(1)) for pattern in (MOVES, RESTARTS) for m in [pattern.search(text)] if m)
+
+
+@dataclass
+class ExampleCluster:
+    """A running `make cluster` (hack.cluster) in `workdir`; `stop()` ends it with SIGTERM."""
+
+    workdir: Path
+    proc: subprocess.Popen[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    lines: list[str] = field(default_factory=list)
+    api: client.ApiClient | None = None
+
+    def start(self, timeout_s: float = 240.0) -> ExampleCluster:
+        self.proc = subprocess.Popen([sys.executable, "-m", "hack.cluster"], cwd=ROOT, text=True,
+                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "KVSCHED_CLUSTER_DIR": str(self.workdir)})
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout_s
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip())
+            if line.strip() == "ready" or time.monotonic() > deadline:
+                break
+        if not self.lines or self.lines[-1] != "ready":
+            raise RuntimeError("make cluster did not report ready:\n" + "\n".join(self.lines[-40:]))
+        self.env = dict(line.split("=", 1) for line in (self.workdir / "env").read_text().splitlines())
+        self.api = api_client(Path(self.env["KUBECONFIG"]))
+        return self
+
+    def stop(self) -> None:
+        if self.api is not None:
+            self.api.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.communicate(timeout=90)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.communicate()
+
+    @property
+    def kvsched_log(self) -> Path:
+        return self.workdir / "logs" / "kvsched.log"
+
+    def metrics(self) -> dict[str, float]:
+        return read_metrics(self.env["KVSCHED_METRICS_URL"])
+
+    def servings(self) -> list[dict[str, Any]]:
+        items: list[dict[str, Any]] = client.CustomObjectsApi(self.api).list_namespaced_custom_object(
+            GROUP, VERSION, NAMESPACE, PLURAL)["items"]
+        return items
+
+    def pods(self) -> list[client.V1Pod]:
+        return list(client.CoreV1Api(self.api).list_namespaced_pod(NAMESPACE).items)
+
+    def serving_versions(self) -> dict[str, str]:
+        return {m["metadata"]["name"]: m["metadata"]["resourceVersion"] for m in self.servings()}
+
+    def unsettled(self) -> list[str]:
+        """Why the example is not settled (empty when it is): every model Placed and not Migrating, its pods on
+        its slots, bound, Ready, nothing terminating, readyReplicas == replicas."""
+        why = []
+        pods = self.pods()
+        terminating = [p.metadata.name for p in pods if p.metadata.deletion_timestamp]
+        if terminating:
+            why.append(f"terminating: {terminating[:3]}")
+        deployments = {d.metadata.name: d for d in client.AppsV1Api(self.api).list_namespaced_deployment(
+            NAMESPACE).items}
+        servings = {m["metadata"]["name"]: m for m in self.servings()}
+        for name, dep in sorted(deployments.items()):
+            ms = servings.get(name)
+            if ms is None:
+                why.append(f"{name}: no ModelServing")
+                continue
+            status = ms.get("status") or {}
+            if condition(ms, "Placed").get("status") != "True":
+                why.append(f"{name}: not Placed")
+            if condition(ms, "Migrating").get("status") == "True":
+                why.append(f"{name}: Migrating ({condition(ms, 'Migrating').get('message')})")
+            slots = {(s["node"], s["gpu"]) for s in status.get("slots") or []}
+            mine = [p for p in pods if (p.metadata.labels or {}).get("kvsched.io/model") == name
+                    and not p.metadata.deletion_timestamp]
+            held = {(p.spec.node_name, int((p.metadata.annotations or {}).get("kvsched.io/gpu", -1))) for p in mine}
+            ready = all(any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+                        for p in mine)
+            if len(mine) != dep.spec.replicas or held != slots or not ready:
+                why.append(f"{name}: {len(mine)} pods on {sorted(held)} (Ready: {ready}), slots {sorted(slots)}")
+            elif status.get("readyReplicas") != dep.spec.replicas:
+                why.append(f"{name}: readyReplicas {status.get('readyReplicas')}")
+        return why
+
+    def wait_settled(self, timeout_s: float, what: str) -> float:
+        """Poll until `unsettled()` is empty; returns the seconds waited. Fails with what is still moving and the
+        evictions kvsched started meanwhile."""
+        start = time.monotonic()
+        evictions = migrations(self.metrics())
+        why: list[str] = []
+        while time.monotonic() - start < timeout_s:
+            why = self.unsettled()
+            if not why:
+                return time.monotonic() - start
+            time.sleep(1.0)
+        raise AssertionError(f"{what}: not settled after {timeout_s:.0f}s, "
+                             f"{migrations(self.metrics()) - evictions:.0f} evictions meanwhile; still: {why[:6]}")
+
+    def patch_rate(self, name: str, rate: float) -> None:
+        client.AppsV1Api(self.api).patch_namespaced_deployment(
+            name, NAMESPACE, {"metadata": {"annotations": {"kvsched.io/request-rate": f"{rate:g}"}}})
+
+    def rate(self, name: str) -> float:
+        dep = client.AppsV1Api(self.api).read_namespaced_deployment(name, NAMESPACE)
+        return float(dep.metadata.annotations["kvsched.io/request-rate"])
+
+    def eviction_events(self) -> list[tuple[str, str]]:
+        """(ModelServing, message) of every Migrating event kvsched recorded (one per eviction it started)."""
+        events = client.CoreV1Api(self.api).list_namespaced_event(
+            NAMESPACE, field_selector="reason=Migrating,involvedObject.kind=ModelServing").items
+        return [(e.involved_object.name, e.message or "") for e in events]
+
+
+def watch_idle(cluster: ExampleCluster, window_s: float, sample_s: float = 3.0) -> dict[str, float]:
+    """Sample /metrics every `sample_s` for `window_s`; AssertionError at the first eviction. Returns the change
+    of the placement count and the ModelServing writes over the window."""
+    start = time.monotonic()
+    first = cluster.metrics()
+    versions = cluster.serving_versions()
+    while time.monotonic() - start < window_s:
+        time.sleep(sample_s)
+        now = cluster.metrics()
+        evicted = migrations(now) - migrations(first)
+        if evicted:
+            raise AssertionError(
+                f"{evicted:.0f} eviction(s) {time.monotonic() - start:.1f}s into an idle window of an unchanged "
+                f"cluster (kvsched_migrations_total {migrations(first):.0f} -> {migrations(now):.0f}; "
+                f"placements solved meanwhile: {placements(now) - placements(first):.0f})")
+    after = cluster.serving_versions()
+    written = sorted(k for k in set(versions) | set(after) if versions.get(k) != after.get(k))
+    return {"solves": placements(cluster.metrics()) - placements(first), "written": float(len(written)),
+            "written_names": written}  # type: ignore[dict-item]
