@@ -43,7 +43,7 @@ def step_bound(evictions: int, sim: SimCluster) -> int:
     return 12 + (3 + sim.ready_after + sim.terminate_after) * evictions
 
 
-def converge(sim: SimCluster, what: str, max_steps: int = 400) -> tuple[int, int]:
+def converge(sim: SimCluster, what: str, max_steps: int = 150) -> tuple[int, int]:
     """Step to a fixpoint; assert it is reached in a few steps, that the world is where the statuses say, and that
     no replica was evicted twice. Returns (steps, evictions)."""
     start, before = sim.steps, len(sim.evictions)
