@@ -1,7 +1,7 @@
 """The retuning packer: a pure library that places LLM replicas on GPUs to minimise the worst KVPR.
 
-Entry point: `solve(models, gpus, current=..., options=..., clock=...) -> Plan` (module `planner`), for a fresh
-plan and a re-plan alike. No Kubernetes, no I/O, no globals: plain data in, plain data out.
+Entry point: `solve(models, gpus, current=..., planned=..., options=..., clock=...) -> Plan` (module
+`planner`), for a fresh plan and a re-plan alike. No Kubernetes, no I/O, no globals: plain data in, plain data out.
 Callers: the CLI, the controller, the benchmark.
 """
 

@@ -28,9 +28,10 @@ class PackOptions:
     # so 0 gives the controller's fast path (one retuning pass at the lower bound). 30 s lets 8192 GPUs finish
     # well inside a minute; small clusters reach a local optimum long before it.
     time_budget_s: float = 30.0
-    # Re-planning: keep the running placement (with new replicas placed around it) when its max KVPR is within
-    # this ratio of the best plan; otherwise move the fewest replicas that bring the max KVPR within it. 5%: a pod
-    # restart costs minutes of weight loading, a few percent of KV-cache headroom costs far less.
+    # Re-planning: running replicas stay where they run (the replicas that do not run yet optimised around them)
+    # unless the best plan found beats that by more than this ratio; then the fewest moves that get within this
+    # ratio of the best plan found. 5%: a pod restart costs minutes of weight loading, a few percent of
+    # KV-cache headroom costs far less.
     stability_threshold_ratio: float = 0.05
     # Re-planning: at most this many running replicas move in one re-plan (None: no cap). When the cap binds, the
     # plan is the lowest max KVPR reachable with that many moves and `Plan.next_move_gain` says what further

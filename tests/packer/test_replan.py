@@ -287,8 +287,9 @@ def test_replan_matches_the_brute_force_fewest_moves(
     fewest, tie_peak = truth.fewest_moves(target)
     assert plan.max_kvpr <= target * (1 + 1e-9)
     assert plan.moves == fewest
-    if plan.moves > 0:  # the keep step returns the repaired placement as is; a search breaks ties
-        assert plan.max_kvpr <= tie_peak * (1 + 1e-9)
+    # Ties go to the lower peak; a kept plan's replicas that do not run yet are optimised around the running
+    # ones, up to the settled share (0.2%) when a lower bound shows it that close.
+    assert plan.max_kvpr <= tie_peak * (1 + (0.002 if plan.moves == 0 else 0.0)) * (1 + 1e-9)
 
 
 @TINY
