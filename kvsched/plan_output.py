@@ -223,7 +223,7 @@ def summary_lines(plan: Plan) -> list[str]:
     total = len(plan.placements) + len(plan.unplaced)
     steps = f"{len(plan.steps)} ({plan.moves} moved, {len(plan.steps) - plan.moves} newly placed)"
     if plan.kept_current:
-        steps += " (kept the running placement: within the stability threshold)"
+        steps += " (running replicas kept: no plan found beats that by more than the stability threshold)"
     lines = [
         f"max KVPR:     {format_kvpr(plan.max_kvpr)}",
         f"lower bound:  {format_kvpr(plan.lower_bound)}",

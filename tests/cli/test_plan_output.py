@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -148,3 +149,14 @@ def test_shorten_models(models: tuple[str, ...], width: int, text: str) -> None:
 )
 def test_round_significant(value: float, digits: int, expected: float) -> None:
     assert round_significant(value, digits) == expected
+
+
+@pytest.mark.parametrize(
+    ("kept", "line"),
+    [pytest.param(True, "steps:        1 (0 moved, 1 newly placed) (running replicas kept: no plan found beats that "
+                        "by more than the stability threshold)", id="kept: says why"),
+     pytest.param(False, "steps:        1 (0 moved, 1 newly placed)", id="fresh plan: nothing to keep")],
+)
+def test_the_summary_says_when_the_running_replicas_were_kept(kept: bool, line: str) -> None:
+    plan = dataclasses.replace(hand_plan(), steps=(MigrationStep("m1", 0, None, A0),), kept_current=kept)
+    assert line in plan_to_table(plan).splitlines()
