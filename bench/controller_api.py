@@ -4,7 +4,7 @@ status written, and the API writes each re-plan makes. Figures, not tests.
 Builds a control plane with tests/e2e/harness (binaries from `make e2e-tools`), G GPUs on KWOK nodes (8 per node,
 80Gi and 40Gi alternating), N ModelServings (one replica each) whose Deployments have 0 replicas (no pods: the
 figure is the controller's, not the scheduler's), then runs `kvsched controller` and measures:
-1. start -> every status written (fast path, then the refine);
+1. start -> every status written (the first plan gets the whole time budget);
 2. quiet: writes over 10 s with nothing changing (resourceVersions of ModelServings and Deployments);
 3. one model's request rate x5 -> every status the re-plan changes written, and how many writes it made.
 Run: `python -m bench.controller_api [--models 1000] [--gpus 500]`.
@@ -110,7 +110,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         wait(all_written, 300)
         print(f"start -> all {args.models} statuses placed: {time.monotonic() - started:.2f} s "
               f"(includes process start and the first lists)")
-        done, _ = until_quiet(api, 5.0)  # the template patches and the refine after the fast path
+        done, _ = until_quiet(api, 5.0)  # the template patches after the first statuses
         print(f"start -> every write of the first plans done: {done - started:.2f} s")
         before = versions(api)
         time.sleep(10)

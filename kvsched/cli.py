@@ -47,9 +47,10 @@ PLAN_DESCRIPTION = """\
 Plan where every model replica of a cluster file goes, and print one row per
 GPU (node, GPU, models, used/total memory, KVPR) and a summary (max KVPR, lower
 bound, gap to the bound, retunes, migration steps, solve time). With a `current`
-section it re-plans: new replicas go around the running ones, the running
-placement is kept when within the stability threshold, otherwise the fewest
-replicas move; the steps say in which order (never over a GPU's memory).
+section it re-plans: new replicas are placed as well as the search can around
+the running ones, which stay unless a plan that moves them is better by more
+than the stability threshold, and then the fewest move; the steps say in which
+order (never over a GPU's memory).
 
 Big clusters: above 64 GPUs the printout has one row per node (GPUs, models,
 used/total memory, max KVPR) instead of one per GPU; --view table shows every
@@ -164,8 +165,8 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
                       help="soft limit on the search's seconds; 0 gives the first valid plan at once "
                       "(overrides options.timeBudgetSeconds; default 30)")
     plan.add_argument("--stability-threshold", metavar="RATIO", type=_non_negative_float,
-                      dest="stability_threshold_ratio", help="keep the file's `current` placement (new replicas "
-                      "placed around it) while its max KVPR is within this ratio of the best plan, else move the "
+                      dest="stability_threshold_ratio", help="keep the replicas of the file's `current` placement "
+                      "where they run unless the best plan found beats that by more than this ratio, else move the "
                       "fewest replicas that get within it (overrides options.stabilityThreshold; default 0.05 = 5%%)")
     plan.add_argument("--max-migrations", metavar="N", type=_non_negative_int, dest="max_migrations",
                       help="move at most N running replicas of the file's `current` placement; the plan is then "
@@ -395,7 +396,8 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
         world: World = read_world(api_client(args.kubeconfig or None), args.namespace or None)
     except (ClientConfigError, ApiError, WatchError, OSError) as exc:
         return _fail(f"--kubeconfig: cannot read the cluster: {exc}", EXIT_BAD_INPUT)
-    decision = decide(world, config, lambda m, g, c: solve(m, g, current=c, options=options), now="")
+    decision = decide(world, config,
+                      lambda m, g, c, p: solve(m, g, current=c, planned=p, options=options), now="")
     for event in decision.events:
         if event.type == "Warning":
             print(f"kvsched plan: {event.target.kind} {event.target.namespace + '/' if event.target.namespace else ''}"

@@ -83,8 +83,9 @@ class ControllerSettings:
     """Cap on the moves of one re-plan (None: no cap); the packer plans the best it can within it."""
 
     time_budget_s: float = 5.0
-    """Soft limit of one full re-plan, in seconds. A re-plan runs on every change; small clusters finish in
-    milliseconds, and 5 s keeps a 1000-GPU cluster responsive. The first plan after start uses 0 (fast path)."""
+    """Soft limit of one re-plan, in seconds. A re-plan runs when a model or the GPUs change (never on pod
+    events); small clusters finish in milliseconds, and 5 s keeps a 1000-GPU cluster responsive. The first plan
+    after start gets it too, so that pods bind to a plan that is not overturned a moment later."""
 
     debounce_s: float = 0.2
     """Seconds to wait after a change for more before re-planning: a Deployment rollout or a node loss arrives

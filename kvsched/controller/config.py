@@ -18,7 +18,7 @@ class DecisionConfig:
     `node_selector`: which nodes form kvsched's GPU pool (nodes must also have `nvidia.com/gpu` capacity and a
     GPU memory label). `scheduler_name`: the scheduler profile managed pods use. `stability_threshold_ratio`:
     keep the running placement unless a new plan beats its max KVPR by more than this. `max_migrations`: cap on
-    the moves of one re-plan (None: no cap). `time_budget_s`: soft limit of one packer solve (0: fast path).
+    the moves of one re-plan (None: no cap). `time_budget_s`: soft limit of one packer solve.
     """
 
     node_selector: Selector = Selector()

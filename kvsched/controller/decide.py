@@ -47,7 +47,9 @@ from kvsched.controller.status import (
 from kvsched.controller.template import affinity_terms, template_patch, touches_template
 from kvsched.packer import Gpu, GpuId, MigrationStep, Model, Placement, Plan, Slot, Unplaced
 
-Planner = Callable[[Sequence[Model], Sequence[Gpu], Sequence[Slot]], Plan]
+# (models, GPUs, current, planned) -> Plan: `current` are the replicas a move would restart, `planned` the
+# planned slots of replicas that do not run yet (see `current_slots`); kvsched.packer.solve's arguments.
+Planner = Callable[[Sequence[Model], Sequence[Gpu], Sequence[Slot], Sequence[Slot]], Plan]
 
 
 @dataclass(frozen=True)
@@ -156,28 +158,52 @@ def running_pods(world: World, entries: Sequence[ModelEntry], config: DecisionCo
     return out
 
 
-def current_slots(entries: Sequence[ModelEntry], running: Sequence[RunningPod]) -> list[Slot]:
-    """Where replicas are now: running pods first (live before terminating, then by name), then the planned
-    slots in status of replicas not running yet, at most `replicas` per model, one per GPU."""
+def current_slots(entries: Sequence[ModelEntry], running: Sequence[RunningPod]
+                  ) -> tuple[list[Slot], list[Slot]]:
+    """Where each model's replicas are now, split as the packer needs it: (`current`, `planned`).
+
+    `current`: replicas whose GPU is settled, so that moving them costs a restart: the live pods (oldest first),
+    a terminating pod's slot when its replacement comes back to the same GPU (a restart in place, a rollout),
+    and the destination of a move in flight (a terminating pod off every planned slot: its replacement counts
+    as being at a planned slot no live pod holds, so a re-plan mid-migration does not send it elsewhere).
+    `planned`: the other planned slots in status, of replicas that do not run yet: free to move, a hint that
+    keeps equal plans equal. At most `replicas` slots per model in all, one per GPU.
+    """
     by_model: dict[str, list[RunningPod]] = defaultdict(list)
     for r in running:
         by_model[r.model].append(r)
-    slots: list[Slot] = []
+    current: list[Slot] = []
+    planned: list[Slot] = []
     for entry in entries:
         if entry.model is None:
             continue
         name = entry.model.name
-        gpus: list[GpuId] = []
-        for r in sorted(by_model.get(name, []), key=lambda r: (r.pod.deleting, r.pod.created, r.pod.name)):
-            if r.gpu not in gpus:
-                gpus.append(r.gpu)
+        wanted = entry.model.replicas
+        status_gpus: list[GpuId] = []
         for s in entry.ms.status.get("slots") or []:
             if isinstance(s, dict) and isinstance(s.get("node"), str) and isinstance(s.get("gpu"), int):
                 gpu = GpuId(s["node"], s["gpu"])
-                if gpu not in gpus:
-                    gpus.append(gpu)
-        slots.extend(Slot(name, i, g) for i, g in enumerate(gpus[:entry.model.replicas]))
-    return slots
+                if gpu not in status_gpus:
+                    status_gpus.append(gpu)
+        pods = sorted(by_model.get(name, []), key=lambda r: (r.pod.created, r.pod.name))
+        settled: list[GpuId] = []
+        for r in pods:
+            if not r.pod.deleting and r.gpu not in settled:
+                settled.append(r.gpu)
+        free = [g for g in status_gpus if g not in settled]
+        for r in pods:
+            if not r.pod.deleting or r.gpu in settled:
+                continue
+            if r.gpu in status_gpus:  # its replacement comes back here
+                settled.append(r.gpu)
+                free.remove(r.gpu)
+            elif free:  # a move in flight: its replacement is bound for a free planned slot
+                settled.append(free.pop(0))
+        settled = settled[:wanted]
+        current.extend(Slot(name, i, g) for i, g in enumerate(settled))
+        planned.extend(Slot(name, len(settled) + i, g)
+                       for i, g in enumerate(free[:max(0, wanted - len(settled))]))
+    return current, planned
 
 
 def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, clock_s: float = 0.0,
@@ -191,7 +217,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     inventory = build_inventory(world.nodes, world.pods, config)
     running = running_pods(world, entries, config)
     models = [e.model for e in entries if e.model is not None]
-    plan = planner(models, inventory.gpus, current_slots(entries, running)) if models else None
+    plan = planner(models, inventory.gpus, *current_slots(entries, running)) if models else None
 
     placements: dict[str, list[Placement]] = defaultdict(list)
     unplaced: dict[str, list[Unplaced]] = defaultdict(list)

@@ -4,11 +4,13 @@ before every informer has listed.
 
 - Debounce: a change wakes the loop, which then waits `debounce_s` more (and again while changes keep coming,
   up to 5 x debounce_s) so a rollout or a node loss is one re-plan.
-- Fast path: the first plan after start (or after gaining leadership) uses the packer's fast path
-  (time budget 0) so placements appear at once; the loop then re-plans at once with the full budget, and the
-  running pods plus the fast plan's slots are that solve's `current`, so the fewest-moves rule refines it.
-- The same packer input twice is solved once (the last plan is kept), so the loop's own status writes coming
-  back through the watch cost no solve.
+- Re-plan on change only: the plan is a commitment. It is solved again only when what it was solved for
+  changes: a model (size, rate, SLO, replica count), the GPUs (a node, its memory, GPUs withheld) or the
+  options. Pods binding, becoming Ready, being evicted or restarting move the cluster towards the plan and never
+  re-plan it, so a migration's target stays put until an input changes, and an idle cluster solves nothing.
+  The first plan gets the full time budget, so pods bind to the plan the controller keeps (a quick plan
+  overturned a moment later would cost a restart per replica it moved). After a restart the first solve gets
+  the running pods as `current` and the statuses' slots as `planned`, so it finds the same plan again.
 - Writes to different objects go out in parallel (8 at a time); the eviction and events after them.
 - A write that fails is retried on the next round (errors back off 1 s to 30 s); a write issued and not yet seen
   back through the watch is not issued again (for 30 s), so a slow watch cannot cause duplicate writes.
@@ -120,7 +122,6 @@ class Reconciler:
         self._servings: dict[ObjectKey, ModelServingObj] = {}
         self._wake = threading.Event()
         self._last_change = 0.0
-        self._fast_next = True
         self._memo: tuple[Any, Plan] | None = None
         self._inflight: dict[tuple[str, ObjectKey], tuple[str, float]] = {}
         self._blocked: dict[ObjectKey, Blocked] = {}
@@ -181,8 +182,6 @@ class Reconciler:
     def set_leader(self, leader: bool) -> None:
         self.leader = leader
         self.metrics.is_leader.set(1 if leader else 0)
-        if leader:
-            self._fast_next = True
         self._wake.set()
 
     def world(self) -> World:
@@ -222,24 +221,27 @@ class Reconciler:
                 delay = min(delay, max(0.05, min(retry) - self.clock()))
             next_wake = self.clock() + delay
 
-    def _plan(self, models: Sequence[Model], gpus: Sequence[Gpu], current: Sequence[Slot]) -> Plan:
-        fast = self._fast_next
-        options = PackOptions(time_budget_s=0.0 if fast else self.config.time_budget_s,
+    def _plan(self, models: Sequence[Model], gpus: Sequence[Gpu], current: Sequence[Slot],
+              planned: Sequence[Slot]) -> Plan:
+        """The plan for `models` on `gpus`: the last one while neither changed (see the module docstring), else
+        a new solve that restarts as few of the `current` replicas as the stability threshold allows."""
+        options = PackOptions(time_budget_s=self.config.time_budget_s,
                               stability_threshold_ratio=self.config.stability_threshold_ratio,
                               max_migrations=self.config.max_migrations)
-        key = (tuple(models), tuple(gpus), tuple(current), options)
+        key = (tuple(models), tuple(gpus), options)
         if self._memo is not None and self._memo[0] == key:
             return self._memo[1]
-        plan = self.solver(models, gpus, current=current, options=options)
+        plan = self.solver(models, gpus, current=current, planned=planned, options=options)
         self._memo = (key, plan)
         self._solved = True
         self.metrics.record_plan(
             plan.max_kvpr, plan.lower_bound, plan.retunes,
             plan.solve_seconds,
             [GpuSample(g.gpu.node, g.gpu.index, g.kvpr, g.used_memory_gib * GIB) for g in plan.gpus])
-        log.info("planned %d models on %d GPUs (%s): max KVPR %.4f, lower bound %.4f, %d retunes, %.3fs",
-                 len(models), len(gpus), "fast path" if fast else "full", plan.max_kvpr, plan.lower_bound,
-                 plan.retunes, plan.solve_seconds)
+        log.info("planned %d models on %d GPUs (%d replicas running, %d planned): max KVPR %.4f, lower bound "
+                 "%.4f, %d retunes, %d moves, %.3fs", len(models), len(gpus), len(current), len(planned),
+                 plan.max_kvpr, plan.lower_bound, plan.retunes, sum(s.source is not None for s in plan.steps),
+                 plan.solve_seconds)
         return plan
 
     def reconcile_once(self) -> RoundReport:
@@ -254,13 +256,9 @@ class Reconciler:
         now = self.clock()
         self._blocked = {k: b for k, b in self._blocked.items() if b.retry_at > now or b.reason != "Evicting"}
         self._solved = False
-        fast = self._fast_next
         decision = decide(self.world(), self.config, self._plan, now=self.wall(), clock_s=now,
                           blocked=self._blocked)
         self.metrics.record_models(dict(decision.model_states))
-        if fast and self._solved:
-            self._fast_next = False
-            self._wake.set()  # refine with the full budget at once (a plan-less round keeps the fast path)
         report = RoundReport(decision, solved=self._solved)
         if not self.leader:
             return report

@@ -16,8 +16,9 @@ NOW = "2026-11-28T06:00:00Z"
 LATER = "2026-11-28T07:00:00Z"
 
 
-def planner(models: Sequence[Model], gpus: Sequence[Gpu], current: Sequence[Slot]) -> Plan:
-    return solve(models, gpus, current=current, options=PackOptions(time_budget_s=1.0),
+def planner(models: Sequence[Model], gpus: Sequence[Gpu], current: Sequence[Slot],
+            planned: Sequence[Slot] = ()) -> Plan:
+    return solve(models, gpus, current=current, planned=planned, options=PackOptions(time_budget_s=1.0),
                  clock=lambda: 0.0)
 
 

@@ -383,7 +383,7 @@ def test_evictions_follow_the_plans_ordered_steps(first: str) -> None:
                 gpus=tuple(GpuUsage(GpuId("n", i), 80.0, 0.1, 16.0, ()) for i in range(4)), steps=order)
     from kvsched.controller import decide
 
-    decision = decide(world, DecisionConfig(), lambda m, g, c: plan, now=LATER)
+    decision = decide(world, DecisionConfig(), lambda m, g, c, p: plan, now=LATER)
     assert decision.eviction is not None and decision.eviction.pod.name == f"{first}-0"
     assert [s.pod.name for s in decision.steps] == [f"{first}-0", f"{'b' if first == 'a' else 'a'}-0"]
 

@@ -1,4 +1,4 @@
-"""The reconcile loop with a fake writer: leader and sync gating, fast path then refine, no repeated writes."""
+"""The reconcile loop with a fake writer: leader and sync gating, re-plan on change only, no repeated writes."""
 from __future__ import annotations
 
 import dataclasses
@@ -41,6 +41,12 @@ class FakeWriter:
         if change.action == "create":
             ms = ModelServingObj(change.key.namespace, change.key.name, "uid-ms", 1, dict(change.body["spec"]), {},
                                  OwnerRef("Deployment", change.key.name, f"uid-{change.key.name}"))
+            self.servings[change.key] = ms
+            assert self.reconciler is not None
+            self.reconciler.observe_model_serving(ms)
+        elif change.action == "patch":
+            ms = dataclasses.replace(self.servings[change.key], spec=dict(change.body["spec"]),
+                                     generation=self.servings[change.key].generation + 1)
             self.servings[change.key] = ms
             assert self.reconciler is not None
             self.reconciler.observe_model_serving(ms)
@@ -89,21 +95,37 @@ def test_only_a_synced_leader_writes(leader: bool, synced: bool) -> None:
     assert writer.calls == []
 
 
-def test_fast_path_first_then_full_budget_then_nothing() -> None:
+def test_first_plan_gets_the_full_budget_and_pod_events_do_not_replan() -> None:
     r, writer, budgets = make()
     r.reconcile_once()  # creates the ModelServing (no model to plan yet)
     assert ("create", ObjectKey("ns", "m")) in writer.calls and budgets == []
-    r.reconcile_once()  # first plan: fast path
-    assert budgets == [0.0]
-    r.reconcile_once()  # refine with the full budget
-    assert budgets == [0.0, 1.0]
+    r.reconcile_once()  # first plan: the full budget at once (no quick plan to overturn)
+    assert budgets == [1.0]
+    slots = writer.servings[ObjectKey("ns", "m")].status["slots"]
+    writer.calls.clear()
+    r.reconcile_once()
+    assert [c for c in writer.calls if c[0] != "event"] == []
+    # Pods binding where the status says and becoming Ready move the cluster towards the plan: no re-plan.
+    r.observe_pod(pod("m-a", "m", slots[0]["node"], slots[0]["gpu"], ready=False))
+    r.reconcile_once()
+    r.observe_pod(pod("m-a", "m", slots[0]["node"], slots[0]["gpu"]))
+    r.observe_pod(pod("m-b", "m", slots[1]["node"], slots[1]["gpu"]))
+    r.reconcile_once()
+    assert budgets == [1.0]
+    assert writer.servings[ObjectKey("ns", "m")].status["slots"] == slots
+    assert writer.servings[ObjectKey("ns", "m")].status["readyReplicas"] == 2
     writer.calls.clear()
     r.reconcile_once()
     r.reconcile_once()
     assert [c for c in writer.calls if c[0] != "event"] == []
-    assert budgets == [0.0, 1.0]  # the same input is not solved twice
     metrics = r.metrics.exposition().decode()
     assert "kvsched_max_kvpr " in metrics and 'kvsched_models{state="placed"} 1.0' in metrics
+    assert "kvsched_placement_duration_seconds_count 1.0" in metrics
+    # A model's input changing re-plans once.
+    r.observe_deployment(deployment("m", replicas=2, rate="8"))
+    r.reconcile_once()
+    r.reconcile_once()
+    assert budgets == [1.0, 1.0]
 
 
 def test_a_write_not_yet_seen_back_is_not_repeated() -> None:
