@@ -8,6 +8,8 @@ before every informer has listed.
   changes: a model (size, rate, SLO, replica count), the GPUs (a node, its memory, GPUs withheld) or the
   options. Pods binding, becoming Ready, being evicted or restarting move the cluster towards the plan and never
   re-plan it, so a migration's target stays put until an input changes, and an idle cluster solves nothing.
+  One exception: a pod that bound, while a solve ran, to a slot of the plan before it, where the new plan does not
+  place it, makes the plan solve again with that pod as running (kept where it started rather than moved).
   The first plan gets the full time budget, so pods bind to the plan the controller keeps (a quick plan
   overturned a moment later would cost a restart per replica it moved). After a restart the first solve gets
   the running pods as `current` and the statuses' slots as `planned`, so it finds the same plan again.
@@ -44,7 +46,7 @@ from kvsched.controller.objects import (
     World,
 )
 from kvsched.metrics import GpuSample, Metrics
-from kvsched.packer import Gpu, Model, PackOptions, Plan, Slot, solve
+from kvsched.packer import Gpu, GpuId, Model, PackOptions, Plan, Slot, solve
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +87,23 @@ def utc_now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+@dataclass(frozen=True)
+class _Memo:
+    """The plan in force: what it was solved for (`key`: models, GPUs, options) and the replicas that ran then."""
+
+    key: Any
+    plan: Plan
+    solved_current: frozenset[tuple[str, GpuId]]
+
+    def overtaken(self, current: Sequence[Slot]) -> bool:
+        """Whether a replica runs now where the plan neither places it nor saw it run: a pod that bound, during
+        the solve, to a slot of the plan before (the solve took it as free and may have put it elsewhere). The
+        plan is then solved again with that pod as running, so it is kept where it started rather than moved."""
+        placed = {(p.model, p.gpu) for p in self.plan.placements}
+        return any((s.model, s.gpu) not in placed and (s.model, s.gpu) not in self.solved_current
+                   for s in current)
+
+
 @dataclass
 class RoundReport:
     """What one round did (for logs and tests)."""
@@ -122,7 +141,7 @@ class Reconciler:
         self._servings: dict[ObjectKey, ModelServingObj] = {}
         self._wake = threading.Event()
         self._last_change = 0.0
-        self._memo: tuple[Any, Plan] | None = None
+        self._memo: _Memo | None = None
         self._inflight: dict[tuple[str, ObjectKey], tuple[str, float]] = {}
         self._blocked: dict[ObjectKey, Blocked] = {}
         self._refusals: dict[ObjectKey, int] = {}
@@ -229,10 +248,10 @@ class Reconciler:
                               stability_threshold_ratio=self.config.stability_threshold_ratio,
                               max_migrations=self.config.max_migrations)
         key = (tuple(models), tuple(gpus), options)
-        if self._memo is not None and self._memo[0] == key:
-            return self._memo[1]
+        if self._memo is not None and self._memo.key == key and not self._memo.overtaken(current):
+            return self._memo.plan
         plan = self.solver(models, gpus, current=current, planned=planned, options=options)
-        self._memo = (key, plan)
+        self._memo = _Memo(key, plan, frozenset((s.model, s.gpu) for s in current))
         self._solved = True
         self.metrics.record_plan(
             plan.max_kvpr, plan.lower_bound, plan.retunes,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -30,7 +31,6 @@ from .sim import SimCluster, describe_repeats
 
 IDLE_ROUNDS = 100
 BUDGET_S = 0.3  # of the packer's ticking clock (sim.PACKER_TICK_S per read): a fixed amount of search
-ISSUE = "issue 13: the controller re-plans an unchanged world and overturns its own plans"
 
 
 def annotations(size: str, rate: float | str, slo: str = "1") -> dict[str, str]:
@@ -123,7 +123,6 @@ EXAMPLE_CHANGES: list[Any] = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE)
 @pytest.mark.parametrize("ready_after, terminate_after", [
     pytest.param(0, 0, id="pods Ready at once"),
     pytest.param(2, 1, id="pods Ready 2 rounds after binding, 1 round to terminate"),
@@ -141,7 +140,6 @@ def test_example_first_placement_evicts_nothing_and_idle_writes_nothing(ready_af
     assert_idle(sim, "the placed example")
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE)
 @pytest.mark.parametrize("change", EXAMPLE_CHANGES)
 def test_example_one_change_converges_and_then_writes_nothing(change: Callable[[SimCluster], None]) -> None:
     sim = example_sim(ready_after=1, terminate_after=1)
@@ -284,15 +282,17 @@ def apply_change(sim: SimCluster, change: tuple[str, int]) -> str:
     return f"node {node} removed"
 
 
-@pytest.mark.xfail(strict=True, reason=ISSUE)
-@settings(max_examples=5, deadline=None, derandomize=True, print_blob=True,
+@settings(max_examples=int(os.environ.get("KVSCHED_SIM_EXAMPLES", "5")), deadline=None, derandomize=True, print_blob=True,
           phases=[Phase.explicit, Phase.reuse, Phase.generate],  # shrinking a 200-replica world takes minutes
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(world=random_worlds())
 def test_random_worlds_converge_once_per_change_and_idle_writes_nothing(world: RandomWorld) -> None:
     sim = build(world)
     sim.start()
-    converge(sim, "from the world the controller found")
+    # Random placements are rarely within the threshold of a good plan, so the first decision may move most
+    # replicas, one eviction at a time (each a few steps: terminate, bind, Ready): allow for that.
+    replicas = sum(m[3] for m in world.models)
+    converge(sim, "from the world the controller found", max_steps=150 + 8 * replicas)
     assert_idle(sim, "the converged world")
     what = apply_change(sim, world.change)
     converge(sim, f"after the change ({what})")

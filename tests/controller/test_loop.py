@@ -128,6 +128,29 @@ def test_first_plan_gets_the_full_budget_and_pod_events_do_not_replan() -> None:
     assert budgets == [1.0, 1.0]
 
 
+def test_a_pod_that_bound_during_a_solve_off_the_new_plan_is_kept_by_solving_again() -> None:
+    # The plan is solved while a pod binds to a slot of the plan before it; the new plan, which saw that replica
+    # as free, put it elsewhere. Moving a pod that just started would be a restart for nothing: solve again with
+    # it running. A pod on a planned slot, or one the plan saw running and moves on purpose, re-solves nothing.
+    r, writer, budgets = make()
+    r.reconcile_once()
+    r.reconcile_once()
+    assert budgets == [1.0]
+    slots = {(s["node"], s["gpu"]) for s in writer.servings[ObjectKey("ns", "m")].status["slots"]}
+    r.observe_node(node("n2", gpus=2))  # the plan's input changes: a solve
+    r.reconcile_once()
+    assert budgets == [1.0, 1.0]
+    slots = {(s["node"], s["gpu"]) for s in writer.servings[ObjectKey("ns", "m")].status["slots"]}
+    node_name, gpu = next((n, g) for n in ("n1", "n2") for g in (0, 1) if (n, g) not in slots)
+    r.observe_pod(pod("m-a", "m", node_name, gpu))  # bound off the plan, as if by the extender's older status
+    r.reconcile_once()
+    assert budgets == [1.0, 1.0, 1.0]
+    assert (node_name, gpu) in {(s["node"], s["gpu"]) for s in writer.servings[ObjectKey("ns", "m")].status["slots"]}
+    assert not [c for c in writer.calls if c[0] == "evict"]
+    r.reconcile_once()
+    assert budgets == [1.0, 1.0, 1.0]
+
+
 def test_a_write_not_yet_seen_back_is_not_repeated() -> None:
     r, writer, _ = make()
     writer.owned_change = lambda change: writer.calls.append((change.action, change.key))  # type: ignore

@@ -141,7 +141,7 @@ class ExampleCluster:
             slots = {(s["node"], s["gpu"]) for s in status.get("slots") or []}
             mine = [p for p in pods if (p.metadata.labels or {}).get("kvsched.io/model") == name
                     and not p.metadata.deletion_timestamp]
-            held = {(p.spec.node_name, int((p.metadata.annotations or {}).get("kvsched.io/gpu", -1))) for p in mine}
+            held = {(p.spec.node_name or "", int((p.metadata.annotations or {}).get("kvsched.io/gpu", -1))) for p in mine}
             ready = all(any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
                         for p in mine)
             if len(mine) != dep.spec.replicas or held != slots or not ready:
