@@ -10,6 +10,8 @@ before every informer has listed.
   re-plan it, so a migration's target stays put until an input changes, and an idle cluster solves nothing.
   One exception: a pod that bound, while a solve ran, to a slot of the plan before it, where the new plan does not
   place it, makes the plan solve again with that pod as running (kept where it started rather than moved).
+- Waves: a plan that `max_migrations` capped is solved again once the cluster has reached it (no step left, every
+  managed pod bound and Ready), for the next wave of at most that many moves; waves end when a plan is not capped.
   The first plan gets the full time budget, so pods bind to the plan the controller keeps (a quick plan
   overturned a moment later would cost a restart per replica it moved). After a restart the first solve gets
   the running pods as `current` and the statuses' slots as `planned`, so it finds the same plan again.
@@ -34,6 +36,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.decide import Decision, Event, decide
+from kvsched.controller.inventory import is_managed
 from kvsched.controller.migrations import Blocked
 from kvsched.controller.models import OwnedChange
 from kvsched.controller.objects import (
@@ -94,6 +97,7 @@ class _Memo:
     key: Any
     plan: Plan
     solved_current: frozenset[tuple[str, GpuId]]
+    wave_done: bool = False  # a plan capped by max_migrations was reached: the next wave needs a solve
 
     def overtaken(self, current: Sequence[Slot]) -> bool:
         """Whether a replica runs now where the plan neither places it nor saw it run: a pod that bound, during
@@ -248,7 +252,8 @@ class Reconciler:
                               stability_threshold_ratio=self.config.stability_threshold_ratio,
                               max_migrations=self.config.max_migrations)
         key = (tuple(models), tuple(gpus), options)
-        if self._memo is not None and self._memo.key == key and not self._memo.overtaken(current):
+        if self._memo is not None and self._memo.key == key and not self._memo.overtaken(current) \
+                and not self._memo.wave_done:
             return self._memo.plan
         plan = self.solver(models, gpus, current=current, planned=planned, options=options)
         self._memo = _Memo(key, plan, frozenset((s.model, s.gpu) for s in current))
@@ -263,6 +268,17 @@ class Reconciler:
                  plan.solve_seconds)
         return plan
 
+    def _capped_plan_reached(self, world: World, decision: Decision) -> bool:
+        """Whether the plan in force was capped by `max_migrations` (moves it held back would lower the max KVPR)
+        and the cluster has reached it: no step left, every managed pod bound, Ready and not terminating. The next
+        wave is then planned from there; waves end when a re-plan is no longer capped."""
+        plan = decision.plan
+        if plan is None or plan.next_move_gain <= 0 or decision.steps or self._memo is None \
+                or self._memo.plan is not plan or self._memo.wave_done:
+            return False
+        managed = [p for p in world.pods if is_managed(p, self.config) and not p.terminal]
+        return all(p.node is not None and p.ready and not p.deleting for p in managed)
+
     def reconcile_once(self) -> RoundReport:
         """Decide over the cache and carry out the writes (leader only, synced only, every watch current: while
         one reconnects after a failure or a 410, what it missed would look like lost pods or nodes)."""
@@ -275,9 +291,14 @@ class Reconciler:
         now = self.clock()
         self._blocked = {k: b for k, b in self._blocked.items() if b.retry_at > now or b.reason != "Evicting"}
         self._solved = False
-        decision = decide(self.world(), self.config, self._plan, now=self.wall(), clock_s=now,
-                          blocked=self._blocked)
+        world = self.world()
+        decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
         self.metrics.record_models(dict(decision.model_states))
+        if self._capped_plan_reached(world, decision):
+            log.info("the cluster reached a plan --max-migrations capped (%.4f more KVPR than uncapped): "
+                     "planning the next wave", decision.plan.next_move_gain if decision.plan else 0.0)
+            self._memo = replace(self._memo, wave_done=True) if self._memo is not None else None
+            self._wake.set()
         report = RoundReport(decision, solved=self._solved)
         if not self.leader:
             return report

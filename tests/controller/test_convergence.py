@@ -297,3 +297,33 @@ def test_random_worlds_converge_once_per_change_and_idle_writes_nothing(world: R
     what = apply_change(sim, world.change)
     converge(sim, f"after the change ({what})")
     assert_idle(sim, f"the world after the change ({what})")
+
+
+# -- waves under --max-migrations -----------------------------------------------------------------------------------
+def gauge(sim: SimCluster, name: str) -> float:
+    line = next(ln for ln in sim.metrics.exposition().decode().splitlines() if ln.startswith(name + " "))
+    return float(line.split()[1])
+
+
+def test_a_capped_replan_moves_in_waves_until_it_is_not_capped() -> None:
+    # With max_migrations=1 a change that calls for several moves plans one; once the cluster has reached that
+    # plan the next wave is planned from there, until a plan is not capped. Each wave is one re-plan (a solve),
+    # the max KVPR falls wave by wave, and the end is a fixpoint that writes nothing.
+    sim = SimCluster(DecisionConfig(time_budget_s=BUDGET_S, max_migrations=1), namespace="kvsched-demo")
+    for node in example_nodes(EXAMPLE):
+        sim.add_node(node)
+    for dep in example_deployments(EXAMPLE):
+        sim.add_deployment(dep)
+    sim.start()
+    converge(sim, "first placement")
+    solves = gauge(sim, "kvsched_placement_duration_seconds_count")
+    sim.annotate_deployment("llama-3.1-8b-instruct", {"kvsched.io/request-rate": "72"})
+    while gauge(sim, "kvsched_placement_duration_seconds_count") == solves:
+        sim.step()
+    first_wave = gauge(sim, "kvsched_max_kvpr")
+    sim.settle(400)
+    waves = gauge(sim, "kvsched_placement_duration_seconds_count") - solves
+    assert waves >= 2, f"the capped re-plan was never followed by another wave ({waves:.0f} solve)"
+    assert gauge(sim, "kvsched_max_kvpr") < first_wave, "the waves did not lower the max KVPR"
+    assert sim.misplaced() == []
+    assert_idle(sim, "after the last wave")
