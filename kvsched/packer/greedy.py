@@ -11,8 +11,7 @@ import heapq
 import numpy as np
 
 from kvsched.packer.instance import Instance, IntArray
-from kvsched.packer.kvpr import fits as fits  # the memory-fit rule lives in kvpr; re-exported for old callers
-from kvsched.packer.kvpr import kvpr
+from kvsched.packer.kvpr import fits, kvpr
 
 
 def greedy(inst: Instance) -> IntArray:
