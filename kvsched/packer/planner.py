@@ -4,7 +4,7 @@ A fresh plan is a re-plan with nothing running. Steps, each in its own module: v
 (instance), set aside replicas no GPU can hold (here, with a cause and a sentence each), then
 - nothing running: bound the optimum from below (bounds), start from the Prism greedy (greedy), bisect on the
   target T with retuning passes (search, pack), improve off the peak GPU (improve, lns), prove or improve
-  exactly on small instances (exact) -- `_optimise`;
+  exactly on small instances (exact) -- `optimise`;
 - replicas running (`current`): repair around them; optimise the replicas that do not run yet around the
   running ones, pinned (`_best_keep`); keep that when no plan found beats it by more than the stability
   threshold (the lower bound decides it when it can), else the fewest moves within the threshold of the best
@@ -25,16 +25,12 @@ import numpy as np
 
 from kvsched.packer.bounds import lower_bound
 from kvsched.packer.deadline import Clock, Deadline
-from kvsched.packer.domain import Gpu, MigrationStep, Model, Plan, SearchStats, Slot, UnplacedCause
-from kvsched.packer.evaluate import gpu_kvprs, max_kvpr
-from kvsched.packer.exact import prove_or_improve
-from kvsched.packer.greedy import greedy
+from kvsched.packer.domain import Gpu, MigrationStep, Model, Plan, SearchStats, Slot
+from kvsched.packer.evaluate import max_kvpr
 from kvsched.packer.improve import improve
 from kvsched.packer.instance import Instance, IntArray, build_instance
-from kvsched.packer.kvpr import IMPROVEMENT_RATIO, reaches
-from kvsched.packer.lns import polish as polish_search
+from kvsched.packer.optimise import optimise
 from kvsched.packer.options import PackOptions
-from kvsched.packer.pack import try_pack
 from kvsched.packer.progress import ProgressCallback, Reporter
 from kvsched.packer.replan import (
     align,
@@ -59,17 +55,9 @@ from kvsched.packer.replan import (
     lowest_within,
 )
 from kvsched.packer.result import build_plan
-from kvsched.packer.search import bisect_target
 from kvsched.packer.steps import order_steps
+from kvsched.packer.unplaced import carry_causes, no_room_reason, spare_running, unplaceable
 
-# Share of the time budget the bisection may use before the local search takes over. At thousands of GPUs
-# the local search gains more per second than further passes from scratch (measured: 2.9% -> 0.27% above
-# the fluid bound in 22 s at 8192 GPUs, where 8 bisection steps took 34 s).
-_BISECTION_SHARE = 0.3
-# Small instances: the exact search first gets 1/8 of its node budget; unproven, the improving phases of large
-# instances run and the search resumes with the rest. Mixed 40/80/141 GiB clusters of 5-12 GPUs, 10-30 models
-# (bench/weak_spots.py): the exact search alone left them up to 4% above the best known plan.
-_EXACT_FIRST_SHARE_INVERSE = 8
 # Re-plans of at most this many replicas are settled by exact search (fewest moves, or lowest peak within
 # the budget), within at most this many nodes (and PackOptions.exact_node_limit): 12 replicas on a few GPUs
 # take milliseconds; on many GPUs the node limit stops it (the heuristic's plan is its incumbent).
@@ -145,21 +133,21 @@ def solve(
     inst = build_instance(models, gpus)
     running = running_gpus(inst, current)
     run = running_assignment(inst, running)
-    causes = _spare_running(inst, run, _unplaceable(inst))
+    causes = spare_running(inst, run, unplaceable(inst))
     items = [i for i in range(inst.n_items) if i not in causes]
     hint = planned_assignment(inst, items, run, running, current, planned)
     if items and (run[np.asarray(items)] >= 0).any():
         out = _replan(inst, items, run, running, hint, options, deadline, rng, reporter)
     else:
-        assign, lower, stats = _optimise(inst, items, options, deadline, rng, reporter)
+        assign, lower, stats = optimise(inst, items, options, deadline, rng, reporter)
         out = _Outcome(_follow_hint(inst, items, assign, hint, options), lower, stats, 0.0)
     for i in items:
         if out.assign[i] < 0:
-            causes[i] = ("InsufficientCapacity", _no_room_reason(inst, i))
+            causes[i] = ("InsufficientCapacity", no_room_reason(inst, i))
     # Replicas are interchangeable: a running replica keeps its GPU whatever its number (the numbers past a
     # model's capable GPUs are the ones set aside above), and the causes go with the replicas left unplaced.
     assign = align(inst, run, out.assign)
-    causes = _carry_causes(inst, out.assign, assign, causes)
+    causes = carry_causes(inst, out.assign, assign, causes)
     run = rematch(inst, running, assign)
     steps = [
         MigrationStep(inst.item_model[s.item], inst.item_replica[s.item],
@@ -245,8 +233,8 @@ def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, 
         else:
             need = not complete or heuristic is None
         if scratch is None and need:
-            scratch, scratch_lower, stats = _optimise(inst, items, options, deadline, rng, reporter, with_exact=tiny,
-                                                      settled_ratio=_SETTLED_GAP_RATIO if small and not tiny else 0.0)
+            scratch, scratch_lower, stats = optimise(inst, items, options, deadline, rng, reporter, with_exact=tiny,
+                                                     settled_ratio=_SETTLED_GAP_RATIO if small and not tiny else 0.0)
             lower = max(lower, scratch_lower)
             reporter.phase("re-plan", lower=lower)
         choice = _fewest_against(inst, items, run, running, keep.assign, complete, scratch, found, theta, options,
@@ -324,8 +312,8 @@ def _best_keep(inst: Instance, items: list[int], run: IntArray, running: dict[in
     settled = max_kvpr(inst, candidates[0]) <= (1 + _SETTLED_GAP_RATIO) * max(lower, floor)
     if not settled and len(items) <= options.exact_max_items:
         tiny = len(items) <= _EXACT_REPLAN_ITEMS
-        scratch, scratch_lower, stats = _optimise(inst, items, options, deadline, rng, reporter, with_exact=tiny,
-                                                  settled_ratio=0.0 if tiny else _SETTLED_GAP_RATIO)
+        scratch, scratch_lower, stats = optimise(inst, items, options, deadline, rng, reporter, with_exact=tiny,
+                                                 settled_ratio=0.0 if tiny else _SETTLED_GAP_RATIO)
         lower = max(lower, scratch_lower)
         reporter.phase("re-plan", lower=lower)
         rebuilt = place_around(inst, items, fixed, relabel(inst, run, scratch))
@@ -436,175 +424,3 @@ def _follow_hint(inst: Instance, items: list[int], assign: IntArray, hint: IntAr
     if max_kvpr(inst, kept) <= (1 + options.bisection_tolerance_ratio) * max_kvpr(inst, assign):
         return kept
     return assign
-
-
-def _optimise(inst: Instance, items: list[int], options: PackOptions, deadline: Deadline,
-              rng: np.random.Generator, reporter: Reporter, *,
-              with_exact: bool = True, settled_ratio: float = 0.0) -> tuple[IntArray, float, SearchStats]:
-    """Best assignment of `items` (some may stay -1 when memory runs out), a valid lower bound, counters.
-    `with_exact` False: no exact stage, small instances get the improving phases of large ones instead.
-    `settled_ratio` > 0: the improving phases stop once the plan is within this share of the lower bound.
-
-    Time: bisection stops starting new steps after _BISECTION_SHARE of the budget (its first step always
-    runs, so there is always a plan); the improving phases stop at the budget.
-    """
-    reporter.phase("greedy")
-    sub_load = inst.item_load[items]
-    sub_size = inst.item_size[items]
-    base = greedy(inst.subset(items)) if items else np.zeros(0, dtype=np.int64)
-    start_assign = np.full(inst.n_items, -1, dtype=np.int64)
-    if items:
-        start_assign[np.asarray(items)] = base
-    complete = bool((base >= 0).all())
-    upper = max_kvpr(inst, start_assign) if complete else float("inf")
-    # With the model of each replica: replicas never share a GPU, which the item-value test uses.
-    lower = (lower_bound(sub_load, sub_size, inst.gpu_memory, upper=upper, groups=inst.item_group[items])
-             if items else 0.0)
-    if not items or inst.n_gpus == 0:
-        return start_assign, lower, SearchStats()
-    if not complete and (not math.isfinite(lower) or not _packs_at_all(inst, items, lower)):
-        kept = [i for i in items if start_assign[i] >= 0]
-        return (_optimise(inst, kept, options, deadline, rng, reporter, with_exact=with_exact,
-                           settled_ratio=settled_ratio) if kept
-                else (start_assign, 0.0, SearchStats()))
-    reporter.phase("bisection", best=upper, lower=lower)
-    exact_next = with_exact and len(items) <= options.exact_max_items
-    res = bisect_target(
-        inst, items, lower, upper,
-        upper_assign=start_assign if complete else None,
-        checkpoints=options.checkpoints,
-        retune_threshold_ratio=options.retune_threshold_ratio,
-        retune=options.retune,
-        # The exact stage closes whatever gap is left on small instances, so bisection need not be fine there,
-        # nor re-run retuned passes to find out whether repair could have reached T.
-        tolerance_ratio=(max(options.bisection_tolerance_ratio, 0.01) if exact_next
-                         else options.bisection_tolerance_ratio),
-        rerun_retuned=not exact_next,
-        max_iterations=options.max_bisection_iterations,
-        deadline=deadline.share(_BISECTION_SHARE),
-        on_step=lambda best: reporter.note(best=best),
-    )
-    if res.assign is None:
-        # Memory runs out: keep what the greedy placed (the most it could) and optimise those alone.
-        kept = [i for i in items if start_assign[i] >= 0]
-        assign, lower, stats = (_optimise(inst, kept, options, deadline, rng, reporter, with_exact=with_exact,
-                           settled_ratio=settled_ratio) if kept
-                                else (start_assign, 0.0, SearchStats()))
-        return assign, lower, stats
-    assign = res.assign
-    steps = 0
-    if options.local_search:
-        reporter.phase("local search", best=res.max_kvpr)
-        better = improve(inst, assign, deadline=deadline)
-        assign, steps = better.assign, better.steps
-        reporter.note(best=better.max_kvpr)
-        good_enough = (1 + settled_ratio) * lower if settled_ratio > 0 else -math.inf
-        if not exact_next and better.max_kvpr > good_enough:  # small instances go to the exact stage first
-            assign, more = polish_search(inst, assign, lower, rng, deadline, good_enough)
-            steps += more
-            reporter.note(best=max_kvpr(inst, assign))
-    optimal = reaches(max_kvpr(inst, assign), lower)
-    if not optimal and exact_next and not deadline.expired():
-        reporter.phase("exact")
-        # A share of the nodes proves most small instances optimal (ADRS-50: all within 23k of 200k); the
-        # others get the improving phases of large instances, then the exact search again with the rest.
-        first = options.exact_node_limit // _EXACT_FIRST_SHARE_INVERSE
-        exact = prove_or_improve(inst, items, assign, lower, first, deadline)
-        assign, optimal = exact.assign, exact.optimal
-        if not optimal and options.local_search and not deadline.expired():
-            assign, more = polish_search(inst, assign, lower, rng, deadline)
-            steps += more
-            exact = prove_or_improve(inst, items, assign, lower, options.exact_node_limit - exact.nodes, deadline)
-            assign, optimal = exact.assign, exact.optimal
-        if optimal:
-            lower = max(lower, exact.max_kvpr)
-        reporter.note(best=exact.max_kvpr, lower=lower)
-    if optimal and not deadline.expired():
-        reporter.phase("local search")
-        # The peak is proven optimal, so the local search has nothing left to do there: freeze the GPUs at it
-        # and balance the rest below it, which leaves every other model more KV cache than it needs.
-        peak_value = max_kvpr(inst, assign)
-        kv = gpu_kvprs(inst, assign)
-        at_peak = [int(g) for g in np.nonzero(kv >= peak_value * (1 - IMPROVEMENT_RATIO))[0]]
-        balanced = improve(inst, assign, deadline=deadline, frozen=at_peak)
-        assign, steps = balanced.assign, steps + balanced.steps
-    stats = SearchStats(bisection_iterations=res.iterations, passes=res.passes, checkpoints=res.checkpoints,
-                        retunes=res.retunes, local_search_moves=steps, proven_optimal=optimal)
-    return assign, lower, stats
-
-
-def _packs_at_all(inst: Instance, items: list[int], lower: float) -> bool:
-    """Whether a pass at a huge T (where only memory matters) places every item."""
-    huge = max(lower, 1e-9) * 1e6
-    for policy in ("best_fit", "min_kvpr"):
-        res = try_pack(inst, items, huge, order="weight", policy=policy, retune=False)
-        if res.complete and math.isfinite(max_kvpr(inst, res.assign)):
-            return True
-    return False
-
-
-def _unplaceable(inst: Instance) -> dict[int, tuple[UnplacedCause, str]]:
-    """Replicas no GPU can ever hold, with cause and sentence: too large for every GPU, no room for KV cache on
-    any, or more replicas than GPUs that fit one.
-
-    A GPU can hold a replica alone when its memory exceeds the replica's weights (equals them, for a replica
-    with no load). O(n log G).
-    """
-    if inst.n_gpus == 0:
-        return {i: ("TooFewGPUs", "the cluster has no GPUs") for i in range(inst.n_items)}
-    memory = np.sort(inst.gpu_memory)
-    largest = float(memory[-1])
-    strict = np.searchsorted(memory, inst.item_size, side="right")  # GPUs with M <= m cannot take a loaded one
-    loose = np.searchsorted(memory, inst.item_size, side="left")  # GPUs with M < m cannot take any
-    capable = inst.n_gpus - np.where(inst.item_load > 0, strict, loose)
-    out: dict[int, tuple[UnplacedCause, str]] = {}
-    for i in np.nonzero((capable == 0) | (np.asarray(inst.item_replica) >= capable))[0].tolist():
-        m = float(inst.item_size[i])
-        if capable[i] == 0 and m > largest:
-            out[i] = ("ModelTooLarge",
-                      f"its weights ({m:g}Gi) exceeds the largest GPU ({largest:g}Gi)")
-        elif capable[i] == 0:
-            out[i] = ("NoRoomForKVCache",
-                      f"its weights ({m:g}Gi) leaves no room for KV cache on the largest GPU ({largest:g}Gi)")
-        else:
-            out[i] = ("TooFewGPUs",
-                      f"only {capable[i]} GPUs can hold it and replicas of one model never share a GPU")
-    return out
-
-
-def _spare_running(inst: Instance, run: IntArray,
-                   causes: dict[int, tuple[UnplacedCause, str]]) -> dict[int, tuple[UnplacedCause, str]]:
-    """When only some replicas of a model are set aside (more replicas than capable GPUs), set aside ones that
-    are not running, so that the search counts moving a running one as a move."""
-    out = dict(causes)
-    by_group: dict[int, list[int]] = {}
-    for i in range(inst.n_items):
-        by_group.setdefault(int(inst.item_group[i]), []).append(i)
-    for members in by_group.values():
-        aside = [i for i in members if i in out]
-        if not aside or len(aside) == len(members):
-            continue
-        order = sorted(members, key=lambda i: (run[i] < 0, i))  # running first: they are kept
-        spare = order[len(members) - len(aside):]
-        reasons = [out.pop(i) for i in aside]
-        for i, reason in zip(spare, reasons):
-            out[i] = reason
-    return out
-
-
-def _carry_causes(inst: Instance, before: IntArray, after: IntArray,
-                  causes: dict[int, tuple[UnplacedCause, str]]) -> dict[int, tuple[UnplacedCause, str]]:
-    """The causes of each model's unplaced items in `before`, given in item order to its unplaced items in
-    `after` (the same number: `align` only permutes a model's GPUs among its replicas)."""
-    lost: dict[int, list[tuple[UnplacedCause, str]]] = {}
-    for i in np.nonzero(before < 0)[0].tolist():
-        lost.setdefault(int(inst.item_group[i]), []).append(causes[i])
-    out: dict[int, tuple[UnplacedCause, str]] = {}
-    for i in np.nonzero(after < 0)[0].tolist():
-        out[i] = lost[int(inst.item_group[i])].pop(0)
-    return out
-
-
-def _no_room_reason(inst: Instance, i: int) -> str:
-    return (f"not enough free GPU memory: its weights ({float(inst.item_size[i]):g}Gi) fit no GPU next to the "
-            "replicas placed before it")
