@@ -210,7 +210,7 @@ def add_extender_parser(subparsers: argparse._SubParsersAction[argparse.Argument
 
 def run_extender(args: argparse.Namespace) -> int:
     """`kvsched extender`: build the settings, serve until a signal. Exit 2 on bad settings or kubeconfig."""
-    from kvsched.extender.runner import run
+    from kvsched.runtime.extender import run
     from kvsched.k8s.client import ClientConfigError
     from kvsched.settings import ExtenderSettings, settings_from
 
@@ -247,7 +247,7 @@ def add_controller_parser(subparsers: argparse._SubParsersAction[argparse.Argume
 
 def run_controller(args: argparse.Namespace) -> int:
     """`kvsched controller`: build the settings, run until SIGTERM/SIGINT. Exit 2 on bad settings."""
-    from kvsched.controller.app import run
+    from kvsched.runtime.controller import run
     from kvsched.controller.selector import SelectorError
     from kvsched.k8s.client import ClientConfigError
     from kvsched.settings import ControllerSettings, settings_from
@@ -280,7 +280,7 @@ def add_serve_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPar
 
 def run_serve(args: argparse.Namespace) -> int:
     """`kvsched serve`: the controller on a thread, the extender (uvicorn) on this one."""
-    from kvsched.controller.app import serve
+    from kvsched.runtime.controller import serve
     from kvsched.controller.selector import SelectorError
     from kvsched.k8s.client import ClientConfigError
     from kvsched.settings import ControllerSettings, ExtenderSettings, settings_from

@@ -11,7 +11,7 @@ restarted or rolled replica back where its model ran (`previous_models`; lost wh
 Holding rule (docs/architecture.md): a pod holds (node, gpu) from its bind until it is deleted, terminating or
 not. One exception: a pod whose phase is Succeeded or Failed (completed, or evicted and left behind by its
 Deployment) has no running container, so it holds no GPU memory and no slot.
-Called by: kvsched.extender.app (queries), kvsched.extender.runner (informer handlers).
+Called by: kvsched.extender.app (queries), kvsched.runtime.extender (informer handlers).
 """
 
 from __future__ import annotations

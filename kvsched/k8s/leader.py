@@ -7,7 +7,7 @@ skew between machines does not matter). The leader renews every `retry_period_s`
 shorter than the lease). Every write is optimistic (resourceVersion), so two candidates never both win.
 On a clean shutdown the leader releases the Lease (empty holder), and a follower takes over within one retry
 period; after a SIGKILL it takes over within lease duration + retry period.
-Called by: kvsched.controller.app.
+Called by: kvsched.runtime.controller.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Readers take only the shape: they never judge a value (an annotation, a label, a spec field) beyond its JSON
 type, so that a bad value reaches the decision core and becomes a condition and an event on its object rather
 than an exception here. Missing or mistyped structure reads as absent.
-Called by: kvsched.controller.loop (the informers' caches), `kvsched plan --kubeconfig`.
+Called by: kvsched.runtime.loop (the informers' caches), `kvsched plan --kubeconfig`.
 """
 
 from __future__ import annotations

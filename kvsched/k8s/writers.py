@@ -5,7 +5,7 @@
 - ModelServing create (with the ownerReference the decision built), spec patch, delete;
 - Eviction (policy/v1, so PodDisruptionBudgets hold: 429 means "not now");
 - Events (core/v1, what `kubectl describe` shows), reported by `kvsched-controller`.
-Called by: kvsched.controller.loop through `ApiWriter`.
+Called by: kvsched.runtime.loop through `ApiWriter`.
 """
 
 from __future__ import annotations

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from kvsched.controller import DecisionConfig, ObjectKey
 from kvsched.controller.decide import Event
-from kvsched.controller.loop import Reconciler, RoundReport
+from kvsched.runtime.loop import Reconciler, RoundReport
 from kvsched.controller.models import OwnedChange
 from kvsched.extender.cache import Cache
 from kvsched.extender.slots import PlannedSlot, PodRef

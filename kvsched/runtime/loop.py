@@ -20,7 +20,7 @@ before every informer has listed.
   back through the watch is not issued again (for 30 s), so a slow watch cannot cause duplicate writes.
 - An eviction the API refuses (a PodDisruptionBudget) is retried with backoff (10 s doubling to 5 min) and shown
   as condition Migrating with the reason; the other steps proceed.
-Called by: kvsched.controller.app (threads and wiring), tests/controller (with a fake writer).
+Called by: kvsched.runtime.controller (threads and wiring), tests/controller (with a fake writer).
 """
 
 from __future__ import annotations

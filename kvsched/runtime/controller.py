@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable
 
 from kvsched.controller.config import DecisionConfig
-from kvsched.controller.http import HealthServer
-from kvsched.controller.loop import Reconciler
+from kvsched.runtime.http import HealthServer
+from kvsched.runtime.loop import Reconciler
 from kvsched.controller.selector import parse_selector
 from kvsched.k8s.client import api_client
 from kvsched.k8s.leader import LeaseElector
@@ -169,7 +169,7 @@ def run(settings: ControllerSettings) -> int:
 def serve(controller_settings: ControllerSettings, extender_settings: Any) -> int:
     """`kvsched serve`: the controller on a thread, the extender's uvicorn server on this one (it handles
     SIGTERM/SIGINT); both record into one Metrics registry."""
-    from kvsched.extender.runner import run as run_extender
+    from kvsched.runtime.extender import run as run_extender
 
     logging.basicConfig(level=controller_settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

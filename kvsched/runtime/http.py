@@ -4,7 +4,7 @@
 saying who leads (`leader: <identity>`, `leader: unknown`) and whether this process is it. /metrics: the
 Prometheus text format of the process's `Metrics`. Under `kvsched serve` the extender's app serves the same
 metrics registry on its own port.
-Called by: kvsched.controller.app.
+Called by: kvsched.runtime.controller.
 """
 
 from __future__ import annotations

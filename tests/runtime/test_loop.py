@@ -8,13 +8,13 @@ import pytest
 
 from kvsched.controller import DecisionConfig, ObjectKey
 from kvsched.controller.decide import Event
-from kvsched.controller.loop import EvictionRefusedError, Reconciler
+from kvsched.runtime.loop import EvictionRefusedError, Reconciler
 from kvsched.controller.models import OwnedChange
 from kvsched.controller.objects import ModelServingObj, OwnerRef
 from kvsched.metrics import Metrics
 from kvsched.packer import solve
 
-from .fake import deployment, node, pod
+from tests.controller.fake import deployment, node, pod
 
 
 class FakeWriter:
