@@ -65,10 +65,8 @@ def optimise(inst: Instance, items: list[int], options: PackOptions, deadline: D
     if not items or inst.n_gpus == 0:
         return start_assign, lower, SearchStats()
     if not complete and (not math.isfinite(lower) or not _packs_at_all(inst, items, lower)):
-        kept = [i for i in items if start_assign[i] >= 0]
-        return (optimise(inst, kept, options, deadline, rng, reporter, with_exact=with_exact,
-                          settled_ratio=settled_ratio) if kept
-                else (start_assign, 0.0, SearchStats()))
+        return _optimise_placed(inst, items, start_assign, options, deadline, rng, reporter, with_exact=with_exact,
+                                settled_ratio=settled_ratio)
     reporter.phase("bisection", best=upper, lower=lower)
     exact_next = with_exact and len(items) <= options.exact_max_items
     res = bisect_target(
@@ -87,12 +85,8 @@ def optimise(inst: Instance, items: list[int], options: PackOptions, deadline: D
         on_step=lambda best: reporter.note(best=best),
     )
     if res.assign is None:
-        # Memory runs out: keep what the greedy placed (the most it could) and optimise those alone.
-        kept = [i for i in items if start_assign[i] >= 0]
-        assign, lower, stats = (optimise(inst, kept, options, deadline, rng, reporter, with_exact=with_exact,
-                           settled_ratio=settled_ratio) if kept
-                                else (start_assign, 0.0, SearchStats()))
-        return assign, lower, stats
+        return _optimise_placed(inst, items, start_assign, options, deadline, rng, reporter, with_exact=with_exact,
+                                settled_ratio=settled_ratio)
     assign = res.assign
     steps = 0
     if options.local_search:
@@ -133,6 +127,17 @@ def optimise(inst: Instance, items: list[int], options: PackOptions, deadline: D
     stats = SearchStats(bisection_iterations=res.iterations, passes=res.passes, checkpoints=res.checkpoints,
                         retunes=res.retunes, local_search_moves=steps, proven_optimal=optimal)
     return assign, lower, stats
+
+
+def _optimise_placed(inst: Instance, items: list[int], greedy_assign: IntArray, options: PackOptions,
+                     deadline: Deadline, rng: np.random.Generator, reporter: Reporter, *,
+                     with_exact: bool, settled_ratio: float) -> tuple[IntArray, float, SearchStats]:
+    """Memory runs out: keep what the greedy placed (`greedy_assign`, the most it could) and optimise those
+    alone; the rest stay unplaced. The lower bound is that of the placed ones (0 when none is)."""
+    kept = [i for i in items if greedy_assign[i] >= 0]
+    if not kept:
+        return greedy_assign, 0.0, SearchStats()
+    return optimise(inst, kept, options, deadline, rng, reporter, with_exact=with_exact, settled_ratio=settled_ratio)
 
 
 def _packs_at_all(inst: Instance, items: list[int], lower: float) -> bool:
