@@ -119,3 +119,9 @@ def below(value: float) -> float:
 def reaches(value: float, bound: float) -> bool:
     """Whether a max KVPR of `value` meets the lower bound `bound` (is at it up to IMPROVEMENT_RATIO)."""
     return value <= bound * (1 + IMPROVEMENT_RATIO)
+
+
+def within(value: float, target: float) -> bool:
+    """Whether a max KVPR of `value` is at most `target` up to float noise (`reaches`); any value is within an
+    infinite target."""
+    return reaches(value, target) if math.isfinite(target) else True

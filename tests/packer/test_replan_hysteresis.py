@@ -29,7 +29,7 @@ from tests.packer.test_replan import (
 )
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "cluster.yaml"
-# A zero-move plan counts as settled once within this share of a lower bound (planner._SETTLED_GAP_RATIO):
+# A zero-move plan counts as settled once within this share of a lower bound (replan.strategy._SETTLED_GAP_RATIO):
 # the search for the replicas that do not run yet may stop there instead of at their exact optimum.
 SETTLED = 0.002
 
