@@ -22,7 +22,7 @@ optimal max KVPR of a placement of all items:
               (the bundled example: 12.6% -> 0.8% above the bound). With `groups`, replicas of one model count
               at most once per GPU in K.
 The last three are tests at a given T; `lower_bound` bisects for the largest T at which a test still fails.
-Called by: `solve`, bench, tests (which check every bound against brute-force optima).
+Called by: `optimise`, `replan.strategy`, bench, tests (which check every bound against brute-force optima).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Built once per solve from the clock and the time budget; every phase asks `expired()` between its steps. The
 packer never reads a clock of its own: tests pass a fake clock and get the same plan on any machine.
-Called by: `solve` (builds it), search, improve, repair, exact, lns.
+Called by: `solve` and `replan.strategy` (build them), search, improve, repair, exact, lns, the `replan` heuristics.
 """
 
 from __future__ import annotations

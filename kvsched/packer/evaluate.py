@@ -1,7 +1,7 @@
 """Evaluate an assignment (item -> GPU index, -1 for unplaced): per-GPU load, weights, KVPR and memory fractions.
 
-Called by: `planner`, `search`, `exact`, `improve`, `lns` and `replan` (to judge candidates), `result` (to
-report a plan), bench. The tests recompute these numbers on their own (tests/packer/brute.py).
+Called by: `optimise`, `search`, `exact`, `improve`, `lns` and the `replan` modules (to judge candidates),
+`result` (to report a plan), bench. The tests recompute these numbers on their own (tests/packer/brute.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ models' groups when a model has replicas) are tried once; a branch dies when the
 room that can still take the lightest item; identical items take GPUs in index order. `prove_or_improve`
 asks it at T just below the best known max KVPR, again and again, each success lowering the best, until a
 search is exhausted (the best is optimal) or the node budget is spent (the best stands, unproven).
-Called by: `planner` (`_optimise`) for instances with at most `exact_max_items` replicas, and `repack_peak` (lns)
+Called by: `optimise` for instances with at most `exact_max_items` replicas, and `repack_peak` (lns)
 on a few GPUs.
 """
 

@@ -1,7 +1,7 @@
 """The baseline greedy of the Prism paper: heaviest load first, onto the GPU with the lowest current KVPR that fits.
 
 It is what kvsched is measured against (bench/) and the upper bound the bisection starts from.
-Called by: `solve`, bench, tests.
+Called by: `optimise`, bench, tests.
 """
 
 from __future__ import annotations

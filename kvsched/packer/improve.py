@@ -5,8 +5,8 @@ every move of i to another GPU and every swap of i with an item k elsewhere, by 
 afterwards. It applies the candidate whose larger new KVPR is smallest, provided that is below the current peak;
 otherwise p is a local optimum and the search stops. Replicas of one model never end up on one GPU.
 `descend` lowers the max KVPR by asking `repair` for a slightly lower target, again and again.
-Called by: `planner` after bisection (and on the GPUs below a proven peak), `lns` after each kick and re-pack,
-and `replan` (the descent route of `fewest_moves`).
+Called by: `optimise` after bisection (and on the GPUs below a proven peak), `lns` after each kick and re-pack,
+and the `replan` modules (the descent route of `fewest_moves`; local search around pinned running replicas).
 """
 
 from __future__ import annotations

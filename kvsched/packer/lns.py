@@ -7,7 +7,7 @@ If it puts every one of them below the current peak, the arrangement is applied 
 The search stops when a peak survives all its partner sets, or when the deadline expires.
 `iterated_search` kicks the best plan with random swaps and improves and re-packs it again, keeping what is better;
 `polish` chains re-packing, local search, descent and the iterated search (the improving phases of `solve`).
-Called by: `solve` after `improve`, for any instance size (each attempt touches only k + 1 GPUs).
+Called by: `optimise` after `improve`, for any instance size (each attempt touches only k + 1 GPUs).
 """
 
 from __future__ import annotations

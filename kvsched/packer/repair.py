@@ -9,7 +9,8 @@ sheds its excess by one move or swap with a GPU that can absorb it; what cannot 
 3. else eject: x replaces a lighter item y of a GPU where it then fits, and y goes back to the trash (y is
    preferably one that fits elsewhere outright; recently moved items are tabu).
 It succeeds when the trash is empty, and gives up after a bounded number of steps.
-Called by: `try_pack` (items a pass could not place), `improve` (descent by lowering T).
+Called by: `try_pack` (items a pass could not place), `improve` (descent by lowering T), `replan.fewest`
+(what shedding could not place).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ first. A pass that completes without retuning proves T reachable: hi drops to th
 (<= T'), so hi may still drop; whether T itself is reachable is then asked of the same pass without retune.
 When no candidate reaches T, lo rises to T. It stops when hi / lo - 1 is
 below the tolerance, after max_iterations, or when the deadline has expired after at least one iteration.
-Called by: `solve`, bench.
+Called by: `optimise`, bench.
 """
 
 from __future__ import annotations

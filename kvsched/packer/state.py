@@ -4,7 +4,8 @@ Totals: N_g (summed load), W_g (summed weights, GiB), the items and model groups
 holding each group, with the KVPRs they give (now, or with an item added or taken off). Bin packing at a target T: each item weighs w_j = n_j + T * m_j and each GPU has the
 residual r_g = T * M_g - N_g - T * W_g of its capacity (formulas in `kvpr`). Optionally, a sorted index of the
 residuals answers best-fit queries in O(log G).
-Called by: `try_pack` (a pass), `repair` (moves at a fixed T), `improve` and `replan` (totals and KVPRs only).
+Called by: `try_pack` (a pass), `repair` (moves at a fixed T), `improve` and the `replan` modules (totals and
+KVPRs only).
 """
 
 from __future__ import annotations
