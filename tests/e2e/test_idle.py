@@ -54,7 +54,7 @@ def test_example_idle_writes_nothing_and_one_rate_change_evicts_what_the_replan_
     first_evictions = migrations(example.metrics())
     assert first_evictions == 0, (
         f"the example's first placement evicted {first_evictions:.0f} pods (a first plan overturned): "
-        f"{example.eviction_events()[:5]}")
+        f"{list(example.eviction_events().values())[:5]}")
 
     # 1. Idle: the test window itself (sampled; fails at the first eviction).
     idle = watch_idle(example, IDLE_S)
@@ -65,7 +65,7 @@ def test_example_idle_writes_nothing_and_one_rate_change_evicts_what_the_replan_
 
     # 2. One rate change.
     before = example.metrics()
-    events_before = len(example.eviction_events())
+    events_before = example.eviction_events()
     rate = example.rate(CHANGED)
     generation = next(m for m in example.servings() if m["metadata"]["name"] == CHANGED)["metadata"]["generation"]
     example.patch_rate(CHANGED, rate * 3)
@@ -85,7 +85,7 @@ def test_example_idle_writes_nothing_and_one_rate_change_evicts_what_the_replan_
         time.sleep(0.5)
     example.wait_settled(60.0, f"after the rate change on {CHANGED}")
     evicted = migrations(example.metrics()) - migrations(before)
-    events = example.eviction_events()[events_before:]
+    events = example.new_eviction_events(events_before)
     per_model = Counter(name for name, _ in events)
     replicas = {m["metadata"]["name"]: (m.get("status") or {}).get("replicas", 0) for m in example.servings()}
     over = {n: c for n, c in per_model.items() if c > replicas.get(n, 0)}

@@ -172,11 +172,17 @@ class ExampleCluster:
         dep = client.AppsV1Api(self.api).read_namespaced_deployment(name, NAMESPACE)
         return float(dep.metadata.annotations["kvsched.io/request-rate"])
 
-    def eviction_events(self) -> list[tuple[str, str]]:
-        """(ModelServing, message) of every Migrating event kvsched recorded (one per eviction it started)."""
+    def eviction_events(self) -> dict[str, tuple[str, str]]:
+        """Event name -> (ModelServing, message) of every Migrating event kvsched recorded (one per eviction it
+        started). Keyed by name: the API lists events by name, not in the order they were made, so the events of
+        a change are those whose names were not there before it (`new_eviction_events`)."""
         events = client.CoreV1Api(self.api).list_namespaced_event(
             NAMESPACE, field_selector="reason=Migrating,involvedObject.kind=ModelServing").items
-        return [(e.involved_object.name, e.message or "") for e in events]
+        return {e.metadata.name: (e.involved_object.name, e.message or "") for e in events}
+
+    def new_eviction_events(self, before: dict[str, tuple[str, str]]) -> list[tuple[str, str]]:
+        """The (ModelServing, message) of the Migrating events recorded since `before` (an `eviction_events()`)."""
+        return [v for k, v in sorted(self.eviction_events().items()) if k not in before]
 
 
 def watch_idle(cluster: ExampleCluster, window_s: float, sample_s: float = 3.0) -> dict[str, float]:

@@ -98,7 +98,7 @@ def test_twenty_random_changes_evict_what_the_replans_report(example: ExampleClu
         slot = start + i * SLOT_S
         time.sleep(max(0.0, slot - time.monotonic()))
         before = migrations(example.metrics())
-        events_before = len(example.eviction_events())
+        events_before = example.eviction_events()
         what = change(example, rng)
         reported: dict[str, int] = {}
         began = time.monotonic()
@@ -112,7 +112,7 @@ def test_twenty_random_changes_evict_what_the_replans_report(example: ExampleClu
                 break
             time.sleep(0.5)
         evicted = migrations(example.metrics()) - before
-        per_model = Counter(n for n, _ in example.eviction_events()[events_before:])
+        per_model = Counter(n for n, _ in example.new_eviction_events(events_before))
         replicas = {m["metadata"]["name"]: (m.get("status") or {}).get("replicas", 0) for m in example.servings()}
         rows.append((what, evicted, sum(reported.values()), time.monotonic() - began))
         if not settled:
