@@ -43,7 +43,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from bench.exact_moves import GpuSets, config_lp_bound, count_moves, fewest_moves, min_max_kvpr, placement_kvpr
-from bench.run import Target, verdict
+from bench.results import Target, gap_pct, verdict, write_json
 from bench.share_restarts import share_restarts
 from kvsched.cluster_file import load_cluster_file
 from kvsched.packer import Gpu, GpuId, Model, PackOptions, Plan, Slot, solve
@@ -263,12 +263,6 @@ def changes(cluster: Cluster, first: Plan) -> list[Change]:
 # ------------------------------------------------------------------------------------------------- re-plan
 
 
-def _gap(value: float, best: float) -> float:
-    if best <= 0:
-        return 0.0 if value <= 0 else math.inf
-    return (value / best - 1.0) * 100.0
-
-
 def replan(cluster: Cluster, change: Change, first: Plan, limits: Limits) -> Row:
     """kvsched's re-plan and the exact references for one change (see the module docstring)."""
     slots = [Slot(p.model, p.replica, p.gpu) for p in first.placements]
@@ -312,11 +306,11 @@ def replan(cluster: Cluster, change: Change, first: Plan, limits: Limits) -> Row
         cluster=cluster.name, change=change.kind, detail=change.detail, n_gpus=len(change.gpus),
         n_replicas=sum(m.replicas for m in change.models), forced=forced,
         kvsched_moves=moves, kvsched_unplaced=len(plan.unplaced), kvsched_max_kvpr=kv_value,
-        kvsched_gap_pct=_gap(kv_value, best_value), kvsched_s=kvsched_s,
+        kvsched_gap_pct=gap_pct(kv_value, best_value), kvsched_s=kvsched_s,
         best_known=best_value, best_lower=best_lower, best_proven=best_proven,
         exact_moves=exact_moves, exact_proven=bool(res is not None and res.status == "OPTIMAL"),
         exact_max_kvpr=res.max_kvpr if found and res else None,
-        exact_gap_pct=_gap(res.max_kvpr, best_value) if found and res else None,
+        exact_gap_pct=gap_pct(res.max_kvpr, best_value) if found and res else None,
         exact_s=exact_s,
         share_restarts=share_restarts(change.models, change.gpus, first, plan, THRESHOLD),
     )
@@ -334,11 +328,11 @@ def example_gap(limit_s: float) -> ExampleGap:
                                    time_limit_s=limit_s)
     return ExampleGap(
         kvsched_max_kvpr=plan.max_kvpr, lower_bound=plan.lower_bound,
-        reported_gap_pct=_gap(plan.max_kvpr, plan.lower_bound), exact_best=res.value,
+        reported_gap_pct=gap_pct(plan.max_kvpr, plan.lower_bound), exact_best=res.value,
         exact_lower=res.proven_lower, exact_raised_lower=res.proven_lower > plan.lower_bound,
         exact_proven=res.proven,
-        gap_to_exact_lower_pct=_gap(plan.max_kvpr, res.proven_lower), config_lp_lower=config_lower,
-        gap_to_config_lp_pct=_gap(plan.max_kvpr, config_lower), seconds=time.perf_counter() - start,
+        gap_to_exact_lower_pct=gap_pct(plan.max_kvpr, res.proven_lower), config_lp_lower=config_lower,
+        gap_to_config_lp_pct=gap_pct(plan.max_kvpr, config_lower), seconds=time.perf_counter() - start,
     )
 
 
@@ -396,7 +390,7 @@ def scale_replans(plan: Sequence[tuple[int, Sequence[str]]]) -> list[ScaleReplan
                 n_gpus=len(change.gpus), n_replicas=sum(m.replicas for m in change.models), change=change.kind,
                 forced=sum(len(gs - alive) for name, gs in before.items() if name in names),
                 moves=count_moves(change.models, change.gpus, before, after), unplaced=len(plan_.unplaced),
-                max_kvpr=value, gap_lb_pct=_gap(value, plan_.lower_bound), seconds=seconds,
+                max_kvpr=value, gap_lb_pct=gap_pct(value, plan_.lower_bound), seconds=seconds,
                 share_restarts=share_restarts(change.models, change.gpus, first, plan_, THRESHOLD),
             ))
     return rows
@@ -517,21 +511,6 @@ def format_report(report: ChurnReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _jsonable(value: object) -> object:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def write_json(report: ChurnReport, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_jsonable(dataclasses.asdict(report)), indent=2) + "\n")
-
-
 def compare(before: Path, after: Path) -> str:
     """Two churn JSON files (e.g. two versions of the packer) side by side: per re-plan kvsched's moves, gap
     above the best known plan and time, with CP-SAT's fewest moves from each run; totals and medians last."""
@@ -579,7 +558,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                  progress=lambda line: sys.stderr.write(line + "\n") or sys.stderr.flush())
     sys.stdout.write("\n" + format_report(report))
     if args.json is not None:
-        write_json(report, args.json)
+        write_json(report, args.json, indent=2)
         sys.stdout.write(f"JSON: {args.json}\n")
     return 0
 

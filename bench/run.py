@@ -10,9 +10,7 @@ Called by: `make bench`, tests/bench (smoke test on a tiny subset).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
-import json
 import math
 import os
 import platform
@@ -30,6 +28,7 @@ from typing import Callable, Sequence, TypeVar
 import numpy as np
 
 from bench.adrs import adrs_cases, adrs_optima
+from bench.results import Target, figure, gap_pct, table, verdict, write_json
 from bench.scale import scale_case
 from kvsched.packer import Gpu, Model, PackOptions, Plan, solve
 from kvsched.packer.bounds import fluid_bound, lower_bound
@@ -146,20 +145,6 @@ class ScaleRow:
 
 
 @dataclass(frozen=True)
-class Target:
-    """A goal from the issue next to the figure it is judged on; status is PASS, MISS or "not run"."""
-
-    name: str
-    measured: str
-    status: str
-
-
-def verdict(ok: bool) -> str:
-    """A target's status for a figure that was measured."""
-    return "PASS" if ok else "MISS"
-
-
-@dataclass(frozen=True)
 class RetuneRow:
     """Full solves of one suite with retune on or off. Counts are totals over the suite's instances."""
 
@@ -231,13 +216,6 @@ class Report:
 
 
 # ------------------------------------------------------------------------------------------------- helpers
-
-
-def gap_pct(value: float, reference: float) -> float:
-    """How far `value` is above `reference`, in % (0 when both are 0, inf when only the reference is)."""
-    if reference <= 0:
-        return 0.0 if value <= 0 else math.inf
-    return (value / reference - 1.0) * 100.0
 
 
 def timed(fn: Callable[[], T], repeat: int) -> tuple[list[T], float]:
@@ -566,23 +544,6 @@ def _fast_pass_rows(suite: str, cases: Sequence[Case]) -> list[FastPassRow]:
 # -------------------------------------------------------------------------------------------------- report
 
 
-def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    """Columns padded to their widest cell: the first left-aligned, the rest right-aligned."""
-    widths = [max(len(str(h)), *(len(r[c]) for r in rows)) for c, h in enumerate(headers)]
-
-    def line(cells: Sequence[str]) -> str:
-        return "  ".join(cell.ljust(w) if c == 0 else cell.rjust(w)
-                         for c, (cell, w) in enumerate(zip(cells, widths))).rstrip()
-
-    return [line(headers), line(["-" * w for w in widths]), *(line(r) for r in rows)]
-
-
-def _f(value: float | None, fmt: str = ".3f") -> str:
-    if value is None or math.isnan(value):
-        return "-"
-    return "inf" if math.isinf(value) else format(value, fmt)
-
-
 def format_report(report: Report) -> str:
     """The whole report as aligned plain text."""
     m = report.machine
@@ -596,7 +557,7 @@ def format_report(report: Report) -> str:
     out += _format_adrs(report.adrs)
     out += _format_scale(report.scale)
     out += ["", "TARGETS"]
-    out += _table(["target", "measured", "status"], [[t.name, t.measured, t.status] for t in report.targets])
+    out += table(["target", "measured", "status"], [[t.name, t.measured, t.status] for t in report.targets])
     if report.ablation is not None:
         out += _format_ablation(report.ablation)
     return "\n".join(out) + "\n"
@@ -607,10 +568,10 @@ def _format_adrs(adrs: AdrsReport) -> list[str]:
     out = [f"ADRS-50: {n} cases, median of {adrs.repeat} run(s) per case, gap to the {adrs.reference}"]
     if not adrs.optima_found:
         out.append("  NOTE: adrs50_optima.json not found; gaps and 'at ref' are against kvsched's lower bound only")
-    rows = [[s.method, f"{s.mean_max_kvpr:.6f}", f"{s.at_reference}/{s.cases}", _f(s.mean_gap_pct),
-             _f(s.worst_gap_pct), _f(s.median_ms, ".2f"), _f(s.mean_ms, ".2f")]
+    rows = [[s.method, f"{s.mean_max_kvpr:.6f}", f"{s.at_reference}/{s.cases}", figure(s.mean_gap_pct),
+             figure(s.worst_gap_pct), figure(s.median_ms, ".2f"), figure(s.mean_ms, ".2f")]
             for s in (adrs.greedy, adrs.kvsched)]
-    out += _table(["method", "mean max KVPR", "at ref", "mean gap %", "worst gap %", "median ms", "mean ms"], rows)
+    out += table(["method", "mean max KVPR", "at ref", "mean gap %", "worst gap %", "median ms", "mean ms"], rows)
     missed = [c.case for c, ref in zip(adrs.cases, adrs_references(adrs.cases))
               if c.kvsched_max_kvpr > ref * (1 + OPTIMUM_TOLERANCE_RATIO)]
     out.append(f"  kvsched above the {adrs.reference} on cases: {missed or 'none'}")
@@ -631,12 +592,12 @@ def _format_scale(scale: Sequence[ScaleRow]) -> list[str]:
     rows = []
     for r in scale:
         rows.append([str(r.n_gpus), str(r.n_models), f"{r.fluid_bound:.5f}",
-                     _f(r.greedy_gap_fluid_pct), _f(r.greedy_gap_lb_pct), _f(r.greedy_s, ".3f"),
-                     _f(r.kvsched_gap_fluid_pct), _f(r.kvsched_gap_lb_pct), _f(r.kvsched_s, ".3f"),
+                     figure(r.greedy_gap_fluid_pct), figure(r.greedy_gap_lb_pct), figure(r.greedy_s, ".3f"),
+                     figure(r.kvsched_gap_fluid_pct), figure(r.kvsched_gap_lb_pct), figure(r.kvsched_s, ".3f"),
                      str(r.retunes), str(r.greedy_unplaced + r.kvsched_unplaced),
                      f"{r.tracemalloc_peak_mib:.1f}", f"{r.maxrss_mib:.0f}"])
-    out += _table(["GPUs", "models", "fluid", "greedy %fl", "greedy %LB", "greedy s", "kvsched %fl",
-                   "kvsched %LB", "kvsched s", "retunes", "unplaced", "tracemalloc MiB", "maxrss MiB"], rows)
+    out += table(["GPUs", "models", "fluid", "greedy %fl", "greedy %LB", "greedy s", "kvsched %fl",
+                  "kvsched %LB", "kvsched s", "retunes", "unplaced", "tracemalloc MiB", "maxrss MiB"], rows)
     out.append("  tracemalloc MiB: peak Python allocations (numpy included) of one traced kvsched solve.")
     out.append("  maxrss MiB: ru_maxrss of the whole process so far (interpreter, earlier sizes included).")
     return out
@@ -644,42 +605,27 @@ def _format_scale(scale: Sequence[ScaleRow]) -> list[str]:
 
 def _format_ablation(ab: AblationReport) -> list[str]:
     out = ["", "RETUNE ABLATION: full solve, retune on vs off (gap to the reference; counts summed over instances)"]
-    out += _table(
+    out += table(
         ["suite", "retune", "fired / checkpoints", "mean gap %", "reference", "bisect it", "passes",
          "median ms", "mean ms"],
-        [[r.suite, "on" if r.retune else "off", f"{r.retunes} / {r.checkpoints}", _f(r.mean_gap_pct),
-          r.reference, f"{r.mean_bisection_iterations:.1f}", f"{r.mean_passes:.1f}", _f(r.median_ms, ".1f"),
-          _f(r.mean_ms, ".1f")] for r in ab.full])
+        [[r.suite, "on" if r.retune else "off", f"{r.retunes} / {r.checkpoints}", figure(r.mean_gap_pct),
+          r.reference, f"{r.mean_bisection_iterations:.1f}", f"{r.mean_passes:.1f}", figure(r.median_ms, ".1f"),
+          figure(r.mean_ms, ".1f")] for r in ab.full])
     out += ["", "SINGLE PASS at T = lower bound (try_pack once per instance; the search's own candidates)"]
-    out += _table(
+    out += table(
         ["suite", "order/policy", "on: complete", "on: retunes", "on: mean gap %", "on: worst gap %", "on ms",
          "off: complete", "off ms"],
         [[r.suite, f"{r.order}/{r.policy}", f"{r.on_complete}/{r.instances}", str(r.on_retunes),
-          _f(r.on_mean_gap_pct), _f(r.on_worst_gap_pct), _f(r.on_mean_ms, ".2f"),
-          f"{r.off_complete}/{r.instances}", _f(r.off_mean_ms, ".2f")] for r in ab.fast_pass])
+          figure(r.on_mean_gap_pct), figure(r.on_worst_gap_pct), figure(r.on_mean_ms, ".2f"),
+          f"{r.off_complete}/{r.instances}", figure(r.off_mean_ms, ".2f")] for r in ab.fast_pass])
     out.append("  on: gap of the completed passes' max KVPR to the lower bound; off: a pass that completes at the "
                "bound is optimal.")
     out += ["", "TIME BUDGET 0 (solve's first feasible plan, no improving phases)"]
-    out += _table(
+    out += table(
         ["suite", "retune", "mean gap %", "worst gap %", "reference", "retunes", "median ms", "mean ms"],
-        [[r.suite, "on" if r.retune else "off", _f(r.mean_gap_pct), _f(r.worst_gap_pct), r.reference,
-          str(r.retunes), _f(r.median_ms, ".1f"), _f(r.mean_ms, ".1f")] for r in ab.budget_zero])
+        [[r.suite, "on" if r.retune else "off", figure(r.mean_gap_pct), figure(r.worst_gap_pct), r.reference,
+          str(r.retunes), figure(r.median_ms, ".1f"), figure(r.mean_ms, ".1f")] for r in ab.budget_zero])
     return out
-
-
-def write_json(report: Report, path: Path) -> None:
-    """Every figure as JSON; non-finite numbers become null (JSON has no inf or NaN)."""
-    def clean(value: object) -> object:
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {k: clean(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [clean(v) for v in value]
-        return value
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(clean(dataclasses.asdict(report)), indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------------- CLI

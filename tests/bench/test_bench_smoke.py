@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from bench.run import Report, build_report, format_report, main, write_json
+from bench.results import write_json
+from bench.run import Report, build_report, format_report, main
 
 SLACK = 1e-9  # relative, for comparisons of floats computed along different paths
 OPTIMUM_SLACK = 2e-6  # the optima file is rounded and came from a bisection at 1e-6

@@ -93,8 +93,8 @@ def test_min_max_kvpr_and_fewest_moves_match_brute_force(seed: int) -> None:
 
 
 def test_churn_rows_agree_with_each_other_on_a_tiny_cluster(tmp_path: Path) -> None:
-    from bench.churn import ChurnReport, Limits, changes, compare, format_report, generated, replan, summarise, \
-        write_json
+    from bench.churn import ChurnReport, Limits, changes, compare, format_report, generated, replan, summarise
+    from bench.results import write_json
     from kvsched.packer import solve
 
     cluster = generated("homogeneous", 1, 3, 5)
