@@ -18,7 +18,8 @@ import statistics
 import time
 from typing import Any, Sequence
 
-from kvsched.controller import DecisionConfig, DeploymentObj, ModelServingObj, NodeObj, PodObj, World, decide
+from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, PodObj, World
+from kvsched.controller import DecisionConfig, decide
 from kvsched.controller.decide import Decision
 from kvsched.packer import Gpu, Model, PackOptions, Plan, Slot, solve
 

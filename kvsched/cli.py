@@ -368,7 +368,8 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
     import dataclasses as dc
     import os
 
-    from kvsched.controller import DecisionConfig, SelectorError, World, decide, parse_selector
+    from kvsched.api.objects import World
+    from kvsched.controller import DecisionConfig, SelectorError, decide, parse_selector
     from kvsched.controller.models import collect_models
     from kvsched.k8s.client import ClientConfigError, api_client
     from kvsched.k8s.rest import ApiError

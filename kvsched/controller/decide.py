@@ -20,27 +20,19 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
+from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION
+from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, PodObj, World
+from kvsched.api.records import DeploymentPatch, Event, EventTarget, OwnedChange, PodNudge, StatusWrite
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed
 from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, Step, choose_next, plan_steps
+from kvsched.controller.models import ModelEntry, collect_models
 from kvsched.controller.shares import SHARE_EPSILON, free_shares, resize_steps
-from kvsched.controller.models import ModelEntry, OwnedChange, collect_models
-from kvsched.controller.objects import (
-    API_VERSION,
-    KIND,
-    MODEL_LABEL,
-    PLANNED_SLOTS_ANNOTATION,
-    DeploymentObj,
-    ModelServingObj,
-    ObjectKey,
-    PodObj,
-    World,
-)
 from kvsched.controller.status import (
     merge_conditions,
-    share_of,
     model_kvpr,
     placement_conditions,
+    share_of,
     slots_of,
     status_changed,
 )
@@ -53,40 +45,6 @@ Planner = Callable[[Sequence[Model], Sequence[Gpu], Sequence[Slot], Sequence[Slo
 
 
 @dataclass(frozen=True)
-class EventTarget:
-    """The object an event is about."""
-
-    kind: str
-    api_version: str
-    namespace: str
-    name: str
-    uid: str
-
-
-@dataclass(frozen=True)
-class Event:
-    target: EventTarget
-    type: str  # "Normal" | "Warning"
-    reason: str
-    message: str
-
-
-@dataclass(frozen=True)
-class StatusWrite:
-    key: ObjectKey
-    status: Mapping[str, Any]
-
-
-@dataclass(frozen=True)
-class DeploymentPatch:
-    """A strategic-merge patch of a Deployment; `rollout` when it changes the pod template."""
-
-    key: ObjectKey
-    patch: Mapping[str, Any]
-    rollout: bool
-
-
-@dataclass(frozen=True)
 class Eviction:
     """Evict `pod` (model `model`) to move it from `source` to `target`; `resize`: to restart it in place with
     its planned memory share."""
@@ -96,16 +54,6 @@ class Eviction:
     source: GpuId
     target: GpuId
     resize: bool = False
-
-
-@dataclass(frozen=True)
-class PodNudge:
-    """Annotate pending pod `pod` with `digest` (PLANNED_SLOTS_ANNOTATION): kube-scheduler does not watch
-    ModelServings, so a pod the extender rejected before its model had a free slot would wait for an unrelated
-    cluster event (or up to 5 minutes); an update of the pod itself puts it back in the scheduling queue."""
-
-    pod: ObjectKey
-    digest: str
 
 
 @dataclass(frozen=True)

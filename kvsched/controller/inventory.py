@@ -19,15 +19,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
+from kvsched.api.names import GPU_ANNOTATION, GPU_MEMORY_LABEL, GPU_MEMORY_MIB_LABEL, MODEL_LABEL
+from kvsched.api.objects import NodeObj, PodObj
 from kvsched.controller.config import DecisionConfig
-from kvsched.controller.objects import (
-    GPU_ANNOTATION,
-    GPU_MEMORY_LABEL,
-    GPU_MEMORY_MIB_LABEL,
-    MODEL_LABEL,
-    NodeObj,
-    PodObj,
-)
 from kvsched.packer import Gpu
 from kvsched.units import UnitError, memory_gib
 

@@ -19,7 +19,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Mapping, Sequence
 
-from kvsched.controller.objects import ObjectKey, PodObj
+from kvsched.api.objects import ObjectKey, PodObj
 from kvsched.packer import GpuId, MigrationStep
 
 

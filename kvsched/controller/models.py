@@ -17,18 +17,9 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kvsched.controller.objects import (
-    API_VERSION,
-    KIND,
-    MODEL_ANNOTATIONS,
-    RATE_ANNOTATION,
-    SIZE_ANNOTATION,
-    SLO_ANNOTATION,
-    DeploymentObj,
-    ModelServingObj,
-    ObjectKey,
-    World,
-)
+from kvsched.api.names import API_VERSION, KIND, MODEL_ANNOTATIONS, RATE_ANNOTATION, SIZE_ANNOTATION, SLO_ANNOTATION
+from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, World
+from kvsched.api.records import OwnedChange
 from kvsched.packer import InvalidInput, Model
 from kvsched.units import UnitError, describe, memory_gib, number, seconds
 
@@ -63,15 +54,6 @@ class ModelEntry:
     model: Model | None
     size_gib: float | None
     invalid: Problem | None
-
-
-@dataclass(frozen=True)
-class OwnedChange:
-    """A write to the ModelServing an annotated Deployment owns: create (body), patch (spec) or delete."""
-
-    action: str  # "create" | "patch" | "delete"
-    key: ObjectKey
-    body: Mapping[str, Any]
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ import math
 from collections import defaultdict
 from typing import Mapping, Sequence
 
+from kvsched.api.names import MEMORY_FRACTION_ANNOTATION
+from kvsched.api.objects import PodObj
 from kvsched.controller.migrations import RunningPod, Step
-from kvsched.controller.objects import MEMORY_FRACTION_ANNOTATION, PodObj
 from kvsched.packer import GpuId
 from kvsched.units import memory_share
 

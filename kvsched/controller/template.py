@@ -16,9 +16,7 @@ from __future__ import annotations
 import math
 from typing import Any, Iterable, Mapping
 
-from kvsched.controller.config import DecisionConfig
-from kvsched.controller.inventory import PoolNode
-from kvsched.controller.objects import (
+from kvsched.api.names import (
     GPU_ANNOTATION,
     GPU_MEMORY_LABEL,
     GPU_MEMORY_MIB_LABEL,
@@ -26,8 +24,10 @@ from kvsched.controller.objects import (
     MEMORY_FRACTION_ENV,
     MODEL_LABEL,
     VISIBLE_DEVICES_ENV,
-    DeploymentObj,
 )
+from kvsched.api.objects import DeploymentObj
+from kvsched.controller.config import DecisionConfig
+from kvsched.controller.inventory import PoolNode
 
 _ENV = (
     (VISIBLE_DEVICES_ENV, f"metadata.annotations['{GPU_ANNOTATION}']"),

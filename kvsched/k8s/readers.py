@@ -10,14 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from kvsched.controller.objects import (
-    GPU_RESOURCE,
-    DeploymentObj,
-    ModelServingObj,
-    NodeObj,
-    OwnerRef,
-    PodObj,
-)
+from kvsched.api.names import GPU_RESOURCE
+from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, OwnerRef, PodObj
 
 Obj = Mapping[str, Any]
 

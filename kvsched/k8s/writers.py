@@ -10,15 +10,14 @@ Called by: kvsched.runtime.loop through `ApiWriter`.
 
 from __future__ import annotations
 
-import datetime
 import uuid
 from typing import Any, Mapping
 
 from kubernetes import client
 
-from kvsched.controller.decide import Event
-from kvsched.controller.models import OwnedChange
-from kvsched.controller.objects import GROUP, PLURAL, VERSION, ObjectKey
+from kvsched.api.names import GROUP, PLURAL, VERSION
+from kvsched.api.objects import ObjectKey
+from kvsched.api.records import Event, EvictionRefused, OwnedChange, utc_now
 from kvsched.k8s.rest import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, call
 
 COMPONENT = "kvsched-controller"
@@ -26,19 +25,6 @@ COMPONENT = "kvsched-controller"
 
 def _ms_path(key: ObjectKey) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{key.namespace}/{PLURAL}/{key.name}"
-
-
-def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-class EvictionRefused(Exception):
-    """The Eviction API said no (429: a PodDisruptionBudget, or 5xx); `reason` goes to the condition."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
 
 
 class ApiWriter:
@@ -97,7 +83,7 @@ class ApiWriter:
     def event(self, event: Event) -> None:
         """Create a core/v1 Event about `event.target` (Nodes' events go to the `default` namespace)."""
         namespace = event.target.namespace or "default"
-        now = _now()
+        now = utc_now()
         involved = {"kind": event.target.kind, "apiVersion": event.target.api_version,
                     "namespace": event.target.namespace, "name": event.target.name, "uid": event.target.uid}
         body: dict[str, Any] = {

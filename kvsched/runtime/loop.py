@@ -25,7 +25,6 @@ Called by: kvsched.runtime.controller (threads and wiring), tests/controller (wi
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import threading
@@ -34,20 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
+from kvsched.api.names import PLANNED_SLOTS_ANNOTATION
+from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, PodObj, World
+from kvsched.api.records import Event, OwnedChange, utc_now
 from kvsched.controller.config import DecisionConfig
-from kvsched.controller.decide import Decision, Event, decide
+from kvsched.controller.decide import Decision, decide
 from kvsched.controller.inventory import is_managed
 from kvsched.controller.migrations import Blocked
-from kvsched.controller.models import OwnedChange
-from kvsched.controller.objects import (
-    PLANNED_SLOTS_ANNOTATION,
-    DeploymentObj,
-    ModelServingObj,
-    NodeObj,
-    ObjectKey,
-    PodObj,
-    World,
-)
 from kvsched.metrics import GpuSample, Metrics
 from kvsched.packer import Gpu, GpuId, Model, PackOptions, Plan, Slot, solve
 
@@ -60,18 +52,10 @@ _EVICTED_HOLD_S = 60.0
 _STALE_RETRY_S = 0.5  # a round skipped while a watch reconnects is retried this soon
 
 
-class EvictionRefusedError(Exception):
-    """Raised by `Writer.evict` when the API refuses (reason for the condition, message from the API)."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-
 class Writer(Protocol):
     """What the loop needs from the API (kvsched.k8s.writers.ApiWriter; a fake in tests). Every method raises
-    on failure; `evict` raises EvictionRefusedError (or anything with `reason` and `message`) when refused."""
+    on failure; `evict` raises kvsched.api.records.EvictionRefused (or anything with `reason` and `message`) when
+    refused."""
 
     def write_status(self, key: ObjectKey, status: Mapping[str, Any]) -> Any: ...
 
@@ -84,10 +68,6 @@ class Writer(Protocol):
     def annotate_pod(self, pod: ObjectKey, annotations: Mapping[str, str]) -> Any: ...
 
     def event(self, event: Event) -> None: ...
-
-
-def utc_now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)

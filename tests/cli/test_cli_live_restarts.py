@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 import pytest
 
-from kvsched.controller import World
+from kvsched.api.objects import World
 from tests.controller.fake import apply, bind_planned, deployment, node, run, settle
 
 

@@ -6,10 +6,9 @@ import copy
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from kvsched.controller import (
-    Decision, DecisionConfig, DeploymentObj, ModelServingObj, NodeObj, OwnerRef, PodObj, World, decide,
-)
-from kvsched.controller.objects import GPU_ANNOTATION, GPU_MEMORY_MIB_LABEL, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL
+from kvsched.api.names import GPU_ANNOTATION, GPU_MEMORY_MIB_LABEL, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL
+from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, OwnerRef, PodObj, World
+from kvsched.controller import Decision, DecisionConfig, decide
 from kvsched.packer import Gpu, Model, PackOptions, Plan, Slot, solve
 
 NOW = "2026-11-28T06:00:00Z"

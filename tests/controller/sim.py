@@ -44,15 +44,15 @@ import threading
 from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from kvsched.controller import DecisionConfig, ObjectKey
-from kvsched.controller.decide import Event
-from kvsched.runtime.loop import Reconciler, RoundReport
-from kvsched.controller.models import OwnedChange
+from kvsched.api.objects import ObjectKey
+from kvsched.api.records import Event, OwnedChange
+from kvsched.controller import DecisionConfig
 from kvsched.extender.cache import Cache
 from kvsched.extender.slots import PlannedSlot, PodRef
 from kvsched.k8s.readers import read_deployment, read_model_serving, read_node, read_pod
 from kvsched.metrics import Metrics
 from kvsched.packer import Plan, solve
+from kvsched.runtime.loop import Reconciler, RoundReport
 
 from .fake import _merge as strategic_merge
 

@@ -5,7 +5,8 @@ from typing import Any
 
 import pytest
 
-from kvsched.controller import DecisionConfig, World
+from kvsched.api.objects import World
+from kvsched.controller import DecisionConfig
 from kvsched.controller.decide import current_slots, running_pods
 from kvsched.controller.models import collect_models
 from kvsched.packer import GpuId, Slot

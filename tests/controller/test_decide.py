@@ -5,8 +5,9 @@ import dataclasses
 
 import pytest
 
-from kvsched.controller import Blocked, DecisionConfig, ObjectKey, World, parse_selector
-from kvsched.controller.objects import GPU_MEMORY_LABEL
+from kvsched.api.names import GPU_MEMORY_LABEL
+from kvsched.api.objects import ObjectKey, World
+from kvsched.controller import Blocked, DecisionConfig, parse_selector
 
 from .fake import LATER, apply, bind_planned, condition, deployment, node, pod, run, serving, settle
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from kvsched.controller import World
+from kvsched.api.objects import World
 from kvsched.controller.migrations import RunningPod
 from kvsched.controller.shares import free_shares, resize_steps, running_share
 from kvsched.packer import GpuId

@@ -6,11 +6,10 @@ from typing import Any, Mapping
 
 import pytest
 
-from kvsched.controller import DecisionConfig, ObjectKey
-from kvsched.controller.decide import Event
-from kvsched.runtime.loop import EvictionRefusedError, Reconciler
-from kvsched.controller.models import OwnedChange
-from kvsched.controller.objects import ModelServingObj, OwnerRef
+from kvsched.api.objects import ModelServingObj, ObjectKey, OwnerRef
+from kvsched.api.records import Event, EvictionRefused, OwnedChange
+from kvsched.controller import DecisionConfig
+from kvsched.runtime.loop import Reconciler
 from kvsched.metrics import Metrics
 from kvsched.packer import solve
 
@@ -54,7 +53,7 @@ class FakeWriter:
     def evict(self, pod_key: ObjectKey) -> None:
         self.calls.append(("evict", pod_key))
         if self.refuse_evictions:
-            raise EvictionRefusedError("EvictionBlocked", "Cannot evict pod as it would violate the pod's "
+            raise EvictionRefused("EvictionBlocked", "Cannot evict pod as it would violate the pod's "
                                        "disruption budget.")
 
     def annotate_pod(self, pod_key: ObjectKey, annotations: Mapping[str, str]) -> None:

@@ -3,8 +3,9 @@
 Readers in kvsched.k8s build these from API objects (camelCase dicts); the unit tests build them by hand. They
 carry the raw strings people wrote (annotations, labels, spec values): giving them meaning, and rejecting what has
 none, is the decision core's job (kvsched.controller.models / inventory), so that a bad value becomes a condition
-and an event on its object instead of an exception in a reader.
-Called by: kvsched.controller.decide and its helpers, kvsched.k8s.readers, tests/controller.
+and an event on its object instead of an exception in a reader. The names they are read by are in kvsched.api.names.
+Called by: kvsched.controller.decide and its helpers, kvsched.k8s.readers and snapshot, kvsched.runtime.loop,
+tests/controller.
 """
 
 from __future__ import annotations
@@ -12,26 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-# Names fixed by docs/architecture.md.
-GROUP = "kvsched.io"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-KIND = "ModelServing"
-PLURAL = "modelservings"
-MODEL_LABEL = "kvsched.io/model"
-GPU_ANNOTATION = "kvsched.io/gpu"
-MEMORY_FRACTION_ANNOTATION = "kvsched.io/gpu-memory-fraction"
-PLANNED_SLOTS_ANNOTATION = "kvsched.io/planned-slots"  # on a pending pod: digest of its model's slots when nudged
-SIZE_ANNOTATION = "kvsched.io/model-size"
-RATE_ANNOTATION = "kvsched.io/request-rate"
-SLO_ANNOTATION = "kvsched.io/slo-seconds"
-MODEL_ANNOTATIONS = (SIZE_ANNOTATION, RATE_ANNOTATION, SLO_ANNOTATION)
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_MEMORY_MIB_LABEL = "nvidia.com/gpu.memory"
-GPU_MEMORY_LABEL = "kvsched.io/gpu-memory"
-HOSTNAME_LABEL = "kubernetes.io/hostname"
-VISIBLE_DEVICES_ENV = "NVIDIA_VISIBLE_DEVICES"
-MEMORY_FRACTION_ENV = "KVSCHED_GPU_MEMORY_FRACTION"
+from kvsched.api.names import MODEL_ANNOTATIONS
 
 
 @dataclass(frozen=True, order=True)

@@ -1,0 +1,61 @@
+"""Every name two parts of kvsched share, declared once (docs/architecture.md fixes them; the chart's CRD, RBAC
+and scheduler configuration spell the same, and tests/chart ties them together).
+
+The controller, the extender, the Kubernetes adapter, the tests, the benchmarks and hack/ take them from here.
+Called by: every package but kvsched.packer.
+"""
+
+from __future__ import annotations
+
+import math
+
+# The ModelServing custom resource.
+GROUP = "kvsched.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "ModelServing"
+PLURAL = "modelservings"
+
+# Pod labels and annotations.
+MODEL_LABEL = "kvsched.io/model"
+GPU_ANNOTATION = "kvsched.io/gpu"
+MEMORY_FRACTION_ANNOTATION = "kvsched.io/gpu-memory-fraction"
+PLANNED_SLOTS_ANNOTATION = "kvsched.io/planned-slots"  # on a pending pod: digest of its model's slots when nudged
+
+# Deployment annotations: a Deployment carrying any of them asks to be managed.
+SIZE_ANNOTATION = "kvsched.io/model-size"
+RATE_ANNOTATION = "kvsched.io/request-rate"
+SLO_ANNOTATION = "kvsched.io/slo-seconds"
+MODEL_ANNOTATIONS = (SIZE_ANNOTATION, RATE_ANNOTATION, SLO_ANNOTATION)
+
+# Node resources and labels.
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_MEMORY_LABEL = "kvsched.io/gpu-memory"       # a quantity per GPU; wins over the next
+GPU_MEMORY_MIB_LABEL = "nvidia.com/gpu.memory"   # MiB per GPU, from GPU Feature Discovery
+HOSTNAME_LABEL = "kubernetes.io/hostname"
+
+# Container environment the controller sets on managed pod templates.
+VISIBLE_DEVICES_ENV = "NVIDIA_VISIBLE_DEVICES"
+MEMORY_FRACTION_ENV = "KVSCHED_GPU_MEMORY_FRACTION"
+
+# The kube-scheduler profile that calls the extender (`spec.schedulerName` of managed pods); the chart's default.
+DEFAULT_SCHEDULER_NAME = "kvsched"
+
+# Pods that can hold a GPU: Succeeded and Failed pods run no container (the watches of both processes leave them out).
+LIVE_PODS_FIELD_SELECTOR = "status.phase!=Succeeded,status.phase!=Failed"
+
+# Memory shares (`MEMORY_FRACTION_ANNOTATION`, status slots' `memoryFraction`) are written with SHARE_DECIMALS
+# decimals, rounded down so that the planned shares of a GPU sum to at most 1; sums compare with SHARE_EPSILON.
+SHARE_DECIMALS = 3
+SHARE_EPSILON = 1e-6
+
+
+def share_of(fraction: float) -> float:
+    """A memory fraction rounded down to SHARE_DECIMALS (the 1e-9 absorbs binary error: 0.57 stays 0.57)."""
+    scale = float(10 ** SHARE_DECIMALS)
+    return math.floor(fraction * scale + 1e-9) / scale
+
+
+def share_text(share: float) -> str:
+    """A share as written in `MEMORY_FRACTION_ANNOTATION` and the pod's env: SHARE_DECIMALS decimals."""
+    return f"{share:.{SHARE_DECIMALS}f}"

@@ -1,0 +1,85 @@
+"""The writes a decision asks for, as plain frozen records: the controller builds them, kvsched.k8s carries them
+out, the runtime loop orders and retries them, tests compare them.
+
+`EvictionRefused` is what a writer raises when the Eviction API says no; `utc_now` the wall-clock time as
+Kubernetes writes it.
+Called by: kvsched.controller (decide, migrations, shares, models), kvsched.k8s.writers, kvsched.runtime.loop,
+kvsched.cli, tests.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from kvsched.api.objects import ObjectKey
+
+
+def utc_now() -> str:
+    """The current time as RFC 3339 in UTC, to the second (`2024-05-01T12:00:00Z`), as Kubernetes writes it."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(frozen=True)
+class EventTarget:
+    """The object an event is about."""
+
+    kind: str
+    api_version: str
+    namespace: str
+    name: str
+    uid: str
+
+
+@dataclass(frozen=True)
+class Event:
+    target: EventTarget
+    type: str  # "Normal" | "Warning"
+    reason: str
+    message: str
+
+
+@dataclass(frozen=True)
+class StatusWrite:
+    """A ModelServing's whole status, written through the status subresource."""
+
+    key: ObjectKey
+    status: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class DeploymentPatch:
+    """A strategic-merge patch of a Deployment; `rollout` when it changes the pod template."""
+
+    key: ObjectKey
+    patch: Mapping[str, Any]
+    rollout: bool
+
+
+@dataclass(frozen=True)
+class OwnedChange:
+    """A write to the ModelServing an annotated Deployment owns: create (body), patch (spec) or delete."""
+
+    action: str  # "create" | "patch" | "delete"
+    key: ObjectKey
+    body: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class PodNudge:
+    """Annotate pending pod `pod` with `digest` (PLANNED_SLOTS_ANNOTATION): kube-scheduler does not watch
+    ModelServings, so a pod the extender rejected before its model had a free slot would wait for an unrelated
+    cluster event (or up to 5 minutes); an update of the pod itself puts it back in the scheduling queue."""
+
+    pod: ObjectKey
+    digest: str
+
+
+class EvictionRefused(Exception):
+    """The Eviction API said no (429: a PodDisruptionBudget, or 5xx); `reason` goes to the condition."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
