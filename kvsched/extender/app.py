@@ -1,7 +1,7 @@
 """The extender's HTTP API: POST /filter, /prioritize, /bind for kube-scheduler; GET /healthz, /readyz, /metrics.
 
 `create_app(settings, cache, binder, metrics)` builds the FastAPI app; tests pass an in-memory cache and a fake
-binder, the CLI passes the informer-fed cache and a `PodBinder`. Every answer comes from the cache (no API call)
+binder, kvsched.runtime.extender passes the informer-fed cache and a `PodBinder` and serves it with `serve`. Every answer comes from the cache (no API call)
 except bind's two writes.
 
 Request handling: the body is read up to `settings.max_request_bytes` (413 beyond), parsed with the wire models
@@ -21,6 +21,7 @@ import time
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
@@ -274,3 +275,11 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
                                    ("/readyz", readyz, "GET"), ("/metrics", metrics_, "GET")):
         app.add_route(path, endpoint, methods=[method])
     return app
+
+
+def serve(app: FastAPI, settings: ExtenderSettings) -> None:
+    """Serve `app` on uvicorn at `settings.host:settings.port` until a signal stops it (uvicorn handles
+    SIGTERM/SIGINT)."""
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False,
+                                           log_level=settings.log_level.lower()))
+    server.run()

@@ -10,9 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 
-import uvicorn
-
-from kvsched.extender.app import create_app
+from kvsched.extender.app import create_app, serve
 from kvsched.extender.cache import Cache
 from kvsched.k8s.binding import PodBinder
 from kvsched.k8s.client import DEFAULT_CONNECT_TIMEOUT_S, api_client
@@ -54,11 +52,9 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
 
     threading.Thread(target=report_sync, name="sync-report", daemon=True).start()
     app = create_app(settings, cache, PodBinder(api, (DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s)), metrics)
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, access_log=False,
-                                           log_level=settings.log_level.lower()))
     log.info("kvsched extender for scheduler %r on %s:%d", settings.scheduler_name, settings.host, settings.port)
     try:
-        server.run()
+        serve(app, settings)
     finally:
         for i in informers:
             i.stop(timeout_s=2.0)
