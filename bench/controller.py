@@ -18,6 +18,7 @@ import statistics
 import time
 from typing import Any, Sequence
 
+from kvsched.api.names import DEFAULT_SCHEDULER_NAME, GPU_ANNOTATION, MODEL_LABEL
 from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, PodObj, World
 from kvsched.controller import DecisionConfig, decide
 from kvsched.controller.decide import Decision
@@ -75,8 +76,8 @@ def apply(w: World, d: Decision) -> World:
 
 
 def run_pods(w: World) -> World:
-    pods = [PodObj("bench", f"{ms.name}-{i}", node=s["node"], labels={"kvsched.io/model": ms.name},
-                   annotations={"kvsched.io/gpu": str(s["gpu"])}, scheduler_name="kvsched", ready=True)
+    pods = [PodObj("bench", f"{ms.name}-{i}", node=s["node"], labels={MODEL_LABEL: ms.name},
+                   annotations={GPU_ANNOTATION: str(s["gpu"])}, scheduler_name=DEFAULT_SCHEDULER_NAME, ready=True)
             for ms in w.model_servings for i, s in enumerate(ms.status.get("slots") or [])]
     return dataclasses.replace(w, pods=tuple(pods))
 

@@ -25,6 +25,8 @@ from tests.e2e.harness.kube import api_client, apply_crds, gpu_node_manifest, pr
 from tests.e2e.harness.controller import KvschedProcess
 from tests.e2e.harness.tools import locate_tools, missing_tools
 
+from kvsched.api.names import API_VERSION
+
 NS = "bench"
 
 
@@ -93,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "template": {"metadata": {"labels": {"app": name}},
                              "spec": {"containers": [{"name": "server", "image": "registry.invalid/x"}]}}}})
             custom.create_namespaced_custom_object("kvsched.io", "v1alpha1", NS, "modelservings", {
-                "apiVersion": "kvsched.io/v1alpha1", "kind": "ModelServing", "metadata": {"name": name},
+                "apiVersion": API_VERSION, "kind": "ModelServing", "metadata": {"name": name},
                 "spec": {"workloadRef": {"name": name}, "modelSize": f"{[2, 4, 8, 14][m % 4]}Gi",
                          "requestRate": 0.5 + (m * 37 % 45) / 10, "sloSeconds": [0.5, 1, 2][m % 3], "replicas": 1}})
         print(f"{args.models} ModelServings, {args.gpus} GPUs created")

@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from kvsched.api.names import DEFAULT_SCHEDULER_NAME, GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -49,8 +51,8 @@ def main(argv: list[str] | None = None) -> int:
             uids = {}
             for name in names:
                 pod = core.create_namespaced_pod("default", {
-                    "metadata": {"name": name, "labels": {"kvsched.io/model": "bench"}},
-                    "spec": {"schedulerName": "kvsched",
+                    "metadata": {"name": name, "labels": {MODEL_LABEL: "bench"}},
+                    "spec": {"schedulerName": DEFAULT_SCHEDULER_NAME,
                              "containers": [{"name": "c", "image": "registry.invalid/kvsched/fake"}]}})
                 uids[name] = pod.metadata.uid
             binder = PodBinder(api)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             for i, name in enumerate(names):
                 started = time.perf_counter()
                 binder.bind("default", name, uids[name], "bench-gpu-0",
-                            {"kvsched.io/gpu": str(i % 8), "kvsched.io/gpu-memory-fraction": "0.125"})
+                            {GPU_ANNOTATION: str(i % 8), MEMORY_FRACTION_ANNOTATION: "0.125"})
                 latencies.append(time.perf_counter() - started)
             wall = time.perf_counter() - started_all
             latencies.sort()

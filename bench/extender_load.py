@@ -26,6 +26,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from kvsched.api.names import DEFAULT_SCHEDULER_NAME, GPU_ANNOTATION, MODEL_LABEL
+
 NODES = 500
 GPUS_PER_NODE = 8
 MODELS = 200
@@ -82,7 +84,7 @@ def vllm_pod(name: str, uid: str) -> dict[str, Any]:
         "metadata": {
             "name": name, "generateName": f"{POD_MODEL}-7d9f8c6b5-", "namespace": POD_NAMESPACE, "uid": uid,
             "resourceVersion": "123456", "creationTimestamp": "2026-01-01T00:00:00Z",
-            "labels": {"app": POD_MODEL, "kvsched.io/model": POD_MODEL, "pod-template-hash": "7d9f8c6b5",
+            "labels": {"app": POD_MODEL, MODEL_LABEL: POD_MODEL, "pod-template-hash": "7d9f8c6b5",
                        "app.kubernetes.io/name": "vllm", "app.kubernetes.io/instance": POD_MODEL},
             "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z",
                             "prometheus.io/scrape": "true", "prometheus.io/port": "8000"},
@@ -90,7 +92,7 @@ def vllm_pod(name: str, uid: str) -> dict[str, Any]:
                                  "uid": "rs-uid", "controller": True, "blockOwnerDeletion": True}],
         },
         "spec": {
-            "schedulerName": "kvsched", "serviceAccountName": "vllm", "terminationGracePeriodSeconds": 60,
+            "schedulerName": DEFAULT_SCHEDULER_NAME, "serviceAccountName": "vllm", "terminationGracePeriodSeconds": 60,
             "restartPolicy": "Always", "dnsPolicy": "ClusterFirst", "enableServiceLinks": False,
             "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
                 {"matchExpressions": [{"key": "kvsched.io/pool", "operator": "In", "values": ["h100"]}]}]}}},
@@ -151,9 +153,9 @@ def build_cache() -> Any:
         for r, slot in enumerate(slots[: replicas // 2]):
             held += 1
             cache.on_pod("ADDED", {"metadata": {"name": f"model-{m}-{r}", "namespace": POD_NAMESPACE,
-                                                "uid": f"held-{m}-{r}", "labels": {"kvsched.io/model": f"model-{m}"},
-                                                "annotations": {"kvsched.io/gpu": str(slot["gpu"])}},
-                                   "spec": {"schedulerName": "kvsched", "nodeName": slot["node"]},
+                                                "uid": f"held-{m}-{r}", "labels": {MODEL_LABEL: f"model-{m}"},
+                                                "annotations": {GPU_ANNOTATION: str(slot["gpu"])}},
+                                   "spec": {"schedulerName": DEFAULT_SCHEDULER_NAME, "nodeName": slot["node"]},
                                    "status": {"phase": "Running"}})
     for i in range(20_000):  # unrelated pods the watch also delivers
         cache.on_pod("ADDED", {"metadata": {"name": f"web-{i}", "namespace": "web", "uid": f"web-{i}"},

@@ -12,11 +12,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from kvsched.api.names import MEMORY_FRACTION_ANNOTATION
+from kvsched.api.names import MEMORY_FRACTION_ANNOTATION, share_of
 from kvsched.api.objects import PodObj
 from kvsched.controller.migrations import RunningPod
 from kvsched.controller.shares import SHARE_EPSILON, free_shares, resize_steps
-from kvsched.controller.status import share_of
 from kvsched.packer import Gpu, GpuId, Model, Plan
 
 

@@ -29,6 +29,7 @@ import yaml
 from kubernetes import client
 
 from hack.chart import CHART_DIR, NAMESPACE, RELEASE
+from kvsched.api.names import GPU_MEMORY_LABEL, RATE_ANNOTATION, SIZE_ANNOTATION, SLO_ANNOTATION
 from kvsched.cluster_file import ClusterFileError, load_cluster_file
 from tests.e2e.harness.chart import HelmFailed, install_chart
 from tests.e2e.harness.cluster import ControlPlane
@@ -85,7 +86,7 @@ def example_nodes(path: Path) -> list[dict[str, Any]]:
     for gpu in cluster.gpus:
         gpus[gpu.node].append(gpu.memory_gib)
     return [gpu_node_manifest(node, gpus=len(mem), gpu_memory_mib=int(min(mem) * 1024),
-                              labels={"kvsched.io/gpu-memory": f"{int(min(mem) * 1024)}Mi"})
+                              labels={GPU_MEMORY_LABEL: f"{int(min(mem) * 1024)}Mi"})
             for node, mem in sorted(gpus.items())]
 
 
@@ -98,9 +99,9 @@ def example_deployments(path: Path) -> list[dict[str, Any]]:
     for model in raw.get("models", []):
         size = model["size"]
         annotations = {
-            "kvsched.io/model-size": f"{size}Gi" if isinstance(size, (int, float)) else str(size),
-            "kvsched.io/request-rate": str(model["requestRate"]),
-            "kvsched.io/slo-seconds": str(model["sloSeconds"]),
+            SIZE_ANNOTATION: f"{size}Gi" if isinstance(size, (int, float)) else str(size),
+            RATE_ANNOTATION: str(model["requestRate"]),
+            SLO_ANNOTATION: str(model["sloSeconds"]),
         }
         manifests.append(deployment_manifest(model["name"], replicas=int(model.get("replicas", 1)),
                                              annotations=annotations))

@@ -430,8 +430,8 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
 def restart_lines(decision: Decision) -> str:
     """The pods the controller would restart in place for their memory shares (docs/controller.md, "Memory
     shares"), as a block for the table; '' when there are none."""
+    from kvsched.api.names import share_of, share_text
     from kvsched.controller.shares import running_share
-    from kvsched.controller.status import share_of
 
     restarts = [s for s in decision.steps if s.resize]
     if not restarts or decision.plan is None:
@@ -441,8 +441,8 @@ def restart_lines(decision: Decision) -> str:
     for step in restarts:
         runs = running_share(step.pod)
         lines.append(f"  {step.pod.namespace}/{step.pod.name} on {step.source.node} GPU {step.source.index}: runs "
-                     f"with {'?' if runs is None else f'{runs:.3f}'}, planned "
-                     f"{planned.get((step.model, step.source), 0.0):.3f}")
+                     f"with {'?' if runs is None else share_text(runs)}, planned "
+                     f"{share_text(planned.get((step.model, step.source), 0.0))}")
     return "\n".join(lines) + "\n"
 
 

@@ -16,6 +16,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from kvsched.api.names import DEFAULT_SCHEDULER_NAME
+
 ENV_PREFIX = "KVSCHED_"
 T = TypeVar("T")
 
@@ -31,7 +33,7 @@ class ExtenderSettings:
     port: int = 8888
     """TCP port for the extender's HTTP API (filter, prioritize, bind, healthz, readyz, metrics)."""
 
-    scheduler_name: str = "kvsched"
+    scheduler_name: str = DEFAULT_SCHEDULER_NAME
     """`spec.schedulerName` of managed pods: a pod with the model label but another scheduler passes through."""
 
     max_request_bytes: int = 8 * 2**20
@@ -71,7 +73,7 @@ class ControllerSettings:
     """Watch ModelServings, Deployments and Pods in this namespace only (empty: all namespaces). Nodes are always
     cluster-wide; GPU pods of other namespaces are then not seen, so give such a controller its own pool."""
 
-    scheduler_name: str = "kvsched"
+    scheduler_name: str = DEFAULT_SCHEDULER_NAME
     """`spec.schedulerName` the controller writes on managed templates: the kube-scheduler profile that calls
     kvsched's extender (the chart's default)."""
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvsched.api.names import DEFAULT_SCHEDULER_NAME
 from kvsched.controller.selector import Selector
 
 
@@ -22,7 +23,7 @@ class DecisionConfig:
     """
 
     node_selector: Selector = Selector()
-    scheduler_name: str = "kvsched"
+    scheduler_name: str = DEFAULT_SCHEDULER_NAME
     stability_threshold_ratio: float = 0.05
     max_migrations: int | None = None
     time_budget_s: float = 30.0

@@ -20,19 +20,18 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION
+from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION, SHARE_EPSILON, share_of
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, PodObj, World
 from kvsched.api.records import DeploymentPatch, Event, EventTarget, OwnedChange, PodNudge, StatusWrite
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed
 from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, Step, choose_next, plan_steps
 from kvsched.controller.models import ModelEntry, collect_models
-from kvsched.controller.shares import SHARE_EPSILON, free_shares, resize_steps
+from kvsched.controller.shares import free_shares, resize_steps
 from kvsched.controller.status import (
     merge_conditions,
     model_kvpr,
     placement_conditions,
-    share_of,
     slots_of,
     status_changed,
 )

@@ -20,13 +20,12 @@ import math
 from collections import defaultdict
 from typing import Mapping, Sequence
 
-from kvsched.api.names import MEMORY_FRACTION_ANNOTATION
+from kvsched.api.names import MEMORY_FRACTION_ANNOTATION, SHARE_EPSILON
 from kvsched.api.objects import PodObj
 from kvsched.controller.migrations import RunningPod, Step
 from kvsched.packer import GpuId
 from kvsched.units import memory_share
 
-SHARE_EPSILON = 1e-6  # shares are written rounded down to 3 decimals, so planned shares of a GPU sum to <= 1
 
 
 def running_share(pod: PodObj) -> float | None:

@@ -4,7 +4,7 @@ Conditions (docs/architecture.md): `Invalid` (reasons InvalidSpec, InvalidAnnota
 `Placed` (True/Planned when every wanted replica has a slot), `Unschedulable` (True with the packer's cause:
 ModelTooLarge, NoRoomForKVCache, TooFewGPUs, InsufficientCapacity: `Unplaced.cause`), `Migrating` (True while the plan moves a
 replica of the model, with why it waits or is blocked). A condition keeps its lastTransitionTime unless its
-status changes. Numbers are rounded (KVPR to 4 decimals, memory fractions down to 3, as the extender writes them)
+status changes. Numbers are rounded (KVPR to 4 decimals, memory fractions down by kvsched.api.names.share_of)
 so that the same plan always gives the same status and an unchanged world writes nothing; rounding the shares
 down keeps the planned shares of one GPU at a sum of at most 1.
 Called by: kvsched.controller.decide.
@@ -16,10 +16,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
+from kvsched.api.names import share_of
 from kvsched.packer import Placement, Unplaced
 
 KVPR_DECIMALS = 4
-FRACTION_DECIMALS = 3
 CONDITION_TYPES = ("Placed", "Invalid", "Unschedulable", "Migrating")
 
 
@@ -35,12 +35,6 @@ def slots_of(placements: Sequence[Placement]) -> list[dict[str, Any]]:
     """Status slots of one model, ordered by node then GPU (replicas are interchangeable)."""
     return [{"node": p.gpu.node, "gpu": p.gpu.index, "memoryFraction": share_of(p.memory_fraction)}
             for p in sorted(placements, key=lambda p: p.gpu)]
-
-
-def share_of(fraction: float) -> float:
-    """A memory fraction rounded down to FRACTION_DECIMALS (the 1e-9 absorbs binary error: 0.57 stays 0.57)."""
-    scale = float(10 ** FRACTION_DECIMALS)
-    return math.floor(fraction * scale + 1e-9) / scale
 
 
 def model_kvpr(kvprs: Sequence[float]) -> float | None:

@@ -27,7 +27,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from kvsched.extender.cache import GPU_ANNOTATION, GPU_MEMORY_FRACTION_ANNOTATION, MODEL_LABEL, BindTarget
+from kvsched.api.names import GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL, share_text
+from kvsched.extender.cache import BindTarget
 from kvsched.extender.slots import NEUTRAL_SCORE, FilterDecision, PlannedSlot, PodRef, Refusal
 from kvsched.extender.wire import (
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
@@ -247,7 +248,7 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
                 return f"{choice.reason}; the scheduler will retry", "conflict"
             return choice.reason, "rejected"
         annotations = {GPU_ANNOTATION: str(choice.gpu),
-                       GPU_MEMORY_FRACTION_ANNOTATION: f"{choice.memory_fraction:.3f}"}
+                       MEMORY_FRACTION_ANNOTATION: share_text(choice.memory_fraction)}
         try:
             await run_in_threadpool(binder.bind, ns, name, uid, node, annotations)
         except Exception as e:

@@ -23,20 +23,23 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvsched.units import UnitError, memory_gib, memory_share
+from kvsched.api.names import (
+    DEFAULT_SCHEDULER_NAME,
+    GPU_ANNOTATION,
+    GPU_MEMORY_LABEL,
+    GPU_MEMORY_MIB_LABEL,
+    GPU_RESOURCE,
+    MEMORY_FRACTION_ANNOTATION,
+    MODEL_LABEL,
+)
 from kvsched.extender.slots import (
     FilterDecision, Holder, ModelPlan, NodeGpus, PlannedSlot, PodRef, Refusal, choose_slot, filter_nodes,
     score_nodes,
 )
+from kvsched.units import UnitError, memory_gib, memory_share
 
 log = logging.getLogger(__name__)
 
-MODEL_LABEL = "kvsched.io/model"
-GPU_ANNOTATION = "kvsched.io/gpu"
-GPU_MEMORY_FRACTION_ANNOTATION = "kvsched.io/gpu-memory-fraction"
-GPU_RESOURCE = "nvidia.com/gpu"
-GPU_MEMORY_LABEL = "kvsched.io/gpu-memory"       # quantity per GPU; wins over the next
-GFD_GPU_MEMORY_LABEL = "nvidia.com/gpu.memory"   # MiB per GPU, from GPU Feature Discovery
 _REMEMBERED_PODS = 10_000  # pods seen in filter requests, for a bind that outruns the pod watch
 _PREVIOUS_MODELS_PER_GPU = 4  # models remembered per GPU: more than a GPU holds at once in practice
 
@@ -83,7 +86,7 @@ def pod_info(obj: Obj) -> PodInfo:
                    scheduler_name=str(spec.get("schedulerName") or ""), node_name=str(spec.get("nodeName") or ""),
                    gpu=gpu, terminating=bool(meta.get("deletionTimestamp")),
                    finished=phase in ("Succeeded", "Failed"),
-                   memory_fraction=memory_share(annotations.get(GPU_MEMORY_FRACTION_ANNOTATION)))
+                   memory_fraction=memory_share(annotations.get(MEMORY_FRACTION_ANNOTATION)))
 
 
 def node_gpus(obj: Obj) -> NodeGpus:
@@ -100,8 +103,8 @@ def node_gpus(obj: Obj) -> NodeGpus:
     try:
         if GPU_MEMORY_LABEL in labels:
             memory = memory_gib(labels[GPU_MEMORY_LABEL])
-        elif GFD_GPU_MEMORY_LABEL in labels:
-            memory = int(labels[GFD_GPU_MEMORY_LABEL]) / 1024.0
+        elif GPU_MEMORY_MIB_LABEL in labels:
+            memory = int(labels[GPU_MEMORY_MIB_LABEL]) / 1024.0
     except (UnitError, ValueError):
         log.warning("node %s: GPU memory label is not a quantity; memory unknown", meta.get("name"))
     return NodeGpus(name=str(meta.get("name") or ""), gpus=max(gpus, 0), gpu_memory_gib=memory)
@@ -144,7 +147,7 @@ class BindTarget:
 class Cache:
     """Thread-safe indexes of models, nodes and GPU-holding pods; implements slots.World under its lock."""
 
-    def __init__(self, scheduler_name: str = "kvsched") -> None:
+    def __init__(self, scheduler_name: str = DEFAULT_SCHEDULER_NAME) -> None:
         self.scheduler_name = scheduler_name
         self._lock = threading.Lock()
         self._models: dict[str, ModelPlan] = {}

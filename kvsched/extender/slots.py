@@ -34,6 +34,8 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from kvsched.api.names import SHARE_EPSILON
+
 MAX_SCORE = 10       # kube-scheduler's MaxExtenderPriority
 RETURN_SCORE = MAX_SCORE  # the pod's own GPU, or the GPU its model's last pod there left (see the docstring)
 WARM_SCORE = 7       # the model runs or ran on another GPU of the node
@@ -42,7 +44,6 @@ EMPTY_GPU_BONUS = 1  # added to WARM/COLD when the slot's GPU holds no other pod
 BLOCKED_SCORE = 1    # planned here, but the slot is still held: better than a node with no plan at all
 NEUTRAL_SCORE = 0    # unmanaged pods, unplanned nodes and plans the node contradicts: no opinion
 _MEMORY_EPSILON_GIB = 1e-6  # sizes come from quantities; equal sums must fit
-_FRACTION_EPSILON = 1e-6    # shares are written with 3 decimals, rounded down, so planned shares sum to <= 1
 
 
 @dataclass(frozen=True)
@@ -199,7 +200,7 @@ def slot_states(pod: PodRef, plan: ModelPlan, node_name: str, world: World) -> l
             states.append(SlotState(
                 slot, False, f"{where} has {_fmt_gib(free)} of {_fmt_gib(node.gpu_memory_gib)} free and needs "
                 f"{_fmt_gib(plan.size_gib)}: {', '.join(blockers)} must move first"))
-        elif held_share + slot.memory_fraction > 1.0 + _FRACTION_EPSILON:
+        elif held_share + slot.memory_fraction > 1.0 + SHARE_EPSILON:
             states.append(SlotState(
                 slot, False, f"{where} needs {slot.memory_fraction:.3f} of its memory and "
                 f"{max(0.0, 1.0 - held_share):.3f} is free: {', '.join(shares)} (the controller restarts a pod "

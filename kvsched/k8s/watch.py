@@ -35,6 +35,8 @@ from typing import Any, Protocol
 
 from kubernetes import client
 
+from kvsched.api.names import GROUP, LIVE_PODS_FIELD_SELECTOR, PLURAL, VERSION
+
 log = logging.getLogger(__name__)
 
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
@@ -112,7 +114,9 @@ class Resource:
 PODS = Resource("", "v1", "pods")
 NODES = Resource("", "v1", "nodes")
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
-MODELSERVINGS = Resource("kvsched.io", "v1alpha1", "modelservings")
+MODELSERVINGS = Resource(GROUP, VERSION, PLURAL)
+# Pods that can hold a GPU (both processes watch these: Succeeded and Failed pods hold nothing).
+LIVE_PODS = Resource("", "v1", "pods", field_selector=LIVE_PODS_FIELD_SELECTOR)
 
 
 @dataclass(frozen=True)

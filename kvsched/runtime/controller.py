@@ -24,17 +24,12 @@ from kvsched.controller.selector import parse_selector
 from kvsched.k8s.client import api_client
 from kvsched.k8s.leader import LeaseElector
 from kvsched.k8s.readers import read_deployment, read_model_serving, read_node, read_pod
-from kvsched.k8s.watch import DELETED, DEPLOYMENTS, MODELSERVINGS, NODES, PODS, Informer, Obj, Resource, informer
+from kvsched.k8s.watch import DELETED, DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, Informer, Obj, informer
 from kvsched.k8s.writers import ApiWriter
 from kvsched.metrics import Metrics
 from kvsched.settings import ControllerSettings
 
 log = logging.getLogger(__name__)
-
-# Succeeded and Failed pods hold no GPU: leave them out of the watch (the extender does the same).
-LIVE_PODS = Resource(PODS.group, PODS.version, PODS.plural,
-                     field_selector="status.phase!=Succeeded,status.phase!=Failed")
-
 
 def decision_config(settings: ControllerSettings) -> DecisionConfig:
     """The decision core's knobs from the settings. Raises SelectorError for a bad node selector."""

@@ -14,15 +14,11 @@ from kvsched.extender.app import create_app, serve
 from kvsched.extender.cache import Cache
 from kvsched.k8s.binding import PodBinder
 from kvsched.k8s.client import DEFAULT_CONNECT_TIMEOUT_S, api_client
-from kvsched.k8s.watch import MODELSERVINGS, NODES, PODS, Resource, informer, wait_synced
+from kvsched.k8s.watch import LIVE_PODS, MODELSERVINGS, NODES, informer, wait_synced
 from kvsched.metrics import Metrics
 from kvsched.settings import ExtenderSettings
 
 log = logging.getLogger(__name__)
-
-LIVE_PODS = Resource(PODS.group, PODS.version, PODS.plural,
-                     field_selector="status.phase!=Succeeded,status.phase!=Failed")
-
 
 def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
     """Serve until a signal stops uvicorn; returns the exit code. Raises ClientConfigError (no kubeconfig).

@@ -33,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from kvsched.api.names import PLANNED_SLOTS_ANNOTATION
+from kvsched.api.names import MODEL_LABEL, PLANNED_SLOTS_ANNOTATION
 from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, PodObj, World
 from kvsched.api.records import Event, OwnedChange, utc_now
 from kvsched.controller.config import DecisionConfig
@@ -152,7 +152,7 @@ class Reconciler:
 
     def observe_pod(self, pod: PodObj, deleted: bool = False) -> None:
         """Only managed pods and pods requesting GPUs are kept (the others cannot change a decision)."""
-        relevant = "kvsched.io/model" in pod.labels or pod.gpu_request > 0
+        relevant = MODEL_LABEL in pod.labels or pod.gpu_request > 0
         with self._lock:
             if deleted or not relevant:
                 if self._pods.pop(pod.key, None) is None:

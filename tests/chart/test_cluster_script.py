@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from hack.cluster import EXAMPLE, example_deployments, example_nodes
+from kvsched.api.names import GPU_MEMORY_LABEL, RATE_ANNOTATION, SIZE_ANNOTATION, SLO_ANNOTATION
 from kvsched.cluster_file import ClusterFileError
 
 
@@ -15,7 +16,7 @@ def test_example_nodes_carry_the_gpus_of_the_file() -> None:
     assert nodes["h100-node-b"]["status"]["capacity"]["nvidia.com/gpu"] == "8"
     assert nodes["h100-node-b"]["metadata"]["labels"]["nvidia.com/gpu.memory"] == "81920"
     assert nodes["a100-node-c"]["status"]["capacity"]["nvidia.com/gpu"] == "4"
-    assert nodes["a100-node-c"]["metadata"]["labels"]["kvsched.io/gpu-memory"] == "40960Mi"
+    assert nodes["a100-node-c"]["metadata"]["labels"][GPU_MEMORY_LABEL] == "40960Mi"
     assert all(n["metadata"]["annotations"]["kwok.x-k8s.io/node"] == "fake" for n in nodes.values())
 
 
@@ -24,10 +25,10 @@ def test_example_deployments_are_annotated_as_written() -> None:
     assert len(deployments) == 30
     llama = deployments["llama-3.1-8b-instruct"]
     assert llama["spec"]["replicas"] == 3
-    assert llama["metadata"]["annotations"] == {"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "24",
-                                                "kvsched.io/slo-seconds": "1"}
-    assert deployments["phi-3-mini-4k"]["metadata"]["annotations"]["kvsched.io/slo-seconds"] == "500ms"
-    assert deployments["gemma-2-9b-it"]["metadata"]["annotations"]["kvsched.io/model-size"] == "18944Mi"
+    assert llama["metadata"]["annotations"] == {SIZE_ANNOTATION: "16Gi", RATE_ANNOTATION: "24",
+                                                SLO_ANNOTATION: "1"}
+    assert deployments["phi-3-mini-4k"]["metadata"]["annotations"][SLO_ANNOTATION] == "500ms"
+    assert deployments["gemma-2-9b-it"]["metadata"]["annotations"][SIZE_ANNOTATION] == "18944Mi"
     assert sum(d["spec"]["replicas"] for d in deployments.values()) == 38
 
 
@@ -40,7 +41,7 @@ def test_model_size_becomes_a_quantity(tmp_path: Path, text: str, size: str) -> 
     path = tmp_path / "c.yaml"
     path.write_text("gpus: [{node: n, index: 0, memory: 80Gi}]\n" + text + "\n")
     [deployment] = example_deployments(path)
-    assert deployment["metadata"]["annotations"]["kvsched.io/model-size"] == size
+    assert deployment["metadata"]["annotations"][SIZE_ANNOTATION] == size
 
 
 def test_a_bad_cluster_file_is_refused_with_the_field(tmp_path: Path) -> None:

@@ -6,7 +6,16 @@ import copy
 import dataclasses
 from typing import Any, Mapping, Sequence
 
-from kvsched.api.names import GPU_ANNOTATION, GPU_MEMORY_MIB_LABEL, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL
+from kvsched.api.names import (
+    DEFAULT_SCHEDULER_NAME,
+    GPU_ANNOTATION,
+    GPU_MEMORY_MIB_LABEL,
+    MEMORY_FRACTION_ANNOTATION,
+    MODEL_LABEL,
+    RATE_ANNOTATION,
+    SIZE_ANNOTATION,
+    SLO_ANNOTATION,
+)
 from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, OwnerRef, PodObj, World
 from kvsched.controller import Decision, DecisionConfig, decide
 from kvsched.packer import Gpu, Model, PackOptions, Plan, Slot, solve
@@ -29,7 +38,7 @@ def node(name: str, gpus: int = 2, memory_mib: int = 81920, **kw: Any) -> NodeOb
 def deployment(name: str, size: str = "16Gi", rate: str = "4", slo: str = "1", replicas: int = 1,
                namespace: str = "ns", annotations: Mapping[str, str] | None = None) -> DeploymentObj:
     notes = dict(annotations) if annotations is not None else {
-        "kvsched.io/model-size": size, "kvsched.io/request-rate": rate, "kvsched.io/slo-seconds": slo}
+        SIZE_ANNOTATION: size, RATE_ANNOTATION: rate, SLO_ANNOTATION: slo}
     template = {"metadata": {"labels": {"app": name}},
                 "spec": {"containers": [{"name": "server", "image": "vllm"}]}}
     return DeploymentObj(namespace=namespace, name=name, uid=f"uid-{name}", annotations=notes,
@@ -51,7 +60,7 @@ def serving(name: str, size: object = "16Gi", rate: object = 4, slo: object = 1,
 
 
 def pod(name: str, model: str, node_name: str | None, gpu: int | None, namespace: str = "ns",
-        ready: bool = True, deleting: bool = False, scheduler: str = "kvsched", gpu_request: int = 0,
+        ready: bool = True, deleting: bool = False, scheduler: str = DEFAULT_SCHEDULER_NAME, gpu_request: int = 0,
         fraction: float | None = None) -> PodObj:
     annotations = {GPU_ANNOTATION: str(gpu)} if gpu is not None else {}
     if fraction is not None:

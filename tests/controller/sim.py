@@ -44,6 +44,7 @@ import threading
 from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
+from kvsched.api.names import API_VERSION, GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL, share_text
 from kvsched.api.objects import ObjectKey
 from kvsched.api.records import Event, OwnedChange
 from kvsched.controller import DecisionConfig
@@ -57,10 +58,6 @@ from kvsched.runtime.loop import Reconciler, RoundReport
 from .fake import _merge as strategic_merge
 
 Obj = dict[str, Any]
-GROUP_VERSION = "kvsched.io/v1alpha1"
-MODEL_LABEL = "kvsched.io/model"
-GPU_ANNOTATION = "kvsched.io/gpu"
-FRACTION_ANNOTATION = "kvsched.io/gpu-memory-fraction"
 EPOCH = 1_790_000_000  # the sim's wall clock starts here (2026-09-21), in seconds
 PACKER_TICK_S = 1e-4   # the packer's clock advances this much per read: a solve's budget is a count of reads
 
@@ -436,7 +433,7 @@ class SimCluster:
             if gpu is not None:
                 notes[GPU_ANNOTATION] = str(gpu)
             if fraction is not None:
-                notes[FRACTION_ANNOTATION] = f"{fraction:.3f}"
+                notes[MEMORY_FRACTION_ANNOTATION] = share_text(fraction)
             self.bound_at[pod["metadata"]["uid"]] = self.steps - self.ready_after
             if ready:
                 pod["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
@@ -573,7 +570,7 @@ class SimCluster:
     def _bind(self, pod: Obj, node: str, slot: PlannedSlot | None) -> None:
         if slot is not None:
             pod["metadata"].setdefault("annotations", {}).update(
-                {GPU_ANNOTATION: str(slot.gpu), FRACTION_ANNOTATION: f"{slot.memory_fraction:.3f}"})
+                {GPU_ANNOTATION: str(slot.gpu), MEMORY_FRACTION_ANNOTATION: share_text(slot.memory_fraction)})
         pod["spec"]["nodeName"] = node
         self.bound_at[pod["metadata"]["uid"]] = self.steps
         self._emit("pod", "MODIFIED", self._stamp(pod))

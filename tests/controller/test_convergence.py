@@ -19,6 +19,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from hack.cluster import EXAMPLE, example_deployments, example_nodes
+from kvsched.api.names import RATE_ANNOTATION, SIZE_ANNOTATION, SLO_ANNOTATION
 from kvsched.controller import DecisionConfig
 from kvsched.controller.inventory import build_inventory
 from kvsched.controller.template import affinity_terms, template_patch
@@ -34,7 +35,7 @@ BUDGET_S = 0.3  # of the packer's ticking clock (sim.PACKER_TICK_S per read): a 
 
 
 def annotations(size: str, rate: float | str, slo: str = "1") -> dict[str, str]:
-    return {"kvsched.io/model-size": size, "kvsched.io/request-rate": str(rate), "kvsched.io/slo-seconds": slo}
+    return {SIZE_ANNOTATION: size, RATE_ANNOTATION: str(rate), SLO_ANNOTATION: slo}
 
 
 def step_bound(evictions: int, sim: SimCluster) -> int:
@@ -88,7 +89,7 @@ def managed_template(sim: SimCluster, manifest: dict[str, Any]) -> dict[str, Any
     that run already do not roll out when the reconciler starts."""
     dep = read_deployment({**manifest, "metadata": {**manifest["metadata"], "namespace": sim.namespace}})
     pool = build_inventory([read_node(n) for n in sim.nodes.values()], [], sim.config).pool
-    size = memory_gib(dep.annotations["kvsched.io/model-size"])
+    size = memory_gib(dep.annotations[SIZE_ANNOTATION])
     patch = template_patch(dep, dep.name, affinity_terms(size, pool, sim.config), sim.config)
     out = copy.deepcopy(manifest)
     if patch is not None:
@@ -111,9 +112,9 @@ def example_sim(ready_after: int = 0, terminate_after: int = 0, seed: int = 0) -
 # -- the bundled example (examples/cluster.yaml, as `make cluster` creates it) -------------------------------------
 EXAMPLE_CHANGES: list[Any] = [
     pytest.param(lambda sim: None, id="no change"),
-    pytest.param(lambda sim: sim.annotate_deployment("llama-3.1-8b-instruct", {"kvsched.io/request-rate": "72"}),
+    pytest.param(lambda sim: sim.annotate_deployment("llama-3.1-8b-instruct", {RATE_ANNOTATION: "72"}),
                  id="rate x3 on llama-3.1-8b-instruct"),
-    pytest.param(lambda sim: sim.annotate_deployment("phi-3-mini-4k", {"kvsched.io/request-rate": "4"}),
+    pytest.param(lambda sim: sim.annotate_deployment("phi-3-mini-4k", {RATE_ANNOTATION: "4"}),
                  id="rate /3 on phi-3-mini-4k"),
     pytest.param(lambda sim: sim.scale("mistral-7b-instruct", 3), id="mistral-7b-instruct scaled 2 -> 3"),
     pytest.param(lambda sim: sim.scale("bge-reranker-v2-m3", 2), id="bge-reranker-v2-m3 scaled 3 -> 2"),
@@ -269,8 +270,8 @@ def apply_change(sim: SimCluster, change: tuple[str, int]) -> str:
     name = names[which % len(names)]
     dep = sim.deployments[next(k for k in sim.deployments if k.name == name)]
     if kind == "rate x3":
-        rate = float(dep["metadata"]["annotations"]["kvsched.io/request-rate"])
-        sim.annotate_deployment(name, {"kvsched.io/request-rate": str(rate * 3)})
+        rate = float(dep["metadata"]["annotations"][RATE_ANNOTATION])
+        sim.annotate_deployment(name, {RATE_ANNOTATION: str(rate * 3)})
         return f"rate x3 on {name}"
     if kind.startswith("replicas"):
         replicas = max(0, dep["spec"]["replicas"] + (1 if kind.endswith("+1") else -1))
@@ -317,7 +318,7 @@ def test_a_capped_replan_moves_in_waves_until_it_is_not_capped() -> None:
     sim.start()
     converge(sim, "first placement")
     solves = gauge(sim, "kvsched_placement_duration_seconds_count")
-    sim.annotate_deployment("llama-3.1-8b-instruct", {"kvsched.io/request-rate": "72"})
+    sim.annotate_deployment("llama-3.1-8b-instruct", {RATE_ANNOTATION: "72"})
     while gauge(sim, "kvsched_placement_duration_seconds_count") == solves:
         sim.step()
     first_wave = gauge(sim, "kvsched_max_kvpr")

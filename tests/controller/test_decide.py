@@ -5,7 +5,15 @@ import dataclasses
 
 import pytest
 
-from kvsched.api.names import GPU_MEMORY_LABEL
+from kvsched.api.names import (
+    DEFAULT_SCHEDULER_NAME,
+    GPU_MEMORY_LABEL,
+    MODEL_LABEL,
+    PLANNED_SLOTS_ANNOTATION,
+    RATE_ANNOTATION,
+    SIZE_ANNOTATION,
+    SLO_ANNOTATION,
+)
 from kvsched.api.objects import ObjectKey, World
 from kvsched.controller import Blocked, DecisionConfig, parse_selector
 
@@ -64,7 +72,7 @@ def test_running_pods_are_kept_where_they_are() -> None:
     assert all(ms.status["readyReplicas"] == ms.status["replicas"] for ms in world.model_servings)
 
 
-GOOD = {"kvsched.io/model-size": "16Gi", "kvsched.io/request-rate": "1", "kvsched.io/slo-seconds": "1"}
+GOOD = {SIZE_ANNOTATION: "16Gi", RATE_ANNOTATION: "1", SLO_ANNOTATION: "1"}
 GOOD_SPEC = {"modelSize": "16Gi", "requestRate": 1, "sloSeconds": 1}
 
 
@@ -72,7 +80,7 @@ def _with(**changes: str | None) -> dict[str, str]:
     """GOOD with some annotations changed (`model_size="lots"`) or removed (None)."""
     notes = dict(GOOD)
     for key, value in changes.items():
-        name = "kvsched.io/" + key.replace("_", "-")
+        name = {"model_size": SIZE_ANNOTATION, "request_rate": RATE_ANNOTATION, "slo_seconds": SLO_ANNOTATION}[key]
         if value is None:
             notes.pop(name)
         else:
@@ -87,7 +95,7 @@ def _add(world: World, *deployments: object) -> World:
 @pytest.mark.parametrize("annotations, kept, fragments", [
     pytest.param(_with(model_size="lots"), ["requestRate", "sloSeconds"],
                  ["annotation kvsched.io/model-size: 'lots' is not a Kubernetes quantity"], id="unparsable size"),
-    pytest.param(_with(model_size="16"), ["requestRate", "sloSeconds"], ["kvsched.io/model-size", "add a unit"],
+    pytest.param(_with(model_size="16"), ["requestRate", "sloSeconds"], [SIZE_ANNOTATION, "add a unit"],
                  id="size without a unit"),
     pytest.param(_with(request_rate="-3"), ["modelSize", "sloSeconds"],
                  ["annotation kvsched.io/request-rate: must be a finite number >= 0, got '-3'"], id="negative rate"),
@@ -95,11 +103,11 @@ def _add(world: World, *deployments: object) -> World:
                  id="rate not a number"),
     pytest.param(_with(slo_seconds="0"), ["modelSize", "requestRate"],
                  ["annotation kvsched.io/slo-seconds: must be greater than zero, got '0'"], id="SLO zero"),
-    pytest.param(_with(slo_seconds=None), ["modelSize", "requestRate"], ["kvsched.io/slo-seconds is missing"],
+    pytest.param(_with(slo_seconds=None), ["modelSize", "requestRate"], [f"{SLO_ANNOTATION} is missing"],
                  id="SLO annotation missing"),
     pytest.param(_with(model_size="lots", request_rate="-3", slo_seconds="0"), [],
-                 ["kvsched.io/model-size: 'lots'", "kvsched.io/request-rate: must be a finite number >= 0, got '-3'",
-                  "kvsched.io/slo-seconds: must be greater than zero, got '0'"], id="all three bad, all named"),
+                 [f"{SIZE_ANNOTATION}: 'lots'", f"{RATE_ANNOTATION}: must be a finite number >= 0, got '-3'",
+                  f"{SLO_ANNOTATION}: must be greater than zero, got '0'"], id="all three bad, all named"),
 ])
 def test_bad_annotations_get_an_owned_invalid_modelserving_and_leave_the_others_planned(
         annotations: dict[str, str], kept: list[str], fragments: list[str]) -> None:
@@ -138,14 +146,14 @@ def test_bad_annotations_get_an_owned_invalid_modelserving_and_leave_the_others_
 @pytest.mark.parametrize("steps, spec, invalid, placed", [
     pytest.param([_with(model_size="lots"), GOOD], GOOD_SPEC, None, 2, id="never valid, then fixed: placed"),
     pytest.param([_with(model_size="lots", request_rate="-3"), _with(request_rate="-3")],
-                 {"modelSize": "16Gi", "sloSeconds": 1}, "kvsched.io/request-rate", 0,
+                 {"modelSize": "16Gi", "sloSeconds": 1}, RATE_ANNOTATION, 0,
                  id="never valid, size fixed: size written, rate still left out"),
-    pytest.param([GOOD, _with(request_rate="-3")], GOOD_SPEC, "kvsched.io/request-rate", 2,
+    pytest.param([GOOD, _with(request_rate="-3")], GOOD_SPEC, RATE_ANNOTATION, 2,
                  id="valid, rate turns bad: last good rate kept, still placed"),
     pytest.param([GOOD, _with(model_size="30Gi", request_rate="-3")],
-                 {**GOOD_SPEC, "modelSize": "30Gi"}, "kvsched.io/request-rate", 2,
+                 {**GOOD_SPEC, "modelSize": "30Gi"}, RATE_ANNOTATION, 2,
                  id="valid, size changed and rate bad: new size, last good rate"),
-    pytest.param([GOOD, _with(slo_seconds=None)], GOOD_SPEC, "kvsched.io/slo-seconds is missing", 2,
+    pytest.param([GOOD, _with(slo_seconds=None)], GOOD_SPEC, f"{SLO_ANNOTATION} is missing", 2,
                  id="valid, SLO annotation removed: last good SLO kept"),
 ])
 def test_owned_spec_follows_each_good_annotation_and_keeps_the_last_good_value(
@@ -175,7 +183,7 @@ def test_annotations_turning_bad_keep_the_last_good_spec_and_placement() -> None
     world, _ = settle(three_models())
     before = _servings(world)["qwen"].status["slots"]  # type: ignore[attr-defined]
     world = dataclasses.replace(world, deployments=tuple(
-        dataclasses.replace(d, annotations={**d.annotations, "kvsched.io/request-rate": "-1"}) if d.name == "qwen"
+        dataclasses.replace(d, annotations={**d.annotations, RATE_ANNOTATION: "-1"}) if d.name == "qwen"
         else d for d in world.deployments))
     decision = run(world, now=LATER)
     assert decision.owned_changes == ()
@@ -183,7 +191,7 @@ def test_annotations_turning_bad_keep_the_last_good_spec_and_placement() -> None
     qwen = _servings(world)["qwen"]
     invalid = condition(qwen, "Invalid")  # type: ignore[arg-type]
     assert (invalid["status"], invalid["reason"]) == ("True", "InvalidAnnotation")
-    assert "kvsched.io/request-rate" in invalid["message"]
+    assert RATE_ANNOTATION in invalid["message"]
     assert qwen.status["slots"] == before  # type: ignore[attr-defined]
     assert [e.reason for e in decision.events if e.target.name == "qwen"] == ["InvalidAnnotation"]
 
@@ -313,13 +321,13 @@ def test_template_patch_sets_scheduler_label_env_affinity_and_strategy_once() ->
     assert len(patches) == 1 and patches[0].rollout
     dep = world.deployments[0]
     spec = dep.template["spec"]
-    assert spec["schedulerName"] == "kvsched"
-    assert dep.template["metadata"]["labels"] == {"app": "m", "kvsched.io/model": "m"}
+    assert spec["schedulerName"] == DEFAULT_SCHEDULER_NAME
+    assert dep.template["metadata"]["labels"] == {"app": "m", MODEL_LABEL: "m"}
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [
         {"matchExpressions": [{"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["40960"]},
-                              {"key": "kvsched.io/gpu-memory", "operator": "DoesNotExist"}]},
-        {"matchExpressions": [{"key": "kvsched.io/gpu-memory", "operator": "In", "values": ["48Gi"]}]},
+                              {"key": GPU_MEMORY_LABEL, "operator": "DoesNotExist"}]},
+        {"matchExpressions": [{"key": GPU_MEMORY_LABEL, "operator": "In", "values": ["48Gi"]}]},
     ]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in spec["containers"][0]["env"]}
     assert env == {"NVIDIA_VISIBLE_DEVICES": "metadata.annotations['kvsched.io/gpu']",
@@ -397,7 +405,7 @@ def test_pending_pods_are_nudged_when_their_model_has_a_usable_slot_and_only_onc
     assert {n.pod.name for n in decision.nudges} == {"llama-x", "qwen-x"}
     assert decision.writes == len(decision.nudges)  # nothing else changed
     digests = {n.pod: n.digest for n in decision.nudges}
-    nudged = tuple(dataclasses.replace(p, annotations={"kvsched.io/planned-slots": digests[p.key]})
+    nudged = tuple(dataclasses.replace(p, annotations={PLANNED_SLOTS_ANNOTATION: digests[p.key]})
                    for p in pending)
     assert run(dataclasses.replace(world, pods=nudged), now=LATER).writes == 0
     # A pod whose model has no free slot (every slot held) is not nudged: the scheduler could not place it.

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from kvsched.api.names import MEMORY_FRACTION_ANNOTATION
 from kvsched.api.objects import World
 from kvsched.controller.migrations import RunningPod
 from kvsched.controller.shares import free_shares, resize_steps, running_share
@@ -69,7 +70,7 @@ def test_free_shares_count_terminating_pods_and_at_least_the_weights() -> None:
 def test_running_share_reads_only_a_share_in_0_1(text: str | None, share: float | None) -> None:
     p = pod("p", "a", "n1", 0)
     if text is not None:
-        p = dataclasses.replace(p, annotations={**p.annotations, "kvsched.io/gpu-memory-fraction": text})
+        p = dataclasses.replace(p, annotations={**p.annotations, MEMORY_FRACTION_ANNOTATION: text})
     assert running_share(p) == share
 
 
@@ -79,7 +80,7 @@ def test_a_model_added_next_to_pods_with_their_old_shares_restarts_them_in_place
     # (not moves), one eviction per decision; with the replacements bound, nothing else restarts.
     world = World(nodes=(node("n1", gpus=1),), deployments=(deployment("a", rate="4"), deployment("b", rate="2")))
     world, _ = settle(bind_planned(settle(world)[0]))
-    before = {p.name: float(p.annotations["kvsched.io/gpu-memory-fraction"]) for p in world.pods}
+    before = {p.name: float(p.annotations[MEMORY_FRACTION_ANNOTATION]) for p in world.pods}
     assert sum(before.values()) <= 1.0
     world = dataclasses.replace(world, deployments=(*world.deployments, deployment("c", rate="4")))
     world, decisions = settle(world, rounds=6)

@@ -28,6 +28,17 @@ from .harness.controller import (
 )
 from .harness.processes import Component
 
+from kvsched.api.names import (
+    DEFAULT_SCHEDULER_NAME,
+    GPU_ANNOTATION,
+    MEMORY_FRACTION_ANNOTATION,
+    MODEL_LABEL,
+    PLANNED_SLOTS_ANNOTATION,
+    RATE_ANNOTATION,
+    SIZE_ANNOTATION,
+    SLO_ANNOTATION,
+)
+
 pytestmark = pytest.mark.e2e
 
 LEASE_S = 6
@@ -85,8 +96,8 @@ def pool(control_plane: ControlPlane, kube: client.ApiClient, namespace: str, pr
 
 
 def annotated(name: str, size: str, rate: float, slo: str, replicas: int) -> dict[str, Any]:
-    return deployment_manifest(name, replicas=replicas, scheduler_name="kvsched", annotations={
-        "kvsched.io/model-size": size, "kvsched.io/request-rate": str(rate), "kvsched.io/slo-seconds": slo})
+    return deployment_manifest(name, replicas=replicas, scheduler_name=DEFAULT_SCHEDULER_NAME, annotations={
+        SIZE_ANNOTATION: size, RATE_ANNOTATION: str(rate), SLO_ANNOTATION: slo})
 
 
 MODELS = {  # name: (size, rate, slo, replicas)
@@ -114,7 +125,7 @@ def condition(ms: dict[str, Any], kind: str) -> dict[str, Any]:
 
 def managed_pods(pool: Pool, name: str) -> list[client.V1Pod]:
     return [p for p in client.CoreV1Api(pool.kube).list_namespaced_pod(
-        pool.namespace, label_selector=f"kvsched.io/model={name}").items if not p.metadata.deletion_timestamp]
+        pool.namespace, label_selector=f"{MODEL_LABEL}={name}").items if not p.metadata.deletion_timestamp]
 
 
 def slot_set(ms: dict[str, Any]) -> set[tuple[str, int]]:
@@ -132,8 +143,8 @@ def settled(pool: Pool, names: list[str]) -> bool:
         status = ms.get("status") or {}
         if condition(ms, "Placed").get("status") != "True" or condition(ms, "Migrating").get("status") == "True":
             return False
-        mine = [p for p in pods if (p.metadata.labels or {}).get("kvsched.io/model") == name]
-        held = {(p.spec.node_name, int((p.metadata.annotations or {}).get("kvsched.io/gpu", -1))) for p in mine}
+        mine = [p for p in pods if (p.metadata.labels or {}).get(MODEL_LABEL) == name]
+        held = {(p.spec.node_name, int((p.metadata.annotations or {}).get(GPU_ANNOTATION, -1))) for p in mine}
         ready = all(any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
                     for p in mine)
         if len(mine) != status.get("replicas") or held != slot_set(ms) or not ready:
@@ -188,8 +199,8 @@ def test_three_annotated_deployments_match_one_plan(pool: Pool) -> None:
             weights[slot] = weights.get(slot, 0.0) + size_gib
         dep = apps.read_namespaced_deployment(name, pool.namespace)
         spec = dep.spec.template.spec
-        assert spec.scheduler_name == "kvsched"
-        assert dep.spec.template.metadata.labels["kvsched.io/model"] == name
+        assert spec.scheduler_name == DEFAULT_SCHEDULER_NAME
+        assert dep.spec.template.metadata.labels[MODEL_LABEL] == name
         assert dep.spec.strategy.rolling_update.max_surge == 0
         terms = spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution.node_selector_terms
         exprs = {(e.key, e.operator, tuple(e.values or ())) for e in terms[0].match_expressions}
@@ -199,9 +210,9 @@ def test_three_annotated_deployments_match_one_plan(pool: Pool) -> None:
         assert env["NVIDIA_VISIBLE_DEVICES"] == "metadata.annotations['kvsched.io/gpu']"
         planned = {(s["node"], s["gpu"]): s["memoryFraction"] for s in ms["status"]["slots"]}
         for p in managed_pods(pool, name):
-            gpu = (p.spec.node_name, int(p.metadata.annotations["kvsched.io/gpu"]))
+            gpu = (p.spec.node_name, int(p.metadata.annotations[GPU_ANNOTATION]))
             assert gpu in planned
-            running[(name, gpu)] = float(p.metadata.annotations["kvsched.io/gpu-memory-fraction"])
+            running[(name, gpu)] = float(p.metadata.annotations[MEMORY_FRACTION_ANNOTATION])
             wanted[(name, gpu)] = planned[gpu]
             per_replica[name] = rate / slo_s / replicas
             sizes[name] = size_gib
@@ -256,13 +267,13 @@ def test_bad_annotations_are_invalid_with_an_event_and_others_stay_placed(pool: 
 
     seen = wait_for(lambda: events("broken"), lambda ev: any(e.startswith("InvalidAnnotation") for e in ev), 30,
                     "InvalidAnnotation event on Deployment broken")
-    assert any("kvsched.io/model-size" in e for e in seen if e.startswith("InvalidAnnotation")), seen
+    assert any(SIZE_ANNOTATION in e for e in seen if e.startswith("InvalidAnnotation")), seen
     # A new Deployment with bad annotations still gets its own ModelServing, which says what is wrong.
     broken = wait_for(lambda: serving(pool, "broken"), lambda ms: condition(ms, "Invalid").get("status") == "True",
                       30, "ModelServing broken Invalid")
     assert condition(broken, "Invalid")["reason"] == "InvalidAnnotation"
-    for named in ("kvsched.io/model-size: 'lots'", "kvsched.io/request-rate: must be a finite number >= 0, got '-3'",
-                  "kvsched.io/slo-seconds: must be greater than zero, got '0'"):
+    for named in (f"{SIZE_ANNOTATION}: 'lots'", f"{RATE_ANNOTATION}: must be a finite number >= 0, got '-3'",
+                  f"{SLO_ANNOTATION}: must be greater than zero, got '0'"):
         assert named in condition(broken, "Invalid")["message"], condition(broken, "Invalid")
     assert (condition(broken, "Placed")["status"], condition(broken, "Placed")["reason"]) == (
         "False", "InvalidAnnotation")
@@ -282,7 +293,7 @@ def test_bad_annotations_are_invalid_with_an_event_and_others_stay_placed(pool: 
              "kvsched_models{state=\"invalid\"} == 1")
     # A managed Deployment whose annotation turns bad: Invalid, and its placement kept.
     apps.patch_namespaced_deployment("qwen", pool.namespace,
-                                     {"metadata": {"annotations": {"kvsched.io/request-rate": "-1"}}})
+                                     {"metadata": {"annotations": {RATE_ANNOTATION: "-1"}}})
     qwen = wait_for(lambda: serving(pool, "qwen"), lambda ms: condition(ms, "Invalid").get("status") == "True",
                     30, "ModelServing qwen Invalid")
     assert condition(qwen, "Invalid")["reason"] == "InvalidAnnotation"
@@ -294,7 +305,7 @@ def test_bad_annotations_are_invalid_with_an_event_and_others_stay_placed(pool: 
     assert {n: slot_set(ms) for n, ms in after.items()} == {n: slot_set(ms) for n, ms in before.items()}
     # Fixing the broken Deployment's annotations makes it a normal placed model (the others stay placed).
     apps.patch_namespaced_deployment("broken", pool.namespace, {"metadata": {"annotations": {
-        "kvsched.io/model-size": "8Gi", "kvsched.io/request-rate": "1", "kvsched.io/slo-seconds": "1"}}})
+        SIZE_ANNOTATION: "8Gi", RATE_ANNOTATION: "1", SLO_ANNOTATION: "1"}}})
     fixed = wait_settled(pool, [*MODELS, "broken"])["broken"]
     assert condition(fixed, "Invalid")["status"] == "False"
     assert (fixed["spec"]["modelSize"], fixed["status"]["placedReplicas"], len(slot_set(fixed))) == ("8Gi", 1, 1)
@@ -357,7 +368,7 @@ def test_a_replica_added_by_scaling_up_binds_without_the_schedulers_retry_timeou
     bound_s = time.monotonic() - started
     assert len(slot_set(after["llama"])) == 3
     nudged = [p.metadata.name for p in managed_pods(pool, "llama")
-              if "kvsched.io/planned-slots" in (p.metadata.annotations or {})]
+              if PLANNED_SLOTS_ANNOTATION in (p.metadata.annotations or {})]
     print(f"scale-up: settled {bound_s:.1f}s after the scale; nudged: {nudged}")
     assert bound_s < 30.0  # kube-scheduler's own retry of a parked pod comes after up to 5 minutes
 
@@ -377,7 +388,8 @@ def test_a_pod_parked_before_its_plan_existed_is_nudged_and_binds(pool: Pool) ->
             "spec": {"workloadRef": {"kind": "Deployment", "name": "solo"}, "modelSize": "16Gi",
                      "requestRate": 1, "sloSeconds": 1}}
     custom.create_namespaced_custom_object(GROUP, VERSION, pool.namespace, PLURAL, body)
-    apps.create_namespaced_deployment(pool.namespace, deployment_manifest("solo", scheduler_name="kvsched"))
+    apps.create_namespaced_deployment(pool.namespace,
+                                      deployment_manifest("solo", scheduler_name=DEFAULT_SCHEDULER_NAME))
     wait_settled(pool, ["solo"])
     custom.delete_namespaced_custom_object(GROUP, VERSION, pool.namespace, PLURAL, "solo")
     apps.patch_namespaced_deployment_scale("solo", pool.namespace, {"spec": {"replicas": 2}})
@@ -395,7 +407,7 @@ def test_a_pod_parked_before_its_plan_existed_is_nudged_and_binds(pool: Pool) ->
                      f"parked pod {parked} bound")
     waited_s = time.monotonic() - started
     print(f"parked pod bound {waited_s:.1f}s after its ModelServing was written again")
-    assert "kvsched.io/planned-slots" in (bound.metadata.annotations or {})
+    assert PLANNED_SLOTS_ANNOTATION in (bound.metadata.annotations or {})
     assert waited_s < 30.0
 
 
@@ -443,10 +455,10 @@ def test_rate_change_moves_exactly_the_replanned_replicas_and_quiet_writes_nothi
     time.sleep(5)
     assert resource_versions(pool.kube, pool.namespace) == versions, "an unchanged world was written to"
     pods_before = {n: {p.metadata.name for p in managed_pods(pool, n)} for n in QUAD}
-    shares_before = {n: float(p.metadata.annotations["kvsched.io/gpu-memory-fraction"])
+    shares_before = {n: float(p.metadata.annotations[MEMORY_FRACTION_ANNOTATION])
                      for n in QUAD for p in managed_pods(pool, n)}
     client.AppsV1Api(pool.kube).patch_namespaced_deployment(
-        "m1", pool.namespace, {"metadata": {"annotations": {"kvsched.io/request-rate": "20"}}})
+        "m1", pool.namespace, {"metadata": {"annotations": {RATE_ANNOTATION: "20"}}})
     wait_for(lambda: serving(pool, "m1"), lambda ms: (ms.get("status") or {}).get("kvpr", 0) > 0.2, 30,
              "m1's status re-planned for the new rate")
     after = wait_settled(pool, list(QUAD), timeout_s=180)
@@ -462,7 +474,7 @@ def test_rate_change_moves_exactly_the_replanned_replicas_and_quiet_writes_nothi
     for n in resized:
         assert shares_before[n] != pytest.approx(planned_after[n], abs=1e-9), f"{n} restarted with the same share"
     for n in QUAD:
-        share = float(managed_pods(pool, n)[0].metadata.annotations["kvsched.io/gpu-memory-fraction"])
+        share = float(managed_pods(pool, n)[0].metadata.annotations[MEMORY_FRACTION_ANNOTATION])
         assert share <= planned_after[n] + 1e-9 and (n not in recreated or share == planned_after[n])
     metrics = proc.metrics()
     assert metrics.get('kvsched_migrations_total{reason="Rebalance"}') == 1.0

@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client
 
+from kvsched.api.names import DEFAULT_SCHEDULER_NAME
 from .harness.kube import (
     create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, pod_events, wait_for,
     wait_pods_bound,
 )
 from .harness.kvsched import (
-    FRACTION_ANNOTATION, GPU_ANNOTATION, MODEL_LABEL, ExtenderProcess, managed_deployment, write_model,
+    MEMORY_FRACTION_ANNOTATION, GPU_ANNOTATION, MODEL_LABEL, ExtenderProcess, managed_deployment, write_model,
 )
 from .harness.processes import Component
 
@@ -53,7 +54,7 @@ def placements(core: client.CoreV1Api, namespace: str, selector: str) -> list[tu
     """(node, gpu, fraction) of the bound pods matching `selector`."""
     pods = core.list_namespaced_pod(namespace, label_selector=selector).items
     return sorted((p.spec.node_name, int((p.metadata.annotations or {})[GPU_ANNOTATION]),
-                   (p.metadata.annotations or {})[FRACTION_ANNOTATION]) for p in pods if p.spec.node_name)
+                   (p.metadata.annotations or {})[MEMORY_FRACTION_ANNOTATION]) for p in pods if p.spec.node_name)
 
 
 @pytest.mark.parametrize("node_cache_capable", [pytest.param(True, id="node names"),
@@ -85,7 +86,7 @@ def test_replica_waits_with_the_reason_while_its_gpu_is_held_and_binds_when_it_f
     # An old replica still holds the slot (bound and annotated, e.g. terminating or not yet migrated).
     blocker = client.V1Pod(
         metadata=client.V1ObjectMeta(name="llama-old", labels={MODEL_LABEL: "llama"},
-                                     annotations={GPU_ANNOTATION: "1", FRACTION_ANNOTATION: "0.200"}),
+                                     annotations={GPU_ANNOTATION: "1", MEMORY_FRACTION_ANNOTATION: "0.200"}),
         spec=client.V1PodSpec(node_name=a, containers=[client.V1Container(name="c", image="registry.invalid/x")]))
     core.create_namespaced_pod(namespace, blocker)
     kvsched_scheduler(extender.url)
@@ -109,10 +110,11 @@ def test_unmanaged_pods_pass_through_the_same_profile(
         kvsched_scheduler: Callable[..., Component]) -> None:
     node_factory(2, gpus=1)
     kvsched_scheduler(extender.url)
-    apps.create_namespaced_deployment(namespace, deployment_manifest("web", replicas=2, scheduler_name="kvsched"))
+    apps.create_namespaced_deployment(namespace,
+                                      deployment_manifest("web", replicas=2, scheduler_name=DEFAULT_SCHEDULER_NAME))
     pods = wait_pods_bound(core, namespace, "app=web", count=2)
     for pod in pods:
-        assert pod.spec.scheduler_name == "kvsched"
+        assert pod.spec.scheduler_name == DEFAULT_SCHEDULER_NAME
         assert GPU_ANNOTATION not in (pod.metadata.annotations or {})
 
 

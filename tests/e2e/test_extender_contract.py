@@ -10,12 +10,13 @@ from collections.abc import Callable, Iterator
 import pytest
 from kubernetes import client
 
+from kvsched.api.names import DEFAULT_SCHEDULER_NAME
 from .harness.kube import (
     create_gpu_nodes, delete_nodes, gpu_node_manifest, pod_annotations, pod_events, pod_node, wait_for,
     wait_pod_running, wait_pods_bound,
 )
 from .harness.kvsched import (
-    FRACTION_ANNOTATION, GPU_ANNOTATION, ExtenderProcess, managed_deployment, write_model,
+    MEMORY_FRACTION_ANNOTATION, GPU_ANNOTATION, ExtenderProcess, managed_deployment, write_model,
 )
 from .harness.processes import Component
 
@@ -51,11 +52,11 @@ def test_kvsched_pods_are_filtered_prioritised_and_bound_by_the_extender(
 
     placed = sorted((pod_node(core, namespace, p.metadata.name),
                      pod_annotations(core, namespace, p.metadata.name).get(GPU_ANNOTATION),
-                     pod_annotations(core, namespace, p.metadata.name).get(FRACTION_ANNOTATION)) for p in pods)
+                     pod_annotations(core, namespace, p.metadata.name).get(MEMORY_FRACTION_ANNOTATION)) for p in pods)
     assert placed == [(b, "1", "0.250"), (c, "0", "0.500")], [pod_events(core, namespace, p.metadata.name)
                                                              for p in pods]
     for pod in pods:
-        assert wait_pod_running(core, namespace, pod.metadata.name).spec.scheduler_name == "kvsched"
+        assert wait_pod_running(core, namespace, pod.metadata.name).spec.scheduler_name == DEFAULT_SCHEDULER_NAME
 
     calls = extender.requests()
     assert calls.get(("filter", "managed"), 0) >= 2, calls

@@ -23,6 +23,8 @@ from .harness.kube import api_client, wait_for
 from .harness.prometheus import wait_for_samples
 from .harness.tools import Tools, locate_tools, prometheus_path
 
+from kvsched.api.names import DEFAULT_SCHEDULER_NAME, GPU_ANNOTATION, SIZE_ANNOTATION
+
 pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 STARTUP_TIMEOUT_S = 240.0
@@ -91,8 +93,8 @@ def assert_example_placed(api: client.ApiClient, timeout_s: float = 180.0) -> No
              placed, timeout_s, "the example's 30 ModelServings Placed")
     wait_for(lambda: core.list_namespaced_pod("kvsched-demo").items,
              lambda pods: len(pods) == 38 and all(
-                 p.spec.node_name and p.spec.scheduler_name == "kvsched"
-                 and (p.metadata.annotations or {}).get("kvsched.io/gpu") is not None for p in pods),
+                 p.spec.node_name and p.spec.scheduler_name == DEFAULT_SCHEDULER_NAME
+                 and (p.metadata.annotations or {}).get(GPU_ANNOTATION) is not None for p in pods),
              timeout_s, "the example's 38 replicas bound by kvsched to a GPU")
 
 
@@ -129,7 +131,7 @@ def test_make_cluster_starts_reports_ready_and_stops_cleanly(tools_and_prometheu
             assert nodes["a100-node-c"].status.capacity["nvidia.com/gpu"] == "4"
             deployments = client.AppsV1Api(api).list_namespaced_deployment("kvsched-demo").items
             assert len(deployments) == 30
-            assert all("kvsched.io/model-size" in d.metadata.annotations for d in deployments)
+            assert all(SIZE_ANNOTATION in d.metadata.annotations for d in deployments)
             # The chart's objects are installed; its in-cluster kvsched pod is not (kvsched runs locally).
             rbac = client.RbacAuthorizationV1Api(api)
             assert rbac.read_cluster_role("kvsched").rules

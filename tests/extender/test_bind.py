@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from kvsched.api.names import GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION
 from kvsched.extender.app import create_app
 from kvsched.extender.cache import Cache
 from kvsched.extender.slots import PlannedSlot, PodRef, Refusal
@@ -51,7 +52,7 @@ def test_bind_takes_a_free_planned_slot_and_annotates(slots: list[tuple[str, int
     result = client.post("/bind", json=binding(p, chosen)).json()
     assert result == {"Error": ""}
     assert binder.calls == [("ml", "llama-new", "uid-llama-new", chosen,
-                             {"kvsched.io/gpu": gpu, "kvsched.io/gpu-memory-fraction": fraction})]
+                             {GPU_ANNOTATION: gpu, MEMORY_FRACTION_ANNOTATION: fraction})]
     assert cache.counts()["reservations"] == 1
 
 

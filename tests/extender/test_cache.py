@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from kvsched.api.names import GPU_ANNOTATION, GPU_MEMORY_LABEL
 from kvsched.extender.cache import Cache, model_plan, node_gpus, pod_info
 from kvsched.extender.slots import PlannedSlot, PodRef
 
@@ -14,10 +15,10 @@ from .world import model, node, pod, world
 
 @pytest.mark.parametrize("labels, capacity, gpus, memory", [
     pytest.param({"nvidia.com/gpu.memory": "81920"}, {"nvidia.com/gpu": "8"}, 8, 80.0, id="GFD MiB label"),
-    pytest.param({"nvidia.com/gpu.memory": "81920", "kvsched.io/gpu-memory": "40Gi"}, {"nvidia.com/gpu": "2"},
+    pytest.param({"nvidia.com/gpu.memory": "81920", GPU_MEMORY_LABEL: "40Gi"}, {"nvidia.com/gpu": "2"},
                  2, 40.0, id="kvsched label wins"),
     pytest.param({}, {}, 0, None, id="no GPUs, no label"),
-    pytest.param({"kvsched.io/gpu-memory": "lots"}, {"nvidia.com/gpu": "x"}, 0, None, id="unparsable values"),
+    pytest.param({GPU_MEMORY_LABEL: "lots"}, {"nvidia.com/gpu": "x"}, 0, None, id="unparsable values"),
 ])
 def test_node_gpus(labels: dict[str, str], capacity: dict[str, str], gpus: int, memory: float | None) -> None:
     parsed = node_gpus({"metadata": {"name": "n", "labels": labels}, "status": {"capacity": capacity}})
@@ -45,7 +46,7 @@ def test_model_with_a_bad_size_has_unknown_size() -> None:
 @pytest.mark.parametrize("annotation, gpu", [("3", 3), ("", None), ("-1", None), ("gpu0", None)])
 def test_pod_gpu_annotation(annotation: str, gpu: int | None) -> None:
     obj = pod("p", "llama", "n1")
-    obj["metadata"]["annotations"]["kvsched.io/gpu"] = annotation
+    obj["metadata"]["annotations"][GPU_ANNOTATION] = annotation
     assert pod_info(obj).gpu == gpu
 
 

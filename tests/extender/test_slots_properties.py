@@ -7,6 +7,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvsched.api.names import GPU_ANNOTATION, MODEL_LABEL
 from kvsched.extender.slots import COLD_SCORE, NEUTRAL_SCORE, PlannedSlot, PodRef
 
 from .world import model, node, pod, world
@@ -42,8 +43,8 @@ def test_binds_respect_the_plan_replicas_and_memory(
     planned = {(m["metadata"]["name"], s["node"], s["gpu"]) for m in models for s in m["status"]["slots"]}
     on_gpu: dict[tuple[str, int], list[str]] = {}
     for h in holders:
-        on_gpu.setdefault((h["spec"]["nodeName"], int(h["metadata"]["annotations"]["kvsched.io/gpu"])), []).append(
-            h["metadata"]["labels"]["kvsched.io/model"])
+        on_gpu.setdefault((h["spec"]["nodeName"], int(h["metadata"]["annotations"][GPU_ANNOTATION])), []).append(
+            h["metadata"]["labels"][MODEL_LABEL])
     for i, (model_name, node_name) in enumerate(binds):
         ref = PodRef("ml", f"new-{i}", f"uid-new-{i}", f"ml/{model_name}")
         passes = node_name in cache.filter(ref, [node_name]).passed

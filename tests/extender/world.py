@@ -7,6 +7,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from kvsched.api.names import (
+    API_VERSION,
+    DEFAULT_SCHEDULER_NAME,
+    GPU_ANNOTATION,
+    MEMORY_FRACTION_ANNOTATION,
+    MODEL_LABEL,
+)
 from kvsched.extender.cache import Cache
 
 Obj = dict[str, Any]
@@ -21,7 +28,7 @@ def node(name: str, gpus: int = 4, memory_mib: int = 81920) -> Obj:
 
 def model(name: str, size: str, slots: list[tuple[str, int]] | list[tuple[str, int, float]],
           namespace: str = NS) -> Obj:
-    return {"kind": "ModelServing", "apiVersion": "kvsched.io/v1alpha1",
+    return {"kind": "ModelServing", "apiVersion": API_VERSION,
             "metadata": {"name": name, "namespace": namespace, "resourceVersion": "1"},
             "spec": {"workloadRef": {"name": name}, "modelSize": size, "requestRate": 1, "sloSeconds": 1},
             "status": {"slots": [{"node": s[0], "gpu": s[1], "memoryFraction": s[2] if len(s) > 2 else 0.5}
@@ -30,15 +37,15 @@ def model(name: str, size: str, slots: list[tuple[str, int]] | list[tuple[str, i
 
 def pod(name: str, model_name: str | None = None, node_name: str = "", gpu: int | None = None,
         uid: str | None = None, terminating: bool = False, phase: str = "Running",
-        scheduler: str = "kvsched", namespace: str = NS, fraction: str | None = None) -> Obj:
+        scheduler: str = DEFAULT_SCHEDULER_NAME, namespace: str = NS, fraction: str | None = None) -> Obj:
     meta: Obj = {"name": name, "namespace": namespace, "uid": uid or f"uid-{name}", "resourceVersion": "1",
                  "labels": {"app": "x"}, "annotations": {}}
     if model_name:
-        meta["labels"]["kvsched.io/model"] = model_name
+        meta["labels"][MODEL_LABEL] = model_name
     if gpu is not None:
-        meta["annotations"]["kvsched.io/gpu"] = str(gpu)
+        meta["annotations"][GPU_ANNOTATION] = str(gpu)
     if fraction is not None:
-        meta["annotations"]["kvsched.io/gpu-memory-fraction"] = fraction
+        meta["annotations"][MEMORY_FRACTION_ANNOTATION] = fraction
     if terminating:
         meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     return {"kind": "Pod", "apiVersion": "v1", "metadata": meta,

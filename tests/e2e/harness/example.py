@@ -20,6 +20,8 @@ from kubernetes import client
 
 from .kube import api_client
 
+from kvsched.api.names import GPU_ANNOTATION, MODEL_LABEL, RATE_ANNOTATION
+
 ROOT = Path(__file__).resolve().parents[3]
 NAMESPACE = "kvsched-demo"
 GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
@@ -139,9 +141,9 @@ class ExampleCluster:
             if condition(ms, "Migrating").get("status") == "True":
                 why.append(f"{name}: Migrating ({condition(ms, 'Migrating').get('message')})")
             slots = {(s["node"], s["gpu"]) for s in status.get("slots") or []}
-            mine = [p for p in pods if (p.metadata.labels or {}).get("kvsched.io/model") == name
+            mine = [p for p in pods if (p.metadata.labels or {}).get(MODEL_LABEL) == name
                     and not p.metadata.deletion_timestamp]
-            held = {(p.spec.node_name or "", int((p.metadata.annotations or {}).get("kvsched.io/gpu", -1))) for p in mine}
+            held = {(p.spec.node_name or "", int((p.metadata.annotations or {}).get(GPU_ANNOTATION, -1))) for p in mine}
             ready = all(any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
                         for p in mine)
             if len(mine) != dep.spec.replicas or held != slots or not ready:
@@ -166,11 +168,11 @@ class ExampleCluster:
 
     def patch_rate(self, name: str, rate: float) -> None:
         client.AppsV1Api(self.api).patch_namespaced_deployment(
-            name, NAMESPACE, {"metadata": {"annotations": {"kvsched.io/request-rate": f"{rate:g}"}}})
+            name, NAMESPACE, {"metadata": {"annotations": {RATE_ANNOTATION: f"{rate:g}"}}})
 
     def rate(self, name: str) -> float:
         dep = client.AppsV1Api(self.api).read_namespaced_deployment(name, NAMESPACE)
-        return float(dep.metadata.annotations["kvsched.io/request-rate"])
+        return float(dep.metadata.annotations[RATE_ANNOTATION])
 
     def eviction_events(self) -> dict[str, tuple[str, str]]:
         """Event name -> (ModelServing, message) of every Migrating event kvsched recorded (one per eviction it

@@ -14,13 +14,18 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.rest import ApiException
 
+from kvsched.api.names import (
+    DEFAULT_SCHEDULER_NAME,
+    GPU_ANNOTATION,
+    GROUP,
+    MEMORY_FRACTION_ANNOTATION,
+    MODEL_LABEL,
+    PLURAL,
+    VERSION,
+)
+
 from .cluster import ControlPlane
 from .processes import Component, free_port, http_ok
-
-GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
-MODEL_LABEL = "kvsched.io/model"
-GPU_ANNOTATION = "kvsched.io/gpu"
-FRACTION_ANNOTATION = "kvsched.io/gpu-memory-fraction"
 
 
 def kvsched_argv(*args: str) -> list[str]:
@@ -103,7 +108,7 @@ def managed_deployment(name: str, replicas: int, model: str | None = None) -> di
     them (replacement only after an old pod is gone: maxSurge 0, maxUnavailable 1)."""
     from .kube import deployment_manifest
 
-    manifest = deployment_manifest(name, replicas=replicas, scheduler_name="kvsched")
+    manifest = deployment_manifest(name, replicas=replicas, scheduler_name=DEFAULT_SCHEDULER_NAME)
     manifest["spec"]["template"]["metadata"]["labels"][MODEL_LABEL] = model or name
     manifest["spec"]["strategy"] = {"type": "RollingUpdate",
                                     "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
