@@ -1,8 +1,10 @@
 """The writes a decision asks for, as plain frozen records: the controller builds them, kvsched.k8s carries them
 out, the runtime loop orders and retries them, tests compare them.
 
-`EvictionRefused` is what a writer raises when the Eviction API says no; `utc_now` the wall-clock time as
-Kubernetes writes it.
+`Eviction` is the one record of a migration step, from the plan to the API call: the controller's `plan_steps`
+and `resize_steps` make them from the packer's `MigrationStep`s and the running pods, `Decision.steps` lists them
+and `Decision.eviction` is the one to start now. `EvictionRefused` is what a writer raises when the Eviction API
+says no; `utc_now` the wall-clock time as Kubernetes writes it.
 Called by: kvsched.controller (decide, migrations, shares, models), kvsched.k8s.writers, kvsched.runtime.loop,
 kvsched.cli, tests.
 """
@@ -13,7 +15,8 @@ import datetime
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kvsched.api.objects import ObjectKey
+from kvsched.api.objects import ObjectKey, PodObj
+from kvsched.packer import GpuId
 
 
 def utc_now() -> str:
@@ -74,6 +77,21 @@ class PodNudge:
 
     pod: ObjectKey
     digest: str
+
+
+@dataclass(frozen=True)
+class Eviction:
+    """One migration step: evict `pod`, a replica of `model` (the packer's `<namespace>/<name>`), from GPU `source`
+    so that its replacement takes the free planned slot `target`. `stop_first`: `target` lacks memory for the
+    model until someone else leaves. `resize`: a restart in place (source == target) so that the pod runs with
+    its planned memory share (kvsched.controller.shares)."""
+
+    model: str
+    pod: PodObj
+    source: GpuId
+    target: GpuId
+    stop_first: bool = False
+    resize: bool = False
 
 
 class EvictionRefused(Exception):

@@ -22,10 +22,10 @@ from typing import Any, Callable, Mapping, Sequence
 
 from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION, SHARE_EPSILON, share_of
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, PodObj, World
-from kvsched.api.records import DeploymentPatch, Event, EventTarget, OwnedChange, PodNudge, StatusWrite
+from kvsched.api.records import DeploymentPatch, Event, EventTarget, Eviction, OwnedChange, PodNudge, StatusWrite
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed
-from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, Step, choose_next, plan_steps
+from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, choose_next, plan_steps
 from kvsched.controller.models import ModelEntry, collect_models
 from kvsched.controller.shares import free_shares, resize_steps
 from kvsched.controller.status import (
@@ -44,18 +44,6 @@ Planner = Callable[[Sequence[Model], Sequence[Gpu], Sequence[Slot], Sequence[Slo
 
 
 @dataclass(frozen=True)
-class Eviction:
-    """Evict `pod` (model `model`) to move it from `source` to `target`; `resize`: to restart it in place with
-    its planned memory share."""
-
-    pod: ObjectKey
-    model: ObjectKey
-    source: GpuId
-    target: GpuId
-    resize: bool = False
-
-
-@dataclass(frozen=True)
 class Decision:
     """Everything one decision wants written, and what it saw (for metrics, logs and `kvsched plan`)."""
 
@@ -67,7 +55,7 @@ class Decision:
     events: tuple[Event, ...] = ()
     nudges: tuple[PodNudge, ...] = ()
     model_states: Mapping[str, int] = field(default_factory=dict)
-    steps: tuple[Step, ...] = ()
+    steps: tuple[Eviction, ...] = ()
     waiting: str | None = None
     inventory: Inventory | None = None
 
@@ -234,16 +222,13 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
                                     else "strategy set to RollingUpdate with maxSurge 0"))
     states["invalid"] += len(model_set.deployment_problems)
 
-    eviction = None
-    if migration.next_step is not None:
-        step = migration.next_step
-        model_key = ObjectKey(*step.model.split("/", 1))
-        eviction = Eviction(step.pod.key, model_key, step.source, step.target, step.resize)
-        ms = next(e.ms for e in entries if e.ms.key == model_key)
+    eviction = migration.next_step
+    if eviction is not None:
+        ms = next(e.ms for e in entries if e.ms.model_name == eviction.model)
         events.append(Event(ms_target(ms), "Normal", "Migrating",
-                            f"evicting pod {step.pod.name} from GPU {step.source} so that its replacement "
-                            + ("runs there with its planned memory share" if step.resize
-                               else f"takes GPU {step.target}")))
+                            f"evicting pod {eviction.pod.name} from GPU {eviction.source} so that its replacement "
+                            + ("runs there with its planned memory share" if eviction.resize
+                               else f"takes GPU {eviction.target}")))
     return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, eviction, tuple(events),
                     _nudges(can_bind, slots_by_model), dict(states), migration.steps, migration.waiting, inventory)
 

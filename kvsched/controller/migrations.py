@@ -10,6 +10,8 @@ does not list come after, those with room first. One eviction at a time, cluster
 the next only when no managed pod is terminating, no replacement that could bind is still unbound, and every
 bound managed pod is Ready. A pod whose eviction was refused (PodDisruptionBudget, API error) waits out its
 backoff; the shell keeps that record and passes it in.
+Each step is a kvsched.api.records.Eviction, built from the packer's MigrationStep and the pod it moves; the
+Decision carries the same records (`steps`, and `eviction`, the one to start now).
 Called by: kvsched.controller.decide.
 """
 
@@ -20,6 +22,7 @@ from dataclasses import dataclass
 from typing import Mapping, Sequence
 
 from kvsched.api.objects import ObjectKey, PodObj
+from kvsched.api.records import Eviction
 from kvsched.packer import GpuId, MigrationStep
 
 
@@ -30,20 +33,6 @@ class RunningPod:
     model: str
     pod: PodObj
     gpu: GpuId
-
-
-@dataclass(frozen=True)
-class Step:
-    """Evict `pod` (model `model`) from `source` so that its replacement takes the free slot `target`.
-    `resize`: a restart in place (source == target) so that the pod runs with its planned memory share
-    (kvsched.controller.shares)."""
-
-    model: str
-    pod: PodObj
-    source: GpuId
-    target: GpuId
-    stop_first: bool
-    resize: bool = False
 
 
 @dataclass(frozen=True)
@@ -59,15 +48,15 @@ class Blocked:
 class MigrationState:
     """Steps still to do, the one to start now (None: wait), and per model why it cannot progress (if so)."""
 
-    steps: tuple[Step, ...]
-    next_step: Step | None
+    steps: tuple[Eviction, ...]
+    next_step: Eviction | None
     waiting: str | None
     stuck: Mapping[str, Blocked]
 
 
 def plan_steps(planned: Mapping[str, Sequence[GpuId]], running: Sequence[RunningPod],
                size_gib: Mapping[str, float], memory_gib: Mapping[GpuId, float],
-               order: Sequence[MigrationStep] = ()) -> list[Step]:
+               order: Sequence[MigrationStep] = ()) -> list[Eviction]:
     """Ordered steps from planned GPUs per model and the running pods. O(pods log pods).
 
     `order`: the packer's ordered steps (`Plan.steps`); moves it lists come first, in its order, with its
@@ -80,7 +69,7 @@ def plan_steps(planned: Mapping[str, Sequence[GpuId]], running: Sequence[Running
     by_model: dict[str, list[RunningPod]] = defaultdict(list)
     for r in running:
         by_model[r.model].append(r)
-    steps: list[Step] = []
+    steps: list[Eviction] = []
     for model in sorted(planned):
         targets = set(planned[model])
         pods = sorted(by_model.get(model, []), key=lambda r: (r.pod.deleting, r.pod.name))
@@ -90,10 +79,10 @@ def plan_steps(planned: Mapping[str, Sequence[GpuId]], running: Sequence[Running
         for r, target in zip(misplaced, free):
             room = memory_gib.get(target, 0.0) - held_weights[target]
             stop_first = room < size_gib.get(model, 0.0) - 1e-9
-            steps.append(Step(model, r.pod, r.gpu, target, stop_first))
+            steps.append(Eviction(model, r.pod, r.gpu, target, stop_first))
     steps.sort(key=lambda s: (s.stop_first, s.model, s.pod.name))
     by_source = {(s.model, s.source): s for s in steps}
-    ordered: list[Step] = []
+    ordered: list[Eviction] = []
     for planned_step in order:
         if planned_step.source is None:
             continue
@@ -102,13 +91,13 @@ def plan_steps(planned: Mapping[str, Sequence[GpuId]], running: Sequence[Running
             continue
         open_slots = set(planned.get(step.model, ())) - {r.gpu for r in by_model.get(step.model, [])}
         target = planned_step.target if planned_step.target in open_slots else step.target
-        ordered.append(Step(step.model, step.pod, step.source, target, planned_step.stop_first))
+        ordered.append(Eviction(step.model, step.pod, step.source, target, planned_step.stop_first))
     taken = {(s.model, s.target) for s in ordered}
     rest = [s for s in steps if (s.model, s.source) in by_source and (s.model, s.target) not in taken]
     return ordered + rest
 
 
-def choose_next(steps: Sequence[Step], managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
+def choose_next(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
                 blocked: Mapping[ObjectKey, Blocked], now: float) -> MigrationState:
     """The step to start now, or why none may start.
 

@@ -22,7 +22,8 @@ from typing import Mapping, Sequence
 
 from kvsched.api.names import MEMORY_FRACTION_ANNOTATION, SHARE_EPSILON
 from kvsched.api.objects import PodObj
-from kvsched.controller.migrations import RunningPod, Step
+from kvsched.api.records import Eviction
+from kvsched.controller.migrations import RunningPod
 from kvsched.packer import GpuId
 from kvsched.units import memory_share
 
@@ -58,7 +59,7 @@ def free_shares(running: Sequence[RunningPod], planned: Mapping[tuple[str, GpuId
 
 def resize_steps(planned: Mapping[tuple[str, GpuId], float], running: Sequence[RunningPod],
                  size_gib: Mapping[str, float], memory_gib: Mapping[GpuId, float],
-                 replica_load: Mapping[str, float], max_kvpr: float, tolerance: float) -> list[Step]:
+                 replica_load: Mapping[str, float], max_kvpr: float, tolerance: float) -> list[Eviction]:
     """Restarts in place (source == target, `resize`), blocked ones first, by GPU (see the module docstring).
 
     `planned`: (model, GPU) -> planned share (as written in status); `replica_load`: per model, load of one
@@ -75,7 +76,7 @@ def resize_steps(planned: Mapping[tuple[str, GpuId], float], running: Sequence[R
     for (model, gpu), share in planned.items():
         if (model, gpu) not in present:
             waiting_need[gpu] += share
-    steps: list[Step] = []
+    steps: list[Eviction] = []
     chosen: set[str] = set()
     for gpu in sorted(waiting_need):
         pods = staying.get(gpu, [])
@@ -85,7 +86,7 @@ def resize_steps(planned: Mapping[tuple[str, GpuId], float], running: Sequence[R
         for excess, r in over:
             if used + waiting_need[gpu] <= 1.0 + SHARE_EPSILON or excess <= SHARE_EPSILON:
                 break
-            steps.append(Step(r.model, r.pod, gpu, gpu, stop_first=True, resize=True))
+            steps.append(Eviction(r.model, r.pod, gpu, gpu, stop_first=True, resize=True))
             chosen.add(r.pod.uid or r.pod.name)
             used -= excess
     worst_allowed = max_kvpr * (1.0 + tolerance)
@@ -99,5 +100,5 @@ def resize_steps(planned: Mapping[tuple[str, GpuId], float], running: Sequence[R
             load = replica_load.get(r.model, 0.0)
             pressure = load / kv_gib if kv_gib > 0 else (math.inf if load > 0 else 0.0)
             if pressure > worst_allowed + SHARE_EPSILON:
-                steps.append(Step(r.model, r.pod, gpu, gpu, stop_first=True, resize=True))
+                steps.append(Eviction(r.model, r.pod, gpu, gpu, stop_first=True, resize=True))
     return steps

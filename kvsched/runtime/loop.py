@@ -335,28 +335,29 @@ class Reconciler:
     def _evict(self, decision: Decision, report: RoundReport) -> None:
         eviction = decision.eviction
         assert eviction is not None
+        pod = eviction.pod.key
         try:
-            self.writer.evict(eviction.pod)
+            self.writer.evict(pod)
         except Exception as e:
-            count = self._refusals.get(eviction.pod, 0) + 1
-            self._refusals[eviction.pod] = count
+            count = self._refusals.get(pod, 0) + 1
+            self._refusals[pod] = count
             delay = min(300.0, 10.0 * 2 ** (count - 1))
             reason = str(getattr(e, "reason", "EvictionFailed"))
             message = str(getattr(e, "message", e))
-            self._blocked[eviction.pod] = Blocked(reason, f"eviction of pod {eviction.pod.name} refused "
+            self._blocked[pod] = Blocked(reason, f"eviction of pod {pod.name} refused "
                                                   f"({message}); retrying in {delay:.0f}s", self.clock() + delay)
-            log.warning("evicting %s refused: %s; retry in %.0fs", eviction.pod, message, delay)
+            log.warning("evicting %s refused: %s; retry in %.0fs", pod, message, delay)
             self._wake.set()  # the condition says so at once
             return
         report.writes += 1
-        self._refusals.pop(eviction.pod, None)
-        self._blocked[eviction.pod] = Blocked("Evicting", f"pod {eviction.pod.name} is being evicted",
+        self._refusals.pop(pod, None)
+        self._blocked[pod] = Blocked("Evicting", f"pod {pod.name} is being evicted",
                                               self.clock() + _EVICTED_HOLD_S)
         usable = decision.inventory is not None and any(g.node == eviction.source.node
                                                         for g in decision.inventory.gpus)
         reason = "Resize" if eviction.resize else "Rebalance" if usable else "NodeUnavailable"
         self.metrics.migrations.labels(reason=reason).inc()
-        log.info("evicted %s (model %s) from %s; its replacement goes to %s", eviction.pod, eviction.model,
+        log.info("evicted %s (model %s) from %s; its replacement goes to %s", pod, eviction.model,
                  eviction.source, eviction.target)
 
     def _emit(self, event: Event) -> None:

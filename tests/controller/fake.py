@@ -117,7 +117,7 @@ def apply(world: World, decision: Decision) -> World:
         deployments[p.key] = dataclasses.replace(dep, template=whole["template"], strategy=whole["strategy"])
     pods = world.pods
     if decision.eviction is not None:
-        pods = tuple(p for p in pods if p.key != decision.eviction.pod)
+        pods = tuple(p for p in pods if p.key != decision.eviction.pod.key)
     return World(world.nodes, pods, tuple(deployments.values()), tuple(servings.values()))
 
 

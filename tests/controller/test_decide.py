@@ -221,7 +221,7 @@ def test_next_eviction_waits_for_the_replacement() -> None:
     world = dataclasses.replace(world, nodes=(*nodes, node("spare", gpus=2, memory_mib=81920)))
     first = run(world, now=LATER)
     assert first.eviction is not None
-    evicted = first.eviction.pod
+    evicted = first.eviction.pod.key
     # The evicted pod is terminating: nothing else is evicted meanwhile.
     world = apply(world, dataclasses.replace(first, eviction=None))
     world = dataclasses.replace(world, pods=tuple(dataclasses.replace(p, deleting=True) if p.key == evicted else p
