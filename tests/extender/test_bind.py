@@ -92,6 +92,7 @@ def test_a_pod_seen_only_in_filter_can_be_bound() -> None:
     client, _, binder, _ = setup([model("llama", "16Gi", [("n1", 0)])], [])
     client.post("/filter", json=args(p, names=["n1"]))
     assert client.post("/bind", json=binding(p, "n1")).json() == {"Error": ""}
+    # What bind writes on the pod, spelled out: the wire format the controller and the engines read.
     assert binder.calls[0][4] == {"kvsched.io/gpu": "0", "kvsched.io/gpu-memory-fraction": "0.500"}
 
 

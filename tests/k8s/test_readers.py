@@ -31,6 +31,7 @@ def test_pod_gpu_request_as_the_scheduler_counts_it(spec: dict[str, Any], gpus: 
 
 
 def test_pod_reads_binding_annotations_and_life_stage() -> None:
+    # A pod as the API serves it, names spelled out: the wire format, not kvsched.api.names.
     pod = read_pod({"metadata": {"name": "p", "namespace": "ns", "labels": {"kvsched.io/model": "m"},
                                  "annotations": {"kvsched.io/gpu": "3"}, "deletionTimestamp": "2026-01-01T00:00:00Z"},
                     "spec": {"nodeName": "n1", "schedulerName": "kvsched"},
