@@ -251,10 +251,12 @@ class Reconciler:
     def _capped_plan_reached(self, world: World, decision: Decision) -> bool:
         """Whether the plan in force was capped by `max_migrations` (moves it held back would lower the max KVPR)
         and the cluster has reached it: no step left, every managed pod bound, Ready and not terminating. The next
-        wave is then planned from there; waves end when a re-plan is no longer capped."""
+        wave is then planned from there. Waves end when a re-plan is no longer capped, or moves nothing (no move
+        within the cap lowers the max KVPR: a next wave would find the same)."""
         plan = decision.plan
         if plan is None or plan.next_move_gain <= 0 or decision.steps or self._memo is None \
-                or self._memo.plan is not plan or self._memo.wave_done:
+                or self._memo.plan is not plan or self._memo.wave_done \
+                or not any(s.source is not None and s.source != s.target for s in plan.steps):
             return False
         managed = [p for p in world.pods if is_managed(p, self.config) and not p.terminal]
         return all(p.node is not None and p.ready and not p.deleting for p in managed)

@@ -68,7 +68,11 @@ def converge(sim: SimCluster, what: str, max_steps: int = 150) -> tuple[int, int
 def assert_idle(sim: SimCluster, what: str, rounds: int = IDLE_ROUNDS) -> None:
     start = sim.steps
     evictions = len(sim.evictions)
+    solves = solve_count(sim)
     writes, log = sim.idle(rounds)
+    assert solve_count(sim) == solves, (
+        f"{what}: {rounds} rounds of an unchanged world solved {solve_count(sim) - solves:.0f} plans (re-plan on "
+        "change only)")
     if writes.total:
         first = log[0][0] - start
         kinds: dict[str, int] = {}
@@ -82,6 +86,13 @@ def assert_idle(sim: SimCluster, what: str, rounds: int = IDLE_ROUNDS) -> None:
             f"{what}: {rounds} rounds of an unchanged world wrote {writes} (evicted "
             f"{len(sim.evictions) - evictions} pods); round {first} was the first to write, round "
             f"{busiest[0] - start} wrote {busiest[1]}; by kind {kinds}; first writes: {log[:6]}")
+
+
+def solve_count(sim: SimCluster) -> float:
+    """Plans the reconciler solved so far (kvsched_placement_duration_seconds_count)."""
+    line = next(ln for ln in sim.metrics.exposition().decode().splitlines()
+                if ln.startswith("kvsched_placement_duration_seconds_count "))
+    return float(line.split()[1])
 
 
 def managed_template(sim: SimCluster, manifest: dict[str, Any]) -> dict[str, Any]:
