@@ -83,8 +83,10 @@ def build() -> dashboard.Dashboard:
         query(f"sum by (state) (kvsched_models {LEADER})", "{{state}}", "A"), width=8, stacked=True)
     migrations = series(
         "Migrations",
-        "Replica migrations started (evictions) per interval, by reason.", "none",
+        "Replica migrations started (evictions) per interval, by reason; and the steps the re-plans called for, "
+        "by kind (move, resize): over a settled change the two add up to the same.", "none",
         query("sum by (reason) (increase(kvsched_migrations_total[$__rate_interval]))", "{{reason}}", "A"),
+        query("sum by (kind) (increase(kvsched_replan_steps_total[$__rate_interval]))", "planned {{kind}}", "B"),
         width=8)
     latency = series(
         "Extender p99 latency by verb",

@@ -58,6 +58,11 @@ class Metrics:
         self.models = Gauge("kvsched_models", "Models (ModelServings) by state.", ["state"], registry=r)
         self.migrations = Counter("kvsched_migrations", "Replica migrations started (evictions), by reason.",
                                   ["reason"], registry=r)
+        self.replan_steps = Counter("kvsched_replan_steps", "Migration steps the re-plans called for, counted at "
+                                    "each re-plan's first decision: kind move (a replica to another GPU) or resize "
+                                    "(a restart in place with a new memory share).", ["kind"], registry=r)
+        for kind in ("move", "resize"):
+            self.replan_steps.labels(kind=kind)  # exported from 0: evictions are compared against it
         self.is_leader = Gauge("kvsched_is_leader", "1 when this process holds the leader Lease.", registry=r)
         self.cache_synced = Gauge("kvsched_cache_synced", "1 once every watch has listed its objects.",
                                   registry=r)

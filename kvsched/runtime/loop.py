@@ -276,6 +276,10 @@ class Reconciler:
         world = self.world()
         decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
         self.metrics.record_models(dict(decision.model_states))
+        if self._solved:  # what this re-plan calls for, to hold the evictions against
+            resizes = sum(s.resize for s in decision.steps)
+            self.metrics.replan_steps.labels(kind="move").inc(len(decision.steps) - resizes)
+            self.metrics.replan_steps.labels(kind="resize").inc(resizes)
         if self._capped_plan_reached(world, decision):
             log.info("the cluster reached a plan --max-migrations capped (%.4f more KVPR than uncapped): "
                      "planning the next wave", decision.plan.next_move_gain if decision.plan else 0.0)

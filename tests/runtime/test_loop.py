@@ -184,6 +184,30 @@ def test_refused_eviction_is_retried_only_after_backoff() -> None:
     assert writer.calls.count(("evict", ObjectKey("ns", "m-a"))) == 1
 
 
+def test_each_replan_counts_the_steps_it_calls_for_once() -> None:
+    r, writer, _ = make()
+    for _ in range(2):
+        r.reconcile_once()
+    slots = writer.servings[ObjectKey("ns", "m")].status["slots"]
+    r.observe_pod(pod("m-a", "m", slots[0]["node"], slots[0]["gpu"]))
+    r.observe_pod(pod("m-b", "m", slots[1]["node"], slots[1]["gpu"]))
+    r.observe_node(node("n2", gpus=2))
+    r.reconcile_once()
+
+    def steps() -> dict[str, float]:
+        lines = [ln for ln in r.metrics.exposition().decode().splitlines()
+                 if ln.startswith("kvsched_replan_steps_total{")]
+        return {ln.split('"')[1]: float(ln.split()[-1]) for ln in lines}
+
+    assert steps() == {"move": 0.0, "resize": 0.0}  # n2 added: nothing needs to move
+    r.observe_node(dataclasses.replace(node("n1", gpus=2), unschedulable=True))  # both replicas must leave
+    r.reconcile_once()
+    assert steps() == {"move": 2.0, "resize": 0.0}
+    for _ in range(3):  # the same plan in force: counted once
+        r.reconcile_once()
+    assert steps() == {"move": 2.0, "resize": 0.0}
+
+
 def test_a_pod_pending_before_its_slot_was_planned_is_nudged_once_after_the_status() -> None:
     # The Deployment's pods exist before the ModelServing has slots (kube-scheduler rejected them then). Once the
     # status is written each pending pod is annotated once, after the status, so the scheduler retries it now.

@@ -6,7 +6,6 @@ Used by tests/e2e/test_idle.py (idle and one change) and tests/e2e/soak/ (many c
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -25,10 +24,6 @@ from kvsched.api.names import GPU_ANNOTATION, MODEL_LABEL, RATE_ANNOTATION
 ROOT = Path(__file__).resolve().parents[3]
 NAMESPACE = "kvsched-demo"
 GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
-MOVES = re.compile(r"(\d+) replica\(s\) to move")
-RESTARTS = re.compile(r"(\d+) to restart with a new memory share")
-
-
 def read_metrics(url: str) -> dict[str, float]:
     """`name{labels}` -> value from a /metrics URL."""
     with urllib.request.urlopen(url, timeout=5) as r:
@@ -46,6 +41,11 @@ def migrations(metrics: dict[str, float]) -> float:
     return sum(v for k, v in metrics.items() if k.startswith("kvsched_migrations_total"))
 
 
+def planned_steps(metrics: dict[str, float]) -> float:
+    """Steps (moves and share restarts) the re-plans called for, counted when each re-plan was made."""
+    return sum(v for k, v in metrics.items() if k.startswith("kvsched_replan_steps_total"))
+
+
 def placements(metrics: dict[str, float]) -> float:
     """Solves kvsched ran."""
     return metrics.get("kvsched_placement_duration_seconds_count", 0.0)
@@ -53,15 +53,6 @@ def placements(metrics: dict[str, float]) -> float:
 
 def condition(ms: dict[str, Any], kind: str) -> dict[str, Any]:
     return next((c for c in (ms.get("status") or {}).get("conditions") or [] if c.get("type") == kind), {})
-
-
-def reported_steps(ms: dict[str, Any]) -> int:
-    """Moves plus share restarts the model's Migrating condition reports (0 when not migrating)."""
-    c = condition(ms, "Migrating")
-    if c.get("status") != "True":
-        return 0
-    text = c.get("message") or ""
-    return sum(int(m.group(1)) for pattern in (MOVES, RESTARTS) for m in [pattern.search(text)] if m)
 
 
 @dataclass

@@ -4,7 +4,9 @@ evicts exactly what its re-plans report, never one model's pods more often than 
 Changes, drawn with a fixed seed (KVSCHED_SOAK_SEED to vary it): a rate x0.5-x2, a replica count +-1, a Deployment
 deleted and created again, a node cordoned then uncordoned, a node deleted and created again. After each change
 the example must settle (every model Placed, its pods on its slots, Ready); the evictions since the change
-(kvsched_migrations_total) must equal the moves + share restarts its Migrating conditions reported. Each change
+(kvsched_migrations_total) must equal the moves + share restarts its re-plans called for (kvsched_replan_steps_total;
+a Deployment deleted and created again is two re-plans, and the second may drop steps of the first not yet taken,
+so there at most that many). Each change
 starts on its own 30 s slot. Prints a summary of the totals at the end. Run with `make soak`.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import pytest
 from kubernetes import client
 
 from hack.cluster import EXAMPLE, example_deployments, example_nodes
-from ..harness.example import NAMESPACE, ExampleCluster, migrations, placements, reported_steps
+from ..harness.example import NAMESPACE, ExampleCluster, migrations, placements, planned_steps
 from ..harness.kube import create_gpu_nodes
 from ..harness.tools import locate_tools, prometheus_path
 
@@ -98,28 +100,28 @@ def test_twenty_random_changes_evict_what_the_replans_report(example: ExampleClu
         slot = start + i * SLOT_S
         time.sleep(max(0.0, slot - time.monotonic()))
         before = migrations(example.metrics())
+        steps_before = planned_steps(example.metrics())
         events_before = example.eviction_events()
         what = change(example, rng)
-        reported: dict[str, int] = {}
         began = time.monotonic()
         settled = False
         while time.monotonic() - began < SETTLE_S:
-            for ms in example.servings():
-                n = ms["metadata"]["name"]
-                reported[n] = max(reported.get(n, 0), reported_steps(ms))
             if time.monotonic() - began > 3.0 and not example.unsettled():
                 settled = True
                 break
             time.sleep(0.5)
-        evicted = migrations(example.metrics()) - before
+        now = example.metrics()
+        evicted = migrations(now) - before
+        reported = int(planned_steps(now) - steps_before)
         per_model = Counter(n for n, _ in example.new_eviction_events(events_before))
         replicas = {m["metadata"]["name"]: (m.get("status") or {}).get("replicas", 0) for m in example.servings()}
-        rows.append((what, evicted, sum(reported.values()), time.monotonic() - began))
+        rows.append((what, evicted, reported, time.monotonic() - began))
         if not settled:
             failures.append(f"change {i + 1} ({what}): not settled after {SETTLE_S:.0f}s: {example.unsettled()[:4]}")
-        if evicted != sum(reported.values()):
-            failures.append(f"change {i + 1} ({what}): {evicted:.0f} evictions, re-plan reported "
-                            f"{sum(reported.values())} ({ {n: c for n, c in reported.items() if c} })")
+        superseded = what.startswith("Deployment ")  # two re-plans: the second may drop steps of the first
+        if evicted > reported or (evicted != reported and not superseded):
+            failures.append(f"change {i + 1} ({what}): {evicted:.0f} evictions, its re-plans called for "
+                            f"{reported} steps")
         over = {n: c for n, c in per_model.items() if c > replicas.get(n, 0)}
         if over:
             failures.append(f"change {i + 1} ({what}): models evicted more often than they have replicas: {over}")
