@@ -77,6 +77,14 @@ def build() -> dashboard.Dashboard:
               "[$__rate_interval])))", "p50", "A"),
         query("histogram_quantile(0.99, sum by (le) (rate(kvsched_placement_duration_seconds_bucket"
               "[$__rate_interval])))", "p99", "B"), width=8)
+    decisions = series(
+        "Decisions and re-plans",
+        "Decisions the controller's loop made and re-plans it solved, per minute. A decision follows every change "
+        "it watches (and a resync every 30 s); a re-plan only a change of a model or the GPUs: on an idle cluster "
+        "re-plans stay at 0.", "none",
+        query("sum(rate(kvsched_reconcile_rounds_total[$__rate_interval])) * 60", "decisions / min", "A"),
+        query("sum(rate(kvsched_placement_duration_seconds_count[$__rate_interval])) * 60", "re-plans / min", "B"),
+        width=8)
     models = series(
         "Models by state",
         "ModelServings by state: placed, partial, unschedulable, invalid, migrating.", "none",
@@ -121,7 +129,7 @@ def build() -> dashboard.Dashboard:
         ("Plan", [plan_quality, gpu_kvpr, gpu_memory]),
         ("Planner", [retunes, placement, models]),
         ("Migrations and extender", [migrations, latency, requests]),
-        ("Replicas", [leader, watches]),
+        ("Replicas", [leader, watches, decisions]),
     ]
     board = (dashboard.Dashboard("kvsched").uid(UID).tags(["kvsched", "gpu", "scheduler"])
              .description("kvsched: KV-cache pressure of the GPU plan, the planner and the scheduler extender.")

@@ -58,6 +58,9 @@ class Metrics:
         self.models = Gauge("kvsched_models", "Models (ModelServings) by state.", ["state"], registry=r)
         self.migrations = Counter("kvsched_migrations", "Replica migrations started (evictions), by reason.",
                                   ["reason"], registry=r)
+        self.reconcile_rounds = Counter("kvsched_reconcile_rounds", "Decisions the controller's loop made (each "
+                                        "over the whole cached world; a re-plan only when a model or the GPUs "
+                                        "changed).", registry=r)
         self.replan_steps = Counter("kvsched_replan_steps", "Migration steps the re-plans called for, counted at "
                                     "each re-plan's first decision: kind move (a replica to another GPU) or resize "
                                     "(a restart in place with a new memory share).", ["kind"], registry=r)

@@ -275,16 +275,18 @@ class Reconciler:
         self._solved = False
         world = self.world()
         decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
+        if self._capped_plan_reached(world, decision):
+            log.info("the cluster reached a plan --max-migrations capped (%.4f more KVPR than uncapped): "
+                     "planning the next wave", decision.plan.next_move_gain if decision.plan else 0.0)
+            self._memo = replace(self._memo, wave_done=True) if self._memo is not None else None
+            # In this round: a round that sees the cluster at a capped plan either plans the next wave or none.
+            decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
+        self.metrics.reconcile_rounds.inc()
         self.metrics.record_models(dict(decision.model_states))
         if self._solved:  # what this re-plan calls for, to hold the evictions against
             resizes = sum(s.resize for s in decision.steps)
             self.metrics.replan_steps.labels(kind="move").inc(len(decision.steps) - resizes)
             self.metrics.replan_steps.labels(kind="resize").inc(resizes)
-        if self._capped_plan_reached(world, decision):
-            log.info("the cluster reached a plan --max-migrations capped (%.4f more KVPR than uncapped): "
-                     "planning the next wave", decision.plan.next_move_gain if decision.plan else 0.0)
-            self._memo = replace(self._memo, wave_done=True) if self._memo is not None else None
-            self._wake.set()
         report = RoundReport(decision, solved=self._solved)
         if not self.leader:
             return report

@@ -53,7 +53,7 @@ def test_every_metric_kvsched_exports_is_on_the_dashboard() -> None:
 @pytest.mark.parametrize("title", [
     "Max KVPR and its lower bound", "KVPR per GPU", "GPU memory used by model weights", "Retunes per minute",
     "Placement duration", "Models by state", "Migrations", "Extender p99 latency by verb",
-    "Extender requests and bind conflicts", "Leader and cache", "Watch relists and errors",
+    "Extender requests and bind conflicts", "Leader and cache", "Watch relists and errors", "Decisions and re-plans",
 ])
 def test_dashboard_has_the_panel(title: str) -> None:
     panels = {p["title"]: p for p in committed()["panels"]}  # type: ignore[attr-defined]

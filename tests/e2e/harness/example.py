@@ -41,6 +41,11 @@ def migrations(metrics: dict[str, float]) -> float:
     return sum(v for k, v in metrics.items() if k.startswith("kvsched_migrations_total"))
 
 
+def rounds(metrics: dict[str, float]) -> float:
+    """Decisions the controller's loop made."""
+    return metrics.get("kvsched_reconcile_rounds_total", 0.0)
+
+
 def planned_steps(metrics: dict[str, float]) -> float:
     """Steps (moves and share restarts) the re-plans called for, counted when each re-plan was made."""
     return sum(v for k, v in metrics.items() if k.startswith("kvsched_replan_steps_total"))
@@ -144,22 +149,48 @@ class ExampleCluster:
         return why
 
     def wait_settled(self, timeout_s: float, what: str) -> float:
-        """Poll until `unsettled()` is empty; returns the seconds waited. Fails with what is still moving and the
-        evictions kvsched started meanwhile."""
+        """Poll until `unsettled()` is empty and a decision of the controller made after that re-planned nothing
+        and evicted nothing (kvsched_reconcile_rounds_total advanced, kvsched_placement_duration_seconds_count and
+        kvsched_migrations_total did not): a cluster between two waves of a capped re-plan looks settled for a
+        moment. Returns the seconds waited. Fails with what is still moving and the evictions meanwhile."""
         start = time.monotonic()
         evictions = migrations(self.metrics())
         why: list[str] = []
+        seen: dict[str, float] | None = None  # the metrics when the cluster last looked settled
         while time.monotonic() - start < timeout_s:
             why = self.unsettled()
-            if not why:
-                return time.monotonic() - start
+            now = self.metrics()
+            if why:
+                seen = None
+            elif seen is None:
+                seen = now
+            elif rounds(now) > rounds(seen):
+                if placements(now) == placements(seen) and migrations(now) == migrations(seen):
+                    return time.monotonic() - start
+                seen = None
             time.sleep(1.0)
         raise AssertionError(f"{what}: not settled after {timeout_s:.0f}s, "
                              f"{migrations(self.metrics()) - evictions:.0f} evictions meanwhile; still: {why[:6]}")
 
-    def patch_rate(self, name: str, rate: float) -> None:
+    def patch_rate(self, name: str, rate: float, timeout_s: float = 60.0) -> None:
+        """Set the Deployment's request-rate annotation, then wait until the controller has copied it into the
+        ModelServing it owns (a new generation) and written a status that observed it, so that what follows sees
+        the re-plan of this change rather than the world before it."""
+        text = f"{rate:g}"
+        if text == f"{self.rate(name):g}":
+            return
+        serving = next(m for m in self.servings() if m["metadata"]["name"] == name)
+        generation = serving["metadata"]["generation"]
         client.AppsV1Api(self.api).patch_namespaced_deployment(
-            name, NAMESPACE, {"metadata": {"annotations": {RATE_ANNOTATION: f"{rate:g}"}}})
+            name, NAMESPACE, {"metadata": {"annotations": {RATE_ANNOTATION: text}}})
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            ms = next(m for m in self.servings() if m["metadata"]["name"] == name)
+            if ms["metadata"]["generation"] > generation \
+                    and (ms.get("status") or {}).get("observedGeneration") == ms["metadata"]["generation"]:
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"the rate of {name} was not taken into its ModelServing within {timeout_s:.0f}s")
 
     def rate(self, name: str) -> float:
         dep = client.AppsV1Api(self.api).read_namespaced_deployment(name, NAMESPACE)

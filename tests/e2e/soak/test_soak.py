@@ -104,12 +104,11 @@ def test_twenty_random_changes_evict_what_the_replans_report(example: ExampleClu
         events_before = example.eviction_events()
         what = change(example, rng)
         began = time.monotonic()
-        settled = False
-        while time.monotonic() - began < SETTLE_S:
-            if time.monotonic() - began > 3.0 and not example.unsettled():
-                settled = True
-                break
-            time.sleep(0.5)
+        settled = True
+        try:
+            example.wait_settled(SETTLE_S, what)
+        except AssertionError:
+            settled = False
         now = example.metrics()
         evicted = migrations(now) - before
         reported = int(planned_steps(now) - steps_before)
