@@ -10,8 +10,8 @@ before every informer has listed.
   re-plan it, so a migration's target stays put until an input changes, and an idle cluster solves nothing.
   One exception: a pod that bound, while a solve ran, to a slot of the plan before it, where the new plan does not
   place it, makes the plan solve again with that pod as running (kept where it started rather than moved).
-- Waves: a plan that `max_migrations` capped is solved again once the cluster has reached it (no step left, every
-  managed pod bound and Ready), for the next wave of at most that many moves; waves end when a plan is not capped.
+- `max_migrations` caps the moves one change causes: what the cap holds back waits for the next change (the log
+  says what it costs in max KVPR), so no replica moves twice for one change.
   The first plan gets the full time budget, so pods bind to the plan the controller keeps (a quick plan
   overturned a moment later would cost a restart per replica it moved). After a restart the first solve gets
   the running pods as `current` and the statuses' slots as `planned`, so it finds the same plan again.
@@ -38,7 +38,6 @@ from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectK
 from kvsched.api.records import Event, OwnedChange, utc_now
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.decide import Decision, decide
-from kvsched.controller.inventory import is_managed
 from kvsched.controller.migrations import Blocked
 from kvsched.metrics import GpuSample, Metrics
 from kvsched.packer import Gpu, GpuId, Model, PackOptions, Plan, Slot, solve
@@ -77,7 +76,6 @@ class _Memo:
     key: Any
     plan: Plan
     solved_current: frozenset[tuple[str, GpuId]]
-    wave_done: bool = False  # a plan capped by max_migrations was reached: the next wave needs a solve
 
     def overtaken(self, current: Sequence[Slot]) -> bool:
         """Whether a replica runs now where the plan neither places it nor saw it run: a pod that bound, during
@@ -232,8 +230,7 @@ class Reconciler:
                               stability_threshold_ratio=self.config.stability_threshold_ratio,
                               max_migrations=self.config.max_migrations)
         key = (tuple(models), tuple(gpus), options)
-        if self._memo is not None and self._memo.key == key and not self._memo.overtaken(current) \
-                and not self._memo.wave_done:
+        if self._memo is not None and self._memo.key == key and not self._memo.overtaken(current):
             return self._memo.plan
         plan = self.solver(models, gpus, current=current, planned=planned, options=options)
         self._memo = _Memo(key, plan, frozenset((s.model, s.gpu) for s in current))
@@ -246,20 +243,10 @@ class Reconciler:
                  "%.4f, %d retunes, %d moves, %.3fs", len(models), len(gpus), len(current), len(planned),
                  plan.max_kvpr, plan.lower_bound, plan.retunes, sum(s.source is not None for s in plan.steps),
                  plan.solve_seconds)
+        if plan.next_move_gain > 0:
+            log.info("--max-migrations=%s held moves back: without the cap the max KVPR would be %.4f lower; they "
+                     "wait for the next change", self.config.max_migrations, plan.next_move_gain)
         return plan
-
-    def _capped_plan_reached(self, world: World, decision: Decision) -> bool:
-        """Whether the plan in force was capped by `max_migrations` (moves it held back would lower the max KVPR)
-        and the cluster has reached it: no step left, every managed pod bound, Ready and not terminating. The next
-        wave is then planned from there. Waves end when a re-plan is no longer capped, or moves nothing (no move
-        within the cap lowers the max KVPR: a next wave would find the same)."""
-        plan = decision.plan
-        if plan is None or plan.next_move_gain <= 0 or decision.steps or self._memo is None \
-                or self._memo.plan is not plan or self._memo.wave_done \
-                or not any(s.source is not None and s.source != s.target for s in plan.steps):
-            return False
-        managed = [p for p in world.pods if is_managed(p, self.config) and not p.terminal]
-        return all(p.node is not None and p.ready and not p.deleting for p in managed)
 
     def reconcile_once(self) -> RoundReport:
         """Decide over the cache and carry out the writes (leader only, synced only, every watch current: while
@@ -275,12 +262,6 @@ class Reconciler:
         self._solved = False
         world = self.world()
         decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
-        if self._capped_plan_reached(world, decision):
-            log.info("the cluster reached a plan --max-migrations capped (%.4f more KVPR than uncapped): "
-                     "planning the next wave", decision.plan.next_move_gain if decision.plan else 0.0)
-            self._memo = replace(self._memo, wave_done=True) if self._memo is not None else None
-            # In this round: a round that sees the cluster at a capped plan either plans the next wave or none.
-            decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
         self.metrics.reconcile_rounds.inc()
         self.metrics.record_models(dict(decision.model_states))
         if self._solved:  # what this re-plan calls for, to hold the evictions against
