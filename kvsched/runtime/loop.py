@@ -3,7 +3,11 @@ decision's writes carried out by a `Writer`, metrics recorded. Only the leader w
 before every informer has listed.
 
 - Debounce: a change wakes the loop, which then waits `debounce_s` more (and again while changes keep coming,
-  up to 5 x debounce_s) so a rollout or a node loss is one re-plan.
+  up to 5 x debounce_s) so a rollout or a node loss is one re-plan. Models arrive in bursts that take longer
+  (`kubectl apply -f models/`, a Helm release): after a Deployment or ModelServing appears, goes, or changes what
+  the plan reads (annotations, replicas, spec), the loop waits until models have been quiet for
+  `model_quiet_s` (at most 10 s in all), so the pods of the first models do not bind with memory shares that the
+  next ones' arrival a moment later would restart. Pod and status events do not extend that wait.
 - Re-plan on change only: the plan is a commitment. It is solved again only when what it was solved for
   changes: a model (size, rate, SLO, replica count), the GPUs (a node, its memory, GPUs withheld) or the
   options. Pods binding, becoming Ready, being evicted or restarting move the cluster towards the plan and never
@@ -27,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -49,6 +54,7 @@ _INFLIGHT_TTL_S = 30.0
 _RESYNC_S = 30.0
 _EVICTED_HOLD_S = 60.0
 _STALE_RETRY_S = 0.5  # a round skipped while a watch reconnects is retried this soon
+_MODEL_QUIET_CAP_S = 10.0  # a burst of models that never pauses is planned after this long anyway
 
 
 class Writer(Protocol):
@@ -102,6 +108,7 @@ class Reconciler:
     thread. Thread-safe by one lock around the cache."""
 
     def __init__(self, config: DecisionConfig, writer: Writer, metrics: Metrics, *, debounce_s: float = 0.2,
+                 model_quiet_s: float = 0.5,
                  max_migrations: int | None = None, clock: Callable[[], float] = time.monotonic,
                  wall: Callable[[], str] = utc_now,
                  solver: Callable[..., Plan] = solve, write_concurrency: int = 8) -> None:
@@ -109,6 +116,7 @@ class Reconciler:
         self.writer = writer
         self.metrics = metrics
         self.debounce_s = debounce_s
+        self.model_quiet_s = model_quiet_s
         self.max_migrations = max_migrations
         self.clock = clock
         self.wall = wall
@@ -123,6 +131,7 @@ class Reconciler:
         self._servings: dict[ObjectKey, ModelServingObj] = {}
         self._wake = threading.Event()
         self._last_change = 0.0
+        self._last_model_change = -math.inf
         self._memo: _Memo | None = None
         self._inflight: dict[tuple[str, ObjectKey], tuple[str, float]] = {}
         self._blocked: dict[ObjectKey, Blocked] = {}
@@ -161,18 +170,22 @@ class Reconciler:
 
     def observe_deployment(self, deployment: DeploymentObj, deleted: bool = False) -> None:
         with self._lock:
-            if deleted:
-                self._deployments.pop(deployment.key, None)
-            else:
+            old = self._deployments.pop(deployment.key, None) if deleted else \
+                self._deployments.get(deployment.key)
+            if not deleted:
                 self._deployments[deployment.key] = deployment
+            if deleted or old is None or (old.annotations, old.replicas) != (deployment.annotations,
+                                                                             deployment.replicas):
+                self._last_model_change = self.clock()
             self._changed("deployment", deployment.key)
 
     def observe_model_serving(self, ms: ModelServingObj, deleted: bool = False) -> None:
         with self._lock:
-            if deleted:
-                self._servings.pop(ms.key, None)
-            else:
+            old = self._servings.pop(ms.key, None) if deleted else self._servings.get(ms.key)
+            if not deleted:
                 self._servings[ms.key] = ms
+            if deleted or old is None or old.spec != ms.spec:
+                self._last_model_change = self.clock()
             self._changed("modelserving", ms.key)
 
     def set_synced(self, synced: bool) -> None:
@@ -200,8 +213,8 @@ class Reconciler:
             if stop.is_set():
                 return
             self._wake.clear()
-            deadline = self.clock() + 5 * self.debounce_s
-            while self.clock() - self._last_change < self.debounce_s and self.clock() < deadline:
+            start = self.clock()
+            while not self.quiet(self.clock(), start):
                 stop.wait(self.debounce_s / 4)
             delay = _RESYNC_S
             try:
@@ -221,6 +234,17 @@ class Reconciler:
             if retry:
                 delay = min(delay, max(0.05, min(retry) - self.clock()))
             next_wake = self.clock() + delay
+
+    def quiet(self, now: float, start: float) -> bool:
+        """Whether a round woken at `start` may decide at `now` (see Debounce in the module docstring): no change
+        for `debounce_s` and no model change for `model_quiet_s`; at the latest 5 x debounce_s after `start`
+        unless models changed since, and _MODEL_QUIET_CAP_S after it in any case."""
+        if now >= start + max(5 * self.debounce_s, _MODEL_QUIET_CAP_S):
+            return True
+        if now - self._last_change < self.debounce_s and now < start + 5 * self.debounce_s:
+            return False
+        return now - self._last_model_change >= self.model_quiet_s or \
+            (now >= start + 5 * self.debounce_s and self._last_model_change < start)
 
     def _plan(self, models: Sequence[Model], gpus: Sequence[Gpu], current: Sequence[Slot],
               planned: Sequence[Slot]) -> Plan:

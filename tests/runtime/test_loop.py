@@ -150,6 +150,35 @@ def test_a_pod_that_bound_during_a_solve_off_the_new_plan_is_kept_by_solving_aga
     assert budgets == [1.0, 1.0, 1.0]
 
 
+def test_a_burst_of_models_is_decided_once_it_pauses_and_pod_events_do_not_hold_a_decision() -> None:
+    # Models arrive in bursts (kubectl apply -f models/): a decision waits until models were quiet for
+    # model_quiet_s, so the first models' pods do not bind with shares sized for fewer models. Other events
+    # wait only debounce_s (at most 5 x that); a status write (same spec) is not a model change.
+    r, _, _ = make()
+    t = 100.0
+    r.clock = lambda: t
+    start = t
+    r.observe_deployment(deployment("m2"))  # a new model
+    assert not r.quiet(t + 0.3, start)
+    t += 0.3
+    r.observe_deployment(deployment("m3"))  # the burst goes on
+    assert not r.quiet(t + 0.45, start)
+    assert r.quiet(t + 0.55, start)
+    assert r.quiet(start + 10.0, start)  # a burst that never pauses is decided after 10 s
+    # Pod events alone: debounce_s, capped at 5 x debounce_s.
+    t = 200.0
+    r.observe_pod(pod("p", "m2", None, None))
+    assert not r.quiet(t + 0.1, t) and r.quiet(t + 0.25, t)
+    # A new ModelServing is a model change; the same one with a status written is not.
+    t = 300.0
+    ms = ModelServingObj("ns", "x", "uid-x", 1, {"modelSize": "1Gi", "requestRate": 1, "sloSeconds": 1}, {}, None)
+    r.observe_model_serving(ms)
+    assert not r.quiet(t + 0.25, t)
+    t = 400.0
+    r.observe_model_serving(dataclasses.replace(ms, status={"replicas": 1}))
+    assert r.quiet(t + 0.25, t)
+
+
 def test_a_write_not_yet_seen_back_is_not_repeated() -> None:
     r, writer, _ = make()
     writer.owned_change = lambda change: writer.calls.append((change.action, change.key))  # type: ignore
