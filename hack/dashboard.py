@@ -91,8 +91,8 @@ def build() -> dashboard.Dashboard:
         query(f"sum by (state) (kvsched_models {LEADER})", "{{state}}", "A"), width=8, stacked=True)
     migrations = series(
         "Migrations",
-        "Replica migrations started (evictions) per interval, by reason; and the steps the re-plans called for, "
-        "by kind (move, resize): over a settled change the two add up to the same.", "none",
+        "Replica migrations started (evictions) per interval, by reason; and the migration steps decided, by "
+        "kind (move, resize): over a settled change the two add up to the same.", "none",
         query("sum by (reason) (increase(kvsched_migrations_total[$__rate_interval]))", "{{reason}}", "A"),
         query("sum by (kind) (increase(kvsched_replan_steps_total[$__rate_interval]))", "planned {{kind}}", "B"),
         width=8)

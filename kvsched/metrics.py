@@ -61,9 +61,10 @@ class Metrics:
         self.reconcile_rounds = Counter("kvsched_reconcile_rounds", "Decisions the controller's loop made (each "
                                         "over the whole cached world; a re-plan only when a model or the GPUs "
                                         "changed).", registry=r)
-        self.replan_steps = Counter("kvsched_replan_steps", "Migration steps the re-plans called for, counted at "
-                                    "each re-plan's first decision: kind move (a replica to another GPU) or resize "
-                                    "(a restart in place with a new memory share).", ["kind"], registry=r)
+        self.replan_steps = Counter("kvsched_replan_steps", "Migration steps the controller decided on for the "
+                                    "plan in force, each counted once when first decided: kind move (a replica to "
+                                    "another GPU) or resize (a restart in place with a new memory share).",
+                                    ["kind"], registry=r)
         for kind in ("move", "resize"):
             self.replan_steps.labels(kind=kind)  # exported from 0: evictions are compared against it
         self.is_leader = Gauge("kvsched_is_leader", "1 when this process holds the leader Lease.", registry=r)

@@ -132,6 +132,7 @@ class Reconciler:
         self._wake = threading.Event()
         self._last_change = 0.0
         self._last_model_change = -math.inf
+        self._decided_steps: set[tuple[ObjectKey, bool]] = set()  # (pod, resize) counted for the plan in force
         self._memo: _Memo | None = None
         self._inflight: dict[tuple[str, ObjectKey], tuple[str, float]] = {}
         self._blocked: dict[ObjectKey, Blocked] = {}
@@ -288,10 +289,12 @@ class Reconciler:
         decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
         self.metrics.reconcile_rounds.inc()
         self.metrics.record_models(dict(decision.model_states))
-        if self._solved:  # what this re-plan calls for, to hold the evictions against
-            resizes = sum(s.resize for s in decision.steps)
-            self.metrics.replan_steps.labels(kind="move").inc(len(decision.steps) - resizes)
-            self.metrics.replan_steps.labels(kind="resize").inc(resizes)
+        if self._solved:
+            self._decided_steps = set()
+        for step in decision.steps:  # each step of the plan in force once, when first decided
+            if (step.pod.key, step.resize) not in self._decided_steps:
+                self._decided_steps.add((step.pod.key, step.resize))
+                self.metrics.replan_steps.labels(kind="resize" if step.resize else "move").inc()
         report = RoundReport(decision, solved=self._solved)
         if not self.leader:
             return report

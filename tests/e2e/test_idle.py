@@ -90,8 +90,8 @@ def test_example_idle_writes_nothing_and_one_rate_change_evicts_what_the_replan_
     assert not over, f"models evicted more often than they have replicas for one change: {over}"
     assert reported > 0, "a rate x3 on the busiest model should call for some steps"
     assert evicted == reported, (
-        f"the rate change evicted {evicted:.0f} pods; its re-plan called for {reported:.0f} moves and share "
-        f"restarts (kvsched_replan_steps_total); evictions by model {dict(per_model)}")
+        f"the rate change evicted {evicted:.0f} pods; the controller decided {reported:.0f} moves and share "
+        f"restarts for it (kvsched_replan_steps_total); evictions by model {dict(per_model)}")
 
     # 3. Quiet again.
     after = watch_idle(example, AFTER_S)
@@ -99,4 +99,4 @@ def test_example_idle_writes_nothing_and_one_rate_change_evicts_what_the_replan_
         f"{AFTER_S:.0f}s after the change settled, {after['written']:.0f} ModelServing(s) were written: "
         f"{after['written_names']}")  # type: ignore[str-format]
     print(f"example placed in {placed_s:.0f}s; idle {IDLE_S:.0f}s: 0 evictions, {idle['solves']:.0f} solves; "
-          f"rate x3 on {CHANGED}: {evicted:.0f} evictions = {reported:.0f} steps called for")
+          f"rate x3 on {CHANGED}: {evicted:.0f} evictions = {reported:.0f} steps decided")
