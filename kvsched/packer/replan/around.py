@@ -53,15 +53,7 @@ def repair_around(inst: Instance, items: Sequence[int], run: IntArray) -> Repair
                 evicted.remove(i)
         pool.extend(evicted)
     pool.sort(key=lambda i: (-inst.item_load[i], -inst.item_size[i], i))
-    leftover: list[int] = []
-    for i in pool:
-        values = state.kvprs_with(i)
-        g = int(np.argmin(values))
-        if math.isfinite(float(values[g])):
-            state.put(i, g)
-        else:
-            leftover.append(i)
-    return Repaired(state.assign, tuple(leftover))
+    return Repaired(state.assign, tuple(_place_lowest(state, pool)))
 
 
 def place_around(inst: Instance, items: Sequence[int], fixed: IntArray, guide: IntArray | None = None) -> Repaired:
@@ -78,15 +70,20 @@ def place_around(inst: Instance, items: Sequence[int], fixed: IntArray, guide: I
             state.put(i, g)
         else:
             rest.append(i)
+    return Repaired(state.assign, tuple(_place_lowest(state, rest)))
+
+
+def _place_lowest(state: GpuState, items: Sequence[int]) -> list[int]:
+    """Put each of `items`, in order, on the GPU where its KVPR ends lowest; returns those that fit nowhere."""
     leftover: list[int] = []
-    for i in rest:
+    for i in items:
         values = state.kvprs_with(i)
         g = int(np.argmin(values))
         if math.isfinite(float(values[g])):
             state.put(i, g)
         else:
             leftover.append(i)
-    return Repaired(state.assign, tuple(leftover))
+    return leftover
 
 
 def pinned_mask(inst: Instance, running: dict[int, list[int]], assign: IntArray) -> npt.NDArray[np.bool_]:

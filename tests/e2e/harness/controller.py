@@ -24,6 +24,18 @@ from kubernetes import client
 from kubernetes.client.rest import ApiException
 
 from .cluster import ControlPlane
+
+
+def read_metrics(url: str) -> dict[str, float]:
+    """`name{labels}` -> value from a /metrics URL."""
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
 from .kube import REPO_ROOT
 from .processes import Component, free_port, http_ok
 
@@ -209,14 +221,7 @@ class KvschedProcess:
 
     def metrics(self) -> dict[str, float]:
         """`name{labels}` -> value from /metrics."""
-        with urllib.request.urlopen(f"{self.metrics_url}/metrics", timeout=5) as r:
-            text = r.read().decode()
-        out = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                key, _, value = line.rpartition(" ")
-                out[key] = float(value)
-        return out
+        return read_metrics(f"{self.metrics_url}/metrics")
 
     def readyz(self) -> str:
         try:

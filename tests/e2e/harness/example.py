@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kubernetes import client
 
+from .controller import read_metrics
 from .kube import api_client
 
 from kvsched.api.names import GPU_ANNOTATION, MODEL_LABEL, RATE_ANNOTATION
@@ -24,18 +24,6 @@ from kvsched.api.names import GPU_ANNOTATION, MODEL_LABEL, RATE_ANNOTATION
 ROOT = Path(__file__).resolve().parents[3]
 NAMESPACE = "kvsched-demo"
 GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
-def read_metrics(url: str) -> dict[str, float]:
-    """`name{labels}` -> value from a /metrics URL."""
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            key, _, value = line.rpartition(" ")
-            out[key] = float(value)
-    return out
-
-
 def migrations(metrics: dict[str, float]) -> float:
     """Evictions kvsched started, every reason."""
     return sum(v for k, v in metrics.items() if k.startswith("kvsched_migrations_total"))
