@@ -218,7 +218,7 @@ def run_extender(args: argparse.Namespace) -> int:
         settings = settings_from(ExtenderSettings, args)
         return run(settings)
     except (ValueError, ClientConfigError) as e:
-        return _fail(f"kvsched extender: {e}", EXIT_BAD_INPUT)
+        return _fail(str(e), EXIT_BAD_INPUT, command="extender")
 
 
 CONTROLLER_DESCRIPTION = """\
@@ -255,7 +255,7 @@ def run_controller(args: argparse.Namespace) -> int:
     try:
         return run(settings_from(ControllerSettings, args))
     except (ValueError, ClientConfigError, SelectorError, OSError) as e:
-        return _fail(f"kvsched controller: {e}", EXIT_BAD_INPUT)
+        return _fail(str(e), EXIT_BAD_INPUT, command="controller")
 
 
 SERVE_DESCRIPTION = """\
@@ -288,7 +288,7 @@ def run_serve(args: argparse.Namespace) -> int:
     try:
         return serve(settings_from(ControllerSettings, args), settings_from(ExtenderSettings, args))
     except (ValueError, ClientConfigError, SelectorError, OSError) as e:
-        return _fail(f"kvsched serve: {e}", EXIT_BAD_INPUT)
+        return _fail(str(e), EXIT_BAD_INPUT, command="serve")
 
 
 def run_plan(args: argparse.Namespace) -> int:
@@ -446,8 +446,10 @@ def restart_lines(decision: Decision) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fail(message: str, code: int) -> int:
-    print(f"kvsched plan: {message}", file=sys.stderr)
+def _fail(message: str, code: int, command: str = "plan") -> int:
+    """Print `kvsched COMMAND: message` as one line on stderr and return `code`. Each subcommand passes its own
+    name, so a message never repeats it."""
+    print(f"kvsched {command}: {message}", file=sys.stderr)
     return code
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 
 import pytest
 
@@ -48,4 +49,6 @@ def test_help_lists_every_setting_with_its_doc_and_variable(capsys: pytest.Captu
 
 def test_missing_kubeconfig_is_a_usage_error(capsys: pytest.CaptureFixture[str], tmp_path: object) -> None:
     assert main(["extender", "--kubeconfig", "/nonexistent/kubeconfig", "--log-level", "error"]) == 2
-    assert "cannot load the Kubernetes configuration" in capsys.readouterr().err
+    first_line = capsys.readouterr().err.splitlines()[0]
+    assert re.fullmatch(r"kvsched extender: cannot load the Kubernetes configuration \(/nonexistent/kubeconfig\): .+",
+                        first_line), first_line
