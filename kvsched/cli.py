@@ -161,17 +161,23 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
                       "instead of the table)")
     plan.add_argument("--plot", metavar="FILE", type=Path, help="draw the plan to FILE.svg or FILE.png: a bar per "
                       "GPU with its models stacked (GiB) and its KVPR marked")
-    plan.add_argument("--time-budget", metavar="SECONDS", type=_non_negative_float, dest="time_budget_s",
-                      help="soft limit on the search's seconds; 0 gives the first valid plan at once "
-                      "(overrides options.timeBudgetSeconds; default 30)")
+    plan.add_argument("--time-budget", "--time-budget-seconds", metavar="SECONDS", type=_non_negative_float,
+                      dest="time_budget_s",
+                      help="soft limit on the search's seconds; 0 gives the first valid plan at once (with "
+                      "--kubeconfig: the controller's, $KVSCHED_TIME_BUDGET_S, else 5; overrides "
+                      "options.timeBudgetSeconds; default 30)")
     plan.add_argument("--stability-threshold", metavar="RATIO", type=_non_negative_float,
                       dest="stability_threshold_ratio", help="keep the replicas of the file's `current` placement "
                       "where they run unless the best plan found beats that by more than this ratio, else move the "
-                      "fewest replicas that get within it (overrides options.stabilityThreshold; default 0.05 = 5%%)")
+                      "fewest replicas that get within it (with --kubeconfig: the controller's, "
+                      "$KVSCHED_STABILITY_THRESHOLD; overrides options.stabilityThreshold; default 0.05 = 5%%)")
     plan.add_argument("--max-migrations", metavar="N", type=_non_negative_int, dest="max_migrations",
                       help="move at most N running replicas of the file's `current` placement; the plan is then "
-                      "the lowest max KVPR reachable with N moves (overrides options.maxMigrations; default: no "
-                      "cap)")
+                      "the lowest max KVPR reachable with N moves (with --kubeconfig: the controller's, "
+                      "$KVSCHED_MAX_MIGRATIONS; overrides options.maxMigrations; default: no cap)")
+    plan.add_argument("--scheduler-name", metavar="NAME", default=None,
+                      help="with --kubeconfig: the scheduler profile of managed pods, as the controller's "
+                      "(default $KVSCHED_SCHEDULER_NAME, else kvsched)")
     plan.add_argument("--view", choices=VIEWS, default=None,
                       help="what the printout lists: 'table' one row per GPU, 'nodes' one row per node (GPUs, "
                       "models, used/total memory, max KVPR), 'top' the GPUs with the highest KVPR; default "
@@ -365,34 +371,44 @@ def _progress_line(forced: bool | None) -> ProgressLine | None:
 
 def run_plan_live(args: argparse.Namespace, view: View) -> int:
     """`kvsched plan --kubeconfig`: the controller's decision over the live cluster, printed, nothing written."""
-    import dataclasses as dc
     import os
 
     from kvsched.api.objects import World
-    from kvsched.controller import DecisionConfig, SelectorError, decide, parse_selector
+    from kvsched.controller import SelectorError, decide
     from kvsched.controller.models import collect_models
     from kvsched.k8s.client import ClientConfigError, api_client
     from kvsched.k8s.rest import ApiError
     from kvsched.k8s.snapshot import read_world
     from kvsched.k8s.watch import WatchError
-    from kvsched.packer import PackOptions, solve
+    from kvsched.packer import InvalidInput, solve
     from kvsched.plan_output import plan_to_json, plan_to_table
     from kvsched.plot import PLOT_SUFFIXES, write_plot
+    from kvsched.runtime.controller import decision_config
+    from kvsched.settings import ControllerSettings, env_name, settings_from
 
     plot_file: Path | None = args.plot
     if plot_file is not None and plot_file.suffix.lower() not in PLOT_SUFFIXES:
         return _fail(f"--plot: {str(plot_file)!r} must end in .svg or .png", EXIT_BAD_INPUT)
-    selector_text = args.node_selector if args.node_selector is not None else os.environ.get(
-        "KVSCHED_NODE_SELECTOR", "")
+    # The controller's decision knobs, from the same flags and KVSCHED_* variables as `kvsched controller`; the
+    # controller's other variables (ports, leader election) are none of plan's business and are not read.
+    knobs = argparse.Namespace(node_selector=args.node_selector, scheduler_name=args.scheduler_name,
+                               stability_threshold=args.stability_threshold_ratio,
+                               max_migrations=args.max_migrations, time_budget_s=args.time_budget_s)
+    environ = {env_name(name): os.environ[env_name(name)] for name in vars(knobs) if env_name(name) in os.environ}
     try:
-        config = DecisionConfig(node_selector=parse_selector(selector_text))
+        settings = settings_from(ControllerSettings, knobs, environ)
+    except ValueError as exc:
+        return _fail(str(exc), EXIT_BAD_INPUT)
+    try:
+        config = decision_config(settings)
     except SelectorError as exc:
         return _fail(f"--node-selector: {exc}", EXIT_BAD_INPUT)
-    options = PackOptions()
-    if args.time_budget_s is not None:
-        options = dc.replace(options, time_budget_s=args.time_budget_s)
-    if args.stability_threshold_ratio is not None:
-        options = dc.replace(options, stability_threshold_ratio=args.stability_threshold_ratio)
+    try:
+        options = config.pack_options()
+    except InvalidInput as exc:
+        # Only the environment gets here (the flags are checked when parsed); name the variable.
+        name = {"stability_threshold_ratio": "stability_threshold"}.get(exc.field, exc.field)
+        return _fail(f"{env_name(name)}: {exc.why} (got {exc.value!r})", EXIT_BAD_INPUT)
     try:
         world: World = read_world(api_client(args.kubeconfig or None), args.namespace or None)
     except (ClientConfigError, ApiError, WatchError, OSError) as exc:

@@ -1,15 +1,20 @@
 """What the decision core needs from the controller's settings (built from `ControllerSettings` by the CLI).
 
-Kept apart from kvsched.settings so that the core and its tests need no settings machinery.
-Called by: kvsched.controller.decide, kvsched.controller.reconcile, tests/controller.
+The defaults are `ControllerSettings`' own (kvsched.settings, which says why each is what it is), read from there
+so that they live in one place; the core needs nothing else of the settings machinery.
+Called by: kvsched.controller.decide, kvsched.controller.reconcile, kvsched.runtime (the loop, `decision_config`),
+kvsched.cli (`kvsched plan --kubeconfig`), tests/controller.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kvsched.api.names import DEFAULT_SCHEDULER_NAME
 from kvsched.controller.selector import Selector
+from kvsched.packer import PackOptions
+from kvsched.settings import ControllerSettings
+
+_SETTINGS = ControllerSettings()
 
 
 @dataclass(frozen=True)
@@ -19,11 +24,24 @@ class DecisionConfig:
     `node_selector`: which nodes form kvsched's GPU pool (nodes must also have `nvidia.com/gpu` capacity and a
     GPU memory label). `scheduler_name`: the scheduler profile managed pods use. `stability_threshold_ratio`:
     keep the running placement unless a new plan beats its max KVPR by more than this. `max_migrations`: cap on
-    the moves of one re-plan (None: no cap). `time_budget_s`: soft limit of one packer solve.
+    the moves of one re-plan (None: no cap). `time_budget_s`: soft limit of one packer solve, in seconds.
+
+    Every default is `ControllerSettings`' (5 s budget, 0.05 stability, no migration cap), so
+    `decision_config(ControllerSettings()) == DecisionConfig()`. `PackOptions` keeps its own defaults (a 30 s
+    budget) for the offline `kvsched plan FILE`, which is not a controller.
     """
 
     node_selector: Selector = Selector()
-    scheduler_name: str = DEFAULT_SCHEDULER_NAME
-    stability_threshold_ratio: float = 0.05
-    max_migrations: int | None = None
-    time_budget_s: float = 30.0
+    scheduler_name: str = _SETTINGS.scheduler_name
+    stability_threshold_ratio: float = _SETTINGS.stability_threshold
+    max_migrations: int | None = _SETTINGS.max_migrations
+    time_budget_s: float = _SETTINGS.time_budget_s
+
+    def pack_options(self) -> PackOptions:
+        """The packer's options for one solve of this decision: this config's time budget, stability threshold
+        and migration cap, the packer's defaults for the rest. The one place the controller's loop and
+        `kvsched plan --kubeconfig` get their options from. Raises InvalidInput for a negative budget or
+        threshold, or a negative cap. O(1)."""
+        return PackOptions(time_budget_s=self.time_budget_s,
+                           stability_threshold_ratio=self.stability_threshold_ratio,
+                           max_migrations=self.max_migrations)

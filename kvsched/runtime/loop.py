@@ -45,7 +45,7 @@ from kvsched.controller.config import DecisionConfig
 from kvsched.controller.decide import Decision, decide
 from kvsched.controller.migrations import Blocked
 from kvsched.metrics import GpuSample, Metrics
-from kvsched.packer import Gpu, GpuId, Model, PackOptions, Plan, Slot, solve
+from kvsched.packer import Gpu, GpuId, Model, Plan, Slot, solve
 
 log = logging.getLogger(__name__)
 
@@ -251,9 +251,7 @@ class Reconciler:
               planned: Sequence[Slot]) -> Plan:
         """The plan for `models` on `gpus`: the last one while neither changed (see the module docstring), else
         a new solve that restarts as few of the `current` replicas as the stability threshold allows."""
-        options = PackOptions(time_budget_s=self.config.time_budget_s,
-                              stability_threshold_ratio=self.config.stability_threshold_ratio,
-                              max_migrations=self.config.max_migrations)
+        options = self.config.pack_options()
         key = (tuple(models), tuple(gpus), options)
         if self._memo is not None and self._memo.key == key and not self._memo.overtaken(current):
             return self._memo.plan
