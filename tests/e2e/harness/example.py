@@ -103,9 +103,11 @@ class ExampleCluster:
     def serving_versions(self) -> dict[str, str]:
         return {m["metadata"]["name"]: m["metadata"]["resourceVersion"] for m in self.servings()}
 
-    def unsettled(self) -> list[str]:
+    def unsettled(self, allow_unschedulable: bool = False) -> list[str]:
         """Why the example is not settled (empty when it is): every model Placed and not Migrating, its pods on
-        its slots, bound, Ready, nothing terminating, readyReplicas == replicas."""
+        its slots, bound, Ready, nothing terminating, readyReplicas == replicas. `allow_unschedulable`: a model
+        the cluster cannot hold now (Unschedulable, e.g. while a node is cordoned) is settled once its planned
+        slots are held by Ready pods; its other pods keep running where they are (a cordon is not a drain)."""
         why = []
         pods = self.pods()
         terminating = [p.metadata.name for p in pods if p.metadata.deletion_timestamp]
@@ -120,7 +122,8 @@ class ExampleCluster:
                 why.append(f"{name}: no ModelServing")
                 continue
             status = ms.get("status") or {}
-            if condition(ms, "Placed").get("status") != "True":
+            unschedulable = allow_unschedulable and condition(ms, "Unschedulable").get("status") == "True"
+            if condition(ms, "Placed").get("status") != "True" and not unschedulable:
                 why.append(f"{name}: not Placed")
             if condition(ms, "Migrating").get("status") == "True":
                 why.append(f"{name}: Migrating ({condition(ms, 'Migrating').get('message')})")
@@ -130,13 +133,16 @@ class ExampleCluster:
             held = {(p.spec.node_name or "", int((p.metadata.annotations or {}).get(GPU_ANNOTATION, -1))) for p in mine}
             ready = all(any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
                         for p in mine)
-            if len(mine) != dep.spec.replicas or held != slots or not ready:
+            if unschedulable:
+                if not slots <= held or not ready:
+                    why.append(f"{name}: {len(mine)} pods on {sorted(held)} (Ready: {ready}), slots {sorted(slots)}")
+            elif len(mine) != dep.spec.replicas or held != slots or not ready:
                 why.append(f"{name}: {len(mine)} pods on {sorted(held)} (Ready: {ready}), slots {sorted(slots)}")
             elif status.get("readyReplicas") != dep.spec.replicas:
                 why.append(f"{name}: readyReplicas {status.get('readyReplicas')}")
         return why
 
-    def wait_settled(self, timeout_s: float, what: str) -> float:
+    def wait_settled(self, timeout_s: float, what: str, allow_unschedulable: bool = False) -> float:
         """Poll until `unsettled()` is empty and a decision of the controller made after that re-planned nothing
         and evicted nothing (kvsched_reconcile_rounds_total advanced, kvsched_placement_duration_seconds_count and
         kvsched_migrations_total did not): a cluster between two waves of a capped re-plan looks settled for a
@@ -146,7 +152,7 @@ class ExampleCluster:
         why: list[str] = []
         seen: dict[str, float] | None = None  # the metrics when the cluster last looked settled
         while time.monotonic() - start < timeout_s:
-            why = self.unsettled()
+            why = self.unsettled(allow_unschedulable)
             now = self.metrics()
             if why:
                 seen = None

@@ -79,12 +79,12 @@ def change(cluster: ExampleCluster, rng: random.Random) -> str:
     node = rng.choice([n["metadata"]["name"] for n in example_nodes(EXAMPLE)])
     if kind == "cordon":
         core.patch_node(node, {"spec": {"unschedulable": True}})
-        cluster.wait_settled(SETTLE_S, f"after cordoning {node}")
+        cluster.wait_settled(SETTLE_S, f"after cordoning {node}", allow_unschedulable=True)
         core.patch_node(node, {"spec": {"unschedulable": False}})
         return f"node {node} cordoned, then uncordoned once settled"
     manifest = next(n for n in example_nodes(EXAMPLE) if n["metadata"]["name"] == node)
     core.delete_node(node)
-    cluster.wait_settled(SETTLE_S, f"after deleting node {node}")
+    cluster.wait_settled(SETTLE_S, f"after deleting node {node}", allow_unschedulable=True)
     create_gpu_nodes(core, [manifest])
     return f"node {node} deleted, then created again once settled"
 
