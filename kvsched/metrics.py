@@ -22,6 +22,9 @@ _PLACEMENT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 _REQUEST_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 MODEL_STATES = ("placed", "partial", "unschedulable", "invalid", "migrating")
+# kvsched_migrations_total{reason}: a move (Rebalance), a move off a node that left the pool (NodeUnavailable), a
+# restart in place with a new memory share (Resize).
+MIGRATION_REASONS = ("Rebalance", "NodeUnavailable", "Resize")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Metrics:
         self.models = Gauge("kvsched_models", "Models (ModelServings) by state.", ["state"], registry=r)
         self.migrations = Counter("kvsched_migrations", "Replica migrations started (evictions), by reason.",
                                   ["reason"], registry=r)
+        for reason in MIGRATION_REASONS:
+            self.migrations.labels(reason=reason)  # exported from 0: a cluster left alone shows 0, not no data
         self.reconcile_rounds = Counter("kvsched_reconcile_rounds", "Decisions the controller's loop made (each "
                                         "over the whole cached world; a re-plan only when a model or the GPUs "
                                         "changed).", registry=r)
