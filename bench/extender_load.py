@@ -26,7 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from kvsched.api.names import DEFAULT_SCHEDULER_NAME, GPU_ANNOTATION, MODEL_LABEL
+from kvsched.api.names import DEFAULT_SCHEDULER_NAME, GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL
 
 NODES = 500
 GPUS_PER_NODE = 8
@@ -75,9 +75,9 @@ def vllm_pod(name: str, uid: str) -> dict[str, Any]:
         ("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True"), ("NCCL_DEBUG", "WARN"),
         ("OMP_NUM_THREADS", "8"), ("TOKENIZERS_PARALLELISM", "false"), ("VLLM_ATTENTION_BACKEND", "FLASH_ATTN")]]
     env += [{"name": "NVIDIA_VISIBLE_DEVICES", "valueFrom": {"fieldRef": {
-        "apiVersion": "v1", "fieldPath": "metadata.annotations['kvsched.io/gpu']"}}},
+        "apiVersion": "v1", "fieldPath": f"metadata.annotations['{GPU_ANNOTATION}']"}}},
         {"name": "KVSCHED_GPU_MEMORY_FRACTION", "valueFrom": {"fieldRef": {
-            "apiVersion": "v1", "fieldPath": "metadata.annotations['kvsched.io/gpu-memory-fraction']"}}}]
+            "apiVersion": "v1", "fieldPath": f"metadata.annotations['{MEMORY_FRACTION_ANNOTATION}']"}}}]
     probe = {"httpGet": {"path": "/health", "port": 8000, "scheme": "HTTP"}, "periodSeconds": 10,
              "timeoutSeconds": 5, "failureThreshold": 3, "successThreshold": 1}
     return {

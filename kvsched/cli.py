@@ -1,4 +1,4 @@
-"""The `kvsched` command line: argparse with one subcommand per job (today `plan`).
+"""The `kvsched` command line: argparse with one subcommand per job (`plan`, `controller`, `extender`, `serve`).
 
 `kvsched plan FILE` reads a cluster file, runs the packer once and prints a table per GPU, optionally writing the
 plan as JSON (`--output`) and a chart (`--plot`). Exit codes: 0 a plan was made (unplaced replicas are reported,

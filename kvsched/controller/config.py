@@ -2,7 +2,7 @@
 
 The defaults are `ControllerSettings`' own (kvsched.settings, which says why each is what it is), read from there
 so that they live in one place; the core needs nothing else of the settings machinery.
-Called by: kvsched.controller.decide, kvsched.controller.reconcile, kvsched.runtime (the loop, `decision_config`),
+Called by: kvsched.controller.decide, kvsched.runtime (the loop, `decision_config`),
 kvsched.cli (`kvsched plan --kubeconfig`), tests/controller.
 """
 

@@ -9,7 +9,7 @@ Only what differs from the world is returned: a status equal to the one stored (
 written, a template already as needed is not patched, so an unchanged world yields no write. Bad input on one
 object becomes its condition and event; every other model is still planned; a placement already made is never
 dropped for bad input elsewhere (a Deployment whose annotations turn bad keeps its last good spec).
-Called by: kvsched.controller.reconcile (the loop), `kvsched plan --kubeconfig`, tests/controller.
+Called by: kvsched.runtime.loop, `kvsched plan --kubeconfig`, tests/controller.
 """
 
 from __future__ import annotations
