@@ -1,265 +1,423 @@
-"""The reconcile loop with a fake writer: leader and sync gating, re-plan on change only, no repeated writes."""
+"""The reconcile loop against a fake API server: leader and sync gating, re-plan on change only, no repeated
+writes, refused evictions backed off. Everything is observed the way production observes it: the writes the
+fake API records, the objects it holds, /metrics, and what `reconcile_once` returns."""
 from __future__ import annotations
 
+import copy
 import dataclasses
+import threading
 from typing import Any, Mapping
 
 import pytest
 
-from kvsched.api.objects import ModelServingObj, ObjectKey, OwnerRef
+from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, OwnerRef, PodObj
 from kvsched.api.records import Event, EvictionRefused, OwnedChange
 from kvsched.controller import DecisionConfig
-from kvsched.runtime.loop import Reconciler
+from kvsched.k8s.rest import ApiError
 from kvsched.metrics import Metrics
 from kvsched.packer import solve
+from kvsched.runtime.loop import Reconciler, RoundReport
 
+from tests.controller.fake import _merge as strategic_merge
 from tests.controller.fake import deployment, node, pod
 
+# The apiserver's answer to an eviction a PodDisruptionBudget forbids (HTTP 429), as ApiWriter.evict passes it on.
+PDB_MESSAGE = "Cannot evict pod as it would violate the pod's disruption budget."
 
-class FakeWriter:
-    """Records every call; plays ModelServing creates and status writes back into the reconciler."""
+
+class FakeApi:
+    """The API server and its watches as the loop sees them: the loop's `Writer`, holding the objects the test
+    put there (`put`). Every write is recorded in `calls`, applied, and its watch event queued; `deliver()` hands
+    the queued events to the reconciler (the watch), unless `watch_delivers` is False (a watch lagging behind).
+
+    Fails where kvsched.k8s.writers.ApiWriter fails and nowhere else: a status or spec patch of a ModelServing, or
+    a patch of a Deployment, that is not there raises ApiError 404; a create that finds the ModelServing (409), a
+    delete, eviction or annotation that finds nothing (404) succeeds; an eviction refused by a
+    PodDisruptionBudget (`refuse_evictions`) raises EvictionRefused("EvictionBlocked", the apiserver's message)."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.reconciler: Reconciler | None = None
         self.refuse_evictions = False
+        self.watch_delivers = True
         self.servings: dict[ObjectKey, ModelServingObj] = {}
+        self.deployments: dict[ObjectKey, DeploymentObj] = {}
+        self.pods: dict[ObjectKey, PodObj] = {}
+        self._queued: list[tuple[Any, bool]] = []
+        self._lock = threading.Lock()  # the loop writes to different objects from several threads
 
+    # -- the test's side: objects created by users, kubelets, the scheduler ------------------------------------
+    def put(self, obj: NodeObj | DeploymentObj | PodObj) -> None:
+        """Create or replace `obj` and deliver its watch event at once."""
+        with self._lock:
+            if isinstance(obj, DeploymentObj):
+                self.deployments[obj.key] = obj
+            elif isinstance(obj, PodObj):
+                self.pods[obj.key] = obj
+            self._queued.append((obj, False))
+        self.deliver()
+
+    def deliver(self) -> None:
+        """The watches: every queued event, in order, to the reconciler (nothing while `watch_delivers` is off)."""
+        if not self.watch_delivers:
+            return
+        with self._lock:
+            events, self._queued = self._queued, []
+        r = self.reconciler
+        assert r is not None
+        for obj, deleted in events:
+            if isinstance(obj, NodeObj):
+                r.observe_node(obj, deleted)
+            elif isinstance(obj, PodObj):
+                r.observe_pod(obj, deleted)
+            elif isinstance(obj, DeploymentObj):
+                r.observe_deployment(obj, deleted)
+            else:
+                r.observe_model_serving(obj, deleted)
+
+    def writes(self, kind: str) -> list[Any]:
+        return [what for k, what in self.calls if k == kind]
+
+    def serving(self, name: str, namespace: str = "ns") -> ModelServingObj:
+        return self.servings[ObjectKey(namespace, name)]
+
+    def _not_found(self, kind: str, key: ObjectKey) -> ApiError:
+        return ApiError(404, "NotFound", f'{kind} "{key.name}" not found')
+
+    # -- the Writer the loop calls -----------------------------------------------------------------------------
     def write_status(self, key: ObjectKey, status: Mapping[str, Any]) -> None:
-        self.calls.append(("status", key))
-        ms = dataclasses.replace(self.servings[key], status=dict(status))
-        self.servings[key] = ms
-        assert self.reconciler is not None
-        self.reconciler.observe_model_serving(ms)
+        with self._lock:
+            self.calls.append(("status", key))
+            if key not in self.servings:
+                raise self._not_found("modelservings.kvsched.io", key)
+            ms = dataclasses.replace(self.servings[key], status=copy.deepcopy(dict(status)))
+            self.servings[key] = ms
+            self._queued.append((ms, False))
 
     def patch_deployment(self, key: ObjectKey, patch: Mapping[str, Any]) -> None:
-        self.calls.append(("deployment", key))
+        with self._lock:
+            self.calls.append(("deployment", key))
+            if key not in self.deployments:
+                raise self._not_found("deployments.apps", key)
+            dep = self.deployments[key]
+            whole = {"template": copy.deepcopy(dict(dep.template)), "strategy": copy.deepcopy(dict(dep.strategy))}
+            strategic_merge(whole, dict(patch.get("spec") or {}))
+            dep = dataclasses.replace(dep, template=whole["template"], strategy=whole["strategy"])
+            self.deployments[key] = dep
+            self._queued.append((dep, False))
 
     def owned_change(self, change: OwnedChange) -> None:
-        self.calls.append((change.action, change.key))
-        if change.action == "create":
-            ms = ModelServingObj(change.key.namespace, change.key.name, "uid-ms", 1, dict(change.body["spec"]), {},
-                                 OwnerRef("Deployment", change.key.name, f"uid-{change.key.name}"))
+        with self._lock:
+            self.calls.append((change.action, change.key))
+            old = self.servings.get(change.key)
+            if change.action == "create":
+                if old is not None:
+                    return  # 409 AlreadyExists: ApiWriter reads it as done
+                owner = self.deployments.get(change.key)
+                ms = ModelServingObj(change.key.namespace, change.key.name, f"uid-ms-{change.key.name}", 1,
+                                     dict(change.body["spec"]), {},
+                                     OwnerRef("Deployment", change.key.name, owner.uid if owner else ""))
+            elif change.action == "delete":
+                if old is None:
+                    return  # 404: already gone, done
+                del self.servings[change.key]
+                self._queued.append((old, True))
+                return
+            else:
+                if old is None:
+                    raise self._not_found("modelservings.kvsched.io", change.key)
+                ms = dataclasses.replace(old, spec=dict(change.body["spec"]), generation=old.generation + 1)
             self.servings[change.key] = ms
-            assert self.reconciler is not None
-            self.reconciler.observe_model_serving(ms)
-        elif change.action == "patch":
-            ms = dataclasses.replace(self.servings[change.key], spec=dict(change.body["spec"]),
-                                     generation=self.servings[change.key].generation + 1)
-            self.servings[change.key] = ms
-            assert self.reconciler is not None
-            self.reconciler.observe_model_serving(ms)
+            self._queued.append((ms, False))
 
     def evict(self, pod_key: ObjectKey) -> None:
-        self.calls.append(("evict", pod_key))
-        if self.refuse_evictions:
-            raise EvictionRefused("EvictionBlocked", "Cannot evict pod as it would violate the pod's "
-                                       "disruption budget.")
+        with self._lock:
+            self.calls.append(("evict", pod_key))
+            if self.refuse_evictions:
+                raise EvictionRefused("EvictionBlocked", PDB_MESSAGE)
+            seen = self.pods.get(pod_key)
+            if seen is None:
+                return  # 404: already gone, done
+            terminating = dataclasses.replace(seen, deleting=True)
+            self.pods[pod_key] = terminating
+            self._queued.append((terminating, False))
 
     def annotate_pod(self, pod_key: ObjectKey, annotations: Mapping[str, str]) -> None:
-        self.calls.append(("annotate", pod_key))
-        assert self.reconciler is not None
-        seen = self.reconciler._pods[pod_key]
-        self.reconciler.observe_pod(dataclasses.replace(seen, annotations={**seen.annotations, **annotations}))
+        with self._lock:
+            self.calls.append(("annotate", pod_key))
+            seen = self.pods.get(pod_key)
+            if seen is None:
+                return  # 404: already gone, nothing to retry
+            annotated = dataclasses.replace(seen, annotations={**seen.annotations, **annotations})
+            self.pods[pod_key] = annotated
+            self._queued.append((annotated, False))
 
     def event(self, event: Event) -> None:
-        self.calls.append(("event", event.reason))
+        with self._lock:
+            self.calls.append(("event", event.reason))
 
 
-def make(leader: bool = True, synced: bool = True) -> tuple[Reconciler, FakeWriter, list[float]]:
+class Clock:
+    """The loop's monotonic clock, moved by hand."""
+
+    def __init__(self, now_s: float = 0.0) -> None:
+        self.now_s = now_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
+@dataclasses.dataclass
+class Loop:
+    r: Reconciler
+    api: FakeApi
+    clock: Clock
+    budgets: list[float]  # the time budget of every solve, in order
+
+    def round(self) -> RoundReport:
+        """One decision, then the watch delivers what it wrote."""
+        report = self.r.reconcile_once()
+        self.api.deliver()
+        return report
+
+    def rounds(self, n: int) -> None:
+        for _ in range(n):
+            self.round()
+
+    def metric(self, line_prefix: str) -> float:
+        """The value of the one /metrics line that starts with `line_prefix` (name and labels)."""
+        values = [float(ln.split()[-1]) for ln in self.r.metrics.exposition().decode().splitlines()
+                  if ln.startswith(line_prefix + " ")]
+        assert len(values) == 1, (line_prefix, values)
+        return values[0]
+
+
+def make(leader: bool = True, synced: bool = True) -> Loop:
+    """A loop over one node with 2 GPUs and one annotated Deployment `m` of 2 replicas (no pods yet)."""
     budgets: list[float] = []
 
     def solver(*args: Any, **kw: Any) -> Any:
         budgets.append(kw["options"].time_budget_s)
         return solve(*args, **kw)
 
-    writer = FakeWriter()
-    now = [0.0]
-    r = Reconciler(DecisionConfig(time_budget_s=1.0), writer, Metrics(), clock=lambda: now[0],
+    api = FakeApi()
+    clock = Clock()
+    r = Reconciler(DecisionConfig(time_budget_s=1.0), api, Metrics(), clock=clock,
                    wall=lambda: "2026-11-28T06:00:00Z", solver=solver)
-    writer.reconciler = r
-    r.observe_node(node("n1", gpus=2))
-    r.observe_deployment(deployment("m", replicas=2))
+    api.reconciler = r
+    api.put(node("n1", gpus=2))
+    api.put(deployment("m", replicas=2))
     r.set_synced(synced)
     r.set_leader(leader)
-    return r, writer, budgets
+    return Loop(r, api, clock, budgets)
+
+
+def slots(api: FakeApi, name: str = "m") -> list[tuple[str, int]]:
+    return [(s["node"], s["gpu"]) for s in api.serving(name).status["slots"]]
+
+
+def not_events(api: FakeApi) -> list[tuple[str, Any]]:
+    return [c for c in api.calls if c[0] != "event"]
 
 
 @pytest.mark.parametrize("leader, synced", [pytest.param(False, True, id="follower"),
                                             pytest.param(True, False, id="not synced")])
 def test_only_a_synced_leader_writes(leader: bool, synced: bool) -> None:
-    r, writer, _ = make(leader=leader, synced=synced)
-    r.reconcile_once()
-    r.reconcile_once()
-    assert writer.calls == []
+    loop = make(leader=leader, synced=synced)
+    loop.rounds(2)
+    assert loop.api.calls == []
+    # The same loop once synced and leading writes at once: the silence above was the gate.
+    loop.r.set_synced(True)
+    loop.r.set_leader(True)
+    loop.round()
+    assert loop.api.writes("create") == [ObjectKey("ns", "m")]
 
 
 def test_first_plan_gets_the_full_budget_and_pod_events_do_not_replan() -> None:
-    r, writer, budgets = make()
-    r.reconcile_once()  # creates the ModelServing (no model to plan yet)
-    assert ("create", ObjectKey("ns", "m")) in writer.calls and budgets == []
-    r.reconcile_once()  # first plan: the full budget at once (no quick plan to overturn)
-    assert budgets == [1.0]
-    slots = writer.servings[ObjectKey("ns", "m")].status["slots"]
-    writer.calls.clear()
-    r.reconcile_once()
-    assert [c for c in writer.calls if c[0] != "event"] == []
+    loop = make()
+    api = loop.api
+    loop.round()  # creates the ModelServing (no model to plan yet)
+    assert api.writes("create") == [ObjectKey("ns", "m")] and loop.budgets == []
+    loop.round()  # first plan: the full budget at once (no quick plan to overturn)
+    assert loop.budgets == [1.0]
+    planned = slots(api)
+    assert len(planned) == 2
+    api.calls.clear()
+    loop.round()
+    assert not_events(api) == []
     # Pods binding where the status says and becoming Ready move the cluster towards the plan: no re-plan.
-    r.observe_pod(pod("m-a", "m", slots[0]["node"], slots[0]["gpu"], ready=False))
-    r.reconcile_once()
-    r.observe_pod(pod("m-a", "m", slots[0]["node"], slots[0]["gpu"]))
-    r.observe_pod(pod("m-b", "m", slots[1]["node"], slots[1]["gpu"]))
-    r.reconcile_once()
-    assert budgets == [1.0]
-    assert writer.servings[ObjectKey("ns", "m")].status["slots"] == slots
-    assert writer.servings[ObjectKey("ns", "m")].status["readyReplicas"] == 2
-    writer.calls.clear()
-    r.reconcile_once()
-    r.reconcile_once()
-    assert [c for c in writer.calls if c[0] != "event"] == []
-    metrics = r.metrics.exposition().decode()
-    assert "kvsched_max_kvpr " in metrics and 'kvsched_models{state="placed"} 1.0' in metrics
-    assert "kvsched_placement_duration_seconds_count 1.0" in metrics
+    api.put(pod("m-a", "m", *planned[0], ready=False))
+    loop.round()
+    api.put(pod("m-a", "m", *planned[0]))
+    api.put(pod("m-b", "m", *planned[1]))
+    loop.round()
+    assert loop.budgets == [1.0]
+    assert slots(api) == planned
+    assert api.serving("m").status["readyReplicas"] == 2
+    api.calls.clear()
+    loop.rounds(2)
+    assert not_events(api) == []
+    assert loop.metric('kvsched_models{state="placed"}') == 1.0
+    assert loop.metric("kvsched_placement_duration_seconds_count") == 1.0
+    assert loop.metric("kvsched_max_kvpr") > 0
     # A model's input changing re-plans once.
-    r.observe_deployment(deployment("m", replicas=2, rate="8"))
-    r.reconcile_once()
-    r.reconcile_once()
-    assert budgets == [1.0, 1.0]
+    api.put(deployment("m", replicas=2, rate="8"))
+    loop.rounds(2)
+    assert loop.budgets == [1.0, 1.0]
 
 
 def test_a_pod_that_bound_during_a_solve_off_the_new_plan_is_kept_by_solving_again() -> None:
     # The plan is solved while a pod binds to a slot of the plan before it; the new plan, which saw that replica
     # as free, put it elsewhere. Moving a pod that just started would be a restart for nothing: solve again with
     # it running. A pod on a planned slot, or one the plan saw running and moves on purpose, re-solves nothing.
-    r, writer, budgets = make()
-    r.reconcile_once()
-    r.reconcile_once()
-    assert budgets == [1.0]
-    slots = {(s["node"], s["gpu"]) for s in writer.servings[ObjectKey("ns", "m")].status["slots"]}
-    r.observe_node(node("n2", gpus=2))  # the plan's input changes: a solve
-    r.reconcile_once()
-    assert budgets == [1.0, 1.0]
-    slots = {(s["node"], s["gpu"]) for s in writer.servings[ObjectKey("ns", "m")].status["slots"]}
-    node_name, gpu = next((n, g) for n in ("n1", "n2") for g in (0, 1) if (n, g) not in slots)
-    r.observe_pod(pod("m-a", "m", node_name, gpu))  # bound off the plan, as if by the extender's older status
-    r.reconcile_once()
-    assert budgets == [1.0, 1.0, 1.0]
-    assert (node_name, gpu) in {(s["node"], s["gpu"]) for s in writer.servings[ObjectKey("ns", "m")].status["slots"]}
-    assert not [c for c in writer.calls if c[0] == "evict"]
-    r.reconcile_once()
-    assert budgets == [1.0, 1.0, 1.0]
+    loop = make()
+    api = loop.api
+    loop.rounds(2)
+    assert loop.budgets == [1.0]
+    api.put(node("n2", gpus=2))  # the plan's input changes: a solve
+    loop.round()
+    assert loop.budgets == [1.0, 1.0]
+    planned = set(slots(api))
+    node_name, gpu = next((n, g) for n in ("n1", "n2") for g in (0, 1) if (n, g) not in planned)
+    api.put(pod("m-a", "m", node_name, gpu))  # bound off the plan, as if by the extender's older status
+    loop.round()
+    assert loop.budgets == [1.0, 1.0, 1.0]
+    assert (node_name, gpu) in slots(api)
+    assert api.writes("evict") == []
+    loop.round()
+    assert loop.budgets == [1.0, 1.0, 1.0]
 
 
 def test_a_burst_of_models_is_decided_once_it_pauses_and_pod_events_do_not_hold_a_decision() -> None:
     # Models arrive in bursts (kubectl apply -f models/): a decision waits until models were quiet for
     # model_quiet_s, so the first models' pods do not bind with shares sized for fewer models. Other events
     # wait only debounce_s (at most 5 x that); a status write (same spec) is not a model change.
-    r, _, _ = make()
-    t = 100.0
-    r.clock = lambda: t
-    start = t
+    loop = make()
+    r, clock = loop.r, loop.clock
+    clock.now_s = start = 100.0
     r.observe_deployment(deployment("m2"))  # a new model
-    assert not r.quiet(t + 0.3, start)
-    t += 0.3
+    assert not r.quiet(clock.now_s + 0.3, start)
+    clock.now_s += 0.3
     r.observe_deployment(deployment("m3"))  # the burst goes on
-    assert not r.quiet(t + 0.45, start)
-    assert r.quiet(t + 0.55, start)
+    assert not r.quiet(clock.now_s + 0.45, start)
+    assert r.quiet(clock.now_s + 0.55, start)
     assert r.quiet(start + 10.0, start)  # a burst that never pauses is decided after 10 s
     # Pod events alone: debounce_s, capped at 5 x debounce_s.
-    t = 200.0
+    clock.now_s = 200.0
     r.observe_pod(pod("p", "m2", None, None))
-    assert not r.quiet(t + 0.1, t) and r.quiet(t + 0.25, t)
+    assert not r.quiet(clock.now_s + 0.1, clock.now_s) and r.quiet(clock.now_s + 0.25, clock.now_s)
     # A new ModelServing is a model change; the same one with a status written is not.
-    t = 300.0
+    clock.now_s = 300.0
     ms = ModelServingObj("ns", "x", "uid-x", 1, {"modelSize": "1Gi", "requestRate": 1, "sloSeconds": 1}, {}, None)
     r.observe_model_serving(ms)
-    assert not r.quiet(t + 0.25, t)
-    t = 400.0
+    assert not r.quiet(clock.now_s + 0.25, clock.now_s)
+    clock.now_s = 400.0
     r.observe_model_serving(dataclasses.replace(ms, status={"replicas": 1}))
-    assert r.quiet(t + 0.25, t)
+    assert r.quiet(clock.now_s + 0.25, clock.now_s)
 
 
-def test_a_write_not_yet_seen_back_is_not_repeated() -> None:
-    r, writer, _ = make()
-    writer.owned_change = lambda change: writer.calls.append((change.action, change.key))  # type: ignore
-    r.reconcile_once()
-    r.reconcile_once()
-    assert writer.calls.count(("create", ObjectKey("ns", "m"))) == 1
+def test_a_write_not_yet_seen_back_is_not_repeated_until_it_expires() -> None:
+    # A slow watch: the create is done but not seen back, so the next decisions still ask for it.
+    loop = make()
+    loop.api.watch_delivers = False
+    loop.rounds(3)
+    assert loop.api.writes("create") == [ObjectKey("ns", "m")]
+    # Not seen back within 30 s: the write is taken as lost and issued again (the API answers 409: done).
+    loop.clock.now_s = 31.0
+    loop.round()
+    assert loop.api.writes("create") == [ObjectKey("ns", "m")] * 2
+    # Seen back: the ModelServing exists for the loop too, and the next round plans it instead.
+    loop.api.watch_delivers = True
+    loop.api.deliver()
+    loop.round()
+    assert loop.api.writes("create") == [ObjectKey("ns", "m")] * 2
+    assert loop.api.writes("status") == [ObjectKey("ns", "m")]
 
 
 def test_refused_eviction_is_retried_only_after_backoff() -> None:
-    r, writer, _ = make()
-    for _ in range(3):
-        r.reconcile_once()
-    slots = writer.servings[ObjectKey("ns", "m")].status["slots"]
-    # Replica 1 runs on a GPU of a node that is then cordoned; a new node has room.
-    r.observe_node(node("n2", gpus=2))
-    r.observe_pod(pod("m-a", "m", slots[0]["node"], slots[0]["gpu"]))
-    r.observe_pod(pod("m-b", "m", slots[1]["node"], slots[1]["gpu"]))
-    for _ in range(2):
-        r.reconcile_once()
-    r.observe_node(dataclasses.replace(node("n1", gpus=2), unschedulable=True))
-    writer.refuse_evictions = True
-    writer.calls.clear()
-    r.reconcile_once()
-    assert [c for c in writer.calls if c[0] == "evict"] == [("evict", ObjectKey("ns", "m-a"))]
-    r.reconcile_once()
-    status = writer.servings[ObjectKey("ns", "m")].status
-    migrating = next(c for c in status["conditions"] if c["type"] == "Migrating")
+    # A PodDisruptionBudget refuses evictions: each refused pod is retried after 10 s, then 20 s (doubling), the
+    # other steps proceed meanwhile, and the condition says why.
+    loop = make()
+    api = loop.api
+    loop.rounds(3)
+    planned = slots(api)
+    # Both replicas run on n1, which is then cordoned; a new node has room.
+    api.put(node("n2", gpus=2))
+    api.put(pod("m-a", "m", *planned[0]))
+    api.put(pod("m-b", "m", *planned[1]))
+    loop.rounds(2)
+    assert api.writes("evict") == []
+    api.put(dataclasses.replace(node("n1", gpus=2), unschedulable=True))
+    api.refuse_evictions = True
+    a, b = ObjectKey("ns", "m-a"), ObjectKey("ns", "m-b")
+
+    def tried_at(now_s: float, rounds: int = 1) -> list[ObjectKey]:
+        loop.clock.now_s = now_s
+        loop.rounds(rounds)
+        return api.writes("evict")
+
+    assert tried_at(0.0) == [a]  # one eviction per round
+    assert tried_at(0.0) == [a, b]  # m-a waits for its backoff: the other step proceeds
+    migrating = next(c for c in api.serving("m").status["conditions"] if c["type"] == "Migrating")
     assert (migrating["status"], migrating["reason"]) == ("True", "EvictionBlocked")
     assert "disruption budget" in migrating["message"]
-    evictions = len([c for c in writer.calls if c[0] == "evict"])
-    assert evictions <= 2  # m-b may be tried once; m-a is not retried inside its backoff
-    assert writer.calls.count(("evict", ObjectKey("ns", "m-a"))) == 1
+    assert tried_at(9.9, rounds=3) == [a, b]  # within the first backoff (10 s): neither again
+    assert tried_at(10.0) == [a, b, a]  # then each once more, refused again
+    assert tried_at(10.0) == [a, b, a, b]
+    assert tried_at(29.9, rounds=3) == [a, b, a, b]  # within the second backoff (20 s): neither again
+    assert loop.metric('kvsched_migrations_total{reason="NodeUnavailable"}') == 0.0
+    api.refuse_evictions = False  # the budget allows it now: the next try starts the migration
+    assert tried_at(30.0) == [a, b, a, b, a]
+    assert api.pods[a].deleting
+    assert loop.metric('kvsched_migrations_total{reason="NodeUnavailable"}') == 1.0
 
 
 def test_each_replan_counts_the_steps_it_calls_for_once() -> None:
-    r, writer, _ = make()
-    for _ in range(2):
-        r.reconcile_once()
-    slots = writer.servings[ObjectKey("ns", "m")].status["slots"]
-    r.observe_pod(pod("m-a", "m", slots[0]["node"], slots[0]["gpu"]))
-    r.observe_pod(pod("m-b", "m", slots[1]["node"], slots[1]["gpu"]))
-    r.observe_node(node("n2", gpus=2))
-    r.reconcile_once()
+    loop = make()
+    api = loop.api
+    loop.rounds(2)
+    planned = slots(api)
+    api.put(pod("m-a", "m", *planned[0]))
+    api.put(pod("m-b", "m", *planned[1]))
+    api.put(node("n2", gpus=2))
+    loop.round()
 
     def steps() -> dict[str, float]:
-        lines = [ln for ln in r.metrics.exposition().decode().splitlines()
-                 if ln.startswith("kvsched_replan_steps_total{")]
-        return {ln.split('"')[1]: float(ln.split()[-1]) for ln in lines}
+        return {kind: loop.metric(f'kvsched_replan_steps_total{{kind="{kind}"}}') for kind in ("move", "resize")}
 
     assert steps() == {"move": 0.0, "resize": 0.0}  # n2 added: nothing needs to move
-    r.observe_node(dataclasses.replace(node("n1", gpus=2), unschedulable=True))  # both replicas must leave
-    r.reconcile_once()
+    api.put(dataclasses.replace(node("n1", gpus=2), unschedulable=True))  # both replicas must leave
+    loop.round()
     assert steps() == {"move": 2.0, "resize": 0.0}
-    for _ in range(3):  # the same plan in force: counted once
-        r.reconcile_once()
+    loop.rounds(3)  # the same plan in force: counted once
     assert steps() == {"move": 2.0, "resize": 0.0}
+    assert api.writes("evict") == [ObjectKey("ns", "m-a")]  # one at a time: m-b waits for its replacement
 
 
 def test_a_pod_pending_before_its_slot_was_planned_is_nudged_once_after_the_status() -> None:
     # The Deployment's pods exist before the ModelServing has slots (kube-scheduler rejected them then). Once the
     # status is written each pending pod is annotated once, after the status, so the scheduler retries it now.
-    r, writer, _ = make()
-    r.observe_pod(pod("m-a", "m", None, None))
-    r.observe_pod(pod("m-b", "m", None, None))
-    for _ in range(4):
-        r.reconcile_once()
-    annotated = [c[1].name for c in writer.calls if c[0] == "annotate"]
+    loop = make()
+    api = loop.api
+    api.put(pod("m-a", "m", None, None))
+    api.put(pod("m-b", "m", None, None))
+    loop.rounds(4)
+    annotated = [key.name for key in api.writes("annotate")]
     assert sorted(annotated) == ["m-a", "m-b"]  # each once
-    first_annotate = next(i for i, c in enumerate(writer.calls) if c[0] == "annotate")
-    assert any(c[0] == "status" for c in writer.calls[:first_annotate])
-    writer.calls.clear()
-    r.reconcile_once()
-    assert [c for c in writer.calls if c[0] != "event"] == []
+    first_annotate = next(i for i, c in enumerate(api.calls) if c[0] == "annotate")
+    assert ("status", ObjectKey("ns", "m")) in api.calls[:first_annotate]
+    api.calls.clear()
+    loop.round()
+    assert not_events(api) == []
 
 
 def test_nothing_is_decided_or_written_while_a_watch_reconnects() -> None:
-    r, writer, budgets = make()
+    loop = make()
     current = [False]
-    r.watches_current = lambda: current[0]
-    report = r.reconcile_once()
-    assert report.stale and report.decision is None and writer.calls == [] and budgets == []
+    loop.r.watches_current = lambda: current[0]  # as kvsched.runtime.controller wires its informers in
+    report = loop.round()
+    assert report.stale and report.decision is None and loop.api.calls == [] and loop.budgets == []
     current[0] = True
-    r.reconcile_once()
-    assert ("create", ObjectKey("ns", "m")) in writer.calls
+    report = loop.round()
+    assert not report.stale and report.decision is not None
+    assert loop.api.writes("create") == [ObjectKey("ns", "m")]
