@@ -1,10 +1,10 @@
 """The controller's view of the cluster: plain frozen snapshots of Nodes, Pods, Deployments and ModelServings.
 
-Readers in kvsched.k8s build these from API objects (camelCase dicts); the unit tests build them by hand. They
+The readers in kvsched.api.readers build these from API objects (camelCase dicts); the unit tests build them by hand. They
 carry the raw strings people wrote (annotations, labels, spec values): giving them meaning, and rejecting what has
 none, is the decision core's job (kvsched.controller.models / inventory), so that a bad value becomes a condition
 and an event on its object instead of an exception in a reader. The names they are read by are in kvsched.api.names.
-Called by: kvsched.controller.decide and its helpers, kvsched.k8s.readers and snapshot, kvsched.runtime.loop,
+Called by: kvsched.controller.decide and its helpers, kvsched.api.readers, kvsched.k8s.snapshot, kvsched.runtime.loop,
 tests/controller.
 """
 

@@ -2,7 +2,7 @@
 
 The controller's writes (status patches, Deployment patches, ModelServing creates, evictions, events, the
 Lease) all go through `call`, which returns the response body as a dict or raises `ApiError` with the HTTP
-status and the apiserver's message. Called by: kvsched.k8s.writers, kvsched.k8s.leader, kvsched.k8s.readers.
+status and the apiserver's message. Called by: kvsched.k8s.writers, kvsched.k8s.leader, kvsched.cli (ApiError).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from dataclasses import replace
 from kubernetes import client
 
 from kvsched.api.objects import World
-from kvsched.k8s.readers import read_deployment, read_model_serving, read_node, read_pod
+from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pod
 from kvsched.k8s.watch import DEPLOYMENTS, MODELSERVINGS, NODES, PODS, ApiListWatch, WatchError
 
 

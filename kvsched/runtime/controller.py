@@ -23,7 +23,7 @@ from kvsched.runtime.loop import Reconciler
 from kvsched.controller.selector import parse_selector
 from kvsched.k8s.client import api_client
 from kvsched.k8s.leader import LeaseElector
-from kvsched.k8s.readers import read_deployment, read_model_serving, read_node, read_pod
+from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pod
 from kvsched.k8s.watch import DELETED, DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, Informer, Obj, informer
 from kvsched.k8s.writers import ApiWriter
 from kvsched.metrics import Metrics

@@ -7,7 +7,7 @@ pending"):
 - **API server**: objects are the JSON-shaped dicts the informers deliver, each write bumps `resourceVersion`;
   ModelServing status writes are JSON merge patches (as `ApiWriter.write_status` sends), spec patches bump
   `generation`, Deployment patches are strategic merges; every write comes back to the reconciler through a
-  "watch" at the end of the phase that made it (read with the production readers, kvsched.k8s.readers).
+  "watch" at the end of the phase that made it (read with the production readers, kvsched.api.readers).
 - **`SimWriter`** is the `Writer` the reconciler calls: it plays those writes and counts each kind. An eviction
   marks the pod terminating (an eviction of a pod already gone succeeds, as `ApiWriter.evict` treats a 404);
   annotating a pod that is gone is no error either (as `ApiWriter.annotate_pod`).
@@ -50,7 +50,7 @@ from kvsched.api.records import Event, OwnedChange
 from kvsched.controller import DecisionConfig
 from kvsched.extender.cache import Cache
 from kvsched.extender.slots import PlannedSlot, PodRef
-from kvsched.k8s.readers import read_deployment, read_model_serving, read_node, read_pod
+from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pod
 from kvsched.metrics import Metrics
 from kvsched.packer import Plan, solve
 from kvsched.runtime.loop import Reconciler, RoundReport

@@ -23,7 +23,7 @@ from kvsched.api.names import RATE_ANNOTATION, SIZE_ANNOTATION, SLO_ANNOTATION
 from kvsched.controller import DecisionConfig
 from kvsched.controller.inventory import build_inventory
 from kvsched.controller.template import affinity_terms, template_patch
-from kvsched.k8s.readers import read_deployment, read_node
+from kvsched.api.readers import read_deployment, read_node
 from kvsched.units import memory_gib
 from tests.e2e.harness.kube import deployment_manifest, gpu_node_manifest
 

@@ -1,9 +1,10 @@
-"""API objects (camelCase dicts, as the informers deliver them) -> the controller's snapshot types.
+"""API objects (camelCase dicts, as the informers deliver them) -> the snapshot types of kvsched.api.objects.
 
 Readers take only the shape: they never judge a value (an annotation, a label, a spec field) beyond its JSON
 type, so that a bad value reaches the decision core and becomes a condition and an event on its object rather
 than an exception here. Missing or mistyped structure reads as absent.
-Called by: kvsched.runtime.loop (the informers' caches), `kvsched plan --kubeconfig`.
+Pure (no client, no I/O), so that every part reads an object the same way.
+Called by: kvsched.runtime.controller (the informers' caches), kvsched.k8s.snapshot (`kvsched plan --kubeconfig`).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from kvsched.k8s.readers import read_deployment, read_model_serving, read_node, read_pod
+from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pod
 
 
 def test_node_reads_gpus_labels_cordon_and_readiness() -> None:
