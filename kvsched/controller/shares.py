@@ -3,7 +3,7 @@
 A pod's share of its GPU's memory (`kvsched.io/gpu-memory-fraction`, its engine's `--gpu-memory-utilization`) is
 fixed when it binds. A re-plan that keeps the pod where it is but changes who shares its GPU, or the loads, plans a
 new share for it without restarting it. The extender admits a replica onto a GPU only when the shares the pods
-there run with plus the replica's planned share add up to at most 1 (kvsched.extender.slots), so such drift can
+there run with plus the replica's planned share add up to at most 1 (kvsched.controller.slots), so such drift can
 leave a planned replica waiting. A running pod is restarted (evicted, as a migration step; its replacement binds
 with the planned share) only when:
 - **blocked**: a planned replica waits for its GPU and the pods staying there hold more than the planned shares

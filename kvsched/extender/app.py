@@ -29,7 +29,7 @@ from starlette.concurrency import run_in_threadpool
 
 from kvsched.api.names import GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL, share_text
 from kvsched.extender.cache import BindTarget
-from kvsched.extender.slots import NEUTRAL_SCORE, FilterDecision, PlannedSlot, PodRef, Refusal
+from kvsched.controller.slots import NEUTRAL_SCORE, FilterDecision, PlannedSlot, PodRef, Refusal
 from kvsched.extender.wire import (
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
     host_priority_list_json,

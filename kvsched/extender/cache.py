@@ -32,7 +32,7 @@ from kvsched.api.names import (
     MEMORY_FRACTION_ANNOTATION,
     MODEL_LABEL,
 )
-from kvsched.extender.slots import (
+from kvsched.controller.slots import (
     FilterDecision, Holder, ModelPlan, NodeGpus, PlannedSlot, PodRef, Refusal, choose_slot, filter_nodes,
     score_nodes,
 )

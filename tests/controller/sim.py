@@ -17,7 +17,7 @@ pending"):
   does); scale-down deletes unbound, then not-Ready, then the newest pods first.
 - **kube-scheduler + extender**: every pending pod of kvsched's scheduler is tried each step against the nodes
   that are schedulable, Ready and match its required node affinity, through the real extender cache
-  (kvsched.extender.cache.Cache: `filter`, `score`, `reserve`, i.e. the slot rule of kvsched.extender.slots);
+  (kvsched.extender.cache.Cache: `filter`, `score`, `reserve`, i.e. the slot rule of kvsched.controller.slots);
   the best-scored node wins (ties broken by the seeded rng, as kube-scheduler picks among equal scores at
   random), and bind writes `kvsched.io/gpu` and `kvsched.io/gpu-memory-fraction` as the extender's bind does.
   Unmanaged pods are bound to the first schedulable node.
@@ -49,7 +49,7 @@ from kvsched.api.objects import ObjectKey
 from kvsched.api.records import Event, OwnedChange
 from kvsched.controller import DecisionConfig
 from kvsched.extender.cache import Cache
-from kvsched.extender.slots import PlannedSlot, PodRef
+from kvsched.controller.slots import PlannedSlot, PodRef
 from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pod
 from kvsched.metrics import Metrics
 from kvsched.packer import Plan, solve

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from kvsched.api.names import GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION
 from kvsched.extender.app import create_app
 from kvsched.extender.cache import Cache
-from kvsched.extender.slots import PlannedSlot, PodRef, Refusal
+from kvsched.controller.slots import PlannedSlot, PodRef, Refusal
 from kvsched.metrics import Metrics
 from kvsched.settings import ExtenderSettings
 

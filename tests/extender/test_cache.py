@@ -8,7 +8,7 @@ import pytest
 
 from kvsched.api.names import GPU_ANNOTATION, GPU_MEMORY_LABEL
 from kvsched.extender.cache import Cache, model_plan, node_gpus, pod_info
-from kvsched.extender.slots import PlannedSlot, PodRef
+from kvsched.controller.slots import PlannedSlot, PodRef
 
 from .world import model, node, pod, world
 

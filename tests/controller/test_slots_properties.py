@@ -8,9 +8,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvsched.api.names import GPU_ANNOTATION, MODEL_LABEL
-from kvsched.extender.slots import COLD_SCORE, NEUTRAL_SCORE, PlannedSlot, PodRef
+from kvsched.controller.slots import COLD_SCORE, NEUTRAL_SCORE, PlannedSlot, PodRef
 
-from .world import model, node, pod, world
+from tests.extender.world import model, node, pod, world
 
 NODES = ["n0", "n1", "n2"]
 GPUS = 2

@@ -1,7 +1,9 @@
 """The slot-occupancy rule of docs/architecture.md as pure functions: filter, score and pick a slot.
 
-Plain data in, plain data out, no I/O and no locks: the cache calls these under its own lock with a `World` that
-answers lookups from its indexes (no copy of the cluster per request).
+Plain data in, plain data out, no I/O and no locks: the extender's cache calls these under its own lock with a
+`World` that answers lookups from its indexes (no copy of the cluster per request). It lives with the controller's
+decisions, below both adapters, so that the extender (filter, prioritize, bind) and the controller (which pending
+pods to nudge) apply one rule.
 
 The rule. For a managed pod of model X on node N: X's free slots on N are X's planned slots on N whose GPU no
 other live pod of X holds. A free slot is usable now when the weights already on that GPU (every pod holding it,
@@ -26,6 +28,7 @@ the pod's arrival disturbs:
 - COLD_SCORE (4):    nothing of X on the node;
 - plus EMPTY_GPU_BONUS (1) for a warm or cold slot whose GPU holds no other pod: loading the weights does not
   slow a model already serving there.
+Called by: kvsched.extender.cache (filter, prioritize, bind) and kvsched.extender.app (its types).
 """
 
 from __future__ import annotations
