@@ -447,7 +447,7 @@ def restart_lines(decision: Decision) -> str:
     """The pods the controller would restart in place for their memory shares (docs/controller.md, "Memory
     shares"), as a block for the table; '' when there are none."""
     from kvsched.api.names import share_of, share_text
-    from kvsched.controller.shares import running_share
+    from kvsched.controller.inventory import running_share
 
     restarts = [s for s in decision.steps if s.resize]
     if not restarts or decision.plan is None:

@@ -29,7 +29,8 @@ class ObjectKey:
 
 @dataclass(frozen=True)
 class NodeObj:
-    """A Node: labels, the `nvidia.com/gpu` capacity as written (None when absent), cordon and readiness."""
+    """A Node: labels, its `nvidia.com/gpu` as written (`gpu_capacity`: allocatable, else capacity; None when it
+    reports neither), cordon and readiness."""
 
     name: str
     uid: str = ""

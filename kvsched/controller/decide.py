@@ -32,6 +32,7 @@ from kvsched.controller.status import (
     merge_conditions,
     model_kvpr,
     placement_conditions,
+    planned_slots,
     slots_of,
     status_changed,
 )
@@ -115,11 +116,10 @@ def current_slots(entries: Sequence[ModelEntry], running: Sequence[RunningPod]
         name = entry.model.name
         wanted = entry.model.replicas
         status_gpus: list[GpuId] = []
-        for s in entry.ms.status.get("slots") or []:
-            if isinstance(s, dict) and isinstance(s.get("node"), str) and isinstance(s.get("gpu"), int):
-                gpu = GpuId(s["node"], s["gpu"])
-                if gpu not in status_gpus:
-                    status_gpus.append(gpu)
+        for s in planned_slots(entry.ms.status)[0]:
+            gpu = GpuId(s.node, s.gpu)
+            if gpu not in status_gpus:
+                status_gpus.append(gpu)
         pods = sorted(by_model.get(name, []), key=lambda r: (r.pod.created, r.pod.name))
         settled: list[GpuId] = []
         for r in pods:

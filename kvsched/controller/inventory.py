@@ -1,16 +1,21 @@
 """GPU inventory: which GPUs of which nodes the packer may plan on.
 
-A node is in kvsched's pool when it matches the node selector, has `nvidia.com/gpu` capacity > 0 and a per-GPU
-memory label (`kvsched.io/gpu-memory`, a quantity, wins over `nvidia.com/gpu.memory`, MiB). It is planned on only
-while it is schedulable (not cordoned), Ready and not being deleted. A label that is not a quantity, or a
-capacity that is not a whole number, takes the node out with a problem (an event on the Node).
+A node is in kvsched's pool when it matches the node selector, has `nvidia.com/gpu` > 0 (allocatable, else
+capacity: `node_gpu_count`) and a per-GPU memory label (`kvsched.io/gpu-memory`, a quantity, wins over
+`nvidia.com/gpu.memory`, MiB, fractions allowed: `node_memory_gib`). It is planned on only while it is schedulable
+(not cordoned), Ready and not being deleted. A label that is not a quantity, or a GPU count that is not a whole
+number, takes the node out with a problem (an event on the Node).
+
+The small readers here (`node_gpu_count`, `node_memory_gib`, `annotated_gpu`, `held_gpu`, `running_share`) give
+a Node's or a Pod's values their meaning once, for the controller and the extender's cache alike; they raise
+UnitError for a bad value and the caller decides what that means (a problem here, a warning and "unknown" there).
 
 GPUs taken by unmanaged pods (pods requesting `nvidia.com/gpu` that are not kvsched's) are withheld whole: the
 device plugin gives such a pod whole GPUs, and kvsched's pods bypass it, so the two cannot share a device. The
 device plugin does not say which indices it gave, so the N GPUs withheld on a node are the highest indices that
 no managed pod holds (then the highest). docs/controller.md explains why the pool should rather be kept free
 of unmanaged GPU pods (node selector plus a taint).
-Called by: kvsched.controller.decide.
+Called by: kvsched.controller.decide and slots, kvsched.extender.cache.
 """
 
 from __future__ import annotations
@@ -19,11 +24,18 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
-from kvsched.api.names import GPU_ANNOTATION, GPU_MEMORY_LABEL, GPU_MEMORY_MIB_LABEL, MODEL_LABEL
+from kvsched.api.names import (
+    GPU_ANNOTATION,
+    GPU_MEMORY_LABEL,
+    GPU_MEMORY_MIB_LABEL,
+    GPU_RESOURCE,
+    MEMORY_FRACTION_ANNOTATION,
+    MODEL_LABEL,
+)
 from kvsched.api.objects import NodeObj, PodObj
 from kvsched.controller.config import DecisionConfig
 from kvsched.packer import Gpu
-from kvsched.units import UnitError, memory_gib
+from kvsched.units import UnitError, memory_gib, memory_share
 
 
 @dataclass(frozen=True)
@@ -61,18 +73,44 @@ def is_managed(pod: PodObj, config: DecisionConfig) -> bool:
     return MODEL_LABEL in pod.labels and pod.scheduler_name == config.scheduler_name
 
 
-def held_gpu(pod: PodObj) -> int | None:
-    """The GPU index a bound pod holds (its `kvsched.io/gpu` annotation), or None when unbound or unannotated."""
-    if pod.node is None or pod.terminal:
-        return None
+def annotated_gpu(pod: PodObj) -> int | None:
+    """The GPU index in the pod's `kvsched.io/gpu` annotation (bind writes it), or None when absent or not a
+    whole number >= 0. Whether the pod holds that GPU is `held_gpu`'s question."""
     text = pod.annotations.get(GPU_ANNOTATION)
     if text is None or not text.strip().isdigit():
         return None
     return int(text)
 
 
+def held_gpu(pod: PodObj) -> int | None:
+    """The GPU index a pod holds: its `annotated_gpu` while it is bound and not Succeeded/Failed (a terminating
+    pod still holds it, docs/architecture.md "Pods"); None otherwise."""
+    if pod.node is None or pod.terminal:
+        return None
+    return annotated_gpu(pod)
+
+
+def running_share(pod: PodObj) -> float | None:
+    """The share of its GPU's memory `pod` runs with (its `kvsched.io/gpu-memory-fraction` annotation), or None
+    when it has none or it is not a number in (0, 1]."""
+    return memory_share(pod.annotations.get(MEMORY_FRACTION_ANNOTATION))
+
+
+def node_gpu_count(node: NodeObj) -> int | None:
+    """GPUs of a node: its `nvidia.com/gpu` allocatable, else its capacity (kvsched.api.readers takes the first
+    present), or None when it reports neither. Raises UnitError when the value is not a whole number >= 0."""
+    if node.gpu_capacity is None:
+        return None
+    text = node.gpu_capacity.strip()
+    if not text.isdigit():
+        raise UnitError(f"{GPU_RESOURCE} {node.gpu_capacity!r} is not a whole number")
+    return int(text)
+
+
 def node_memory_gib(node: NodeObj) -> float | None:
-    """Per-GPU memory of a node in GiB from its labels; None when it has neither label. Raises UnitError."""
+    """Per-GPU memory of a node in GiB from its labels: `kvsched.io/gpu-memory` (a quantity) wins over
+    `nvidia.com/gpu.memory` (a number of MiB > 0, fractions allowed); None when it has neither label. Raises
+    UnitError naming the label when its value is bad."""
     if GPU_MEMORY_LABEL in node.labels:
         try:
             return memory_gib(node.labels[GPU_MEMORY_LABEL])
@@ -111,12 +149,11 @@ def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: De
     for node in sorted(nodes, key=lambda n: n.name):
         if node.gpu_capacity is None or not config.node_selector.matches(node.labels):
             continue
-        capacity_text = node.gpu_capacity.strip()
-        if not capacity_text.isdigit():
-            problems.append(NodeProblem(node.name, "InvalidGPUCapacity",
-                                        f"capacity nvidia.com/gpu {node.gpu_capacity!r} is not a whole number"))
+        try:
+            count = node_gpu_count(node) or 0
+        except UnitError as e:
+            problems.append(NodeProblem(node.name, "InvalidGPUCapacity", f"{e}; the node is left out"))
             continue
-        count = int(capacity_text)
         if count == 0:
             continue
         try:

@@ -8,7 +8,7 @@ ModelServing of its name, owned by it, whose spec follows the annotations and `s
 the value). A spec field whose annotation is bad keeps its last good value, so a Deployment whose annotations
 turn bad stays planned while the condition says what is wrong; a field that never had a good value is left out
 (the CRD allows that only with `fromAnnotations: true`), and the model is not planned until it is fixed.
-Called by: kvsched.controller.decide.
+Called by: kvsched.controller.decide; `model_size_gib` also by kvsched.extender.cache.
 """
 
 from __future__ import annotations
@@ -254,10 +254,10 @@ def _entry(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj]) 
     if deployment is None:
         problem = Problem(WORKLOAD_NOT_FOUND, f"Deployment {ms.namespace}/{ref_name} named by spec.workloadRef "
                           "does not exist")
-        return ModelEntry(ms, None, 0, None, _size_or_none(ms), problem)
+        return ModelEntry(ms, None, 0, None, model_size_gib(ms), problem)
     replicas = _replicas(ms, deployment, owner_dep)
     if isinstance(replicas, Problem):
-        return ModelEntry(ms, deployment, 0, None, _size_or_none(ms), replicas)
+        return ModelEntry(ms, deployment, 0, None, model_size_gib(ms), replicas)
     spec = ms.spec
     if owner_dep and any(f not in spec for f in FIELD_OF_ANNOTATION.values()):
         # A field left out for a bad annotation: once the annotation is fixed, plan with the value the patch
@@ -280,7 +280,9 @@ def _entry(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj]) 
     return ModelEntry(ms, deployment, replicas, model, size, invalid)
 
 
-def _size_or_none(ms: ModelServingObj) -> float | None:
+def model_size_gib(ms: ModelServingObj) -> float | None:
+    """A ModelServing's `spec.modelSize` in GiB (a quantity; a bare integer means bytes), or None when it is
+    missing or not a memory size. The one reader of a model's size: entries here, the extender's cache."""
     try:
         return _quantity_gib(ms.spec.get("modelSize"), "spec.modelSize")
     except UnitError:

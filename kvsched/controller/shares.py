@@ -20,31 +20,23 @@ import math
 from collections import defaultdict
 from typing import Mapping, Sequence
 
-from kvsched.api.names import MEMORY_FRACTION_ANNOTATION, SHARE_EPSILON
-from kvsched.api.objects import PodObj
+from kvsched.api.names import SHARE_EPSILON
 from kvsched.api.records import Eviction
+from kvsched.controller.inventory import running_share
 from kvsched.controller.migrations import RunningPod
+from kvsched.controller.slots import occupied_share
 from kvsched.packer import GpuId
-from kvsched.units import memory_share
-
-
-
-def running_share(pod: PodObj) -> float | None:
-    """The share `pod` runs with (its annotation), or None when it has none or it is not a number in (0, 1]."""
-    return memory_share(pod.annotations.get(MEMORY_FRACTION_ANNOTATION))
 
 
 def held_share(pod: RunningPod, planned: Mapping[tuple[str, GpuId], float], size_gib: Mapping[str, float],
                memory_gib: Mapping[GpuId, float]) -> float:
-    """The share of its GPU `pod` occupies: what it runs with (its planned share if it has no annotation), never
-    less than its weights. The extender counts an annotated holder the same way and one without a readable
-    annotation by its weights alone, so it may admit where this rule would still wait, never the reverse."""
-    memory = memory_gib.get(pod.gpu, 0.0)
-    weights = size_gib.get(pod.model, 0.0) / memory if memory > 0 else 1.0
+    """The share of its GPU `pod` occupies (`slots.occupied_share`, the slot rule's: what it runs with, never less
+    than its weights), counting a pod without a readable share annotation at its planned share. The slot rule
+    counts such a pod by its weights alone, so it may admit where this would still restart, never the reverse."""
     share = running_share(pod.pod)
     if share is None:
         share = planned.get((pod.model, pod.gpu), 0.0)
-    return max(share, weights)
+    return occupied_share(share, size_gib.get(pod.model, 0.0), memory_gib.get(pod.gpu, 0.0))
 
 
 def free_shares(running: Sequence[RunningPod], planned: Mapping[tuple[str, GpuId], float],

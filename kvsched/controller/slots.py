@@ -37,7 +37,9 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from kvsched.api.names import SHARE_EPSILON
+from kvsched.api.names import MODEL_LABEL, SHARE_EPSILON
+from kvsched.api.objects import PodObj
+from kvsched.controller.inventory import held_gpu, running_share
 
 MAX_SCORE = 10       # kube-scheduler's MaxExtenderPriority
 RETURN_SCORE = MAX_SCORE  # the pod's own GPU, or the GPU its model's last pod there left (see the docstring)
@@ -71,10 +73,19 @@ class ModelPlan:
     def name(self) -> str:
         return self.key.split("/", 1)[-1]
 
+    @classmethod
+    def from_slots(cls, key: str, size_gib: float | None, slots: Iterable[PlannedSlot]) -> ModelPlan:
+        """The plan of model `key` with `slots` (in any order) grouped by node. O(slots)."""
+        by_node: dict[str, list[PlannedSlot]] = {}
+        for slot in slots:
+            by_node.setdefault(slot.node, []).append(slot)
+        return cls(key, size_gib, {node: tuple(s) for node, s in by_node.items()})
+
 
 @dataclass(frozen=True)
 class NodeGpus:
-    """A node's GPUs: count (capacity nvidia.com/gpu) and memory per GPU in GiB (None: not labelled)."""
+    """A node's GPUs: count (`inventory.node_gpu_count`) and memory per GPU in GiB (`inventory.node_memory_gib`;
+    None: not labelled, or not readable)."""
 
     name: str
     gpus: int
@@ -97,6 +108,28 @@ class Holder:
     def describe(self) -> str:
         state = " (terminating)" if self.terminating else " (binding)" if self.reserved else ""
         return f"pod {self.pod}{state}"
+
+
+def pod_holder(pod: PodObj) -> Holder | None:
+    """The Holder of the GPU `pod` holds (`inventory.held_gpu`: bound, annotated, not Succeeded/Failed; terminating
+    or not), or None. Any pod can hold: one without the model label holds as a pod of unknown size. Its uid is
+    `namespace/name` when it has none (snapshots built by hand), so that it never passes for another pod. O(1)."""
+    gpu = held_gpu(pod)
+    if gpu is None or pod.node is None:
+        return None
+    model = pod.labels.get(MODEL_LABEL) or None
+    key = f"{pod.namespace}/{pod.name}"
+    return Holder(pod=key, uid=pod.uid or key, model_key=f"{pod.namespace}/{model}" if model else None,
+                  node=pod.node, gpu=gpu, terminating=pod.deleting, memory_fraction=running_share(pod))
+
+
+def occupied_share(share: float | None, size_gib: float | None, memory_gib: float) -> float:
+    """The share of a GPU's memory a holder occupies: the share it runs with (None: unknown, counts 0), never
+    less than its weights' (`size_gib / memory_gib`); all of it (1.0) when its size is unknown or the GPU's
+    memory is not > 0. O(1)."""
+    if size_gib is None or memory_gib <= 0:
+        return 1.0
+    return max(share or 0.0, size_gib / memory_gib)
 
 
 @dataclass(frozen=True)
@@ -194,7 +227,7 @@ def slot_states(pod: PodRef, plan: ModelPlan, node_name: str, world: World) -> l
                 blockers.append(f"{h.describe()} (size unknown)")
             else:
                 held_gib += size
-                share = max(h.memory_fraction or 0.0, size / node.gpu_memory_gib)
+                share = occupied_share(h.memory_fraction, size, node.gpu_memory_gib)
                 held_share += share
                 blockers.append(f"{h.describe()} ({_fmt_gib(size)})")
                 shares.append(f"{h.describe()} runs with {share:.3f}")

@@ -7,7 +7,7 @@ replica of the model, with why it waits or is blocked). A condition keeps its la
 status changes. Numbers are rounded (KVPR to 4 decimals, memory fractions down by kvsched.api.names.share_of)
 so that the same plan always gives the same status and an unchanged world writes nothing; rounding the shares
 down keeps the planned shares of one GPU at a sum of at most 1.
-Called by: kvsched.controller.decide.
+Called by: kvsched.controller.decide; `planned_slots` also by kvsched.extender.cache.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Sequence
 
 from kvsched.api.names import share_of
+from kvsched.controller.slots import PlannedSlot
 from kvsched.packer import Placement, Unplaced
 
 KVPR_DECIMALS = 4
@@ -35,6 +36,30 @@ def slots_of(placements: Sequence[Placement]) -> list[dict[str, Any]]:
     """Status slots of one model, ordered by node then GPU (replicas are interchangeable)."""
     return [{"node": p.gpu.node, "gpu": p.gpu.index, "memoryFraction": share_of(p.memory_fraction)}
             for p in sorted(placements, key=lambda p: p.gpu)]
+
+
+def planned_slots(status: Mapping[str, Any]) -> tuple[list[PlannedSlot], list[int]]:
+    """The slots in a ModelServing status as `slots_of` writes them (a node name, a GPU index >= 0, a
+    `memoryFraction`, 0 when absent), and the positions in `status.slots` of the entries that are not such a slot
+    (the controller writes them, a person may have edited them: callers skip them). No slots when `status.slots`
+    is not a list. The one reader of status slots: the controller's `current_slots` and the extender's cache.
+    O(slots)."""
+    raw_slots = status.get("slots")
+    if not isinstance(raw_slots, list):
+        return [], []
+    slots: list[PlannedSlot] = []
+    malformed: list[int] = []
+    for i, raw in enumerate(raw_slots):
+        try:
+            node, gpu = raw["node"], raw["gpu"]
+            fraction = float(raw.get("memoryFraction", 0.0))
+            if not isinstance(node, str) or isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
+                raise ValueError
+        except (KeyError, TypeError, ValueError, AttributeError):
+            malformed.append(i)
+            continue
+        slots.append(PlannedSlot(node, gpu, fraction))
+    return slots, malformed
 
 
 def model_kvpr(kvprs: Sequence[float]) -> float | None:

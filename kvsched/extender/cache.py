@@ -11,6 +11,11 @@ restarted or rolled replica back where its model ran (`previous_models`; lost wh
 Holding rule (docs/architecture.md): a pod holds (node, gpu) from its bind until it is deleted, terminating or
 not. One exception: a pod whose phase is Succeeded or Failed (completed, or evicted and left behind by its
 Deployment) has no running container, so it holds no GPU memory and no slot.
+
+Objects are read as the controller reads them: kvsched.api.readers, then the controller's value readers (GPU count
+allocatable first, per-GPU memory, held GPU and share: kvsched.controller.inventory; model size and status slots:
+kvsched.controller.models and status; the holder: kvsched.controller.slots.pod_holder). Where the controller makes
+a bad value a problem on its object, the cache logs a warning and reads it as 0 GPUs or unknown memory.
 Called by: kvsched.extender.app (queries), kvsched.runtime.extender (informer handlers).
 """
 
@@ -23,20 +28,16 @@ from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from kvsched.api.names import (
-    DEFAULT_SCHEDULER_NAME,
-    GPU_ANNOTATION,
-    GPU_MEMORY_LABEL,
-    GPU_MEMORY_MIB_LABEL,
-    GPU_RESOURCE,
-    MEMORY_FRACTION_ANNOTATION,
-    MODEL_LABEL,
-)
+from kvsched.api.names import DEFAULT_SCHEDULER_NAME, MODEL_LABEL
+from kvsched.api.readers import read_model_serving, read_node, read_pod
+from kvsched.controller.inventory import annotated_gpu, node_gpu_count, node_memory_gib
+from kvsched.controller.models import model_size_gib
 from kvsched.controller.slots import (
     FilterDecision, Holder, ModelPlan, NodeGpus, PlannedSlot, PodRef, Refusal, choose_slot, filter_nodes,
-    score_nodes,
+    pod_holder, score_nodes,
 )
-from kvsched.units import UnitError, memory_gib, memory_share
+from kvsched.controller.status import planned_slots
+from kvsched.units import UnitError
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,9 @@ class PodInfo:
     model: str | None           # the kvsched.io/model label
     scheduler_name: str
     node_name: str
-    gpu: int | None             # the kvsched.io/gpu annotation, when it is a valid index
-    memory_fraction: float | None  # the kvsched.io/gpu-memory-fraction annotation, when it is a share in (0, 1]
-    terminating: bool
+    gpu: int | None             # the kvsched.io/gpu annotation, when it is a valid index (`annotated_gpu`)
     finished: bool              # phase Succeeded or Failed
+    holder: Holder | None       # the GPU it holds (`slots.pod_holder`), with the share it runs with
 
     @property
     def key(self) -> str:
@@ -71,67 +71,41 @@ class PodInfo:
 
 
 def pod_info(obj: Obj) -> PodInfo:
-    """The fields the extender needs from a Pod in the API's JSON shape (missing fields read as empty)."""
-    meta = obj.get("metadata") or {}
-    spec = obj.get("spec") or {}
-    labels = meta.get("labels") or {}
-    annotations = meta.get("annotations") or {}
-    gpu_text = annotations.get(GPU_ANNOTATION)
-    gpu: int | None = None
-    if isinstance(gpu_text, str) and gpu_text.strip().isdigit():
-        gpu = int(gpu_text)
-    phase = (obj.get("status") or {}).get("phase", "")
-    return PodInfo(namespace=str(meta.get("namespace") or ""), name=str(meta.get("name") or ""),
-                   uid=str(meta.get("uid") or ""), model=labels.get(MODEL_LABEL) or None,
-                   scheduler_name=str(spec.get("schedulerName") or ""), node_name=str(spec.get("nodeName") or ""),
-                   gpu=gpu, terminating=bool(meta.get("deletionTimestamp")),
-                   finished=phase in ("Succeeded", "Failed"),
-                   memory_fraction=memory_share(annotations.get(MEMORY_FRACTION_ANNOTATION)))
+    """The fields the extender needs from a Pod in the API's JSON shape (kvsched.api.readers.read_pod: missing
+    fields read as empty)."""
+    pod = read_pod(obj)
+    return PodInfo(namespace=pod.namespace, name=pod.name, uid=pod.uid, model=pod.labels.get(MODEL_LABEL) or None,
+                   scheduler_name=pod.scheduler_name, node_name=pod.node or "", gpu=annotated_gpu(pod),
+                   finished=pod.terminal, holder=pod_holder(pod))
 
 
 def node_gpus(obj: Obj) -> NodeGpus:
-    """GPU count (capacity nvidia.com/gpu) and memory per GPU (label kvsched.io/gpu-memory, else
-    nvidia.com/gpu.memory in MiB) of a Node; unparsable values read as 0 GPUs / unknown memory."""
-    meta = obj.get("metadata") or {}
-    labels = meta.get("labels") or {}
-    capacity = (obj.get("status") or {}).get("capacity") or {}
+    """GPU count (`inventory.node_gpu_count`: allocatable nvidia.com/gpu, else capacity) and memory per GPU
+    (`inventory.node_memory_gib`: label kvsched.io/gpu-memory, else nvidia.com/gpu.memory in MiB) of a Node, as
+    the controller reads them; a value the controller rejects reads as 0 GPUs / unknown memory, with a warning."""
+    node = read_node(obj)
     try:
-        gpus = int(str(capacity.get(GPU_RESOURCE, "0")))
-    except ValueError:
+        gpus = node_gpu_count(node) or 0
+    except UnitError as e:
+        log.warning("node %s: %s; read as 0 GPUs", node.name, e)
         gpus = 0
-    memory: float | None = None
     try:
-        if GPU_MEMORY_LABEL in labels:
-            memory = memory_gib(labels[GPU_MEMORY_LABEL])
-        elif GPU_MEMORY_MIB_LABEL in labels:
-            memory = int(labels[GPU_MEMORY_MIB_LABEL]) / 1024.0
-    except (UnitError, ValueError):
-        log.warning("node %s: GPU memory label is not a quantity; memory unknown", meta.get("name"))
-    return NodeGpus(name=str(meta.get("name") or ""), gpus=max(gpus, 0), gpu_memory_gib=memory)
+        memory = node_memory_gib(node)
+    except UnitError as e:
+        log.warning("node %s: %s; GPU memory unknown", node.name, e)
+        memory = None
+    return NodeGpus(name=node.name, gpus=gpus, gpu_memory_gib=memory)
 
 
 def model_plan(obj: Obj) -> ModelPlan:
-    """A ModelServing's packer key, size and planned slots (status.slots entries that are malformed are
-    skipped with a warning: the controller writes them, a person may have edited them)."""
-    meta = obj.get("metadata") or {}
-    key = f"{meta.get('namespace')}/{meta.get('name')}"
-    size: float | None = None
-    try:
-        size = memory_gib((obj.get("spec") or {}).get("modelSize"))
-    except UnitError:
-        size = None
-    by_node: dict[str, list[PlannedSlot]] = {}
-    for i, raw in enumerate((obj.get("status") or {}).get("slots") or []):
-        try:
-            node, gpu = raw["node"], raw["gpu"]
-            fraction = float(raw.get("memoryFraction", 0.0))
-            if not isinstance(node, str) or isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
-                raise ValueError
-        except (KeyError, TypeError, ValueError):
-            log.warning("ModelServing %s: status.slots[%d] is malformed (%r); ignored", key, i, raw)
-            continue
-        by_node.setdefault(node, []).append(PlannedSlot(node, gpu, fraction))
-    return ModelPlan(key=key, size_gib=size, slots_by_node={n: tuple(s) for n, s in by_node.items()})
+    """A ModelServing's packer key, size (`models.model_size_gib`) and planned slots (`status.planned_slots`;
+    malformed entries are skipped with a warning: the controller writes them, a person may have edited them)."""
+    ms = read_model_serving(obj)
+    slots, malformed = planned_slots(ms.status)
+    for i in malformed:
+        log.warning("ModelServing %s: status.slots[%d] is malformed (%r); ignored", ms.model_name, i,
+                    ms.status["slots"][i])
+    return ModelPlan.from_slots(ms.model_name, model_size_gib(ms), slots)
 
 
 @dataclass(frozen=True)
@@ -213,11 +187,8 @@ class Cache:
     def _holder_for(self, uid: str) -> Holder | None:
         """The GPU `uid` holds: from the pod itself when bound and annotated, else from a reservation."""
         info = self._pods.get(uid)
-        if info is not None and info.node_name and info.gpu is not None and not info.finished:
-            return Holder(pod=info.key, uid=uid, model_key=info.model_key, node=info.node_name, gpu=info.gpu,
-                          terminating=info.terminating, memory_fraction=info.memory_fraction)
-        if info is not None and info.finished:
-            return None
+        if info is not None and (info.holder is not None or info.finished):
+            return info.holder
         return self._reservations.get(uid)
 
     def _reindex(self, uid: str) -> None:

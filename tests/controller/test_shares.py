@@ -9,7 +9,8 @@ import pytest
 from kvsched.api.names import MEMORY_FRACTION_ANNOTATION
 from kvsched.api.objects import World
 from kvsched.controller.migrations import RunningPod
-from kvsched.controller.shares import free_shares, resize_steps, running_share
+from kvsched.controller.inventory import running_share
+from kvsched.controller.shares import free_shares, resize_steps
 from kvsched.packer import GpuId
 
 from .fake import LATER, apply, bind_planned, deployment, node, pod, run, settle

@@ -56,7 +56,7 @@ FILTER_CASES = [
                  [pod("qwen-0", "qwen", "n1", 0, fraction="bogus")], LLAMA, ["n1"], [],
                  {"n1": ["pod ml/qwen-0 runs with 0.600"]}, {},
                  id="an unreadable share counts as the holder's weights (48 of 80 GiB)"),
-    pytest.param([node("n1", memory_mib=0)], [model("llama", "16Gi", [("n1", 0)])],
+    pytest.param([node("n1")], [model("llama", "16Gi", [("n1", 0)])],
                  [pod("odd", None, "n1", 0)], LLAMA, ["n1"], [],
                  {"n1": ["pod ml/odd (size unknown)"]}, {},
                  id="zero free memory: a holder of unknown size fills the GPU"),
