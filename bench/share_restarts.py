@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from kvsched.api.names import MEMORY_FRACTION_ANNOTATION, share_of
+from kvsched.api.names import MEMORY_FRACTION_ANNOTATION, SHARE_EPSILON, share_of
 from kvsched.api.objects import PodObj
 from kvsched.controller.migrations import RunningPod
-from kvsched.controller.shares import SHARE_EPSILON, free_shares, resize_steps
+from kvsched.controller.shares import held_share, resize_steps
 from kvsched.packer import Gpu, GpuId, Model, Plan
 
 
@@ -44,7 +44,9 @@ def share_restarts(models: Sequence[Model], gpus: Sequence[Gpu], before: Plan, a
             restarted.add(key)
             del running[key]
             waiting.append(key)
-        free = free_shares(pods, planned, size, memory) if not steps else {}
+        free: dict[GpuId, float] = {}  # 1 - the shares the pods on a GPU hold, as the slot rule counts them
+        for pod in pods if not steps else []:
+            free[pod.gpu] = free.get(pod.gpu, 1.0) - held_share(pod, planned, size, memory)
         bound = []
         for key in waiting if not steps else []:
             room = free.get(key[1], 1.0)

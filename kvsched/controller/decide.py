@@ -20,14 +20,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION, SHARE_EPSILON, share_of
+from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION, share_of
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, PodObj, World
 from kvsched.api.records import DeploymentPatch, Event, EventTarget, Eviction, OwnedChange, PodNudge, StatusWrite
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed
 from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, choose_next, plan_steps
-from kvsched.controller.models import ModelEntry, collect_models
-from kvsched.controller.shares import free_shares, resize_steps
+from kvsched.controller.models import ModelEntry, collect_models, model_size_gib
+from kvsched.controller.shares import resize_steps
+from kvsched.controller.slots import Holder, ModelPlan, NodeGpus, PodRef, Snapshot, filter_nodes, pod_holder
 from kvsched.controller.status import (
     merge_conditions,
     model_kvpr,
@@ -164,8 +165,10 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
             unplaced[u.model].append(u)
         gpu_kvpr = {g.gpu: g.kvpr for g in plan.gpus}
 
-    migration, can_bind = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s,
-                                      plan)
+    slots_by_model = {e.ms.model_name: slots_of(placements.get(e.ms.model_name, [])) for e in entries}
+    can_bind = bindable_pods(world, entries, slots_by_model, inventory, config)
+    migration = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s, plan,
+                            can_bind)
     events: list[Event] = []
     nodes_by_name = {n.name: n for n in world.nodes}
     for problem in inventory.problems:
@@ -183,7 +186,6 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     for r in running:
         pods_by_model[r.model].append(r.pod)
     statuses: list[StatusWrite] = []
-    slots_by_model: dict[str, list[dict[str, Any]]] = {}
     patches: list[DeploymentPatch] = []
     states: dict[str, int] = defaultdict(int)
     for entry in entries:
@@ -203,7 +205,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
             "placedReplicas": len(mine),
             "readyReplicas": ready,
             "kvpr": model_kvpr([gpu_kvpr[g] for g in planned_gpus if g in gpu_kvpr]),
-            "slots": slots_by_model.setdefault(name, slots_of(mine)),
+            "slots": slots_by_model[name],
             "conditions": merge_conditions(conditions, entry.ms.status.get("conditions") or [],
                                            entry.ms.generation, now),
         }
@@ -239,9 +241,44 @@ def slots_digest(slots: Sequence[Mapping[str, Any]]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
+def bindable_pods(world: World, entries: Sequence[ModelEntry],
+                  slots_by_model: Mapping[str, Sequence[Mapping[str, Any]]], inventory: Inventory,
+                  config: DecisionConfig) -> list[PodObj]:
+    """The pending managed pods (unbound, not terminating) that the extender's filter would pass on some node once
+    this decision's statuses are written: the slot rule itself (`slots.filter_nodes`), over the status slots in
+    `slots_by_model` read back as the extender reads them (`status.planned_slots`), the pool's nodes, and every
+    pod holding a GPU (`slots.pod_holder`, terminating ones included). Such a pod is waited for before the next
+    eviction and nudged if kube-scheduler may not retry it. O(pods + pending x planned slots x holders)."""
+    plans: dict[str, ModelPlan] = {}
+    for entry in entries:
+        name = entry.ms.model_name
+        slots, _ = planned_slots({"slots": list(slots_by_model.get(name, []))})
+        plans[name] = ModelPlan.from_slots(name, model_size_gib(entry.ms), slots)
+    nodes = {n.name: NodeGpus(n.name, n.gpus, n.memory_gib) for n in inventory.pool}
+    held: dict[tuple[str, int], list[Holder]] = defaultdict(list)
+    for pod in world.pods:
+        holder = pod_holder(pod)
+        if holder is not None:
+            held[(holder.node, holder.gpu)].append(holder)
+    view = Snapshot(plans, nodes, held)
+    out = []
+    for pod in world.pods:
+        if not is_managed(pod, config) or pod.node is not None or pod.deleting or pod.terminal:
+            continue
+        key = f"{pod.namespace}/{pod.labels[MODEL_LABEL]}"
+        plan = plans.get(key)
+        if plan is None or not plan.slots_by_node:
+            continue
+        ref = PodRef(pod.namespace, pod.name, pod.uid or f"{pod.namespace}/{pod.name}", key)
+        if filter_nodes(ref, sorted(plan.slots_by_node), view).passed:
+            out.append(pod)
+    return out
+
+
 def _nudges(can_bind: Sequence[PodObj], slots_by_model: Mapping[str, Sequence[Mapping[str, Any]]]
             ) -> tuple[PodNudge, ...]:
-    """Pending pods that could bind now and were not nudged for their model's current slots yet."""
+    """Pending pods that could bind now (`bindable_pods`) and were not nudged for their model's current slots
+    yet."""
     out = []
     for pod in sorted(can_bind, key=lambda p: (p.namespace, p.name)):
         slots = slots_by_model.get(f"{pod.namespace}/{pod.labels[MODEL_LABEL]}")
@@ -255,10 +292,10 @@ def _nudges(can_bind: Sequence[PodObj], slots_by_model: Mapping[str, Sequence[Ma
 
 def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventory, running: Sequence[RunningPod],
                 placements: Mapping[str, Sequence[Placement]], config: DecisionConfig,
-                blocked: Mapping[ObjectKey, Blocked], clock_s: float, plan: Plan | None
-                ) -> tuple[MigrationState, list[PodObj]]:
-    """Restarts for memory shares first (they free what waiting replicas need), then the moves; and the
-    unbound managed pods that could bind now (a free planned slot with room for weights and share)."""
+                blocked: Mapping[ObjectKey, Blocked], clock_s: float, plan: Plan | None,
+                can_bind: Sequence[PodObj]) -> MigrationState:
+    """Restarts for memory shares first (they free what waiting replicas need), then the moves, and the one to
+    start now; `can_bind` (`bindable_pods`) are replacements on their way, waited for before any eviction."""
     size = {e.model.name: e.model.size_gib for e in entries if e.model is not None}
     replica_load = {e.model.name: e.model.replica_load for e in entries if e.model is not None}
     memory = {g.id: g.memory_gib for g in inventory.gpus}
@@ -268,23 +305,7 @@ def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventor
                          plan.max_kvpr if plan is not None else 0.0, config.stability_threshold_ratio)
     steps += plan_steps(planned, running, size, memory, plan.steps if plan is not None else ())
     managed = [p for p in world.pods if is_managed(p, config) and not p.terminal]
-    held_weights: dict[GpuId, float] = defaultdict(float)
-    held_by_model: dict[str, set[GpuId]] = defaultdict(set)
-    for r in running:
-        held_weights[r.gpu] += size.get(r.model, 0.0)
-        held_by_model[r.model].add(r.gpu)
-    free_share = free_shares(running, shares, size, memory)
-    pending = []
-    for pod in managed:
-        if pod.node is not None or pod.deleting:
-            continue
-        model = f"{pod.namespace}/{pod.labels[MODEL_LABEL]}"
-        free = [g for g in planned.get(model, []) if g not in held_by_model[model]
-                and memory.get(g, 0.0) - held_weights[g] >= size.get(model, 0.0) - 1e-9
-                and free_share.get(g, 1.0) >= shares[(model, g)] - SHARE_EPSILON]
-        if free:
-            pending.append(pod)
-    return choose_next(steps, managed, pending, blocked, clock_s), pending
+    return choose_next(steps, managed, can_bind, blocked, clock_s)
 
 
 def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, str] | None:

@@ -101,8 +101,8 @@ def choose_next(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_ca
                 blocked: Mapping[ObjectKey, Blocked], now: float) -> MigrationState:
     """The step to start now, or why none may start.
 
-    `managed`: every live managed pod; `pending_can_bind`: unbound managed pods whose model has a free slot
-    with room now (a replacement on its way). Steps whose pod is in backoff are skipped.
+    `managed`: every live managed pod; `pending_can_bind`: unbound managed pods the slot rule would bind now
+    (`decide.bindable_pods`: a replacement on its way). Steps whose pod is in backoff are skipped.
     """
     stuck = {s.model: blocked[s.pod.key] for s in steps if s.pod.key in blocked and blocked[s.pod.key].retry_at > now}
     if not steps:

@@ -39,16 +39,6 @@ def held_share(pod: RunningPod, planned: Mapping[tuple[str, GpuId], float], size
     return occupied_share(share, size_gib.get(pod.model, 0.0), memory_gib.get(pod.gpu, 0.0))
 
 
-def free_shares(running: Sequence[RunningPod], planned: Mapping[tuple[str, GpuId], float],
-                size_gib: Mapping[str, float], memory_gib: Mapping[GpuId, float]) -> dict[GpuId, float]:
-    """Per GPU with a holder, 1 minus the shares held now by every live pod on it (terminating ones included:
-    their memory is in use until they are gone). A GPU without holders has 1 free (absent here)."""
-    held: dict[GpuId, float] = defaultdict(float)
-    for r in running:
-        held[r.gpu] += held_share(r, planned, size_gib, memory_gib)
-    return {g: 1.0 - h for g, h in held.items()}
-
-
 def resize_steps(planned: Mapping[tuple[str, GpuId], float], running: Sequence[RunningPod],
                  size_gib: Mapping[str, float], memory_gib: Mapping[GpuId, float],
                  replica_load: Mapping[str, float], max_kvpr: float, tolerance: float) -> list[Eviction]:

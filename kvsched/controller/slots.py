@@ -28,7 +28,8 @@ the pod's arrival disturbs:
 - COLD_SCORE (4):    nothing of X on the node;
 - plus EMPTY_GPU_BONUS (1) for a warm or cold slot whose GPU holds no other pod: loading the weights does not
   slow a model already serving there.
-Called by: kvsched.extender.cache (filter, prioritize, bind) and kvsched.extender.app (its types).
+Called by: kvsched.extender.cache (filter, prioritize, bind), kvsched.extender.app (its types),
+kvsched.controller.decide (which pending pods to nudge: `filter_nodes` over a `Snapshot`).
 """
 
 from __future__ import annotations
@@ -147,7 +148,8 @@ class PodRef:
 
 
 class World(Protocol):
-    """Lookups the rule needs; the cache implements them over its indexes."""
+    """Lookups the rule needs; the extender's cache implements them over its indexes, `Snapshot` over the
+    controller's view of one decision."""
 
     def model(self, key: str) -> ModelPlan | None: ...
 
@@ -159,6 +161,28 @@ class World(Protocol):
         """Model keys of the pods that stopped holding (node, gpu) (deleted or finished; a dropped reservation
         does not count), a few most recent, since the cache started."""
         ...
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """A World over plain mappings: plans by model key, nodes by name, holders by (node, GPU index). Nobody has
+    left a GPU in it (`previous_models` is empty: that only orders slots, it never makes one usable)."""
+
+    models: Mapping[str, ModelPlan]
+    nodes: Mapping[str, NodeGpus]
+    held: Mapping[tuple[str, int], Sequence[Holder]]
+
+    def model(self, key: str) -> ModelPlan | None:
+        return self.models.get(key)
+
+    def node(self, name: str) -> NodeGpus | None:
+        return self.nodes.get(name)
+
+    def holders(self, node: str, gpu: int) -> Iterable[Holder]:
+        return self.held.get((node, gpu), ())
+
+    def previous_models(self, node: str, gpu: int) -> Collection[str]:
+        return ()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from kvsched.api.names import MEMORY_FRACTION_ANNOTATION
 from kvsched.api.objects import World
 from kvsched.controller.migrations import RunningPod
 from kvsched.controller.inventory import running_share
-from kvsched.controller.shares import free_shares, resize_steps
+from kvsched.controller.shares import held_share, resize_steps
 from kvsched.packer import GpuId
 
 from .fake import LATER, apply, bind_planned, deployment, node, pod, run, settle
@@ -60,10 +60,15 @@ def test_resize_steps(planned: dict[tuple[str, GpuId], float], pods: list[Runnin
     assert all(s.resize and s.stop_first and s.source == s.target for s in steps)
 
 
-def test_free_shares_count_terminating_pods_and_at_least_the_weights() -> None:
-    pods = [running("a-0", "a", G0, 0.1), running("b-0", "b", G0, 0.3, deleting=True)]
-    free = free_shares(pods, {}, SIZE, MEMORY)
-    assert free == {G0: pytest.approx(1.0 - 16.0 / 80.0 - 0.3)}
+@pytest.mark.parametrize("share, planned, held", [
+    pytest.param(0.1, 0.5, 16.0 / 80.0, id="never less than its weights"),
+    pytest.param(0.3, 0.5, 0.3, id="the share it runs with, not the planned one"),
+    pytest.param(None, 0.5, 0.5, id="no share annotation: its planned share"),
+    pytest.param(None, None, 16.0 / 80.0, id="no annotation, not planned there: its weights"),
+])
+def test_held_share(share: float | None, planned: float | None, held: float) -> None:
+    pod = running("a-0", "a", G0, share, deleting=True)
+    assert held_share(pod, {} if planned is None else {("ns/a", G0): planned}, SIZE, MEMORY) == pytest.approx(held)
 
 
 @pytest.mark.parametrize("text, share", [("0.420", 0.42), ("1", 1.0), ("0", None), ("1.5", None), ("x", None),
