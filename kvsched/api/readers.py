@@ -4,7 +4,8 @@ Readers take only the shape: they never judge a value (an annotation, a label, a
 type, so that a bad value reaches the decision core and becomes a condition and an event on its object rather
 than an exception here. Missing or mistyped structure reads as absent.
 Pure (no client, no I/O), so that every part reads an object the same way.
-Called by: kvsched.runtime.controller (the informers' caches), kvsched.k8s.snapshot (`kvsched plan --kubeconfig`).
+Called by: kvsched.runtime.controller (the informers' caches), kvsched.k8s.snapshot (`kvsched plan --kubeconfig`),
+kvsched.extender.cache (its informer handlers).
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ device plugin gives such a pod whole GPUs, and kvsched's pods bypass it, so the 
 device plugin does not say which indices it gave, so the N GPUs withheld on a node are the highest indices that
 no managed pod holds (then the highest). docs/controller.md explains why the pool should rather be kept free
 of unmanaged GPU pods (node selector plus a taint).
-Called by: kvsched.controller.decide and slots, kvsched.extender.cache.
+Called by: kvsched.controller.decide, slots and shares, kvsched.extender.cache, kvsched.cli (`running_share`).
 """
 
 from __future__ import annotations
