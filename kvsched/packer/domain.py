@@ -2,7 +2,9 @@
 
 Everything here is a frozen dataclass of plain values so that plans are hashable, comparable and safe to share.
 Memory is in GiB, request rates in requests per second, SLOs in seconds. A model's *load* is rate / SLO; the
-KV-cache pressure ratio (KVPR) of a GPU is its summed load over the memory its weights leave free.
+KV-cache pressure ratio (KVPR) of a GPU is its summed load over the memory left for KV cache: its memory minus
+its reserve, minus each replica's weights, engine overhead and CUDA context (all 0 unless given; docs/packer.md,
+"Memory on a real GPU").
 Called by: every packer module, and by the adapters (CLI, controller, extender) that build inputs.
 """
 
@@ -47,7 +49,13 @@ def _check_number(obj: str, name: str, value: object, *, positive: bool) -> floa
 class Model:
     """An LLM served with `replicas` identical copies; each replica carries rate_rps / replicas of the traffic.
 
-    Invariants (checked on construction): name non-empty, size_gib > 0, rate_rps >= 0, slo_s > 0, replicas >= 1.
+    Invariants (checked on construction): name non-empty, size_gib > 0, rate_rps >= 0, slo_s > 0, replicas >= 1,
+    overhead_gib >= 0, context_gib >= 0.
+
+    overhead_gib: the engine's working memory besides weights and KV cache (activations, CUDA graphs,
+    workspaces), counted INSIDE the memory fraction the engine is given. context_gib: the CUDA context of the
+    engine process, OUTSIDE its fraction (created before the engine's start-up check). Both per replica; 0 (the
+    default) plans as if the engine needed nothing but weights and KV cache, as the packer did before.
     """
 
     name: str
@@ -55,6 +63,8 @@ class Model:
     rate_rps: float
     slo_s: float
     replicas: int = 1
+    overhead_gib: float = 0.0
+    context_gib: float = 0.0
 
     def __post_init__(self) -> None:
         obj = f"model {self.name!r}"
@@ -68,6 +78,8 @@ class Model:
         if self.replicas > MAX_REPLICAS:
             raise InvalidInput(obj, "replicas", self.replicas,
                                f"must be at most {MAX_REPLICAS} (each replica needs a GPU of its own)")
+        _check_number(obj, "overhead_gib", self.overhead_gib, positive=False)
+        _check_number(obj, "context_gib", self.context_gib, positive=False)
 
     @property
     def load(self) -> float:
@@ -79,14 +91,24 @@ class Model:
         """Load carried by one replica: n / replicas."""
         return self.load / self.replicas
 
+    @property
+    def footprint_gib(self) -> float:
+        """What one replica takes of its GPU besides KV cache: weights + engine overhead + CUDA context."""
+        return self.size_gib + self.overhead_gib + self.context_gib
+
 
 @dataclass(frozen=True)
 class Gpu:
-    """One GPU with `memory_gib` of device memory. Invariant: memory_gib > 0, index >= 0, node non-empty."""
+    """One GPU with `memory_gib` of device memory, of which `reserve_gib` is never planned: what the driver
+    reserves and the gap between the memory a node is labelled with and what the device reports (0: none).
+
+    Invariants: memory_gib > 0, 0 <= reserve_gib < memory_gib, index >= 0, node non-empty.
+    """
 
     node: str
     index: int
     memory_gib: float
+    reserve_gib: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.node, str) or not self.node:
@@ -94,7 +116,16 @@ class Gpu:
         obj = f"gpu {self.node}/{self.index}"
         if isinstance(self.index, bool) or not isinstance(self.index, int) or self.index < 0:
             raise InvalidInput(obj, "index", self.index, "must be an integer >= 0")
-        _check_number(obj, "memory_gib", self.memory_gib, positive=True)
+        memory = _check_number(obj, "memory_gib", self.memory_gib, positive=True)
+        reserve = _check_number(obj, "reserve_gib", self.reserve_gib, positive=False)
+        if reserve >= memory:
+            raise InvalidInput(obj, "reserve_gib", self.reserve_gib,
+                               f"must be less than the GPU's memory ({memory:g}Gi): nothing would be left to plan")
+
+    @property
+    def usable_gib(self) -> float:
+        """memory_gib - reserve_gib: what replicas may take."""
+        return self.memory_gib - self.reserve_gib
 
     @property
     def id(self) -> GpuId:
@@ -112,31 +143,43 @@ class Slot:
 
 @dataclass(frozen=True)
 class Placement:
-    """A planned replica: where it goes and the share of the GPU's memory its engine may take (0 < f <= 1)."""
+    """A planned replica: where it goes, the share of the GPU's memory its engine may take (0 < f <= 1), and the
+    GiB of that share left for its KV cache (the share minus its weights and engine overhead)."""
 
     model: str
     replica: int
     gpu: GpuId
     memory_fraction: float
+    kv_memory_gib: float = 0.0
 
 
 @dataclass(frozen=True)
 class GpuUsage:
-    """One GPU in a plan: its KVPR (inf when weights fill it while it carries load), weights in GiB, models."""
+    """One GPU in a plan: its KVPR (inf when nothing is left for KV cache while it carries load), its memory,
+    the weights on it (used_memory_gib), its reserve, its replicas' engine overheads and CUDA contexts together
+    (engine_gib) and the memory left for KV cache (kv_memory_gib), all GiB, and its models.
+
+    memory_gib = reserve_gib + used_memory_gib + engine_gib + kv_memory_gib (up to float rounding).
+    """
 
     gpu: GpuId
     memory_gib: float
     kvpr: float
     used_memory_gib: float
     models: tuple[str, ...]
+    reserve_gib: float = 0.0
+    engine_gib: float = 0.0
+    kv_memory_gib: float = 0.0
 
 
 # Why a replica is unplaced, machine-readable (the controller's `Unschedulable` condition reasons):
-# ModelTooLarge: its weights exceed the largest GPU's memory. NoRoomForKVCache: its weights fit the largest GPU
-# but leave no memory for KV cache while it carries load. TooFewGPUs: more replicas than GPUs able to hold one
-# (replicas of one model never share a GPU), or no GPUs at all. InsufficientCapacity: a GPU could hold it alone,
-# but none has room next to the replicas placed.
-UnplacedCause = Literal["ModelTooLarge", "NoRoomForKVCache", "TooFewGPUs", "InsufficientCapacity"]
+# ModelTooLarge: its weights exceed the largest GPU's memory. NoRoomForEngine: its weights fit a GPU's memory,
+# but its weights plus engine overhead and CUDA context exceed what every GPU offers once its reserve is set
+# aside. NoRoomForKVCache: those fit a GPU exactly, leaving no memory for KV cache while it carries load.
+# TooFewGPUs: more replicas than GPUs able to hold one (replicas of one model never share a GPU), or no GPUs at
+# all. InsufficientCapacity: a GPU could hold it alone, but none has room next to the replicas placed.
+UnplacedCause = Literal["ModelTooLarge", "NoRoomForEngine", "NoRoomForKVCache", "TooFewGPUs",
+                        "InsufficientCapacity"]
 UNPLACED_CAUSES: tuple[UnplacedCause, ...] = get_args(UnplacedCause)
 
 

@@ -73,8 +73,13 @@ class Repacked:
 def sub_instance(inst: Instance, gpus: Sequence[int], items: Sequence[int]) -> Instance:
     """The instance restricted to `gpus` (in that order) and `items`; model groups keep their numbers."""
     picked = inst.subset(items)
-    memory = np.array(inst.gpu_memory[np.asarray(gpus, dtype=np.int64)], dtype=np.float64)
+    idx = np.asarray(gpus, dtype=np.int64)
+    memory = np.array(inst.gpu_memory[idx], dtype=np.float64)
     memory.setflags(write=False)
+    reserve = None
+    if inst.gpu_reserve is not None:
+        reserve = np.array(inst.gpu_reserve[idx], dtype=np.float64)
+        reserve.setflags(write=False)
     return Instance(
         models=inst.models,
         gpus=tuple(inst.gpus[g] for g in gpus),
@@ -84,6 +89,10 @@ def sub_instance(inst: Instance, gpus: Sequence[int], items: Sequence[int]) -> I
         item_load=picked.item_load,
         item_size=picked.item_size,
         gpu_memory=memory,
+        item_weight=picked.item_weight,
+        item_overhead=picked.item_overhead,
+        item_context=picked.item_context,
+        gpu_reserve=reserve,
     )
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import Mapping, Sequence
 
+import numpy as np
+
 from kvsched.packer.domain import GpuUsage, MigrationStep, Placement, Plan, SearchStats, Unplaced, UnplacedCause
-from kvsched.packer.evaluate import gpu_kvprs, gpu_totals, memory_fractions
+from kvsched.packer.evaluate import gpu_kvprs, kv_memory_left, memory_shares
 from kvsched.packer.instance import Instance, IntArray
 
 
@@ -25,9 +27,16 @@ def build_plan(
 
     Invariant: every item appears exactly once, in `placements` or in `unplaced`. O(items + GPUs).
     """
-    fractions = memory_fractions(inst, assign)
+    fractions, kv = memory_shares(inst, assign)
     kvprs = gpu_kvprs(inst, assign)
-    _, weights = gpu_totals(inst, assign)
+    left = kv_memory_left(inst, assign)
+    placed = assign >= 0
+    # Weights alone (used_memory_gib keeps its meaning), and the engines' overheads and contexts beside them.
+    weights = np.bincount(assign[placed], weights=inst.weights()[placed], minlength=inst.n_gpus)
+    engines = np.bincount(assign[placed], weights=(inst.overheads() + inst.contexts())[placed],
+                          minlength=inst.n_gpus)
+    memory = inst.total_memory()
+    reserve = inst.reserves()
     placements: list[Placement] = []
     unplaced: list[Unplaced] = []
     models_on: list[list[str]] = [[] for _ in range(inst.n_gpus)]
@@ -38,15 +47,19 @@ def build_plan(
                                            "no GPU has room for it next to the other models"))
             unplaced.append(Unplaced(inst.item_model[i], inst.item_replica[i], reason, cause))
             continue
-        placements.append(Placement(inst.item_model[i], inst.item_replica[i], inst.gpu_id(g), float(fractions[i])))
+        placements.append(Placement(inst.item_model[i], inst.item_replica[i], inst.gpu_id(g), float(fractions[i]),
+                                    float(kv[i])))
         models_on[g].append(inst.item_model[i])
     gpus = tuple(
         GpuUsage(
             gpu=inst.gpu_id(g),
-            memory_gib=float(inst.gpu_memory[g]),
+            memory_gib=float(memory[g]),
             kvpr=float(kvprs[g]),
             used_memory_gib=float(weights[g]),
             models=tuple(models_on[g]),
+            reserve_gib=float(reserve[g]),
+            engine_gib=float(engines[g]),
+            kv_memory_gib=float(left[g]),
         )
         for g in range(inst.n_gpus)
     )
