@@ -21,6 +21,18 @@ from kvsched.api.names import DEFAULT_SCHEDULER_NAME
 ENV_PREFIX = "KVSCHED_"
 T = TypeVar("T")
 
+# Memory headroom on a real GPU (docs/packer.md, "Memory on a real GPU", gives the sources of these figures).
+# The packer itself defaults to none; `kvsched plan` and the controller plan with these.
+DEFAULT_GPU_MEMORY_RESERVE_GIB = 1.0
+"""Per GPU, never planned: an H100 80GB reports 81559 MiB to NVML, 361 MiB less than a label of 80Gi, and 80 GB cards
+report ~79.2 GiB to CUDA, whose total vLLM's start-up check multiplies by the fraction: ~0.8 GiB below 80Gi."""
+DEFAULT_ENGINE_OVERHEAD_GIB = 3.0
+"""Per replica, inside its fraction besides weights and KV cache: vLLM's profiled peak activation plus non-torch
+memory (1.3-2.5 GiB for 7B-8B models with the default batch) plus CUDA graphs (0.1-0.4 GiB)."""
+DEFAULT_ENGINE_CONTEXT_GIB = 0.5
+"""Per replica, outside its fraction: the CUDA context of the engine process (~300-400 MiB with CUDA's lazy module
+loading), created before the engine's start-up check."""
+
 
 @dataclass(frozen=True)
 class ExtenderSettings:
@@ -83,6 +95,19 @@ class ControllerSettings:
 
     max_migrations: int | None = None
     """Cap on the moves of one re-plan (None: no cap); the packer plans the best it can within it."""
+
+    gpu_memory_reserve_gib: float = DEFAULT_GPU_MEMORY_RESERVE_GIB
+    """GiB of every GPU never planned: the gap between a node's GPU memory label and the total the device reports to
+    CUDA, plus what the driver holds before any engine starts (1 GiB: an 80 GB card labelled 80Gi reports ~79.2 GiB
+    to CUDA). Not yet read by the controller (issue 15, part 2)."""
+
+    engine_overhead_gib: float = DEFAULT_ENGINE_OVERHEAD_GIB
+    """GiB each replica's engine needs inside its memory fraction besides weights and KV cache (activations, CUDA
+    graphs, workspaces; vLLM profiles 1.3-2.9 GiB for 7B-8B models). Not yet read by the controller (issue 15)."""
+
+    engine_context_gib: float = DEFAULT_ENGINE_CONTEXT_GIB
+    """GiB each replica's engine process takes outside its memory fraction: its CUDA context (~0.3-0.4 GiB with
+    CUDA 12's lazy loading), created before the start-up check. Not yet read by the controller (issue 15)."""
 
     time_budget_s: float = 5.0
     """Soft limit of one re-plan, in seconds. A re-plan runs when a model or the GPUs change (never on pod
