@@ -45,7 +45,7 @@ import numpy as np
 from bench.exact_moves import GpuSets, config_lp_bound, count_moves, fewest_moves, min_max_kvpr, placement_kvpr
 from bench.results import Target, gap_pct, verdict, write_json
 from bench.share_restarts import share_restarts
-from kvsched.cluster_file import load_cluster_file
+from kvsched.cluster_file import NO_HEADROOM, load_cluster_file
 from kvsched.packer import Gpu, GpuId, Model, PackOptions, Plan, Slot, solve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -212,7 +212,7 @@ def generated(kind: str, seed: int, n_gpus: int, n_models: int) -> Cluster:
 
 def clusters(quick: bool) -> list[Cluster]:
     """The example and three generated clusters (smaller ones with --quick)."""
-    example = load_cluster_file(EXAMPLE)
+    example = load_cluster_file(EXAMPLE, NO_HEADROOM)
     out = [Cluster("example", example.models, example.gpus)]
     if quick:
         out += [generated("homogeneous", 1, 6, 12), generated("mixed", 2, 7, 12), generated("small", 3, 5, 30)]
@@ -319,7 +319,7 @@ def replan(cluster: Cluster, change: Change, first: Plan, limits: Limits) -> Row
 def example_gap(limit_s: float) -> ExampleGap:
     """kvsched's reported gap on the example against the interval CP-SAT proves in `limit_s` seconds, and
     against the configuration LP's bound (bisected for up to `limit_s` seconds more)."""
-    cluster = load_cluster_file(EXAMPLE)
+    cluster = load_cluster_file(EXAMPLE, NO_HEADROOM)
     plan = solve(cluster.models, cluster.gpus)
     start = time.perf_counter()
     res = min_max_kvpr(cluster.models, cluster.gpus, lower=plan.lower_bound, upper=plan.max_kvpr,

@@ -77,20 +77,30 @@ Cluster file (YAML or JSON; JSON when the name ends in .json):
     stabilityThreshold: 0.05     # move nothing while within 5% of the best plan
     maxMigrations: 4             # at most 4 running replicas move (default: no cap)
     timeBudgetSeconds: 30        # soft limit on the search's seconds (0: first valid plan)
+  gpuMemoryReserve: 1Gi          # optional memory headroom (defaults shown):
+  engineOverhead: 3Gi            # per GPU never planned; per replica inside its
+  engineContext: 512Mi           # fraction; per replica outside it (CUDA context)
 
-Memory is a Kubernetes quantity ("80Gi", "81920Mi", "85899345920" = bytes) or
-a plain number meaning GiB (80). Unknown keys are errors, not ignored.
+A GPU or node may set its own memoryReserve, a model its own engineOverhead.
+KVPR counts the KV memory really left: memory - reserve - the weights, engine
+overheads and CUDA contexts of its replicas; the fractions leave the reserve and
+the contexts outside them, so every engine's start-up check passes in any start
+order. Memory is a Kubernetes quantity ("80Gi", "81920Mi", "85899345920" =
+bytes) or a plain number meaning GiB (80). Unknown keys are errors, not ignored.
 """
 
 PLAN_EPILOG = """\
 Output JSON (--output): maxKVPR, lowerBound, gapPercent, retunes, solveSeconds,
 keptCurrent, moves, nextMoveGain, memoryUnit ("GiB"), placements [{model,
-replica, node, gpu, memoryFraction}], gpus [{node, gpu, kvpr, memory,
-usedMemory, models}], unplaced [{model, replica, cause, reason}], steps
-[{model, replica, fromNode, fromGpu, toNode, toGpu, stopFirst}]. Memory values
-are GiB as numbers (3 decimals); memoryFraction is the replica's share of its
-GPU's memory (for vLLM's --gpu-memory-utilization); cause is one of
-ModelTooLarge, NoRoomForKVCache, TooFewGPUs, InsufficientCapacity; steps are
+replica, node, gpu, memoryFraction, kvMemory}], gpus [{node, gpu, kvpr, memory,
+usedMemory, reserve, engineMemory, kvMemory, models}], unplaced [{model,
+replica, cause, reason}], steps [{model, replica, fromNode, fromGpu, toNode,
+toGpu, stopFirst}]. Memory values are GiB as numbers (3 decimals);
+memoryFraction is the replica's share of its GPU's memory (for vLLM's
+--gpu-memory-utilization) and kvMemory the KV cache that share leaves it; per
+GPU, memory = usedMemory (weights) + reserve + engineMemory (engine overheads
+and CUDA contexts) + kvMemory; cause is one of ModelTooLarge, NoRoomForEngine,
+NoRoomForKVCache, TooFewGPUs, InsufficientCapacity; steps are
 in order: fromNode/fromGpu null start a new replica, stopFirst true stops the
 old replica before the new one starts (a cycle of moves), otherwise the new one
 starts first; moves counts running replicas that change GPU; nextMoveGain is
@@ -175,6 +185,18 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
                       help="move at most N running replicas of the file's `current` placement; the plan is then "
                       "the lowest max KVPR reachable with N moves (with --kubeconfig: the controller's, "
                       "$KVSCHED_MAX_MIGRATIONS; overrides options.maxMigrations; default: no cap)")
+    plan.add_argument("--gpu-memory-reserve", metavar="QUANTITY", type=_headroom_quantity,
+                      dest="gpu_memory_reserve_gib",
+                      help="memory of every GPU never planned (driver reservation and the gap between a GPU's "
+                      "labelled and reported memory), e.g. 1Gi; overrides gpuMemoryReserve, not a GPU's own "
+                      "memoryReserve (default 1Gi)")
+    plan.add_argument("--engine-overhead", metavar="QUANTITY", type=_headroom_quantity, dest="engine_overhead_gib",
+                      help="memory each replica's engine needs inside its fraction besides weights and KV cache "
+                      "(activations, CUDA graphs, workspaces), e.g. 3Gi; overrides engineOverhead, not a model's "
+                      "own (default 3Gi)")
+    plan.add_argument("--engine-context", metavar="QUANTITY", type=_headroom_quantity, dest="engine_context_gib",
+                      help="memory each replica's engine process takes outside its fraction (its CUDA context), "
+                      "e.g. 512Mi; overrides engineContext (default 512Mi)")
     plan.add_argument("--scheduler-name", metavar="NAME", default=None,
                       help="with --kubeconfig: the scheduler profile of managed pods, as the controller's "
                       "(default $KVSCHED_SCHEDULER_NAME, else kvsched)")
@@ -299,7 +321,7 @@ def run_serve(args: argparse.Namespace) -> int:
 
 def run_plan(args: argparse.Namespace) -> int:
     """`kvsched plan`: read, solve, print the table or JSON, write the files asked for. Returns the exit code."""
-    from kvsched.cluster_file import ClusterFileError, file_field, load_cluster_file
+    from kvsched.cluster_file import ClusterFileError, Headroom, file_field, load_cluster_file
     from kvsched.packer import InvalidInput, solve
     from kvsched.plan_output import plan_to_json, plan_to_table
     from kvsched.plot import PLOT_SUFFIXES, write_plot
@@ -307,7 +329,14 @@ def run_plan(args: argparse.Namespace) -> int:
     view: View = args.view or ("top" if args.top is not None else "auto")
     if args.top is not None and view != "top":
         return _fail(f"--top: lists the hottest GPUs, it does not combine with --view {view}", EXIT_BAD_INPUT)
+    headroom = Headroom(args.gpu_memory_reserve_gib, args.engine_overhead_gib, args.engine_context_gib)
     if args.kubeconfig is not None:
+        given = [flag for flag, value in (("--gpu-memory-reserve", headroom.gpu_memory_reserve_gib),
+                                          ("--engine-overhead", headroom.engine_overhead_gib),
+                                          ("--engine-context", headroom.engine_context_gib)) if value is not None]
+        if given:
+            return _fail(f"{given[0]}: applies to a cluster file; with --kubeconfig the plan is the controller's "
+                         "(its settings decide the memory headroom)", EXIT_BAD_INPUT)
         return run_plan_live(args, view)
     if args.file is None:
         return _fail("give a cluster FILE, or --kubeconfig to plan the live cluster", EXIT_BAD_INPUT)
@@ -316,7 +345,7 @@ def run_plan(args: argparse.Namespace) -> int:
     if plot_file is not None and plot_file.suffix.lower() not in PLOT_SUFFIXES:
         return _fail(f"--plot: {str(plot_file)!r} must end in .svg or .png", EXIT_BAD_INPUT)
     try:
-        cluster = load_cluster_file(file)
+        cluster = load_cluster_file(file, headroom)
     except ClusterFileError as exc:
         return _fail(f"{file}: {exc}", EXIT_BAD_INPUT)
     options = cluster.options
@@ -484,6 +513,21 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r} must be an integer >= 1")
     return value
+
+
+def _headroom_quantity(text: str) -> float:
+    """A flag's memory headroom in GiB: a Kubernetes quantity ("1Gi", "512Mi") or a plain number of GiB, >= 0."""
+    from kvsched.cluster_file import memory_gib_or_zero
+    from kvsched.units import UnitError
+
+    try:
+        value: object = float(text)
+    except ValueError:
+        value = text
+    try:
+        return memory_gib_or_zero(value)
+    except UnitError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _non_negative_float(text: str) -> float:

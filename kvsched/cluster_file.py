@@ -1,9 +1,12 @@
 """Read a cluster file (YAML or JSON) into packer inputs, with errors that name the offending field path.
 
 The format (camelCase like Kubernetes) is described in `kvsched plan --help` and in examples/cluster.yaml:
-`gpus` and/or `nodes` (shorthand for identical GPUs), `models`, optional `current` and `options`. Memory sizes
-are Kubernetes quantities ("80Gi", "81920Mi", "85899345920" bytes) or plain numbers meaning GiB. Every problem
-raises `ClusterFileError` naming the path (e.g. `models[3].size`); unknown keys are errors, never ignored.
+`gpus` and/or `nodes` (shorthand for identical GPUs), `models`, optional `current` and `options`, and the
+optional memory headroom: `gpuMemoryReserve` (per GPU, overridden by a GPU's or node's `memoryReserve`),
+`engineOverhead` (per replica, overridden by a model's `engineOverhead`) and `engineContext` (per replica),
+defaulting to kvsched.settings' DEFAULT_* figures. Memory sizes are Kubernetes quantities ("80Gi", "81920Mi",
+"85899345920" bytes) or plain numbers meaning GiB. Every problem raises `ClusterFileError` naming the path (e.g.
+`models[3].size`); unknown keys are errors, never ignored.
 Called by: `kvsched.cli` (the `plan` subcommand).
 """
 
@@ -21,22 +24,25 @@ import yaml
 from kvsched import units
 from kvsched.natural_order import gpu_key
 from kvsched.packer import Gpu, GpuId, InvalidInput, Model, PackOptions, Slot
+from kvsched.settings import (DEFAULT_ENGINE_CONTEXT_GIB, DEFAULT_ENGINE_OVERHEAD_GIB,
+                              DEFAULT_GPU_MEMORY_RESERVE_GIB)
 
 T = TypeVar("T")
 
-TOP_KEYS = ("gpus", "nodes", "models", "current", "options")
-GPU_KEYS = ("node", "index", "memory")
-NODE_KEYS = ("name", "gpus", "gpuMemory")
-MODEL_KEYS = ("name", "size", "requestRate", "sloSeconds", "replicas")
+TOP_KEYS = ("gpus", "nodes", "models", "current", "options", "gpuMemoryReserve", "engineOverhead",
+            "engineContext")
+GPU_KEYS = ("node", "index", "memory", "memoryReserve")
+NODE_KEYS = ("name", "gpus", "gpuMemory", "memoryReserve")
+MODEL_KEYS = ("name", "size", "requestRate", "sloSeconds", "replicas", "engineOverhead")
 CURRENT_KEYS = ("model", "replica", "node", "gpu")
 OPTION_KEYS = ("stabilityThreshold", "timeBudgetSeconds", "maxMigrations")
 
 # The packer names its own fields in InvalidInput (`size_gib`, `memory_gib`, ...); these map them back to the
 # keys of the file, per kind of object, so every error names the path the user wrote.
 MODEL_FIELDS = {"name": "name", "size_gib": "size", "rate_rps": "requestRate", "slo_s": "sloSeconds",
-                "replicas": "replicas"}
-GPU_FIELDS = {"node": "node", "index": "index", "memory_gib": "memory"}
-NODE_FIELDS = {"node": "name", "index": "gpus", "memory_gib": "gpuMemory"}
+                "replicas": "replicas", "overhead_gib": "engineOverhead", "context_gib": "engineContext"}
+GPU_FIELDS = {"node": "node", "index": "index", "memory_gib": "memory", "reserve_gib": "memoryReserve"}
+NODE_FIELDS = {"node": "name", "index": "gpus", "memory_gib": "gpuMemory", "reserve_gib": "memoryReserve"}
 OPTION_FIELDS = {"stability_threshold_ratio": "stabilityThreshold", "time_budget_s": "timeBudgetSeconds",
                  "max_migrations": "maxMigrations"}
 FILE_FIELDS = {**GPU_FIELDS, **MODEL_FIELDS, **OPTION_FIELDS}
@@ -66,6 +72,20 @@ def _checked(make: Callable[[], T], path: str, fields: Mapping[str, str]) -> T:
 
 
 @dataclass(frozen=True)
+class Headroom:
+    """Memory headroom figures that override the file's top-level keys (None: the file's, else the defaults), GiB."""
+
+    gpu_memory_reserve_gib: float | None = None
+    engine_overhead_gib: float | None = None
+    engine_context_gib: float | None = None
+
+
+# No headroom unless a GPU or model sets its own: the packer's earlier plans (tests and benchmarks whose figures
+# were taken without headroom).
+NO_HEADROOM = Headroom(0.0, 0.0, 0.0)
+
+
+@dataclass(frozen=True)
 class Cluster:
     """Everything `solve` needs, validated. GPUs are sorted by node name in natural order (`gpu-2` before
     `gpu-10`), then index, so the plan reads in that order."""
@@ -76,8 +96,10 @@ class Cluster:
     options: PackOptions
 
 
-def load_cluster_file(file: Path) -> Cluster:
-    """Read and validate `file`. JSON when the suffix is .json, YAML otherwise. Raises ClusterFileError."""
+def load_cluster_file(file: Path, overrides: Headroom = Headroom()) -> Cluster:
+    """Read and validate `file`. JSON when the suffix is .json, YAML otherwise. `overrides` (the CLI's flags)
+    win over the file's top-level headroom keys; a GPU's, node's or model's own key still wins over them.
+    Raises ClusterFileError."""
     try:
         text = file.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -87,8 +109,8 @@ def load_cluster_file(file: Path) -> Cluster:
     except (OSError, UnicodeDecodeError) as exc:
         raise ClusterFileError("", f"cannot read: {exc}") from None
     if file.suffix.lower() == ".json":
-        return parse_cluster(_load_json(text))
-    return parse_cluster(_load_yaml(text))
+        return parse_cluster(_load_json(text), overrides)
+    return parse_cluster(_load_yaml(text), overrides)
 
 
 def _load_json(text: str) -> object:
@@ -137,8 +159,13 @@ def _load_yaml(text: str) -> object:
         raise ClusterFileError("", f"YAML error: {exc}") from None
 
 
-def parse_cluster(data: object) -> Cluster:
-    """Validate a decoded document into a Cluster. Raises ClusterFileError naming the field path. O(size)."""
+def parse_cluster(data: object, overrides: Headroom = Headroom()) -> Cluster:
+    """Validate a decoded document into a Cluster. Raises ClusterFileError naming the field path. O(size).
+
+    Headroom: a GPU's reserve is its own `memoryReserve`, else the override (the --gpu-memory-reserve flag),
+    else the file's `gpuMemoryReserve`, else DEFAULT_GPU_MEMORY_RESERVE_GIB; likewise a model's engine overhead
+    (`engineOverhead`); the engine context (`engineContext`) is one figure for every replica.
+    """
     if data is None:
         raise ClusterFileError("", "the file is empty: expected a mapping with models and gpus or nodes")
     top = _mapping(data, "", TOP_KEYS)
@@ -146,14 +173,53 @@ def parse_cluster(data: object) -> Cluster:
         raise ClusterFileError("models", "is required (a list of models to place)")
     if "gpus" not in top and "nodes" not in top:
         raise ClusterFileError("gpus", "is required (a list of GPUs), or give the nodes shorthand")
-    gpus, gpu_paths = _parse_gpus(top)
-    models = _parse_models(top["models"])
+    reserve = _headroom(top, "gpuMemoryReserve", overrides.gpu_memory_reserve_gib, DEFAULT_GPU_MEMORY_RESERVE_GIB)
+    overhead, _ = _headroom(top, "engineOverhead", overrides.engine_overhead_gib, DEFAULT_ENGINE_OVERHEAD_GIB)
+    context, _ = _headroom(top, "engineContext", overrides.engine_context_gib, DEFAULT_ENGINE_CONTEXT_GIB)
+    gpus, gpu_paths = _parse_gpus(top, reserve)
+    models = _parse_models(top["models"], overhead, context)
     current = _parse_current(top.get("current", []), models, gpu_paths)
     options = _parse_options(top.get("options", {}))
     return Cluster(models=models, gpus=gpus, current=current, options=options)
 
 
-def _parse_gpus(top: Mapping[str, object]) -> tuple[tuple[Gpu, ...], dict[GpuId, str]]:
+def _headroom(top: Mapping[str, object], key: str, override: float | None, default: float) -> tuple[float, str]:
+    """A top-level headroom figure in GiB and where it came from: the override (a flag), else the file's key (a
+    quantity >= 0), else the default."""
+    if override is not None:
+        return override, "--" + _FLAGS[key]
+    if key in top:
+        return _memory_gib_or_zero(top[key], key), key
+    return default, "the default"
+
+
+# The `kvsched plan` flag that overrides each top-level headroom key.
+_FLAGS = {"gpuMemoryReserve": "gpu-memory-reserve", "engineOverhead": "engine-overhead",
+          "engineContext": "engine-context"}
+
+
+def _own_headroom(obj: Mapping[str, object], key: str, path: str, inherited: float) -> float:
+    """An object's own headroom key (a quantity >= 0), else the figure it inherits from the top level."""
+    return _memory_gib_or_zero(obj[key], f"{path}.{key}") if key in obj else inherited
+
+
+def _checked_reserve(obj: Mapping[str, object], path: str, memory_gib: float, reserve: tuple[float, str]) -> float:
+    """The GPU's reserve, which must leave it some memory: the object's own memoryReserve, else the top-level one."""
+    if "memoryReserve" in obj:
+        own = _memory_gib_or_zero(obj["memoryReserve"], f"{path}.memoryReserve")
+        if own >= memory_gib:
+            raise ClusterFileError(f"{path}.memoryReserve", f"{own:g}Gi must be less than the GPU memory "
+                                   f"({memory_gib:g}Gi): nothing would be left to plan")
+        return own
+    value, source = reserve
+    if value >= memory_gib:
+        raise ClusterFileError(path, f"the GPU memory reserve ({value:g}Gi, from {source}) must be less than its "
+                               f"GPU memory ({memory_gib:g}Gi): nothing would be left to plan")
+    return value
+
+
+def _parse_gpus(top: Mapping[str, object],
+                reserve: tuple[float, str]) -> tuple[tuple[Gpu, ...], dict[GpuId, str]]:
     gpus: list[Gpu] = []
     where: dict[GpuId, str] = {}
 
@@ -169,21 +235,25 @@ def _parse_gpus(top: Mapping[str, object]) -> tuple[tuple[Gpu, ...], dict[GpuId,
         node = _name(obj, "node", path)
         index = _integer(obj, "index", path, minimum=0)
         memory_gib = _memory_gib(_required(obj, "memory", path), f"{path}.memory")
-        add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib), path, GPU_FIELDS), path)
+        reserve_gib = _checked_reserve(obj, path, memory_gib, reserve)
+        add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib, reserve_gib=reserve_gib), path,
+                     GPU_FIELDS), path)
     for i, item in enumerate(_list(top.get("nodes", []), "nodes")):
         path = f"nodes[{i}]"
         obj = _mapping(item, path, NODE_KEYS)
         node = _name(obj, "name", path)
         count = _integer(obj, "gpus", path, minimum=1)
         memory_gib = _memory_gib(_required(obj, "gpuMemory", path), f"{path}.gpuMemory")
+        reserve_gib = _checked_reserve(obj, path, memory_gib, reserve)
         for index in range(count):
-            add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib), path, NODE_FIELDS), path)
+            add(_checked(lambda: Gpu(node=node, index=index, memory_gib=memory_gib, reserve_gib=reserve_gib), path,
+                         NODE_FIELDS), path)
     if not gpus:
         raise ClusterFileError("gpus", "no GPUs listed: give at least one in gpus or nodes")
     return tuple(sorted(gpus, key=lambda gpu: gpu_key(gpu.id))), where
 
 
-def _parse_models(value: object) -> tuple[Model, ...]:
+def _parse_models(value: object, overhead: float, context: float) -> tuple[Model, ...]:
     models: list[Model] = []
     where: dict[str, str] = {}
     for i, item in enumerate(_list(value, "models")):
@@ -197,8 +267,10 @@ def _parse_models(value: object) -> tuple[Model, ...]:
         rate_rps = _number(_required(obj, "requestRate", path), f"{path}.requestRate", minimum=0.0)
         slo_s = _seconds(_required(obj, "sloSeconds", path), f"{path}.sloSeconds", zero_ok=False)
         replicas = _integer(obj, "replicas", path, minimum=1, default=1)
+        overhead_gib = _own_headroom(obj, "engineOverhead", path, overhead)
         models.append(_checked(lambda: Model(name=name, size_gib=size_gib, rate_rps=rate_rps, slo_s=slo_s,
-                                             replicas=replicas), path, MODEL_FIELDS))
+                                             replicas=replicas, overhead_gib=overhead_gib, context_gib=context),
+                               path, MODEL_FIELDS))
     return tuple(models)
 
 
@@ -309,6 +381,31 @@ def _seconds(value: object, path: str, *, zero_ok: bool) -> float:
         return units.seconds(value, zero_ok=zero_ok)
     except units.UnitError as exc:
         raise ClusterFileError(path, str(exc)) from None
+
+
+def _memory_gib_or_zero(value: object, path: str) -> float:
+    """Like `_memory_gib`, but 0 ("0", "0Gi", 0) is allowed: a headroom figure may be none; negative is an error."""
+    try:
+        return memory_gib_or_zero(value)
+    except units.UnitError as exc:
+        raise ClusterFileError(path, str(exc)) from None
+
+
+def memory_gib_or_zero(value: object) -> float:
+    """A quantity or number of GiB >= 0 (units.memory_gib, which wants > 0, for the rest). Raises UnitError.
+    Also the CLI's parser of --gpu-memory-reserve, --engine-overhead and --engine-context."""
+    if isinstance(value, str):
+        size_bytes = units.quantity_bytes(value)
+        if size_bytes < 0:
+            raise units.UnitError(f"must not be negative, got {value!r}")
+        if size_bytes == 0:
+            return 0.0
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise units.UnitError(f"must not be negative, got {value!r}")
+        if value == 0:
+            return 0.0
+    return units.memory_gib(value)
 
 
 def _memory_gib(value: object, path: str) -> float:

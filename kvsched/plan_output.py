@@ -5,26 +5,31 @@ with the highest KVPR ("top"); "auto" is the table up to TABLE_MAX_GPUS GPUs and
 and GPUs are always listed in natural order of node name (`gpu-2` before `gpu-10`, kvsched.natural_order), then
 GPU index; so are `gpus` and `placements` in the JSON (placements on one GPU in model order).
 
-JSON conventions: memory values are GiB as numbers (`memory`, `usedMemory`; rounded to 3 decimals) and the
-document says so in `"memoryUnit": "GiB"`; times are seconds; an infinite KVPR or gap is `null` (JSON has no
-inf). `maxKVPR`, `lowerBound`, `nextMoveGain` and `memoryFraction` keep full float precision, per-GPU `kvpr`
-keeps 6 significant digits. Called by: `kvsched.cli` (`plan --output`, the table on stdout).
+JSON conventions: memory values are GiB as numbers (`memory`, `usedMemory`, `reserve`, `engineMemory`,
+`kvMemory`; rounded to 3 decimals) and the document says so in `"memoryUnit": "GiB"`; times are seconds; an
+infinite KVPR or gap is `null` (JSON has no inf). `maxKVPR`, `lowerBound`, `nextMoveGain` and `memoryFraction`
+keep full float precision, per-GPU `kvpr` keeps 6 significant digits. Per GPU, memory = usedMemory (weights) +
+reserve + engineMemory (engine overheads and CUDA contexts) + kvMemory (what is left for KV cache, shared by
+its replicas as their placements' kvMemory). Called by: `kvsched.cli` (`plan --output`, the table on stdout).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from kvsched.natural_order import gpu_key, natural_key
 
 if TYPE_CHECKING:  # types only: `kvsched --help` reads the view names here without loading the packer
-    from kvsched.packer import GpuUsage, Plan
+    from kvsched.packer import GpuId, GpuUsage, Plan
+
+# KV cache (GiB) of each model's replica on a GPU, for the table's models column.
+KvByModel = Mapping[tuple["GpuId", str], float]
 
 MEMORY_DECIMALS = 3
 KVPR_SIGNIFICANT_DIGITS = 6
-# Beyond this many characters the models column is cut and ends with "+N more".
+# Beyond this many characters the models column (each model with its KV cache) is cut and ends with "+N more".
 MODELS_COLUMN_WIDTH = 60
 # The node summary's models column is narrower: a node holds dozens of models, and its rows should fit 80 columns.
 NODE_MODELS_COLUMN_WIDTH = 40
@@ -40,7 +45,8 @@ DEFAULT_TOP = 20
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
     """The DESIGN.md output document plus gapPercent, keptCurrent, moves, nextMoveGain, the ordered migration
-    steps, each unplaced replica's machine-readable cause, and per-GPU memory. O(plan size)."""
+    steps, each unplaced replica's machine-readable cause, per-GPU memory (reserve, engines, KV) and each
+    placement's KV memory. O(plan size)."""
     return {
         "maxKVPR": _finite_or_none(plan.max_kvpr),
         "lowerBound": _finite_or_none(plan.lower_bound),
@@ -58,6 +64,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "node": p.gpu.node,
                 "gpu": p.gpu.index,
                 "memoryFraction": p.memory_fraction,
+                "kvMemory": round(p.kv_memory_gib, MEMORY_DECIMALS),
             }
             for p in sorted(plan.placements, key=lambda p: gpu_key(p.gpu))
         ],
@@ -68,6 +75,9 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "kvpr": _finite_or_none(round_significant(g.kvpr, KVPR_SIGNIFICANT_DIGITS)),
                 "memory": round(g.memory_gib, MEMORY_DECIMALS),
                 "usedMemory": round(g.used_memory_gib, MEMORY_DECIMALS),
+                "reserve": round(g.reserve_gib, MEMORY_DECIMALS),
+                "engineMemory": round(g.engine_gib, MEMORY_DECIMALS),
+                "kvMemory": round(g.kv_memory_gib, MEMORY_DECIMALS),
                 "models": list(g.models),
             }
             for g in sorted(plan.gpus, key=lambda g: gpu_key(g.gpu))
@@ -102,6 +112,7 @@ def plan_to_table(plan: Plan, *, view: View = "table", top: int = DEFAULT_TOP) -
     O(GPUs log GPUs)."""
     chosen = choose_view(view, len(plan.gpus))
     gpus = sorted(plan.gpus, key=lambda g: gpu_key(g.gpu))
+    kv = {(p.gpu, p.model): p.kv_memory_gib for p in plan.placements}
     if chosen == "nodes":
         nodes = node_summaries(gpus)
         lines = [f"NODES ({len(nodes)}, {len(gpus)} GPUs; --view table lists every GPU, --top N the hottest):",
@@ -109,9 +120,9 @@ def plan_to_table(plan: Plan, *, view: View = "table", top: int = DEFAULT_TOP) -
     elif chosen == "top":
         hottest = hottest_gpus(gpus, top)
         lines = [f"HOTTEST {len(hottest)} OF {len(gpus)} GPUs BY KVPR (--view table lists every GPU):",
-                 *gpu_table_lines(hottest)]
+                 *gpu_table_lines(hottest, kv)]
     else:
-        lines = gpu_table_lines(gpus)
+        lines = gpu_table_lines(gpus, kv)
     if plan.unplaced:
         lines.append("")
         lines.append(f"UNPLACED ({len(plan.unplaced)} replica(s)):")
@@ -125,20 +136,38 @@ def plan_to_table(plan: Plan, *, view: View = "table", top: int = DEFAULT_TOP) -
     return "\n".join(lines) + "\n"
 
 
-def gpu_table_lines(gpus: Sequence[GpuUsage]) -> list[str]:
-    """Header and one row per GPU, in the order given: node, GPU, models, used/total memory, KVPR."""
-    header = ("NODE", "GPU", "MODELS", "MEMORY", "KVPR")
-    rows = [
-        (
-            g.gpu.node,
-            str(g.gpu.index),
-            shorten_models(g.models, MODELS_COLUMN_WIDTH),
-            format_memory(g.used_memory_gib, g.memory_gib),
-            format_kvpr(g.kvpr),
-        )
-        for g in gpus
-    ]
-    return _aligned([header, *rows], right_aligned={1, 3, 4})
+def gpu_table_lines(gpus: Sequence[GpuUsage], kv: KvByModel | None = None) -> list[str]:
+    """Header and one row per GPU, in the order given: node, GPU, models, weights/total memory, reserve, KVPR.
+
+    With `kv`, each model is followed by its replica's KV cache in GiB and every model is listed: a GPU whose
+    models do not fit MODELS_COLUMN_WIDTH continues on the next lines (only the models column filled).
+    Without, the models column is cut with "+N more".
+    """
+    header = ("NODE", "GPU", "MODELS (KV CACHE GiB)" if kv is not None else "MODELS", "MEMORY", "RESERVE", "KVPR")
+    rows: list[tuple[str, ...]] = [header]
+    for g in gpus:
+        if kv is None:
+            models = [shorten_models(g.models, MODELS_COLUMN_WIDTH)]
+        else:
+            models = wrap_models([f"{name} ({format_kv(kv.get((g.gpu, name), 0.0))})" for name in g.models],
+                                 MODELS_COLUMN_WIDTH)
+        rows.append((g.gpu.node, str(g.gpu.index), models[0], format_memory(g.used_memory_gib, g.memory_gib),
+                     f"{_gib(g.reserve_gib)}Gi", format_kvpr(g.kvpr)))
+        rows.extend(("", "", more, "", "", "") for more in models[1:])
+    return _aligned(rows, right_aligned={1, 3, 4, 5})
+
+
+def wrap_models(models: Sequence[str], width: int) -> list[str]:
+    """Comma-joined names in lines of at most `width` characters (a name longer than that gets a line of its
+    own); every line but the last ends with a comma. ["-"] for none."""
+    if not models:
+        return ["-"]
+    lines: list[list[str]] = [[]]
+    for name in models:
+        if lines[-1] and len(", ".join([*lines[-1], name])) + 1 > width:
+            lines.append([])
+        lines[-1].append(name)
+    return [", ".join(line) + ("," if k < len(lines) - 1 else "") for k, line in enumerate(lines)]
 
 
 @dataclass(frozen=True)
@@ -219,17 +248,23 @@ def step_lines(plan: Plan) -> list[str]:
 
 
 def summary_lines(plan: Plan) -> list[str]:
-    """The summary block: max KVPR, lower bound, gap, retunes, placed/unplaced, steps, solve time."""
+    """The summary block: max KVPR, lower bound, gap, retunes, placed/unplaced, memory left for KV cache and the
+    headroom beside it, steps, solve time."""
     total = len(plan.placements) + len(plan.unplaced)
     steps = f"{len(plan.steps)} ({plan.moves} moved, {len(plan.steps) - plan.moves} newly placed)"
     if plan.kept_current:
         steps += " (running replicas kept: no plan found beats that by more than the stability threshold)"
+    reserve = sum(g.reserve_gib for g in plan.gpus)
+    engines = sum(g.engine_gib for g in plan.gpus)
+    kv = sum(g.kv_memory_gib for g in plan.gpus)
     lines = [
         f"max KVPR:     {format_kvpr(plan.max_kvpr)}",
         f"lower bound:  {format_kvpr(plan.lower_bound)}",
         f"gap:          {format_gap(plan.gap_ratio)}",
         f"retunes:      {plan.retunes}",
         f"placed:       {len(plan.placements)}/{total} replicas",
+        f"memory:       {_gib(kv)}Gi for KV cache; {_gib(reserve)}Gi reserved on {len(plan.gpus)} GPUs, "
+        f"{_gib(engines)}Gi engine overheads and CUDA contexts",
         f"steps:        {steps}",
     ]
     if plan.next_move_gain > 0:
@@ -247,6 +282,12 @@ def format_kvpr(kvpr: float) -> str:
 def format_gap(gap_ratio: float) -> str:
     """The gap to the lower bound in percent; "inf" when the bound is 0 but the plan is not."""
     return "inf" if math.isinf(gap_ratio) else f"{gap_ratio * 100.0:.2f}%"
+
+
+def format_kv(gib: float) -> str:
+    """A replica's KV cache in GiB: one decimal from 1 GiB up ("21.3"), two below ("0.05"), no trailing zeros."""
+    text = f"{gib:.1f}" if gib >= 1 else f"{gib:.2f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
 
 
 def format_memory(used_gib: float, total_gib: float) -> str:

@@ -11,12 +11,15 @@ import pytest
 from kvsched.packer import GpuId, GpuUsage, MigrationStep, Placement, Plan, Unplaced
 from kvsched.plan_output import (
     format_gap,
+    format_kv,
     format_kvpr,
     format_memory,
+    gpu_table_lines,
     plan_to_json,
     plan_to_table,
     round_significant,
     shorten_models,
+    wrap_models,
 )
 
 A0 = GpuId("a", 0)
@@ -29,8 +32,8 @@ def hand_plan(kvpr_a1: float = math.inf, lower_bound: float = 0.1, next_move_gai
         lower_bound=lower_bound,
         retunes=2,
         solve_seconds=0.1234567891,
-        placements=(Placement("m1", 0, A0, 0.6), Placement("m1", 1, A1, 0.5), Placement("m2", 0, A1, 0.5)),
-        gpus=(GpuUsage(A0, 80.0, 0.123456789, 16.0, ("m1",)),
+        placements=(Placement("m1", 0, A0, 0.6, 30.2), Placement("m1", 1, A1, 0.5), Placement("m2", 0, A1, 0.5)),
+        gpus=(GpuUsage(A0, 80.0, 0.123456789, 16.0, ("m1",), reserve_gib=1.0, engine_gib=3.5, kv_memory_gib=59.5),
               GpuUsage(A1, 40.0, kvpr_a1, 40.0, ("m1", "m2"))),
         unplaced=(Unplaced("m3", 0, "needs 90 GiB, the largest GPU has 80", "ModelTooLarge"),),
         steps=(MigrationStep("m1", 0, None, A0), MigrationStep("m2", 0, A0, A1, stop_first=True)),
@@ -87,9 +90,11 @@ def test_next_move_gain_in_json_and_table(gain: float, line: str | None) -> None
 def test_table_shows_inf_unplaced_and_summary() -> None:
     table = plan_to_table(hand_plan())
     lines = table.splitlines()
-    assert lines[0].split() == ["NODE", "GPU", "MODELS", "MEMORY", "KVPR"]
-    assert lines[1].split() == ["a", "0", "m1", "16/80Gi", "0.123457"]
-    assert lines[2].split() == ["a", "1", "m1,", "m2", "40/40Gi", "inf"]
+    assert lines[0].split() == ["NODE", "GPU", "MODELS", "(KV", "CACHE", "GiB)", "MEMORY", "RESERVE", "KVPR"]
+    assert lines[1].split() == ["a", "0", "m1", "(30.2)", "16/80Gi", "1Gi", "0.123457"]
+    assert lines[2].split() == ["a", "1", "m1", "(0),", "m2", "(0)", "40/40Gi", "0Gi", "inf"]
+    assert "memory:       59.5Gi for KV cache; 1Gi reserved on 2 GPUs, 3.5Gi engine overheads and CUDA contexts" \
+        in lines
     assert "  m3 replica 0: needs 90 GiB, the largest GPU has 80" in lines
     assert "max KVPR:     inf" in lines
     assert "placed:       3/4 replicas" in lines
@@ -140,6 +145,48 @@ def test_format_memory(used: float, total: float, text: str) -> None:
 def test_shorten_models(models: tuple[str, ...], width: int, text: str) -> None:
     assert shorten_models(models, width) == text
     assert len(text) <= width
+
+
+def test_json_has_the_reserve_engines_and_kv_memory_of_every_gpu_and_replica() -> None:
+    document = plan_to_json(hand_plan())
+    assert document["gpus"][0] == {"node": "a", "gpu": 0, "kvpr": 0.123457, "memory": 80.0, "usedMemory": 16.0,
+                                   "reserve": 1.0, "engineMemory": 3.5, "kvMemory": 59.5, "models": ["m1"]}
+    assert document["placements"][0] == {"model": "m1", "replica": 0, "node": "a", "gpu": 0, "memoryFraction": 0.6,
+                                         "kvMemory": 30.2}
+
+
+@pytest.mark.parametrize(
+    ("gib", "text"),
+    [pytest.param(21.345, "21.3", id="one decimal"), pytest.param(3.0, "3", id="whole"),
+     pytest.param(0.0512, "0.05", id="below 1 GiB: two decimals"), pytest.param(0.0, "0", id="none"),
+     pytest.param(0.5, "0.5", id="half")],
+)
+def test_format_kv(gib: float, text: str) -> None:
+    assert format_kv(gib) == text
+
+
+@pytest.mark.parametrize(
+    ("models", "width", "lines"),
+    [
+        pytest.param([], 20, ["-"], id="empty GPU"),
+        pytest.param(["a (1)", "b (2)"], 20, ["a (1), b (2)"], id="fits"),
+        pytest.param(["alpha (1)", "beta (2)", "gamma (3)"], 20, ["alpha (1), beta (2),", "gamma (3)"],
+                     id="wraps, the comma stays"),
+        pytest.param(["a" * 30, "b (1)"], 20, ["a" * 30 + ",", "b (1)"], id="a name longer than the width"),
+    ],
+)
+def test_wrap_models(models: list[str], width: int, lines: list[str]) -> None:
+    assert wrap_models(models, width) == lines
+
+
+def test_a_gpu_whose_models_do_not_fit_continues_on_the_next_line() -> None:
+    names = tuple(f"model-{k}-with-a-long-name" for k in range(4))
+    gpu = GpuUsage(A0, 80.0, 0.5, 40.0, names, reserve_gib=1.0)
+    lines = gpu_table_lines([gpu], {(A0, name): 2.0 for name in names})
+    assert len(lines) == 3
+    assert lines[1].split() == ["a", "0", "model-0-with-a-long-name", "(2),", "model-1-with-a-long-name", "(2),",
+                                "40/80Gi", "1Gi", "0.5"]
+    assert lines[2].startswith(" ") and lines[2].strip() == "model-2-with-a-long-name (2), model-3-with-a-long-name (2)"
 
 
 @pytest.mark.parametrize(

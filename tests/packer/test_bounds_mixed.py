@@ -156,9 +156,9 @@ def test_most_value_is_the_exact_knapsack(seed: int) -> None:
 
 def test_example_gap_is_small() -> None:
     """The bundled example: kvsched's plan reaches 0.461829 (a valid upper value); the bound reaches 0.458."""
-    from kvsched.cluster_file import load_cluster_file
+    from kvsched.cluster_file import NO_HEADROOM, load_cluster_file
 
-    cluster = load_cluster_file(EXAMPLE)
+    cluster = load_cluster_file(EXAMPLE, NO_HEADROOM)
     inst = build_instance(cluster.models, cluster.gpus)
     bound = lower_bound(inst.item_load, inst.item_size, inst.gpu_memory, upper=0.5)
     assert 0.4618286 / 1.02 <= bound <= 0.4618286

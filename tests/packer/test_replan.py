@@ -497,9 +497,9 @@ def test_a_small_replan_stays_within_the_threshold_of_the_best_plan_without_the_
     """The bundled example (38 replicas) after one change: its bound is 0.8% below its best plan, so the re-plan
     makes a plan from scratch as its reference, without the exact stage, and stays within the threshold of the
     best plan a fresh solve (with the exact stage) finds."""
-    from kvsched.cluster_file import load_cluster_file
+    from kvsched.cluster_file import NO_HEADROOM, load_cluster_file
 
-    cluster = load_cluster_file(EXAMPLE)
+    cluster = load_cluster_file(EXAMPLE, NO_HEADROOM)
     models, gpus = list(cluster.models), list(cluster.gpus)
     first = solve(models, gpus, clock=_clock)
     current = [Slot(p.model, p.replica, p.gpu) for p in first.placements]

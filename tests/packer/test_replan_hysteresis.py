@@ -52,9 +52,9 @@ def _same(a: Plan, b: Plan) -> bool:
 def test_the_example_keeps_what_runs_and_optimises_the_new_replicas() -> None:
     """Before: the 35 new replicas were placed greedily and kept because that was within 5% of the lower bound
     (max KVPR 0.4808, 4.97% above it); a threshold of 0 found 0.4618 with the same 3 replicas in place."""
-    from kvsched.cluster_file import load_cluster_file
+    from kvsched.cluster_file import NO_HEADROOM, load_cluster_file
 
-    cluster = load_cluster_file(EXAMPLE)
+    cluster = load_cluster_file(EXAMPLE, NO_HEADROOM)
     plan = solve(cluster.models, cluster.gpus, current=cluster.current, options=cluster.options, clock=_clock)
     strict = solve(cluster.models, cluster.gpus, current=cluster.current, clock=_clock,
                    options=dataclasses.replace(cluster.options, stability_threshold_ratio=0.0))
@@ -67,9 +67,9 @@ def test_the_example_keeps_what_runs_and_optimises_the_new_replicas() -> None:
 
 
 def test_the_example_replanned_with_its_own_plan_as_the_hint_is_the_same_plan() -> None:
-    from kvsched.cluster_file import load_cluster_file
+    from kvsched.cluster_file import NO_HEADROOM, load_cluster_file
 
-    cluster = load_cluster_file(EXAMPLE)
+    cluster = load_cluster_file(EXAMPLE, NO_HEADROOM)
     first = solve(cluster.models, cluster.gpus, current=cluster.current, options=cluster.options, clock=_clock)
     running = {(s.model, s.replica) for s in cluster.current}
     pending = [s for s in _slots(first) if (s.model, s.replica) not in running]
