@@ -5,6 +5,7 @@ production shape in DESIGN.md: the cluster's own scheduler (profile `default-sch
 the control plane, and `start_scheduler` runs a second one configured as the Helm chart configures its own (the
 KubeSchedulerConfiguration of helm/kvsched's ConfigMap, rendered by `helm template`) with the extender at a URL
 the caller chooses. One process cannot host both: kube-scheduler shares its extenders with every profile.
+kube-apiserver writes an audit log of every ServiceAccount's requests to `audit_log` (harness/audit.py).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import yaml
 
 from hack.chart import CHART_DIR, Helm, RenderFailed, documents
 
+from . import audit
 from .certs import Credentials, write_credentials, write_kubeconfig
 from .processes import Component, ComponentFailed, free_port, http_ok
 from .tools import Tools
@@ -90,6 +92,11 @@ class ControlPlane:
     creds: Credentials | None = None
     apiserver_args: list[str] = field(default_factory=list)  # extra kube-apiserver flags, e.g. --watch-cache=false
     etcd_url: str = ""  # etcd's client URL (its v3 HTTP gateway too), set by `start`
+
+    @property
+    def audit_log(self) -> Path:
+        """kube-apiserver's audit log (JSON lines, Metadata level, ServiceAccounts only: harness/audit.py)."""
+        return audit.audit_log_path(self.workdir)
 
     # -- lifecycle -------------------------------------------------------------------------------------------
     def start(self) -> ControlPlane:
@@ -166,8 +173,13 @@ class ControlPlane:
             # Endpoints of the `kubernetes` Service may not be loopback addresses, so do not reconcile them.
             "--endpoint-reconciler-type=none",
             "--allow-privileged=true",
+            # On top of the defaults: clusters that guard owner references (OpenShift does) need `update` on
+            # the owner's finalizers for an ownerReference with blockOwnerDeletion, as kvsched's ModelServings
+            # carry. With it on here, a chart that lacks that grant fails the e2e tests with a 403.
+            "--enable-admission-plugins=OwnerReferencesPermissionEnforcement",
             "--profiling=false",
             "--v=1",
+            *audit.apiserver_flags(self.workdir),
             *self.apiserver_args,
         ])
         apiserver.wait_ready(
