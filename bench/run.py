@@ -3,7 +3,8 @@
 Figures, not tests: nothing here asserts, and the exit code is 0 whatever the numbers. Prints a plain-text report
 (targets marked PASS/MISS) and writes every figure as JSON to bench/results/latest.json (or --json PATH), with
 the machine and the date. Times are wall time from time.perf_counter; a repeated solve reports its median.
-Run: `python -m bench.run [--quick] [--repeat R] [--scale-sizes 16,128] [--no-ablation] [--json PATH]`.
+Run: `python -m bench.run [--quick] [--repeat R] [--scale-sizes 16,128] [--no-ablation] [--json PATH]`;
+`--headroom` runs only the cost of the memory headroom instead (bench/headroom.py).
 Called by: `make bench`, tests/bench (smoke test on a tiny subset).
 """
 
@@ -42,6 +43,9 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_JSON = REPO / "bench" / "results" / "latest.json"
 DEFAULT_SCALE_SIZES = (16, 128, 1024, 8192)
 QUICK_SCALE_SIZES = (16, 128)
+# The headroom comparison solves every instance twice: 8192 GPUs only when asked for.
+HEADROOM_SCALE_SIZES = (16, 128, 1024)
+HEADROOM_JSON = REPO / "bench" / "results" / "headroom.json"
 QUICK_ADRS_CASES = 10
 # The optima file gives ~8 significant digits; closer than this to the optimum counts as at it.
 OPTIMUM_TOLERANCE_RATIO = 1e-6
@@ -663,9 +667,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-ablation", action="store_true", help="skip the retune on/off ablation")
     parser.add_argument("--churn", action="store_true",
                         help="also run the churn suite (bench/churn.py; needs the `bench` extra, OR-Tools)")
-    parser.add_argument("--json", type=Path, default=DEFAULT_JSON, metavar="PATH",
+    parser.add_argument("--headroom", action="store_true",
+                        help="instead of the rest: the KVPR cost of the memory headroom (kvsched plan's default "
+                             "reserve, engine overhead and CUDA context), ADRS and scale solved without and with "
+                             f"it (scale {','.join(map(str, HEADROOM_SCALE_SIZES))} unless --scale-sizes; JSON to "
+                             "bench/results/headroom.json unless --json)")
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="where to write every figure as JSON (default bench/results/latest.json)")
     args = parser.parse_args(argv)
+    if args.json is None:
+        args.json = HEADROOM_JSON if args.headroom else DEFAULT_JSON
+    if args.headroom and args.scale_sizes is None:
+        args.scale_sizes = QUICK_SCALE_SIZES if args.quick else HEADROOM_SCALE_SIZES
     if args.repeat is None:
         args.repeat = 1 if args.quick else 3
     if args.scale_sizes is None:
@@ -694,6 +707,15 @@ def build_report(adrs_count: int, scale_sizes: Sequence[int], repeat: int, ablat
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.headroom:
+        from bench.headroom import format_headroom, run_headroom
+
+        headroom = run_headroom(args.adrs_cases, args.scale_sizes, args.repeat)
+        sys.stdout.write("\n".join([f"kvsched benchmark: memory headroom  |  {machine_info().date}", "",
+                                     *format_headroom(headroom)]) + "\n")
+        write_json(headroom, args.json)
+        sys.stdout.write(f"\nJSON: {args.json}\n")
+        return 0
     report = build_report(args.adrs_cases, args.scale_sizes, args.repeat, not args.no_ablation)
     sys.stdout.write(format_report(report))
     write_json(report, args.json)
