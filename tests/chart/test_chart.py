@@ -1,5 +1,6 @@
 """The Helm chart (helm/kvsched): lint, rendering with default and other values, the values schema, the objects
-it renders (security, scheduler configuration, RBAC), and deploy/ being its default rendering."""
+it renders (security, scheduler configuration, RBAC), and deploy/ being its default rendering. The names the chart
+shares with the code: test_names.py; the RBAC verbs against what kvsched does: tests/e2e/test_rbac_audit.py."""
 from __future__ import annotations
 
 import json
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from hack.chart import CHART_DIR, Helm, RenderFailed, documents, stale_manifests
+from kvsched.k8s.watch import DEPLOYMENTS, MODELSERVINGS, NODES, PODS, Resource
 
 NON_DEFAULT_VALUES: dict[str, Any] = {
     "replicas": 3,
@@ -207,31 +209,27 @@ def test_scheduler_image_defaults_to_the_cluster_version(helm: Helm, kube_versio
     assert containers(render(helm, values, kube_version=kube_version))["kube-scheduler"]["image"] == image
 
 
-# (api group, resource) -> verbs: exactly what the controller and the extender call.
-KVSCHED_RULES = {
-    ("kvsched.io", "modelservings"): ["get", "list", "watch", "create", "patch", "delete"],
-    ("kvsched.io", "modelservings/status"): ["get", "patch", "update"],
-    ("apps", "deployments"): ["get", "list", "watch", "patch"],
-    ("apps", "deployments/finalizers"): ["update"],
-    ("", "nodes"): ["get", "list", "watch"],
-    ("", "pods"): ["get", "list", "watch", "patch"],
-    ("", "bindings"): ["create"],
-    ("", "pods/binding"): ["create"],
-    ("", "pods/eviction"): ["create"],
-    ("events.k8s.io", "events"): ["create", "patch"],
-    ("", "events"): ["create", "patch"],
-}
+# -- RBAC -------------------------------------------------------------------------------------------------------
+# Which verbs kvsched uses is read from the apiserver's audit log while it runs (tests/e2e/test_rbac_audit.py: no
+# request denied, no grant unused). Here: what the code states without running, and the shape of the rules.
+def cluster_role_grants(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every rule of the chart's ClusterRole."""
+    role = only(docs, "ClusterRole")
+    return {(g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+            for v in rule["verbs"]}
 
 
-def test_cluster_role_grants_exactly_the_verbs_kvsched_uses(helm: Helm) -> None:
-    role = only(render(helm), "ClusterRole")
-    granted: dict[tuple[str, str], list[str]] = {}
-    for rule in role["rules"]:
-        assert "resourceNames" not in rule and "*" not in rule["verbs"]
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                granted.setdefault((group, resource), []).extend(rule["verbs"])
-    assert granted == KVSCHED_RULES
+@pytest.mark.parametrize("resource", [PODS, NODES, DEPLOYMENTS, MODELSERVINGS], ids=lambda r: r.collection)
+def test_cluster_role_lets_every_informer_list_and_watch(helm: Helm, resource: Resource) -> None:
+    # The collections the informers of kvsched.runtime open (kvsched.k8s.watch, named from kvsched.api.names).
+    grants = cluster_role_grants(render(helm))
+    assert {(resource.group, resource.plural, "list"), (resource.group, resource.plural, "watch")} <= grants
+
+
+def test_cluster_role_rules_are_plain(helm: Helm) -> None:
+    for rule in only(render(helm), "ClusterRole")["rules"]:
+        assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no resourceNames, no nonResourceURLs
+        assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
 
 
 def test_the_scheduler_gets_the_built_in_roles_and_both_get_their_leases(helm: Helm) -> None:
@@ -243,9 +241,9 @@ def test_the_scheduler_gets_the_built_in_roles_and_both_get_their_leases(helm: H
     for role in (cluster_role, "system:kube-scheduler", "system:volume-scheduler",
                  "extension-apiserver-authentication-reader", f"{cluster_role}-leader-election"):
         assert bound.get(role) == subject, role
-    leases = only(docs, "Role")
-    assert leases["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-                                "verbs": ["get", "create", "update"]}]
+    # Only Leases (its verbs: tests/e2e/test_rbac_audit.py, from the audit log).
+    [leases] = only(docs, "Role")["rules"]
+    assert (leases["apiGroups"], leases["resources"]) == (["coordination.k8s.io"], ["leases"])
     assert only(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == sa
 
 
