@@ -1,31 +1,39 @@
 """The controller end to end: `kvsched serve` (controller + extender) with the RBAC the chart grants (deploy/kvsched.yaml), a
 kube-scheduler with the `kvsched` profile, KWOK GPU nodes of a pool only this test plans on.
 
-Scenarios (issue 7): (1) three annotated Deployments on mixed 80Gi/40Gi GPUs match one plan, /metrics shows it;
+Scenarios (issue 7): (1) three annotated Deployments on mixed 80Gi/40Gi GPUs match one plan (statuses, templates,
+memory shares, /metrics, and `kvsched plan --kubeconfig` prints that plan; one controller set up for the module);
 (6) bad annotations -> Invalid and an event, the others placed; (4) a controller restart writes nothing;
 (5) two controllers: one leads, SIGKILL hands over within the lease; (3) cordoning a node re-places its
 replicas; (2) a rate change moves exactly the replicas the plan moves, an unchanged world writes nothing;
 (7) an apiserver restart; (8) a rollout on a full cluster completes. Also: a replica added by scaling up binds in
 seconds, and a pod kube-scheduler parked before its ModelServing existed binds once the controller nudges it.
+
+That nothing was written is shown after the controller's loop decided again (its round counter,
+kvsched_reconcile_rounds_total, advanced twice past the moment in question), never after a fixed sleep.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from .harness.cluster import ControlPlane
-from .harness.kube import create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, wait_for
+from .harness.cluster import ControlPlane, ExtenderConfig
 from .harness.controller import (
     KvschedProcess, kvsched_executable, lease_holder, resource_versions, service_account_kubeconfig, unique,
 )
+from .harness.example import migrations, placements, rounds
+from .harness.kube import create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, wait_for
 from .harness.processes import Component
 
 from kvsched.api.names import (
@@ -37,6 +45,7 @@ from kvsched.api.names import (
     RATE_ANNOTATION,
     SIZE_ANNOTATION,
     SLO_ANNOTATION,
+    share_of,
 )
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +53,11 @@ pytestmark = pytest.mark.e2e
 LEASE_S = 6
 GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
 MIB = {"80Gi": 81920, "40Gi": 40960}
+# The decision knobs a test's controller runs with (`kvsched plan --kubeconfig` is given the same ones).
+KNOBS = ["--time-budget-seconds=2"]
+# A label nothing selects on: changing it on a pool node is a watch event for the controller, so a round of its
+# loop, over plan inputs that did not change (GPU count and memory, the node selector's labels).
+POKE_LABEL = "e2e.kvsched.io/poke"
 
 
 @dataclass
@@ -67,32 +81,43 @@ class Pool:
             for n, (g, m) in zip(names, spec.values())])
         self.nodes.extend(names)
 
-    def start(self, scheduler: bool = True, command: str = "serve") -> KvschedProcess:
+    @property
+    def selection(self) -> list[str]:
+        """What the pool's controllers plan on: its nodes, its namespace."""
+        return [f"--node-selector=e2e-pool={self.label}", f"--namespace={self.namespace}"]
+
+    def start(self, scheduler: bool = True, command: str = "serve", knobs: list[str] = KNOBS) -> KvschedProcess:
         proc = KvschedProcess(self.plane, self.kubeconfig, [
-            f"--node-selector=e2e-pool={self.label}", f"--namespace={self.namespace}",
-            f"--leader-election-namespace={self.namespace}",
+            *self.selection, f"--leader-election-namespace={self.namespace}",
             f"--leader-election-name=kvsched-{self.label}", f"--lease-duration-seconds={LEASE_S}",
-            "--renew-deadline-seconds=4", "--retry-period-seconds=1", "--time-budget-seconds=2"],
+            "--renew-deadline-seconds=4", "--retry-period-seconds=1", *knobs],
             name=f"kvsched-{command}-{len(self.processes) + 1}-{self.label}", command=command).start()
         self.processes.append(proc)
         if scheduler:
             self.start_scheduler(proc.extender_url)
         return proc
 
+    def close(self) -> None:
+        for proc in self.processes:
+            proc.stop()
+        delete_nodes(client.CoreV1Api(self.kube), self.nodes)
+
+
+def new_pool(plane: ControlPlane, kube: client.ApiClient, namespace: str,
+             start_scheduler: Callable[..., Component]) -> Pool:
+    return Pool(plane, kube, namespace, unique("pool"), service_account_kubeconfig(kube, plane, namespace),
+                start_scheduler)
+
 
 @pytest.fixture
 def pool(control_plane: ControlPlane, kube: client.ApiClient, namespace: str, project_crds: list[str],
          kvsched_scheduler: Callable[..., Component]) -> Iterator[Pool]:
     assert "modelservings.kvsched.io" in project_crds
-    label = unique("pool")
-    p = Pool(control_plane, kube, namespace, label, service_account_kubeconfig(kube, control_plane, namespace),
-             kvsched_scheduler)
+    p = new_pool(control_plane, kube, namespace, kvsched_scheduler)
     try:
         yield p
     finally:
-        for proc in p.processes:
-            proc.stop()
-        delete_nodes(client.CoreV1Api(kube), p.nodes)
+        p.close()
 
 
 def annotated(name: str, size: str, rate: float, slo: str, replicas: int) -> dict[str, Any]:
@@ -139,7 +164,12 @@ def settled(pool: Pool, names: list[str]) -> bool:
     if any(p.metadata.deletion_timestamp for p in pods):
         return False
     for name in names:
-        ms = serving(pool, name)
+        try:
+            ms = serving(pool, name)
+        except ApiException as e:
+            if e.status == 404:  # not created yet
+                return False
+            raise
         status = ms.get("status") or {}
         if condition(ms, "Placed").get("status") != "True" or condition(ms, "Migrating").get("status") == "True":
             return False
@@ -154,101 +184,212 @@ def settled(pool: Pool, names: list[str]) -> bool:
     return True
 
 
-def wait_settled(pool: Pool, names: list[str], timeout_s: float = 120.0) -> dict[str, dict[str, Any]]:
-    """Wait until `settled` holds, and still holds 2 s later: a decision (debounced 0.2-1 s) may start a
-    migration or a restart right after the world looked settled."""
-    def steady() -> bool:
-        if not settled(pool, names):
-            return False
-        time.sleep(2.0)
-        return settled(pool, names)
-
-    wait_for(steady, bool, timeout_s, f"models {names} placed, bound and Ready", interval_s=0.5)
-    return {n: serving(pool, n) for n in names}
-
-
 def leader(pool: Pool) -> KvschedProcess | None:
     leaders = [p for p in pool.processes if p.component.running and p.metrics().get("kvsched_is_leader") == 1.0]
     assert len(leaders) <= 1, "two processes lead at once"
     return leaders[0] if leaders else None
 
 
+def wait_rounds(proc: KvschedProcess, since: float, n: int = 2, timeout_s: float = 90.0) -> dict[str, float]:
+    """Wait until `proc`'s loop has made `n` more decisions than `since` (its kvsched_reconcile_rounds_total read
+    earlier); returns its metrics then. The counter advances when a round has decided, before that round
+    writes: once it shows since + 2, round since + 1 has made all its writes (and evictions), and round
+    since + 2 decided over the world as it was after `since` was read. An idle loop decides on a watch event or
+    at its 30 s resync, hence the default timeout."""
+    return wait_for(proc.metrics, lambda m: rounds(m) >= since + n, timeout_s,
+                    f"{n} rounds of {proc.component.name}'s loop past round {since:.0f}")
+
+
+def poke(pool: Pool) -> None:
+    """A watch event for the pool's controllers that changes no input of the plan (see POKE_LABEL)."""
+    client.CoreV1Api(pool.kube).patch_node(pool.nodes[0], {"metadata": {"labels": {POKE_LABEL: uuid.uuid4().hex}}})
+
+
+def wait_settled(pool: Pool, names: list[str], timeout_s: float = 120.0) -> dict[str, dict[str, Any]]:
+    """Wait until `settled` holds, and still holds once a decision of the leading controller over the world as
+    it was then has been carried out, having started no eviction and no solve: a decision may start a migration
+    or a restart right after the world looked settled. That is three rounds past the moment (`wait_rounds`),
+    each drawn by a `poke` rather than waited for (an idle loop's resync comes every 30 s)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        proc = leader(pool)
+        if proc is None or not settled(pool, names):
+            time.sleep(0.5)  # poll interval
+            continue
+        seen = proc.metrics()
+        now = seen
+        for n in (1, 2, 3):
+            poke(pool)
+            now = wait_rounds(proc, rounds(seen), n, timeout_s=max(1.0, deadline - time.monotonic()))
+        if migrations(now) == migrations(seen) and placements(now) == placements(seen) and settled(pool, names):
+            return {n: serving(pool, n) for n in names}
+    raise AssertionError(f"models {names} not placed, bound and Ready, or not left so by a decision of the "
+                         f"controller, after {timeout_s:.0f}s")
+
+
 # -- (1) ------------------------------------------------------------------------------------------------------
-def test_three_annotated_deployments_match_one_plan(pool: Pool) -> None:
-    pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
-    proc = pool.start()
-    create_models(pool)
-    statuses = wait_settled(pool, list(MODELS))
-    apps = client.AppsV1Api(pool.kube)
-    memory = {f"{pool.label}-big": 80.0, f"{pool.label}-small": 40.0}
-    load: dict[tuple[str, int], float] = {}
-    weights: dict[tuple[str, int], float] = {}
-    running: dict[tuple[str, tuple[str, int]], float] = {}  # (model, GPU) -> the share its pod runs with
-    wanted: dict[tuple[str, tuple[str, int]], float] = {}   # (model, GPU) -> the share ModelServing status plans
-    per_replica: dict[str, float] = {}
-    sizes: dict[str, float] = {}
-    for name, (size, rate, slo, replicas) in MODELS.items():
-        ms = statuses[name]
+@dataclass
+class Placed:
+    """MODELS placed on a 2 x 80Gi + 2 x 40Gi pool by one `kvsched serve` running with `knobs`, settled."""
+
+    pool: Pool
+    proc: KvschedProcess
+    knobs: list[str]
+    statuses: dict[str, dict[str, Any]]
+
+    def gpu_memory_gib(self, node: str) -> float:
+        return {f"{self.pool.label}-big": 80.0, f"{self.pool.label}-small": 40.0}[node]
+
+    def per_gpu(self) -> tuple[dict[tuple[str, int], float], dict[tuple[str, int], float]]:
+        """(load, weights GiB) per GPU from the statuses' slots and MODELS (load n = rate / SLO per replica)."""
+        load: dict[tuple[str, int], float] = {}
+        weights: dict[tuple[str, int], float] = {}
+        for name, (size, rate, slo, replicas) in MODELS.items():
+            for slot in slot_set(self.statuses[name]):
+                load[slot] = load.get(slot, 0.0) + rate / float(slo.rstrip("s")) / replicas
+                weights[slot] = weights.get(slot, 0.0) + float(size[:-2])
+        return load, weights
+
+    def kvpr(self, gpu: tuple[str, int]) -> float:
+        load, weights = self.per_gpu()
+        return load[gpu] / (self.gpu_memory_gib(gpu[0]) - weights[gpu])
+
+    def max_kvpr(self) -> float:
+        return max(self.kvpr(g) for g in self.per_gpu()[0])
+
+
+@pytest.fixture(scope="module")
+def placed(control_plane: ControlPlane, kube: client.ApiClient, project_crds: list[str],
+           scheduler_kubeconfig: Path) -> Iterator[Placed]:
+    """One controller and its scheduler for the read-only checks of scenario (1): set up once, torn down after
+    the module (a namespace and a scheduler of its own, as the function-scoped fixtures make them)."""
+    assert "modelservings.kvsched.io" in project_crds
+    if not control_plane.tools.helm.exists():
+        reason = f"helm is not built ({control_plane.tools.helm}; run `make e2e-tools`): it renders the chart"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    core = client.CoreV1Api(kube)
+    namespace = f"e2e-{uuid.uuid4().hex[:8]}"
+    core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=namespace)))
+    schedulers: list[Component] = []
+
+    def start_scheduler(url: str) -> Component:
+        schedulers.append(control_plane.start_scheduler(ExtenderConfig(url=url, kubeconfig=scheduler_kubeconfig),
+                                                        name=f"kvsched-scheduler-{namespace}"))
+        return schedulers[-1]
+
+    p = new_pool(control_plane, kube, namespace, start_scheduler)
+    try:
+        wait_for(lambda: core.read_namespaced_service_account("default", namespace), lambda sa: True, 60.0,
+                 f"ServiceAccount {namespace}/default")
+        p.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
+        # Non-default knobs, so that `kvsched plan` agreeing with the controller is not agreement of defaults.
+        knobs = [f"--scheduler-name={DEFAULT_SCHEDULER_NAME}", "--time-budget-seconds=2",
+                 "--stability-threshold=0.1", "--max-migrations=3"]
+        proc = p.start(knobs=knobs)
+        create_models(p)
+        statuses = wait_settled(p, list(MODELS))
+        # Every pod is bound: the checks only read. One kube-scheduler of the `kvsched` profile at a time: the
+        # other tests of this module start their own, and a second one would schedule their pods through this
+        # controller's extender.
+        for scheduler in schedulers:
+            scheduler.stop()
+        yield Placed(p, proc, knobs, statuses)
+    finally:
+        p.close()
+        for scheduler in schedulers:
+            scheduler.stop()
+        core.delete_namespace(namespace)
+
+
+def test_three_annotated_deployments_get_statuses_of_one_plan(placed: Placed) -> None:
+    load, weights = placed.per_gpu()
+    for name, (_, _, _, replicas) in MODELS.items():
+        ms = placed.statuses[name]
         assert ms["status"]["placedReplicas"] == replicas == len(slot_set(ms))
         assert ms["status"]["observedGeneration"] == ms["metadata"]["generation"]
-        assert ms["metadata"]["ownerReferences"][0]["kind"] == "Deployment"
-        size_gib = float(size[:-2])
-        slo_s = float(slo.rstrip("s"))
-        for slot in slot_set(ms):
-            load[slot] = load.get(slot, 0.0) + rate / slo_s / replicas
-            weights[slot] = weights.get(slot, 0.0) + size_gib
-        dep = apps.read_namespaced_deployment(name, pool.namespace)
+        assert [(o["kind"], o["name"]) for o in ms["metadata"]["ownerReferences"]] == [("Deployment", name)]
+        assert ms["status"]["kvpr"] == pytest.approx(max(placed.kvpr(g) for g in slot_set(ms)), abs=1e-4)
+    for gpu, w in weights.items():
+        assert w < placed.gpu_memory_gib(gpu[0]), f"GPU {gpu} over memory"
+
+
+def test_managed_templates_get_the_scheduler_affinity_and_gpu_env(placed: Placed) -> None:
+    apps = client.AppsV1Api(placed.pool.kube)
+    for name, (size, _, _, _) in MODELS.items():
+        dep = apps.read_namespaced_deployment(name, placed.pool.namespace)
         spec = dep.spec.template.spec
         assert spec.scheduler_name == DEFAULT_SCHEDULER_NAME
         assert dep.spec.template.metadata.labels[MODEL_LABEL] == name
         assert dep.spec.strategy.rolling_update.max_surge == 0
         terms = spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution.node_selector_terms
         exprs = {(e.key, e.operator, tuple(e.values or ())) for e in terms[0].match_expressions}
-        assert ("e2e-pool", "In", (pool.label,)) in exprs
-        assert ("nvidia.com/gpu.memory", "Gt", (str(int(size_gib * 1024)),)) in exprs
+        assert ("e2e-pool", "In", (placed.pool.label,)) in exprs
+        assert ("nvidia.com/gpu.memory", "Gt", (str(int(float(size[:-2]) * 1024)),)) in exprs
         env = {e.name: e.value_from.field_ref.field_path for e in spec.containers[0].env}
         assert env["NVIDIA_VISIBLE_DEVICES"] == "metadata.annotations['kvsched.io/gpu']"
-        planned = {(s["node"], s["gpu"]): s["memoryFraction"] for s in ms["status"]["slots"]}
-        for p in managed_pods(pool, name):
+
+
+def test_pods_run_with_the_memory_shares_their_statuses_plan(placed: Placed) -> None:
+    # Every pod runs with the share its status plans, except one a re-plan left running with a smaller one that
+    # still keeps its KV-cache pressure within the stability threshold of the worst KVPR (docs/controller.md,
+    # "Memory shares"); and no GPU is promised more memory than it has.
+    running: dict[tuple[str, tuple[str, int]], float] = {}  # (model, GPU) -> the share its pod runs with
+    wanted: dict[tuple[str, tuple[str, int]], float] = {}   # (model, GPU) -> the share ModelServing status plans
+    for name in MODELS:
+        planned = {(s["node"], s["gpu"]): s["memoryFraction"] for s in placed.statuses[name]["status"]["slots"]}
+        for p in managed_pods(placed.pool, name):
             gpu = (p.spec.node_name, int(p.metadata.annotations[GPU_ANNOTATION]))
             assert gpu in planned
             running[(name, gpu)] = float(p.metadata.annotations[MEMORY_FRACTION_ANNOTATION])
             wanted[(name, gpu)] = planned[gpu]
-            per_replica[name] = rate / slo_s / replicas
-            sizes[name] = size_gib
-    for gpu, w in weights.items():
-        assert w < memory[gpu[0]], f"GPU {gpu} over memory"
-    kvpr = max(load[g] / (memory[g[0]] - weights[g]) for g in load)
-    # Every pod runs with the share its status plans, except one a re-plan left running with a smaller one that
-    # still keeps its KV-cache pressure within the stability threshold of the worst KVPR (docs/controller.md,
-    # "Memory shares"); and no GPU is promised more memory than it has.
     assert len(running) == sum(m[3] for m in MODELS.values())
+    threshold = next(float(k.split("=", 1)[1]) for k in placed.knobs if k.startswith("--stability-threshold="))
     for (name, gpu), share in running.items():
         if share != pytest.approx(wanted[(name, gpu)], abs=1e-9):
+            size, rate, slo, replicas = MODELS[name]
             assert share < wanted[(name, gpu)], f"{name} on {gpu} runs with more than planned"
-            assert per_replica[name] / (share * memory[gpu[0]] - sizes[name]) <= kvpr * 1.05 + 1e-9
-    for gpu in weights:
+            per_replica = rate / float(slo.rstrip("s")) / replicas
+            assert per_replica / (share * placed.gpu_memory_gib(gpu[0]) - float(size[:-2])) <= \
+                placed.max_kvpr() * (1 + threshold) + 1e-9
+    for gpu in placed.per_gpu()[0]:
         assert sum(f for (_, g), f in running.items() if g == gpu) <= 1.0 + 1e-9, f"GPU {gpu} over-committed"
-    metrics = proc.metrics()
-    assert metrics["kvsched_max_kvpr"] == pytest.approx(kvpr, rel=1e-3)
+
+
+def test_metrics_show_the_plan(placed: Placed) -> None:
+    metrics = placed.proc.metrics()
+    assert metrics["kvsched_max_kvpr"] == pytest.approx(placed.max_kvpr(), rel=1e-3)
     assert 0 < metrics["kvsched_kvpr_lower_bound"] <= metrics["kvsched_max_kvpr"] + 1e-9
     assert "kvsched_packer_retunes_total" in metrics
     assert metrics["kvsched_cache_synced"] == 1.0 and metrics["kvsched_is_leader"] == 1.0
     assert metrics['kvsched_models{state="placed"}'] == 3.0
-    for name in MODELS:
-        assert statuses[name]["status"]["kvpr"] == pytest.approx(
-            max(load[g] / (memory[g[0]] - weights[g]) for g in slot_set(statuses[name])), abs=1e-4)
-    # `kvsched plan --kubeconfig` prints the plan the controller made, and writes nothing.
+
+
+def test_plan_kubeconfig_prints_the_plan_the_controller_made_and_writes_nothing(placed: Placed,
+                                                                                tmp_path: Path) -> None:
+    # `kvsched plan --kubeconfig`, with the controller's knobs, over the settled cluster: the placements it
+    # prints are the statuses' slots (model -> (node, GPU, memory share as the status writes it)).
+    pool = placed.pool
+    statuses = {n: serving(pool, n) for n in MODELS}
     versions = resource_versions(pool.kube, pool.namespace)
-    printed = subprocess.run([str(kvsched_executable()), "plan", f"--kubeconfig={pool.kubeconfig}", "-o", "-",
-                              f"--node-selector=e2e-pool={pool.label}", f"--namespace={pool.namespace}"],
+    output = tmp_path / "plan.json"
+    printed = subprocess.run([str(kvsched_executable()), "plan", f"--kubeconfig={pool.kubeconfig}",
+                              f"--output={output}", *pool.selection, *placed.knobs],
                              capture_output=True, text=True, timeout=120)
     assert printed.returncode == 0, printed.stderr
-    planned = json.loads(printed.stdout)
-    by_model: dict[str, set[tuple[str, int]]] = {}
-    for p in planned["placements"]:
-        by_model.setdefault(p["model"].split("/", 1)[1], set()).add((p["node"], p["gpu"]))
-    assert by_model == {n: slot_set(statuses[n]) for n in MODELS}
+    plan = json.loads(output.read_text())
+    by_model: dict[str, list[tuple[str, int, float]]] = {}
+    for p in plan["placements"]:
+        namespace, name = p["model"].split("/", 1)
+        assert namespace == pool.namespace
+        by_model.setdefault(name, []).append((p["node"], p["gpu"], share_of(p["memoryFraction"])))
+    assert {n: sorted(v) for n, v in by_model.items()} == {
+        n: sorted((s["node"], s["gpu"], s["memoryFraction"]) for s in ms["status"]["slots"])
+        for n, ms in statuses.items()}
+    assert plan["unplaced"] == []
+    assert plan["maxKVPR"] == pytest.approx(placed.proc.metrics()["kvsched_max_kvpr"], rel=1e-6)
+    assert plan["maxKVPR"] == pytest.approx(max(ms["status"]["kvpr"] for ms in statuses.values()), abs=1e-4)
     assert resource_versions(pool.kube, pool.namespace) == versions
 
 
@@ -318,14 +459,16 @@ def test_restarting_the_controller_patches_and_migrates_nothing(pool: Pool) -> N
     first = pool.start()
     create_models(pool)
     wait_settled(pool, list(MODELS))
-    time.sleep(2)
     before = resource_versions(pool.kube, pool.namespace)
     first.stop()
     second = pool.start(scheduler=False)  # the scheduler keeps calling the old URL; nothing needs binding
-    wait_for(lambda: second.metrics().get("kvsched_is_leader"), lambda v: v == 1.0, LEASE_S + 10,
-             "the restarted controller leads")
-    time.sleep(5)  # fast path, refine, a resync's worth of quiet
+    leading = wait_for(second.metrics, lambda m: m.get("kvsched_is_leader") == 1.0, LEASE_S + 10,
+                       "the restarted controller leads")
+    # Two more decisions as leader (the idle loop's resyncs, if nothing else wakes it), then: nothing written.
+    metrics = wait_rounds(second, rounds(leading))
     after = resource_versions(pool.kube, pool.namespace)
+    assert metrics['kvsched_models{state="placed"}'] == len(MODELS)  # it did decide over the models
+    assert migrations(metrics) == 0
     changed = {k: (before.get(k), after.get(k)) for k in set(before) | set(after) if before.get(k) != after.get(k)}
     assert changed == {}
 
@@ -450,10 +593,11 @@ def test_rate_change_moves_exactly_the_replanned_replicas_and_quiet_writes_nothi
     before = wait_settled(pool, list(QUAD))
     assert sorted(len([n for n in QUAD if gpu in slot_set(before[n])]) for gpu in
                   {g for ms in before.values() for g in slot_set(ms)}) == [2, 2]
-    time.sleep(2)
     versions = resource_versions(pool.kube, pool.namespace)
-    time.sleep(5)
+    seen = proc.metrics()
+    quiet = wait_rounds(proc, rounds(seen))  # two decisions over the unchanged world (its resyncs)
     assert resource_versions(pool.kube, pool.namespace) == versions, "an unchanged world was written to"
+    assert (placements(quiet), migrations(quiet)) == (placements(seen), migrations(seen)), "an idle loop solved"
     pods_before = {n: {p.metadata.name for p in managed_pods(pool, n)} for n in QUAD}
     shares_before = {n: float(p.metadata.annotations[MEMORY_FRACTION_ANNOTATION])
                      for n in QUAD for p in managed_pods(pool, n)}
