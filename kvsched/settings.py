@@ -89,6 +89,12 @@ class ControllerSettings:
     """`spec.schedulerName` the controller writes on managed templates: the kube-scheduler profile that calls
     kvsched's extender (the chart's default)."""
 
+    runtime_class_name: str = "nvidia"
+    """`spec.runtimeClassName` the controller writes on managed templates: the runtime class whose container runtime
+    hands a pod the GPU named by `NVIDIA_VISIBLE_DEVICES` although the pod requests no `nvidia.com/gpu`. The GPU
+    Operator's `nvidia` class does, in CDI and legacy mode alike; the node's default runtime does not since GPU
+    Operator v25.10 (CDI by default). Empty: leave the templates' runtime class as their owners wrote it."""
+
     stability_threshold: float = 0.05
     """Keep the running placement unless a new plan's max KVPR is lower by more than this ratio: every move
     restarts a replica (minutes of weight loading), so 5% is what a move must buy."""

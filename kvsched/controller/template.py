@@ -1,8 +1,9 @@
 """The pod template a managed Deployment needs, and the smallest patch that gets it there.
 
 Every change to a Deployment's pod template starts a rollout that recreates all its replicas, so the template
-carries nothing that changes with the plan: the model label, kvsched's `schedulerName`, Downward-API env for the
-GPU index and memory fraction the extender writes at bind time, and a required node affinity that names no node:
+carries nothing that changes with the plan: the model label, kvsched's `schedulerName`, the runtime class that
+reads `NVIDIA_VISIBLE_DEVICES` (`runtimeClassName`, a setting), Downward-API env for the GPU index and memory
+fraction the extender writes at bind time, and a required node affinity that names no node:
 the pool's selector plus "a GPU larger than the model" (`nvidia.com/gpu.memory Gt <size in MiB>` for nodes without
 the `kvsched.io/gpu-memory` override; `kvsched.io/gpu-memory In <the override values larger than the model>` for
 nodes with it). That set changes only when a node with a new override value joins. The extender enforces the
@@ -80,6 +81,7 @@ def template_patch(deployment: DeploymentObj, model_label: str, terms: list[dict
     containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
     template_ok = (labels.get(MODEL_LABEL) == model_label
                    and spec.get("schedulerName") == config.scheduler_name
+                   and (not config.runtime_class_name or spec.get("runtimeClassName") == config.runtime_class_name)
                    and _current_terms(template) == terms
                    and all(_env_ok(c) for c in containers))
     strategy = _strategy_patch(deployment.strategy)
@@ -90,15 +92,15 @@ def template_patch(deployment: DeploymentObj, model_label: str, terms: list[dict
         patch_spec["strategy"] = strategy
     if not template_ok:
         env = [{"name": name, "valueFrom": {"fieldRef": {"fieldPath": path}}} for name, path in _ENV]
-        patch_spec["template"] = {
-            "metadata": {"labels": {MODEL_LABEL: model_label}},
-            "spec": {
-                "schedulerName": config.scheduler_name,
-                "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
-                    "nodeSelectorTerms": terms}}},
-                "containers": [{"name": c.get("name"), "env": env} for c in containers],
-            },
+        template_spec: dict[str, Any] = {
+            "schedulerName": config.scheduler_name,
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": terms}}},
+            "containers": [{"name": c.get("name"), "env": env} for c in containers],
         }
+        if config.runtime_class_name:
+            template_spec["runtimeClassName"] = config.runtime_class_name
+        patch_spec["template"] = {"metadata": {"labels": {MODEL_LABEL: model_label}}, "spec": template_spec}
     return {"spec": patch_spec}
 
 

@@ -36,7 +36,8 @@ def decision_config(settings: ControllerSettings) -> DecisionConfig:
     return DecisionConfig(node_selector=parse_selector(settings.node_selector),
                           scheduler_name=settings.scheduler_name,
                           stability_threshold_ratio=settings.stability_threshold,
-                          max_migrations=settings.max_migrations, time_budget_s=settings.time_budget_s)
+                          max_migrations=settings.max_migrations, time_budget_s=settings.time_budget_s,
+                          runtime_class_name=settings.runtime_class_name)
 
 
 def identity() -> str:

@@ -32,6 +32,7 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "timeBudgetSeconds": 2.5,
     "watchNamespace": "llm",
     "logLevel": "warning",
+    "runtimeClassName": "nvidia-cdi",
     "extraArgs": ["--debounce-seconds=1"],
 }
 
@@ -182,10 +183,12 @@ def test_scheduler_leader_election_follows_values(helm: Helm) -> None:
 
 
 @pytest.mark.parametrize("values, expected", [
-    pytest.param(None, ["serve", "--scheduler-name=kvsched", "--stability-threshold=0.05", "--max-migrations=4",
+    pytest.param(None, ["serve", "--scheduler-name=kvsched", "--runtime-class-name=nvidia",
+                        "--stability-threshold=0.05", "--max-migrations=4",
                         "--time-budget-seconds=5", "--log-level=info", "--metrics-port=8080", "--host=127.0.0.1", "--port=8888", "--leader-election=true",
                         "--leader-election-namespace=kvsched-system"], id="default values"),
-    pytest.param(NON_DEFAULT_VALUES, ["serve", "--scheduler-name=llm-scheduler", "--stability-threshold=0.1",
+    pytest.param(NON_DEFAULT_VALUES, ["serve", "--scheduler-name=llm-scheduler",
+                                      "--runtime-class-name=nvidia-cdi", "--stability-threshold=0.1",
                                       "--max-migrations=0", "--time-budget-seconds=2.5",
                                       "--log-level=warning", "--namespace=llm",
                                       "--node-selector=pool=llm,gpu!=reserved",

@@ -207,24 +207,6 @@ def run_scenario(plane: ControlPlane, kube: client.ApiClient, chart: InstalledCh
         delete_nodes(core, [f"{pool}-a", f"{pool}-b"])
 
 
-def ensure_runtime_classes(kube: client.ApiClient, kvsched_args: list[str]) -> list[str]:
-    """Create the RuntimeClass kvsched writes on managed templates (`--runtime-class-name`), as a GPU cluster has
-    it (the GPU Operator's), when the e2e cluster lacks it; returns the ones created, for the caller to delete."""
-    node = client.NodeV1Api(kube)
-    created = []
-    for name in [a.split("=", 1)[1] for a in kvsched_args if a.startswith("--runtime-class-name=")]:
-        if not name:
-            continue
-        try:
-            node.create_runtime_class({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
-                                       "metadata": {"name": name}, "handler": name})
-            created.append(name)
-        except ApiException as e:
-            if e.status != 409:
-                raise
-    return created
-
-
 @pytest.fixture(scope="module")
 def audited(control_plane: ControlPlane, kube: client.ApiClient, project_crds: list[str],
             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Audited]:
@@ -250,10 +232,8 @@ def audited(control_plane: ControlPlane, kube: client.ApiClient, project_crds: l
         "extraArgs": ["--metrics-host=127.0.0.1"],
     }
     chart = install_chart(control_plane, kube, helm, workdir, f"kvsched-{suffix}", f"kvsched-{suffix}", values)
-    runtime_classes: list[str] = []
     try:
         chart.scale_in_cluster_pod_to_zero()
-        runtime_classes = ensure_runtime_classes(kube, chart.kvsched_args())
         rendered = documents(Helm(helm, control_plane.tools.k8s_version).template(
             values, release=chart.release, namespace=chart.namespace))
         user = f"system:serviceaccount:{chart.namespace}:{chart.service_account()}"
@@ -270,8 +250,6 @@ def audited(control_plane: ControlPlane, kube: client.ApiClient, project_crds: l
     finally:
         uninstall_chart(chart, helm, workdir)
         core.delete_namespace(workload_ns)
-        for name in runtime_classes:
-            client.NodeV1Api(kube).delete_runtime_class(name)
 
 
 def describe(rules: AbstractSet[Rule]) -> list[str]:

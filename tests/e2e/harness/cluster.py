@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
 
 from hack.chart import CHART_DIR, Helm, RenderFailed, documents
 
@@ -27,6 +29,7 @@ KWOK_NODE_ANNOTATION = "kwok.x-k8s.io/node"
 KWOK_NODE_VALUE = "fake"
 SERVICE_CIDR = "10.96.0.0/16"
 READY_TIMEOUT_S = 120.0
+GPU_RUNTIME_CLASSES = ("nvidia", "nvidia-cdi", "nvidia-legacy")  # what the NVIDIA GPU Operator installs
 SCHEDULER_CONFIG_KEY = "scheduler-config.yaml"  # the chart's ConfigMap key the kube-scheduler container reads
 
 
@@ -115,6 +118,7 @@ class ControlPlane:
         self._start_kwok()
         self._start_default_scheduler()
         self._wait_api_object("/api/v1/namespaces/default/serviceaccounts/default", "serving the default account")
+        self._create_gpu_runtime_classes()
         return self
 
     def stop(self) -> None:
@@ -270,6 +274,24 @@ class ControlPlane:
                              READY_TIMEOUT_S, "ready again (/readyz)")
 
     # -- helpers ---------------------------------------------------------------------------------------------
+    def _create_gpu_runtime_classes(self) -> None:
+        """Create the RuntimeClasses the NVIDIA GPU Operator installs (`nvidia`, `nvidia-cdi`, `nvidia-legacy`):
+        kvsched sets `runtimeClassName` on managed templates, and the apiserver refuses a pod whose class does not
+        exist. KWOK runs no container, so the handlers are names only (simulated)."""
+        assert self.kubeconfig is not None
+        api = config.new_client_from_config(config_file=str(self.kubeconfig))
+        try:
+            node = client.NodeV1Api(api)
+            for name in GPU_RUNTIME_CLASSES:
+                try:
+                    node.create_runtime_class({"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass",
+                                               "metadata": {"name": name}, "handler": name})
+                except ApiException as e:
+                    if e.status != 409:
+                        raise ComponentFailed(f"RuntimeClass {name} was refused: {e.status} {e.reason}") from e
+        finally:
+            api.close()
+
     def _wait_api_object(self, path: str, what: str) -> None:
         creds = self.creds
         assert creds is not None
