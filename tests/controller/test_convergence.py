@@ -332,7 +332,7 @@ def test_a_capped_replan_moves_at_most_the_cap_once_and_then_rests() -> None:
     solves = solve_count(sim)
     moves = gauge(sim, 'kvsched_replan_steps_total{kind="move"}')
     evictions = len(sim.evictions)
-    sim.annotate_deployment("llama-3.1-8b-instruct", {"kvsched.io/request-rate": "72"})
+    sim.annotate_deployment("llama-3.1-8b-instruct", {RATE_ANNOTATION: "72"})
     converge(sim, "the capped re-plan")
     assert solve_count(sim) == solves + 1, "one change, one re-plan"
     assert gauge(sim, 'kvsched_replan_steps_total{kind="move"}') - moves == 1, "max_migrations=1: one move"
