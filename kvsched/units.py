@@ -23,7 +23,13 @@ MIB_BYTES = 2**20
 # A memory quantity string under 1 MiB is almost surely a missing unit ("80" is 80 bytes, not 80Gi).
 SMALLEST_MEMORY_BYTES = MIB_BYTES
 
-_DURATION = re.compile(r"^\s*(?P<number>\d+(?:\.\d*)?|\.\d+)\s*(?P<unit>ms|s|m)?\s*$")
+# Kubernetes' quantity grammar (apimachinery resource.Quantity), ASCII digits only: the official client's parser
+# also takes "1_000", Unicode digits, "inf" and "nan", which the apiserver refuses in a resource quantity.
+_QUANTITY = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?",
+                       re.ASCII)
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
+_WHOLE = re.compile(r"[0-9]+", re.ASCII)
+_DURATION = re.compile(r"^\s*(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?P<unit>ms|s|m)?\s*$", re.ASCII)
 _SECONDS_PER_UNIT = {"ms": 0.001, "s": 1.0, "m": 60.0, None: 1.0}
 
 
@@ -60,6 +66,28 @@ def number(value: object, *, minimum: float) -> float:
     return result
 
 
+def decimal_number(text: str) -> float:
+    """A finite decimal number written in ASCII ("12", "0.5", "1e3", "-2"), as people write one in an annotation or
+    label; refuses what Python's float() also takes ("1_000", Unicode digits, "inf", "nan", hex). Surrounding
+    whitespace is ignored. Raises UnitError."""
+    stripped = text.strip()
+    if _DECIMAL.fullmatch(stripped) is None:
+        raise UnitError(f"{text!r} is not a decimal number")
+    result = float(stripped)
+    if not math.isfinite(result):
+        raise UnitError(f"{text!r} is too large")
+    return result
+
+
+def whole_number(text: str) -> int:
+    """A whole number >= 0 written in ASCII digits ("0", "12"); refuses signs, "1_0", Unicode digits ("²", "٣")
+    that str.isdigit() accepts. Surrounding whitespace is ignored. Raises UnitError."""
+    stripped = text.strip()
+    if _WHOLE.fullmatch(stripped) is None:
+        raise UnitError(f"{text!r} is not a whole number")
+    return int(stripped)
+
+
 def seconds(value: object, *, zero_ok: bool) -> float:
     """A number of seconds, or a duration string "500ms", "2s", "1.5m" (a bare numeric string is seconds)."""
     if isinstance(value, str):
@@ -75,7 +103,10 @@ def seconds(value: object, *, zero_ok: bool) -> float:
 
 
 def quantity_bytes(text: str) -> Decimal:
-    """A Kubernetes quantity string as a number of bytes (may be fractional). Raises UnitError."""
+    """A Kubernetes quantity string as a number of bytes (may be fractional), in Kubernetes' own grammar. Raises
+    UnitError."""
+    if _QUANTITY.fullmatch(text.strip()) is None:
+        raise UnitError(f"{text!r} is not a Kubernetes quantity (e.g. 16Gi)")
     try:
         result: Decimal = parse_quantity(text.strip())  # type: ignore[no-untyped-call]
     except (ValueError, InvalidOperation):
@@ -95,6 +126,8 @@ def memory_gib(value: object) -> float:
             raise UnitError(f"{value!r} is only {size_bytes} bytes: add a unit (e.g. \"{value.strip()}Gi\"), "
                             f"or write a plain number for GiB")
         size_gib = float(size_bytes / Decimal(GIB_BYTES))
+        if not math.isfinite(size_gib):
+            raise UnitError(f"{value!r} is too large")
     else:
         size_gib = float(value)
         if not math.isfinite(size_gib):
@@ -120,7 +153,7 @@ def memory_share(text: object) -> float | None:
     if text is None:
         return None
     try:
-        value = float(str(text))
-    except ValueError:
+        value = decimal_number(str(text))
+    except UnitError:
         return None
     return value if 0.0 < value <= 1.0 else None

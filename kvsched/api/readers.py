@@ -14,6 +14,7 @@ from typing import Any, Mapping
 
 from kvsched.api.names import GPU_RESOURCE
 from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, OwnerRef, PodObj
+from kvsched.units import UnitError, whole_number
 
 Obj = Mapping[str, Any]
 
@@ -46,8 +47,8 @@ def _gpu_count(resources: object) -> int:
     res = _map(resources)
     value = _map(res.get("requests")).get(GPU_RESOURCE, _map(res.get("limits")).get(GPU_RESOURCE, 0))
     try:
-        return max(int(str(value)), 0)
-    except ValueError:
+        return whole_number(str(value))
+    except UnitError:  # the apiserver admits only whole GPU quantities; anything else counts as none
         return 0
 
 

@@ -35,7 +35,7 @@ from kvsched.api.names import (
 from kvsched.api.objects import NodeObj, PodObj
 from kvsched.controller.config import DecisionConfig
 from kvsched.packer import Gpu
-from kvsched.units import UnitError, memory_gib, memory_share
+from kvsched.units import UnitError, decimal_number, memory_gib, memory_share, whole_number
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,12 @@ def annotated_gpu(pod: PodObj) -> int | None:
     """The GPU index in the pod's `kvsched.io/gpu` annotation (bind writes it), or None when absent or not a
     whole number >= 0. Whether the pod holds that GPU is `held_gpu`'s question."""
     text = pod.annotations.get(GPU_ANNOTATION)
-    if text is None or not text.strip().isdigit():
+    if text is None:
         return None
-    return int(text)
+    try:
+        return whole_number(text)
+    except UnitError:
+        return None
 
 
 def held_gpu(pod: PodObj) -> int | None:
@@ -101,10 +104,10 @@ def node_gpu_count(node: NodeObj) -> int | None:
     present), or None when it reports neither. Raises UnitError when the value is not a whole number >= 0."""
     if node.gpu_capacity is None:
         return None
-    text = node.gpu_capacity.strip()
-    if not text.isdigit():
-        raise UnitError(f"{GPU_RESOURCE} {node.gpu_capacity!r} is not a whole number")
-    return int(text)
+    try:
+        return whole_number(node.gpu_capacity)
+    except UnitError:
+        raise UnitError(f"{GPU_RESOURCE} {node.gpu_capacity!r} is not a whole number") from None
 
 
 def node_memory_gib(node: NodeObj) -> float | None:
@@ -119,10 +122,10 @@ def node_memory_gib(node: NodeObj) -> float | None:
     if GPU_MEMORY_MIB_LABEL in node.labels:
         text = node.labels[GPU_MEMORY_MIB_LABEL].strip()
         try:
-            mib = float(text)
-        except ValueError:
+            mib = decimal_number(text)
+        except UnitError:
             raise UnitError(f"label {GPU_MEMORY_MIB_LABEL}: {text!r} is not a number of MiB") from None
-        if not mib > 0 or mib == float("inf"):
+        if not mib > 0:
             raise UnitError(f"label {GPU_MEMORY_MIB_LABEL}: must be a number of MiB > 0, got {text!r}")
         return mib / 1024.0
     return None

@@ -13,7 +13,6 @@ Called by: kvsched.controller.decide; `model_size_gib` also by kvsched.extender.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -21,7 +20,7 @@ from kvsched.api.names import API_VERSION, KIND, MODEL_ANNOTATIONS, RATE_ANNOTAT
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, World
 from kvsched.api.records import OwnedChange
 from kvsched.packer import InvalidInput, Model
-from kvsched.units import UnitError, describe, memory_gib, number, seconds
+from kvsched.units import UnitError, decimal_number, describe, memory_gib, number, seconds
 
 INVALID_SPEC = "InvalidSpec"
 INVALID_ANNOTATION = "InvalidAnnotation"
@@ -137,10 +136,10 @@ def _annotation_value(name: str, text: str) -> Any:
         return text
     if name == RATE_ANNOTATION:
         try:
-            rate = float(text)
-        except ValueError:
+            rate = decimal_number(text)
+        except UnitError:
             raise UnitError(f"{text!r} is not a number of requests per second") from None
-        if not math.isfinite(rate) or rate < 0:
+        if rate < 0:
             raise UnitError(f"must be a finite number >= 0, got {text!r}")
         return _plain(rate)
     return _plain(seconds(text, zero_ok=False))

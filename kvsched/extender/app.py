@@ -90,7 +90,7 @@ class BadRequest(Exception):
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, at most `limit` bytes (BadRequest 413 beyond, checked before and while reading)."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
         raise BadRequest(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
