@@ -27,6 +27,8 @@ INVALID_ANNOTATION = "InvalidAnnotation"
 WORKLOAD_NOT_FOUND = "WorkloadNotFound"
 FROM_ANNOTATIONS = "fromAnnotations"
 # The spec field each model annotation sets, in spec order.
+# The ModelServing spec field each packer Model field comes from (for messages naming the user's field).
+SPEC_FIELD_OF_MODEL_FIELD = {"size_gib": "modelSize", "rate_rps": "requestRate", "slo_s": "sloSeconds"}
 FIELD_OF_ANNOTATION = {SIZE_ANNOTATION: "modelSize", RATE_ANNOTATION: "requestRate", SLO_ANNOTATION: "sloSeconds"}
 
 
@@ -274,8 +276,9 @@ def _entry(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj]) 
     try:
         model = Model(ms.model_name, size, rate, slo, replicas)
     except InvalidInput as e:
+        field = SPEC_FIELD_OF_MODEL_FIELD.get(e.field, e.field)
         return ModelEntry(ms, deployment, replicas, None, size,
-                          Problem(INVALID_SPEC, f"spec.{e.field}: {e.why} (got {e.value!r})"))
+                          Problem(INVALID_SPEC, f"spec.{field}: {e.why} (got {e.value!r})"))
     return ModelEntry(ms, deployment, replicas, model, size, invalid)
 
 

@@ -19,6 +19,10 @@ from kvsched.packer.errors import InvalidInput
 
 # A guard against typos such as `replicas: 1000000000`, which would otherwise expand into a billion items.
 MAX_REPLICAS = 100_000
+# The largest load rate / SLO of one model, in requests per second squared. A million requests per second at a
+# 1 ms SLO is 1e9; the margin keeps every sum over a cluster's loads finite and exact enough to bisect on (an
+# infinite load, e.g. a rate of 1e308 with a 0.5 s SLO, made the packer fail for every model).
+MAX_LOAD = 1e12
 
 
 @dataclass(frozen=True, order=True)
@@ -49,8 +53,8 @@ def _check_number(obj: str, name: str, value: object, *, positive: bool) -> floa
 class Model:
     """An LLM served with `replicas` identical copies; each replica carries rate_rps / replicas of the traffic.
 
-    Invariants (checked on construction): name non-empty, size_gib > 0, rate_rps >= 0, slo_s > 0, replicas >= 1,
-    overhead_gib >= 0, context_gib >= 0.
+    Invariants (checked on construction): name non-empty, size_gib > 0, rate_rps >= 0, slo_s > 0,
+    rate_rps / slo_s <= MAX_LOAD, replicas >= 1, overhead_gib >= 0, context_gib >= 0.
 
     overhead_gib: the engine's working memory besides weights and KV cache (activations, CUDA graphs,
     workspaces), counted INSIDE the memory fraction the engine is given. context_gib: the CUDA context of the
@@ -73,6 +77,9 @@ class Model:
         _check_number(obj, "size_gib", self.size_gib, positive=True)
         _check_number(obj, "rate_rps", self.rate_rps, positive=False)
         _check_number(obj, "slo_s", self.slo_s, positive=True)
+        if not self.rate_rps / self.slo_s <= MAX_LOAD:
+            raise InvalidInput(obj, "rate_rps", self.rate_rps,
+                               f"divided by slo_s ({self.slo_s!r}) must be at most {MAX_LOAD:g} requests/s^2")
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
             raise InvalidInput(obj, "replicas", self.replicas, "must be an integer >= 1")
         if self.replicas > MAX_REPLICAS:

@@ -302,6 +302,33 @@ def test_user_modelserving_with_bad_size_is_invalid_and_others_planned() -> None
     assert condition(b, "Placed")["status"] == "True"  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("rate, slo, via", [
+    pytest.param("1e308", "0.5", "annotations", id="annotated rate 1e308, SLO 0.5 s: infinite load"),
+    pytest.param("1e300", "0.000001", "annotations", id="annotated rate 1e300, SLO 1 us"),
+    pytest.param(1e308, 0.5, "spec", id="ModelServing rate 1e308, SLO 0.5 s"),
+    pytest.param(2e10, 0.001, "spec", id="ModelServing load above the packer's limit"),
+])
+def test_a_model_whose_load_is_too_large_is_invalid_and_the_others_still_placed(
+        rate: object, slo: object, via: str) -> None:
+    """Issue 16: an infinite load made the packer raise on every round, so nothing was planned for any tenant."""
+    if via == "annotations":
+        bad = deployment("poison", namespace="tenant-a", rate=str(rate), slo=str(slo))
+        world = World(nodes=(node("n", gpus=2),), deployments=(bad, deployment("good", namespace="tenant-b")))
+    else:
+        world = World(nodes=(node("n", gpus=2),),
+                      deployments=(deployment("poison", namespace="tenant-a", annotations={}),
+                                   deployment("good", namespace="tenant-b", annotations={})),
+                      model_servings=(serving("poison", namespace="tenant-a", rate=rate, slo=slo),
+                                      serving("good", namespace="tenant-b")))
+    world, _ = settle(world)
+    poison, good = _servings(world)["poison"], _servings(world)["good"]
+    invalid = condition(poison, "Invalid")
+    assert (invalid["status"], invalid["reason"]) == ("True", "InvalidSpec")  # type: ignore[index]
+    assert "spec.requestRate" in invalid["message"]  # type: ignore[index]
+    assert condition(good, "Placed")["status"] == "True"  # type: ignore[arg-type]
+    assert good.status["placedReplicas"] == 1  # type: ignore[attr-defined]
+
+
 def test_unmanaged_gpu_pods_withhold_whole_gpus() -> None:
     world = World(nodes=(node("n", gpus=2),), deployments=(deployment("m", replicas=2),),
                   pods=(pod("other", "", "n", None, scheduler="default-scheduler", gpu_request=1),))
