@@ -79,7 +79,7 @@ class Model:
         _check_number(obj, "slo_s", self.slo_s, positive=True)
         if not self.rate_rps / self.slo_s <= MAX_LOAD:
             raise InvalidInput(obj, "rate_rps", self.rate_rps,
-                               f"divided by slo_s ({self.slo_s!r}) must be at most {MAX_LOAD:g} requests/s^2")
+                               f"divided by the SLO ({self.slo_s!r} s) must be at most {MAX_LOAD:g} requests/s^2")
         if isinstance(self.replicas, bool) or not isinstance(self.replicas, int) or self.replicas < 1:
             raise InvalidInput(obj, "replicas", self.replicas, "must be an integer >= 1")
         if self.replicas > MAX_REPLICAS:
