@@ -16,7 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from kvsched.api.names import API_VERSION, KIND, MODEL_ANNOTATIONS, RATE_ANNOTATION, SIZE_ANNOTATION, SLO_ANNOTATION
+from kvsched.api.names import (
+    API_VERSION,
+    KIND,
+    MODEL_ANNOTATIONS,
+    MODEL_LABEL,
+    RATE_ANNOTATION,
+    SIZE_ANNOTATION,
+    SLO_ANNOTATION,
+)
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, World
 from kvsched.api.records import OwnedChange
 from kvsched.packer import InvalidInput, Model
@@ -25,6 +33,8 @@ from kvsched.units import UnitError, decimal_number, describe, memory_gib, numbe
 INVALID_SPEC = "InvalidSpec"
 INVALID_ANNOTATION = "InvalidAnnotation"
 WORKLOAD_NOT_FOUND = "WorkloadNotFound"
+INVALID_NAME = "InvalidName"
+LABEL_VALUE_MAX = 63  # a label value's length limit; the model label's value is the ModelServing's name
 FROM_ANNOTATIONS = "fromAnnotations"
 # The spec field each model annotation sets, in spec order.
 # The ModelServing spec field each packer Model field comes from (for messages naming the user's field).
@@ -244,6 +254,12 @@ def _entry(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj]) 
     ref_name = ref.get("name") if isinstance(ref, dict) else None
     ref_kind = ref.get("kind", "Deployment") if isinstance(ref, dict) else None
     deployment = deployments.get(ObjectKey(ms.namespace, ref_name)) if isinstance(ref_name, str) else None
+    if len(ms.name) > LABEL_VALUE_MAX:
+        # The template patch would set an invalid label, which the apiserver refuses on every round.
+        problem = Problem(INVALID_NAME, f"metadata.name is {len(ms.name)} characters long: kvsched labels the "
+                          f"model's pods {MODEL_LABEL}=<name>, and a label value has at most {LABEL_VALUE_MAX}; "
+                          "use a shorter Deployment or ModelServing name")
+        return ModelEntry(ms, deployment, 0, None, None, problem)  # no size: no template patch either
     invalid: Problem | None = None
     owner_dep = deployment is not None and _owned_by(ms, deployment) and deployment.annotated
     if owner_dep:

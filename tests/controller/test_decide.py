@@ -329,6 +329,27 @@ def test_a_model_whose_load_is_too_large_is_invalid_and_the_others_still_placed(
     assert good.status["placedReplicas"] == 1  # type: ignore[attr-defined]
 
 
+@pytest.mark.parametrize("length, planned", [(63, True), (64, False), (120, False)])
+def test_a_model_whose_name_cannot_be_a_label_value_is_invalid_and_its_template_untouched(
+        length: int, planned: bool) -> None:
+    """Issue 16: a Deployment name of 64 characters or more made the model label invalid; the template patch was
+    refused on every round while the status said Placed."""
+    name = ("m" * length)[:length]
+    world, decisions = settle(World(nodes=(node("n", gpus=2),),
+                                    deployments=(deployment(name), deployment("good"))))
+    ms, good = _servings(world)[name], _servings(world)["good"]
+    patched = {p.key.name for d in decisions for p in d.deployment_patches}
+    assert condition(good, "Placed")["status"] == "True"  # type: ignore[arg-type]
+    if planned:
+        assert condition(ms, "Placed")["status"] == "True" and name in patched  # type: ignore[index]
+    else:
+        invalid = condition(ms, "Invalid")
+        assert (invalid["status"], invalid["reason"]) == ("True", "InvalidName")  # type: ignore[index]
+        assert f"{length} characters" in invalid["message"] and "63" in invalid["message"]  # type: ignore[index]
+        assert condition(ms, "Placed")["status"] == "False"  # type: ignore[arg-type]
+        assert name not in patched and "good" in patched
+
+
 def test_unmanaged_gpu_pods_withhold_whole_gpus() -> None:
     world = World(nodes=(node("n", gpus=2),), deployments=(deployment("m", replicas=2),),
                   pods=(pod("other", "", "n", None, scheduler="default-scheduler", gpu_request=1),))
