@@ -101,3 +101,9 @@ class EvictionRefused(Exception):
         super().__init__(f"{reason}: {message}")
         self.reason = reason
         self.message = message
+
+
+class BindOutcomeUnknown(Exception):
+    """A Binding was sent and nobody can say yet whether it was made (no reply, and the pod could not be read
+    back): the pod may run on the GPU it was annotated with. The binder rolled nothing back; the extender keeps its
+    reservation until the watch says what happened. str() is fit for the pod's FailedScheduling event."""

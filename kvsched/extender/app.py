@@ -28,6 +28,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from kvsched.api.names import GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL, share_text
+from kvsched.api.records import BindOutcomeUnknown
 from kvsched.extender.cache import BindTarget
 from kvsched.controller.slots import NEUTRAL_SCORE, FilterDecision, PlannedSlot, PodRef, Refusal
 from kvsched.extender.wire import (
@@ -251,6 +252,11 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
                        MEMORY_FRACTION_ANNOTATION: share_text(choice.memory_fraction)}
         try:
             await run_in_threadpool(binder.bind, ns, name, uid, node, annotations)
+        except BindOutcomeUnknown as e:
+            # The pod may run on that GPU: keep the reservation (the watch turns it into a holder, or the
+            # scheduler's retry finds the same slot reserved for this pod).
+            log.warning("bind %s/%s to %s: %s", ns, name, node, e)
+            return str(e), "error"
         except Exception as e:
             cache.release(uid)
             return str(e), "error"

@@ -6,7 +6,11 @@
 2. create the `pods/binding` subresource (the Binding carries the uid too);
 3. when step 2 fails, patch the annotations away again (best effort, logged), and raise BindError.
 A Binding refused with 409 because the pod is already on `node` (a retried bind whose first try succeeded) is a
-success. Raises BindError with a sentence for the scheduler's event. Called by: kvsched.extender.app.
+success. When step 2's outcome is unknown (no reply: a timeout or a dropped connection; or a 5xx, which the
+apiserver also answers for a write it may have made), the pod is read back: bound to `node` is a success, not
+bound is a failure as above, and when the read fails too the outcome stays unknown: nothing is rolled back (the
+pod may run on that GPU) and BindOutcomeUnknown is raised, so the extender keeps its reservation until the watch
+says what happened (kvsched.api.records). Raises BindError with a sentence for the scheduler's event. Called by: kvsched.extender.app.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from typing import Any
 
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+
+from kvsched.api.records import BindOutcomeUnknown
 
 log = logging.getLogger(__name__)
 
@@ -76,19 +82,38 @@ class PodBinder:
             _drain(self.core.create_namespaced_binding(namespace, body, _request_timeout=self.timeout_s,
                                                        _preload_content=False))
         except ApiException as e:
-            if e.status == 409 and self._bound_to(namespace, name, node):
-                return
+            if e.status in (409,) or e.status >= 500:
+                bound = self._bound_to(namespace, name, node)
+                if bound:
+                    return
+                if bound is None and e.status >= 500:
+                    raise BindOutcomeUnknown(f"binding pod {namespace}/{name} to {node}: {_api_message(e)}, and the "
+                                             "pod could not be read back; kept as bound until the watch says") \
+                        from None
             raise BindError(f"could not bind pod {namespace}/{name} to {node}: {_api_message(e)}") from None
-        except Exception as e:
+        except Exception as e:  # no reply: the Binding may have been made
+            bound = self._bound_to(namespace, name, node)
+            if bound:
+                log.info("pod %s/%s: the Binding to %s got no reply (%s) but was made", namespace, name, node,
+                         type(e).__name__)
+                return
+            if bound is None:
+                raise BindOutcomeUnknown(f"binding pod {namespace}/{name} to {node}: {type(e).__name__}: {e}, and "
+                                         "the pod could not be read back; kept as bound until the watch says") \
+                    from None
             raise BindError(f"could not bind pod {namespace}/{name} to {node}: {type(e).__name__}: {e}") from None
 
-    def _bound_to(self, namespace: str, name: str, node: str) -> bool:
+    def _bound_to(self, namespace: str, name: str, node: str) -> bool | None:
+        """Whether the pod is bound to `node` now, read from the apiserver; None when it cannot be read (unknown).
+        A pod that is gone (404) is not bound."""
         try:
             raw: Any = self.core.read_namespaced_pod(name, namespace, _request_timeout=self.timeout_s,
                                                      _preload_content=False)
             return bool(json.loads(raw.data).get("spec", {}).get("nodeName") == node)
+        except ApiException as e:
+            return False if e.status == 404 else None
         except Exception:
-            return False
+            return None
 
     def _remove_annotations(self, namespace: str, name: str, uid: str, keys: list[str]) -> None:
         patch: dict[str, Any] = {"metadata": {"annotations": dict.fromkeys(keys)}}

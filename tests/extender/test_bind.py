@@ -10,6 +10,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from kvsched.api.names import GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION
+from kvsched.api.records import BindOutcomeUnknown
 from kvsched.extender.app import create_app
 from kvsched.extender.cache import Cache
 from kvsched.controller.slots import PlannedSlot, PodRef, Refusal
@@ -124,6 +125,31 @@ def test_failed_bind_releases_the_slot() -> None:
     assert cache.counts()["reservations"] == 0
     binder.fail = ""
     assert client.post("/bind", json=binding(q, "n1")).json() == {"Error": ""}
+
+
+class UnknownOutcomeBinder(FakeBinder):
+    """A binder whose Binding got no reply and whose read-back failed too (kvsched.k8s.binding)."""
+
+    def bind(self, namespace: str, name: str, uid: str, node: str, annotations: dict[str, str] | None) -> None:
+        super().bind(namespace, name, uid, node, annotations)
+        raise BindOutcomeUnknown(f"binding pod {namespace}/{name} to {node}: ReadTimeoutError, and the pod could "
+                                 "not be read back; kept as bound until the watch says")
+
+
+def test_a_bind_whose_outcome_is_unknown_keeps_the_slot_for_that_pod() -> None:
+    """Issue 16: a Binding made but unanswered was treated as failed; the slot went to another pod while the first
+    one ran there."""
+    p, q = pod("llama-a", "llama"), pod("llama-b", "llama")
+    binder = UnknownOutcomeBinder()
+    client, cache, _, _ = setup([model("llama", "16Gi", [("n1", 0)])], [p, q], binder=binder)
+    assert "could not be read back" in client.post("/bind", json=binding(p, "n1")).json()["Error"]
+    assert cache.counts()["reservations"] == 1
+    assert client.post("/bind", json=binding(q, "n1")).json()["Error"] != ""  # the slot is still llama-a's
+    assert [c[1] for c in binder.calls] == ["llama-a"]
+    ok = FakeBinder()
+    client2 = TestClient(create_app(ExtenderSettings(), cache, ok, Metrics()))
+    assert client2.post("/bind", json=binding(p, "n1")).json() == {"Error": ""}  # the retry takes the same slot
+    assert ok.calls[0][4] is not None and ok.calls[0][4][GPU_ANNOTATION] == "0"
 
 
 def test_concurrent_binds_for_the_last_slot_one_wins() -> None:
