@@ -38,9 +38,11 @@ loading), created before the engine's start-up check."""
 class ExtenderSettings:
     """The scheduler extender (`kvsched extender`)."""
 
-    host: str = "0.0.0.0"
-    """Address to listen on. All interfaces: the kvsched kube-scheduler in the same pod calls it on localhost, and
-    Prometheus scrapes /metrics on the pod's IP."""
+    host: str = "127.0.0.1"
+    """Address to listen on. Loopback: the kvsched kube-scheduler in the same pod calls it on localhost, and
+    /bind writes to the API with kvsched's credentials, so nothing else should reach it (`kvsched serve` exports
+    /metrics on its metrics port; a standalone extender scraped by Prometheus needs `--host` set to the pod IP
+    and a NetworkPolicy)."""
 
     port: int = 8888
     """TCP port for the extender's HTTP API (filter, prioritize, bind, healthz, readyz, metrics)."""
