@@ -19,14 +19,21 @@ from kvsched.metrics import CONTENT_TYPE, Metrics
 log = logging.getLogger(__name__)
 
 
+IDLE_TIMEOUT_S = 10.0  # a connection that sends no complete request within this is closed (and frees its thread)
+
+
 class HealthServer:
-    """Serve the three endpoints on `host:port` from a daemon thread (port 0: a free port, see `.port`)."""
+    """Serve the three endpoints on `host:port` from a daemon thread (port 0: a free port, see `.port`). Each
+    connection has its own thread; one that sends nothing for `idle_timeout_s` seconds is closed, so idle or
+    slow clients cannot pile up threads."""
 
     def __init__(self, host: str, port: int, metrics: Metrics, ready: Callable[[], bool],
-                 leadership: Callable[[], str]) -> None:
+                 leadership: Callable[[], str], idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
+            timeout = idle_timeout_s  # socket timeout of every read and write (BaseHTTPRequestHandler.setup)
+
             def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
