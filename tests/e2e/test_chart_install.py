@@ -20,6 +20,9 @@ from .harness.processes import Component, free_port, http_ok
 
 pytestmark = pytest.mark.e2e
 
+PSA_LABELS = ("pod-security.kubernetes.io/enforce", "pod-security.kubernetes.io/warn",
+              "pod-security.kubernetes.io/audit")
+
 
 @pytest.fixture(scope="module")
 def chart(control_plane: ControlPlane, kube: client.ApiClient, project_crds: list[str],
@@ -32,6 +35,9 @@ def chart(control_plane: ControlPlane, kube: client.ApiClient, project_crds: lis
         pytest.skip(reason)
     workdir = tmp_path_factory.mktemp("chart")
     suffix = uuid.uuid4().hex[:6]
+    # The release namespace enforces the `restricted` Pod Security Standard, as a hardened cluster's would.
+    client.CoreV1Api(kube).create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(
+        name=f"kvsched-{suffix}", labels=dict.fromkeys(PSA_LABELS, "restricted"))))
     # Nothing may run the in-cluster pod on a KWOK node (KWOK would pretend it runs): pin it nowhere.
     installed = install_chart(control_plane, kube, helm, workdir, f"kvsched-{suffix}", f"kvsched-{suffix}",
                               {"nodeSelector": {"kvsched.io/e2e": "nowhere"}})
@@ -121,3 +127,20 @@ def test_the_examples_are_accepted(chart: InstalledChart, kube: client.ApiClient
             else:
                 client.CustomObjectsApi(kube).create_namespaced_custom_object(
                     group, version, namespace, "modelservings", doc, dry_run="All")
+
+
+def test_the_charts_pod_is_admitted_under_the_restricted_pod_security_standard(
+        chart: InstalledChart, kube: client.ApiClient) -> None:
+    """The release namespace enforces `restricted`: the chart's Deployment gets its pod (the ReplicaSet would
+    report FailedCreate with the violations otherwise)."""
+    core, apps = client.CoreV1Api(kube), client.AppsV1Api(kube)
+    labels = core.read_namespace(chart.namespace).metadata.labels or {}
+    assert labels.get("pod-security.kubernetes.io/enforce") == "restricted"
+
+    def failures() -> list[str]:
+        return [f"{rs.metadata.name}: {c.message}" for rs in apps.list_namespaced_replica_set(chart.namespace).items
+                for c in (rs.status.conditions or []) if c.type == "ReplicaFailure"]
+
+    pods = wait_for(lambda: (core.list_namespaced_pod(chart.namespace).items, failures()),
+                    lambda got: bool(got[0]) or bool(got[1]), 60.0, "the chart's pod, or a FailedCreate")
+    assert pods[1] == [] and len(pods[0]) >= 1, pods[1]
