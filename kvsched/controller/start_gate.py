@@ -78,13 +78,21 @@ def _clock_text(epoch_s: float) -> str:
     return datetime.datetime.fromtimestamp(epoch_s, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+_WAIT_PHRASE = "one engine starts per GPU at a time"
+
+
 def waiting_reason(occupant: Occupant, gate: StartGate) -> str:
     """Why a pod waits: who is starting, since when and until when at the latest (for FailedNodes and binds)."""
     since = occupant.starting_since if occupant.starting_since is not None else gate.now_s
     return (f"pod {occupant.pod} is starting there (bound at {_clock_text(since)}, "
-            f"{max(0.0, gate.now_s - since):.0f}s ago): one engine starts per GPU at a time, so this pod waits "
+            f"{max(0.0, gate.now_s - since):.0f}s ago): {_WAIT_PHRASE}, so this pod waits "
             f"until it is Ready, at the latest until {_clock_text(gate.expiry(since))} (start timeout "
             f"{gate.timeout_s:.0f}s)")
+
+
+def is_gate_reason(reason: str) -> bool:
+    """Whether a filter or bind reason (`waiting_reason`, possibly among others) includes a wait at a start gate."""
+    return _WAIT_PHRASE in reason
 
 
 def next_expiry(occupants: Iterable[Occupant], gate: StartGate) -> float | None:

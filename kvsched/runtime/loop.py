@@ -299,6 +299,7 @@ class Reconciler:
         world = self.world()
         decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
         self._last_decision = decision
+        self.metrics.start_gate_waiting_pods.set(decision.gate_waiting)
         self.metrics.reconcile_rounds.inc()
         self.metrics.record_models(dict(decision.model_states))
         if self._solved:

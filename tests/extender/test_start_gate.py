@@ -124,3 +124,36 @@ def test_no_bind_admits_a_second_starting_pod_on_a_gpu(ops: list[Op]) -> None:
         elif op == "delete" and i in bound and i not in gone:
             cache.on_pod("DELETED", bound_pod(name, model_name, bound[i][0], bound[i][1], bound[i][2]))
             gone.add(i)
+
+
+def test_refusals_at_the_gate_are_counted_by_verb() -> None:
+    from fastapi.testclient import TestClient
+
+    from kvsched.extender.app import create_app
+    from kvsched.metrics import Metrics
+    from kvsched.settings import ExtenderSettings
+
+    from .world import FakeBinder, args, binding
+
+    clock = Clock()
+    cache = gate_world(clock)
+    for g in range(GPUS):  # both GPUs have a pod starting
+        cache.on_pod("ADDED", bound_pod(f"m0-{g}", "m0", g, T0, ready=False))
+    metrics = Metrics()
+    app = TestClient(create_app(ExtenderSettings(), cache, FakeBinder(), metrics))
+    waiting = pod("m1-a", "m1")
+    answer = app.post("/filter", json=args(waiting, ["n1"])).json()
+    assert answer["NodeNames"] == [] and "pod ml/m0-0 is starting there" in answer["FailedNodes"]["n1"]
+    cache.on_pod("ADDED", waiting)
+    refused = app.post("/bind", json=binding(waiting, "n1")).json()
+    assert "is starting there" in refused["Error"]
+
+    def count(verb: str) -> float:
+        value = metrics.registry.get_sample_value("kvsched_start_gate_refusals_total", {"verb": verb})
+        assert value is not None
+        return value
+
+    assert (count("filter"), count("bind")) == (1.0, 1.0)
+    clock.now += TIMEOUT  # the starts time out: the next filter passes and counts nothing
+    assert app.post("/filter", json=args(waiting, ["n1"])).json()["NodeNames"] == ["n1"]
+    assert count("filter") == 1.0

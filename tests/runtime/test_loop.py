@@ -435,3 +435,17 @@ def test_the_loop_wakes_up_when_a_start_times_out(bound_at: str, ready: bool, de
     loop.api.put(dataclasses.replace(pod("m-a", "m", "n1", 0, ready=ready), bound_at=bound_at))
     loop.round()
     assert loop.r.gate_delay() == delay
+
+
+@pytest.mark.parametrize("ready, waiting", [pytest.param(False, 1, id="a pod starts on q's GPU"),
+                                            pytest.param(True, 0, id="it is Ready")])
+def test_the_loop_exports_how_many_pods_wait_at_a_start_gate(ready: bool, waiting: int) -> None:
+    loop = make()
+    loop.api.put(deployment("q", replicas=1))
+    loop.rounds(4)
+    where = slots(loop.api, "q")[0]  # m has a slot on each GPU, q on one of them
+    loop.api.put(dataclasses.replace(pod("m-a", "m", where[0], where[1], ready=ready),
+                                     bound_at="2026-11-28T05:59:50Z"))
+    loop.api.put(pod("q-a", "q", None, None))
+    loop.round()
+    assert loop.metric("kvsched_start_gate_waiting_pods") == waiting
