@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import threading
@@ -98,6 +99,7 @@ def run_once(gate: bool, start_delay: str, timeout_s: float) -> dict[str, Any]:
                 "max_starting_per_gpu": starts.max_starting_per_gpu}
     finally:
         cluster.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
