@@ -76,7 +76,7 @@ constraints:
 
 ## cluster: a local cluster to try kvsched (control plane, KWOK GPU nodes, the chart, kvsched, Prometheus); Ctrl-C stops it
 cluster: $(STAMP) e2e-tools
-	$(PY) -m hack.cluster
+	$(PY) -m hack.cluster $(CLUSTER_ARGS)
 
 ## soak: 20 random changes over ~10 minutes on the bundled example; evictions must equal what the re-plans report
 .PHONY: soak

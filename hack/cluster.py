@@ -9,12 +9,17 @@ Prometheus scraping kvsched. It creates the example's models as annotated Deploy
 KVSCHED_CLUSTER_EXAMPLES=0), writes $KVSCHED_CLUSTER_DIR/env (default .kvsched-cluster/env) and prints `ready`.
 
 KVSCHED_CLUSTER_SERVE replaces the `kvsched serve` command line (shell words; for tests and for trying another
-build). Exit codes: 0 stopped by a signal, 1 a component failed, 2 a prerequisite is missing.
+build). `--start-delay 10s` (or KVSCHED_CLUSTER_START_DELAY=10s) gives every example pod an engine start-up of that
+long: KWOK keeps it Running and not Ready for that Go duration after its bind (the e2e harness's stage,
+tests/e2e/cluster/stages/pod-start-delay.yaml), so the start gate (one engine starting per GPU) shows.
+Exit codes: 0 stopped by a signal, 1 a component failed, 2 a prerequisite is missing.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -32,7 +37,7 @@ from hack.chart import CHART_DIR, NAMESPACE, RELEASE
 from kvsched.api.names import GPU_MEMORY_LABEL, RATE_ANNOTATION, SIZE_ANNOTATION, SLO_ANNOTATION
 from kvsched.cluster_file import ClusterFileError, load_cluster_file
 from tests.e2e.harness.chart import HelmFailed, install_chart
-from tests.e2e.harness.cluster import ControlPlane
+from tests.e2e.harness.cluster import START_DELAY_ANNOTATION, ControlPlane
 from tests.e2e.harness.kube import api_client, create_gpu_nodes, deployment_manifest, gpu_node_manifest, wait_for
 from tests.e2e.harness.processes import Component, ComponentFailed, free_port, http_ok
 from tests.e2e.harness.prometheus import start_prometheus
@@ -90,9 +95,10 @@ def example_nodes(path: Path) -> list[dict[str, Any]]:
             for node, mem in sorted(gpus.items())]
 
 
-def example_deployments(path: Path) -> list[dict[str, Any]]:
+def example_deployments(path: Path, start_delay: str = "") -> list[dict[str, Any]]:
     """Annotated Deployments for the models of a cluster file (values as written there; plain numbers of GiB
-    get their unit)."""
+    get their unit). `start_delay` (a Go duration, e.g. "10s"; "": none) becomes each pod's simulated engine
+    start-up (the e2e harness's START_DELAY_ANNOTATION)."""
     load_cluster_file(path)  # the same checks and messages as `kvsched plan`
     raw = yaml.safe_load(path.read_text())
     manifests = []
@@ -104,7 +110,9 @@ def example_deployments(path: Path) -> list[dict[str, Any]]:
             SLO_ANNOTATION: str(model["sloSeconds"]),
         }
         manifests.append(deployment_manifest(model["name"], replicas=int(model.get("replicas", 1)),
-                                             annotations=annotations))
+                                             annotations=annotations,
+                                             pod_annotations={START_DELAY_ANNOTATION: start_delay}
+                                             if start_delay else None))
     return manifests
 
 
@@ -115,6 +123,9 @@ class LocalCluster:
     workdir: Path
     serve: list[str]
     examples: bool = True
+    start_delay: str = ""                                          # each example pod's start-up ("": none)
+    extra_args: list[str] = dataclasses.field(default_factory=list)  # after the chart's flags of `kvsched serve`
+    created_at: float | None = None                                # monotonic s the example Deployments were created
     plane: ControlPlane | None = None
     components: list[Component] = dataclasses.field(default_factory=list)
 
@@ -157,7 +168,7 @@ class LocalCluster:
         scheduler_config = chart.local_scheduler_config(sa_kubeconfig)
 
         say(f"kvsched: {' '.join(self.serve)} (extender on :{extender_port}, metrics on :{metrics_port})")
-        kvsched = Component("kvsched", [*self.serve, *kvsched_args[1:]], logs / "kvsched.log",
+        kvsched = Component("kvsched", [*self.serve, *kvsched_args[1:], *self.extra_args], logs / "kvsched.log",
                             env={"KUBECONFIG": str(sa_kubeconfig)}).start()
         self.components.append(kvsched)
         metrics_url = f"http://127.0.0.1:{metrics_port}"
@@ -183,14 +194,16 @@ class LocalCluster:
         say(f"Prometheus at {prometheus_url}, scraping kvsched")
 
         if self.examples:
-            manifests = example_deployments(EXAMPLE)
+            manifests = example_deployments(EXAMPLE, self.start_delay)
             core.create_namespace(client.V1Namespace(metadata=client.V1ObjectMeta(name=DEMO_NAMESPACE)))
             wait_for(lambda: core.read_namespaced_service_account("default", DEMO_NAMESPACE), lambda sa: True,
                      60.0, f"ServiceAccount {DEMO_NAMESPACE}/default")
+            self.created_at = time.monotonic()
             for manifest in manifests:
                 apps.create_namespaced_deployment(DEMO_NAMESPACE, manifest)
             replicas = sum(m["spec"]["replicas"] for m in manifests)
-            say(f"{len(manifests)} annotated Deployments ({replicas} replicas) in namespace {DEMO_NAMESPACE}")
+            delay = f", each starting for {self.start_delay}" if self.start_delay else ""
+            say(f"{len(manifests)} annotated Deployments ({replicas} replicas{delay}) in namespace {DEMO_NAMESPACE}")
         admin.close()
         return {
             "KUBECONFIG": str(self.plane.kubeconfig),
@@ -210,7 +223,19 @@ class LocalCluster:
             self.plane.stop()
 
 
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="make cluster", description="a local cluster to try kvsched on")
+    parser.add_argument("--start-delay", default=os.environ.get("KVSCHED_CLUSTER_START_DELAY", ""),
+                        metavar="DURATION", help="simulated engine start-up of every example pod, a Go duration "
+                        "such as 10s (env KVSCHED_CLUSTER_START_DELAY; default: none, Ready at once)")
+    args = parser.parse_args(argv)
+    if args.start_delay and not re.fullmatch(r"(\d+(\.\d+)?(ms|s|m|h))+", args.start_delay):
+        parser.error(f"--start-delay {args.start_delay!r} is not a Go duration such as 10s or 1m30s")
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
     workdir = Path(os.environ.get("KVSCHED_CLUSTER_DIR") or REPO_ROOT / ".kvsched-cluster").resolve()
     examples = os.environ.get("KVSCHED_CLUSTER_EXAMPLES", "1") != "0"
     def interrupt(signum: int, frame: object) -> None:
@@ -224,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Unavailable, subprocess.CalledProcessError, ClusterFileError) as e:
         print(f"make cluster: {e}", file=sys.stderr)
         return 2
-    cluster = LocalCluster(workdir=workdir, serve=serve, examples=examples)
+    cluster = LocalCluster(workdir=workdir, serve=serve, examples=examples, start_delay=args.start_delay)
     try:
         env = cluster.start()
         env_file = workdir / "env"

@@ -117,6 +117,15 @@ def build() -> dashboard.Dashboard:
               "A"),
         query("sum by (resource) (increase(kvsched_watch_errors_total[$__rate_interval]))", "error {{resource}}",
               "B"), width=12)
+    start_gate = series(
+        "Start gate",
+        "One engine starts per GPU at a time: pending replicas that could bind but for a replica starting on the "
+        "GPU (bound, not Ready, within the start timeout), and the extender's refusals at the gate per minute "
+        "(filter answers with no node passed, binds). Waits that last show slow or crash-looping start-ups.",
+        "none",
+        query(f"max(kvsched_start_gate_waiting_pods {LEADER})", "waiting pods", "A"),
+        query("sum by (verb) (rate(kvsched_start_gate_refusals_total[$__rate_interval])) * 60",
+              "{{verb}} refusals / min", "B"), width=24)
     leader = (stat.Panel().title("Leader and cache").datasource(DATASOURCE)
               .description("1 for the replica that holds the leader Lease (only it writes), and whether each "
                            "replica's watches have listed (cache synced).")
@@ -130,6 +139,7 @@ def build() -> dashboard.Dashboard:
         ("Planner", [retunes, placement, models]),
         ("Migrations and extender", [migrations, latency, requests]),
         ("Replicas", [leader, watches, decisions]),
+        ("Start-up", [start_gate]),
     ]
     board = (dashboard.Dashboard("kvsched").uid(UID).tags(["kvsched", "gpu", "scheduler"])
              .description("kvsched: KV-cache pressure of the GPU plan, the planner and the scheduler extender.")

@@ -87,6 +87,15 @@ class Metrics:
                                     registry=r)
         self.bind_conflicts = Counter("kvsched_bind_conflicts", "Binds refused because the slot was taken "
                                       "meanwhile.", registry=r)
+        self.start_gate_refusals = Counter(
+            "kvsched_start_gate_refusals", "Managed pods the extender turned away because a pod is starting on "
+            "the GPU of a slot (one engine starting per GPU at a time): filter answers that passed no node while "
+            "some node waited at a start gate, and binds refused at one, by verb.", ["verb"], registry=r)
+        for verb in ("filter", "bind"):
+            self.start_gate_refusals.labels(verb=verb)  # exported from 0
+        self.start_gate_waiting_pods = Gauge(
+            "kvsched_start_gate_waiting_pods", "Pending managed pods that could bind now but for a start gate "
+            "(a pod starting on the GPU), in the controller's last decision.", registry=r)
         for state in MODEL_STATES:
             self.models.labels(state=state).set(0)
 

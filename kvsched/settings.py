@@ -63,6 +63,13 @@ class ExtenderSettings:
     (RBAC? the CRD missing?) and keeps trying, /readyz false. Long enough for a big cluster's first pod list,
     short enough to surface a broken install."""
 
+    start_timeout_s: float = 300.0
+    """Seconds a managed pod bound to a GPU and not yet Ready keeps every other managed pod off that GPU (one engine
+    starts per GPU at a time: engines size their KV cache from the free memory they profile at start-up). Past it
+    the pod stops holding the GPU, Ready or not, so a crash-looping pod cannot block it for ever. 300 s covers
+    loading a 70B model's weights from a local disk and capturing CUDA graphs; 0 turns the gate off. Read by the
+    extender (filter, bind) and the controller (nudges, when to wake up)."""
+
     bind_timeout_s: float = 10.0
     """Read timeout in seconds of each API call a bind makes (annotate, Binding); kube-scheduler's own extender
     httpTimeout defaults to 30 s, and a bind makes up to three calls."""
@@ -116,6 +123,13 @@ class ControllerSettings:
     engine_context_gib: float = DEFAULT_ENGINE_CONTEXT_GIB
     """GiB each replica's engine process takes outside its memory fraction: its CUDA context (~0.3-0.4 GiB with
     CUDA 12's lazy loading), created before the start-up check. Not yet read by the controller (issue 15)."""
+
+    start_timeout_s: float = 300.0
+    """Seconds a managed pod bound to a GPU and not yet Ready keeps every other managed pod off that GPU (one engine
+    starts per GPU at a time: engines size their KV cache from the free memory they profile at start-up). Past it
+    the pod stops holding the GPU, Ready or not, so a crash-looping pod cannot block it for ever. 300 s covers
+    loading a 70B model's weights from a local disk and capturing CUDA graphs; 0 turns the gate off. Read by the
+    extender (filter, bind) and the controller (nudges, when to wake up)."""
 
     time_budget_s: float = 5.0
     """Soft limit of one re-plan, in seconds. A re-plan runs when a model or the GPUs change (never on pod

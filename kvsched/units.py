@@ -12,6 +12,7 @@ this is the one module outside kvsched.k8s allowed to import it (see the import 
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 from decimal import Decimal, InvalidOperation
@@ -157,3 +158,18 @@ def memory_share(text: object) -> float | None:
     except UnitError:
         return None
     return value if 0.0 < value <= 1.0 else None
+
+
+def timestamp_s(text: str) -> float | None:
+    """Seconds since the epoch of an RFC 3339 time as Kubernetes writes it ("2026-01-01T12:00:00Z", fractions and
+    offsets accepted); None for "" or anything unreadable (a missing time is not an error: the caller decides
+    what it means). O(1)."""
+    if not text:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(text.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed.timestamp()

@@ -47,7 +47,10 @@ class PodObj:
 
     `gpu_request` is the pod's `nvidia.com/gpu` request (max over init containers, sum over containers, as the
     scheduler counts it); `ready` is the Ready condition; `deleting` a set deletionTimestamp; `terminal` phase
-    Succeeded or Failed (a terminal pod holds nothing).
+    Succeeded or Failed (a terminal pod holds nothing). `bound_at` is when it was bound to its node, RFC 3339 as
+    written: the PodScheduled condition's lastTransitionTime while that condition is True, else `status.startTime`
+    of a pod with a node, else "" (unbound, or no time recorded); the start gate (kvsched.controller.start_gate)
+    times a starting pod from it.
     """
 
     namespace: str
@@ -62,6 +65,7 @@ class PodObj:
     deleting: bool = False
     terminal: bool = False
     created: str = ""
+    bound_at: str = ""
 
     @property
     def key(self) -> ObjectKey:

@@ -59,10 +59,28 @@ def pod_gpu_request(spec: Mapping[str, Any]) -> int:
     return max(containers, init)
 
 
+def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
+    """The pod condition of type `kind` with status True, if any."""
+    for c in status.get("conditions") or []:
+        if isinstance(c, dict) and c.get("type") == kind and c.get("status") == "True":
+            return c
+    return None
+
+
+def pod_bound_at(status: Mapping[str, Any], node: object) -> str:
+    """When a pod was bound (`PodObj.bound_at`): PodScheduled's lastTransitionTime while True, else the
+    startTime of a pod with a node, else ""."""
+    if not node:
+        return ""
+    scheduled = _condition(status, "PodScheduled")
+    if scheduled is not None and scheduled.get("lastTransitionTime"):
+        return str(scheduled["lastTransitionTime"])
+    return str(status.get("startTime") or "")
+
+
 def read_pod(obj: Obj) -> PodObj:
     meta, spec, status = _meta(obj), _map(obj.get("spec")), _map(obj.get("status"))
-    ready = any(isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or [])
+    ready = _condition(status, "Ready") is not None
     node = spec.get("nodeName")
     return PodObj(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
                   uid=str(meta.get("uid", "")), node=str(node) if node else None,
@@ -70,7 +88,7 @@ def read_pod(obj: Obj) -> PodObj:
                   scheduler_name=str(spec.get("schedulerName") or "default-scheduler"),
                   gpu_request=pod_gpu_request(spec), ready=ready, deleting=bool(meta.get("deletionTimestamp")),
                   terminal=status.get("phase") in ("Succeeded", "Failed"),
-                  created=str(meta.get("creationTimestamp") or ""))
+                  created=str(meta.get("creationTimestamp") or ""), bound_at=pod_bound_at(status, node))
 
 
 def read_deployment(obj: Obj) -> DeploymentObj:

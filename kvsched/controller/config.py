@@ -25,7 +25,8 @@ class DecisionConfig:
     GPU memory label). `scheduler_name`: the scheduler profile managed pods use. `stability_threshold_ratio`:
     keep the running placement unless a new plan beats its max KVPR by more than this. `max_migrations`: cap on
     the moves of one re-plan (None: no cap). `time_budget_s`: soft limit of one packer solve, in seconds.
-    `runtime_class_name`: the runtime class managed templates get ("": leave theirs).
+    `runtime_class_name`: the runtime class managed templates get ("": leave theirs). `start_timeout_s`: how long
+    a pod bound and not Ready holds its GPU's start gate (kvsched.controller.start_gate; <= 0: off).
 
     Every default is `ControllerSettings`' (5 s budget, 0.05 stability, no migration cap), so
     `decision_config(ControllerSettings()) == DecisionConfig()`. `PackOptions` keeps its own defaults (a 30 s
@@ -38,6 +39,7 @@ class DecisionConfig:
     max_migrations: int | None = _SETTINGS.max_migrations
     time_budget_s: float = _SETTINGS.time_budget_s
     runtime_class_name: str = _SETTINGS.runtime_class_name
+    start_timeout_s: float = _SETTINGS.start_timeout_s
 
     def pack_options(self) -> PackOptions:
         """The packer's options for one solve of this decision: this config's time budget, stability threshold

@@ -29,6 +29,7 @@ from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, c
 from kvsched.controller.models import ModelEntry, collect_models, model_size_gib
 from kvsched.controller.shares import resize_steps
 from kvsched.controller.slots import Holder, ModelPlan, NodeGpus, PodRef, Snapshot, filter_nodes, pod_holder
+from kvsched.controller.start_gate import StartGate, next_expiry
 from kvsched.controller.status import (
     merge_conditions,
     model_kvpr,
@@ -39,6 +40,7 @@ from kvsched.controller.status import (
 )
 from kvsched.controller.template import affinity_terms, template_patch, touches_template
 from kvsched.packer import Gpu, GpuId, MigrationStep, Model, Placement, Plan, Slot, Unplaced
+from kvsched.units import timestamp_s
 
 # (models, GPUs, current, planned) -> Plan: `current` are the replicas a move would restart, `planned` the
 # planned slots of replicas that do not run yet (see `current_slots`); kvsched.packer.solve's arguments.
@@ -60,6 +62,8 @@ class Decision:
     steps: tuple[Eviction, ...] = ()
     waiting: str | None = None
     inventory: Inventory | None = None
+    gate_expiry_s: float | None = None  # earliest start-gate timeout among pods starting now (epoch s), if any
+    gate_waiting: int = 0               # pending managed pods whose only usable slots wait at a start gate
 
     @property
     def writes(self) -> int:
@@ -166,7 +170,10 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
         gpu_kvpr = {g.gpu: g.kvpr for g in plan.gpus}
 
     slots_by_model = {e.ms.model_name: slots_of(placements.get(e.ms.model_name, [])) for e in entries}
-    can_bind = bindable_pods(world, entries, slots_by_model, inventory, config)
+    gate = start_gate_at(now, config)
+    held = holders_by_gpu(world)
+    can_bind = bindable_pods(world, entries, slots_by_model, inventory, config, gate)
+    ungated = bindable_pods(world, entries, slots_by_model, inventory, config) if gate is not None else can_bind
     migration = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s, plan,
                             can_bind)
     events: list[Event] = []
@@ -231,36 +238,55 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
                             f"evicting pod {eviction.pod.name} from GPU {eviction.source} so that its replacement "
                             + ("runs there with its planned memory share" if eviction.resize
                                else f"takes GPU {eviction.target}")))
+    expiry = next_expiry([h for hs in held.values() for h in hs], gate) if gate is not None else None
     return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, eviction, tuple(events),
-                    _nudges(can_bind, slots_by_model), dict(states), migration.steps, migration.waiting, inventory)
+                    _nudges(can_bind, slots_by_model, held, gate), dict(states), migration.steps,
+                    migration.waiting, inventory, expiry, len(ungated) - len(can_bind))
 
 
-def slots_digest(slots: Sequence[Mapping[str, Any]]) -> str:
-    """A short, stable digest of a model's status slots (node, GPU, share): it changes when the slots do."""
-    text = json.dumps(sorted((s["node"], s["gpu"], s["memoryFraction"]) for s in slots))
+def start_gate_at(now: str, config: DecisionConfig) -> StartGate | None:
+    """The start gate at `now` (RFC 3339) with the configured timeout; None when the gate is off or `now` is
+    unreadable (then nobody waits at a gate)."""
+    now_s = timestamp_s(now)
+    if now_s is None or config.start_timeout_s <= 0:
+        return None
+    return StartGate(now_s, config.start_timeout_s)
+
+
+def holders_by_gpu(world: World) -> dict[tuple[str, int], list[Holder]]:
+    """Every pod holding a GPU (`slots.pod_holder`, terminating ones included), by (node, GPU index)."""
+    held: dict[tuple[str, int], list[Holder]] = defaultdict(list)
+    for pod in world.pods:
+        holder = pod_holder(pod)
+        if holder is not None:
+            held[(holder.node, holder.gpu)].append(holder)
+    return held
+
+
+def slots_digest(slots: Sequence[Mapping[str, Any]], settled: Sequence[str] = ()) -> str:
+    """A short, stable digest of a model's status slots (node, GPU, share) and of `settled`, the pods on those GPUs
+    that hold no start gate (Ready, or past their start timeout): it changes when the slots do, and when a pod
+    there finishes starting (so a pod that waited at the gate is nudged again when it opens) or leaves."""
+    text = json.dumps([sorted((s["node"], s["gpu"], s["memoryFraction"]) for s in slots), sorted(settled)])
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def bindable_pods(world: World, entries: Sequence[ModelEntry],
                   slots_by_model: Mapping[str, Sequence[Mapping[str, Any]]], inventory: Inventory,
-                  config: DecisionConfig) -> list[PodObj]:
+                  config: DecisionConfig, gate: StartGate | None = None) -> list[PodObj]:
     """The pending managed pods (unbound, not terminating) that the extender's filter would pass on some node once
     this decision's statuses are written: the slot rule itself (`slots.filter_nodes`), over the status slots in
     `slots_by_model` read back as the extender reads them (`status.planned_slots`), the pool's nodes, and every
-    pod holding a GPU (`slots.pod_holder`, terminating ones included). Such a pod is waited for before the next
-    eviction and nudged if kube-scheduler may not retry it. O(pods + pending x planned slots x holders)."""
+    pod holding a GPU (`slots.pod_holder`, terminating ones included), with the start gate `gate` (None: none).
+    Such a pod is waited for before the next eviction and nudged if kube-scheduler may not retry it.
+    O(pods + pending x planned slots x holders)."""
     plans: dict[str, ModelPlan] = {}
     for entry in entries:
         name = entry.ms.model_name
         slots, _ = planned_slots({"slots": list(slots_by_model.get(name, []))})
         plans[name] = ModelPlan.from_slots(name, model_size_gib(entry.ms), slots)
     nodes = {n.name: NodeGpus(n.name, n.gpus, n.memory_gib) for n in inventory.pool}
-    held: dict[tuple[str, int], list[Holder]] = defaultdict(list)
-    for pod in world.pods:
-        holder = pod_holder(pod)
-        if holder is not None:
-            held[(holder.node, holder.gpu)].append(holder)
-    view = Snapshot(plans, nodes, held)
+    view = Snapshot(plans, nodes, holders_by_gpu(world), gate)
     out = []
     for pod in world.pods:
         if not is_managed(pod, config) or pod.node is not None or pod.deleting or pod.terminal:
@@ -275,16 +301,18 @@ def bindable_pods(world: World, entries: Sequence[ModelEntry],
     return out
 
 
-def _nudges(can_bind: Sequence[PodObj], slots_by_model: Mapping[str, Sequence[Mapping[str, Any]]]
-            ) -> tuple[PodNudge, ...]:
-    """Pending pods that could bind now (`bindable_pods`) and were not nudged for their model's current slots
-    yet."""
+def _nudges(can_bind: Sequence[PodObj], slots_by_model: Mapping[str, Sequence[Mapping[str, Any]]],
+            held: Mapping[tuple[str, int], Sequence[Holder]], gate: StartGate | None) -> tuple[PodNudge, ...]:
+    """Pending pods that could bind now (`bindable_pods`) and were not nudged for their model's current slots and
+    the pods settled on them (`slots_digest`) yet."""
     out = []
     for pod in sorted(can_bind, key=lambda p: (p.namespace, p.name)):
         slots = slots_by_model.get(f"{pod.namespace}/{pod.labels[MODEL_LABEL]}")
         if not slots:
             continue
-        digest = slots_digest(slots)
+        settled = [h.uid for s in slots for h in held.get((s["node"], s["gpu"]), ())
+                   if gate is None or not gate.holds(h.starting_since)]
+        digest = slots_digest(slots, settled)
         if pod.annotations.get(PLANNED_SLOTS_ANNOTATION) != digest:
             out.append(PodNudge(pod.key, digest))
     return tuple(out)

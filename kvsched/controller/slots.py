@@ -15,6 +15,8 @@ GPU is ever promised more memory than it has. So, per candidate node:
                              a rollout's old pod terminating, or the controller restarting a holder whose
                              planned share shrank so that it runs with the smaller one); prioritize gives
                              BLOCKED_SCORE;
+- a slot whose GPU has another managed pod starting (bound, not Ready yet, within the start timeout:
+  kvsched.controller.start_gate) is not usable either: FailedNodes names that pod; one engine starts per GPU;
 - no slot of X planned, or the plan contradicts the node (gone, GPU index past its count)
                           -> FailedAndUnresolvableNodes (preemption cannot help); prioritize gives NEUTRAL_SCORE.
 A pod holds GPU (node, gpu) from the moment bind reserves/annotates it until it is deleted, terminating or not.
@@ -40,7 +42,9 @@ from typing import Protocol
 
 from kvsched.api.names import MODEL_LABEL, SHARE_EPSILON
 from kvsched.api.objects import PodObj
+from kvsched.controller import start_gate
 from kvsched.controller.inventory import held_gpu, running_share
+from kvsched.units import timestamp_s
 
 MAX_SCORE = 10       # kube-scheduler's MaxExtenderPriority
 RETURN_SCORE = MAX_SCORE  # the pod's own GPU, or the GPU its model's last pod there left (see the docstring)
@@ -105,6 +109,7 @@ class Holder:
     terminating: bool = False
     reserved: bool = False
     memory_fraction: float | None = None  # the share of the GPU's memory it runs with (None: not annotated)
+    starting_since: float | None = None   # epoch s of its bind while it is not Ready (start_gate); None: not starting
 
     def describe(self) -> str:
         state = " (terminating)" if self.terminating else " (binding)" if self.reserved else ""
@@ -114,14 +119,18 @@ class Holder:
 def pod_holder(pod: PodObj) -> Holder | None:
     """The Holder of the GPU `pod` holds (`inventory.held_gpu`: bound, annotated, not Succeeded/Failed; terminating
     or not), or None. Any pod can hold: one without the model label holds as a pod of unknown size. Its uid is
-    `namespace/name` when it has none (snapshots built by hand), so that it never passes for another pod. O(1)."""
+    `namespace/name` when it has none (snapshots built by hand), so that it never passes for another pod. A pod
+    with the model label, not terminating and not Ready is starting since its bind time (`starting_since`, None
+    when that time is unknown). O(1)."""
     gpu = held_gpu(pod)
     if gpu is None or pod.node is None:
         return None
     model = pod.labels.get(MODEL_LABEL) or None
     key = f"{pod.namespace}/{pod.name}"
+    starting = timestamp_s(pod.bound_at) if model and not pod.ready and not pod.deleting else None
     return Holder(pod=key, uid=pod.uid or key, model_key=f"{pod.namespace}/{model}" if model else None,
-                  node=pod.node, gpu=gpu, terminating=pod.deleting, memory_fraction=running_share(pod))
+                  node=pod.node, gpu=gpu, terminating=pod.deleting, memory_fraction=running_share(pod),
+                  starting_since=starting)
 
 
 def occupied_share(share: float | None, size_gib: float | None, memory_gib: float) -> float:
@@ -162,6 +171,10 @@ class World(Protocol):
         does not count), a few most recent, since the cache started."""
         ...
 
+    def start_gate(self) -> start_gate.StartGate | None:
+        """The start gate now (kvsched.controller.start_gate); None: off."""
+        ...
+
 
 @dataclass(frozen=True)
 class Snapshot:
@@ -171,6 +184,7 @@ class Snapshot:
     models: Mapping[str, ModelPlan]
     nodes: Mapping[str, NodeGpus]
     held: Mapping[tuple[str, int], Sequence[Holder]]
+    gate: start_gate.StartGate | None = None
 
     def model(self, key: str) -> ModelPlan | None:
         return self.models.get(key)
@@ -183,6 +197,9 @@ class Snapshot:
 
     def previous_models(self, node: str, gpu: int) -> Collection[str]:
         return ()
+
+    def start_gate(self) -> start_gate.StartGate | None:
+        return self.gate
 
 
 @dataclass(frozen=True)
@@ -217,6 +234,7 @@ def slot_states(pod: PodRef, plan: ModelPlan, node_name: str, world: World) -> l
     if not slots:
         return []
     node = world.node(node_name)
+    gate = world.start_gate()
     states: list[SlotState] = []
     for slot in sorted(slots, key=lambda s: s.gpu):
         where = f"GPU {slot.gpu} planned for {plan.name}"
@@ -233,6 +251,10 @@ def slot_states(pod: PodRef, plan: ModelPlan, node_name: str, world: World) -> l
         if same_model:
             states.append(SlotState(slot, False, f"{where} is held by "
                                     + ", ".join(h.describe() for h in same_model)))
+            continue
+        waited_for = start_gate.starting(others, gate)
+        if waited_for is not None and gate is not None:
+            states.append(SlotState(slot, False, f"{where}: {start_gate.waiting_reason(waited_for, gate)}"))
             continue
         if plan.size_gib is None or node.gpu_memory_gib is None:
             # Without a size or a GPU memory there is nothing to check; the controller planned the slot.

@@ -10,7 +10,9 @@ problem with the pod, node or model is reported in the answer's `Error` or as fa
 unexpected exception in a handler becomes an `Error` answer (logged with its traceback). Pods without the model
 label (or with another scheduler name) pass through: every node passes, neutral scores, a plain Binding.
 Metrics: `kvsched_extender_requests_total{verb,outcome}` with outcome in managed / unmanaged / rejected (bind
-refused: no plan) / conflict (the slot went to another pod) / not_synced / error / bad_request, and the duration histogram.
+refused: no plan) / conflict (the slot went to another pod) / not_synced / error / bad_request, and the duration histogram;
+`kvsched_start_gate_refusals_total{verb}`: filter answers that passed no node while some waited at a start gate
+(kvsched.controller.start_gate), and binds refused at one.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from kvsched.api.names import GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION, MODEL_
 from kvsched.api.records import BindOutcomeUnknown
 from kvsched.extender.cache import BindTarget
 from kvsched.controller.slots import NEUTRAL_SCORE, FilterDecision, PlannedSlot, PodRef, Refusal
+from kvsched.controller.start_gate import is_gate_reason
 from kvsched.extender.wire import (
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
     host_priority_list_json,
@@ -173,6 +176,8 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
                 cache.remember(ref)
                 decision = cache.filter(ref, names)
                 outcome = "managed"
+                if not decision.passed and any(is_gate_reason(r) for r in decision.failed.values()):
+                    metrics.start_gate_refusals.labels(verb="filter").inc()
             if args.NodeNames is None and args.Nodes is not None:
                 by_name = {(n.get("metadata") or {}).get("name"): n for n in args.Nodes.items}
                 result = ExtenderFilterResult.model_construct(
@@ -244,6 +249,8 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
             return f"pod {ns}/{name} is already bound to {target.node_name}", "error"
         choice = cache.reserve(target.ref, node)
         if isinstance(choice, Refusal):
+            if is_gate_reason(choice.reason):
+                metrics.start_gate_refusals.labels(verb="bind").inc()
             if choice.conflict:
                 metrics.bind_conflicts.inc()
                 return f"{choice.reason}; the scheduler will retry", "conflict"

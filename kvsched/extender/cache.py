@@ -8,6 +8,9 @@ bind fails or the pod is deleted. One lock guards everything; each request holds
 It also remembers, per GPU, the models whose pods last left it (deleted or finished), so prioritize can send a
 restarted or rolled replica back where its model ran (`previous_models`; lost when the extender restarts).
 
+Start gate (kvsched.controller.start_gate): a reservation starts its pod's start at the time of the bind; once
+the watch shows the pod bound, its PodScheduled time takes over, until it is Ready or the start timeout passes.
+
 Holding rule (docs/architecture.md): a pod holds (node, gpu) from its bind until it is deleted, terminating or
 not. One exception: a pod whose phase is Succeeded or Failed (completed, or evicted and left behind by its
 Deployment) has no running container, so it holds no GPU memory and no slot.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
@@ -32,6 +36,7 @@ from kvsched.api.names import DEFAULT_SCHEDULER_NAME, MODEL_LABEL
 from kvsched.api.readers import read_model_serving, read_node, read_pod
 from kvsched.controller.inventory import annotated_gpu, node_gpu_count, node_memory_gib
 from kvsched.controller.models import model_size_gib
+from kvsched.controller.start_gate import DEFAULT_START_TIMEOUT_S, StartGate
 from kvsched.controller.slots import (
     FilterDecision, Holder, ModelPlan, NodeGpus, PlannedSlot, PodRef, Refusal, choose_slot, filter_nodes,
     pod_holder, score_nodes,
@@ -121,8 +126,13 @@ class BindTarget:
 class Cache:
     """Thread-safe indexes of models, nodes and GPU-holding pods; implements slots.World under its lock."""
 
-    def __init__(self, scheduler_name: str = DEFAULT_SCHEDULER_NAME) -> None:
+    def __init__(self, scheduler_name: str = DEFAULT_SCHEDULER_NAME, *,
+                 start_timeout_s: float = DEFAULT_START_TIMEOUT_S, wall: Callable[[], float] = time.time) -> None:
+        """`start_timeout_s`: how long a pod bound and not Ready holds its GPU's start gate (<= 0: gate off);
+        `wall`: the wall clock, epoch seconds (tests pass a fake)."""
         self.scheduler_name = scheduler_name
+        self.start_timeout_s = start_timeout_s
+        self.wall = wall
         self._lock = threading.Lock()
         self._models: dict[str, ModelPlan] = {}
         self._nodes: dict[str, NodeGpus] = {}
@@ -228,6 +238,9 @@ class Cache:
     def previous_models(self, node: str, gpu: int) -> Collection[str]:
         return self._previous.get(node, {}).get(gpu, ())
 
+    def start_gate(self) -> StartGate | None:
+        return StartGate(self.wall(), self.start_timeout_s)
+
     # -- queries (thread-safe) ----------------------------------------------------------------------------------
     def is_managed(self, model: str | None, scheduler_name: str) -> bool:
         """A pod is managed when it has the model label and kvsched's scheduler name."""
@@ -278,7 +291,8 @@ class Cache:
             if isinstance(choice, PlannedSlot):
                 self._reservations[pod.uid] = Holder(pod=pod.key, uid=pod.uid, model_key=pod.model_key,
                                                      node=node, gpu=choice.gpu, reserved=True,
-                                                     memory_fraction=choice.memory_fraction)
+                                                     memory_fraction=choice.memory_fraction,
+                                                     starting_since=self.wall())
                 self._reindex(pod.uid)
             return choice
 

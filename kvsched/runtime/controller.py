@@ -37,7 +37,8 @@ def decision_config(settings: ControllerSettings) -> DecisionConfig:
                           scheduler_name=settings.scheduler_name,
                           stability_threshold_ratio=settings.stability_threshold,
                           max_migrations=settings.max_migrations, time_budget_s=settings.time_budget_s,
-                          runtime_class_name=settings.runtime_class_name)
+                          runtime_class_name=settings.runtime_class_name,
+                          start_timeout_s=settings.start_timeout_s)
 
 
 def identity() -> str:

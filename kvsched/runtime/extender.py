@@ -26,7 +26,7 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = api_client(settings.kubeconfig, timeout_s=(DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s))
-    cache = Cache(settings.scheduler_name)
+    cache = Cache(settings.scheduler_name, start_timeout_s=settings.start_timeout_s)
     metrics = metrics or Metrics()
     informers = [informer(api, LIVE_PODS, cache.on_pod, counters=metrics),
                  informer(api, NODES, cache.on_node, counters=metrics),

@@ -46,6 +46,7 @@ from kvsched.controller.decide import Decision, decide
 from kvsched.controller.migrations import Blocked
 from kvsched.metrics import GpuSample, Metrics
 from kvsched.packer import Gpu, GpuId, Model, Plan, Slot, solve
+from kvsched.units import timestamp_s
 
 log = logging.getLogger(__name__)
 
@@ -136,6 +137,7 @@ class Reconciler:
         self._memo: _Memo | None = None
         self._inflight: dict[tuple[str, ObjectKey], tuple[str, float]] = {}
         self._blocked: dict[ObjectKey, Blocked] = {}
+        self._last_decision: Decision | None = None
         self._refusals: dict[ObjectKey, int] = {}
         self._emitted: dict[tuple[str, str, str, str], None] = {}
         self._error_streak = 0
@@ -234,7 +236,18 @@ class Reconciler:
             retry = [b.retry_at for b in self._blocked.values() if b.retry_at > self.clock()]
             if retry:
                 delay = min(delay, max(0.05, min(retry) - self.clock()))
+            delay = min(delay, self.gate_delay())
             next_wake = self.clock() + delay
+
+    def gate_delay(self) -> float:
+        """Seconds until the last decision's earliest start-gate timeout (kvsched.controller.start_gate) has
+        passed, plus 1 s for the wall clock's whole seconds; infinity when no pod was starting. Waking then lets
+        the decision nudge a pod that waited behind a pod that never became Ready."""
+        decision = self._last_decision
+        wall_s = timestamp_s(self.wall())
+        if decision is None or decision.gate_expiry_s is None or wall_s is None:
+            return math.inf
+        return max(0.05, decision.gate_expiry_s - wall_s + 1.0)
 
     def quiet(self, now: float, start: float) -> bool:
         """Whether a round woken at `start` may decide at `now` (see Debounce in the module docstring): no change
@@ -285,6 +298,8 @@ class Reconciler:
         self._solved = False
         world = self.world()
         decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
+        self._last_decision = decision
+        self.metrics.start_gate_waiting_pods.set(decision.gate_waiting)
         self.metrics.reconcile_rounds.inc()
         self.metrics.record_models(dict(decision.model_states))
         if self._solved:

@@ -57,3 +57,29 @@ def test_model_serving_reads_its_controlling_owner() -> None:
         {"kind": "Other", "name": "x", "uid": "1"},
         {"kind": "Deployment", "name": "m", "uid": "2", "controller": True}]}, "spec": {"modelSize": "1Gi"}})
     assert ms.generation == 4 and ms.owner is not None and (ms.owner.kind, ms.owner.uid) == ("Deployment", "2")
+
+
+@pytest.mark.parametrize("node, status, ready, bound_at", [
+    pytest.param("n1", {"conditions": [{"type": "PodScheduled", "status": "True",
+                                        "lastTransitionTime": "2026-01-01T00:00:05Z"},
+                                       {"type": "Ready", "status": "False"}],
+                        "startTime": "2026-01-01T00:00:07Z"}, False, "2026-01-01T00:00:05Z",
+                 id="bound, not Ready: PodScheduled's time"),
+    pytest.param("n1", {"conditions": [{"type": "PodScheduled", "status": "True",
+                                        "lastTransitionTime": "2026-01-01T00:00:05Z"},
+                                       {"type": "Ready", "status": "True"}]}, True, "2026-01-01T00:00:05Z",
+                 id="bound and Ready"),
+    pytest.param("n1", {"startTime": "2026-01-01T00:00:07Z"}, False, "2026-01-01T00:00:07Z",
+                 id="no PodScheduled condition: startTime"),
+    pytest.param("n1", {"conditions": [{"type": "PodScheduled", "status": "False",
+                                        "lastTransitionTime": "2026-01-01T00:00:01Z"}]}, False, "",
+                 id="PodScheduled False and no startTime: unknown"),
+    pytest.param(None, {"conditions": [{"type": "PodScheduled", "status": "True",
+                                        "lastTransitionTime": "2026-01-01T00:00:05Z"}]}, False, "",
+                 id="no node: not bound"),
+    pytest.param("n1", {"conditions": "garbage"}, False, "", id="mistyped conditions"),
+])
+def test_pod_reads_readiness_and_when_it_was_bound(node: str | None, status: dict[str, Any], ready: bool,
+                                                   bound_at: str) -> None:
+    pod = read_pod({"metadata": {"name": "p", "namespace": "ns"}, "spec": {"nodeName": node}, "status": status})
+    assert (pod.ready, pod.bound_at) == (ready, bound_at)

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from hack.cluster import EXAMPLE, example_deployments, example_nodes
+from hack.cluster import EXAMPLE, example_deployments, example_nodes, parse_args
 from kvsched.api.names import GPU_MEMORY_LABEL, RATE_ANNOTATION, SIZE_ANNOTATION, SLO_ANNOTATION
 from kvsched.cluster_file import ClusterFileError
 
@@ -50,3 +50,30 @@ def test_a_bad_cluster_file_is_refused_with_the_field(tmp_path: Path) -> None:
                     "sloSeconds: 1}]\n")
     with pytest.raises(ClusterFileError, match=r"models\[0\]\.size"):
         example_deployments(path)
+
+
+@pytest.mark.parametrize("delay, annotations", [
+    pytest.param("", {}, id="no start delay: Ready at once, as before"),
+    pytest.param("10s", {"e2e.kvsched.io/start-delay": "10s"}, id="every pod starts for 10 s"),
+])
+def test_a_start_delay_annotates_every_example_pod(delay: str, annotations: dict[str, str]) -> None:
+    for d in example_deployments(EXAMPLE, delay):
+        assert d["spec"]["template"]["metadata"]["annotations"] == annotations
+
+
+@pytest.mark.parametrize("argv, env, delay", [
+    pytest.param([], {}, "", id="default: none"),
+    pytest.param(["--start-delay", "1m30s"], {}, "1m30s", id="flag"),
+    pytest.param([], {"KVSCHED_CLUSTER_START_DELAY": "10s"}, "10s", id="environment"),
+])
+def test_start_delay_option(argv: list[str], env: dict[str, str], delay: str,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+    for k, v in env.items():
+        monkeypatch.setenv(k, v)
+    assert parse_args(argv).start_delay == delay
+
+
+def test_a_start_delay_that_is_not_a_go_duration_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--start-delay", "10"])
+    assert "--start-delay '10' is not a Go duration" in capsys.readouterr().err

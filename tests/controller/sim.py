@@ -21,6 +21,8 @@ pending"):
   the best-scored node wins (ties broken by the seeded rng, as kube-scheduler picks among equal scores at
   random), and bind writes `kvsched.io/gpu` and `kvsched.io/gpu-memory-fraction` as the extender's bind does.
   Unmanaged pods are bound to the first schedulable node.
+  Bind sets the PodScheduled condition at the sim's wall clock, and the extender's start gate runs on that clock
+  (one pod starting per GPU until it is Ready).
 - **kubelet**: a bound pod is Ready `ready_after` steps after binding; a terminating pod is gone
   `terminate_after` steps after its deletion started. Deleting a Node deletes its pods (pod GC).
 
@@ -234,13 +236,15 @@ class SimCluster:
         self.deployments: dict[ObjectKey, Obj] = {}
         self.servings: dict[ObjectKey, Obj] = {}
         self.bound_at: dict[str, int] = {}       # pod uid -> step it was bound
+        self.bound_at_s: dict[str, float] = {}   # pod uid -> sim time it was bound (its PodScheduled time)
         self.deleting_at: dict[str, int] = {}    # pod uid -> step its deletion started
         self.lineage: dict[str, str] = {}        # pod uid -> replica lineage
         self.orphaned: dict[ObjectKey, list[str]] = defaultdict(list)  # deployment -> lineages of deleted pods
         self.evictions: list[EvictionRecord] = []
         self.api_writes = 0                      # every write by anyone (controller, scheduler, kubelet, RS)
         self._pending_watch: list[tuple[str, str, Obj]] = []  # (kind, type, object) not yet delivered
-        self.extender = Cache(config.scheduler_name)
+        self.extender = Cache(config.scheduler_name, start_timeout_s=config.start_timeout_s,
+                              wall=lambda: EPOCH + self.now)
         self.writer = SimWriter(self)
         self.metrics = Metrics()
         self.reports: list[RoundReport] = []
@@ -568,11 +572,22 @@ class SimCluster:
         return bound
 
     def _bind(self, pod: Obj, node: str, slot: PlannedSlot | None) -> None:
+        if slot is not None and self.config.start_timeout_s > 0:  # the start gate: nobody else starts on that GPU
+            starting = [p["metadata"]["name"] for p in self.live_pods()
+                        if p["spec"].get("nodeName") == node and not self._ready(p)
+                        and (p["metadata"].get("annotations") or {}).get(GPU_ANNOTATION) == str(slot.gpu)
+                        and p["metadata"]["uid"] in self.bound_at_s  # pods added bound have no bind time
+                        and self.now - self.bound_at_s[p["metadata"]["uid"]] < self.config.start_timeout_s]
+            assert not starting, f"{pod['metadata']['name']} bound to {node}/{slot.gpu} while {starting} start there"
         if slot is not None:
             pod["metadata"].setdefault("annotations", {}).update(
                 {GPU_ANNOTATION: str(slot.gpu), MEMORY_FRACTION_ANNOTATION: share_text(slot.memory_fraction)})
         pod["spec"]["nodeName"] = node
+        # The API server's Binding sets PodScheduled (the start gate times a starting pod from it).
+        pod.setdefault("status", {}).setdefault("conditions", []).append(
+            {"type": "PodScheduled", "status": "True", "lastTransitionTime": rfc3339(self.now)})
         self.bound_at[pod["metadata"]["uid"]] = self.steps
+        self.bound_at_s[pod["metadata"]["uid"]] = self.now
         self._emit("pod", "MODIFIED", self._stamp(pod))
         self.extender.on_pod("MODIFIED", copy.deepcopy(pod))  # the reservation turns into a holder
 
@@ -586,7 +601,8 @@ class SimCluster:
                     changed += 1
             elif pod["spec"].get("nodeName") and not self._ready(pod) \
                     and self.steps - self.bound_at.get(uid, self.steps) >= self.ready_after:
-                pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+                scheduled = [c for c in pod.get("status", {}).get("conditions") or [] if c["type"] == "PodScheduled"]
+                pod["status"] = {"phase": "Running", "conditions": [*scheduled, {"type": "Ready", "status": "True"}]}
                 self._emit("pod", "MODIFIED", self._stamp(pod))
                 changed += 1
         return changed
@@ -619,7 +635,7 @@ class SimCluster:
         """Step until a step writes nothing (returns the steps taken, that one included); AssertionError with what
         is still moving when `max_steps` pass first."""
         for n in range(1, max_steps + 1):
-            if self.step() == 0:
+            if self.step() == 0 and not self.starting():
                 return n
         raise AssertionError(f"no fixpoint after {max_steps} steps; the last ones wrote: "
                              f"{self.writer.log[-12:]}; {self.describe()}")
@@ -632,6 +648,18 @@ class SimCluster:
         return self.writer.writes.minus(before), self.writer.log[start:]
 
     # -- reading it -----------------------------------------------------------------------------------------------
+    def starting(self) -> list[str]:
+        """Live pods bound and not Ready yet: the kubelet will make them Ready, so a quiet step is no fixpoint."""
+        return [p["metadata"]["name"] for p in self.live_pods() if p["spec"].get("nodeName") and not self._ready(p)]
+
+    def max_slots_per_gpu(self) -> int:
+        """The most replicas the statuses plan on one GPU (the start gate starts them one after another)."""
+        per_gpu: dict[tuple[str, int], int] = defaultdict(int)
+        for ms in self.servings.values():
+            for s in (ms.get("status") or {}).get("slots") or []:
+                per_gpu[(s["node"], s["gpu"])] += 1
+        return max(per_gpu.values(), default=0)
+
     def live_pods(self) -> list[Obj]:
         return [p for p in self.pods.values() if not p["metadata"].get("deletionTimestamp")]
 

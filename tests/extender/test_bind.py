@@ -224,7 +224,9 @@ def test_while_a_watch_reconnects_managed_pods_wait_and_others_pass() -> None:
 def test_a_reservation_holds_its_planned_share_against_another_model() -> None:
     # Two models' plans disagree for a moment (one ModelServing written before the other): each planned 0.6 of
     # GPU 0. The first bind's reservation counts with its share, so the second cannot over-commit the GPU.
-    cache = world([node("n1")], [model("llama", "16Gi", [("n1", 0, 0.6)]), model("qwen", "16Gi", [("n1", 0, 0.6)])])
+    # (Start gate off: with it the second waits for the first to be Ready; the memory rule alone is tested here.)
+    cache = world([node("n1")], [model("llama", "16Gi", [("n1", 0, 0.6)]), model("qwen", "16Gi", [("n1", 0, 0.6)])],
+                  start_timeout_s=0)
     first = cache.reserve(PodRef("ml", "llama-0", "u1", "ml/llama"), "n1")
     second = cache.reserve(PodRef("ml", "qwen-0", "u2", "ml/qwen"), "n1")
     assert isinstance(first, PlannedSlot) and first.gpu == 0

@@ -55,10 +55,12 @@ def pod(name: str, model_name: str | None = None, node_name: str = "", gpu: int 
 
 
 def world(nodes: list[Obj] = (), models: list[Obj] = (), pods: list[Obj] = (),  # type: ignore[assignment]
-          ready: bool = True, gone: list[Obj] = ()) -> Cache:  # type: ignore[assignment]
+          ready: bool = True, gone: list[Obj] = (),  # type: ignore[assignment]
+          start_timeout_s: float = 300.0) -> Cache:
     """A synced cache holding `nodes`, `models` and `pods`. The pods in `gone` ran and have left their GPUs
-    (the cache remembers which model left them): deleted, or, with phase Succeeded/Failed, finished."""
-    cache = Cache()
+    (the cache remembers which model left them): deleted, or, with phase Succeeded/Failed, finished.
+    `start_timeout_s`: the start gate's timeout (0: off)."""
+    cache = Cache(start_timeout_s=start_timeout_s)
     for n in nodes:
         cache.on_node("ADDED", n)
     for m in models:

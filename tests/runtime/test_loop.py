@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import math
 import threading
 from typing import Any, Mapping
 
@@ -421,3 +422,30 @@ def test_nothing_is_decided_or_written_while_a_watch_reconnects() -> None:
     report = loop.round()
     assert not report.stale and report.decision is not None
     assert loop.api.writes("create") == [ObjectKey("ns", "m")]
+
+
+@pytest.mark.parametrize("bound_at, ready, delay", [
+    pytest.param("2026-11-28T05:59:00Z", False, 241.0, id="bound 60 s ago: wake at its timeout (+1 s)"),
+    pytest.param("2026-11-28T05:59:00Z", True, math.inf, id="Ready: no start to time out"),
+    pytest.param("2026-11-28T05:50:00Z", False, math.inf, id="already timed out"),
+])
+def test_the_loop_wakes_up_when_a_start_times_out(bound_at: str, ready: bool, delay: float) -> None:
+    loop = make()
+    loop.rounds(3)
+    loop.api.put(dataclasses.replace(pod("m-a", "m", "n1", 0, ready=ready), bound_at=bound_at))
+    loop.round()
+    assert loop.r.gate_delay() == delay
+
+
+@pytest.mark.parametrize("ready, waiting", [pytest.param(False, 1, id="a pod starts on q's GPU"),
+                                            pytest.param(True, 0, id="it is Ready")])
+def test_the_loop_exports_how_many_pods_wait_at_a_start_gate(ready: bool, waiting: int) -> None:
+    loop = make()
+    loop.api.put(deployment("q", replicas=1))
+    loop.rounds(4)
+    where = slots(loop.api, "q")[0]  # m has a slot on each GPU, q on one of them
+    loop.api.put(dataclasses.replace(pod("m-a", "m", where[0], where[1], ready=ready),
+                                     bound_at="2026-11-28T05:59:50Z"))
+    loop.api.put(pod("q-a", "q", None, None))
+    loop.round()
+    assert loop.metric("kvsched_start_gate_waiting_pods") == waiting

@@ -31,6 +31,11 @@ SERVICE_CIDR = "10.96.0.0/16"
 READY_TIMEOUT_S = 120.0
 GPU_RUNTIME_CLASSES = ("nvidia", "nvidia-cdi", "nvidia-legacy")  # what the NVIDIA GPU Operator installs
 SCHEDULER_CONFIG_KEY = "scheduler-config.yaml"  # the chart's ConfigMap key the kube-scheduler container reads
+# KWOK stages kept in the repo (applied by _start_kwok, so a warm cache needs no rebuild) and the pod annotations
+# they read: an engine's start-up (Running, Ready after a Go duration) and a pod that never becomes Ready.
+REPO_STAGES = Path(__file__).resolve().parents[1] / "cluster" / "stages"
+START_DELAY_ANNOTATION = "e2e.kvsched.io/start-delay"
+NEVER_READY_ANNOTATION = "e2e.kvsched.io/never-ready"
 
 
 @dataclass
@@ -210,10 +215,12 @@ class ControlPlane:
     def _start_kwok(self) -> None:
         assert self.kubeconfig is not None
         # kwok has no built-in Stages; build.sh keeps the published defaults (node init, lease heartbeat, pod
-        # ready/complete/delete) and they all go into one multi-document config file.
-        stages = sorted(self.tools.kwok_stages.glob("*.yaml"))
-        if not stages:
+        # ready/complete/delete), and the repo adds its own (REPO_STAGES: an engine's start-up delay, a pod that
+        # never becomes Ready); they all go into one multi-document config file.
+        published = sorted(self.tools.kwok_stages.glob("*.yaml"))
+        if not published:
             raise ComponentFailed(f"no KWOK stages in {self.tools.kwok_stages}; rerun tests/e2e/cluster/build.sh")
+        stages = published + sorted(REPO_STAGES.glob("*.yaml"))
         config = self.workdir / "kwok.yaml"
         config.write_text("\n---\n".join(p.read_text() for p in stages))
         port = free_port()
