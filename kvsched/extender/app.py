@@ -40,6 +40,7 @@ from kvsched.extender.wire import (
 )
 from kvsched.metrics import CONTENT_TYPE, Metrics
 from kvsched.settings import ExtenderSettings
+from kvsched.units import UnitError, whole_number
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,11 @@ class BadRequest(Exception):
 async def _read_body(request: Request, limit: int) -> bytes:
     """The request body, at most `limit` bytes (BadRequest 413 beyond, checked before and while reading)."""
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+    try:
+        declared_bytes = whole_number(declared)
+    except UnitError:
+        declared_bytes = 0  # absent or malformed: the limit is checked while reading
+    if declared_bytes > limit:
         raise BadRequest(413, f"request body of {declared} bytes exceeds the limit of {limit} bytes")
     chunks: list[bytes] = []
     size = 0
