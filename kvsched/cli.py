@@ -464,7 +464,7 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
             except OSError as exc:
                 return _fail(f"--output: cannot write {args.output}: {exc.strerror or exc}", EXIT_WRITE_FAILED)
     if plot_file is not None:
-        models = [e.model for e in collect_models(world).entries if e.model is not None]
+        models = [e.model for e in collect_models(world, config.headroom()).entries if e.model is not None]
         try:
             write_plot(plan, models, plot_file)
         except OSError as exc:
@@ -481,7 +481,8 @@ def restart_lines(decision: Decision) -> str:
     restarts = [s for s in decision.steps if s.resize]
     if not restarts or decision.plan is None:
         return ""
-    planned = {(p.model, p.gpu): share_of(p.memory_fraction) for p in decision.plan.placements}
+    planned = {(p.model, p.gpu): decision.shares.get((p.model, p.gpu), share_of(p.memory_fraction))
+               for p in decision.plan.placements}
     lines = ["", f"RESTARTS FOR MEMORY SHARES ({len(restarts)}; in place, one at a time, before any move):"]
     for step in restarts:
         runs = running_share(step.pod)

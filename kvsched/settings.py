@@ -68,6 +68,16 @@ class ExtenderSettings:
     log_level: str = "info"
     """Python logging level name (debug, info, warning, error)."""
 
+    gpu_memory_reserve_gib: float = DEFAULT_GPU_MEMORY_RESERVE_GIB
+    """GiB of every GPU the slot rule never gives a replica; must be the controller's (`kvsched serve`: one flag)."""
+
+    engine_overhead_gib: float = DEFAULT_ENGINE_OVERHEAD_GIB
+    """GiB each replica's engine needs inside its share besides its weights, for models without
+    `spec.engineOverhead`; must be the controller's."""
+
+    engine_context_gib: float = DEFAULT_ENGINE_CONTEXT_GIB
+    """GiB each replica's engine process takes outside its share (CUDA context); must be the controller's."""
+
 
 @dataclass(frozen=True)
 class ControllerSettings:
@@ -105,15 +115,16 @@ class ControllerSettings:
     gpu_memory_reserve_gib: float = DEFAULT_GPU_MEMORY_RESERVE_GIB
     """GiB of every GPU never planned: the gap between a node's GPU memory label and the total the device reports to
     CUDA, plus what the driver holds before any engine starts (1 GiB: an 80 GB card labelled 80Gi reports ~79.2 GiB
-    to CUDA). Not yet read by the controller (issue 15, part 2)."""
+    to CUDA). The extender's slot rule must use the same value (`kvsched serve` shares one flag)."""
 
     engine_overhead_gib: float = DEFAULT_ENGINE_OVERHEAD_GIB
     """GiB each replica's engine needs inside its memory fraction besides weights and KV cache (activations, CUDA
-    graphs, workspaces; vLLM profiles 1.3-2.9 GiB for 7B-8B models). Not yet read by the controller (issue 15)."""
+    graphs, workspaces; vLLM profiles 1.3-2.9 GiB for 7B-8B models); a model's `spec.engineOverhead` (or its
+    Deployment's `kvsched.io/engine-overhead`) overrides it."""
 
     engine_context_gib: float = DEFAULT_ENGINE_CONTEXT_GIB
     """GiB each replica's engine process takes outside its memory fraction: its CUDA context (~0.3-0.4 GiB with
-    CUDA 12's lazy loading), created before the start-up check. Not yet read by the controller (issue 15)."""
+    CUDA 12's lazy loading), created before the start-up check."""
 
     time_budget_s: float = 5.0
     """Soft limit of one re-plan, in seconds. A re-plan runs when a model or the GPUs change (never on pod
@@ -197,6 +208,15 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
                             metavar=f.name.upper(),
                             help=f"{docs.get(f.name, '')} [env {env_name(f.name)}; default {default!r}]"
                             .replace("%", "%%"))
+
+
+def check_headroom(settings: Any) -> None:
+    """Raise ValueError naming the flag when a memory headroom setting of `settings` (ExtenderSettings or
+    ControllerSettings) is negative or not finite. O(1)."""
+    for name in ("gpu_memory_reserve_gib", "engine_overhead_gib", "engine_context_gib"):
+        value = getattr(settings, name)
+        if not (0.0 <= value < float("inf")):
+            raise ValueError(f"{flag_name(name)}: must be a number of GiB >= 0, got {value!r}")
 
 
 def settings_from(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> T:

@@ -31,7 +31,8 @@ from typing import Any
 from kvsched.api.names import DEFAULT_SCHEDULER_NAME, MODEL_LABEL
 from kvsched.api.readers import read_model_serving, read_node, read_pod
 from kvsched.controller.inventory import annotated_gpu, node_gpu_count, node_memory_gib
-from kvsched.controller.models import model_size_gib
+from kvsched.controller.headroom import Headroom
+from kvsched.controller.models import model_overhead_gib, model_size_gib
 from kvsched.controller.slots import (
     FilterDecision, Holder, ModelPlan, NodeGpus, PlannedSlot, PodRef, Refusal, choose_slot, filter_nodes,
     pod_holder, score_nodes,
@@ -79,7 +80,7 @@ def pod_info(obj: Obj) -> PodInfo:
                    finished=pod.terminal, holder=pod_holder(pod))
 
 
-def node_gpus(obj: Obj) -> NodeGpus:
+def node_gpus(obj: Obj, reserve_gib: float = 0.0) -> NodeGpus:
     """GPU count (`inventory.node_gpu_count`: allocatable nvidia.com/gpu, else capacity) and memory per GPU
     (`inventory.node_memory_gib`: label kvsched.io/gpu-memory, else nvidia.com/gpu.memory in MiB) of a Node, as
     the controller reads them; a value the controller rejects reads as 0 GPUs / unknown memory, with a warning."""
@@ -94,18 +95,20 @@ def node_gpus(obj: Obj) -> NodeGpus:
     except UnitError as e:
         log.warning("node %s: %s; GPU memory unknown", node.name, e)
         memory = None
-    return NodeGpus(name=node.name, gpus=gpus, gpu_memory_gib=memory)
+    return NodeGpus(name=node.name, gpus=gpus, gpu_memory_gib=memory, reserve_gib=reserve_gib)
 
 
-def model_plan(obj: Obj) -> ModelPlan:
-    """A ModelServing's packer key, size (`models.model_size_gib`) and planned slots (`status.planned_slots`;
+def model_plan(obj: Obj, headroom: Headroom = Headroom()) -> ModelPlan:
+    """A ModelServing's packer key, size (`models.model_size_gib`), engine overhead (`models.model_overhead_gib`,
+    the headroom's by default) and context (the headroom's), and planned slots (`status.planned_slots`;
     malformed entries are skipped with a warning: the controller writes them, a person may have edited them)."""
     ms = read_model_serving(obj)
     slots, malformed = planned_slots(ms.status)
     for i in malformed:
         log.warning("ModelServing %s: status.slots[%d] is malformed (%r); ignored", ms.model_name, i,
                     ms.status["slots"][i])
-    return ModelPlan.from_slots(ms.model_name, model_size_gib(ms), slots)
+    return ModelPlan.from_slots(ms.model_name, model_size_gib(ms), slots,
+                                model_overhead_gib(ms, headroom.overhead_gib), headroom.context_gib)
 
 
 @dataclass(frozen=True)
@@ -121,8 +124,9 @@ class BindTarget:
 class Cache:
     """Thread-safe indexes of models, nodes and GPU-holding pods; implements slots.World under its lock."""
 
-    def __init__(self, scheduler_name: str = DEFAULT_SCHEDULER_NAME) -> None:
+    def __init__(self, scheduler_name: str = DEFAULT_SCHEDULER_NAME, headroom: Headroom = Headroom()) -> None:
         self.scheduler_name = scheduler_name
+        self.headroom = headroom  # the controller's (DecisionConfig.headroom): the slot rule's memory headroom
         self._lock = threading.Lock()
         self._models: dict[str, ModelPlan] = {}
         self._nodes: dict[str, NodeGpus] = {}
@@ -168,7 +172,7 @@ class Cache:
             self._reindex(info.uid)
 
     def on_node(self, event_type: str, obj: Obj) -> None:
-        gpus = node_gpus(obj)
+        gpus = node_gpus(obj, self.headroom.reserve_gib)
         with self._lock:
             if event_type == "DELETED":
                 self._nodes.pop(gpus.name, None)
@@ -177,7 +181,7 @@ class Cache:
                 self._nodes[gpus.name] = gpus
 
     def on_model(self, event_type: str, obj: Obj) -> None:
-        plan = model_plan(obj)
+        plan = model_plan(obj, self.headroom)
         with self._lock:
             if event_type == "DELETED":
                 self._models.pop(plan.key, None)

@@ -240,7 +240,7 @@ class SimCluster:
         self.evictions: list[EvictionRecord] = []
         self.api_writes = 0                      # every write by anyone (controller, scheduler, kubelet, RS)
         self._pending_watch: list[tuple[str, str, Obj]] = []  # (kind, type, object) not yet delivered
-        self.extender = Cache(config.scheduler_name)
+        self.extender = Cache(config.scheduler_name, config.headroom())
         self.writer = SimWriter(self)
         self.metrics = Metrics()
         self.reports: list[RoundReport] = []
