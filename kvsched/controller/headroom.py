@@ -65,19 +65,20 @@ def rounded_shares(fractions: Sequence[float], least: Sequence[float], bound: fl
 
     Each fraction is rounded down (`share_of`), then raised to its least share rounded up where rounding down
     went below it; if that takes the sum over `bound`, the shares with the most room above their least give
-    back one step each until the sum fits. So when the exact fractions satisfy both invariants and each GPU has
-    at least one step (M / 1000) of KV memory per replica, the written shares do too. Otherwise (a GPU with
-    next to no KV memory) the sum still never exceeds the rounded-down fractions' by more than that. O(k^2)
-    for k replicas (a handful).
+    back one step each until the sum fits. When that cannot fit (the GPU leaves less than one step, M / 1000,
+    of KV memory per replica: its engines would find no room for a KV cache anyway) the shares are the
+    fractions rounded down. So the sum never exceeds `bound` when the fractions' does not, and each share is at
+    least its least share whenever the GPU leaves a step of KV memory per replica. O(k^2) for k replicas.
     """
+    floors = [share_of(f) for f in fractions]
     lows = [_ceil_share(lo) for lo in least]
     # Raised only where the exact fraction holds the least share (a plan that does not is left as it is).
-    shares = [lo if share_of(f) < lo and f >= exact - 1e-9 else share_of(f)
-              for f, lo, exact in zip(fractions, lows, least)]
+    shares = [lo if down < lo and f >= exact - 1e-9 else down
+              for down, f, lo, exact in zip(floors, fractions, lows, least)]
     while sum(shares) > bound + SHARE_EPSILON:
         room = [(s - lo, i) for i, (s, lo) in enumerate(zip(shares, lows)) if s - lo >= _STEP - 1e-12]
         if not room:
-            break
+            return floors
         _, i = max(room)
         shares[i] = round(shares[i] - _STEP, SHARE_DECIMALS)
     return shares

@@ -161,6 +161,8 @@ def test_a_node_whose_gpus_are_not_larger_than_the_reserve_is_left_out_with_an_e
     pytest.param([0.6495, 0.2005], [0.2, 0.2005], 0.85, [0.649, 0.201], id="raised to the least, sum still fits"),
     pytest.param([0.6504, 0.2001], [0.2, 0.2001], 0.8505, [0.649, 0.201], id="raised, and another gives back a step"),
     pytest.param([0.3, 0.2], [0.35, 0.1], 0.9, [0.3, 0.2], id="a fraction below its least is left as it is"),
+    # Less than a step of KV memory per replica: raising both cannot fit, so both are rounded down.
+    pytest.param([0.4005, 0.4005], [0.4002, 0.4002], 0.801, [0.4, 0.4], id="no room to raise: rounded down"),
 ])
 def test_rounded_shares(fractions: list[float], least: list[float], bound: float, shares: list[float]) -> None:
     got = rounded_shares(fractions, least, bound)
