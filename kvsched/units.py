@@ -120,6 +120,18 @@ def memory_gib_or_zero(value: object) -> float:
     return memory_gib(value)
 
 
+def headroom_gib(text: str) -> float:
+    """A memory headroom figure given as text (a flag, an environment variable): a plain number of GiB ("1.5") or
+    a Kubernetes quantity ("1Gi", "512Mi"), >= 0 and finite, in GiB. Raises UnitError."""
+    try:
+        value: object = float(text)
+    except ValueError:
+        value = text
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnitError(f"must be a finite number of GiB, got {text!r}")
+    return memory_gib_or_zero(value)
+
+
 def gib_to_quantity(gib: float) -> str:
     """GiB as the shortest exact-enough quantity string a person reads: 80 -> "80Gi", 0.5 -> "512Mi"."""
     if gib == int(gib):
