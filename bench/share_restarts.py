@@ -12,10 +12,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from kvsched.api.names import MEMORY_FRACTION_ANNOTATION, SHARE_EPSILON, share_of
+from kvsched.api.names import MEMORY_FRACTION_ANNOTATION, SHARE_EPSILON
 from kvsched.api.objects import PodObj
+from kvsched.controller.headroom import plan_shares, share_bound
 from kvsched.controller.migrations import RunningPod
-from kvsched.controller.shares import held_share, resize_steps
+from kvsched.controller.shares import Memory, held_share, resize_steps
 from kvsched.packer import Gpu, GpuId, Model, Plan
 
 
@@ -26,30 +27,36 @@ def share_restarts(models: Sequence[Model], gpus: Sequence[Gpu], before: Plan, a
     Simulated in waves, as the controller and the extender act: the restarts `resize_steps` asks for; then every
     waiting replica (new, moved, or restarted) whose planned share fits what the pods on its GPU hold binds with
     it; again until neither happens."""
-    old = {(p.model, p.gpu): share_of(p.memory_fraction) for p in before.placements}
-    planned = {(p.model, p.gpu): share_of(p.memory_fraction) for p in after.placements}
+    old = plan_shares(before, models)  # the shares the controller writes (kvsched.controller.headroom)
+    planned = plan_shares(after, models)
     running = {key: share for key, share in old.items() if key in planned}
     waiting = sorted(set(planned) - set(running))
-    size = {m.name: m.size_gib for m in models}
+    mem = Memory(inside={m.name: m.size_gib + m.overhead_gib for m in models},
+                 context={m.name: m.context_gib for m in models},
+                 memory={g.id: g.memory_gib for g in gpus}, reserve={g.id: g.reserve_gib for g in gpus})
     load = {m.name: m.replica_load for m in models}
-    memory = {g.id: g.memory_gib for g in gpus}
+    # What the shares on a GPU may sum to with its planned replicas' contexts (the slot rule's bound).
+    limit: dict[GpuId, float] = {}
+    for g in gpus:
+        contexts = sum(mem.context.get(model, 0.0) for (model, gpu) in planned if gpu == g.id)
+        limit[g.id] = share_bound(g.memory_gib, g.reserve_gib, contexts)
     restarted: set[tuple[str, GpuId]] = set()
     while True:
         pods = [RunningPod(model, PodObj("bench", f"{model}@{gpu.node}/{gpu.index}",
                                          annotations={MEMORY_FRACTION_ANNOTATION: f"{share:.3f}"}), gpu)
                 for (model, gpu), share in running.items()]
-        steps = resize_steps(planned, pods, size, memory, load, after.max_kvpr, threshold)
+        steps = resize_steps(planned, pods, mem, load, after.max_kvpr, threshold)
         for step in steps:
             key = (step.model, step.source)
             restarted.add(key)
             del running[key]
             waiting.append(key)
-        free: dict[GpuId, float] = {}  # 1 - the shares the pods on a GPU hold, as the slot rule counts them
+        free: dict[GpuId, float] = {}  # the bound less the shares the pods on a GPU hold, as the slot rule counts
         for pod in pods if not steps else []:
-            free[pod.gpu] = free.get(pod.gpu, 1.0) - held_share(pod, planned, size, memory)
+            free[pod.gpu] = free.get(pod.gpu, limit.get(pod.gpu, 1.0)) - held_share(pod, planned, mem)
         bound = []
         for key in waiting if not steps else []:
-            room = free.get(key[1], 1.0)
+            room = free.get(key[1], limit.get(key[1], 1.0))
             if planned[key] <= room + SHARE_EPSILON:
                 free[key[1]] = room - planned[key]
                 running[key] = planned[key]

@@ -185,18 +185,23 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
                       help="move at most N running replicas of the file's `current` placement; the plan is then "
                       "the lowest max KVPR reachable with N moves (with --kubeconfig: the controller's, "
                       "$KVSCHED_MAX_MIGRATIONS; overrides options.maxMigrations; default: no cap)")
-    plan.add_argument("--gpu-memory-reserve", metavar="QUANTITY", type=_headroom_quantity,
+    plan.add_argument("--gpu-memory-reserve", "--gpu-memory-reserve-gib", metavar="QUANTITY", type=_headroom_quantity,
                       dest="gpu_memory_reserve_gib",
                       help="memory of every GPU never planned (driver reservation and the gap between a GPU's "
                       "labelled and reported memory), e.g. 1Gi; overrides gpuMemoryReserve, not a GPU's own "
-                      "memoryReserve (default 1Gi)")
-    plan.add_argument("--engine-overhead", metavar="QUANTITY", type=_headroom_quantity, dest="engine_overhead_gib",
+                      "memoryReserve (with --kubeconfig: the controller's, $KVSCHED_GPU_MEMORY_RESERVE_GIB; "
+                      "default 1Gi)")
+    plan.add_argument("--engine-overhead", "--engine-overhead-gib", metavar="QUANTITY", type=_headroom_quantity,
+                      dest="engine_overhead_gib",
                       help="memory each replica's engine needs inside its fraction besides weights and KV cache "
                       "(activations, CUDA graphs, workspaces), e.g. 3Gi; overrides engineOverhead, not a model's "
-                      "own (default 3Gi)")
-    plan.add_argument("--engine-context", metavar="QUANTITY", type=_headroom_quantity, dest="engine_context_gib",
+                      "own (with --kubeconfig: the controller's, $KVSCHED_ENGINE_OVERHEAD_GIB; a model's "
+                      "spec.engineOverhead wins; default 3Gi)")
+    plan.add_argument("--engine-context", "--engine-context-gib", metavar="QUANTITY", type=_headroom_quantity,
+                      dest="engine_context_gib",
                       help="memory each replica's engine process takes outside its fraction (its CUDA context), "
-                      "e.g. 512Mi; overrides engineContext (default 512Mi)")
+                      "e.g. 512Mi; overrides engineContext (with --kubeconfig: the controller's, "
+                      "$KVSCHED_ENGINE_CONTEXT_GIB; default 512Mi)")
     plan.add_argument("--scheduler-name", metavar="NAME", default=None,
                       help="with --kubeconfig: the scheduler profile of managed pods, as the controller's "
                       "(default $KVSCHED_SCHEDULER_NAME, else kvsched)")
@@ -331,12 +336,6 @@ def run_plan(args: argparse.Namespace) -> int:
         return _fail(f"--top: lists the hottest GPUs, it does not combine with --view {view}", EXIT_BAD_INPUT)
     headroom = Headroom(args.gpu_memory_reserve_gib, args.engine_overhead_gib, args.engine_context_gib)
     if args.kubeconfig is not None:
-        given = [flag for flag, value in (("--gpu-memory-reserve", headroom.gpu_memory_reserve_gib),
-                                          ("--engine-overhead", headroom.engine_overhead_gib),
-                                          ("--engine-context", headroom.engine_context_gib)) if value is not None]
-        if given:
-            return _fail(f"{given[0]}: applies to a cluster file; with --kubeconfig the plan is the controller's "
-                         "(its settings decide the memory headroom)", EXIT_BAD_INPUT)
         return run_plan_live(args, view)
     if args.file is None:
         return _fail("give a cluster FILE, or --kubeconfig to plan the live cluster", EXIT_BAD_INPUT)
@@ -422,7 +421,10 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
     # controller's other variables (ports, leader election) are none of plan's business and are not read.
     knobs = argparse.Namespace(node_selector=args.node_selector, scheduler_name=args.scheduler_name,
                                stability_threshold=args.stability_threshold_ratio,
-                               max_migrations=args.max_migrations, time_budget_s=args.time_budget_s)
+                               max_migrations=args.max_migrations, time_budget_s=args.time_budget_s,
+                               gpu_memory_reserve_gib=args.gpu_memory_reserve_gib,
+                               engine_overhead_gib=args.engine_overhead_gib,
+                               engine_context_gib=args.engine_context_gib)
     environ = {env_name(name): os.environ[env_name(name)] for name in vars(knobs) if env_name(name) in os.environ}
     try:
         settings = settings_from(ControllerSettings, knobs, environ)
@@ -432,6 +434,8 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
         config = decision_config(settings)
     except SelectorError as exc:
         return _fail(f"--node-selector: {exc}", EXIT_BAD_INPUT)
+    except ValueError as exc:  # a headroom value of the environment (the flags are checked when parsed)
+        return _fail(str(exc), EXIT_BAD_INPUT)
     try:
         options = config.pack_options()
     except InvalidInput as exc:
@@ -464,7 +468,7 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
             except OSError as exc:
                 return _fail(f"--output: cannot write {args.output}: {exc.strerror or exc}", EXIT_WRITE_FAILED)
     if plot_file is not None:
-        models = [e.model for e in collect_models(world).entries if e.model is not None]
+        models = [e.model for e in collect_models(world, config.headroom()).entries if e.model is not None]
         try:
             write_plot(plan, models, plot_file)
         except OSError as exc:
@@ -481,7 +485,8 @@ def restart_lines(decision: Decision) -> str:
     restarts = [s for s in decision.steps if s.resize]
     if not restarts or decision.plan is None:
         return ""
-    planned = {(p.model, p.gpu): share_of(p.memory_fraction) for p in decision.plan.placements}
+    planned = {(p.model, p.gpu): decision.shares.get((p.model, p.gpu), share_of(p.memory_fraction))
+               for p in decision.plan.placements}
     lines = ["", f"RESTARTS FOR MEMORY SHARES ({len(restarts)}; in place, one at a time, before any move):"]
     for step in restarts:
         runs = running_share(step.pod)
@@ -517,15 +522,10 @@ def _positive_int(text: str) -> int:
 
 def _headroom_quantity(text: str) -> float:
     """A flag's memory headroom in GiB: a Kubernetes quantity ("1Gi", "512Mi") or a plain number of GiB, >= 0."""
-    from kvsched.cluster_file import memory_gib_or_zero
-    from kvsched.units import UnitError
+    from kvsched.units import UnitError, headroom_gib
 
     try:
-        value: object = float(text)
-    except ValueError:
-        value = text
-    try:
-        return memory_gib_or_zero(value)
+        return headroom_gib(text)
     except UnitError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -392,20 +392,9 @@ def _memory_gib_or_zero(value: object, path: str) -> float:
 
 
 def memory_gib_or_zero(value: object) -> float:
-    """A quantity or number of GiB >= 0 (units.memory_gib, which wants > 0, for the rest). Raises UnitError.
-    Also the CLI's parser of --gpu-memory-reserve, --engine-overhead and --engine-context."""
-    if isinstance(value, str):
-        size_bytes = units.quantity_bytes(value)
-        if size_bytes < 0:
-            raise units.UnitError(f"must not be negative, got {value!r}")
-        if size_bytes == 0:
-            return 0.0
-    elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        if value < 0:
-            raise units.UnitError(f"must not be negative, got {value!r}")
-        if value == 0:
-            return 0.0
-    return units.memory_gib(value)
+    """`units.memory_gib_or_zero`: a quantity or number of GiB >= 0. Raises UnitError. Also the CLI's parser of
+    --gpu-memory-reserve, --engine-overhead and --engine-context."""
+    return units.memory_gib_or_zero(value)
 
 
 def _memory_gib(value: object, path: str) -> float:

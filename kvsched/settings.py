@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from kvsched.api.names import DEFAULT_SCHEDULER_NAME
+from kvsched.units import UnitError, headroom_gib
 
 ENV_PREFIX = "KVSCHED_"
 T = TypeVar("T")
@@ -77,6 +78,16 @@ class ExtenderSettings:
     log_level: str = "info"
     """Python logging level name (debug, info, warning, error)."""
 
+    gpu_memory_reserve_gib: float = DEFAULT_GPU_MEMORY_RESERVE_GIB
+    """GiB (or a quantity) of every GPU the slot rule never gives a replica; must be the controller's (`kvsched serve`: one flag)."""
+
+    engine_overhead_gib: float = DEFAULT_ENGINE_OVERHEAD_GIB
+    """GiB each replica's engine needs inside its share besides its weights, for models without
+    `spec.engineOverhead`; must be the controller's."""
+
+    engine_context_gib: float = DEFAULT_ENGINE_CONTEXT_GIB
+    """GiB each replica's engine process takes outside its share (CUDA context); must be the controller's."""
+
 
 @dataclass(frozen=True)
 class ControllerSettings:
@@ -112,17 +123,18 @@ class ControllerSettings:
     """Cap on the moves of one re-plan (None: no cap); the packer plans the best it can within it."""
 
     gpu_memory_reserve_gib: float = DEFAULT_GPU_MEMORY_RESERVE_GIB
-    """GiB of every GPU never planned: the gap between a node's GPU memory label and the total the device reports to
+    """GiB (a number, or a quantity such as 1Gi) of every GPU never planned: the gap between a node's GPU memory label and the total the device reports to
     CUDA, plus what the driver holds before any engine starts (1 GiB: an 80 GB card labelled 80Gi reports ~79.2 GiB
-    to CUDA). Not yet read by the controller (issue 15, part 2)."""
+    to CUDA). The extender's slot rule must use the same value (`kvsched serve` shares one flag)."""
 
     engine_overhead_gib: float = DEFAULT_ENGINE_OVERHEAD_GIB
-    """GiB each replica's engine needs inside its memory fraction besides weights and KV cache (activations, CUDA
-    graphs, workspaces; vLLM profiles 1.3-2.9 GiB for 7B-8B models). Not yet read by the controller (issue 15)."""
+    """GiB (or a quantity) each replica's engine needs inside its memory fraction besides weights and KV cache (activations, CUDA
+    graphs, workspaces; vLLM profiles 1.3-2.9 GiB for 7B-8B models); a model's `spec.engineOverhead` (or its
+    Deployment's `kvsched.io/engine-overhead`) overrides it."""
 
     engine_context_gib: float = DEFAULT_ENGINE_CONTEXT_GIB
-    """GiB each replica's engine process takes outside its memory fraction: its CUDA context (~0.3-0.4 GiB with
-    CUDA 12's lazy loading), created before the start-up check. Not yet read by the controller (issue 15)."""
+    """GiB (or a quantity) each replica's engine process takes outside its memory fraction: its CUDA context (~0.3-0.4 GiB with
+    CUDA 12's lazy loading), created before the start-up check."""
 
     start_timeout_s: float = 300.0
     """Seconds a managed pod bound to a GPU and not yet Ready keeps every other managed pod off that GPU (one engine
@@ -198,9 +210,19 @@ def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
-def _converter(annotation: str) -> Any:
+def _converter(annotation: str, name: str = "") -> Any:
     kind = annotation.replace(" | None", "").strip()
+    if kind == "float" and name.endswith("_gib"):
+        return _gib
     return {"int": int, "float": float, "bool": lambda v: str(v).lower() in ("1", "true", "yes")}.get(kind, str)
+
+
+def _gib(text: str) -> float:
+    """A `*_gib` setting: a plain number of GiB or a Kubernetes quantity ("1Gi", "512Mi"), >= 0."""
+    try:
+        return headroom_gib(text)
+    except UnitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
@@ -209,10 +231,19 @@ def add_settings_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
     docs = field_docs(cls)
     for f in dataclasses.fields(cls):
         default = f.default if f.default is not dataclasses.MISSING else None
-        parser.add_argument(flag_name(f.name), dest=f.name, type=_converter(str(f.type)), default=None,
+        parser.add_argument(flag_name(f.name), dest=f.name, type=_converter(str(f.type), f.name), default=None,
                             metavar=f.name.upper(),
                             help=f"{docs.get(f.name, '')} [env {env_name(f.name)}; default {default!r}]"
                             .replace("%", "%%"))
+
+
+def check_headroom(settings: Any) -> None:
+    """Raise ValueError naming the flag when a memory headroom setting of `settings` (ExtenderSettings or
+    ControllerSettings) is negative or not finite. O(1)."""
+    for name in ("gpu_memory_reserve_gib", "engine_overhead_gib", "engine_context_gib"):
+        value = getattr(settings, name)
+        if not (0.0 <= value < float("inf")):
+            raise ValueError(f"{flag_name(name)}: must be a number of GiB >= 0, got {value!r}")
 
 
 def settings_from(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> T:
@@ -225,8 +256,10 @@ def settings_from(cls: type[T], args: argparse.Namespace, environ: Mapping[str, 
             values[f.name] = given
         elif env_name(f.name) in environ:
             try:
-                values[f.name] = _converter(str(f.type))(environ[env_name(f.name)])
-            except ValueError:
-                raise ValueError(f"{env_name(f.name)}={environ[env_name(f.name)]!r} is not a valid "
-                                 f"{str(f.type).replace(' | None', '')}") from None
+                values[f.name] = _converter(str(f.type), f.name)(environ[env_name(f.name)])
+            except (ValueError, argparse.ArgumentTypeError):
+                kind = str(f.type).replace(" | None", "")
+                if _converter(str(f.type), f.name) is _gib:
+                    kind = "memory size (GiB or a quantity such as 512Mi, >= 0)"
+                raise ValueError(f"{env_name(f.name)}={environ[env_name(f.name)]!r} is not a valid {kind}") from None
     return cls(**values)

@@ -138,6 +138,34 @@ def memory_gib(value: object) -> float:
     return size_gib
 
 
+def memory_gib_or_zero(value: object) -> float:
+    """A quantity or number of GiB >= 0 (`memory_gib`, which wants > 0, for the rest). Raises UnitError."""
+    if isinstance(value, str):
+        size_bytes = quantity_bytes(value)
+        if size_bytes < 0:
+            raise UnitError(f"must not be negative, got {value!r}")
+        if size_bytes == 0:
+            return 0.0
+    elif isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0:
+            raise UnitError(f"must not be negative, got {value!r}")
+        if value == 0:
+            return 0.0
+    return memory_gib(value)
+
+
+def headroom_gib(text: str) -> float:
+    """A memory headroom figure given as text (a flag, an environment variable): a plain number of GiB ("1.5") or
+    a Kubernetes quantity ("1Gi", "512Mi"), >= 0 and finite, in GiB. Raises UnitError."""
+    try:
+        value: object = float(text)
+    except ValueError:
+        value = text
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UnitError(f"must be a finite number of GiB, got {text!r}")
+    return memory_gib_or_zero(value)
+
+
 def gib_to_quantity(gib: float) -> str:
     """GiB as the shortest exact-enough quantity string a person reads: 80 -> "80Gi", 0.5 -> "512Mi"."""
     if gib == int(gib):

@@ -27,6 +27,13 @@ SIZE_ANNOTATION = "kvsched.io/model-size"
 RATE_ANNOTATION = "kvsched.io/request-rate"
 SLO_ANNOTATION = "kvsched.io/slo-seconds"
 MODEL_ANNOTATIONS = (SIZE_ANNOTATION, RATE_ANNOTATION, SLO_ANNOTATION)
+# Optional: the model's engine overhead (a quantity), overriding the controller's --engine-overhead-gib. It alone
+# does not make a Deployment managed.
+ENGINE_OVERHEAD_ANNOTATION = "kvsched.io/engine-overhead"
+
+# ModelServing spec fields of a model's memory: its weights and (optional) its engine's overhead, quantities.
+MODEL_SIZE_FIELD = "modelSize"
+ENGINE_OVERHEAD_FIELD = "engineOverhead"
 
 # Node resources and labels.
 GPU_RESOURCE = "nvidia.com/gpu"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kvsched.controller.headroom import Headroom
 from kvsched.controller.selector import Selector
 from kvsched.packer import PackOptions
 from kvsched.settings import ControllerSettings
@@ -27,6 +28,10 @@ class DecisionConfig:
     the moves of one re-plan (None: no cap). `time_budget_s`: soft limit of one packer solve, in seconds.
     `runtime_class_name`: the runtime class managed templates get ("": leave theirs). `start_timeout_s`: how long
     a pod bound and not Ready holds its GPU's start gate (kvsched.controller.start_gate; <= 0: off).
+    Memory headroom, GiB (kvsched.controller.headroom, docs/packer.md "Memory on a real GPU"):
+    `gpu_memory_reserve_gib` of every GPU is never planned; each replica's engine needs `engine_overhead_gib`
+    inside its share besides its weights (a model's `spec.engineOverhead` overrides it) and
+    `engine_context_gib` outside it.
 
     Every default is `ControllerSettings`' (5 s budget, 0.05 stability, no migration cap), so
     `decision_config(ControllerSettings()) == DecisionConfig()`. `PackOptions` keeps its own defaults (a 30 s
@@ -40,6 +45,13 @@ class DecisionConfig:
     time_budget_s: float = _SETTINGS.time_budget_s
     runtime_class_name: str = _SETTINGS.runtime_class_name
     start_timeout_s: float = _SETTINGS.start_timeout_s
+    gpu_memory_reserve_gib: float = _SETTINGS.gpu_memory_reserve_gib
+    engine_overhead_gib: float = _SETTINGS.engine_overhead_gib
+    engine_context_gib: float = _SETTINGS.engine_context_gib
+
+    def headroom(self) -> Headroom:
+        """The three memory headroom figures together (what the extender's slot rule is given too)."""
+        return Headroom(self.gpu_memory_reserve_gib, self.engine_overhead_gib, self.engine_context_gib)
 
     def pack_options(self) -> PackOptions:
         """The packer's options for one solve of this decision: this config's time budget, stability threshold

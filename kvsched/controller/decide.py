@@ -20,14 +20,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
-from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION, share_of
+from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, PodObj, World
 from kvsched.api.records import DeploymentPatch, Event, EventTarget, Eviction, OwnedChange, PodNudge, StatusWrite
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed
 from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, choose_next, plan_steps
+from kvsched.controller.headroom import plan_shares
 from kvsched.controller.models import ModelEntry, collect_models, model_size_gib
-from kvsched.controller.shares import resize_steps
+from kvsched.controller.shares import Memory, resize_steps
 from kvsched.controller.slots import Holder, ModelPlan, NodeGpus, PodRef, Snapshot, filter_nodes, pod_holder
 from kvsched.controller.start_gate import StartGate, next_expiry
 from kvsched.controller.status import (
@@ -64,6 +65,7 @@ class Decision:
     inventory: Inventory | None = None
     gate_expiry_s: float | None = None  # earliest start-gate timeout among pods starting now (epoch s), if any
     gate_waiting: int = 0               # pending managed pods whose only usable slots wait at a start gate
+    shares: Mapping[tuple[str, GpuId], float] = field(default_factory=dict)  # written per placement (plan_shares)
 
     @property
     def writes(self) -> int:
@@ -152,7 +154,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     transitions; `clock_s` and `blocked` (refused evictions by pod) drive the eviction backoff. Never raises
     for bad values in the world; the planner's InvalidInput (a bug) propagates."""
     blocked = blocked or {}
-    model_set = collect_models(world)
+    model_set = collect_models(world, config.headroom())
     entries = model_set.entries
     inventory = build_inventory(world.nodes, world.pods, config)
     running = running_pods(world, entries, config)
@@ -169,12 +171,13 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
             unplaced[u.model].append(u)
         gpu_kvpr = {g.gpu: g.kvpr for g in plan.gpus}
 
-    slots_by_model = {e.ms.model_name: slots_of(placements.get(e.ms.model_name, [])) for e in entries}
+    shares = plan_shares(plan, models) if plan is not None else {}
+    slots_by_model = {e.ms.model_name: slots_of(placements.get(e.ms.model_name, []), shares) for e in entries}
     gate = start_gate_at(now, config)
     held = holders_by_gpu(world)
     can_bind = bindable_pods(world, entries, slots_by_model, inventory, config, gate)
     ungated = bindable_pods(world, entries, slots_by_model, inventory, config) if gate is not None else can_bind
-    migration = _migrations(world, entries, inventory, running, placements, config, blocked, clock_s, plan,
+    migration = _migrations(world, entries, inventory, running, placements, shares, config, blocked, clock_s, plan,
                             can_bind)
     events: list[Event] = []
     nodes_by_name = {n.name: n for n in world.nodes}
@@ -221,7 +224,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
             statuses.append(StatusWrite(entry.ms.key, status))
             events.extend(_transition_events(entry.ms, conditions))
         if entry.deployment is not None and entry.size_gib is not None:
-            terms = affinity_terms(entry.size_gib, inventory.pool, config)
+            terms = affinity_terms(entry.size_gib + entry.overhead_gib + entry.context_gib, inventory.pool, config)
             patch = template_patch(entry.deployment, entry.ms.name, terms, config)
             if patch is not None:
                 rollout = touches_template(patch)
@@ -241,7 +244,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     expiry = next_expiry([h for hs in held.values() for h in hs], gate) if gate is not None else None
     return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, eviction, tuple(events),
                     _nudges(can_bind, slots_by_model, held, gate), dict(states), migration.steps,
-                    migration.waiting, inventory, expiry, len(ungated) - len(can_bind))
+                    migration.waiting, inventory, expiry, len(ungated) - len(can_bind), shares)
 
 
 def start_gate_at(now: str, config: DecisionConfig) -> StartGate | None:
@@ -284,8 +287,9 @@ def bindable_pods(world: World, entries: Sequence[ModelEntry],
     for entry in entries:
         name = entry.ms.model_name
         slots, _ = planned_slots({"slots": list(slots_by_model.get(name, []))})
-        plans[name] = ModelPlan.from_slots(name, model_size_gib(entry.ms), slots)
-    nodes = {n.name: NodeGpus(n.name, n.gpus, n.memory_gib) for n in inventory.pool}
+        plans[name] = ModelPlan.from_slots(name, model_size_gib(entry.ms), slots, entry.overhead_gib,
+                                           entry.context_gib)
+    nodes = {n.name: NodeGpus(n.name, n.gpus, n.memory_gib, config.gpu_memory_reserve_gib) for n in inventory.pool}
     view = Snapshot(plans, nodes, holders_by_gpu(world), gate)
     out = []
     for pod in world.pods:
@@ -319,19 +323,24 @@ def _nudges(can_bind: Sequence[PodObj], slots_by_model: Mapping[str, Sequence[Ma
 
 
 def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventory, running: Sequence[RunningPod],
-                placements: Mapping[str, Sequence[Placement]], config: DecisionConfig,
-                blocked: Mapping[ObjectKey, Blocked], clock_s: float, plan: Plan | None,
+                placements: Mapping[str, Sequence[Placement]], shares: Mapping[tuple[str, GpuId], float],
+                config: DecisionConfig, blocked: Mapping[ObjectKey, Blocked], clock_s: float, plan: Plan | None,
                 can_bind: Sequence[PodObj]) -> MigrationState:
     """Restarts for memory shares first (they free what waiting replicas need), then the moves, and the one to
     start now; `can_bind` (`bindable_pods`) are replacements on their way, waited for before any eviction."""
-    size = {e.model.name: e.model.size_gib for e in entries if e.model is not None}
-    replica_load = {e.model.name: e.model.replica_load for e in entries if e.model is not None}
-    memory = {g.id: g.memory_gib for g in inventory.gpus}
+    models = [e.model for e in entries if e.model is not None]
+    replica_load = {m.name: m.replica_load for m in models}
+    mem = Memory(inside={m.name: m.size_gib + m.overhead_gib for m in models},
+                 context={m.name: m.context_gib for m in models},
+                 memory={g.id: g.memory_gib for g in inventory.gpus},
+                 reserve={g.id: g.reserve_gib for g in inventory.gpus})
     planned = {m: [p.gpu for p in ps] for m, ps in placements.items()}
-    shares = {(m, p.gpu): share_of(p.memory_fraction) for m, ps in placements.items() for p in ps}
-    steps = resize_steps(shares, running, size, memory, replica_load,
+    steps = resize_steps(dict(shares), running, mem, replica_load,
                          plan.max_kvpr if plan is not None else 0.0, config.stability_threshold_ratio)
-    steps += plan_steps(planned, running, size, memory, plan.steps if plan is not None else ())
+    # Moves keep every GPU's footprints (weights, overheads, contexts) within its memory less its reserve.
+    footprint = {m.name: m.footprint_gib for m in models}
+    usable = {g.id: g.usable_gib for g in inventory.gpus}
+    steps += plan_steps(planned, running, footprint, usable, plan.steps if plan is not None else ())
     managed = [p for p in world.pods if is_managed(p, config) and not p.terminal]
     return choose_next(steps, managed, can_bind, blocked, clock_s)
 

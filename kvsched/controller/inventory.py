@@ -3,8 +3,9 @@
 A node is in kvsched's pool when it matches the node selector, has `nvidia.com/gpu` > 0 (allocatable, else
 capacity: `node_gpu_count`) and a per-GPU memory label (`kvsched.io/gpu-memory`, a quantity, wins over
 `nvidia.com/gpu.memory`, MiB, fractions allowed: `node_memory_gib`). It is planned on only while it is schedulable
-(not cordoned), Ready and not being deleted. A label that is not a quantity, or a GPU count that is not a whole
-number, takes the node out with a problem (an event on the Node).
+(not cordoned), Ready and not being deleted. A label that is not a quantity, a GPU count that is not a whole
+number, or a GPU memory not above the GPU memory reserve (`DecisionConfig.gpu_memory_reserve_gib`, which every
+GPU gets) takes the node out with a problem (an event on the Node).
 
 The small readers here (`node_gpu_count`, `node_memory_gib`, `annotated_gpu`, `held_gpu`, `running_share`) give
 a Node's or a Pod's values their meaning once, for the controller and the extender's cache alike; they raise
@@ -169,6 +170,11 @@ def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: De
                                         f"neither {GPU_MEMORY_LABEL} nor {GPU_MEMORY_MIB_LABEL} is set; the node "
                                         "is left out"))
             continue
+        if memory <= config.gpu_memory_reserve_gib:
+            problems.append(NodeProblem(node.name, "GPUMemoryBelowReserve",
+                                        f"its GPUs' memory ({memory:g} GiB) is not more than the GPU memory reserve "
+                                        f"({config.gpu_memory_reserve_gib:g} GiB); the node is left out"))
+            continue
         usable = not node.unschedulable and node.ready and not node.deleting
         pool.append(PoolNode(node.name, count, memory, usable, node.labels))
         if not usable:
@@ -176,7 +182,7 @@ def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: De
         taken = _withheld(count, unmanaged_gpus.get(node.name, 0), managed_held.get(node.name, set()))
         if taken:
             withheld[node.name] = taken
-        gpus.extend(Gpu(node.name, i, memory) for i in range(count) if i not in taken)
+        gpus.extend(Gpu(node.name, i, memory, config.gpu_memory_reserve_gib) for i in range(count) if i not in taken)
     return Inventory(tuple(gpus), tuple(pool), tuple(problems), withheld)
 
 

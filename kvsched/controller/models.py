@@ -18,17 +18,21 @@ from typing import Any, Mapping
 
 from kvsched.api.names import (
     API_VERSION,
+    ENGINE_OVERHEAD_ANNOTATION,
+    ENGINE_OVERHEAD_FIELD,
     KIND,
     MODEL_ANNOTATIONS,
     MODEL_LABEL,
+    MODEL_SIZE_FIELD,
     RATE_ANNOTATION,
     SIZE_ANNOTATION,
     SLO_ANNOTATION,
 )
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, World
 from kvsched.api.records import OwnedChange
+from kvsched.controller.headroom import Headroom
 from kvsched.packer import InvalidInput, Model
-from kvsched.units import UnitError, decimal_number, describe, memory_gib, number, seconds
+from kvsched.units import UnitError, decimal_number, describe, memory_gib, memory_gib_or_zero, number, seconds
 
 INVALID_SPEC = "InvalidSpec"
 INVALID_ANNOTATION = "InvalidAnnotation"
@@ -38,8 +42,11 @@ LABEL_VALUE_MAX = 63  # a label value's length limit; the model label's value is
 FROM_ANNOTATIONS = "fromAnnotations"
 # The spec field each model annotation sets, in spec order.
 # The ModelServing spec field each packer Model field comes from (for messages naming the user's field).
-SPEC_FIELD_OF_MODEL_FIELD = {"size_gib": "modelSize", "rate_rps": "requestRate", "slo_s": "sloSeconds"}
-FIELD_OF_ANNOTATION = {SIZE_ANNOTATION: "modelSize", RATE_ANNOTATION: "requestRate", SLO_ANNOTATION: "sloSeconds"}
+SPEC_FIELD_OF_MODEL_FIELD = {"size_gib": MODEL_SIZE_FIELD, "rate_rps": "requestRate", "slo_s": "sloSeconds"}
+FIELD_OF_ANNOTATION = {SIZE_ANNOTATION: MODEL_SIZE_FIELD, RATE_ANNOTATION: "requestRate",
+                       SLO_ANNOTATION: "sloSeconds"}
+# Optional annotations and their spec fields: absent means the controller's default (the field is left out).
+OPTIONAL_FIELD_OF_ANNOTATION = {ENGINE_OVERHEAD_ANNOTATION: ENGINE_OVERHEAD_FIELD}
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,8 @@ class ModelEntry:
 
     `model` is what the packer gets (None when it cannot be planned: invalid with no good spec, or 0 replicas);
     `size_gib` is known whenever the spec parses (the affinity needs it); `invalid` is set when the object is
-    Invalid, even if a last good spec still lets it be planned.
+    Invalid, even if a last good spec still lets it be planned. `overhead_gib` and `context_gib`: its engine's
+    memory inside and outside its share (`spec.engineOverhead`, else the default; the context is the default).
     """
 
     ms: ModelServingObj
@@ -65,6 +73,8 @@ class ModelEntry:
     model: Model | None
     size_gib: float | None
     invalid: Problem | None
+    overhead_gib: float = 0.0
+    context_gib: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -92,6 +102,30 @@ def _quantity_gib(value: object, field: str) -> float:
         return memory_gib(value)
     except UnitError as e:
         raise UnitError(f"{field}: {e}") from None
+
+
+def parse_overhead(spec: Mapping[str, Any]) -> float | None:
+    """A ModelServing spec's `engineOverhead` in GiB (a quantity >= 0; a bare integer means bytes), None when
+    absent. Raises UnitError naming the field."""
+    value = spec.get(ENGINE_OVERHEAD_FIELD)
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    try:
+        return memory_gib_or_zero(value)
+    except UnitError as e:
+        raise UnitError(f"spec.{ENGINE_OVERHEAD_FIELD}: {e}") from None
+
+
+def model_overhead_gib(ms: ModelServingObj, default_gib: float) -> float:
+    """A ModelServing's engine overhead in GiB: `spec.engineOverhead`, else `default_gib` (also when the field is
+    bad: the controller makes that Invalid). The one reader: entries here, the extender's cache."""
+    try:
+        value = parse_overhead(ms.spec)
+    except UnitError:
+        return default_gib
+    return default_gib if value is None else value
 
 
 def parse_spec(spec: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -138,6 +172,12 @@ def read_annotations(deployment: DeploymentObj) -> AnnotationValues:
             fields[FIELD_OF_ANNOTATION[name]] = _annotation_value(name, notes[name].strip())
         except UnitError as e:
             problems.append(f"annotation {name}: {e}")
+    for name, field in OPTIONAL_FIELD_OF_ANNOTATION.items():
+        if name in notes:
+            try:
+                fields[field] = _annotation_value(name, notes[name].strip())
+            except UnitError as e:
+                problems.append(f"annotation {name}: {e}")
     return AnnotationValues(fields, tuple(problems))
 
 
@@ -145,6 +185,9 @@ def _annotation_value(name: str, text: str) -> Any:
     """The spec value of one model annotation. Raises UnitError naming the value."""
     if name == SIZE_ANNOTATION:
         memory_gib(text)
+        return text
+    if name == ENGINE_OVERHEAD_ANNOTATION:
+        memory_gib_or_zero(text)
         return text
     if name == RATE_ANNOTATION:
         try:
@@ -167,6 +210,11 @@ def spec_from_annotations(deployment: DeploymentObj, current: Mapping[str, Any] 
             spec[field] = values.fields[field]
         elif current is not None and field in current:
             spec[field] = current[field]
+    for name, field in OPTIONAL_FIELD_OF_ANNOTATION.items():
+        if field in values.fields:
+            spec[field] = values.fields[field]
+        elif name in deployment.annotations and current is not None and field in current:
+            spec[field] = current[field]  # a bad value keeps the last good one; no annotation: the default
     spec["replicas"] = deployment.replicas
     spec[FROM_ANNOTATIONS] = True
     return spec
@@ -210,8 +258,9 @@ def _owned_by(ms: ModelServingObj, deployment: DeploymentObj) -> bool:
         not deployment.uid or not ms.owner.uid or ms.owner.uid == deployment.uid)
 
 
-def collect_models(world: World) -> ModelSet:
+def collect_models(world: World, engine: Headroom = Headroom()) -> ModelSet:
     """Entries for every ModelServing, owned-ModelServing writes, and Deployments that cannot be managed.
+    `engine`: its overhead and context are those of models whose spec does not set their own.
 
     O(ModelServings + Deployments). Never raises for bad values.
     """
@@ -245,11 +294,22 @@ def collect_models(world: World) -> ModelSet:
             changes.append(OwnedChange("patch", dep.key, {"spec": spec}))
 
     for ms in sorted(world.model_servings, key=lambda m: m.key):
-        entries.append(_entry(ms, deployments))
+        entries.append(_entry(ms, deployments, engine))
     return ModelSet(tuple(entries), tuple(changes), tuple(dep_problems))
 
 
-def _entry(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj]) -> ModelEntry:
+def _entry(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj], engine: Headroom
+           ) -> ModelEntry:
+    entry = _entry_of(ms, deployments, engine)
+    overhead = model_overhead_gib(ms, engine.overhead_gib)
+    if entry.model is not None:
+        overhead = entry.model.overhead_gib
+    return ModelEntry(entry.ms, entry.deployment, entry.replicas, entry.model, entry.size_gib, entry.invalid,
+                      overhead, engine.context_gib)
+
+
+def _entry_of(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj], engine: Headroom
+              ) -> ModelEntry:
     ref = ms.spec.get("workloadRef")
     ref_name = ref.get("name") if isinstance(ref, dict) else None
     ref_kind = ref.get("kind", "Deployment") if isinstance(ref, dict) else None
@@ -285,12 +345,18 @@ def _entry(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj]) 
         size, rate, slo = parse_spec(spec)
     except UnitError as e:
         return ModelEntry(ms, deployment, replicas, None, None, invalid or Problem(INVALID_SPEC, str(e)))
+    try:
+        overhead = parse_overhead(spec)
+    except UnitError as e:
+        return ModelEntry(ms, deployment, replicas, None, size, invalid or Problem(INVALID_SPEC, str(e)))
     if invalid is not None:
         invalid = Problem(invalid.reason, f"{invalid.message}; planning with the last good values in spec")
     if replicas == 0:
         return ModelEntry(ms, deployment, 0, None, size, invalid)
     try:
-        model = Model(ms.model_name, size, rate, slo, replicas)
+        model = Model(ms.model_name, size, rate, slo, replicas,
+                      overhead_gib=engine.overhead_gib if overhead is None else overhead,
+                      context_gib=engine.context_gib)
     except InvalidInput as e:
         field = SPEC_FIELD_OF_MODEL_FIELD.get(e.field, e.field)
         return ModelEntry(ms, deployment, replicas, None, size,

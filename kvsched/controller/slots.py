@@ -6,10 +6,12 @@ decisions, below both adapters, so that the extender (filter, prioritize, bind) 
 pods to nudge) apply one rule.
 
 The rule. For a managed pod of model X on node N: X's free slots on N are X's planned slots on N whose GPU no
-other live pod of X holds. A free slot is usable now when the weights already on that GPU (every pod holding it,
-by its model's size) plus X's size fit the GPU's memory, and the memory shares the holders run with
-(`kvsched.io/gpu-memory-fraction`, at least their weights) plus the slot's planned share add up to at most 1, so no
-GPU is ever promised more memory than it has. So, per candidate node:
+other live pod of X holds. A free slot is usable now when the GPU keeps its memory headroom with X started there
+(kvsched.controller.headroom): the footprints of every pod holding it (weights m + engine overhead o + CUDA context
+c, by its model) plus X's fit the GPU's memory M less its reserve R, and the memory shares the holders run with
+(`kvsched.io/gpu-memory-fraction`, never less than their (m + o) / M) plus the slot's planned share add up to at
+most 1 - (R + the contexts of the holders and X) / M. Then every engine's start-up check passes in whatever order
+they start, and no GPU is ever promised more memory than it has. So, per candidate node:
 - usable slot             -> the node passes filter; prioritize scores it by its best usable slot (below);
 - planned, none usable    -> FailedNodes with who is in the way (it frees when those pods go: a migration step,
                              a rollout's old pod terminating, or the controller restarting a holder whose
@@ -43,6 +45,7 @@ from typing import Protocol
 from kvsched.api.names import MODEL_LABEL, SHARE_EPSILON
 from kvsched.api.objects import PodObj
 from kvsched.controller import start_gate
+from kvsched.controller.headroom import least_share, share_bound
 from kvsched.controller.inventory import held_gpu, running_share
 from kvsched.units import timestamp_s
 
@@ -68,33 +71,48 @@ class PlannedSlot:
 @dataclass(frozen=True)
 class ModelPlan:
     """A ModelServing as the extender needs it. `key` is the packer name `<namespace>/<name>`; `size_gib` is
-    None when spec.modelSize is missing or unparsable (then memory cannot be checked and filter says so)."""
+    None when spec.modelSize is missing or unparsable (then memory cannot be checked and filter says so).
+    `overhead_gib` / `context_gib`: one replica's engine memory inside / outside its share (GiB >= 0)."""
 
     key: str
     size_gib: float | None
     slots_by_node: Mapping[str, tuple[PlannedSlot, ...]] = field(default_factory=dict)
+    overhead_gib: float = 0.0
+    context_gib: float = 0.0
 
     @property
     def name(self) -> str:
         return self.key.split("/", 1)[-1]
 
+    @property
+    def inside_gib(self) -> float | None:
+        """m + o: what one replica needs inside its share (None when the size is unknown)."""
+        return None if self.size_gib is None else self.size_gib + self.overhead_gib
+
+    @property
+    def footprint_gib(self) -> float | None:
+        """m + o + c: what one replica takes of its GPU besides KV cache (None when the size is unknown)."""
+        return None if self.size_gib is None else self.size_gib + self.overhead_gib + self.context_gib
+
     @classmethod
-    def from_slots(cls, key: str, size_gib: float | None, slots: Iterable[PlannedSlot]) -> ModelPlan:
+    def from_slots(cls, key: str, size_gib: float | None, slots: Iterable[PlannedSlot], overhead_gib: float = 0.0,
+                   context_gib: float = 0.0) -> ModelPlan:
         """The plan of model `key` with `slots` (in any order) grouped by node. O(slots)."""
         by_node: dict[str, list[PlannedSlot]] = {}
         for slot in slots:
             by_node.setdefault(slot.node, []).append(slot)
-        return cls(key, size_gib, {node: tuple(s) for node, s in by_node.items()})
+        return cls(key, size_gib, {node: tuple(s) for node, s in by_node.items()}, overhead_gib, context_gib)
 
 
 @dataclass(frozen=True)
 class NodeGpus:
-    """A node's GPUs: count (`inventory.node_gpu_count`) and memory per GPU in GiB (`inventory.node_memory_gib`;
-    None: not labelled, or not readable)."""
+    """A node's GPUs: count (`inventory.node_gpu_count`), memory per GPU in GiB (`inventory.node_memory_gib`;
+    None: not labelled, or not readable) and the reserve of each GPU no replica may take (GiB >= 0)."""
 
     name: str
     gpus: int
     gpu_memory_gib: float | None
+    reserve_gib: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -133,13 +151,13 @@ def pod_holder(pod: PodObj) -> Holder | None:
                   starting_since=starting)
 
 
-def occupied_share(share: float | None, size_gib: float | None, memory_gib: float) -> float:
+def occupied_share(share: float | None, inside_gib: float | None, memory_gib: float) -> float:
     """The share of a GPU's memory a holder occupies: the share it runs with (None: unknown, counts 0), never
-    less than its weights' (`size_gib / memory_gib`); all of it (1.0) when its size is unknown or the GPU's
-    memory is not > 0. O(1)."""
-    if size_gib is None or memory_gib <= 0:
+    less than what its engine needs inside it (`headroom.least_share`: (weights + overhead) / memory); all of
+    it (1.0) when its size is unknown or the GPU's memory is not > 0. O(1)."""
+    if inside_gib is None or memory_gib <= 0:
         return 1.0
-    return max(share or 0.0, size_gib / memory_gib)
+    return max(share or 0.0, least_share(inside_gib, memory_gib))
 
 
 @dataclass(frozen=True)
@@ -260,33 +278,40 @@ def slot_states(pod: PodRef, plan: ModelPlan, node_name: str, world: World) -> l
             # Without a size or a GPU memory there is nothing to check; the controller planned the slot.
             states.append(SlotState(slot, True))
             continue
-        held_gib = 0.0
-        held_share = 0.0
+        memory, reserve = node.gpu_memory_gib, node.reserve_gib
+        need = plan.footprint_gib or 0.0
+        held_gib = 0.0      # footprints (m + o + c) of the holders
+        held_share = 0.0    # shares the holders occupy (`occupied_share`)
+        contexts = plan.context_gib  # CUDA contexts outside the shares, X's included
         blockers: list[str] = []
         shares: list[str] = []
         for h in others:
             other = world.model(h.model_key) if h.model_key else None
-            size = other.size_gib if other is not None and other.size_gib is not None else None
-            if size is None:  # a pod whose model kvsched cannot size: assume it fills the GPU
-                held_gib = node.gpu_memory_gib
+            if other is None or other.size_gib is None:  # a pod whose model kvsched cannot size: it fills the GPU
+                held_gib = memory
                 held_share = 1.0
                 blockers.append(f"{h.describe()} (size unknown)")
-            else:
-                held_gib += size
-                share = occupied_share(h.memory_fraction, size, node.gpu_memory_gib)
-                held_share += share
-                blockers.append(f"{h.describe()} ({_fmt_gib(size)})")
-                shares.append(f"{h.describe()} runs with {share:.3f}")
-        if held_gib + plan.size_gib > node.gpu_memory_gib + _MEMORY_EPSILON_GIB:
-            free = max(0.0, node.gpu_memory_gib - held_gib)
+                continue
+            held_gib += other.footprint_gib or 0.0
+            contexts += other.context_gib
+            share = occupied_share(h.memory_fraction, other.inside_gib, memory)
+            held_share += share
+            blockers.append(f"{h.describe()} ({_fmt_gib(other.footprint_gib or 0.0)})")
+            shares.append(f"{h.describe()} runs with {share:.3f}")
+        bound = share_bound(memory, reserve, contexts)
+        wanted = occupied_share(slot.memory_fraction, plan.inside_gib, memory)
+        if held_gib + need > memory - reserve + _MEMORY_EPSILON_GIB:
+            free = max(0.0, memory - reserve - held_gib)
+            kept = f" ({_fmt_gib(reserve)} reserved)" if reserve > 0 else ""
             states.append(SlotState(
-                slot, False, f"{where} has {_fmt_gib(free)} of {_fmt_gib(node.gpu_memory_gib)} free and needs "
-                f"{_fmt_gib(plan.size_gib)}: {', '.join(blockers)} must move first"))
-        elif held_share + slot.memory_fraction > 1.0 + SHARE_EPSILON:
+                slot, False, f"{where} has {_fmt_gib(free)} of {_fmt_gib(memory)} free{kept} and needs "
+                f"{_fmt_gib(need)}: {', '.join(blockers)} must move first"))
+        elif held_share + wanted > bound + SHARE_EPSILON:
             states.append(SlotState(
-                slot, False, f"{where} needs {slot.memory_fraction:.3f} of its memory and "
-                f"{max(0.0, 1.0 - held_share):.3f} is free: {', '.join(shares)} (the controller restarts a pod "
-                f"whose planned share is smaller than the one it runs with)"))
+                slot, False, f"{where} needs {wanted:.3f} of its memory and "
+                f"{max(0.0, bound - held_share):.3f} is free of the {bound:.3f} its engines may share: "
+                f"{', '.join(shares)} (the controller restarts a pod whose planned share is smaller than the one "
+                f"it runs with)"))
         else:
             states.append(SlotState(slot, True))
     return states

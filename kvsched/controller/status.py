@@ -2,11 +2,11 @@
 
 Conditions (docs/architecture.md): `Invalid` (reasons InvalidSpec, InvalidAnnotation, WorkloadNotFound),
 `Placed` (True/Planned when every wanted replica has a slot), `Unschedulable` (True with the packer's cause:
-ModelTooLarge, NoRoomForKVCache, TooFewGPUs, InsufficientCapacity: `Unplaced.cause`), `Migrating` (True while the plan moves a
-replica of the model, with why it waits or is blocked). A condition keeps its lastTransitionTime unless its
-status changes. Numbers are rounded (KVPR to 4 decimals, memory fractions down by kvsched.api.names.share_of)
-so that the same plan always gives the same status and an unchanged world writes nothing; rounding the shares
-down keeps the planned shares of one GPU at a sum of at most 1.
+ModelTooLarge, NoRoomForEngine, NoRoomForKVCache, TooFewGPUs, InsufficientCapacity: `Unplaced.cause`),
+`Migrating` (True while the plan moves a replica of the model, with why it waits or is blocked). A condition
+keeps its lastTransitionTime unless its status changes. Numbers are rounded (KVPR to 4 decimals, memory fractions
+to kvsched.api.names.SHARE_DECIMALS per GPU by `headroom.plan_shares`, which keeps the headroom's invariants) so
+that the same plan always gives the same status and an unchanged world writes nothing.
 Called by: kvsched.controller.decide; `planned_slots` also by kvsched.extender.cache.
 """
 
@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from kvsched.api.names import share_of
 from kvsched.controller.slots import PlannedSlot
-from kvsched.packer import Placement, Unplaced
+from kvsched.packer import GpuId, Placement, Unplaced
 
 KVPR_DECIMALS = 4
 CONDITION_TYPES = ("Placed", "Invalid", "Unschedulable", "Migrating")
@@ -32,9 +32,13 @@ class Condition:
     message: str = ""
 
 
-def slots_of(placements: Sequence[Placement]) -> list[dict[str, Any]]:
-    """Status slots of one model, ordered by node then GPU (replicas are interchangeable)."""
-    return [{"node": p.gpu.node, "gpu": p.gpu.index, "memoryFraction": share_of(p.memory_fraction)}
+def slots_of(placements: Sequence[Placement], shares: Mapping[tuple[str, GpuId], float] | None = None
+             ) -> list[dict[str, Any]]:
+    """Status slots of one model, ordered by node then GPU (replicas are interchangeable). A slot's
+    memoryFraction is its share in `shares` (`headroom.plan_shares`), else its fraction rounded down."""
+    shares = shares or {}
+    return [{"node": p.gpu.node, "gpu": p.gpu.index,
+             "memoryFraction": shares.get((p.model, p.gpu), share_of(p.memory_fraction))}
             for p in sorted(placements, key=lambda p: p.gpu)]
 
 

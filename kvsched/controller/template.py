@@ -4,9 +4,10 @@ Every change to a Deployment's pod template starts a rollout that recreates all 
 carries nothing that changes with the plan: the model label, kvsched's `schedulerName`, the runtime class that
 reads `NVIDIA_VISIBLE_DEVICES` (`runtimeClassName`, a setting), Downward-API env for the GPU index and memory
 fraction the extender writes at bind time, and a required node affinity that names no node:
-the pool's selector plus "a GPU larger than the model" (`nvidia.com/gpu.memory Gt <size in MiB>` for nodes without
-the `kvsched.io/gpu-memory` override; `kvsched.io/gpu-memory In <the override values larger than the model>` for
-nodes with it). That set changes only when a node with a new override value joins. The extender enforces the
+the pool's selector plus "a GPU whose memory less the reserve is larger than a replica's footprint" (M - R > m + o +
+c: weights, engine overhead, CUDA context; `nvidia.com/gpu.memory Gt <m + o + c + R in MiB>` for nodes without the
+`kvsched.io/gpu-memory` override; `kvsched.io/gpu-memory In <the override values larger than that>` for nodes
+with it), the same test as the packer's and the slot rule's. That set changes only when a node with a new override value joins. The extender enforces the
 exact GPU, and evictions move replicas. The Deployment's strategy becomes RollingUpdate with maxSurge 0, so a
 rollout on a full cluster frees a slot before it asks for one (a surge pod would find every slot planned).
 Called by: kvsched.controller.decide.
@@ -36,17 +37,21 @@ _ENV = (
 )
 
 
-def affinity_terms(size_gib: float, pool: Iterable[PoolNode], config: DecisionConfig) -> list[dict[str, Any]]:
-    """Node selector terms (ORed) of the nodes whose GPUs can hold a model of `size_gib`. O(pool)."""
+def affinity_terms(footprint_gib: float, pool: Iterable[PoolNode], config: DecisionConfig
+                   ) -> list[dict[str, Any]]:
+    """Node selector terms (ORed) of the nodes whose GPUs can hold one replica of `footprint_gib` (its weights,
+    engine overhead and CUDA context) next to the GPU memory reserve: M - R > footprint, as a label M > footprint
+    + R. O(pool)."""
     base = config.node_selector.to_expressions()
-    size_mib = math.floor(size_gib * 1024 + 1e-9)
+    need_gib = footprint_gib + config.gpu_memory_reserve_gib
+    size_mib = math.floor(need_gib * 1024 + 1e-9)
     terms: list[dict[str, Any]] = [{"matchExpressions": [
         *base,
         {"key": GPU_MEMORY_MIB_LABEL, "operator": "Gt", "values": [str(size_mib)]},
         {"key": GPU_MEMORY_LABEL, "operator": "DoesNotExist"},
     ]}]
     overrides = sorted({n.labels[GPU_MEMORY_LABEL] for n in pool
-                        if GPU_MEMORY_LABEL in n.labels and n.memory_gib > size_gib})
+                        if GPU_MEMORY_LABEL in n.labels and n.memory_gib > need_gib})
     if overrides:
         terms.append({"matchExpressions": [
             *base, {"key": GPU_MEMORY_LABEL, "operator": "In", "values": overrides}]})

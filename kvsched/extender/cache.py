@@ -35,7 +35,8 @@ from typing import Any
 from kvsched.api.names import DEFAULT_SCHEDULER_NAME, MODEL_LABEL
 from kvsched.api.readers import read_model_serving, read_node, read_pod
 from kvsched.controller.inventory import annotated_gpu, node_gpu_count, node_memory_gib
-from kvsched.controller.models import model_size_gib
+from kvsched.controller.headroom import Headroom
+from kvsched.controller.models import model_overhead_gib, model_size_gib
 from kvsched.controller.start_gate import DEFAULT_START_TIMEOUT_S, StartGate
 from kvsched.controller.slots import (
     FilterDecision, Holder, ModelPlan, NodeGpus, PlannedSlot, PodRef, Refusal, choose_slot, filter_nodes,
@@ -84,7 +85,7 @@ def pod_info(obj: Obj) -> PodInfo:
                    finished=pod.terminal, holder=pod_holder(pod))
 
 
-def node_gpus(obj: Obj) -> NodeGpus:
+def node_gpus(obj: Obj, reserve_gib: float = 0.0) -> NodeGpus:
     """GPU count (`inventory.node_gpu_count`: allocatable nvidia.com/gpu, else capacity) and memory per GPU
     (`inventory.node_memory_gib`: label kvsched.io/gpu-memory, else nvidia.com/gpu.memory in MiB) of a Node, as
     the controller reads them; a value the controller rejects reads as 0 GPUs / unknown memory, with a warning."""
@@ -99,18 +100,20 @@ def node_gpus(obj: Obj) -> NodeGpus:
     except UnitError as e:
         log.warning("node %s: %s; GPU memory unknown", node.name, e)
         memory = None
-    return NodeGpus(name=node.name, gpus=gpus, gpu_memory_gib=memory)
+    return NodeGpus(name=node.name, gpus=gpus, gpu_memory_gib=memory, reserve_gib=reserve_gib)
 
 
-def model_plan(obj: Obj) -> ModelPlan:
-    """A ModelServing's packer key, size (`models.model_size_gib`) and planned slots (`status.planned_slots`;
+def model_plan(obj: Obj, headroom: Headroom = Headroom()) -> ModelPlan:
+    """A ModelServing's packer key, size (`models.model_size_gib`), engine overhead (`models.model_overhead_gib`,
+    the headroom's by default) and context (the headroom's), and planned slots (`status.planned_slots`;
     malformed entries are skipped with a warning: the controller writes them, a person may have edited them)."""
     ms = read_model_serving(obj)
     slots, malformed = planned_slots(ms.status)
     for i in malformed:
         log.warning("ModelServing %s: status.slots[%d] is malformed (%r); ignored", ms.model_name, i,
                     ms.status["slots"][i])
-    return ModelPlan.from_slots(ms.model_name, model_size_gib(ms), slots)
+    return ModelPlan.from_slots(ms.model_name, model_size_gib(ms), slots,
+                                model_overhead_gib(ms, headroom.overhead_gib), headroom.context_gib)
 
 
 @dataclass(frozen=True)
@@ -126,11 +129,13 @@ class BindTarget:
 class Cache:
     """Thread-safe indexes of models, nodes and GPU-holding pods; implements slots.World under its lock."""
 
-    def __init__(self, scheduler_name: str = DEFAULT_SCHEDULER_NAME, *,
+    def __init__(self, scheduler_name: str = DEFAULT_SCHEDULER_NAME, headroom: Headroom = Headroom(), *,
                  start_timeout_s: float = DEFAULT_START_TIMEOUT_S, wall: Callable[[], float] = time.time) -> None:
-        """`start_timeout_s`: how long a pod bound and not Ready holds its GPU's start gate (<= 0: gate off);
+        """`headroom`: the controller's (DecisionConfig.headroom), the slot rule's memory headroom;
+        `start_timeout_s`: how long a pod bound and not Ready holds its GPU's start gate (<= 0: gate off);
         `wall`: the wall clock, epoch seconds (tests pass a fake)."""
         self.scheduler_name = scheduler_name
+        self.headroom = headroom
         self.start_timeout_s = start_timeout_s
         self.wall = wall
         self._lock = threading.Lock()
@@ -178,7 +183,7 @@ class Cache:
             self._reindex(info.uid)
 
     def on_node(self, event_type: str, obj: Obj) -> None:
-        gpus = node_gpus(obj)
+        gpus = node_gpus(obj, self.headroom.reserve_gib)
         with self._lock:
             if event_type == "DELETED":
                 self._nodes.pop(gpus.name, None)
@@ -187,7 +192,7 @@ class Cache:
                 self._nodes[gpus.name] = gpus
 
     def on_model(self, event_type: str, obj: Obj) -> None:
-        plan = model_plan(obj)
+        plan = model_plan(obj, self.headroom)
         with self._lock:
             if event_type == "DELETED":
                 self._models.pop(plan.key, None)

@@ -27,18 +27,23 @@ from kvsched.api.readers import read_deployment, read_model_serving, read_node, 
 from kvsched.k8s.watch import DELETED, DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, Informer, Obj, informer
 from kvsched.k8s.writers import ApiWriter
 from kvsched.metrics import Metrics
-from kvsched.settings import ControllerSettings
+from kvsched.settings import ControllerSettings, check_headroom
 
 log = logging.getLogger(__name__)
 
 def decision_config(settings: ControllerSettings) -> DecisionConfig:
-    """The decision core's knobs from the settings. Raises SelectorError for a bad node selector."""
+    """The decision core's knobs from the settings. Raises SelectorError for a bad node selector, ValueError
+    naming the flag for a negative memory headroom."""
+    check_headroom(settings)
     return DecisionConfig(node_selector=parse_selector(settings.node_selector),
                           scheduler_name=settings.scheduler_name,
                           stability_threshold_ratio=settings.stability_threshold,
                           max_migrations=settings.max_migrations, time_budget_s=settings.time_budget_s,
                           runtime_class_name=settings.runtime_class_name,
-                          start_timeout_s=settings.start_timeout_s)
+                          start_timeout_s=settings.start_timeout_s,
+                          gpu_memory_reserve_gib=settings.gpu_memory_reserve_gib,
+                          engine_overhead_gib=settings.engine_overhead_gib,
+                          engine_context_gib=settings.engine_context_gib)
 
 
 def identity() -> str:

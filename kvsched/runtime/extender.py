@@ -11,12 +11,13 @@ import logging
 import threading
 
 from kvsched.extender.app import create_app, serve
+from kvsched.controller.headroom import Headroom
 from kvsched.extender.cache import Cache
 from kvsched.k8s.binding import PodBinder
 from kvsched.k8s.client import DEFAULT_CONNECT_TIMEOUT_S, api_client
 from kvsched.k8s.watch import LIVE_PODS, MODELSERVINGS, NODES, informer, wait_synced
 from kvsched.metrics import Metrics
-from kvsched.settings import ExtenderSettings
+from kvsched.settings import ExtenderSettings, check_headroom
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +27,10 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = api_client(settings.kubeconfig, timeout_s=(DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s))
-    cache = Cache(settings.scheduler_name, start_timeout_s=settings.start_timeout_s)
+    check_headroom(settings)
+    cache = Cache(settings.scheduler_name, Headroom(settings.gpu_memory_reserve_gib, settings.engine_overhead_gib,
+                                                    settings.engine_context_gib),
+                  start_timeout_s=settings.start_timeout_s)
     metrics = metrics or Metrics()
     informers = [informer(api, LIVE_PODS, cache.on_pod, counters=metrics),
                  informer(api, NODES, cache.on_node, counters=metrics),

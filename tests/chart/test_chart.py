@@ -34,6 +34,9 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "watchNamespace": "llm",
     "logLevel": "warning",
     "runtimeClassName": "nvidia-cdi",
+    "gpuMemoryReserve": "2Gi",
+    "engineOverhead": 2.5,
+    "engineContext": "256Mi",
     "extraArgs": ["--debounce-seconds=1"],
 }
 
@@ -114,6 +117,9 @@ def test_pod_disruption_budget_only_with_several_replicas(helm: Helm, replicas: 
     pytest.param({"maxMigrations": -1}, "maxMigrations", id="negative migration budget"),
     pytest.param({"timeBudgetSeconds": -1}, "timeBudgetSeconds", id="negative time budget"),
     pytest.param({"startTimeoutSeconds": -5}, "startTimeoutSeconds", id="negative start timeout"),
+    pytest.param({"gpuMemoryReserve": -1}, "gpuMemoryReserve", id="negative GPU memory reserve"),
+    pytest.param({"engineOverhead": "-2Gi"}, "engineOverhead", id="negative engine overhead quantity"),
+    pytest.param({"engineContext": "lots"}, "engineContext", id="engine context not a quantity"),
     pytest.param({"logLevel": "verbose"}, "logLevel", id="unknown log level"),
     pytest.param({"metricsPort": 70000}, "metricsPort", id="port out of range"),
     pytest.param({"extender": {"httpTimeout": "10"}}, "httpTimeout", id="timeout without a unit"),
@@ -187,12 +193,15 @@ def test_scheduler_leader_election_follows_values(helm: Helm) -> None:
 @pytest.mark.parametrize("values, expected", [
     pytest.param(None, ["serve", "--scheduler-name=kvsched", "--runtime-class-name=nvidia",
                         "--stability-threshold=0.05", "--max-migrations=4",
-                        "--time-budget-seconds=5", "--start-timeout-seconds=300", "--log-level=info", "--metrics-port=8080", "--host=127.0.0.1", "--port=8888", "--leader-election=true",
+                        "--time-budget-seconds=5", "--start-timeout-seconds=300", "--gpu-memory-reserve-gib=1Gi",
+                        "--engine-overhead-gib=3Gi", "--engine-context-gib=512Mi", "--log-level=info", "--metrics-port=8080", "--host=127.0.0.1", "--port=8888", "--leader-election=true",
                         "--leader-election-namespace=kvsched-system"], id="default values"),
     pytest.param(NON_DEFAULT_VALUES, ["serve", "--scheduler-name=llm-scheduler",
                                       "--runtime-class-name=nvidia-cdi", "--stability-threshold=0.1",
                                       "--max-migrations=0", "--time-budget-seconds=2.5",
                                       "--start-timeout-seconds=600",
+                                      "--gpu-memory-reserve-gib=2Gi", "--engine-overhead-gib=2.5",
+                                      "--engine-context-gib=256Mi",
                                       "--log-level=warning", "--namespace=llm",
                                       "--node-selector=pool=llm,gpu!=reserved",
                                       "--metrics-port=9100", "--host=127.0.0.1", "--port=9999",
@@ -202,6 +211,23 @@ def test_scheduler_leader_election_follows_values(helm: Helm) -> None:
 ])
 def test_kvsched_flags_follow_values(helm: Helm, values: dict[str, Any] | None, expected: list[str]) -> None:
     assert containers(render(helm, values))["kvsched"]["args"] == expected
+
+
+@pytest.mark.parametrize("values, headroom", [
+    pytest.param(None, (1.0, 3.0, 0.5), id="default values"),
+    pytest.param(NON_DEFAULT_VALUES, (2.0, 2.5, 0.25), id="non-default values"),
+])
+def test_the_headroom_values_reach_the_controller_and_the_extender(helm: Helm, values: dict[str, Any] | None,
+                                                                   headroom: tuple[float, float, float]) -> None:
+    # The rendered args, parsed by `kvsched serve` itself: one value for both halves, in GiB.
+    from kvsched.cli import build_parser
+    from kvsched.settings import ControllerSettings, ExtenderSettings, settings_from
+
+    args = build_parser().parse_args(containers(render(helm, values))["kvsched"]["args"])
+    for cls in (ControllerSettings, ExtenderSettings):
+        settings = settings_from(cls, args, environ={})
+        assert (settings.gpu_memory_reserve_gib, settings.engine_overhead_gib,  # type: ignore[attr-defined]
+                settings.engine_context_gib) == headroom  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("kube_version, values, image", [

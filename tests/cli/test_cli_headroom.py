@@ -174,12 +174,14 @@ def test_a_reserve_flag_larger_than_a_gpu_names_the_gpu_and_the_flag(
                                        "would be left to plan"]
 
 
-def test_headroom_flags_do_not_apply_to_the_live_cluster(run_cli: RunCli) -> None:
-    result = run_cli("plan", "--kubeconfig", "/nonexistent", "--engine-overhead", "2Gi")
+def test_a_bad_headroom_environment_value_for_the_live_cluster_is_named(run_cli: RunCli,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVSCHED_GPU_MEMORY_RESERVE_GIB", "-1Gi")
+    monkeypatch.setattr("kvsched.k8s.client.api_client", lambda *a, **k: pytest.fail("read the cluster"))
+    result = run_cli("plan", "--kubeconfig", "/nonexistent")
     assert result.code == 2
-    assert result.err.splitlines() == ["kvsched plan: --engine-overhead: applies to a cluster file; with "
-                                       "--kubeconfig the plan is the controller's (its settings decide the memory "
-                                       "headroom)"]
+    assert result.err.splitlines() == ["kvsched plan: KVSCHED_GPU_MEMORY_RESERVE_GIB='-1Gi' is not a valid memory "
+                                       "size (GiB or a quantity such as 512Mi, >= 0)"]
 
 
 def test_help_lists_the_headroom_flags_and_keys(run_cli: RunCli) -> None:

@@ -35,6 +35,9 @@ def _world() -> World:
                  {"KVSCHED_TIME_BUDGET_S": "9", "KVSCHED_MAX_MIGRATIONS": "5", "KVSCHED_SCHEDULER_NAME": "env"},
                  id="flags win over the environment"),
     pytest.param(["--node-selector", "pool=cpu"], {}, id="a selector that leaves no GPU: the replica is reported unplaced"),
+    pytest.param(["--gpu-memory-reserve", "2Gi", "--engine-overhead", "1.5"],
+                 {"KVSCHED_ENGINE_CONTEXT_GIB": "256Mi", "KVSCHED_ENGINE_OVERHEAD_GIB": "9"},
+                 id="memory headroom: flags (quantities or GiB) and environment"),
 ])
 def test_plan_kubeconfig_decides_like_the_controller(run_cli: Callable[..., Any], monkeypatch: pytest.MonkeyPatch,
                                                      flags: list[str], environ: dict[str, str]) -> None:

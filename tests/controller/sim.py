@@ -243,7 +243,7 @@ class SimCluster:
         self.evictions: list[EvictionRecord] = []
         self.api_writes = 0                      # every write by anyone (controller, scheduler, kubelet, RS)
         self._pending_watch: list[tuple[str, str, Obj]] = []  # (kind, type, object) not yet delivered
-        self.extender = Cache(config.scheduler_name, start_timeout_s=config.start_timeout_s,
+        self.extender = Cache(config.scheduler_name, config.headroom(), start_timeout_s=config.start_timeout_s,
                               wall=lambda: EPOCH + self.now)
         self.writer = SimWriter(self)
         self.metrics = Metrics()

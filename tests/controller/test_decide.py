@@ -250,7 +250,9 @@ def test_a_refused_eviction_is_reported_and_not_retried_before_its_backoff() -> 
 
 @pytest.mark.parametrize("size, cause", [
     pytest.param("100Gi", "ModelTooLarge", id="bigger than every GPU"),
-    pytest.param("80Gi", "NoRoomForKVCache", id="exactly the largest GPU"),
+    pytest.param("80Gi", "NoRoomForEngine", id="weights fill the largest GPU: no room for the engine's headroom"),
+    # 75.5 + 3 (overhead) + 0.5 (context) = 80 - 1 (reserve): the default headroom fits exactly, no KV memory left
+    pytest.param("75.5Gi", "NoRoomForKVCache", id="weights and engine fill the largest GPU but its reserve"),
 ])
 def test_model_too_large_is_unschedulable_and_others_placed(size: str, cause: str) -> None:
     world = dataclasses.replace(three_models(), deployments=(*three_models().deployments,
@@ -360,11 +362,20 @@ def test_unmanaged_gpu_pods_withhold_whole_gpus() -> None:
     assert decisions[-1].inventory is not None and decisions[-1].inventory.withheld == {"n": (1,)}
 
 
-def test_template_patch_sets_scheduler_label_env_affinity_and_strategy_once() -> None:
+@pytest.mark.parametrize("config, gt_mib, overrides", [
+    # 40 GiB of weights + 3 GiB overhead + 0.5 GiB context + 1 GiB reserve = 44.5 GiB = 45568 MiB
+    pytest.param(DecisionConfig(), "45568", ["45Gi", "48Gi"], id="default headroom: M - R > weights + o + c"),
+    pytest.param(DecisionConfig(gpu_memory_reserve_gib=0.0, engine_overhead_gib=0.0, engine_context_gib=0.0),
+                 "40960", ["44Gi", "45Gi", "48Gi"], id="no headroom: a GPU larger than the weights"),
+])
+def test_template_patch_sets_scheduler_label_env_affinity_and_strategy_once(config: DecisionConfig, gt_mib: str,
+                                                                            overrides: list[str]) -> None:
     world = World(nodes=(node("big", memory_mib=81920), node("small", memory_mib=40960),
-                         dataclasses.replace(node("over"), labels={GPU_MEMORY_LABEL: "48Gi"})),
+                         dataclasses.replace(node("over"), labels={GPU_MEMORY_LABEL: "48Gi"}),
+                         dataclasses.replace(node("over45"), labels={GPU_MEMORY_LABEL: "45Gi"}),
+                         dataclasses.replace(node("over44"), labels={GPU_MEMORY_LABEL: "44Gi"})),
                   deployments=(deployment("m", size="40Gi"),))
-    world, decisions = settle(world)
+    world, decisions = settle(world, config=config)
     patches = [p for d in decisions for p in d.deployment_patches]
     assert len(patches) == 1 and patches[0].rollout
     dep = world.deployments[0]
@@ -373,15 +384,16 @@ def test_template_patch_sets_scheduler_label_env_affinity_and_strategy_once() ->
     assert dep.template["metadata"]["labels"] == {"app": "m", MODEL_LABEL: "m"}
     terms = spec["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
     assert terms == [
-        {"matchExpressions": [{"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": ["40960"]},
+        {"matchExpressions": [{"key": "nvidia.com/gpu.memory", "operator": "Gt", "values": [gt_mib]},
                               {"key": GPU_MEMORY_LABEL, "operator": "DoesNotExist"}]},
-        {"matchExpressions": [{"key": GPU_MEMORY_LABEL, "operator": "In", "values": ["48Gi"]}]},
+        {"matchExpressions": [{"key": GPU_MEMORY_LABEL, "operator": "In", "values": overrides}]},
     ]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in spec["containers"][0]["env"]}
     assert env == {"NVIDIA_VISIBLE_DEVICES": "metadata.annotations['kvsched.io/gpu']",
                    "KVSCHED_GPU_MEMORY_FRACTION": "metadata.annotations['kvsched.io/gpu-memory-fraction']"}
     assert dep.strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
-    assert all(s["node"] == "big" or s["node"] == "over" for s in world.model_servings[0].status["slots"])
+    allowed = {"big", "over", "over45"} | ({"over44"} if "44Gi" in overrides else set())
+    assert all(s["node"] in allowed for s in world.model_servings[0].status["slots"])
 
 
 def test_affinity_follows_the_node_selector_and_does_not_change_when_a_node_is_cordoned() -> None:

@@ -4,7 +4,8 @@ Small random worlds (API-shaped dicts, read with the production readers for the 
 cache through its informer handlers): GPU nodes whose allocatable GPUs may differ from their capacity and whose
 memory label may carry a fraction of a MiB; ModelServings; running pods with or without a memory-share annotation,
 terminating or not, of known models, of a model without a ModelServing, of no model or of another scheduler;
-pending managed pods. The controller decides once; the cache then sees the statuses it wrote. The set of pods the
+pending managed pods; models with their own engine overhead (spec.engineOverhead, valid or not); the default
+memory headroom. The controller decides once; the cache then sees the statuses it wrote. The set of pods the
 controller nudges must equal the set of pending managed pods for which `Cache.filter` passes at least one node.
 """
 from __future__ import annotations
@@ -46,11 +47,13 @@ def node_obj(name: str, capacity: int, allocatable: int | None, memory: tuple[st
     return {"metadata": {"name": name, "uid": f"uid-{name}", "labels": {memory[0]: memory[1]}}, "status": status}
 
 
-def serving_obj(name: str, replicas: int) -> Obj:
+def serving_obj(name: str, replicas: int, overhead: str | None = None) -> Obj:
+    spec = {"workloadRef": {"kind": "Deployment", "name": name}, "modelSize": MODELS[name],
+            "requestRate": 2, "sloSeconds": 1, "replicas": replicas}
+    if overhead is not None:
+        spec["engineOverhead"] = overhead
     return {"apiVersion": API_VERSION, "kind": "ModelServing",
-            "metadata": {"name": name, "namespace": NS, "uid": f"uid-ms-{name}", "generation": 1},
-            "spec": {"workloadRef": {"kind": "Deployment", "name": name}, "modelSize": MODELS[name],
-                     "requestRate": 2, "sloSeconds": 1, "replicas": replicas}}
+            "metadata": {"name": name, "namespace": NS, "uid": f"uid-ms-{name}", "generation": 1}, "spec": spec}
 
 
 def deployment_obj(name: str, replicas: int) -> Obj:
@@ -88,7 +91,8 @@ def worlds(draw: st.DrawFn) -> tuple[list[Obj], list[Obj], list[Obj], list[Obj]]
         nodes.append(node_obj(f"n{i}", capacity, allocatable, memory))
     names = draw(st.lists(st.sampled_from(sorted(MODELS)), min_size=1, max_size=3, unique=True))
     replicas = {name: draw(st.integers(1, 2)) for name in names}
-    servings = [serving_obj(name, replicas[name]) for name in names]
+    servings = [serving_obj(name, replicas[name], draw(st.sampled_from([None, None, "0", "1536Mi", "6Gi", "junk"])))
+                for name in names]
     deployments = [deployment_obj(name, replicas[name]) for name in names]
     pods = []
     for i in range(draw(st.integers(0, 4))):
@@ -108,10 +112,11 @@ def nudged_and_filtered(nodes: list[Obj], servings: list[Obj], deployments: list
     """(pods the controller nudges, pending managed pods the extender's filter passes on some node)."""
     world = World(tuple(read_node(n) for n in nodes), tuple(read_pod(p) for p in pods),
                   tuple(read_deployment(d) for d in deployments), tuple(read_model_serving(m) for m in servings))
-    decision = decide(world, DecisionConfig(), planner, now=NOW)
+    config = DecisionConfig()  # the default memory headroom, given to both sides as `kvsched serve` does
+    decision = decide(world, config, planner, now=NOW)
     nudged = {str(n.pod) for n in decision.nudges}
     written = {f"{w.key.namespace}/{w.key.name}": w.status for w in decision.statuses}
-    cache = Cache()
+    cache = Cache(headroom=config.headroom())
     for n in nodes:
         cache.on_node("ADDED", n)
     for m in servings:

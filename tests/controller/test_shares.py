@@ -10,7 +10,7 @@ from kvsched.api.names import MEMORY_FRACTION_ANNOTATION
 from kvsched.api.objects import World
 from kvsched.controller.migrations import RunningPod
 from kvsched.controller.inventory import running_share
-from kvsched.controller.shares import held_share, resize_steps
+from kvsched.controller.shares import Memory, held_share, resize_steps
 from kvsched.packer import GpuId
 
 from .fake import LATER, apply, bind_planned, deployment, node, pod, run, settle
@@ -19,13 +19,18 @@ G0 = GpuId("n1", 0)
 G1 = GpuId("n1", 1)
 MEMORY = {G0: 80.0, G1: 80.0}
 SIZE = {"ns/a": 16.0, "ns/b": 16.0, "ns/c": 16.0}
+NO_HEADROOM = Memory(inside=SIZE, context={}, memory=MEMORY, reserve={})
+# 2 GiB reserve per GPU, 4 GiB engine overhead and 2 GiB CUDA context per replica: three replicas on an 80 GiB GPU
+# may share 1 - (2 + 3 x 2) / 80 = 0.9 of it, and each counts as at least (16 + 4) / 80 = 0.25.
+HEADROOM = Memory(inside={m: s + 4.0 for m, s in SIZE.items()}, context={m: 2.0 for m in SIZE},
+                  memory=MEMORY, reserve={G0: 2.0, G1: 2.0})
 
 
 def running(name: str, model: str, gpu: GpuId, share: float | None, deleting: bool = False) -> RunningPod:
     return RunningPod(f"ns/{model}", pod(name, model, gpu.node, gpu.index, fraction=share, deleting=deleting), gpu)
 
 
-# (planned (model, gpu) -> share, running pods, per-replica load, plan max KVPR, pods restarted in order)
+# (planned (model, gpu) -> share, running pods, per-replica load, plan max KVPR, pods restarted in order[, memory])
 CASES = [
     pytest.param({("ns/a", G0): 0.4, ("ns/b", G0): 0.6}, [running("a-0", "a", G0, 0.6), running("b-0", "b", G0, 0.4)],
                  {"ns/a": 1.0, "ns/b": 1.0}, 1.0, [], id="drifted shares, nobody waiting: nobody restarts"),
@@ -49,26 +54,39 @@ CASES = [
                  [], id="a little under its planned share, within the stability threshold: stays"),
     pytest.param({("ns/a", G0): 0.3, ("ns/c", G0): 0.7}, [running("a-0", "a", G0, None)], {}, 1.0, [],
                  id="a pod without a share annotation counts its planned share"),
+    pytest.param({("ns/a", G0): 0.3, ("ns/b", G0): 0.3, ("ns/c", G0): 0.3},
+                 [running("a-0", "a", G0, 0.35), running("b-0", "b", G0, 0.3)], {}, 1.0, ["a-0"], HEADROOM,
+                 id="headroom: the shares fit 1 but not 1 - (reserve + 3 contexts) / memory: the holder over restarts"),
+    pytest.param({("ns/a", G0): 0.3, ("ns/b", G0): 0.3, ("ns/c", G0): 0.3},
+                 [running("a-0", "a", G0, 0.3), running("b-0", "b", G0, 0.3)], {}, 1.0, [], HEADROOM,
+                 id="headroom: the shares fill the bound exactly: nobody restarts"),
+    pytest.param({("ns/a", G0): 0.6, ("ns/b", G0): 0.3},
+                 [running("a-0", "a", G0, 0.27), running("b-0", "b", G0, 0.3)], {"ns/a": 1.0, "ns/b": 1.0}, 0.5,
+                 ["a-0"], HEADROOM,
+                 id="headroom: starved counts the KV memory its share leaves beyond weights and overhead"),
 ]
 
 
-@pytest.mark.parametrize("planned, pods, load, max_kvpr, restarted", CASES)
+@pytest.mark.parametrize("planned, pods, load, max_kvpr, restarted, mem",
+                         [pytest.param(*c.values[:5], c.values[5] if len(c.values) > 5 else NO_HEADROOM, id=c.id)
+                          for c in CASES])
 def test_resize_steps(planned: dict[tuple[str, GpuId], float], pods: list[RunningPod], load: dict[str, float],
-                      max_kvpr: float, restarted: list[str]) -> None:
-    steps = resize_steps(planned, pods, SIZE, MEMORY, load, max_kvpr, 0.05)
+                      max_kvpr: float, restarted: list[str], mem: Memory) -> None:
+    steps = resize_steps(planned, pods, mem, load, max_kvpr, 0.05)
     assert [s.pod.name for s in steps] == restarted
     assert all(s.resize and s.stop_first and s.source == s.target for s in steps)
 
 
-@pytest.mark.parametrize("share, planned, held", [
-    pytest.param(0.1, 0.5, 16.0 / 80.0, id="never less than its weights"),
-    pytest.param(0.3, 0.5, 0.3, id="the share it runs with, not the planned one"),
-    pytest.param(None, 0.5, 0.5, id="no share annotation: its planned share"),
-    pytest.param(None, None, 16.0 / 80.0, id="no annotation, not planned there: its weights"),
+@pytest.mark.parametrize("share, planned, mem, held", [
+    pytest.param(0.1, 0.5, NO_HEADROOM, 16.0 / 80.0, id="never less than its weights"),
+    pytest.param(0.21, 0.5, HEADROOM, 20.0 / 80.0, id="headroom: never less than its weights plus overhead"),
+    pytest.param(0.3, 0.5, NO_HEADROOM, 0.3, id="the share it runs with, not the planned one"),
+    pytest.param(None, 0.5, NO_HEADROOM, 0.5, id="no share annotation: its planned share"),
+    pytest.param(None, None, NO_HEADROOM, 16.0 / 80.0, id="no annotation, not planned there: its weights"),
 ])
-def test_held_share(share: float | None, planned: float | None, held: float) -> None:
+def test_held_share(share: float | None, planned: float | None, mem: Memory, held: float) -> None:
     pod = running("a-0", "a", G0, share, deleting=True)
-    assert held_share(pod, {} if planned is None else {("ns/a", G0): planned}, SIZE, MEMORY) == pytest.approx(held)
+    assert held_share(pod, {} if planned is None else {("ns/a", G0): planned}, mem) == pytest.approx(held)
 
 
 @pytest.mark.parametrize("text, share", [("0.420", 0.42), ("1", 1.0), ("0", None), ("1.5", None), ("x", None),

@@ -33,6 +33,7 @@ from .harness.controller import (
     KvschedProcess, kvsched_executable, lease_holder, resource_versions, service_account_kubeconfig, unique,
 )
 from .harness.example import migrations, placements, rounds
+from .harness.headroom import cluster_violations
 from .harness.kube import create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, wait_for
 from .harness.processes import Component
 
@@ -47,6 +48,8 @@ from kvsched.api.names import (
     SLO_ANNOTATION,
     share_of,
 )
+from kvsched.controller import DecisionConfig
+from kvsched.controller.headroom import Headroom
 
 pytestmark = pytest.mark.e2e
 
@@ -58,6 +61,9 @@ KNOBS = ["--time-budget-seconds=2"]
 # A label nothing selects on: changing it on a pool node is a watch event for the controller, so a round of its
 # loop, over plan inputs that did not change (GPU count and memory, the node selector's labels).
 POKE_LABEL = "e2e.kvsched.io/poke"
+# The memory headroom a controller started with KNOBS plans with: the settings' defaults.
+DEFAULT_HEADROOM = DecisionConfig().headroom()
+NO_HEADROOM_KNOBS = ["--gpu-memory-reserve-gib=0", "--engine-overhead-gib=0", "--engine-context-gib=0"]
 
 
 @dataclass
@@ -236,6 +242,7 @@ class Placed:
     proc: KvschedProcess
     knobs: list[str]
     statuses: dict[str, dict[str, Any]]
+    headroom: Headroom = Headroom()
 
     def gpu_memory_gib(self, node: str) -> float:
         return {f"{self.pool.label}-big": 80.0, f"{self.pool.label}-small": 40.0}[node]
@@ -251,11 +258,20 @@ class Placed:
         return load, weights
 
     def kvpr(self, gpu: tuple[str, int]) -> float:
+        """Load over the KV memory left: M - R - the weights, overheads and contexts of its replicas."""
         load, weights = self.per_gpu()
-        return load[gpu] / (self.gpu_memory_gib(gpu[0]) - weights[gpu])
+        h = self.headroom
+        engines = sum(1 for name in MODELS if gpu in slot_set(self.statuses[name]))
+        return load[gpu] / (self.gpu_memory_gib(gpu[0]) - h.reserve_gib - weights[gpu]
+                            - engines * (h.overhead_gib + h.context_gib))
 
     def max_kvpr(self) -> float:
         return max(self.kvpr(g) for g in self.per_gpu()[0])
+
+
+# Not the defaults, so that the controller, the extender and `kvsched plan` agreeing is not agreement of defaults.
+PLACED_HEADROOM_KNOBS = ["--gpu-memory-reserve-gib=1.5", "--engine-overhead-gib=2Gi", "--engine-context-gib=256Mi"]
+PLACED_HEADROOM = Headroom(reserve_gib=1.5, overhead_gib=2.0, context_gib=0.25)
 
 
 @pytest.fixture(scope="module")
@@ -286,7 +302,7 @@ def placed(control_plane: ControlPlane, kube: client.ApiClient, project_crds: li
         p.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
         # Non-default knobs, so that `kvsched plan` agreeing with the controller is not agreement of defaults.
         knobs = [f"--scheduler-name={DEFAULT_SCHEDULER_NAME}", "--time-budget-seconds=2",
-                 "--stability-threshold=0.1", "--max-migrations=3"]
+                 "--stability-threshold=0.1", "--max-migrations=3", *PLACED_HEADROOM_KNOBS]
         proc = p.start(knobs=knobs)
         create_models(p)
         statuses = wait_settled(p, list(MODELS))
@@ -295,7 +311,7 @@ def placed(control_plane: ControlPlane, kube: client.ApiClient, project_crds: li
         # controller's extender.
         for scheduler in schedulers:
             scheduler.stop()
-        yield Placed(p, proc, knobs, statuses)
+        yield Placed(p, proc, knobs, statuses, PLACED_HEADROOM)
     finally:
         p.close()
         for scheduler in schedulers:
@@ -326,7 +342,10 @@ def test_managed_templates_get_the_scheduler_affinity_and_gpu_env(placed: Placed
         terms = spec.affinity.node_affinity.required_during_scheduling_ignored_during_execution.node_selector_terms
         exprs = {(e.key, e.operator, tuple(e.values or ())) for e in terms[0].match_expressions}
         assert ("e2e-pool", "In", (placed.pool.label,)) in exprs
-        assert ("nvidia.com/gpu.memory", "Gt", (str(int(float(size[:-2]) * 1024)),)) in exprs
+        # A GPU whose memory less the reserve exceeds a replica's weights, engine overhead and CUDA context.
+        h = placed.headroom
+        need_mib = int((float(size[:-2]) + h.overhead_gib + h.context_gib + h.reserve_gib) * 1024)
+        assert ("nvidia.com/gpu.memory", "Gt", (str(need_mib),)) in exprs
         env = {e.name: e.value_from.field_ref.field_path for e in spec.containers[0].env}
         assert env["NVIDIA_VISIBLE_DEVICES"] == "metadata.annotations['kvsched.io/gpu']"
 
@@ -351,10 +370,22 @@ def test_pods_run_with_the_memory_shares_their_statuses_plan(placed: Placed) -> 
             size, rate, slo, replicas = MODELS[name]
             assert share < wanted[(name, gpu)], f"{name} on {gpu} runs with more than planned"
             per_replica = rate / float(slo.rstrip("s")) / replicas
-            assert per_replica / (share * placed.gpu_memory_gib(gpu[0]) - float(size[:-2])) <= \
-                placed.max_kvpr() * (1 + threshold) + 1e-9
-    for gpu in placed.per_gpu()[0]:
-        assert sum(f for (_, g), f in running.items() if g == gpu) <= 1.0 + 1e-9, f"GPU {gpu} over-committed"
+            kv_gib = share * placed.gpu_memory_gib(gpu[0]) - float(size[:-2]) - placed.headroom.overhead_gib
+            assert per_replica / kv_gib <= placed.max_kvpr() * (1 + threshold) + 1e-9
+    assert cluster_violations(placed.pool.kube, placed.pool.namespace, placed.headroom) == []
+
+
+def test_every_gpu_keeps_the_memory_headroom(placed: Placed) -> None:
+    # On every GPU the pods' shares leave the reserve and a CUDA context per engine, and each share holds its
+    # model's weights plus engine overhead; the headroom is the controller's non-default one (PLACED_HEADROOM).
+    pods = [p for name in MODELS for p in managed_pods(placed.pool, name)]
+    assert len(pods) == sum(m[3] for m in MODELS.values())
+    assert cluster_violations(placed.pool.kube, placed.pool.namespace, placed.headroom) == []
+    h = placed.headroom
+    for p in pods:
+        share = float(p.metadata.annotations[MEMORY_FRACTION_ANNOTATION])
+        size = float(MODELS[p.metadata.labels[MODEL_LABEL]][0][:-2])
+        assert share * placed.gpu_memory_gib(p.spec.node_name) >= size + h.overhead_gib - 1e-6
 
 
 def test_metrics_show_the_plan(placed: Placed) -> None:
@@ -383,10 +414,15 @@ def test_plan_kubeconfig_prints_the_plan_the_controller_made_and_writes_nothing(
     for p in plan["placements"]:
         namespace, name = p["model"].split("/", 1)
         assert namespace == pool.namespace
-        by_model.setdefault(name, []).append((p["node"], p["gpu"], share_of(p["memoryFraction"])))
-    assert {n: sorted(v) for n, v in by_model.items()} == {
-        n: sorted((s["node"], s["gpu"], s["memoryFraction"]) for s in ms["status"]["slots"])
-        for n, ms in statuses.items()}
+        by_model.setdefault(name, []).append((p["node"], p["gpu"], p["memoryFraction"]))
+    # The same slots; the status writes each fraction to 3 decimals, per GPU (rounded down, or up to the least
+    # share that holds weights + overhead), so within a step of the plan's exact fraction.
+    assert {n: sorted((node, gpu) for node, gpu, _ in v) for n, v in by_model.items()} == {
+        n: sorted((s["node"], s["gpu"]) for s in ms["status"]["slots"]) for n, ms in statuses.items()}
+    for n, ms in statuses.items():
+        exact = {(node, gpu): f for node, gpu, f in by_model[n]}
+        for s in ms["status"]["slots"]:
+            assert abs(s["memoryFraction"] - share_of(exact[(s["node"], s["gpu"])])) <= 0.001 + 1e-9
     assert plan["unplaced"] == []
     assert plan["maxKVPR"] == pytest.approx(placed.proc.metrics()["kvsched_max_kvpr"], rel=1e-6)
     assert plan["maxKVPR"] == pytest.approx(max(ms["status"]["kvpr"] for ms in statuses.values()), abs=1e-4)
@@ -556,8 +592,9 @@ def test_a_pod_parked_before_its_plan_existed_is_nudged_and_binds(pool: Pool) ->
 
 # -- (3) ------------------------------------------------------------------------------------------------------
 def test_cordoning_a_node_replaces_its_replicas(pool: Pool) -> None:
+    # Without memory headroom: the counts below (four llama replicas fit next to the others) are its figures.
     pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi"), "spare": (2, "80Gi")})
-    pool.start()
+    pool.start(knobs=[*KNOBS, *NO_HEADROOM_KNOBS])
     create_models(pool)
     before = wait_settled(pool, list(MODELS))
     busy = sorted({node for ms in before.values() for node, _ in slot_set(ms)})
@@ -568,6 +605,7 @@ def test_cordoning_a_node_replaces_its_replicas(pool: Pool) -> None:
     after = wait_settled(pool, list(MODELS), timeout_s=180)
     assert all(p.spec.node_name != target for n in MODELS for p in managed_pods(pool, n))
     assert all(after[n]["status"]["placedReplicas"] == MODELS[n][3] for n in MODELS)
+    assert cluster_violations(pool.kube, pool.namespace, Headroom()) == []
     # More llama replicas than GPUs that can take one: the extra waits, Unschedulable; a new node places it.
     client.AppsV1Api(pool.kube).patch_namespaced_deployment_scale("llama", pool.namespace, {"spec": {"replicas": 5}})
     waiting = wait_for(lambda: serving(pool, "llama"),
@@ -578,6 +616,7 @@ def test_cordoning_a_node_replaces_its_replicas(pool: Pool) -> None:
     placed = wait_settled(pool, list(MODELS), timeout_s=180)
     assert placed["llama"]["status"]["placedReplicas"] == 5
     assert (f"{pool.label}-extra", 0) in slot_set(placed["llama"])
+    assert cluster_violations(pool.kube, pool.namespace, Headroom()) == []
 
 
 # -- (2) ------------------------------------------------------------------------------------------------------
@@ -585,12 +624,14 @@ QUAD = {name: ("10Gi", 1.0, "1", 1) for name in ("m1", "m2", "m3", "m4")}
 
 
 def test_rate_change_moves_exactly_the_replanned_replicas_and_quiet_writes_nothing(pool: Pool) -> None:
-    # Four equal models on two 80Gi GPUs: two per GPU is optimal (KVPR 2/60). Ten times the rate on one of them
-    # makes it worth one move (its GPU-mate leaves: 0.35 -> 0.29, beyond the 5% stability threshold).
+    # Four equal models on two 80Gi GPUs: two per GPU is optimal (KVPR 2/52 with the default headroom: 80 - 1 -
+    # 2 x (10 + 3 + 0.5)). Twenty times the rate on one of them makes it worth one move (its GPU-mate leaves:
+    # 21/52 = 0.40 -> 20/65.5 = 0.31, beyond the 5% stability threshold).
     pool.add_nodes({"big": (2, "80Gi")})
     proc = pool.start()
     create_models(pool, QUAD)
     before = wait_settled(pool, list(QUAD))
+    assert cluster_violations(pool.kube, pool.namespace, DEFAULT_HEADROOM) == []
     assert sorted(len([n for n in QUAD if gpu in slot_set(before[n])]) for gpu in
                   {g for ms in before.values() for g in slot_set(ms)}) == [2, 2]
     versions = resource_versions(pool.kube, pool.namespace)
@@ -606,6 +647,7 @@ def test_rate_change_moves_exactly_the_replanned_replicas_and_quiet_writes_nothi
     wait_for(lambda: serving(pool, "m1"), lambda ms: (ms.get("status") or {}).get("kvpr", 0) > 0.2, 30,
              "m1's status re-planned for the new rate")
     after = wait_settled(pool, list(QUAD), timeout_s=180)
+    assert cluster_violations(pool.kube, pool.namespace, DEFAULT_HEADROOM) == []
     moved = {n for n in QUAD if slot_set(before[n]) - slot_set(after[n])}
     recreated = {n for n in QUAD if pods_before[n] - {p.metadata.name for p in managed_pods(pool, n)}}
     assert len(moved) == 1, moved  # the fewest moves that reach the better plan
@@ -638,6 +680,7 @@ def test_apiserver_restart_loses_nothing_and_the_controller_resumes(pool: Pool) 
     wait_for(lambda: serving(pool, "llama"), lambda ms: (ms.get("status") or {}).get("replicas") == 3, 120,
              "the controller sees llama scaled to 3 after the apiserver restart")
     after = wait_settled(pool, list(MODELS), timeout_s=180)
+    assert cluster_violations(pool.kube, pool.namespace, DEFAULT_HEADROOM) == []
     assert proc.component.running
     assert after["llama"]["status"]["placedReplicas"] == 3
     for n in ("qwen", "mixtral"):
@@ -649,8 +692,9 @@ def test_apiserver_restart_loses_nothing_and_the_controller_resumes(pool: Pool) 
 def test_rollout_on_a_full_cluster_completes(pool: Pool) -> None:
     pool.add_nodes({"big": (2, "80Gi")})
     pool.start()
-    # Two models, each with a replica on both GPUs: a surge pod would find no GPU with room for its weights.
-    full = {"a": ("36Gi", 2.0, "1", 2), "b": ("36Gi", 2.0, "1", 2)}
+    # Two models, each with a replica on both GPUs: a surge pod would find no GPU with room for its weights
+    # (2 x (34 + 3 + 0.5) = 75 of the 79 GiB the default headroom leaves; a third would need 112.5).
+    full = {"a": ("34Gi", 2.0, "1", 2), "b": ("34Gi", 2.0, "1", 2)}
     create_models(pool, full)
     wait_settled(pool, list(full))
     old = {p.metadata.name for p in managed_pods(pool, "a")}
@@ -663,3 +707,4 @@ def test_rollout_on_a_full_cluster_completes(pool: Pool) -> None:
                 and all(p.spec.containers[0].image.endswith(":v2") for p in pods) and settled(pool, list(full)))
 
     wait_for(rolled, bool, 180, "deployment a rolled out on a full cluster")
+    assert cluster_violations(pool.kube, pool.namespace, DEFAULT_HEADROOM) == []

@@ -21,7 +21,10 @@ from pathlib import Path
 
 import pytest
 
-from .harness.example import ExampleCluster, migrations, planned_steps, watch_idle
+from kvsched.controller import DecisionConfig
+
+from .harness.example import NAMESPACE, ExampleCluster, migrations, planned_steps, watch_idle
+from .harness.headroom import cluster_violations
 from .harness.tools import locate_tools, prometheus_path
 from .test_make_cluster import has_serve
 
@@ -51,6 +54,8 @@ def example(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ExampleCluster
 def test_example_idle_writes_nothing_and_one_rate_change_evicts_what_the_replan_reports(
         example: ExampleCluster) -> None:
     placed_s = example.wait_settled(180.0, "the example's first placement")
+    # The chart's default headroom (values.yaml: the settings' defaults) on every GPU of the 38 replicas.
+    assert cluster_violations(example.api, NAMESPACE, DecisionConfig().headroom()) == []
     first_evictions = migrations(example.metrics())
     assert first_evictions == 0, (
         f"the example's first placement evicted {first_evictions:.0f} pods (a first plan overturned): "
@@ -80,6 +85,7 @@ def test_example_idle_writes_nothing_and_one_rate_change_evicts_what_the_replan_
             break
         time.sleep(0.5)
     example.wait_settled(60.0, f"after the rate change on {CHANGED}")
+    assert cluster_violations(example.api, NAMESPACE, DecisionConfig().headroom()) == []
     now = example.metrics()
     evicted = migrations(now) - migrations(before)
     reported = planned_steps(now) - planned_steps(before)
