@@ -157,6 +157,29 @@ class ControllerSettings:
     """Python logging level name (debug, info, warning, error)."""
 
 
+@dataclass(frozen=True)
+class HolderSettings:
+    """`kvsched gpu-holder`: the process of a GPU holder pod (docs/controller.md, "GPU holders"). The controller
+    builds the holder pod, whose Downward-API env sets `pod_name` and `pod_namespace`."""
+
+    pod_name: str = ""
+    """Name of the holder's own pod, which it annotates with its GPU's UUID (the pod's env sets it from
+    `metadata.name`). Required."""
+
+    pod_namespace: str = ""
+    """Namespace of the holder's own pod (the pod's env sets it from `metadata.namespace`). Required."""
+
+    kubeconfig: str | None = None
+    """Path of a kubeconfig file; None: $KUBECONFIG, then the in-cluster service account, then ~/.kube/config."""
+
+    write_timeout_s: float = 60.0
+    """Seconds to keep retrying the annotation write (1 s apart) before exiting with an error, so that the kubelet
+    restarts the container and the pod's restart count shows the trouble; an apiserver blip is survived."""
+
+    log_level: str = "info"
+    """Python logging level name (debug, info, warning, error)."""
+
+
 # -- flags and environment for any settings class (the CLI's `kvsched extender`, `kvsched controller`) --------
 def field_docs(cls: type) -> dict[str, str]:
     """The docstring under each field of a settings dataclass (what --help prints), by field name."""
