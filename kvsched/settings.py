@@ -16,7 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kvsched.api.names import DEFAULT_SCHEDULER_NAME
+from kvsched.api.names import (
+    DEFAULT_HOLDER_PRIORITY_CLASS,
+    DEFAULT_HOLDER_SERVICE_ACCOUNT,
+    DEFAULT_SCHEDULER_NAME,
+)
 
 ENV_PREFIX = "KVSCHED_"
 T = TypeVar("T")
@@ -61,6 +65,13 @@ class ExtenderSettings:
     (RBAC? the CRD missing?) and keeps trying, /readyz false. Long enough for a big cluster's first pod list,
     short enough to surface a broken install."""
 
+    gpu_holders: bool = True
+    """Bind only to GPUs whose holder pod has reported its UUID, and write that UUID for the pod's
+    NVIDIA_VISIBLE_DEVICES (off: the GPU's index). Must match the controller's `--gpu-holders`."""
+
+    holder_namespace: str = "kvsched-system"
+    """Namespace of the GPU holder pods (the chart's release namespace); holder pods elsewhere are ignored."""
+
     bind_timeout_s: float = 10.0
     """Read timeout in seconds of each API call a bind makes (annotate, Binding); kube-scheduler's own extender
     httpTimeout defaults to 30 s, and a bind makes up to three calls."""
@@ -94,6 +105,24 @@ class ControllerSettings:
     hands a pod the GPU named by `NVIDIA_VISIBLE_DEVICES` although the pod requests no `nvidia.com/gpu`. The GPU
     Operator's `nvidia` class does, in CDI and legacy mode alike; the node's default runtime does not since GPU
     Operator v25.10 (CDI by default). Empty: leave the templates' runtime class as their owners wrote it."""
+
+    gpu_holders: bool = True
+    """Hold every GPU the plan uses with a holder pod requesting `nvidia.com/gpu: 1` on its node, so that the device
+    plugin allocates that GPU to kvsched and neither other GPU pods nor quotas can miss it; pods get their GPU by
+    the UUID the holder reports. Off only for a pool no other pod requests `nvidia.com/gpu` on (docs/deploy.md)."""
+
+    holder_namespace: str = "kvsched-system"
+    """Namespace of the GPU holder pods (the chart's release namespace: its ResourceQuota sees the held GPUs)."""
+
+    holder_image: str = "kvsched/kvsched:latest"
+    """Image of the holder pods; it runs `kvsched gpu-holder`, so kvsched's own (the chart sets its image)."""
+
+    holder_priority_class: str = DEFAULT_HOLDER_PRIORITY_CLASS
+    """PriorityClass of the holder pods (the chart creates it, above the default 0) so that ordinary pods do not
+    preempt them; empty: none."""
+
+    holder_service_account: str = DEFAULT_HOLDER_SERVICE_ACCOUNT
+    """ServiceAccount of the holder pods: they get and patch their own pod (the chart creates it and its Role)."""
 
     stability_threshold: float = 0.05
     """Keep the running placement unless a new plan's max KVPR is lower by more than this ratio: every move

@@ -25,10 +25,13 @@ VISIBLE_DEVICES_ANNOTATION = "kvsched.io/visible-devices"  # bind writes the GPU
 
 # GPU holder pods (docs/controller.md, "GPU holders"): one per GPU kvsched uses, requesting `nvidia.com/gpu: 1` so
 # that the device plugin allocates that GPU to kvsched; `kvsched gpu-holder` writes the UUID it was given.
-HOLDER_LABEL = "kvsched.io/gpu-holder"           # "true" on every holder pod
-HOLDER_NODE_LABEL = "kvsched.io/holder-node"     # the node it holds a GPU of
-HOLDER_GPU_LABEL = "kvsched.io/holder-gpu"       # kvsched's index of that GPU on the node (a slot's `gpu`)
-GPU_UUID_ANNOTATION = "kvsched.io/gpu-uuid"      # on the holder pod: the UUID NVML reports for its GPU
+HOLDER_LABEL = "kvsched.io/gpu-holder"                # "true" on every holder pod
+HOLDER_NODE_ANNOTATION = "kvsched.io/holder-node"     # the node it holds a GPU of
+HOLDER_GPU_ANNOTATION = "kvsched.io/holder-gpu"       # kvsched's index of that GPU on the node (a slot's `gpu`)
+GPU_UUID_ANNOTATION = "kvsched.io/gpu-uuid"           # on the holder pod: the UUID NVML reports for its GPU
+HOLDER_CONTAINER = "holder"
+DEFAULT_HOLDER_PRIORITY_CLASS = "kvsched-gpu-holder"  # the chart creates it
+DEFAULT_HOLDER_SERVICE_ACCOUNT = "kvsched-gpu-holder"  # the chart creates it: get and patch pods in its namespace
 
 # Deployment annotations: a Deployment carrying any of them asks to be managed.
 SIZE_ANNOTATION = "kvsched.io/model-size"

@@ -25,7 +25,9 @@ class DecisionConfig:
     GPU memory label). `scheduler_name`: the scheduler profile managed pods use. `stability_threshold_ratio`:
     keep the running placement unless a new plan beats its max KVPR by more than this. `max_migrations`: cap on
     the moves of one re-plan (None: no cap). `time_budget_s`: soft limit of one packer solve, in seconds.
-    `runtime_class_name`: the runtime class managed templates get ("": leave theirs).
+    `runtime_class_name`: the runtime class managed templates get ("": leave theirs). `gpu_holders`: keep a holder
+    pod per planned GPU (kvsched.controller.holders) in `holder_namespace`, with `holder_image`,
+    `holder_priority_class` and `holder_service_account`.
 
     Every default is `ControllerSettings`' (5 s budget, 0.05 stability, no migration cap), so
     `decision_config(ControllerSettings()) == DecisionConfig()`. `PackOptions` keeps its own defaults (a 30 s
@@ -38,6 +40,11 @@ class DecisionConfig:
     max_migrations: int | None = _SETTINGS.max_migrations
     time_budget_s: float = _SETTINGS.time_budget_s
     runtime_class_name: str = _SETTINGS.runtime_class_name
+    gpu_holders: bool = _SETTINGS.gpu_holders
+    holder_namespace: str = _SETTINGS.holder_namespace
+    holder_image: str = _SETTINGS.holder_image
+    holder_priority_class: str = _SETTINGS.holder_priority_class
+    holder_service_account: str = _SETTINGS.holder_service_account
 
     def pack_options(self) -> PackOptions:
         """The packer's options for one solve of this decision: this config's time budget, stability threshold

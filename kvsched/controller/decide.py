@@ -22,8 +22,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION, share_of
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, PodObj, World
-from kvsched.api.records import DeploymentPatch, Event, EventTarget, Eviction, OwnedChange, PodNudge, StatusWrite
+from kvsched.api.records import (
+    DeploymentPatch,
+    Event,
+    EventTarget,
+    Eviction,
+    HolderChange,
+    OwnedChange,
+    PodNudge,
+    StatusWrite,
+)
 from kvsched.controller.config import DecisionConfig
+from kvsched.controller.holders import holder_changes, holder_uuids
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed
 from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, choose_next, plan_steps
 from kvsched.controller.models import ModelEntry, collect_models, model_size_gib
@@ -60,12 +70,13 @@ class Decision:
     steps: tuple[Eviction, ...] = ()
     waiting: str | None = None
     inventory: Inventory | None = None
+    holders: tuple[HolderChange, ...] = ()
 
     @property
     def writes(self) -> int:
         """API writes this decision asks for (events not counted)."""
         return (len(self.statuses) + len(self.deployment_patches) + len(self.owned_changes)
-                + len(self.nudges) + (1 if self.eviction else 0))
+                + len(self.nudges) + len(self.holders) + (1 if self.eviction else 0))
 
 
 def ms_target(ms: ModelServingObj) -> EventTarget:
@@ -232,7 +243,20 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
                             + ("runs there with its planned memory share" if eviction.resize
                                else f"takes GPU {eviction.target}")))
     return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, eviction, tuple(events),
-                    _nudges(can_bind, slots_by_model), dict(states), migration.steps, migration.waiting, inventory)
+                    _nudges(can_bind, slots_by_model), dict(states), migration.steps, migration.waiting, inventory,
+                    holder_changes(_held_or_planned(world, placements, config), world.pods, config))
+
+
+def _held_or_planned(world: World, placements: Mapping[str, Sequence[Placement]], config: DecisionConfig
+                     ) -> set[GpuId]:
+    """The GPUs that need a holder: every planned one, and every one a managed pod still holds (terminating
+    included), so that a holder outlives the last replica on its GPU. O(placements + pods)."""
+    wanted = {p.gpu for ps in placements.values() for p in ps}
+    for pod in world.pods:
+        gpu = held_gpu(pod) if is_managed(pod, config) else None
+        if gpu is not None and pod.node is not None:
+            wanted.add(GpuId(pod.node, gpu))
+    return wanted
 
 
 def slots_digest(slots: Sequence[Mapping[str, Any]]) -> str:
@@ -260,7 +284,10 @@ def bindable_pods(world: World, entries: Sequence[ModelEntry],
         holder = pod_holder(pod)
         if holder is not None:
             held[(holder.node, holder.gpu)].append(holder)
-    view = Snapshot(plans, nodes, held)
+    devices = None
+    if config.gpu_holders:
+        devices = {(g.node, g.index): u for g, u in holder_uuids(world.pods, config.holder_namespace).items()}
+    view = Snapshot(plans, nodes, held, devices)
     out = []
     for pod in world.pods:
         if not is_managed(pod, config) or pod.node is not None or pod.deleting or pod.terminal:

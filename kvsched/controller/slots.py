@@ -9,7 +9,8 @@ The rule. For a managed pod of model X on node N: X's free slots on N are X's pl
 other live pod of X holds. A free slot is usable now when the weights already on that GPU (every pod holding it,
 by its model's size) plus X's size fit the GPU's memory, and the memory shares the holders run with
 (`kvsched.io/gpu-memory-fraction`, at least their weights) plus the slot's planned share add up to at most 1, so no
-GPU is ever promised more memory than it has. So, per candidate node:
+GPU is ever promised more memory than it has. With GPU holders on, a slot is usable only once the holder pod of its
+GPU has reported the GPU's UUID (`World.device`; kvsched.controller.holders). So, per candidate node:
 - usable slot             -> the node passes filter; prioritize scores it by its best usable slot (below);
 - planned, none usable    -> FailedNodes with who is in the way (it frees when those pods go: a migration step,
                              a rollout's old pod terminating, or the controller restarting a holder whose
@@ -162,15 +163,21 @@ class World(Protocol):
         does not count), a few most recent, since the cache started."""
         ...
 
+    def device(self, node: str, gpu: int) -> str | None:
+        """What a pod bound to (node, gpu) gets as NVIDIA_VISIBLE_DEVICES: the UUID its GPU holder pod reports
+        (kvsched.controller.holders), None until it has; the index itself with holders off."""
+        ...
+
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A World over plain mappings: plans by model key, nodes by name, holders by (node, GPU index). Nobody has
-    left a GPU in it (`previous_models` is empty: that only orders slots, it never makes one usable)."""
+    """A World over plain mappings: plans by model key, nodes by name, holders by (node, GPU index), GPU holders'
+    UUIDs by (node, GPU index) (`devices`; None: holders off, a GPU's device is its index). Nobody has left a GPU in it (`previous_models` is empty: that only orders slots, it never makes one usable)."""
 
     models: Mapping[str, ModelPlan]
     nodes: Mapping[str, NodeGpus]
     held: Mapping[tuple[str, int], Sequence[Holder]]
+    devices: Mapping[tuple[str, int], str] | None = None  # holders' UUIDs by GPU; None: holders off
 
     def model(self, key: str) -> ModelPlan | None:
         return self.models.get(key)
@@ -183,6 +190,9 @@ class Snapshot:
 
     def previous_models(self, node: str, gpu: int) -> Collection[str]:
         return ()
+
+    def device(self, node: str, gpu: int) -> str | None:
+        return str(gpu) if self.devices is None else self.devices.get((node, gpu))
 
 
 @dataclass(frozen=True)
@@ -227,6 +237,10 @@ def slot_states(pod: PodRef, plan: ModelPlan, node_name: str, world: World) -> l
         if slot.gpu >= node.gpus:
             states.append(SlotState(slot, False, f"{where} is past the node's {node.gpus} GPU(s); the plan is "
                                     f"stale", resolvable=False))
+            continue
+        if world.device(node_name, slot.gpu) is None:
+            states.append(SlotState(slot, False, f"{where} has no GPU holder pod that reported its UUID yet (the "
+                                    f"controller creates one; the device plugin must allocate it a GPU)"))
             continue
         others = [h for h in world.holders(node_name, slot.gpu) if h.uid != pod.uid]
         same_model = [h for h in others if h.model_key == plan.key]

@@ -2,8 +2,9 @@
 
 Every change to a Deployment's pod template starts a rollout that recreates all its replicas, so the template
 carries nothing that changes with the plan: the model label, kvsched's `schedulerName`, the runtime class that
-reads `NVIDIA_VISIBLE_DEVICES` (`runtimeClassName`, a setting), Downward-API env for the GPU index and memory
-fraction the extender writes at bind time, and a required node affinity that names no node:
+reads `NVIDIA_VISIBLE_DEVICES` (`runtimeClassName`, a setting), Downward-API env for the device (the GPU's UUID from
+its holder pod, or its index with holders off: `kvsched.io/visible-devices`) and memory fraction the extender writes
+at bind time, and a required node affinity that names no node:
 the pool's selector plus "a GPU larger than the model" (`nvidia.com/gpu.memory Gt <size in MiB>` for nodes without
 the `kvsched.io/gpu-memory` override; `kvsched.io/gpu-memory In <the override values larger than the model>` for
 nodes with it). That set changes only when a node with a new override value joins. The extender enforces the
@@ -18,12 +19,12 @@ import math
 from typing import Any, Iterable, Mapping
 
 from kvsched.api.names import (
-    GPU_ANNOTATION,
     GPU_MEMORY_LABEL,
     GPU_MEMORY_MIB_LABEL,
     MEMORY_FRACTION_ANNOTATION,
     MEMORY_FRACTION_ENV,
     MODEL_LABEL,
+    VISIBLE_DEVICES_ANNOTATION,
     VISIBLE_DEVICES_ENV,
 )
 from kvsched.api.objects import DeploymentObj
@@ -31,7 +32,7 @@ from kvsched.controller.config import DecisionConfig
 from kvsched.controller.inventory import PoolNode
 
 _ENV = (
-    (VISIBLE_DEVICES_ENV, f"metadata.annotations['{GPU_ANNOTATION}']"),
+    (VISIBLE_DEVICES_ENV, f"metadata.annotations['{VISIBLE_DEVICES_ANNOTATION}']"),
     (MEMORY_FRACTION_ENV, f"metadata.annotations['{MEMORY_FRACTION_ANNOTATION}']"),
 )
 

@@ -37,7 +37,10 @@ def decision_config(settings: ControllerSettings) -> DecisionConfig:
                           scheduler_name=settings.scheduler_name,
                           stability_threshold_ratio=settings.stability_threshold,
                           max_migrations=settings.max_migrations, time_budget_s=settings.time_budget_s,
-                          runtime_class_name=settings.runtime_class_name)
+                          runtime_class_name=settings.runtime_class_name, gpu_holders=settings.gpu_holders,
+                          holder_namespace=settings.holder_namespace, holder_image=settings.holder_image,
+                          holder_priority_class=settings.holder_priority_class,
+                          holder_service_account=settings.holder_service_account)
 
 
 def identity() -> str:

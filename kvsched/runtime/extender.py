@@ -26,7 +26,8 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = api_client(settings.kubeconfig, timeout_s=(DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s))
-    cache = Cache(settings.scheduler_name)
+    cache = Cache(settings.scheduler_name, gpu_holders=settings.gpu_holders,
+                  holder_namespace=settings.holder_namespace)
     metrics = metrics or Metrics()
     informers = [informer(api, LIVE_PODS, cache.on_pod, counters=metrics),
                  informer(api, NODES, cache.on_node, counters=metrics),

@@ -108,7 +108,7 @@ def nudged_and_filtered(nodes: list[Obj], servings: list[Obj], deployments: list
     """(pods the controller nudges, pending managed pods the extender's filter passes on some node)."""
     world = World(tuple(read_node(n) for n in nodes), tuple(read_pod(p) for p in pods),
                   tuple(read_deployment(d) for d in deployments), tuple(read_model_serving(m) for m in servings))
-    decision = decide(world, DecisionConfig(), planner, now=NOW)
+    decision = decide(world, DecisionConfig(gpu_holders=False), planner, now=NOW)
     nudged = {str(n.pod) for n in decision.nudges}
     written = {f"{w.key.namespace}/{w.key.name}": w.status for w in decision.statuses}
     cache = Cache()
