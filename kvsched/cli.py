@@ -169,6 +169,9 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     plan.add_argument("--namespace", metavar="NAMESPACE", default=None,
                       help="with --kubeconfig: only the ModelServings, Deployments and pods of NAMESPACE "
                       "(default: all namespaces)")
+    plan.add_argument("--holder-namespace", metavar="NAMESPACE", default=None,
+                      help="with --kubeconfig: the controller's namespace of GPU holder pods (default "
+                      "$KVSCHED_HOLDER_NAMESPACE, else kvsched-system); $KVSCHED_GPU_HOLDERS as the controller's")
     plan.add_argument("-o", "--output", metavar="FILE", help="write the plan as JSON to FILE ('-': to stdout, "
                       "instead of the table)")
     plan.add_argument("--plot", metavar="FILE", type=Path, help="draw the plan to FILE.svg or FILE.png: a bar per "
@@ -458,7 +461,8 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
     # controller's other variables (ports, leader election) are none of plan's business and are not read.
     knobs = argparse.Namespace(node_selector=args.node_selector, scheduler_name=args.scheduler_name,
                                stability_threshold=args.stability_threshold_ratio,
-                               max_migrations=args.max_migrations, time_budget_s=args.time_budget_s)
+                               max_migrations=args.max_migrations, time_budget_s=args.time_budget_s,
+                               gpu_holders=None, holder_namespace=args.holder_namespace)
     environ = {env_name(name): os.environ[env_name(name)] for name in vars(knobs) if env_name(name) in os.environ}
     try:
         settings = settings_from(ControllerSettings, knobs, environ)

@@ -43,6 +43,7 @@ from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectK
 from kvsched.api.records import Event, HolderChange, OwnedChange, utc_now
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.decide import Decision, decide
+from kvsched.controller.holders import holder_uuids, is_holder
 from kvsched.controller.migrations import Blocked
 from kvsched.metrics import GpuSample, Metrics
 from kvsched.packer import Gpu, GpuId, Model, Plan, Slot, solve
@@ -289,6 +290,10 @@ class Reconciler:
         decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
         self.metrics.reconcile_rounds.inc()
         self.metrics.record_models(dict(decision.model_states))
+        if self.config.gpu_holders:
+            ours = [p for p in world.pods if is_holder(p, self.config.holder_namespace) and not p.terminal]
+            held = len(holder_uuids(ours, self.config.holder_namespace))
+            self.metrics.record_holders(held, len(ours) - held)
         if self._solved:
             self._decided_steps = set()
         for step in decision.steps:  # each step of the plan in force once, when first decided

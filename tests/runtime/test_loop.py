@@ -11,6 +11,7 @@ from typing import Any, Mapping
 import pytest
 
 from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, OwnerRef, PodObj
+from kvsched.api.names import GPU_UUID_ANNOTATION
 from kvsched.api.readers import read_pod
 from kvsched.api.records import Event, EvictionRefused, HolderChange, OwnedChange
 from kvsched.controller import DecisionConfig
@@ -451,6 +452,14 @@ def test_holders_are_created_once_per_planned_gpu_and_deleted_with_the_model() -
     writes = len(not_events(loop.api))
     loop.rounds(3)  # idle: nothing more
     assert len(not_events(loop.api)) == writes
+    assert loop.metric('kvsched_gpu_holders{state="waiting"}') == 2.0  # nobody gave them a GPU here
+    first = loop.api.pods[ObjectKey("kvsched-system", holders[0])]
+    loop.api.put(dataclasses.replace(first, node="n1", annotations={**first.annotations,
+                                                                     GPU_UUID_ANNOTATION: "GPU-0"}))
+    loop.round()
+    assert (loop.metric('kvsched_gpu_holders{state="held"}'), loop.metric('kvsched_gpu_holders{state="waiting"}')) \
+        == (1.0, 1.0)
+    writes = len(not_events(loop.api))
     # The model goes (no pod ever ran): its holders go with it.
     dep = loop.api.deployments.pop(ObjectKey("ns", "m"))
     loop.r.observe_deployment(dep, deleted=True)
