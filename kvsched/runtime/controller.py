@@ -1,6 +1,7 @@
 """`kvsched controller`: informers -> Reconciler -> ApiWriter, leader election, and the health server.
 
-Threads: one per informer (Nodes, Pods, Deployments, ModelServings), the leader elector, the health server,
+Threads: one per informer (Nodes, Pods, Deployments, ModelServings, and the GPU holder pods of `--holder-namespace`
+when `--namespace` watches another), the leader elector, the health server,
 and the reconcile loop on the calling thread. SIGTERM/SIGINT stop everything; the leader releases its Lease.
 Called by: kvsched.cli (`kvsched controller`, `kvsched serve`).
 """
@@ -17,6 +18,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from kvsched.api.names import HOLDER_LABEL
 from kvsched.controller.config import DecisionConfig
 from kvsched.runtime.http import HealthServer
 from kvsched.runtime.loop import Reconciler
@@ -135,6 +137,10 @@ def build_controller(settings: ControllerSettings, metrics: Metrics | None = Non
         informer(api, replace(MODELSERVINGS, namespace=scope),
                  handler(read_model_serving, reconciler.observe_model_serving), counters=metrics),
     ]
+    if settings.gpu_holders and scope is not None and scope != settings.holder_namespace:
+        # GPU holder pods live in kvsched's own namespace, outside the one watched.
+        holders = replace(LIVE_PODS, namespace=settings.holder_namespace, label_selector=f"{HOLDER_LABEL}=true")
+        informers.append(informer(api, holders, handler(read_pod, reconciler.observe_pod), counters=metrics))
     reconciler.watches_current = lambda: all(i.is_current() for i in informers)
     elector = None
     if settings.leader_election:

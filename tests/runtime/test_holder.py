@@ -192,3 +192,21 @@ def test_cli_gpu_holder_bad_env(capsys: pytest.CaptureFixture[str], monkeypatch:
     monkeypatch.setenv("KVSCHED_WRITE_TIMEOUT_S", "soon")
     assert main(["gpu-holder"]) == 2
     assert "KVSCHED_WRITE_TIMEOUT_S" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("namespace, holders, watched", [
+    pytest.param("", True, 4, id="all namespaces: the pod watch sees the holders"),
+    pytest.param("ml", True, 5, id="one namespace: a watch of the holders' own"),
+    pytest.param("kvsched-system", True, 4, id="the holders' namespace watched already"),
+    pytest.param("ml", False, 4, id="holders off: no extra watch"),
+])
+def test_the_controller_watches_the_holder_namespace(namespace: str, holders: bool, watched: int) -> None:
+    from kubernetes import client
+
+    from kvsched.runtime.controller import build_controller
+    from kvsched.settings import ControllerSettings
+
+    api = client.ApiClient(client.Configuration())
+    controller = build_controller(ControllerSettings(namespace=namespace, gpu_holders=holders,
+                                                     leader_election=False), with_health=False, api=api)
+    assert len(controller.informers) == watched
