@@ -134,12 +134,19 @@ def build() -> dashboard.Dashboard:
                                  instant=True))
               .with_target(query("max by (instance) (kvsched_cache_synced)", "synced {{instance}}", "B",
                                  instant=True)))
+    holders = series(
+        "GPUs held through the device plugin",
+        "GPU holder pods: held is the GPUs the device plugin gave kvsched (the holder reported its GPU's UUID; "
+        "replicas bind only to these), waiting the holders created but not reporting yet (Pending: another pod "
+        "holds the node's GPUs; or starting). Both 0 with --gpu-holders=false.", "none",
+        query(f"sum by (state) (kvsched_gpu_holders {LEADER})", "{{state}}", "A"), width=24, stacked=True)
     layout: list[tuple[str, list[Any]]] = [
         ("Plan", [plan_quality, gpu_kvpr, gpu_memory]),
         ("Planner", [retunes, placement, models]),
         ("Migrations and extender", [migrations, latency, requests]),
         ("Replicas", [leader, watches, decisions]),
         ("Start-up", [start_gate]),
+        ("GPU holders", [holders]),
     ]
     board = (dashboard.Dashboard("kvsched").uid(UID).tags(["kvsched", "gpu", "scheduler"])
              .description("kvsched: KV-cache pressure of the GPU plan, the planner and the scheduler extender.")

@@ -1,4 +1,5 @@
-"""The `kvsched` command line: argparse with one subcommand per job (`plan`, `controller`, `extender`, `serve`).
+"""The `kvsched` command line: argparse with one subcommand per job (`plan`, `controller`, `extender`, `serve`,
+`gpu-holder`).
 
 `kvsched plan FILE` reads a cluster file, runs the packer once and prints a table per GPU, optionally writing the
 plan as JSON (`--output`) and a chart (`--plot`). Exit codes: 0 a plan was made (unplaced replicas are reported,
@@ -143,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_extender_parser(subparsers)
     add_controller_parser(subparsers)
     add_serve_parser(subparsers)
+    add_gpu_holder_parser(subparsers)
     return parser
 
 
@@ -167,6 +169,9 @@ def add_plan_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentPars
     plan.add_argument("--namespace", metavar="NAMESPACE", default=None,
                       help="with --kubeconfig: only the ModelServings, Deployments and pods of NAMESPACE "
                       "(default: all namespaces)")
+    plan.add_argument("--holder-namespace", metavar="NAMESPACE", default=None,
+                      help="with --kubeconfig: the controller's namespace of GPU holder pods (default "
+                      "$KVSCHED_HOLDER_NAMESPACE, else kvsched-system); $KVSCHED_GPU_HOLDERS as the controller's")
     plan.add_argument("-o", "--output", metavar="FILE", help="write the plan as JSON to FILE ('-': to stdout, "
                       "instead of the table)")
     plan.add_argument("--plot", metavar="FILE", type=Path, help="draw the plan to FILE.svg or FILE.png: a bar per "
@@ -324,6 +329,40 @@ def run_serve(args: argparse.Namespace) -> int:
         return _fail(str(e), EXIT_BAD_INPUT, command="serve")
 
 
+GPU_HOLDER_DESCRIPTION = """\
+Run as the process of a GPU holder pod (the controller creates them; see
+docs/controller.md, "GPU holders"): read through NVML the UUID of the one GPU
+the device plugin gave this container, write it onto the pod's own
+kvsched.io/gpu-uuid annotation, then idle until SIGTERM. Exits 1 when NVML sees
+0 or more than 1 GPU, or the annotation cannot be written.
+
+Every setting is a flag or an environment variable (the flag wins).
+"""
+
+
+def add_gpu_holder_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register `kvsched gpu-holder` (flags generated from kvsched.settings.HolderSettings)."""
+    from kvsched.settings import HolderSettings, add_settings_arguments
+
+    holder = subparsers.add_parser(
+        "gpu-holder", help="hold one GPU for kvsched (the process of a holder pod)",
+        description=GPU_HOLDER_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_settings_arguments(holder, HolderSettings)
+    holder.set_defaults(handler=run_gpu_holder)
+
+
+def run_gpu_holder(args: argparse.Namespace) -> int:
+    """`kvsched gpu-holder`: build the settings, hold until SIGTERM. Exit 2 on bad settings or kubeconfig."""
+    from kvsched.k8s.client import ClientConfigError
+    from kvsched.runtime.holder import run
+    from kvsched.settings import HolderSettings, settings_from
+
+    try:
+        return run(settings_from(HolderSettings, args))
+    except (ValueError, ClientConfigError) as e:
+        return _fail(str(e), EXIT_BAD_INPUT, command="gpu-holder")
+
+
 def run_plan(args: argparse.Namespace) -> int:
     """`kvsched plan`: read, solve, print the table or JSON, write the files asked for. Returns the exit code."""
     from kvsched.cluster_file import ClusterFileError, Headroom, file_field, load_cluster_file
@@ -424,7 +463,8 @@ def run_plan_live(args: argparse.Namespace, view: View) -> int:
                                max_migrations=args.max_migrations, time_budget_s=args.time_budget_s,
                                gpu_memory_reserve_gib=args.gpu_memory_reserve_gib,
                                engine_overhead_gib=args.engine_overhead_gib,
-                               engine_context_gib=args.engine_context_gib)
+                               engine_context_gib=args.engine_context_gib,
+                               gpu_holders=None, holder_namespace=args.holder_namespace)
     environ = {env_name(name): os.environ[env_name(name)] for name in vars(knobs) if env_name(name) in os.environ}
     try:
         settings = settings_from(ControllerSettings, knobs, environ)

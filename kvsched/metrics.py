@@ -22,6 +22,7 @@ _PLACEMENT_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 _REQUEST_BUCKETS_S = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 MODEL_STATES = ("placed", "partial", "unschedulable", "invalid", "migrating")
+HOLDER_STATES = ("held", "waiting")
 # kvsched_migrations_total{reason}: a move (Rebalance), a move off a node that left the pool (NodeUnavailable), a
 # restart in place with a new memory share (Resize).
 MIGRATION_REASONS = ("Rebalance", "NodeUnavailable", "Resize")
@@ -96,6 +97,11 @@ class Metrics:
         self.start_gate_waiting_pods = Gauge(
             "kvsched_start_gate_waiting_pods", "Pending managed pods that could bind now but for a start gate "
             "(a pod starting on the GPU), in the controller's last decision.", registry=r)
+        self.gpu_holders = Gauge("kvsched_gpu_holders", "GPU holder pods of kvsched, by state: held (bound, its "
+                                 "GPU's UUID reported: the device plugin gave kvsched that GPU) or waiting (created, "
+                                 "not reporting yet: pending, or starting).", ["state"], registry=r)
+        for holder_state in HOLDER_STATES:
+            self.gpu_holders.labels(state=holder_state).set(0)
         for state in MODEL_STATES:
             self.models.labels(state=state).set(0)
 
@@ -111,6 +117,11 @@ class Metrics:
         for g in gpus:
             self.gpu_kvpr.labels(node=g.node, gpu=str(g.gpu)).set(g.kvpr)
             self.gpu_memory_used_bytes.labels(node=g.node, gpu=str(g.gpu)).set(g.memory_used_bytes)
+
+    def record_holders(self, held: int, waiting: int) -> None:
+        """Set the GPU holders gauge."""
+        self.gpu_holders.labels(state="held").set(held)
+        self.gpu_holders.labels(state="waiting").set(waiting)
 
     def record_models(self, counts: dict[str, int]) -> None:
         """Set the models-by-state gauge; states missing from `counts` are 0."""

@@ -16,7 +16,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from kvsched.api.names import DEFAULT_SCHEDULER_NAME
+from kvsched.api.names import (
+    DEFAULT_HOLDER_PRIORITY_CLASS,
+    DEFAULT_HOLDER_SERVICE_ACCOUNT,
+    DEFAULT_SCHEDULER_NAME,
+)
 from kvsched.units import UnitError, headroom_gib
 
 ENV_PREFIX = "KVSCHED_"
@@ -71,6 +75,13 @@ class ExtenderSettings:
     loading a 70B model's weights from a local disk and capturing CUDA graphs; 0 turns the gate off. Read by the
     extender (filter, bind) and the controller (nudges, when to wake up)."""
 
+    gpu_holders: bool = True
+    """Bind only to GPUs whose holder pod has reported its UUID, and write that UUID for the pod's
+    NVIDIA_VISIBLE_DEVICES (off: the GPU's index). Must match the controller's `--gpu-holders`."""
+
+    holder_namespace: str = "kvsched-system"
+    """Namespace of the GPU holder pods (the chart's release namespace); holder pods elsewhere are ignored."""
+
     bind_timeout_s: float = 10.0
     """Read timeout in seconds of each API call a bind makes (annotate, Binding); kube-scheduler's own extender
     httpTimeout defaults to 30 s, and a bind makes up to three calls."""
@@ -114,6 +125,24 @@ class ControllerSettings:
     hands a pod the GPU named by `NVIDIA_VISIBLE_DEVICES` although the pod requests no `nvidia.com/gpu`. The GPU
     Operator's `nvidia` class does, in CDI and legacy mode alike; the node's default runtime does not since GPU
     Operator v25.10 (CDI by default). Empty: leave the templates' runtime class as their owners wrote it."""
+
+    gpu_holders: bool = True
+    """Hold every GPU the plan uses with a holder pod requesting `nvidia.com/gpu: 1` on its node, so that the device
+    plugin allocates that GPU to kvsched and neither other GPU pods nor quotas can miss it; pods get their GPU by
+    the UUID the holder reports. Off only for a pool no other pod requests `nvidia.com/gpu` on (docs/deploy.md)."""
+
+    holder_namespace: str = "kvsched-system"
+    """Namespace of the GPU holder pods (the chart's release namespace: its ResourceQuota sees the held GPUs)."""
+
+    holder_image: str = "kvsched/kvsched:latest"
+    """Image of the holder pods; it runs `kvsched gpu-holder`, so kvsched's own (the chart sets its image)."""
+
+    holder_priority_class: str = DEFAULT_HOLDER_PRIORITY_CLASS
+    """PriorityClass of the holder pods (the chart creates it, above the default 0) so that ordinary pods do not
+    preempt them; empty: none."""
+
+    holder_service_account: str = DEFAULT_HOLDER_SERVICE_ACCOUNT
+    """ServiceAccount of the holder pods: they get and patch their own pod (the chart creates it and its Role)."""
 
     stability_threshold: float = 0.05
     """Keep the running placement unless a new plan's max KVPR is lower by more than this ratio: every move
@@ -180,6 +209,29 @@ class ControllerSettings:
     sync_timeout_s: float = 60.0
     """Seconds to wait for the informers' first lists before logging an error (RBAC? a missing CRD?). Nothing
     is planned until they have listed: a partial view would look like lost nodes and pods."""
+
+    log_level: str = "info"
+    """Python logging level name (debug, info, warning, error)."""
+
+
+@dataclass(frozen=True)
+class HolderSettings:
+    """`kvsched gpu-holder`: the process of a GPU holder pod (docs/controller.md, "GPU holders"). The controller
+    builds the holder pod, whose Downward-API env sets `pod_name` and `pod_namespace`."""
+
+    pod_name: str = ""
+    """Name of the holder's own pod, which it annotates with its GPU's UUID (the pod's env sets it from
+    `metadata.name`). Required."""
+
+    pod_namespace: str = ""
+    """Namespace of the holder's own pod (the pod's env sets it from `metadata.namespace`). Required."""
+
+    kubeconfig: str | None = None
+    """Path of a kubeconfig file; None: $KUBECONFIG, then the in-cluster service account, then ~/.kube/config."""
+
+    write_timeout_s: float = 60.0
+    """Seconds to keep retrying the annotation write (1 s apart) before exiting with an error, so that the kubelet
+    restarts the container and the pod's restart count shows the trouble; an apiserver blip is survived."""
 
     log_level: str = "info"
     """Python logging level name (debug, info, warning, error)."""

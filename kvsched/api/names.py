@@ -21,6 +21,17 @@ MODEL_LABEL = "kvsched.io/model"
 GPU_ANNOTATION = "kvsched.io/gpu"
 MEMORY_FRACTION_ANNOTATION = "kvsched.io/gpu-memory-fraction"
 PLANNED_SLOTS_ANNOTATION = "kvsched.io/planned-slots"  # on a pending pod: digest of its model's slots when nudged
+VISIBLE_DEVICES_ANNOTATION = "kvsched.io/visible-devices"  # bind writes the GPU's UUID (holders on) or its index
+
+# GPU holder pods (docs/controller.md, "GPU holders"): one per GPU kvsched uses, requesting `nvidia.com/gpu: 1` so
+# that the device plugin allocates that GPU to kvsched; `kvsched gpu-holder` writes the UUID it was given.
+HOLDER_LABEL = "kvsched.io/gpu-holder"                # "true" on every holder pod
+HOLDER_NODE_ANNOTATION = "kvsched.io/holder-node"     # the node it holds a GPU of
+HOLDER_GPU_ANNOTATION = "kvsched.io/holder-gpu"       # kvsched's index of that GPU on the node (a slot's `gpu`)
+GPU_UUID_ANNOTATION = "kvsched.io/gpu-uuid"           # on the holder pod: the UUID NVML reports for its GPU
+HOLDER_CONTAINER = "holder"
+DEFAULT_HOLDER_PRIORITY_CLASS = "kvsched-gpu-holder"  # the chart creates it
+DEFAULT_HOLDER_SERVICE_ACCOUNT = "kvsched-gpu-holder"  # the chart creates it: get and patch pods in its namespace
 
 # Deployment annotations: a Deployment carrying any of them asks to be managed.
 SIZE_ANNOTATION = "kvsched.io/model-size"
@@ -44,6 +55,9 @@ HOSTNAME_LABEL = "kubernetes.io/hostname"
 # Container environment the controller sets on managed pod templates.
 VISIBLE_DEVICES_ENV = "NVIDIA_VISIBLE_DEVICES"
 MEMORY_FRACTION_ENV = "KVSCHED_GPU_MEMORY_FRACTION"
+# Downward-API env of the holder pod: who it is, so that it can annotate itself.
+POD_NAME_ENV = "KVSCHED_POD_NAME"
+POD_NAMESPACE_ENV = "KVSCHED_POD_NAMESPACE"
 
 # The kube-scheduler profile that calls the extender (`spec.schedulerName` of managed pods); the chart's default.
 DEFAULT_SCHEDULER_NAME = "kvsched"

@@ -80,6 +80,17 @@ class PodNudge:
 
 
 @dataclass(frozen=True)
+class HolderChange:
+    """Create a GPU holder pod (`body`: the whole Pod) or delete one (`uid`: a precondition, so that a holder
+    recreated under the same name is not deleted by mistake). kvsched.controller.holders decides them."""
+
+    action: str  # "create" or "delete"
+    key: ObjectKey
+    body: Mapping[str, Any] | None = None
+    uid: str = ""
+
+
+@dataclass(frozen=True)
 class Eviction:
     """One migration step: evict `pod`, a replica of `model` (the packer's `<namespace>/<name>`), from GPU `source`
     so that its replacement takes the free planned slot `target`. `stop_first`: `target` lacks memory for the

@@ -32,6 +32,8 @@ class DecisionConfig:
     `gpu_memory_reserve_gib` of every GPU is never planned; each replica's engine needs `engine_overhead_gib`
     inside its share besides its weights (a model's `spec.engineOverhead` overrides it) and
     `engine_context_gib` outside it.
+    `gpu_holders`: keep a holder pod per planned GPU (kvsched.controller.holders) in `holder_namespace`, with
+    `holder_image`, `holder_priority_class` and `holder_service_account`.
 
     Every default is `ControllerSettings`' (5 s budget, 0.05 stability, no migration cap), so
     `decision_config(ControllerSettings()) == DecisionConfig()`. `PackOptions` keeps its own defaults (a 30 s
@@ -44,6 +46,11 @@ class DecisionConfig:
     max_migrations: int | None = _SETTINGS.max_migrations
     time_budget_s: float = _SETTINGS.time_budget_s
     runtime_class_name: str = _SETTINGS.runtime_class_name
+    gpu_holders: bool = _SETTINGS.gpu_holders
+    holder_namespace: str = _SETTINGS.holder_namespace
+    holder_image: str = _SETTINGS.holder_image
+    holder_priority_class: str = _SETTINGS.holder_priority_class
+    holder_service_account: str = _SETTINGS.holder_service_account
     start_timeout_s: float = _SETTINGS.start_timeout_s
     gpu_memory_reserve_gib: float = _SETTINGS.gpu_memory_reserve_gib
     engine_overhead_gib: float = _SETTINGS.engine_overhead_gib

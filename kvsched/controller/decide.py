@@ -22,8 +22,18 @@ from typing import Any, Callable, Mapping, Sequence
 
 from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, PodObj, World
-from kvsched.api.records import DeploymentPatch, Event, EventTarget, Eviction, OwnedChange, PodNudge, StatusWrite
+from kvsched.api.records import (
+    DeploymentPatch,
+    Event,
+    EventTarget,
+    Eviction,
+    HolderChange,
+    OwnedChange,
+    PodNudge,
+    StatusWrite,
+)
 from kvsched.controller.config import DecisionConfig
+from kvsched.controller.holders import holder_changes, holder_uuids
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed
 from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, choose_next, plan_steps
 from kvsched.controller.headroom import plan_shares
@@ -66,12 +76,13 @@ class Decision:
     gate_expiry_s: float | None = None  # earliest start-gate timeout among pods starting now (epoch s), if any
     gate_waiting: int = 0               # pending managed pods whose only usable slots wait at a start gate
     shares: Mapping[tuple[str, GpuId], float] = field(default_factory=dict)  # written per placement (plan_shares)
+    holders: tuple[HolderChange, ...] = ()
 
     @property
     def writes(self) -> int:
         """API writes this decision asks for (events not counted)."""
         return (len(self.statuses) + len(self.deployment_patches) + len(self.owned_changes)
-                + len(self.nudges) + (1 if self.eviction else 0))
+                + len(self.nudges) + len(self.holders) + (1 if self.eviction else 0))
 
 
 def ms_target(ms: ModelServingObj) -> EventTarget:
@@ -244,7 +255,20 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     expiry = next_expiry([h for hs in held.values() for h in hs], gate) if gate is not None else None
     return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, eviction, tuple(events),
                     _nudges(can_bind, slots_by_model, held, gate), dict(states), migration.steps,
-                    migration.waiting, inventory, expiry, len(ungated) - len(can_bind), shares)
+                    migration.waiting, inventory, expiry, len(ungated) - len(can_bind), shares,
+                    holder_changes(_held_or_planned(world, placements, config), world.pods, config))
+
+
+def _held_or_planned(world: World, placements: Mapping[str, Sequence[Placement]], config: DecisionConfig
+                     ) -> set[GpuId]:
+    """The GPUs that need a holder: every planned one, and every one a managed pod still holds (terminating
+    included), so that a holder outlives the last replica on its GPU. O(placements + pods)."""
+    wanted = {p.gpu for ps in placements.values() for p in ps}
+    for pod in world.pods:
+        gpu = held_gpu(pod) if is_managed(pod, config) else None
+        if gpu is not None and pod.node is not None:
+            wanted.add(GpuId(pod.node, gpu))
+    return wanted
 
 
 def start_gate_at(now: str, config: DecisionConfig) -> StartGate | None:
@@ -290,7 +314,10 @@ def bindable_pods(world: World, entries: Sequence[ModelEntry],
         plans[name] = ModelPlan.from_slots(name, model_size_gib(entry.ms), slots, entry.overhead_gib,
                                            entry.context_gib)
     nodes = {n.name: NodeGpus(n.name, n.gpus, n.memory_gib, config.gpu_memory_reserve_gib) for n in inventory.pool}
-    view = Snapshot(plans, nodes, holders_by_gpu(world), gate)
+    devices = None
+    if config.gpu_holders:
+        devices = {(g.node, g.index): u for g, u in holder_uuids(world.pods, config.holder_namespace).items()}
+    view = Snapshot(plans, nodes, holders_by_gpu(world), gate, devices)
     out = []
     for pod in world.pods:
         if not is_managed(pod, config) or pod.node is not None or pod.deleting or pod.terminal:

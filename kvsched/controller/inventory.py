@@ -11,11 +11,14 @@ The small readers here (`node_gpu_count`, `node_memory_gib`, `annotated_gpu`, `h
 a Node's or a Pod's values their meaning once, for the controller and the extender's cache alike; they raise
 UnitError for a bad value and the caller decides what that means (a problem here, a warning and "unknown" there).
 
-GPUs taken by unmanaged pods (pods requesting `nvidia.com/gpu` that are not kvsched's) are withheld whole: the
-device plugin gives such a pod whole GPUs, and kvsched's pods bypass it, so the two cannot share a device. The
-device plugin does not say which indices it gave, so the N GPUs withheld on a node are the highest indices that
-no managed pod holds (then the highest). docs/controller.md explains why the pool should rather be kept free
-of unmanaged GPU pods (node selector plus a taint).
+GPUs taken by unmanaged pods (bound pods requesting `nvidia.com/gpu` that are neither kvsched's replicas nor its
+GPU holder pods, kvsched.controller.holders) are withheld whole: the device plugin gives such a pod whole GPUs.
+A node leaves kvsched `nvidia.com/gpu` minus what those pods request, and kvsched numbers those GPUs 0 .. N-1;
+the N withheld indices are the highest that no managed pod holds (then the highest), so that no replica moves.
+With GPU holders on (the default) an index names no physical GPU: the device plugin picks the GPU when it
+allocates the index's holder, and the holder's UUID says which, so kvsched and the other pods never share one.
+With holders off the index is the device's own and the highest ones are a guess (the device plugin does not say
+which it gave): docs/deploy.md says when that is safe (a pool no other pod requests GPUs on).
 Called by: kvsched.controller.decide, slots and shares, kvsched.extender.cache, kvsched.cli (`running_share`).
 """
 
@@ -35,6 +38,7 @@ from kvsched.api.names import (
 )
 from kvsched.api.objects import NodeObj, PodObj
 from kvsched.controller.config import DecisionConfig
+from kvsched.controller.holders import is_holder
 from kvsched.packer import Gpu
 from kvsched.units import UnitError, decimal_number, memory_gib, memory_share, whole_number
 
@@ -144,7 +148,7 @@ def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: De
             gpu = held_gpu(pod)
             if gpu is not None:
                 managed_held[pod.node].add(gpu)
-        elif pod.gpu_request > 0:
+        elif pod.gpu_request > 0 and not is_holder(pod, config.holder_namespace):
             unmanaged_gpus[pod.node] += pod.gpu_request
     gpus: list[Gpu] = []
     pool: list[PoolNode] = []

@@ -11,7 +11,9 @@ other live pod of X holds. A free slot is usable now when the GPU keeps its memo
 c, by its model) plus X's fit the GPU's memory M less its reserve R, and the memory shares the holders run with
 (`kvsched.io/gpu-memory-fraction`, never less than their (m + o) / M) plus the slot's planned share add up to at
 most 1 - (R + the contexts of the holders and X) / M. Then every engine's start-up check passes in whatever order
-they start, and no GPU is ever promised more memory than it has. So, per candidate node:
+they start, and no GPU is ever promised more memory than it has. With GPU holders on, a slot is usable only once the
+holder pod of its GPU has reported the GPU's UUID (`World.device`; kvsched.controller.holders). So, per candidate
+node:
 - usable slot             -> the node passes filter; prioritize scores it by its best usable slot (below);
 - planned, none usable    -> FailedNodes with who is in the way (it frees when those pods go: a migration step,
                              a rollout's old pod terminating, or the controller restarting a holder whose
@@ -193,16 +195,24 @@ class World(Protocol):
         """The start gate now (kvsched.controller.start_gate); None: off."""
         ...
 
+    def device(self, node: str, gpu: int) -> str | None:
+        """What a pod bound to (node, gpu) gets as NVIDIA_VISIBLE_DEVICES: the UUID its GPU holder pod reports
+        (kvsched.controller.holders), None until it has; the index itself with holders off."""
+        ...
+
 
 @dataclass(frozen=True)
 class Snapshot:
-    """A World over plain mappings: plans by model key, nodes by name, holders by (node, GPU index). Nobody has
-    left a GPU in it (`previous_models` is empty: that only orders slots, it never makes one usable)."""
+    """A World over plain mappings: plans by model key, nodes by name, holders by (node, GPU index), the start gate
+    (None: off), GPU holders' UUIDs by (node, GPU index) (`devices`; None: holders off, a GPU's device is its
+    index). Nobody has left a GPU in it (`previous_models` is empty: that only orders slots, it never makes one
+    usable)."""
 
     models: Mapping[str, ModelPlan]
     nodes: Mapping[str, NodeGpus]
     held: Mapping[tuple[str, int], Sequence[Holder]]
     gate: start_gate.StartGate | None = None
+    devices: Mapping[tuple[str, int], str] | None = None  # holders' UUIDs by GPU; None: holders off
 
     def model(self, key: str) -> ModelPlan | None:
         return self.models.get(key)
@@ -218,6 +228,9 @@ class Snapshot:
 
     def start_gate(self) -> start_gate.StartGate | None:
         return self.gate
+
+    def device(self, node: str, gpu: int) -> str | None:
+        return str(gpu) if self.devices is None else self.devices.get((node, gpu))
 
 
 @dataclass(frozen=True)
@@ -263,6 +276,10 @@ def slot_states(pod: PodRef, plan: ModelPlan, node_name: str, world: World) -> l
         if slot.gpu >= node.gpus:
             states.append(SlotState(slot, False, f"{where} is past the node's {node.gpus} GPU(s); the plan is "
                                     f"stale", resolvable=False))
+            continue
+        if world.device(node_name, slot.gpu) is None:
+            states.append(SlotState(slot, False, f"{where} has no GPU holder pod that reported its UUID yet (the "
+                                    f"controller creates one; the device plugin must allocate it a GPU)"))
             continue
         others = [h for h in world.holders(node_name, slot.gpu) if h.uid != pod.uid]
         same_model = [h for h in others if h.model_key == plan.key]

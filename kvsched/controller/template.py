@@ -2,12 +2,14 @@
 
 Every change to a Deployment's pod template starts a rollout that recreates all its replicas, so the template
 carries nothing that changes with the plan: the model label, kvsched's `schedulerName`, the runtime class that
-reads `NVIDIA_VISIBLE_DEVICES` (`runtimeClassName`, a setting), Downward-API env for the GPU index and memory
-fraction the extender writes at bind time, and a required node affinity that names no node:
+reads `NVIDIA_VISIBLE_DEVICES` (`runtimeClassName`, a setting), Downward-API env for the device (the GPU's UUID from
+its holder pod, or its index with holders off: `kvsched.io/visible-devices`) and memory fraction the extender writes
+at bind time, and a required node affinity that names no node:
 the pool's selector plus "a GPU whose memory less the reserve is larger than a replica's footprint" (M - R > m + o +
 c: weights, engine overhead, CUDA context; `nvidia.com/gpu.memory Gt <m + o + c + R in MiB>` for nodes without the
 `kvsched.io/gpu-memory` override; `kvsched.io/gpu-memory In <the override values larger than that>` for nodes
-with it), the same test as the packer's and the slot rule's. That set changes only when a node with a new override value joins. The extender enforces the
+with it), the same test as the packer's and the slot rule's. That set changes only when a node with a new override
+value joins. The extender enforces the
 exact GPU, and evictions move replicas. The Deployment's strategy becomes RollingUpdate with maxSurge 0, so a
 rollout on a full cluster frees a slot before it asks for one (a surge pod would find every slot planned).
 Called by: kvsched.controller.decide.
@@ -19,12 +21,12 @@ import math
 from typing import Any, Iterable, Mapping
 
 from kvsched.api.names import (
-    GPU_ANNOTATION,
     GPU_MEMORY_LABEL,
     GPU_MEMORY_MIB_LABEL,
     MEMORY_FRACTION_ANNOTATION,
     MEMORY_FRACTION_ENV,
     MODEL_LABEL,
+    VISIBLE_DEVICES_ANNOTATION,
     VISIBLE_DEVICES_ENV,
 )
 from kvsched.api.objects import DeploymentObj
@@ -32,7 +34,7 @@ from kvsched.controller.config import DecisionConfig
 from kvsched.controller.inventory import PoolNode
 
 _ENV = (
-    (VISIBLE_DEVICES_ENV, f"metadata.annotations['{GPU_ANNOTATION}']"),
+    (VISIBLE_DEVICES_ENV, f"metadata.annotations['{VISIBLE_DEVICES_ANNOTATION}']"),
     (MEMORY_FRACTION_ENV, f"metadata.annotations['{MEMORY_FRACTION_ANNOTATION}']"),
 )
 

@@ -29,7 +29,13 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from kvsched.api.names import GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL, share_text
+from kvsched.api.names import (
+    GPU_ANNOTATION,
+    MEMORY_FRACTION_ANNOTATION,
+    MODEL_LABEL,
+    VISIBLE_DEVICES_ANNOTATION,
+    share_text,
+)
 from kvsched.api.records import BindOutcomeUnknown
 from kvsched.extender.cache import BindTarget
 from kvsched.controller.slots import NEUTRAL_SCORE, FilterDecision, PlannedSlot, PodRef, Refusal
@@ -63,6 +69,8 @@ class ExtenderCache(Protocol):
     def bind_target(self, namespace: str, name: str, uid: str) -> BindTarget | None: ...
 
     def reserve(self, pod: PodRef, node: str) -> PlannedSlot | Refusal: ...
+
+    def device_of(self, node: str, gpu: int) -> str | None: ...
 
     def release(self, uid: str) -> None: ...
 
@@ -260,7 +268,13 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
                 metrics.bind_conflicts.inc()
                 return f"{choice.reason}; the scheduler will retry", "conflict"
             return choice.reason, "rejected"
-        annotations = {GPU_ANNOTATION: str(choice.gpu),
+        device = cache.device_of(node, choice.gpu)
+        if device is None:  # its GPU holder went between reserve and here: wait for the next one
+            cache.release(uid)
+            metrics.bind_conflicts.inc()
+            return (f"GPU {choice.gpu} of node {node} has no GPU holder that reported its UUID; the scheduler will "
+                    f"retry"), "conflict"
+        annotations = {GPU_ANNOTATION: str(choice.gpu), VISIBLE_DEVICES_ANNOTATION: device,
                        MEMORY_FRACTION_ANNOTATION: share_text(choice.memory_fraction)}
         try:
             await run_in_threadpool(binder.bind, ns, name, uid, node, annotations)
@@ -272,7 +286,8 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
         except Exception as e:
             cache.release(uid)
             return str(e), "error"
-        log.info("bound %s/%s to %s GPU %d (fraction %.3f)", ns, name, node, choice.gpu, choice.memory_fraction)
+        log.info("bound %s/%s to %s GPU %d (device %s, fraction %.3f)", ns, name, node, choice.gpu, device,
+                 choice.memory_fraction)
         return "", "managed"
 
     async def healthz(request: Request) -> Response:

@@ -33,7 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from kvsched.api.names import DEFAULT_SCHEDULER_NAME, MODEL_LABEL
+from kvsched.api.objects import PodObj
 from kvsched.api.readers import read_model_serving, read_node, read_pod
+from kvsched.controller.holders import holder_gpu, is_holder, reported_uuid
 from kvsched.controller.inventory import annotated_gpu, node_gpu_count, node_memory_gib
 from kvsched.controller.headroom import Headroom
 from kvsched.controller.models import model_overhead_gib, model_size_gib
@@ -130,14 +132,21 @@ class Cache:
     """Thread-safe indexes of models, nodes and GPU-holding pods; implements slots.World under its lock."""
 
     def __init__(self, scheduler_name: str = DEFAULT_SCHEDULER_NAME, headroom: Headroom = Headroom(), *,
-                 start_timeout_s: float = DEFAULT_START_TIMEOUT_S, wall: Callable[[], float] = time.time) -> None:
+                 start_timeout_s: float = DEFAULT_START_TIMEOUT_S, wall: Callable[[], float] = time.time,
+                 gpu_holders: bool = False, holder_namespace: str = "") -> None:
         """`headroom`: the controller's (DecisionConfig.headroom), the slot rule's memory headroom;
         `start_timeout_s`: how long a pod bound and not Ready holds its GPU's start gate (<= 0: gate off);
-        `wall`: the wall clock, epoch seconds (tests pass a fake)."""
+        `wall`: the wall clock, epoch seconds (tests pass a fake); `gpu_holders`: a slot is usable only once its
+        GPU's holder pod (in `holder_namespace`) has reported a UUID, and that UUID is the pod's device (off, the
+        default here and for tests: the GPU's index)."""
         self.scheduler_name = scheduler_name
         self.headroom = headroom
         self.start_timeout_s = start_timeout_s
         self.wall = wall
+        self.gpu_holders = gpu_holders
+        self.holder_namespace = holder_namespace
+        self._uuids: dict[tuple[str, int], dict[str, str]] = {}  # GPU -> holder pod uid -> reported UUID
+        self._uuid_of: dict[str, tuple[str, int]] = {}            # holder pod uid -> the GPU it reported for
         self._lock = threading.Lock()
         self._models: dict[str, ModelPlan] = {}
         self._nodes: dict[str, NodeGpus] = {}
@@ -165,6 +174,8 @@ class Cache:
 
     # -- informer handlers (one thread per informer) ------------------------------------------------------------
     def on_pod(self, event_type: str, obj: Obj) -> None:
+        if self.gpu_holders:
+            self._on_gpu_holder(event_type, read_pod(obj))
         info = pod_info(obj)
         if not info.uid:
             return
@@ -181,6 +192,22 @@ class Cache:
                 if reservation is not None and info.node_name == reservation.node and info.gpu == reservation.gpu:
                     del self._reservations[info.uid]  # the watch now shows what the bind wrote
             self._reindex(info.uid)
+
+    def _on_gpu_holder(self, event_type: str, pod: PodObj) -> None:
+        """Index the UUID a GPU holder pod reports (kvsched.controller.holders.reported_uuid) by its GPU."""
+        if not pod.uid or not is_holder(pod, self.holder_namespace):
+            return
+        gpu = holder_gpu(pod)
+        uuid = None if event_type == "DELETED" else reported_uuid(pod)
+        with self._lock:
+            old = self._uuid_of.pop(pod.uid, None)
+            if old is not None:
+                self._uuids.get(old, {}).pop(pod.uid, None)
+                if not self._uuids.get(old, True):
+                    del self._uuids[old]
+            if uuid is not None and gpu is not None:
+                self._uuids.setdefault((gpu.node, gpu.index), {})[pod.uid] = uuid
+                self._uuid_of[pod.uid] = (gpu.node, gpu.index)
 
     def on_node(self, event_type: str, obj: Obj) -> None:
         gpus = node_gpus(obj, self.headroom.reserve_gib)
@@ -246,6 +273,12 @@ class Cache:
     def start_gate(self) -> StartGate | None:
         return StartGate(self.wall(), self.start_timeout_s)
 
+    def device(self, node: str, gpu: int) -> str | None:
+        if not self.gpu_holders:
+            return str(gpu)
+        reported = self._uuids.get((node, gpu))
+        return min(reported.values()) if reported else None  # two holders of one GPU: the controller deletes one
+
     # -- queries (thread-safe) ----------------------------------------------------------------------------------
     def is_managed(self, model: str | None, scheduler_name: str) -> bool:
         """A pod is managed when it has the model label and kvsched's scheduler name."""
@@ -300,6 +333,11 @@ class Cache:
                                                      starting_since=self.wall())
                 self._reindex(pod.uid)
             return choice
+
+    def device_of(self, node: str, gpu: int) -> str | None:
+        """`device(node, gpu)`, thread-safe: what bind writes for the pod's NVIDIA_VISIBLE_DEVICES."""
+        with self._lock:
+            return self.device(node, gpu)
 
     def release(self, uid: str) -> None:
         """Drop the reservation of a bind that failed."""

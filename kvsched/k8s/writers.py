@@ -3,6 +3,7 @@
 - ModelServing status through the status subresource (JSON merge patch: slots and conditions are replaced whole);
 - Deployment template/strategy (strategic merge patch: containers and env merge by name);
 - ModelServing create (with the ownerReference the decision built), spec patch, delete;
+- GPU holder pods (kvsched.controller.holders): create, delete (with the uid as a precondition);
 - Eviction (policy/v1, so PodDisruptionBudgets hold: 429 means "not now");
 - Events (core/v1, what `kubectl describe` shows), reported by `kvsched-controller`.
 Called by: kvsched.runtime.loop through `ApiWriter`.
@@ -17,7 +18,7 @@ from kubernetes import client
 
 from kvsched.api.names import GROUP, PLURAL, VERSION
 from kvsched.api.objects import ObjectKey
-from kvsched.api.records import Event, EvictionRefused, OwnedChange, utc_now
+from kvsched.api.records import Event, EvictionRefused, HolderChange, OwnedChange, utc_now
 from kvsched.k8s.rest import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, call
 
 COMPONENT = "kvsched-controller"
@@ -66,6 +67,31 @@ class ApiWriter:
             if e.status == 404:
                 return {}
             raise
+
+    def holder_change(self, change: HolderChange) -> dict[str, Any]:
+        """Create or delete a GPU holder pod. A delete that finds it gone is done. A create that finds one of that
+        name (409) is done unless that pod is Succeeded/Failed (the kubelet refused it, e.g. its GPU went to
+        another pod first; the watches never show such pods): it is deleted, and the next round creates it anew."""
+        path = f"/api/v1/namespaces/{change.key.namespace}/pods"
+        try:
+            if change.action == "create":
+                return call(self.api, "POST", path, dict(change.body or {}))
+            body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": change.uid}} \
+                if change.uid else None
+            call(self.api, "DELETE", f"{path}/{change.key.name}", body)
+            return {}
+        except ApiError as e:
+            if change.action == "delete" and e.status in (404, 409):
+                return {}  # gone, or another pod of that name now (409: the uid precondition failed)
+            if change.action != "create" or e.status != 409:
+                raise
+        existing = call(self.api, "GET", f"{path}/{change.key.name}")
+        if (existing.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            uid = (existing.get("metadata") or {}).get("uid")
+            call(self.api, "DELETE", f"{path}/{change.key.name}",
+                 {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}})
+            raise ApiError(409, "AlreadyExists", f"holder pod {change.key} had finished; deleted, to be recreated")
+        return existing
 
     def evict(self, pod: ObjectKey) -> None:
         """Evict a pod through policy/v1. A pod already gone is fine; a refusal raises EvictionRefused."""

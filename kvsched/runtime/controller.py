@@ -1,6 +1,7 @@
 """`kvsched controller`: informers -> Reconciler -> ApiWriter, leader election, and the health server.
 
-Threads: one per informer (Nodes, Pods, Deployments, ModelServings), the leader elector, the health server,
+Threads: one per informer (Nodes, Pods, Deployments, ModelServings, and the GPU holder pods of `--holder-namespace`
+when `--namespace` watches another), the leader elector, the health server,
 and the reconcile loop on the calling thread. SIGTERM/SIGINT stop everything; the leader releases its Lease.
 Called by: kvsched.cli (`kvsched controller`, `kvsched serve`).
 """
@@ -17,6 +18,7 @@ import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
+from kvsched.api.names import HOLDER_LABEL
 from kvsched.controller.config import DecisionConfig
 from kvsched.runtime.http import HealthServer
 from kvsched.runtime.loop import Reconciler
@@ -43,7 +45,11 @@ def decision_config(settings: ControllerSettings) -> DecisionConfig:
                           start_timeout_s=settings.start_timeout_s,
                           gpu_memory_reserve_gib=settings.gpu_memory_reserve_gib,
                           engine_overhead_gib=settings.engine_overhead_gib,
-                          engine_context_gib=settings.engine_context_gib)
+                          engine_context_gib=settings.engine_context_gib,
+                          gpu_holders=settings.gpu_holders,
+                          holder_namespace=settings.holder_namespace, holder_image=settings.holder_image,
+                          holder_priority_class=settings.holder_priority_class,
+                          holder_service_account=settings.holder_service_account)
 
 
 def identity() -> str:
@@ -138,6 +144,10 @@ def build_controller(settings: ControllerSettings, metrics: Metrics | None = Non
         informer(api, replace(MODELSERVINGS, namespace=scope),
                  handler(read_model_serving, reconciler.observe_model_serving), counters=metrics),
     ]
+    if settings.gpu_holders and scope is not None and scope != settings.holder_namespace:
+        # GPU holder pods live in kvsched's own namespace, outside the one watched.
+        holders = replace(LIVE_PODS, namespace=settings.holder_namespace, label_selector=f"{HOLDER_LABEL}=true")
+        informers.append(informer(api, holders, handler(read_pod, reconciler.observe_pod), counters=metrics))
     reconciler.watches_current = lambda: all(i.is_current() for i in informers)
     elector = None
     if settings.leader_election:

@@ -30,7 +30,8 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
     check_headroom(settings)
     cache = Cache(settings.scheduler_name, Headroom(settings.gpu_memory_reserve_gib, settings.engine_overhead_gib,
                                                     settings.engine_context_gib),
-                  start_timeout_s=settings.start_timeout_s)
+                  start_timeout_s=settings.start_timeout_s, gpu_holders=settings.gpu_holders,
+                  holder_namespace=settings.holder_namespace)
     metrics = metrics or Metrics()
     informers = [informer(api, LIVE_PODS, cache.on_pod, counters=metrics),
                  informer(api, NODES, cache.on_node, counters=metrics),

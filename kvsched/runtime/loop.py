@@ -40,9 +40,10 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from kvsched.api.names import MODEL_LABEL, PLANNED_SLOTS_ANNOTATION
 from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, PodObj, World
-from kvsched.api.records import Event, OwnedChange, utc_now
+from kvsched.api.records import Event, HolderChange, OwnedChange, utc_now
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.decide import Decision, decide
+from kvsched.controller.holders import holder_uuids, is_holder
 from kvsched.controller.migrations import Blocked
 from kvsched.metrics import GpuSample, Metrics
 from kvsched.packer import Gpu, GpuId, Model, Plan, Slot, solve
@@ -72,6 +73,8 @@ class Writer(Protocol):
     def evict(self, pod: ObjectKey) -> None: ...
 
     def annotate_pod(self, pod: ObjectKey, annotations: Mapping[str, str]) -> Any: ...
+
+    def holder_change(self, change: HolderChange) -> Any: ...
 
     def event(self, event: Event) -> None: ...
 
@@ -302,6 +305,10 @@ class Reconciler:
         self.metrics.start_gate_waiting_pods.set(decision.gate_waiting)
         self.metrics.reconcile_rounds.inc()
         self.metrics.record_models(dict(decision.model_states))
+        if self.config.gpu_holders:
+            ours = [p for p in world.pods if is_holder(p, self.config.holder_namespace) and not p.terminal]
+            held = len(holder_uuids(ours, self.config.holder_namespace))
+            self.metrics.record_holders(held, len(ours) - held)
         if self._solved:
             self._decided_steps = set()
         for step in decision.steps:  # each step of the plan in force once, when first decided
@@ -314,6 +321,7 @@ class Reconciler:
         jobs: list[tuple[str, ObjectKey, Any]] = [("status", w.key, w.status) for w in decision.statuses]
         jobs += [("owned", c.key, c) for c in decision.owned_changes]
         jobs += [("deployment", p.key, p.patch) for p in decision.deployment_patches]
+        jobs += [("holder", h.key, h) for h in decision.holders]
         # After the statuses: a nudged pod is retried by the scheduler at once, and must find its slot planned.
         nudges: list[tuple[str, ObjectKey, Any]] = [("pod", n.pod, {PLANNED_SLOTS_ANNOTATION: n.digest})
                                                     for n in decision.nudges]
@@ -339,7 +347,7 @@ class Reconciler:
     def _write(self, kind: str, key: ObjectKey, payload: Any, report: RoundReport) -> None:
         text = json.dumps(payload, sort_keys=True, default=str)
         seen_kind = {"status": "modelserving", "owned": "modelserving", "deployment": "deployment",
-                     "pod": "pod"}[kind]
+                     "pod": "pod", "holder": "pod"}[kind]
         previous = self._inflight.get((seen_kind, key))
         if previous is not None and previous[0] == text and self.clock() - previous[1] < _INFLIGHT_TTL_S:
             return
@@ -350,6 +358,8 @@ class Reconciler:
                 self.writer.owned_change(payload)
             elif kind == "pod":
                 self.writer.annotate_pod(key, payload)
+            elif kind == "holder":
+                self.writer.holder_change(payload)
             else:
                 self.writer.patch_deployment(key, payload)
         except Exception as e:

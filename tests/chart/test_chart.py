@@ -38,6 +38,8 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "engineOverhead": 2.5,
     "engineContext": "256Mi",
     "extraArgs": ["--debounce-seconds=1"],
+    "gpuHolders": {"enabled": False, "priorityClass": {"name": "llm-gpu-holder", "value": 5000},
+                   "serviceAccountName": "llm-holder"},
 }
 
 
@@ -81,6 +83,9 @@ def test_default_rendering_has_the_base_objects_only(helm: Helm) -> None:
     assert kinds(docs) == sorted([
         "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "ClusterRoleBinding",
         "Role", "RoleBinding", "RoleBinding", "ConfigMap", "Deployment", "Service",
+        # GPU holders (templates/gpu-holders.yaml): their PriorityClass, ServiceAccount and Role, and kvsched's Role
+        # to create and delete them.
+        "PriorityClass", "ServiceAccount", "Role", "RoleBinding", "Role", "RoleBinding",
     ])
     assert all(d["metadata"].get("namespace") in (None, "kvsched-system", "kube-system") for d in docs)
 
@@ -195,7 +200,10 @@ def test_scheduler_leader_election_follows_values(helm: Helm) -> None:
                         "--stability-threshold=0.05", "--max-migrations=4",
                         "--time-budget-seconds=5", "--start-timeout-seconds=300", "--gpu-memory-reserve-gib=1Gi",
                         "--engine-overhead-gib=3Gi", "--engine-context-gib=512Mi", "--log-level=info", "--metrics-port=8080", "--host=127.0.0.1", "--port=8888", "--leader-election=true",
-                        "--leader-election-namespace=kvsched-system"], id="default values"),
+                        "--leader-election-namespace=kvsched-system", "--gpu-holders=true",
+                        "--holder-namespace=kvsched-system", "--holder-image=kvsched/kvsched:0.1.0",
+                        "--holder-priority-class=kvsched-gpu-holder", "--holder-service-account=kvsched-gpu-holder"],
+                 id="default values"),
     pytest.param(NON_DEFAULT_VALUES, ["serve", "--scheduler-name=llm-scheduler",
                                       "--runtime-class-name=nvidia-cdi", "--stability-threshold=0.1",
                                       "--max-migrations=0", "--time-budget-seconds=2.5",
@@ -206,6 +214,9 @@ def test_scheduler_leader_election_follows_values(helm: Helm) -> None:
                                       "--node-selector=pool=llm,gpu!=reserved",
                                       "--metrics-port=9100", "--host=127.0.0.1", "--port=9999",
                                       "--leader-election=true", "--leader-election-namespace=kube-system",
+                                      "--gpu-holders=false", "--holder-namespace=kvsched-system",
+                                      "--holder-image=registry.example/kvsched:dev",
+                                      "--holder-priority-class=llm-gpu-holder", "--holder-service-account=llm-holder",
                                       "--debounce-seconds=1"],
                  id="non-default values"),
 ])
@@ -266,7 +277,7 @@ def test_cluster_role_rules_are_plain(helm: Helm) -> None:
 
 def test_the_scheduler_gets_the_built_in_roles_and_both_get_their_leases(helm: Helm) -> None:
     docs = render(helm)
-    sa = only(docs, "ServiceAccount")["metadata"]["name"]
+    sa = only(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     subject = [{"kind": "ServiceAccount", "name": sa, "namespace": "kvsched-system"}]
     bound = {b["roleRef"]["name"]: b["subjects"] for b in docs if b["kind"] in ("ClusterRoleBinding", "RoleBinding")}
     cluster_role = only(docs, "ClusterRole")["metadata"]["name"]
@@ -274,9 +285,29 @@ def test_the_scheduler_gets_the_built_in_roles_and_both_get_their_leases(helm: H
                  "extension-apiserver-authentication-reader", f"{cluster_role}-leader-election"):
         assert bound.get(role) == subject, role
     # Only Leases (its verbs: tests/e2e/test_rbac_audit.py, from the audit log).
-    [leases] = only(docs, "Role")["rules"]
+    [leases] = only(docs, "Role", "leader-election")["rules"]
     assert (leases["apiGroups"], leases["resources"]) == (["coordination.k8s.io"], ["leases"])
-    assert only(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"] == sa
+    assert sa in [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
+
+
+def test_gpu_holders_get_a_priority_class_an_account_and_kvsched_may_create_them(helm: Helm) -> None:
+    """The names the controller writes on holder pods (kvsched.settings defaults, the chart's flags) exist."""
+    from kvsched.api.names import DEFAULT_HOLDER_PRIORITY_CLASS, DEFAULT_HOLDER_SERVICE_ACCOUNT
+
+    docs = render(helm)
+    priority = only(docs, "PriorityClass")
+    assert priority["metadata"]["name"] == DEFAULT_HOLDER_PRIORITY_CLASS and priority["value"] > 0
+    assert priority["preemptionPolicy"] == "Never" and not priority["globalDefault"]
+    holder_sa = only(docs, "ServiceAccount", DEFAULT_HOLDER_SERVICE_ACCOUNT)["metadata"]
+    assert holder_sa["namespace"] == "kvsched-system"
+    [own_pod] = [r for d in docs if d["kind"] == "Role" and d["metadata"]["name"].endswith("-gpu-holder")
+                 for r in d["rules"]]
+    assert (own_pod["resources"], own_pod["verbs"]) == (["pods"], ["get", "patch"])
+    [manage] = only(docs, "Role", "gpu-holders")["rules"]
+    assert (manage["resources"], sorted(manage["verbs"])) == (["pods"], ["create", "delete"])
+    bound = {b["roleRef"]["name"]: b["subjects"][0]["name"] for b in docs if b["kind"] == "RoleBinding"}
+    sa = only(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert bound["kvsched-gpu-holders"] == sa and bound["kvsched-gpu-holder"] == DEFAULT_HOLDER_SERVICE_ACCOUNT
 
 
 def test_metrics_service_publishes_standbys_too(helm: Helm) -> None:

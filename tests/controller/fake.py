@@ -21,6 +21,9 @@ from kvsched.controller import Decision, DecisionConfig, decide
 from kvsched.packer import Gpu, Model, PackOptions, Plan, Slot, solve
 
 NOW = "2026-11-28T06:00:00Z"
+# The slot rule, plans and migrations without GPU holder pods (a supported mode); test_holders.py and the holder
+# scenarios of test_convergence.py turn them on.
+NO_HOLDERS = DecisionConfig(gpu_holders=False)
 LATER = "2026-11-28T07:00:00Z"
 
 
@@ -71,7 +74,7 @@ def pod(name: str, model: str, node_name: str | None, gpu: int | None, namespace
                   gpu_request=gpu_request, created=name)
 
 
-def run(world: World, config: DecisionConfig = DecisionConfig(), now: str = NOW, **kw: Any) -> Decision:
+def run(world: World, config: DecisionConfig = NO_HOLDERS, now: str = NOW, **kw: Any) -> Decision:
     return decide(world, config, planner, now=now, **kw)
 
 

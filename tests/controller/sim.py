@@ -23,6 +23,9 @@ pending"):
   Unmanaged pods are bound to the first schedulable node.
   Bind sets the PodScheduled condition at the sim's wall clock, and the extender's start gate runs on that clock
   (one pod starting per GPU until it is Ready).
+- **device plugin + `kvsched gpu-holder`**: a bound holder pod reports a UUID (`GPU-<its uid>`) in the kubelet
+  phase of the step it was bound in. Bind also writes `kvsched.io/visible-devices`; GPU holder pods (kvsched's
+  scheduler, no model label) are bound to their node when its `nvidia.com/gpu` is not all requested by bound pods.
 - **kubelet**: a bound pod is Ready `ready_after` steps after binding; a terminating pod is gone
   `terminate_after` steps after its deletion started. Deleting a Node deletes its pods (pod GC).
 
@@ -46,9 +49,20 @@ import threading
 from collections import Counter, defaultdict
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from kvsched.api.names import API_VERSION, GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION, MODEL_LABEL, share_text
+from kvsched.api.names import (
+    API_VERSION,
+    GPU_ANNOTATION,
+    GPU_RESOURCE,
+    GPU_UUID_ANNOTATION,
+    HOLDER_LABEL,
+    MEMORY_FRACTION_ANNOTATION,
+    MODEL_LABEL,
+    VISIBLE_DEVICES_ANNOTATION,
+    share_text,
+)
+from kvsched.api.readers import pod_gpu_request
 from kvsched.api.objects import ObjectKey
-from kvsched.api.records import Event, OwnedChange
+from kvsched.api.records import Event, HolderChange, OwnedChange
 from kvsched.controller import DecisionConfig
 from kvsched.extender.cache import Cache
 from kvsched.controller.slots import PlannedSlot, PodRef
@@ -130,7 +144,11 @@ def node_fits_affinity(pod: Obj, node: Obj) -> bool:
               .get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms"))
     if not terms:
         return True
-    return any(all(_matches(e, labels) for e in t.get("matchExpressions") or []) for t in terms)
+    name = node["metadata"]["name"]
+    return any(all(_matches(e, labels) for e in t.get("matchExpressions") or [])
+               and all(f.get("key") == "metadata.name" and f.get("operator") == "In" and name in f.get("values", [])
+                       for f in t.get("matchFields") or [])
+               for t in terms)
 
 
 @dataclasses.dataclass
@@ -143,17 +161,19 @@ class Writes:
     evictions: int = 0
     nudges: int = 0
     events: int = 0
+    holders: int = 0
 
     @property
     def total(self) -> int:
-        return self.statuses + self.patches + self.owned + self.evictions + self.nudges
+        return self.statuses + self.patches + self.owned + self.evictions + self.nudges + self.holders
 
     def minus(self, before: Writes) -> Writes:
         return Writes(*(a - b for a, b in zip(dataclasses.astuple(self), dataclasses.astuple(before))))
 
     def __str__(self) -> str:
         return (f"{self.statuses} status(es), {self.patches} Deployment patch(es), {self.owned} owned "
-                f"ModelServing change(s), {self.evictions} eviction(s), {self.nudges} nudge(s)")
+                f"ModelServing change(s), {self.evictions} eviction(s), {self.nudges} nudge(s), {self.holders} "
+                f"GPU holder change(s)")
 
 
 @dataclasses.dataclass
@@ -208,6 +228,12 @@ class SimWriter:
             self._note("nudge", pod)
             return self.cluster.api_annotate_pod(pod, annotations)
 
+    def holder_change(self, change: HolderChange) -> Obj:
+        with self._lock:
+            self.writes.holders += 1
+            self._note(f"holder {change.action}", change.key)
+            return self.cluster.api_holder_change(change)
+
     def event(self, event: Event) -> None:
         with self._lock:
             self.writes.events += 1
@@ -244,7 +270,8 @@ class SimCluster:
         self.api_writes = 0                      # every write by anyone (controller, scheduler, kubelet, RS)
         self._pending_watch: list[tuple[str, str, Obj]] = []  # (kind, type, object) not yet delivered
         self.extender = Cache(config.scheduler_name, config.headroom(), start_timeout_s=config.start_timeout_s,
-                              wall=lambda: EPOCH + self.now)
+                              wall=lambda: EPOCH + self.now, gpu_holders=config.gpu_holders,
+                              holder_namespace=config.holder_namespace)
         self.writer = SimWriter(self)
         self.metrics = Metrics()
         self.reports: list[RoundReport] = []
@@ -346,6 +373,24 @@ class SimCluster:
         pod["metadata"].setdefault("annotations", {}).update(annotations)
         self._emit("pod", "MODIFIED", self._stamp(pod))
         return pod
+
+    def api_holder_change(self, change: HolderChange) -> Obj:
+        """Create a holder pod (a name taken: the existing pod, as ApiWriter.holder_change reads a 409 on a live
+        pod) or start deleting one (gone: done)."""
+        pod = self.pods.get(change.key)
+        if change.action == "create":
+            if pod is not None:
+                return pod
+            body = copy.deepcopy(dict(change.body or {}))
+            body["metadata"].update({"uid": f"uid-{next(self._uid)}", "creationTimestamp": rfc3339(self.now)})
+            body["status"] = {"phase": "Pending"}
+            self.pods[change.key] = body
+            self.lineage[body["metadata"]["uid"]] = "holder"
+            self._emit("pod", "ADDED", self._stamp(body))
+            return body
+        if pod is not None and not pod["metadata"].get("deletionTimestamp"):
+            self._start_deletion(pod)
+        return {}
 
     def _start_deletion(self, pod: Obj) -> None:
         pod["metadata"]["deletionTimestamp"] = rfc3339(self.now)
@@ -478,7 +523,8 @@ class SimCluster:
         return pod
 
     def _pods_of(self, key: ObjectKey) -> list[Obj]:
-        return [p for p in self.pods.values() if tuple(p["metadata"]["_deployment"]) == (key.namespace, key.name)]
+        return [p for p in self.pods.values()
+                if tuple(p["metadata"].get("_deployment") or ()) == (key.namespace, key.name)]
 
     @staticmethod
     def _ready(pod: Obj) -> bool:
@@ -555,7 +601,12 @@ class SimCluster:
                 bound += 1
                 continue
             if not self._managed(pod):
-                continue  # kvsched's scheduler with no model label: the extender passes it through; not ours
+                # A GPU holder (pinned to its node) binds where a GPU is left; other pods are not ours.
+                fits = [n for n in candidates if self._gpus_left(n) >= pod_gpu_request(pod["spec"])]
+                if HOLDER_LABEL in (meta.get("labels") or {}) and fits:
+                    self._bind(pod, fits[0], None)
+                    bound += 1
+                continue
             ref = PodRef(meta["namespace"], meta["name"], meta["uid"],
                          f"{meta['namespace']}/{meta['labels'][MODEL_LABEL]}")
             passed = self.extender.filter(ref, candidates).passed
@@ -571,6 +622,12 @@ class SimCluster:
             bound += 1
         return bound
 
+    def _gpus_left(self, node: str) -> int:
+        """`nvidia.com/gpu` of the node minus what the live pods bound there request (the scheduler's fit)."""
+        capacity = int((self.nodes[node].get("status") or {}).get("capacity", {}).get(GPU_RESOURCE, 0))
+        return capacity - sum(pod_gpu_request(p["spec"]) for p in self.pods.values()
+                              if p["spec"].get("nodeName") == node)
+
     def _bind(self, pod: Obj, node: str, slot: PlannedSlot | None) -> None:
         if slot is not None and self.config.start_timeout_s > 0:  # the start gate: nobody else starts on that GPU
             starting = [p["metadata"]["name"] for p in self.live_pods()
@@ -580,8 +637,11 @@ class SimCluster:
                         and self.now - self.bound_at_s[p["metadata"]["uid"]] < self.config.start_timeout_s]
             assert not starting, f"{pod['metadata']['name']} bound to {node}/{slot.gpu} while {starting} start there"
         if slot is not None:
+            device = self.extender.device_of(node, slot.gpu)
+            assert device is not None, f"the extender reserved {node} GPU {slot.gpu} without a device"
             pod["metadata"].setdefault("annotations", {}).update(
-                {GPU_ANNOTATION: str(slot.gpu), MEMORY_FRACTION_ANNOTATION: share_text(slot.memory_fraction)})
+                {GPU_ANNOTATION: str(slot.gpu), VISIBLE_DEVICES_ANNOTATION: device,
+                 MEMORY_FRACTION_ANNOTATION: share_text(slot.memory_fraction)})
         pod["spec"]["nodeName"] = node
         # The API server's Binding sets PodScheduled (the start gate times a starting pod from it).
         pod.setdefault("status", {}).setdefault("conditions", []).append(
@@ -598,6 +658,14 @@ class SimCluster:
             if pod["metadata"].get("deletionTimestamp"):
                 if self.steps - self.deleting_at.get(uid, self.steps) >= self.terminate_after:
                     self._remove_pod(pod)
+                    changed += 1
+            elif pod["spec"].get("nodeName") and HOLDER_LABEL in (pod["metadata"].get("labels") or {}):
+                # The device plugin gives the holder a GPU and `kvsched gpu-holder` reports its UUID at once.
+                notes = pod["metadata"].setdefault("annotations", {})
+                if GPU_UUID_ANNOTATION not in notes:
+                    notes[GPU_UUID_ANNOTATION] = f"GPU-{uid}"
+                    pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+                    self._emit("pod", "MODIFIED", self._stamp(pod))
                     changed += 1
             elif pod["spec"].get("nodeName") and not self._ready(pod) \
                     and self.steps - self.bound_at.get(uid, self.steps) >= self.ready_after:
@@ -631,11 +699,17 @@ class SimCluster:
         self._deliver()
         return self.api_writes - before
 
+    def _kubelet_pending(self) -> bool:
+        """Whether the kubelet still has a pod to make Ready or to remove (a quiet step is no fixpoint then)."""
+        return any(p["metadata"].get("deletionTimestamp") or (p["spec"].get("nodeName") and not self._ready(p))
+                   for p in self.pods.values())
+
     def settle(self, max_steps: int) -> int:
-        """Step until a step writes nothing (returns the steps taken, that one included); AssertionError with what
+        """Step until a step writes nothing and the kubelet has nothing left to do (returns the steps taken, that one
+        included); AssertionError with what
         is still moving when `max_steps` pass first."""
         for n in range(1, max_steps + 1):
-            if self.step() == 0 and not self.starting():
+            if self.step() == 0 and not self._kubelet_pending():
                 return n
         raise AssertionError(f"no fixpoint after {max_steps} steps; the last ones wrote: "
                              f"{self.writer.log[-12:]}; {self.describe()}")

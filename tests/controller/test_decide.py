@@ -389,7 +389,7 @@ def test_template_patch_sets_scheduler_label_env_affinity_and_strategy_once(conf
         {"matchExpressions": [{"key": GPU_MEMORY_LABEL, "operator": "In", "values": overrides}]},
     ]
     env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in spec["containers"][0]["env"]}
-    assert env == {"NVIDIA_VISIBLE_DEVICES": "metadata.annotations['kvsched.io/gpu']",
+    assert env == {"NVIDIA_VISIBLE_DEVICES": "metadata.annotations['kvsched.io/visible-devices']",
                    "KVSCHED_GPU_MEMORY_FRACTION": "metadata.annotations['kvsched.io/gpu-memory-fraction']"}
     assert dep.strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
     allowed = {"big", "over", "over45"} | ({"over44"} if "44Gi" in overrides else set())
@@ -397,7 +397,7 @@ def test_template_patch_sets_scheduler_label_env_affinity_and_strategy_once(conf
 
 
 def test_affinity_follows_the_node_selector_and_does_not_change_when_a_node_is_cordoned() -> None:
-    config = DecisionConfig(node_selector=parse_selector("pool=gpu"))
+    config = DecisionConfig(node_selector=parse_selector("pool=gpu"), gpu_holders=False)
     pool = {"pool": "gpu"}
     world = World(nodes=(node("a", labels=pool), node("b", labels=pool), node("outside")),
                   deployments=(deployment("m", replicas=2),))
@@ -452,7 +452,7 @@ def test_evictions_follow_the_plans_ordered_steps(first: str) -> None:
                 gpus=tuple(GpuUsage(GpuId("n", i), 80.0, 0.1, 16.0, ()) for i in range(4)), steps=order)
     from kvsched.controller import decide
 
-    decision = decide(world, DecisionConfig(), lambda m, g, c, p: plan, now=LATER)
+    decision = decide(world, DecisionConfig(gpu_holders=False), lambda m, g, c, p: plan, now=LATER)
     assert decision.eviction is not None and decision.eviction.pod.name == f"{first}-0"
     assert [s.pod.name for s in decision.steps] == [f"{first}-0", f"{'b' if first == 'a' else 'a'}-0"]
 

@@ -12,7 +12,7 @@ from kvsched.api.objects import PodObj, World
 from kvsched.controller import DecisionConfig
 from kvsched.units import timestamp_s
 
-from .fake import NOW, deployment, node, pod, run, settle
+from .fake import NO_HOLDERS, NOW, deployment, node, pod, run, settle
 
 BOUND = "2026-11-28T05:59:50Z"  # 10 s before NOW
 NOW_S = timestamp_s(NOW)
@@ -65,7 +65,7 @@ def test_a_pod_waiting_at_the_gate_is_nudged_when_the_gate_opens() -> None:
 ])
 def test_a_pod_that_never_becomes_ready_releases_the_gate_at_its_timeout(timeout: float, nudge: bool) -> None:
     world = two_models_one_gpu()
-    config = DecisionConfig(start_timeout_s=timeout)
+    config = dataclasses.replace(NO_HOLDERS, start_timeout_s=timeout)
     waiting = pod("b-x", "b", None, None)
     decision = run(dataclasses.replace(world, pods=(starting_pod(world, ready=False), waiting)), config)
     assert bool(decision.nudges) is nudge

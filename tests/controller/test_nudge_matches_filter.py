@@ -112,7 +112,7 @@ def nudged_and_filtered(nodes: list[Obj], servings: list[Obj], deployments: list
     """(pods the controller nudges, pending managed pods the extender's filter passes on some node)."""
     world = World(tuple(read_node(n) for n in nodes), tuple(read_pod(p) for p in pods),
                   tuple(read_deployment(d) for d in deployments), tuple(read_model_serving(m) for m in servings))
-    config = DecisionConfig()  # the default memory headroom, given to both sides as `kvsched serve` does
+    config = DecisionConfig(gpu_holders=False)  # the default memory headroom, given to both sides as `kvsched serve` does
     decision = decide(world, config, planner, now=NOW)
     nudged = {str(n.pod) for n in decision.nudges}
     written = {f"{w.key.namespace}/{w.key.name}": w.status for w in decision.statuses}

@@ -30,7 +30,8 @@ from kubernetes.client.exceptions import ApiException
 
 from .harness.cluster import ControlPlane, ExtenderConfig
 from .harness.controller import (
-    KvschedProcess, kvsched_executable, lease_holder, resource_versions, service_account_kubeconfig, unique,
+    E2E_HOLDER_PRIORITY_CLASS, KvschedProcess, kvsched_executable, lease_holder, resource_versions,
+    service_account_kubeconfig, unique,
 )
 from .harness.example import migrations, placements, rounds
 from .harness.headroom import cluster_violations
@@ -90,11 +91,17 @@ class Pool:
     @property
     def selection(self) -> list[str]:
         """What the pool's controllers plan on: its nodes, its namespace."""
-        return [f"--node-selector=e2e-pool={self.label}", f"--namespace={self.namespace}"]
+        return [f"--node-selector=e2e-pool={self.label}", f"--namespace={self.namespace}",
+                f"--holder-namespace={self.namespace}"]
+
+    @property
+    def holders(self) -> list[str]:
+        """Where the pool's GPU holder pods go: its namespace, the harness's PriorityClass."""
+        return [f"--holder-priority-class={E2E_HOLDER_PRIORITY_CLASS}"]
 
     def start(self, scheduler: bool = True, command: str = "serve", knobs: list[str] = KNOBS) -> KvschedProcess:
         proc = KvschedProcess(self.plane, self.kubeconfig, [
-            *self.selection, f"--leader-election-namespace={self.namespace}",
+            *self.selection, *self.holders, f"--leader-election-namespace={self.namespace}",
             f"--leader-election-name=kvsched-{self.label}", f"--lease-duration-seconds={LEASE_S}",
             "--renew-deadline-seconds=4", "--retry-period-seconds=1", *knobs],
             name=f"kvsched-{command}-{len(self.processes) + 1}-{self.label}", command=command).start()
@@ -347,7 +354,7 @@ def test_managed_templates_get_the_scheduler_affinity_and_gpu_env(placed: Placed
         need_mib = int((float(size[:-2]) + h.overhead_gib + h.context_gib + h.reserve_gib) * 1024)
         assert ("nvidia.com/gpu.memory", "Gt", (str(need_mib),)) in exprs
         env = {e.name: e.value_from.field_ref.field_path for e in spec.containers[0].env}
-        assert env["NVIDIA_VISIBLE_DEVICES"] == "metadata.annotations['kvsched.io/gpu']"
+        assert env["NVIDIA_VISIBLE_DEVICES"] == "metadata.annotations['kvsched.io/visible-devices']"
 
 
 def test_pods_run_with_the_memory_shares_their_statuses_plan(placed: Placed) -> None:
@@ -559,8 +566,10 @@ def test_a_pod_parked_before_its_plan_existed_is_nudged_and_binds(pool: Pool) ->
     # ModelServing is deleted and the Deployment scaled up, so the new pod is rejected ("no ModelServing") and
     # parked; written again, the ModelServing gets its slots and the template is already as needed (no
     # rollout), so only the controller's annotation wakes the parked pod.
+    # GPU holders off: with them on, the holder pod created for the new slot is itself a cluster event that
+    # requeues the parked pod, and this test is about the controller's nudge when nothing else happens.
     pool.add_nodes({"big": (2, "80Gi")})
-    pool.start()
+    pool.start(knobs=[*KNOBS, "--gpu-holders=false"])
     custom, apps, core = (client.CustomObjectsApi(pool.kube), client.AppsV1Api(pool.kube),
                           client.CoreV1Api(pool.kube))
     body = {"apiVersion": f"{GROUP}/{VERSION}", "kind": "ModelServing", "metadata": {"name": "solo"},

@@ -5,7 +5,8 @@ the chart's rendered arguments and scheduler configuration and a token of the ch
 `make cluster` runs them). A short scenario walks every path kvsched has to the API: leader election, the
 informers, a model placed (ModelServing created, status written, template patched, pod annotated and bound), an
 unmanaged pod bound and its bind retried (the Binding answers 409, kvsched reads the pod), a spec change, a
-node cordoned (an eviction), the annotations removed (the ModelServing deleted), events throughout, the Lease
+node cordoned (an eviction, and the GPU holder pod of its old GPU deleted; holders are created throughout),
+the annotations removed (the ModelServing deleted), events throughout, the Lease
 released on shutdown. Then the audit log of the ServiceAccount's requests says (a) nothing it did was denied and
 (b) every (apiGroup, resource, subresource, verb) the chart's ClusterRole and Role grant was used by kvsched,
 except the few in UNREACHABLE. The granted set comes from `helm template` of the chart with the values installed.
@@ -30,6 +31,7 @@ from hack.chart import Helm, documents
 from kvsched.api.names import (
     DEFAULT_SCHEDULER_NAME,
     GPU_ANNOTATION,
+    HOLDER_LABEL,
     GROUP,
     MODEL_ANNOTATIONS,
     MODEL_LABEL,
@@ -186,6 +188,15 @@ def run_scenario(plane: ControlPlane, kube: client.ApiClient, chart: InstalledCh
                 raise
 
         wait_for(evicted, bool, 60, f"pod {placed.metadata.name} on cordoned {placed.spec.node_name} evicted")
+
+        # Once it is gone, the GPU holder pod of its old GPU is deleted: nothing is planned on a cordoned node.
+        def holders_on_cordoned() -> list[str]:
+            return [p.metadata.name for p in core.list_namespaced_pod(
+                chart.namespace, label_selector=f"{HOLDER_LABEL}=true").items
+                if p.spec.node_name == placed.spec.node_name]
+
+        wait_for(holders_on_cordoned, lambda names: not names, 60,
+                 f"the GPU holder on cordoned {placed.spec.node_name} deleted")
 
         # No annotation left: the Deployment is not a model any more and its ModelServing goes.
         apps.patch_namespaced_deployment("alpha", workload_ns, {

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from kvsched.api.names import GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION
+from kvsched.api.names import GPU_ANNOTATION, MEMORY_FRACTION_ANNOTATION, VISIBLE_DEVICES_ANNOTATION
 from kvsched.api.records import BindOutcomeUnknown
 from kvsched.extender.app import create_app
 from kvsched.extender.cache import Cache
@@ -53,7 +53,8 @@ def test_bind_takes_a_free_planned_slot_and_annotates(slots: list[tuple[str, int
     result = client.post("/bind", json=binding(p, chosen)).json()
     assert result == {"Error": ""}
     assert binder.calls == [("ml", "llama-new", "uid-llama-new", chosen,
-                             {GPU_ANNOTATION: gpu, MEMORY_FRACTION_ANNOTATION: fraction})]
+                             {GPU_ANNOTATION: gpu, VISIBLE_DEVICES_ANNOTATION: gpu,
+                              MEMORY_FRACTION_ANNOTATION: fraction})]
     assert cache.counts()["reservations"] == 1
 
 
@@ -94,7 +95,8 @@ def test_a_pod_seen_only_in_filter_can_be_bound() -> None:
     client.post("/filter", json=args(p, names=["n1"]))
     assert client.post("/bind", json=binding(p, "n1")).json() == {"Error": ""}
     # What bind writes on the pod, spelled out: the wire format the controller and the engines read.
-    assert binder.calls[0][4] == {"kvsched.io/gpu": "0", "kvsched.io/gpu-memory-fraction": "0.500"}
+    assert binder.calls[0][4] == {
+        "kvsched.io/gpu": "0", "kvsched.io/visible-devices": "0", "kvsched.io/gpu-memory-fraction": "0.500"}
 
 
 def test_unmanaged_pod_gets_a_plain_binding() -> None:
@@ -110,7 +112,8 @@ def test_retried_bind_of_the_same_pod_is_idempotent() -> None:
     first = client.post("/bind", json=binding(p, "n1")).json()
     again = client.post("/bind", json=binding(p, "n1")).json()  # before the watch shows the bind
     assert first == again == {"Error": ""}
-    assert [c[4] for c in binder.calls] == [{"kvsched.io/gpu": "0", "kvsched.io/gpu-memory-fraction": "0.500"}] * 2
+    assert [c[4] for c in binder.calls] == [{
+        "kvsched.io/gpu": "0", "kvsched.io/visible-devices": "0", "kvsched.io/gpu-memory-fraction": "0.500"}] * 2
     cache.on_pod("MODIFIED", pod("llama-new", "llama", "n1", 0))  # the watch catches up
     assert cache.counts()["reservations"] == 0
     assert client.post("/bind", json=binding(p, "n1")).json() == {"Error": ""}

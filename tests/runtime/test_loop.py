@@ -12,7 +12,9 @@ from typing import Any, Mapping
 import pytest
 
 from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, OwnerRef, PodObj
-from kvsched.api.records import Event, EvictionRefused, OwnedChange
+from kvsched.api.names import GPU_UUID_ANNOTATION
+from kvsched.api.readers import read_pod
+from kvsched.api.records import Event, EvictionRefused, HolderChange, OwnedChange
 from kvsched.controller import DecisionConfig
 from kvsched.k8s.rest import ApiError
 from kvsched.metrics import Metrics
@@ -153,6 +155,22 @@ class FakeApi:
             self.pods[pod_key] = annotated
             self._queued.append((annotated, False))
 
+    def holder_change(self, change: HolderChange) -> None:
+        """Create (409 AlreadyExists when the name is taken) or delete (404 is done) a holder pod."""
+        with self._lock:
+            self.calls.append((f"holder {change.action}", change.key))
+            seen = self.pods.get(change.key)
+            if change.action == "create":
+                if seen is not None:
+                    raise ApiError(409, "AlreadyExists", f"pods \"{change.key.name}\" already exists")
+                created = dataclasses.replace(read_pod(dict(change.body or {})), uid=f"uid-{change.key.name}",
+                                              created=f"{len(self.calls):06d}")
+                self.pods[change.key] = created
+                self._queued.append((created, False))
+            elif seen is not None:
+                del self.pods[change.key]
+                self._queued.append((seen, True))
+
     def event(self, event: Event) -> None:
         with self._lock:
             self.calls.append(("event", event.reason))
@@ -193,8 +211,9 @@ class Loop:
         return values[0]
 
 
-def make(leader: bool = True, synced: bool = True) -> Loop:
-    """A loop over one node with 2 GPUs and one annotated Deployment `m` of 2 replicas (no pods yet)."""
+def make(leader: bool = True, synced: bool = True, holders: bool = False) -> Loop:
+    """A loop over one node with 2 GPUs and one annotated Deployment `m` of 2 replicas (no pods yet); GPU holder
+    pods off unless `holders`."""
     budgets: list[float] = []
 
     def solver(*args: Any, **kw: Any) -> Any:
@@ -203,7 +222,7 @@ def make(leader: bool = True, synced: bool = True) -> Loop:
 
     api = FakeApi()
     clock = Clock()
-    r = Reconciler(DecisionConfig(time_budget_s=1.0), api, Metrics(), clock=clock,
+    r = Reconciler(DecisionConfig(time_budget_s=1.0, gpu_holders=holders), api, Metrics(), clock=clock,
                    wall=lambda: "2026-11-28T06:00:00Z", solver=solver)
     api.reconciler = r
     api.put(node("n1", gpus=2))
@@ -449,3 +468,39 @@ def test_the_loop_exports_how_many_pods_wait_at_a_start_gate(ready: bool, waitin
     loop.api.put(pod("q-a", "q", None, None))
     loop.round()
     assert loop.metric("kvsched_start_gate_waiting_pods") == waiting
+
+
+def test_holders_are_created_once_per_planned_gpu_and_deleted_with_the_model() -> None:
+    loop = make(holders=True)
+    loop.rounds(4)
+    holders = sorted(c[1].name for c in loop.api.calls if c[0] == "holder create")
+    assert holders == ["kvsched-gpu-holder-n1-0", "kvsched-gpu-holder-n1-1"] == \
+        sorted(f"kvsched-gpu-holder-{n}-{g}" for n, g in slots(loop.api))
+    assert all(k.namespace == "kvsched-system" for k in loop.api.pods)
+    writes = len(not_events(loop.api))
+    loop.rounds(3)  # idle: nothing more
+    assert len(not_events(loop.api)) == writes
+    assert loop.metric('kvsched_gpu_holders{state="waiting"}') == 2.0  # nobody gave them a GPU here
+    first = loop.api.pods[ObjectKey("kvsched-system", holders[0])]
+    loop.api.put(dataclasses.replace(first, node="n1", annotations={**first.annotations,
+                                                                     GPU_UUID_ANNOTATION: "GPU-0"}))
+    loop.round()
+    assert (loop.metric('kvsched_gpu_holders{state="held"}'), loop.metric('kvsched_gpu_holders{state="waiting"}')) \
+        == (1.0, 1.0)
+    writes = len(not_events(loop.api))
+    # The model goes (no pod ever ran): its holders go with it.
+    dep = loop.api.deployments.pop(ObjectKey("ns", "m"))
+    loop.r.observe_deployment(dep, deleted=True)
+    loop.rounds(4)
+    assert sorted(c[1].name for c in loop.api.calls if c[0] == "holder delete") == holders
+    assert not loop.api.pods
+
+
+def test_a_holder_create_not_yet_seen_back_is_not_repeated() -> None:
+    loop = make(holders=True)
+    loop.rounds(2)  # the ModelServing, then its status and the holders
+    loop.api.watch_delivers = False
+    creates = [c for c in loop.api.calls if c[0] == "holder create"]
+    assert len(creates) == 2
+    loop.rounds(3)
+    assert [c for c in loop.api.calls if c[0] == "holder create"] == creates

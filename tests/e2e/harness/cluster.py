@@ -1,4 +1,5 @@
-"""An e2e control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager, KWOK and kube-schedulers.
+"""An e2e control plane on 127.0.0.1: etcd, kube-apiserver, kube-controller-manager, KWOK and kube-schedulers,
+and a stand-in for the NVIDIA device plugin (harness/device_plugin.py) on the KWOK nodes.
 
 Called by the session fixture `control_plane` in tests/e2e/conftest.py. Two kube-scheduler processes mirror the
 production shape in DESIGN.md: the cluster's own scheduler (profile `default-scheduler`, no extender) starts with
@@ -22,6 +23,7 @@ from hack.chart import CHART_DIR, Helm, RenderFailed, documents
 
 from . import audit
 from .certs import Credentials, write_credentials, write_kubeconfig
+from .device_plugin import DevicePluginStandIn
 from .processes import Component, ComponentFailed, free_port, http_ok
 from .tools import Tools
 
@@ -100,6 +102,7 @@ class ControlPlane:
     creds: Credentials | None = None
     apiserver_args: list[str] = field(default_factory=list)  # extra kube-apiserver flags, e.g. --watch-cache=false
     etcd_url: str = ""  # etcd's client URL (its v3 HTTP gateway too), set by `start`
+    device_plugin: DevicePluginStandIn | None = None  # allocates nvidia.com/gpu on KWOK nodes (harness/device_plugin)
 
     @property
     def audit_log(self) -> Path:
@@ -124,10 +127,15 @@ class ControlPlane:
         self._start_default_scheduler()
         self._wait_api_object("/api/v1/namespaces/default/serviceaccounts/default", "serving the default account")
         self._create_gpu_runtime_classes()
+        self.device_plugin = DevicePluginStandIn(config.new_client_from_config(config_file=str(self.kubeconfig)))
+        self.device_plugin.start()
         return self
 
     def stop(self) -> None:
-        """Stop the components in reverse start order."""
+        """Stop the device plugin stand-in, then the components in reverse start order."""
+        if self.device_plugin is not None:
+            self.device_plugin.stop()
+            self.device_plugin = None
         for component in reversed(self.components):
             component.stop()
 

@@ -1,8 +1,9 @@
 """Run kvsched's controller (`kvsched serve` or `kvsched controller`) against the e2e control plane with the
 RBAC the chart grants.
 
-- `service_account_kubeconfig`: a ServiceAccount bound to the chart's ClusterRole and Lease Role (deploy/kvsched.yaml) and a kubeconfig
-  with a token for it, so the controller does not run as system:masters;
+- `service_account_kubeconfig`: a ServiceAccount bound to the chart's ClusterRole and its Roles (Leases, GPU holder
+  pods; deploy/kvsched.yaml) in the test's namespace, with the holders' PriorityClass and ServiceAccount, and a
+  kubeconfig with a token for it, so the controller does not run as system:masters;
 - `scheduler_service_account_kubeconfig`: a ServiceAccount with the bindings the chart gives its kube-scheduler
   container (the built-in system:kube-scheduler and system:volume-scheduler ClusterRoles, the
   extension-apiserver-authentication-reader Role in kube-system) and its kubeconfig;
@@ -67,14 +68,42 @@ def apply_rbac(api: client.ApiClient, path: Path = RBAC_PATH) -> list[str]:
     return names
 
 
-def lease_roles(path: Path = RBAC_PATH) -> list[dict[str, Any]]:
-    """The Roles of `path` that grant Leases (the chart's leader-election Role), without their namespace."""
-    out = []
+# The chart's holder PriorityClass under another name: PriorityClasses are cluster-wide, and a `helm install` in
+# the same session (test_rbac_audit.py, test_chart_install.py) must create its own. Pools pass
+# `--holder-priority-class` with it.
+E2E_HOLDER_PRIORITY_CLASS = "e2e-kvsched-gpu-holder"
+
+
+def holder_prerequisites(api: client.ApiClient, namespace: str, path: Path = RBAC_PATH) -> None:
+    """What the chart installs for GPU holder pods, here in `namespace`: the holders' PriorityClass (cluster-wide,
+    as E2E_HOLDER_PRIORITY_CLASS) and ServiceAccount; pods naming either are refused until they exist.
+    Idempotent."""
     for doc in yaml.safe_load_all(path.read_text()):
-        if isinstance(doc, dict) and doc.get("kind") == "Role" and any(
-                "leases" in rule.get("resources", ()) for rule in doc.get("rules", ())):
-            out.append({"metadata": {"name": doc["metadata"]["name"]}, "rules": doc["rules"]})
-    return out
+        if not isinstance(doc, dict):
+            continue
+        try:
+            if doc.get("kind") == "PriorityClass":
+                client.SchedulingV1Api(api).create_priority_class({
+                    **{k: v for k, v in doc.items() if k != "metadata"},
+                    "metadata": {"name": E2E_HOLDER_PRIORITY_CLASS}})
+            elif doc.get("kind") == "ServiceAccount" and "gpu-holder" in doc["metadata"]["name"]:
+                client.CoreV1Api(api).create_namespaced_service_account(
+                    namespace, {"metadata": {"name": doc["metadata"]["name"]}})
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
+
+def kvsched_roles(path: Path = RBAC_PATH) -> list[dict[str, Any]]:
+    """The Roles of `path` bound to kvsched's own ServiceAccount outside kube-system (the leader-election Role
+    and the Role to create and delete GPU holder pods), without their namespace."""
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+    account = next(d["spec"]["template"]["spec"]["serviceAccountName"] for d in docs if d.get("kind") == "Deployment")
+    bound = {d["roleRef"]["name"] for d in docs if d.get("kind") == "RoleBinding"
+             and d["metadata"].get("namespace") != "kube-system"
+             and any(s.get("name") == account for s in d.get("subjects") or [])}
+    return [{"metadata": {"name": d["metadata"]["name"]}, "rules": d["rules"]} for d in docs
+            if d.get("kind") == "Role" and d["metadata"]["name"] in bound]
 
 
 def service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane, namespace: str,
@@ -99,8 +128,9 @@ def service_account_kubeconfig(api: client.ApiClient, plane: ControlPlane, names
         except ApiException as e:
             if e.status != 409:
                 raise
-    # The chart grants Leases in its release namespace only; here the Lease lives in `namespace`.
-    for role_doc in lease_roles():
+    # The chart grants Leases and GPU holder pods in its release namespace only; here both live in `namespace`.
+    holder_prerequisites(api, namespace)
+    for role_doc in kvsched_roles():
         role_name = role_doc["metadata"]["name"]
         try:
             rbac.create_namespaced_role(namespace, role_doc)

@@ -41,6 +41,8 @@ class ExtenderProcess:
     plane: ControlPlane
     kubeconfig: Path
     port: int = field(default_factory=free_port)
+    # The tests write ModelServing slots themselves (no controller, so no GPU holder pods): holders off.
+    args: list[str] = field(default_factory=lambda: ["--gpu-holders=false"])
     starts: int = 0
     component: Component | None = None
 
@@ -54,7 +56,7 @@ class ExtenderProcess:
         log = self.plane.workdir / "logs" / f"kvsched-extender-{self.port}-{self.starts}.log"
         self.component = Component(f"kvsched-extender-{self.starts}", kvsched_argv(
             "extender", f"--kubeconfig={self.kubeconfig}", "--host=127.0.0.1", f"--port={self.port}",
-            "--log-level=info"), Path(log)).start()
+            "--log-level=info", *self.args), Path(log)).start()
         self.plane.components.append(self.component)
         self.component.wait_ready(lambda: http_ok(f"{self.url}/readyz"), timeout_s, "ready (/readyz)")
         return self
