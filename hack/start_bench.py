@@ -5,9 +5,11 @@ Each run is `make cluster`'s LocalCluster (control plane, KWOK GPU nodes, the ch
 kube-scheduler with the chart's configuration) in a fresh directory; the clock starts when the example's
 Deployments are created and stops when every one of their pods is Ready (and as many as the example wants). A
 watch on the pods also records the most pods ever bound and not Ready at once on one GPU. `--gate off` runs kvsched
-with `--start-timeout-seconds=0`. Run it under the e2e lock (it starts a control plane):
+with `--start-timeout-seconds=0`; `--holders off` with `--gpu-holders=false` (on, the default: replicas wait for
+their GPU's holder pod, which the harness's device plugin stand-in serves at once). Run it under the e2e lock (it
+starts a control plane):
 
-    flock /tmp/kvsched-e2e.lock .venv/bin/python -m hack.start_bench --gate on --gate off
+    flock /tmp/kvsched-e2e.lock .venv/bin/python -m hack.start_bench --gate on --gate off [--holders off]
 
 Prints one line per run and the figures as JSON. Not part of `make test`.
 """
@@ -78,11 +80,11 @@ class StartWatch:
         self._watch.stop()
 
 
-def run_once(gate: bool, start_delay: str, timeout_s: float) -> dict[str, Any]:
+def run_once(gate: bool, holders: bool, start_delay: str, timeout_s: float) -> dict[str, Any]:
     wanted = sum(d["spec"]["replicas"] for d in example_deployments(EXAMPLE))
     workdir = Path(tempfile.mkdtemp(prefix="kvsched-start-bench-"))
-    cluster = LocalCluster(workdir=workdir, serve=serve_command(), start_delay=start_delay,
-                           extra_args=[] if gate else ["--start-timeout-seconds=0"])
+    extra = ([] if gate else ["--start-timeout-seconds=0"]) + ([] if holders else ["--gpu-holders=false"])
+    cluster = LocalCluster(workdir=workdir, serve=serve_command(), start_delay=start_delay, extra_args=extra)
     try:
         cluster.start()
         assert cluster.created_at is not None and cluster.plane is not None and cluster.plane.kubeconfig
@@ -94,7 +96,8 @@ def run_once(gate: bool, start_delay: str, timeout_s: float) -> dict[str, Any]:
         elapsed = time.monotonic() - cluster.created_at
         starts.stop()
         kube.close()
-        return {"gate": "on" if gate else "off", "start_delay": start_delay, "replicas": wanted,
+        return {"gate": "on" if gate else "off", "holders": "on" if holders else "off", "start_delay": start_delay,
+                "replicas": wanted,
                 "ready": starts.ready, "seconds_to_all_ready": round(elapsed, 1) if starts.ready >= wanted else None,
                 "max_starting_per_gpu": starts.max_starting_per_gpu}
     finally:
@@ -105,13 +108,15 @@ def run_once(gate: bool, start_delay: str, timeout_s: float) -> dict[str, Any]:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m hack.start_bench", description=__doc__.splitlines()[0])
     parser.add_argument("--gate", action="append", choices=("on", "off"), help="runs, in order (default: on off)")
+    parser.add_argument("--holders", choices=("on", "off"), default="on", help="GPU holder pods in every run")
     parser.add_argument("--start-delay", default="10s", help="each pod's simulated start-up (Go duration)")
     parser.add_argument("--timeout-seconds", type=float, default=900.0, help="give up a run after this long")
     args = parser.parse_args(argv)
     results = []
     for gate in args.gate or ["on", "off"]:
-        result = run_once(gate == "on", args.start_delay, args.timeout_seconds)
-        print(f"gate {result['gate']}: {result['ready']}/{result['replicas']} Ready after "
+        result = run_once(gate == "on", args.holders == "on", args.start_delay, args.timeout_seconds)
+        print(f"gate {result['gate']}, holders {result['holders']}: {result['ready']}/{result['replicas']} Ready "
+              f"after "
               f"{result['seconds_to_all_ready']} s; at most {result['max_starting_per_gpu']} starting on one GPU",
               flush=True)
         results.append(result)

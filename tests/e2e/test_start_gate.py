@@ -190,9 +190,10 @@ def test_a_pod_that_never_becomes_ready_releases_the_gate_after_the_timeout(pool
 def test_a_rollout_on_a_full_plan_completes_one_start_per_gpu(pool: Pool) -> None:
     pool.add_nodes({"big": (2, "80Gi")})
     pool.start()
-    # Two models, each with a replica on both GPUs: every GPU is full, and every replacement starts next to a pod
-    # of the other model.
-    full = {"a": "36Gi", "b": "36Gi"}
+    # Two models, each with a replica on both GPUs: no third replica fits a GPU, and every replacement starts next
+    # to a pod of the other model. 30Gi: with the memory headroom (1Gi reserve, 3Gi overhead, 0.5Gi context) two
+    # footprints take 68 of 80Gi, which leaves KV cache memory (36Gi would leave none: the packer refuses that).
+    full = {"a": "30Gi", "b": "30Gi"}
     with GateWatcher(pool.kube, pool.namespace) as watcher:
         for name, size in full.items():
             create(pool, name, size, 2, {START_DELAY_ANNOTATION: "2s"})
