@@ -11,7 +11,9 @@ import argparse
 import ast
 import dataclasses
 import inspect
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,7 +23,7 @@ from kvsched.api.names import (
     DEFAULT_HOLDER_SERVICE_ACCOUNT,
     DEFAULT_SCHEDULER_NAME,
 )
-from kvsched.units import UnitError, headroom_gib
+from kvsched.units import UnitError, decimal_number, headroom_gib
 
 ENV_PREFIX = "KVSCHED_"
 T = TypeVar("T")
@@ -262,11 +264,103 @@ def env_name(field_name: str) -> str:
     return ENV_PREFIX + field_name.upper()
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+_INTEGER = re.compile(r"[+-]?[0-9]+")
+
+
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric setting may take: `low` <= value (< with `strict`) <= `high`; always finite."""
+
+    low: float
+    high: float = math.inf
+    strict: bool = False
+
+    def holds(self, value: float) -> bool:
+        if not math.isfinite(value) or value > self.high:
+            return False
+        return value > self.low if self.strict else value >= self.low
+
+    def describe(self) -> str:
+        low = f"> {self.low:g}" if self.strict else f">= {self.low:g}"
+        return low if self.high == math.inf else f"{low} and <= {self.high:g}"
+
+
+# Numeric settings and what makes sense for them, by field name (every settings class). A value outside is refused
+# at start-up naming the flag, instead of a loop that spins (a 0 s budget), a negative count, or a port that fails
+# to bind later. `*_gib` fields are checked by their reader (>= 0).
+BOUNDS: dict[str, Bound] = {
+    "port": Bound(1, 65535),
+    "metrics_port": Bound(1, 65535),
+    "max_request_bytes": Bound(1024),
+    "sync_timeout_s": Bound(0, strict=True),
+    "bind_timeout_s": Bound(0, strict=True),
+    "write_timeout_s": Bound(0, strict=True),
+    "start_timeout_s": Bound(0),            # 0: the start gate is off
+    "stability_threshold": Bound(0),
+    "max_migrations": Bound(0),
+    "time_budget_s": Bound(0),              # 0: the first plan found, no search
+    "debounce_s": Bound(0, 60),
+    "lease_duration_s": Bound(0, strict=True),
+    "renew_deadline_s": Bound(0, strict=True),
+    "retry_period_s": Bound(0, strict=True),
+}
+
+
+def _integer(text: str) -> int:
+    """A whole number in ASCII digits with an optional sign (its range is BOUNDS')."""
+    if _INTEGER.fullmatch(text.strip()) is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number")
+    return int(text.strip())
+
+
+def _decimal(text: str) -> float:
+    """A finite decimal number in ASCII ("0.5", "1e3"); refuses "1_0", "nan", "inf" and Unicode digits."""
+    try:
+        return decimal_number(text)
+    except UnitError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _boolean(text: str) -> bool:
+    """true/false (also 1/0, yes/no, on/off; any case); anything else is refused, never read as false."""
+    word = text.strip().lower()
+    if word in _TRUE or word in _FALSE:
+        return word in _TRUE
+    raise argparse.ArgumentTypeError(f"{text!r} is not true or false")
+
+
+def _log_level(text: str) -> str:
+    if text.strip().lower() not in LOG_LEVELS:
+        raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(LOG_LEVELS)}")
+    return text.strip().lower()
+
+
 def _converter(annotation: str, name: str = "") -> Any:
     kind = annotation.replace(" | None", "").strip()
     if kind == "float" and name.endswith("_gib"):
         return _gib
-    return {"int": int, "float": float, "bool": lambda v: str(v).lower() in ("1", "true", "yes")}.get(kind, str)
+    if name == "log_level":
+        return _log_level
+    return {"int": _integer, "float": _decimal, "bool": _boolean}.get(kind, str)
+
+
+def check_settings(settings: Any) -> None:
+    """Raise ValueError naming the flag when a numeric field of `settings` (any settings class) is outside its
+    BOUNDS, a memory headroom figure is negative, or leader election's timings are not lease duration > renew
+    deadline > retry period (client-go's rule: a leader must give up before its lease can pass to another). O(fields)."""
+    for f in dataclasses.fields(settings):
+        value, bound = getattr(settings, f.name), BOUNDS.get(f.name)
+        if bound is not None and value is not None and not bound.holds(value):
+            raise ValueError(f"{flag_name(f.name)}: must be {bound.describe()}, got {value!r}")
+    if hasattr(settings, "gpu_memory_reserve_gib"):
+        check_headroom(settings)
+    if hasattr(settings, "lease_duration_s"):
+        lease, renew, retry = settings.lease_duration_s, settings.renew_deadline_s, settings.retry_period_s
+        if not lease > renew > retry:
+            raise ValueError(f"--lease-duration-seconds ({lease:g}) must be > --renew-deadline-seconds ({renew:g}) "
+                             f"> --retry-period-seconds ({retry:g})")
 
 
 def _gib(text: str) -> float:
@@ -300,7 +394,8 @@ def check_headroom(settings: Any) -> None:
 
 def settings_from(cls: type[T], args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> T:
     """An instance of `cls`: a flag wins over the environment, which wins over the default. Raises ValueError
-    naming the variable when an environment value does not convert."""
+    naming the variable when an environment value does not convert, or the flag when a value is out of its
+    bounds (`check_settings`)."""
     values: dict[str, Any] = {}
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
         given = getattr(args, f.name, None)
@@ -309,9 +404,8 @@ def settings_from(cls: type[T], args: argparse.Namespace, environ: Mapping[str, 
         elif env_name(f.name) in environ:
             try:
                 values[f.name] = _converter(str(f.type), f.name)(environ[env_name(f.name)])
-            except (ValueError, argparse.ArgumentTypeError):
-                kind = str(f.type).replace(" | None", "")
-                if _converter(str(f.type), f.name) is _gib:
-                    kind = "memory size (GiB or a quantity such as 512Mi, >= 0)"
-                raise ValueError(f"{env_name(f.name)}={environ[env_name(f.name)]!r} is not a valid {kind}") from None
-    return cls(**values)
+            except (ValueError, argparse.ArgumentTypeError) as e:
+                raise ValueError(f"{env_name(f.name)}={environ[env_name(f.name)]!r}: {e}") from None
+    settings = cls(**values)
+    check_settings(settings)
+    return settings

@@ -158,11 +158,9 @@ def headroom_gib(text: str) -> float:
     """A memory headroom figure given as text (a flag, an environment variable): a plain number of GiB ("1.5") or
     a Kubernetes quantity ("1Gi", "512Mi"), >= 0 and finite, in GiB. Raises UnitError."""
     try:
-        value: object = float(text)
-    except ValueError:
-        value = text
-    if isinstance(value, float) and not math.isfinite(value):
-        raise UnitError(f"must be a finite number of GiB, got {text!r}")
+        value: object = decimal_number(text)
+    except UnitError:
+        value = text  # a quantity, or nothing memory_gib_or_zero reads ("1_0", "nan", "inf" included)
     return memory_gib_or_zero(value)
 
 

@@ -180,8 +180,8 @@ def test_a_bad_headroom_environment_value_for_the_live_cluster_is_named(run_cli:
     monkeypatch.setattr("kvsched.k8s.client.api_client", lambda *a, **k: pytest.fail("read the cluster"))
     result = run_cli("plan", "--kubeconfig", "/nonexistent")
     assert result.code == 2
-    assert result.err.splitlines() == ["kvsched plan: KVSCHED_GPU_MEMORY_RESERVE_GIB='-1Gi' is not a valid memory "
-                                       "size (GiB or a quantity such as 512Mi, >= 0)"]
+    assert result.err.splitlines() == ["kvsched plan: KVSCHED_GPU_MEMORY_RESERVE_GIB='-1Gi': must not be negative, "
+                                       "got '-1Gi'"]
 
 
 def test_help_lists_the_headroom_flags_and_keys(run_cli: RunCli) -> None:

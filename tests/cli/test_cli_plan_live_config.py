@@ -76,4 +76,4 @@ def test_plan_kubeconfig_names_a_bad_environment_value(run_cli: Callable[..., An
     monkeypatch.setattr("kvsched.k8s.client.api_client", lambda *a, **k: pytest.fail("read the cluster"))
     result = run_cli("plan", "--kubeconfig", "unused")
     assert result.code == 2
-    assert result.err.splitlines()[0] == "kvsched plan: KVSCHED_TIME_BUDGET_S='soon' is not a valid float"
+    assert result.err.splitlines()[0] == "kvsched plan: KVSCHED_TIME_BUDGET_S='soon': 'soon' is not a decimal number"

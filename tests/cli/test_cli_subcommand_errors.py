@@ -13,12 +13,12 @@ BAD_KUBECONFIG = "/nonexistent/kubeconfig"
 
 @pytest.mark.parametrize("argv, environ, first_line", [
     pytest.param(["extender"], {"KVSCHED_PORT": "http"},
-                 re.escape("kvsched extender: KVSCHED_PORT='http' is not a valid int"), id="extender, bad env"),
+                 re.escape("kvsched extender: KVSCHED_PORT='http': 'http' is not a whole number"), id="extender, bad env"),
     pytest.param(["controller"], {"KVSCHED_METRICS_PORT": "http"},
-                 re.escape("kvsched controller: KVSCHED_METRICS_PORT='http' is not a valid int"),
+                 re.escape("kvsched controller: KVSCHED_METRICS_PORT='http': 'http' is not a whole number"),
                  id="controller, bad env"),
     pytest.param(["serve"], {"KVSCHED_METRICS_PORT": "http"},
-                 re.escape("kvsched serve: KVSCHED_METRICS_PORT='http' is not a valid int"), id="serve, bad env"),
+                 re.escape("kvsched serve: KVSCHED_METRICS_PORT='http': 'http' is not a whole number"), id="serve, bad env"),
     pytest.param(["extender", "--kubeconfig", BAD_KUBECONFIG, "--log-level", "error"], {},
                  re.escape(f"kvsched extender: cannot load the Kubernetes configuration ({BAD_KUBECONFIG}): ")
                  + ".+", id="extender, missing kubeconfig"),

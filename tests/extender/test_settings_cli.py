@@ -32,7 +32,7 @@ def test_settings_from_flags_and_environment(argv: list[str], environ: dict[str,
 
 
 def test_bad_environment_value_names_the_variable() -> None:
-    with pytest.raises(ValueError, match="KVSCHED_PORT='http' is not a valid int"):
+    with pytest.raises(ValueError, match="KVSCHED_PORT='http': 'http' is not a whole number"):
         settings_from(ExtenderSettings, parse([]), {"KVSCHED_PORT": "http"})
 
 
