@@ -174,6 +174,13 @@ class ControllerSettings:
     loading a 70B model's weights from a local disk and capturing CUDA graphs; 0 turns the gate off. Read by the
     extender (filter, bind) and the controller (nudges, when to wake up)."""
 
+    node_not_ready_grace_s: float = 300.0
+    """Seconds a node that stopped being Ready (its Ready condition False or Unknown since then) keeps its GPUs in the
+    plan: a flap shorter than that re-plans nothing and moves nobody. 300 s is the default `tolerationSeconds` of
+    the not-ready/unreachable NoExecute taints: until then Kubernetes keeps the node's pods, so their replacements
+    could not start sooner. New pods do not bind to a NotReady node meanwhile (its NoSchedule taint). 0: a node
+    leaves the plan at once."""
+
     time_budget_s: float = 5.0
     """Soft limit of one re-plan, in seconds. A re-plan runs when a model or the GPUs change (never on pod
     events); small clusters finish in milliseconds, and 5 s keeps a 1000-GPU cluster responsive. The first plan
@@ -298,6 +305,7 @@ BOUNDS: dict[str, Bound] = {
     "bind_timeout_s": Bound(0, strict=True),
     "write_timeout_s": Bound(0, strict=True),
     "start_timeout_s": Bound(0),            # 0: the start gate is off
+    "node_not_ready_grace_s": Bound(0),     # 0: a NotReady node leaves the plan at once
     "stability_threshold": Bound(0),
     "max_migrations": Bound(0),
     "time_budget_s": Bound(0),              # 0: the first plan found, no search

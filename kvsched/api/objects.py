@@ -30,7 +30,8 @@ class ObjectKey:
 @dataclass(frozen=True)
 class NodeObj:
     """A Node: labels, its `nvidia.com/gpu` as written (`gpu_capacity`: allocatable, else capacity; None when it
-    reports neither), cordon and readiness."""
+    reports neither), cordon and readiness. `not_ready_since`: when a node that is not Ready stopped being Ready
+    (its Ready condition's lastTransitionTime, RFC 3339; "" when Ready, or when it has no Ready condition yet)."""
 
     name: str
     uid: str = ""
@@ -39,6 +40,7 @@ class NodeObj:
     unschedulable: bool = False
     ready: bool = True
     deleting: bool = False
+    not_ready_since: str = ""
 
 
 @dataclass(frozen=True)

@@ -36,11 +36,14 @@ def read_node(obj: Obj) -> NodeObj:
     capacity = _map(status.get("capacity"))
     allocatable = _map(status.get("allocatable"))
     gpus = allocatable.get(GPU_RESOURCE, capacity.get(GPU_RESOURCE))
-    ready = any(isinstance(c, dict) and c.get("type") == "Ready" and c.get("status") == "True"
-                for c in status.get("conditions") or [])
+    conditions = status.get("conditions")
+    condition = next((c for c in conditions if isinstance(c, dict) and c.get("type") == "Ready"), None) \
+        if isinstance(conditions, list) else None
+    ready = condition is not None and condition.get("status") == "True"
+    since = "" if ready or condition is None else str(condition.get("lastTransitionTime") or "")
     return NodeObj(name=str(meta.get("name", "")), uid=str(meta.get("uid", "")), labels=_str_map(meta.get("labels")),
                    gpu_capacity=None if gpus is None else str(gpus), unschedulable=bool(spec.get("unschedulable")),
-                   ready=ready, deleting=bool(meta.get("deletionTimestamp")))
+                   ready=ready, deleting=bool(meta.get("deletionTimestamp")), not_ready_since=since)
 
 
 def _gpu_count(resources: object) -> int:

@@ -28,6 +28,7 @@ class DecisionConfig:
     the moves of one re-plan (None: no cap). `time_budget_s`: soft limit of one packer solve, in seconds.
     `runtime_class_name`: the runtime class managed templates get ("": leave theirs). `start_timeout_s`: how long
     a pod bound and not Ready holds its GPU's start gate (kvsched.controller.start_gate; <= 0: off).
+    `node_not_ready_grace_s`: how long a node that stopped being Ready stays in the plan (<= 0: none).
     Memory headroom, GiB (kvsched.controller.headroom, docs/packer.md "Memory on a real GPU"):
     `gpu_memory_reserve_gib` of every GPU is never planned; each replica's engine needs `engine_overhead_gib`
     inside its share besides its weights (a model's `spec.engineOverhead` overrides it) and
@@ -52,6 +53,7 @@ class DecisionConfig:
     holder_priority_class: str = _SETTINGS.holder_priority_class
     holder_service_account: str = _SETTINGS.holder_service_account
     start_timeout_s: float = _SETTINGS.start_timeout_s
+    node_not_ready_grace_s: float = _SETTINGS.node_not_ready_grace_s
     gpu_memory_reserve_gib: float = _SETTINGS.gpu_memory_reserve_gib
     engine_overhead_gib: float = _SETTINGS.engine_overhead_gib
     engine_context_gib: float = _SETTINGS.engine_context_gib

@@ -79,6 +79,14 @@ class Decision:
     holders: tuple[HolderChange, ...] = ()
 
     @property
+    def wake_at_s(self) -> float | None:
+        """When this decision goes stale with no event (epoch s): the earliest start-gate timeout, or the end of a
+        NotReady node's grace period (kvsched.controller.inventory); None: never."""
+        grace = self.inventory.grace_ends_s if self.inventory is not None else None
+        times = [t for t in (self.gate_expiry_s, grace) if t is not None]
+        return min(times, default=None)
+
+    @property
     def writes(self) -> int:
         """API writes this decision asks for (events not counted)."""
         return (len(self.statuses) + len(self.deployment_patches) + len(self.owned_changes)
@@ -167,7 +175,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     blocked = blocked or {}
     model_set = collect_models(world, config.headroom())
     entries = model_set.entries
-    inventory = build_inventory(world.nodes, world.pods, config)
+    inventory = build_inventory(world.nodes, world.pods, config, timestamp_s(now))
     running = running_pods(world, entries, config)
     models = [e.model for e in entries if e.model is not None]
     plan = planner(models, inventory.gpus, *current_slots(entries, running)) if models else None

@@ -3,7 +3,9 @@
 A node is in kvsched's pool when it matches the node selector, has `nvidia.com/gpu` > 0 (allocatable, else
 capacity: `node_gpu_count`) and a per-GPU memory label (`kvsched.io/gpu-memory`, a quantity, wins over
 `nvidia.com/gpu.memory`, MiB, fractions allowed: `node_memory_gib`). It is planned on only while it is schedulable
-(not cordoned), Ready and not being deleted. A label that is not a quantity, a GPU count that is not a whole
+(not cordoned), Ready and not being deleted; a node that stopped being Ready stays planned on for a grace period
+(`DecisionConfig.node_not_ready_grace_s`, from its Ready condition's last transition), so that a flap moves nobody.
+A label that is not a quantity, a GPU count that is not a whole
 number, or a GPU memory not above the GPU memory reserve (`DecisionConfig.gpu_memory_reserve_gib`, which every
 GPU gets) takes the node out with a problem (an event on the Node).
 
@@ -40,7 +42,7 @@ from kvsched.api.objects import NodeObj, PodObj
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.holders import is_holder
 from kvsched.packer import Gpu
-from kvsched.units import UnitError, decimal_number, memory_gib, memory_share, whole_number
+from kvsched.units import UnitError, decimal_number, memory_gib, memory_share, timestamp_s, whole_number
 
 
 @dataclass(frozen=True)
@@ -71,6 +73,7 @@ class Inventory:
     pool: tuple[PoolNode, ...]
     problems: tuple[NodeProblem, ...]
     withheld: Mapping[str, tuple[int, ...]]
+    grace_ends_s: float | None = None  # epoch s when the first NotReady node in its grace period leaves the plan
 
 
 def is_managed(pod: PodObj, config: DecisionConfig) -> bool:
@@ -136,8 +139,22 @@ def node_memory_gib(node: NodeObj) -> float | None:
     return None
 
 
-def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: DecisionConfig) -> Inventory:
-    """The GPUs the packer may use now, the pool, and the nodes left out for a bad value. O(nodes + pods)."""
+def not_ready_grace_ends(node: NodeObj, now_s: float | None, config: DecisionConfig) -> float | None:
+    """When a node that is not Ready leaves the plan (epoch s), if that is still ahead of `now_s`; None when it is
+    Ready, out of its grace period, has no readable transition time (never Ready: no grace), or `now_s` is None."""
+    if node.ready or now_s is None or config.node_not_ready_grace_s <= 0:
+        return None
+    since = timestamp_s(node.not_ready_since)
+    if since is None:
+        return None
+    ends = since + config.node_not_ready_grace_s
+    return ends if ends > now_s else None
+
+
+def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: DecisionConfig,
+                    now_s: float | None = None) -> Inventory:
+    """The GPUs the packer may use now, the pool, and the nodes left out for a bad value; a NotReady node counts as
+    Ready within its grace period at `now_s` (epoch s; None: no grace). O(nodes + pods)."""
     pods = list(pods)
     unmanaged_gpus: dict[str, int] = defaultdict(int)
     managed_held: dict[str, set[int]] = defaultdict(set)
@@ -154,6 +171,7 @@ def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: De
     pool: list[PoolNode] = []
     problems: list[NodeProblem] = []
     withheld: dict[str, tuple[int, ...]] = {}
+    grace_ends: list[float] = []
     for node in sorted(nodes, key=lambda n: n.name):
         if node.gpu_capacity is None or not config.node_selector.matches(node.labels):
             continue
@@ -179,7 +197,10 @@ def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: De
                                         f"its GPUs' memory ({memory:g} GiB) is not more than the GPU memory reserve "
                                         f"({config.gpu_memory_reserve_gib:g} GiB); the node is left out"))
             continue
-        usable = not node.unschedulable and node.ready and not node.deleting
+        grace = not_ready_grace_ends(node, now_s, config)
+        if grace is not None:
+            grace_ends.append(grace)
+        usable = not node.unschedulable and (node.ready or grace is not None) and not node.deleting
         pool.append(PoolNode(node.name, count, memory, usable, node.labels))
         if not usable:
             continue
@@ -187,7 +208,7 @@ def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: De
         if taken:
             withheld[node.name] = taken
         gpus.extend(Gpu(node.name, i, memory, config.gpu_memory_reserve_gib) for i in range(count) if i not in taken)
-    return Inventory(tuple(gpus), tuple(pool), tuple(problems), withheld)
+    return Inventory(tuple(gpus), tuple(pool), tuple(problems), withheld, min(grace_ends, default=None))
 
 
 def _withheld(count: int, wanted: int, held: set[int]) -> tuple[int, ...]:

@@ -43,6 +43,7 @@ def decision_config(settings: ControllerSettings) -> DecisionConfig:
                           max_migrations=settings.max_migrations, time_budget_s=settings.time_budget_s,
                           runtime_class_name=settings.runtime_class_name,
                           start_timeout_s=settings.start_timeout_s,
+                          node_not_ready_grace_s=settings.node_not_ready_grace_s,
                           gpu_memory_reserve_gib=settings.gpu_memory_reserve_gib,
                           engine_overhead_gib=settings.engine_overhead_gib,
                           engine_context_gib=settings.engine_context_gib,

@@ -239,18 +239,20 @@ class Reconciler:
             retry = [b.retry_at for b in self._blocked.values() if b.retry_at > self.clock()]
             if retry:
                 delay = min(delay, max(0.05, min(retry) - self.clock()))
-            delay = min(delay, self.gate_delay())
+            delay = min(delay, self.timer_delay())
             next_wake = self.clock() + delay
 
-    def gate_delay(self) -> float:
-        """Seconds until the last decision's earliest start-gate timeout (kvsched.controller.start_gate) has
-        passed, plus 1 s for the wall clock's whole seconds; infinity when no pod was starting. Waking then lets
-        the decision nudge a pod that waited behind a pod that never became Ready."""
+    def timer_delay(self) -> float:
+        """Seconds until the last decision goes stale with no event (`Decision.wake_at_s`: a start-gate timeout,
+        kvsched.controller.start_gate, or the end of a NotReady node's grace period), plus 1 s for the wall
+        clock's whole seconds; infinity when neither is ahead. Waking then lets the decision nudge a pod that
+        waited behind a pod that never became Ready, or plan without a node that did not come back."""
         decision = self._last_decision
         wall_s = timestamp_s(self.wall())
-        if decision is None or decision.gate_expiry_s is None or wall_s is None:
+        wake_at = decision.wake_at_s if decision is not None else None
+        if wake_at is None or wall_s is None:
             return math.inf
-        return max(0.05, decision.gate_expiry_s - wall_s + 1.0)
+        return max(0.05, wake_at - wall_s + 1.0)
 
     def quiet(self, now: float, start: float) -> bool:
         """Whether a round woken at `start` may decide at `now` (see Debounce in the module docstring): no change

@@ -453,7 +453,7 @@ def test_the_loop_wakes_up_when_a_start_times_out(bound_at: str, ready: bool, de
     loop.rounds(3)
     loop.api.put(dataclasses.replace(pod("m-a", "m", "n1", 0, ready=ready), bound_at=bound_at))
     loop.round()
-    assert loop.r.gate_delay() == delay
+    assert loop.r.timer_delay() == delay
 
 
 @pytest.mark.parametrize("ready, waiting", [pytest.param(False, 1, id="a pod starts on q's GPU"),
