@@ -34,7 +34,7 @@ from kvsched.api.records import (
 )
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.holders import holder_changes, holder_uuids
-from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed
+from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed, orphaned
 from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, choose_next, plan_steps
 from kvsched.controller.headroom import plan_shares
 from kvsched.controller.models import ModelEntry, collect_models, model_size_gib
@@ -175,7 +175,8 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     blocked = blocked or {}
     model_set = collect_models(world, config.headroom())
     entries = model_set.entries
-    inventory = build_inventory(world.nodes, world.pods, config, timestamp_s(now))
+    sized = {e.ms.model_name for e in entries if e.size_gib is not None}
+    inventory = build_inventory(world.nodes, world.pods, config, timestamp_s(now), sized)
     running = running_pods(world, entries, config)
     models = [e.model for e in entries if e.model is not None]
     plan = planner(models, inventory.gpus, *current_slots(entries, running)) if models else None
@@ -376,7 +377,9 @@ def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventor
     footprint = {m.name: m.footprint_gib for m in models}
     usable = {g.id: g.usable_gib for g in inventory.gpus}
     steps += plan_steps(planned, running, footprint, usable, plan.steps if plan is not None else ())
-    managed = [p for p in world.pods if is_managed(p, config) and not p.terminal]
+    # Pods of models kvsched no longer plans (inventory.orphaned) are nobody's replacement: not waited for.
+    sized = {e.ms.model_name for e in entries if e.size_gib is not None}
+    managed = [p for p in world.pods if is_managed(p, config) and not p.terminal and not orphaned(p, sized)]
     return choose_next(steps, managed, can_bind, blocked, clock_s)
 
 

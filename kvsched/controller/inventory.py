@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Mapping
+from typing import Collection, Iterable, Mapping
 
 from kvsched.api.names import (
     GPU_ANNOTATION,
@@ -79,6 +79,19 @@ class Inventory:
 def is_managed(pod: PodObj, config: DecisionConfig) -> bool:
     """A pod is kvsched's when it carries the model label and uses kvsched's scheduler (docs/architecture.md)."""
     return MODEL_LABEL in pod.labels and pod.scheduler_name == config.scheduler_name
+
+
+def model_key(pod: PodObj) -> str:
+    """The packer name `<namespace>/<model label>` of a managed pod's model."""
+    return f"{pod.namespace}/{pod.labels.get(MODEL_LABEL, '')}"
+
+
+def orphaned(pod: PodObj, sized_models: Collection[str]) -> bool:
+    """Whether a managed pod's model is no longer kvsched's to plan: no ModelServing, or one whose size does not
+    read (`sized_models` lists the others). One rule for both parts: the extender's slot rule counts such a pod as
+    filling its GPU (its memory is unknown), the controller withholds that GPU from the packer while the pod holds
+    it, and the migrations do not wait for such a pod (it may never be bound or Ready). O(1)."""
+    return model_key(pod) not in sized_models
 
 
 def annotated_gpu(pod: PodObj) -> int | None:
@@ -152,12 +165,15 @@ def not_ready_grace_ends(node: NodeObj, now_s: float | None, config: DecisionCon
 
 
 def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: DecisionConfig,
-                    now_s: float | None = None) -> Inventory:
+                    now_s: float | None = None, sized_models: Collection[str] | None = None) -> Inventory:
     """The GPUs the packer may use now, the pool, and the nodes left out for a bad value; a NotReady node counts as
-    Ready within its grace period at `now_s` (epoch s; None: no grace). O(nodes + pods)."""
+    Ready within its grace period at `now_s` (epoch s; None: no grace). With `sized_models` (model keys
+    `<namespace>/<name>` whose ModelServing has a readable size), the GPU a managed pod of any other model holds is
+    withheld whole, as the extender's slot rule counts such a pod (`orphaned`). O(nodes + pods)."""
     pods = list(pods)
     unmanaged_gpus: dict[str, int] = defaultdict(int)
     managed_held: dict[str, set[int]] = defaultdict(set)
+    orphan_held: dict[str, set[int]] = defaultdict(set)
     for pod in pods:
         if pod.node is None or pod.terminal:
             continue
@@ -165,6 +181,8 @@ def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: De
             gpu = held_gpu(pod)
             if gpu is not None:
                 managed_held[pod.node].add(gpu)
+                if sized_models is not None and orphaned(pod, sized_models):
+                    orphan_held[pod.node].add(gpu)
         elif pod.gpu_request > 0 and not is_holder(pod, config.holder_namespace):
             unmanaged_gpus[pod.node] += pod.gpu_request
     gpus: list[Gpu] = []
@@ -205,6 +223,7 @@ def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: De
         if not usable:
             continue
         taken = _withheld(count, unmanaged_gpus.get(node.name, 0), managed_held.get(node.name, set()))
+        taken = tuple(sorted(set(taken) | {i for i in orphan_held.get(node.name, ()) if i < count}))
         if taken:
             withheld[node.name] = taken
         gpus.extend(Gpu(node.name, i, memory, config.gpu_memory_reserve_gib) for i in range(count) if i not in taken)
