@@ -140,6 +140,7 @@ class Reconciler:
         self._memo: _Memo | None = None
         self._inflight: dict[tuple[str, ObjectKey], tuple[str, float]] = {}
         self._blocked: dict[ObjectKey, Blocked] = {}
+        self._evicted: dict[ObjectKey, str] = {}  # pods this loop evicted (uid) the cache has not seen terminate
         self._last_decision: Decision | None = None
         self._refusals: dict[ObjectKey, int] = {}
         self._emitted: dict[tuple[str, str, str, str], None] = {}
@@ -301,7 +302,7 @@ class Reconciler:
         now = self.clock()
         self._blocked = {k: b for k, b in self._blocked.items() if b.retry_at > now or b.reason != "Evicting"}
         self._solved = False
-        world = self.world()
+        world = self._as_evicted(self.world())
         decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
         self._last_decision = decision
         self.metrics.start_gate_waiting_pods.set(decision.gate_waiting)
@@ -373,6 +374,24 @@ class Reconciler:
             report.writes += 1
             self._inflight[(seen_kind, key)] = (text, self.clock())
 
+    def _as_evicted(self, world: World) -> World:
+        """`world` as the apiserver has it after this loop's evictions: a pod whose eviction succeeded is
+        terminating (the eviction set its deletionTimestamp) even while the pod watch has not delivered that yet,
+        so the next decision waits for it ("waiting for pod ... to terminate") and never evicts a second replica
+        on cache lag. An entry is dropped once the cache shows that pod terminating or gone (or another pod of
+        that name). O(pods)."""
+        if not self._evicted:
+            return world
+        pods, pending = [], {}
+        for pod in world.pods:
+            uid = self._evicted.get(pod.key)
+            if uid is not None and uid == pod.uid and not pod.deleting and not pod.terminal:
+                pending[pod.key] = uid
+                pod = replace(pod, deleting=True)
+            pods.append(pod)
+        self._evicted = pending
+        return replace(world, pods=tuple(pods))
+
     def _evict(self, decision: Decision, report: RoundReport) -> None:
         eviction = decision.eviction
         assert eviction is not None
@@ -391,6 +410,7 @@ class Reconciler:
             self._wake.set()  # the condition says so at once
             return
         report.writes += 1
+        self._evicted[pod] = eviction.pod.uid
         self._refusals.pop(pod, None)
         self._blocked[pod] = Blocked("Evicting", f"pod {pod.name} is being evicted",
                                               self.clock() + _EVICTED_HOLD_S)

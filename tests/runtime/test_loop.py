@@ -504,3 +504,26 @@ def test_a_holder_create_not_yet_seen_back_is_not_repeated() -> None:
     assert len(creates) == 2
     loop.rounds(3)
     assert [c for c in loop.api.calls if c[0] == "holder create"] == creates
+
+
+def test_a_second_eviction_waits_for_the_first_even_while_the_pod_watch_lags() -> None:
+    # Both replicas must leave a cordoned node. The first eviction succeeds, but the pod watch has not delivered
+    # its deletionTimestamp: the loop sequences on the eviction's own result, so no second replica is evicted
+    # however many rounds run (and however much time passes) before the watch catches up.
+    loop = make()
+    api = loop.api
+    loop.rounds(2)
+    planned = slots(api)
+    api.put(pod("m-a", "m", *planned[0]))
+    api.put(pod("m-b", "m", *planned[1]))
+    api.put(node("n2", gpus=2))
+    loop.rounds(2)
+    api.put(dataclasses.replace(node("n1", gpus=2), unschedulable=True))
+    api.watch_delivers = False
+    loop.rounds(4)
+    assert api.writes("evict") == [ObjectKey("ns", "m-a")]
+    loop.clock.now_s = 120.0  # past the eviction's backoff hold: still waiting for the first pod to go
+    loop.rounds(3)
+    assert api.writes("evict") == [ObjectKey("ns", "m-a")]
+    waiting = next(c for c in api.serving("m").status["conditions"] if c["type"] == "Migrating")
+    assert "m-a" in waiting["message"]
