@@ -14,6 +14,7 @@ import signal
 import socket
 import threading
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any, Callable
@@ -68,6 +69,7 @@ class Controller:
     informers: list[Informer]
     elector: LeaseElector | None
     health: HealthServer | None
+    extender_alive: Callable[[], str | None] | None = None  # `kvsched serve`: the extender's /healthz answers
 
     def leadership(self) -> str:
         if self.elector is None:
@@ -78,6 +80,18 @@ class Controller:
 
     def ready(self) -> bool:
         return all(i.synced.is_set() for i in self.informers)
+
+    def alive(self) -> str | None:
+        """None while the process works (the liveness probe's /healthz), else why not: the reconcile loop has not
+        come round for `loop_stall_limit_s` (a round stuck in a call that never returns), or, under `kvsched
+        serve`, the extender does not answer its /healthz (`extender_alive`)."""
+        stalled = self.reconciler.stalled_s()
+        limit = loop_stall_limit_s(self.settings)
+        if stalled > limit:
+            return f"reconcile loop stalled: no round finished for {stalled:.0f}s (limit {limit:.0f}s)"
+        if self.extender_alive is not None:
+            return self.extender_alive()
+        return None
 
     def run(self, stop: threading.Event) -> None:
         for i in self.informers:
@@ -158,7 +172,7 @@ def build_controller(settings: ControllerSettings, metrics: Metrics | None = Non
     controller = Controller(settings, metrics, reconciler, informers, elector, None)
     if with_health:
         controller.health = HealthServer(settings.metrics_host, settings.metrics_port, metrics, controller.ready,
-                                         controller.leadership)
+                                         controller.leadership, alive=controller.alive)
     return controller
 
 
@@ -188,6 +202,7 @@ def serve(controller_settings: ControllerSettings, extender_settings: Any) -> in
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = Metrics()
     controller = build_controller(controller_settings, metrics)
+    controller.extender_alive = lambda: extender_answers(local_url(extender_settings.host, extender_settings.port))
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
     thread.start()
@@ -196,3 +211,32 @@ def serve(controller_settings: ControllerSettings, extender_settings: Any) -> in
     finally:
         stop.set()
         thread.join(10.0)
+
+
+EXTENDER_PROBE_TIMEOUT_S = 2.0  # the liveness probe's own timeout is 5 s: answer within it
+
+
+def loop_stall_limit_s(settings: ControllerSettings) -> float:
+    """How long the reconcile loop may go without coming round before /healthz fails: the 30 s resync plus a
+    round's solve and writes, with room to spare (a round that writes a thousand statuses takes seconds)."""
+    return max(120.0, 10.0 * settings.time_budget_s)
+
+
+def local_url(host: str, port: int) -> str:
+    """The extender's base URL from this process (a wildcard bind address is reached on loopback)."""
+    reach = "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+    return f"http://[{reach}]:{port}" if ":" in reach else f"http://{reach}:{port}"
+
+
+def extender_answers(base_url: str, timeout_s: float = EXTENDER_PROBE_TIMEOUT_S) -> str | None:
+    """None when the extender's /healthz answers 200 within `timeout_s`, else why not. A stalled event loop
+    answers nothing, so the liveness probe restarts the container (with `ignorable: false` a stalled extender
+    otherwise blocks every managed pod for good)."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # never through an HTTP(S)_PROXY
+    try:
+        with opener.open(f"{base_url}/healthz", timeout=timeout_s) as response:
+            if response.status == 200:
+                return None
+            return f"extender /healthz answered {response.status}"
+    except (OSError, ValueError) as e:  # URLError, timeouts and refused connections are OSErrors
+        return f"extender /healthz did not answer: {e}"

@@ -1,6 +1,7 @@
 """/healthz, /readyz and /metrics of `kvsched controller` on the standard library's HTTP server.
 
-/healthz: 200 while the process runs. /readyz: 200 once every informer has listed (503 before), with a line
+/healthz (the liveness probe's): 200 while `alive()` says so, else 503 with its reason (`kvsched controller`: the
+reconcile loop is not stuck; `kvsched serve`: also the extender answers its own /healthz). /readyz: 200 once every informer has listed (503 before), with a line
 saying who leads (`leader: <identity>`, `leader: unknown`) and whether this process is it. /metrics: the
 Prometheus text format of the process's `Metrics`. Under `kvsched serve` the extender's app serves the same
 metrics registry on its own port.
@@ -28,7 +29,9 @@ class HealthServer:
     slow clients cannot pile up threads."""
 
     def __init__(self, host: str, port: int, metrics: Metrics, ready: Callable[[], bool],
-                 leadership: Callable[[], str], idle_timeout_s: float = IDLE_TIMEOUT_S) -> None:
+                 leadership: Callable[[], str], idle_timeout_s: float = IDLE_TIMEOUT_S,
+                 alive: Callable[[], str | None] = lambda: None) -> None:
+        """`alive()`: None when the process works, else why not (a short line for /healthz's 503)."""
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -37,7 +40,9 @@ class HealthServer:
             def do_GET(self) -> None:  # noqa: N802 (the standard library's name)
                 path = self.path.split("?", 1)[0]
                 if path == "/healthz":
-                    self._send(200, b"ok\n", "text/plain; charset=utf-8")
+                    problem = outer.alive()
+                    body = b"ok\n" if problem is None else f"{problem}\n".encode()
+                    self._send(200 if problem is None else 503, body, "text/plain; charset=utf-8")
                 elif path == "/readyz":
                     ok = outer.ready()
                     body = f"{'ok' if ok else 'not synced'}\n{outer.leadership()}\n".encode()
@@ -58,6 +63,7 @@ class HealthServer:
                 log.debug("http: " + format, *args)
 
         self.metrics = metrics
+        self.alive = alive
         self.ready = ready
         self.leadership = leadership
         self.server = ThreadingHTTPServer((host, port), Handler)

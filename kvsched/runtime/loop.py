@@ -147,6 +147,7 @@ class Reconciler:
         self._error_streak = 0
         self._solved = False
         self.rounds = 0
+        self.beat_at = clock()  # clock() when the loop last woke or finished a round (liveness: `stalled_s`)
         # Whether every watch is connected and current (the app wires its informers in; tests may leave it).
         self.watches_current: Callable[[], bool] = lambda: True
 
@@ -216,9 +217,11 @@ class Reconciler:
         decide and write. Never raises: an unexpected error is logged and the round retried with backoff."""
         next_wake = self.clock() + _RESYNC_S
         while not stop.is_set():
+            self.beat_at = self.clock()
             self._wake.wait(max(0.0, next_wake - self.clock()))
             if stop.is_set():
                 return
+            self.beat_at = self.clock()
             self._wake.clear()
             start = self.clock()
             while not self.quiet(self.clock(), start):
@@ -242,6 +245,12 @@ class Reconciler:
                 delay = min(delay, max(0.05, min(retry) - self.clock()))
             delay = min(delay, self.timer_delay())
             next_wake = self.clock() + delay
+
+    def stalled_s(self) -> float:
+        """Seconds since the loop last woke up or finished a round. The loop wakes at least every 30 s (the
+        resync), so this grows past that only while one round runs: a solve (at most the time budget) and its
+        writes, or a round stuck in a call that never returns."""
+        return self.clock() - self.beat_at
 
     def timer_delay(self) -> float:
         """Seconds until the last decision goes stale with no event (`Decision.wake_at_s`: a start-gate timeout,
