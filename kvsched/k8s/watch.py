@@ -10,12 +10,16 @@ Failure handling, as client-go's reflector does it:
 - 410 Gone (the resourceVersion is older than etcd's compaction window): list again, and deliver the difference
   between what the handler was told and the new list (ADDED / MODIFIED / DELETED), so a handler never misses a
   deletion that happened while the watch was down;
-- any other error (connection dropped, apiserver restarting, 5xx): wait with exponential backoff and jitter,
-  then resume from the last resourceVersion (or list, when no list has succeeded yet).
-`synced` is set once the first list has been delivered; `is_current()` is False from a failed list or watch
-until the informer is connected again (a list done, or an event of the new watch, which `ApiListWatch` opens with
-a bookmark at the resourceVersion asked for), so a reader can refuse to answer from a stale view; `on_relist` and `on_error` callbacks count relists and
-failures (kvsched_watch_relists_total, kvsched_watch_errors_total). No retry library: the loop needs "relist on 410,
+- any other error (connection dropped, a read that timed out, apiserver restarting, 5xx): wait with exponential
+  backoff and jitter, then list again and deliver the difference, as after a 410. (client-go resumes from the last
+  resourceVersion instead; a resumed watch replays what was missed only after it opened, so until those events
+  arrive nothing says the view is complete. A list is complete when it is applied.)
+`synced` is set once the first list has been delivered; `is_current()` is False from a failed list or watch until a
+new list has been applied, so a reader can refuse to answer from a stale view. A connection that dies silently
+(no FIN, no RST: a node's network cut) is found by the read timeout: each watch asks the server to end it within
+30-60 s, and a read that gets nothing for 15 s longer is a dead connection (an error, then a relist), so a dead
+watch counts as current for at most about 75 s. `on_relist` and `on_error` callbacks count relists and failures
+(kvsched_watch_relists_total, kvsched_watch_errors_total). No retry library: the loop needs "relist on 410,
 back off otherwise, stop promptly", which is a dozen lines here.
 
 Called by: kvsched.extender (its cache) and kvsched.controller. Unit tests drive `Informer.run()` with a fake
@@ -155,11 +159,12 @@ class Informer:
     """
 
     def __init__(self, source: ListWatch, handler: Handler, *, backoff: Backoff = Backoff(),
-                 rng: random.Random | None = None, watch_timeout_s: int = 300,
+                 rng: random.Random | None = None, watch_timeout_s: int = 30,
                  sleep: Callable[[float], bool] | None = None, clock: Callable[[], float] = time.monotonic,
                  on_relist: Callable[[], None] | None = None, on_error: Callable[[], None] | None = None
                  ) -> None:
-        """`watch_timeout_s`: server-side timeout of one watch (client-go uses 5-10 min); each watch asks for a
+        """`watch_timeout_s`: server-side timeout of one watch (client-go uses 5-10 min; shorter here so that the
+        read timeout that finds a dead connection can be short too: `ApiListWatch.watch`); each watch asks for a
         random value in [watch_timeout_s, 2 * watch_timeout_s) so restarts spread out. `sleep(seconds)` waits
         and returns True when the informer was stopped meanwhile (default: waits on the stop event).
         `on_relist` is called on each 410 Gone (before the list again), `on_error` on each failed list or watch
@@ -205,8 +210,8 @@ class Informer:
         return self._stop.is_set()
 
     def is_current(self) -> bool:
-        """True once synced, except from a failed list or watch (or a 410) until a list completes or the new
-        watch delivers an event or bookmark: meanwhile changes may be missing from what the handler was told."""
+        """True once synced, except from a failed list or watch (or a 410) until a new list has been applied:
+        meanwhile changes may be missing from what the handler was told."""
         return self.synced.is_set() and not self._failing
 
     def items(self) -> list[Obj]:
@@ -244,6 +249,7 @@ class Informer:
                     return
                 self.errors += 1
                 self._failing = True
+                self._resource_version = None  # list again: current once that list is applied
                 if self._on_error is not None:
                     self._on_error()
                 delay = self.backoff.delay_s(attempt, self.rng)
@@ -266,7 +272,6 @@ class Informer:
                     raise Gone(obj.get("message", "resource version too old"))
                 raise WatchError(f"watch ERROR event: {obj.get('code')} {obj.get('message')}")
             self._resource_version = _resource_version(obj) or self._resource_version
-            self._failing = False
             if event_type == "BOOKMARK":
                 continue
             if event_type not in (ADDED, MODIFIED, DELETED):
@@ -375,7 +380,7 @@ class ApiListWatch:
         query = self._query(watch=True, resourceVersion=resource_version, allowWatchBookmarks=True,
                             timeoutSeconds=timeout_s)
         # The read timeout outlasts the server-side timeout: a silent connection beyond it is a dead one.
-        raw = self._get(query, (self.connect_timeout_s, timeout_s + 30.0))
+        raw = self._get(query, (self.connect_timeout_s, timeout_s + DEAD_WATCH_MARGIN_S))
         with self._lock:
             self._response = raw
             self.watches_started += 1
@@ -401,6 +406,9 @@ class ApiListWatch:
             raw = self._response
         if raw is not None:
             raw.shutdown()  # unblocks the reading thread (urllib3 >= 2.3)
+
+
+DEAD_WATCH_MARGIN_S = 15.0  # a watch silent this long past its server-side timeout is a dead connection
 
 
 def informer(api: client.ApiClient, resource: Resource, handler: Handler, *, counters: WatchCounters | None = None,

@@ -134,21 +134,21 @@ def test_gone_relists_and_delivers_only_the_difference(gone: Any) -> None:
     assert delays == []  # a relist is not an error: no backoff
 
 
-def test_dropped_connection_backs_off_and_resumes_from_the_last_event_seen() -> None:
+def test_dropped_connection_backs_off_and_lists_again_delivering_the_difference() -> None:
+    # A resumed watch would replay what was missed only after it opened; a list is complete once applied. So a
+    # failure lists again (with backoff, growing while failures repeat) and delivers what changed meanwhile.
     informer, source, seen, delays = run(
-        lists=[([], "1")],
+        lists=[([], "1"), ConnectionDropped("refused"), ([pod("a", "2"), pod("b", "4")], "4"),
+               ([pod("b", "5")], "6")],
         watches=[[("ADDED", pod("a", "2")), ConnectionDropped("reset by peer")],
-                 ConnectionDropped("refused"), ConnectionDropped("refused"),
-                 [("MODIFIED", pod("a", "3"))],
-                 ConnectionDropped("refused")],
+                 [("MODIFIED", pod("b", "5")), ConnectionDropped("read timed out")]],
     )
-    assert [c for c in source.calls if c[0] == "watch"][:5] == [
-        ("watch", "1"), ("watch", "2"), ("watch", "2"), ("watch", "2"), ("watch", "3")]
-    assert informer.errors == 4 and informer.relists == 0
-    # Delays grow while failures repeat (equal jitter: within [d/2, d]) and restart after a good watch.
-    assert 0.25 <= delays[0] <= 0.5 and 0.5 <= delays[1] <= 1.0 and 1.0 <= delays[2] <= 2.0
-    assert 0.25 <= delays[3] <= 0.5
-    assert seen == [("ADDED", "a", "2"), ("MODIFIED", "a", "3")]
+    assert source.calls[:6] == [("list", None), ("watch", "1"), ("list", None), ("list", None), ("watch", "4"),
+                                ("list", None)]
+    assert informer.errors == 3 and informer.relists == 0
+    # Delays grow while failures repeat (equal jitter: within [d/2, d]) and restart after a good list.
+    assert 0.25 <= delays[0] <= 0.5 and 0.5 <= delays[1] <= 1.0 and 0.25 <= delays[2] <= 0.5
+    assert seen == [("ADDED", "a", "2"), ("ADDED", "b", "4"), ("MODIFIED", "b", "5"), ("DELETED", "a", "2")]
 
 
 def test_a_failing_first_list_is_retried_and_synced_waits_for_it() -> None:
@@ -162,7 +162,7 @@ def test_a_failing_first_list_is_retried_and_synced_waits_for_it() -> None:
 
 
 def test_a_watch_that_ends_at_once_without_events_backs_off_instead_of_spinning() -> None:
-    source = FakeListWatch([([], "1")], [[], [], []])
+    source = FakeListWatch([([], "1")] * 3, [[], [], []])
     delays: list[float] = []
     informer = Informer(source, lambda t, o: None, rng=random.Random(1),
                         sleep=lambda s: delays.append(s) or False, clock=lambda: 0.0)
@@ -248,7 +248,7 @@ def test_resource_collection_is_the_metric_label_and_name_adds_the_namespace(
 def test_relists_and_failures_reach_the_callbacks() -> None:
     counted: list[str] = []
     informer_, _, _, delays = run(
-        lists=[([pod("a", "1")], "1"), ([pod("a", "1")], "5")],
+        lists=[([pod("a", "1")], "1"), ([pod("a", "1")], "5"), ([pod("a", "1")], "7")],
         watches=[ConnectionDropped("refused"), [("ERROR", {"code": 410, "message": "too old"})],
                  ConnectionDropped("refused")],
         on_relist=lambda: counted.append("relist"), on_error=lambda: counted.append("error"))
@@ -259,7 +259,7 @@ def test_relists_and_failures_reach_the_callbacks() -> None:
 def test_is_current_is_false_from_a_failure_until_the_informer_is_connected_again() -> None:
     seen: list[tuple[str, str, bool]] = []
     source = FakeListWatch(
-        lists=[([pod("a", "1")], "1"), ([pod("a", "1")], "7")],
+        lists=[([pod("a", "1")], "1"), ([pod("a", "1")], "1"), ([pod("a", "1")], "7")],
         watches=[ConnectionDropped("refused"),
                  [("BOOKMARK", {"metadata": {"resourceVersion": "1"}}), ("ADDED", pod("b", "2"))],
                  [("ERROR", {"code": 410, "message": "too old"})]])
@@ -276,8 +276,8 @@ def test_is_current_is_false_from_a_failure_until_the_informer_is_connected_agai
     informer.run()
     assert seen == [
         ("ADDED", "a", False),    # the first list, before it is synced
-        ("backoff", "", False),   # the watch failed: stale until connected again
-        ("ADDED", "b", True),     # the new watch's opening bookmark said it is connected
+        ("backoff", "", False),   # the watch failed: stale until a new list is applied
+        ("ADDED", "b", True),     # listed again (nothing changed), then the new watch's event
         ("DELETED", "b", False),  # 410: the relist's difference is delivered before it is current again
     ]
     assert informer.is_current()
@@ -297,3 +297,25 @@ def test_informer_factory_counts_into_metrics_under_the_collection_label() -> No
     text = metrics.exposition().decode()
     assert 'kvsched_watch_relists_total{resource="deployments.apps"} 1.0' in text
     assert 'kvsched_watch_errors_total{resource="deployments.apps"} 2.0' in text
+
+
+def test_after_a_failure_the_view_is_current_only_once_the_new_list_is_applied() -> None:
+    # What changed while the watch was down (c created, a deleted) is delivered before the informer says it is
+    # current again; a reader that asks in between is told the view is stale.
+    seen: list[tuple[str, str, bool]] = []
+    source = FakeListWatch(lists=[([pod("a", "1")], "1"), ([pod("c", "3")], "3")],
+                           watches=[ConnectionDropped("read timed out"), []])
+    informer = Informer(source, lambda t, o: seen.append((t, o["metadata"]["name"], informer.is_current())),
+                        rng=random.Random(1), sleep=lambda s: False, clock=itertools.count(step=10).__next__)
+    source.informer = informer
+    informer.run()
+    assert seen == [("ADDED", "a", False), ("DELETED", "a", False), ("ADDED", "c", False)]
+    assert informer.is_current()
+
+
+def test_a_watch_read_outlasts_its_server_side_timeout_by_the_dead_connection_margin() -> None:
+    from kvsched.k8s.watch import DEAD_WATCH_MARGIN_S
+
+    informer = Informer(FakeListWatch([], []), lambda t, o: None)
+    longest = 2 * informer.watch_timeout_s + DEAD_WATCH_MARGIN_S
+    assert longest <= 90.0  # a silently dead connection is found within about a minute and a half
