@@ -42,7 +42,7 @@ from kvsched.controller.slots import NEUTRAL_SCORE, FilterDecision, PlannedSlot,
 from kvsched.controller.start_gate import is_gate_reason
 from kvsched.extender.wire import (
     ExtenderArgs, ExtenderBindingArgs, ExtenderBindingResult, ExtenderFilterResult, NodeList,
-    host_priority_list_json,
+    host_priority_list_json, node_name,
 )
 from kvsched.metrics import CONTENT_TYPE, Metrics
 from kvsched.settings import ExtenderSettings
@@ -192,7 +192,7 @@ def create_app(settings: ExtenderSettings, cache: ExtenderCache, binder: Binder,
                 if not decision.passed and any(is_gate_reason(r) for r in decision.failed.values()):
                     metrics.start_gate_refusals.labels(verb="filter").inc()
             if args.NodeNames is None and args.Nodes is not None:
-                by_name = {(n.get("metadata") or {}).get("name"): n for n in args.Nodes.items}
+                by_name = {node_name(n): n for n in args.Nodes.items}
                 result = ExtenderFilterResult.model_construct(
                     Nodes=NodeList.model_construct(items=[by_name[name] for name in decision.passed]),
                     FailedNodes=decision.failed, FailedAndUnresolvableNodes=decision.unresolvable, Error="")

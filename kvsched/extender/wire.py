@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from pydantic_core import to_json
 
 MIN_SCORE = 0   # MinExtenderPriority
@@ -45,6 +45,22 @@ class Pod(_Wire):
 class NodeList(_Wire):
     items: list[dict[str, Any]] = Field(default_factory=list)
 
+    @field_validator("items")
+    @classmethod
+    def _named(cls, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Every Node must carry `metadata.name` as a string (the answer refers to nodes by it)."""
+        for i, node in enumerate(items):
+            if not isinstance(node_name(node), str):
+                raise ValueError(f"Nodes.items[{i}].metadata.name must be a string")
+        return items
+
+
+def node_name(node: dict[str, Any]) -> str | None:
+    """A Node object's `metadata.name`, or None when it is missing or not a string."""
+    metadata = node.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    return name if isinstance(name, str) else None
+
 
 class ExtenderArgs(_Wire):
     """Body of filter and prioritize. Exactly one of `Nodes` (nodeCacheCapable false) and `NodeNames` (true)."""
@@ -57,7 +73,7 @@ class ExtenderArgs(_Wire):
         if self.NodeNames is not None:
             return self.NodeNames
         if self.Nodes is not None:
-            return [str((n.get("metadata") or {}).get("name") or "") for n in self.Nodes.items]
+            return [node_name(n) or "" for n in self.Nodes.items]
         return []
 
 
