@@ -25,6 +25,8 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "extender": {"httpTimeout": "30s", "ignorable": True},
     "scheduler": {"image": {"tag": "v1.35.0"}, "leaderElect": False},
     "serviceMonitor": {"enabled": True, "labels": {"release": "prom"}},
+    "networkPolicy": {"enabled": True, "metricsFrom": [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]},
     "dashboard": {"enabled": True, "namespace": "monitoring"},
     "nodeSelector": {"node-role.kubernetes.io/control-plane": ""},
     "tolerations": [{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}],
@@ -96,6 +98,18 @@ def test_non_default_rendering_adds_the_optional_objects(helm: Helm) -> None:
     assert only(docs, "PodDisruptionBudget")["spec"]["minAvailable"] == 1
     monitor = only(docs, "ServiceMonitor")
     assert monitor["metadata"]["labels"]["release"] == "prom"
+    policy = only(docs, "NetworkPolicy")
+    pod_labels = only(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    metrics_rule, scheduler_rule = policy["spec"]["ingress"]
+    assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert metrics_rule["from"] == NON_DEFAULT_VALUES["networkPolicy"]["metricsFrom"]
+    assert scheduler_rule == {"ports": [{"port": "scheduler", "protocol": "TCP"}]}
+    # Every port the policy names is a named port of the pod: nothing else gets in.
+    named = {p["name"] for c in only(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+             for p in c.get("ports", [])}
+    assert {r["ports"][0]["port"] for r in policy["spec"]["ingress"]} <= named
     assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
     dashboard = only(docs, "ConfigMap", "dashboard")
     assert dashboard["metadata"]["namespace"] == "monitoring"

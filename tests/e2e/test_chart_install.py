@@ -40,7 +40,9 @@ def chart(control_plane: ControlPlane, kube: client.ApiClient, project_crds: lis
         name=f"kvsched-{suffix}", labels=dict.fromkeys(PSA_LABELS, "restricted"))))
     # Nothing may run the in-cluster pod on a KWOK node (KWOK would pretend it runs): pin it nowhere.
     installed = install_chart(control_plane, kube, helm, workdir, f"kvsched-{suffix}", f"kvsched-{suffix}",
-                              {"nodeSelector": {"kvsched.io/e2e": "nowhere"}})
+                              {"nodeSelector": {"kvsched.io/e2e": "nowhere"},
+                               "networkPolicy": {"enabled": True, "metricsFrom": [{"namespaceSelector": {
+                                   "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}]}})
     yield installed
     uninstall_chart(installed, helm, workdir)
 
@@ -144,3 +146,16 @@ def test_the_charts_pod_is_admitted_under_the_restricted_pod_security_standard(
     pods = wait_for(lambda: (core.list_namespaced_pod(chart.namespace).items, failures()),
                     lambda got: bool(got[0]) or bool(got[1]), 60.0, "the chart's pod, or a FailedCreate")
     assert pods[1] == [] and len(pods[0]) >= 1, pods[1]
+
+
+def test_the_network_policy_is_installed_around_the_charts_pod(chart: InstalledChart,
+                                                               kube: client.ApiClient) -> None:
+    """With `networkPolicy.enabled` the apiserver accepts the chart's NetworkPolicy, and it selects the chart's pod.
+    (No CNI enforces it in this cluster: what it lets through is checked in tests/chart.)"""
+    namespace = chart.namespace
+    policies = client.NetworkingV1Api(kube).list_namespaced_network_policy(namespace).items
+    assert len(policies) == 1, [p.metadata.name for p in policies]
+    selector = ",".join(f"{k}={v}" for k, v in policies[0].spec.pod_selector.match_labels.items())
+    selected = wait_for(lambda: client.CoreV1Api(kube).list_namespaced_pod(namespace, label_selector=selector).items,
+                        bool, 60.0, "the chart's pod selected by its NetworkPolicy")
+    assert all(p.metadata.name.startswith(chart.deployment.metadata.name) for p in selected)
