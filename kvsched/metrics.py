@@ -81,8 +81,8 @@ class Metrics:
         self.extender_request_duration_seconds = Histogram(
             "kvsched_extender_request_duration_seconds", "Seconds to answer one extender request, by verb.",
             ["verb"], buckets=_REQUEST_BUCKETS_S, registry=r)
-        self.watch_relists = Counter("kvsched_watch_relists", "Lists again after a watch's resourceVersion "
-                                     "was gone (410), by collection.", ["resource"], registry=r)
+        self.watch_relists = Counter("kvsched_watch_relists", "Lists again after the first (a watch "
+                                     "failed, or its resourceVersion was gone: 410), by collection.", ["resource"], registry=r)
         self.watch_errors = Counter("kvsched_watch_errors", "Failed lists and watches (dropped connection, "
                                     "apiserver down, 5xx) retried with backoff, by collection.", ["resource"],
                                     registry=r)

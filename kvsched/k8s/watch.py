@@ -18,7 +18,7 @@ Failure handling, as client-go's reflector does it:
 new list has been applied, so a reader can refuse to answer from a stale view. A connection that dies silently
 (no FIN, no RST: a node's network cut) is found by the read timeout: each watch asks the server to end it within
 30-60 s, and a read that gets nothing for 15 s longer is a dead connection (an error, then a relist), so a dead
-watch counts as current for at most about 75 s. `on_relist` and `on_error` callbacks count relists and failures
+watch counts as current for at most about 75 s. `on_relist` (every list after the first) and `on_error` callbacks count relists and failures
 (kvsched_watch_relists_total, kvsched_watch_errors_total). No retry library: the loop needs "relist on 410,
 back off otherwise, stop promptly", which is a dozen lines here.
 
@@ -227,6 +227,10 @@ class Informer:
             try:
                 if self._resource_version is None:
                     items, self._resource_version = self.source.list()
+                    if self.synced.is_set():  # a list after the first one: a relist (after a 410 or a failure)
+                        self.relists += 1
+                        if self._on_relist is not None:
+                            self._on_relist()
                     self._replace(items)
                     self._failing = False
                     attempt = 0
@@ -241,9 +245,6 @@ class Informer:
                          self._resource_version, e)
                 self._resource_version = None
                 self._failing = True
-                self.relists += 1
-                if self._on_relist is not None:
-                    self._on_relist()
             except Exception as e:  # connection errors, 5xx, bad bodies: back off and resume
                 if self._stop.is_set():
                     return
@@ -254,7 +255,7 @@ class Informer:
                     self._on_error()
                 delay = self.backoff.delay_s(attempt, self.rng)
                 attempt += 1
-                log.warning("%s: %s: %s; retrying in %.1fs", self.source.name, type(e).__name__, e, delay)
+                log.warning("%s: %s: %s; listing again in %.1fs", self.source.name, type(e).__name__, e, delay)
                 if self._sleep(delay):
                     return
 

@@ -145,7 +145,7 @@ def test_dropped_connection_backs_off_and_lists_again_delivering_the_difference(
     )
     assert source.calls[:6] == [("list", None), ("watch", "1"), ("list", None), ("list", None), ("watch", "4"),
                                 ("list", None)]
-    assert informer.errors == 3 and informer.relists == 0
+    assert informer.errors == 3 and informer.relists == 2  # the list that failed is no relist
     # Delays grow while failures repeat (equal jitter: within [d/2, d]) and restart after a good list.
     assert 0.25 <= delays[0] <= 0.5 and 0.5 <= delays[1] <= 1.0 and 0.25 <= delays[2] <= 0.5
     assert seen == [("ADDED", "a", "2"), ("ADDED", "b", "4"), ("MODIFIED", "b", "5"), ("DELETED", "a", "2")]
@@ -252,8 +252,10 @@ def test_relists_and_failures_reach_the_callbacks() -> None:
         watches=[ConnectionDropped("refused"), [("ERROR", {"code": 410, "message": "too old"})],
                  ConnectionDropped("refused")],
         on_relist=lambda: counted.append("relist"), on_error=lambda: counted.append("error"))
-    assert counted == ["error", "relist", "error"]
-    assert (informer_.relists, informer_.errors, len(delays)) == (1, 2, 2)
+    # Every list after the first is a relist: after the failure, after the 410; the last failure's list ends
+    # the script.
+    assert counted == ["error", "relist", "relist", "error"]
+    assert (informer_.relists, informer_.errors, len(delays)) == (2, 2, 2)
 
 
 def test_is_current_is_false_from_a_failure_until_the_informer_is_connected_again() -> None:
