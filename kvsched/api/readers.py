@@ -2,7 +2,8 @@
 
 Readers take only the shape: they never judge a value (an annotation, a label, a spec field) beyond its JSON
 type, so that a bad value reaches the decision core and becomes a condition and an event on its object rather
-than an exception here. Missing or mistyped structure reads as absent.
+than an exception here. Missing or mistyped structure reads as absent (a list that is not a list reads as empty, a mapping that is not a
+mapping as empty): no object an informer can deliver makes a reader raise (tests/property/test_never_raises.py).
 Pure (no client, no I/O), so that every part reads an object the same way.
 Called by: kvsched.runtime.controller (the informers' caches), kvsched.k8s.snapshot (`kvsched plan --kubeconfig`),
 kvsched.extender.cache (its informer handlers).
@@ -23,12 +24,16 @@ def _map(value: object) -> dict[str, Any]:
     return dict(value) if isinstance(value, dict) else {}
 
 
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _str_map(value: object) -> dict[str, str]:
     return {str(k): str(v) for k, v in _map(value).items()}
 
 
 def _meta(obj: Obj) -> dict[str, Any]:
-    return _map(obj.get("metadata"))
+    return _map(_map(obj).get("metadata"))
 
 
 def read_node(obj: Obj) -> NodeObj:
@@ -36,9 +41,8 @@ def read_node(obj: Obj) -> NodeObj:
     capacity = _map(status.get("capacity"))
     allocatable = _map(status.get("allocatable"))
     gpus = allocatable.get(GPU_RESOURCE, capacity.get(GPU_RESOURCE))
-    conditions = status.get("conditions")
-    condition = next((c for c in conditions if isinstance(c, dict) and c.get("type") == "Ready"), None) \
-        if isinstance(conditions, list) else None
+    condition = next((c for c in _list(status.get("conditions")) if isinstance(c, dict) and c.get("type") == "Ready"),
+                     None)
     ready = condition is not None and condition.get("status") == "True"
     since = "" if ready or condition is None else str(condition.get("lastTransitionTime") or "")
     return NodeObj(name=str(meta.get("name", "")), uid=str(meta.get("uid", "")), labels=_str_map(meta.get("labels")),
@@ -57,14 +61,15 @@ def _gpu_count(resources: object) -> int:
 
 def pod_gpu_request(spec: Mapping[str, Any]) -> int:
     """`nvidia.com/gpu` the scheduler counts for a pod: max(largest init container, sum of containers)."""
-    containers = sum(_gpu_count(_map(c).get("resources")) for c in spec.get("containers") or [])
-    init = max((_gpu_count(_map(c).get("resources")) for c in spec.get("initContainers") or []), default=0)
+    containers = sum(_gpu_count(_map(c).get("resources")) for c in _list(spec.get("containers")))
+    init = max((_gpu_count(_map(c).get("resources")) for c in _list(spec.get("initContainers"))),
+               default=0)
     return max(containers, init)
 
 
 def _condition(status: Mapping[str, Any], kind: str) -> dict[str, Any] | None:
     """The pod condition of type `kind` with status True, if any."""
-    for c in status.get("conditions") or []:
+    for c in _list(status.get("conditions")):
         if isinstance(c, dict) and c.get("type") == kind and c.get("status") == "True":
             return c
     return None
@@ -105,7 +110,7 @@ def read_deployment(obj: Obj) -> DeploymentObj:
 
 def controller_owner(meta: Mapping[str, Any]) -> OwnerRef | None:
     """The ownerReference with controller: true, if any."""
-    for ref in meta.get("ownerReferences") or []:
+    for ref in _list(meta.get("ownerReferences")):
         if isinstance(ref, dict) and ref.get("controller"):
             return OwnerRef(str(ref.get("kind", "")), str(ref.get("name", "")), str(ref.get("uid", "")))
     return None

@@ -42,6 +42,7 @@ from kvsched.controller.shares import Memory, resize_steps
 from kvsched.controller.slots import Holder, ModelPlan, NodeGpus, PodRef, Snapshot, filter_nodes, pod_holder
 from kvsched.controller.start_gate import StartGate, next_expiry
 from kvsched.controller.status import (
+    conditions_by_type,
     merge_conditions,
     model_kvpr,
     placement_conditions,
@@ -236,7 +237,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
             "readyReplicas": ready,
             "kvpr": model_kvpr([gpu_kvpr[g] for g in planned_gpus if g in gpu_kvpr]),
             "slots": slots_by_model[name],
-            "conditions": merge_conditions(conditions, entry.ms.status.get("conditions") or [],
+            "conditions": merge_conditions(conditions, entry.ms.status.get("conditions"),
                                            entry.ms.generation, now),
         }
         states[_state(entry, len(mine), moving)] += 1
@@ -419,7 +420,7 @@ def _state(entry: ModelEntry, placed: int, moving: tuple[str, str] | None) -> st
 
 def _transition_events(ms: ModelServingObj, conditions: Sequence[Any]) -> list[Event]:
     """An event for each condition that becomes True (or Placed that changes reason) since the stored status."""
-    old = {c.get("type"): c for c in ms.status.get("conditions") or [] if isinstance(c, dict)}
+    old = conditions_by_type(ms.status.get("conditions"))
     events = []
     for c in conditions:
         before = old.get(c.type) or {}

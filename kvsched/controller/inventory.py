@@ -191,8 +191,8 @@ def build_inventory(nodes: Iterable[NodeObj], pods: Iterable[PodObj], config: De
     withheld: dict[str, tuple[int, ...]] = {}
     grace_ends: list[float] = []
     for node in sorted(nodes, key=lambda n: n.name):
-        if node.gpu_capacity is None or not config.node_selector.matches(node.labels):
-            continue
+        if not node.name or node.gpu_capacity is None or not config.node_selector.matches(node.labels):
+            continue  # a node without a name (no such Node exists) cannot be planned on
         try:
             count = node_gpu_count(node) or 0
         except UnitError as e:

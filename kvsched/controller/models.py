@@ -32,6 +32,7 @@ from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, World
 from kvsched.api.records import OwnedChange
 from kvsched.controller.headroom import Headroom
 from kvsched.packer import InvalidInput, Model
+from kvsched.packer.domain import MAX_LOAD, MAX_REPLICAS
 from kvsched.units import UnitError, decimal_number, describe, memory_gib, memory_gib_or_zero, number, seconds
 
 INVALID_SPEC = "InvalidSpec"
@@ -39,6 +40,11 @@ INVALID_ANNOTATION = "InvalidAnnotation"
 WORKLOAD_NOT_FOUND = "WorkloadNotFound"
 INVALID_NAME = "InvalidName"
 LABEL_VALUE_MAX = 63  # a label value's length limit; the model label's value is the ModelServing's name
+# The longest latency SLO a model may ask for, in seconds (a day): the CRD's bound on spec.sloSeconds. With the
+# packer's MAX_LOAD (rate / SLO) and MAX_REPLICAS, LABEL_VALUE_MAX (metadata.name) and units.SMALLEST_MEMORY_BYTES
+# (modelSize), the bounds the CRD (helm/kvsched/crds) enforces and this module checks again: an older CRD may be
+# installed, and an owned ModelServing's spec must pass them or the apiserver refuses every write of it.
+MAX_SLO_S = 86_400.0
 FROM_ANNOTATIONS = "fromAnnotations"
 # The spec field each model annotation sets, in spec order.
 # The ModelServing spec field each packer Model field comes from (for messages naming the user's field).
@@ -136,10 +142,18 @@ def parse_spec(spec: Mapping[str, Any]) -> tuple[float, float, float]:
     except UnitError as e:
         raise UnitError(f"spec.requestRate: {e}") from None
     try:
-        slo = seconds(spec.get("sloSeconds"), zero_ok=False)
+        slo = _slo(spec.get("sloSeconds"))
     except UnitError as e:
         raise UnitError(f"spec.sloSeconds: {e}") from None
     return size, rate, slo
+
+
+def _slo(value: object) -> float:
+    """A latency SLO in seconds, > 0 and at most MAX_SLO_S. Raises UnitError."""
+    slo = seconds(value, zero_ok=False)
+    if slo > MAX_SLO_S:
+        raise UnitError(f"must be at most {MAX_SLO_S:g} seconds (a day), got {value!r}")
+    return slo
 
 
 @dataclass(frozen=True)
@@ -172,6 +186,11 @@ def read_annotations(deployment: DeploymentObj) -> AnnotationValues:
             fields[FIELD_OF_ANNOTATION[name]] = _annotation_value(name, notes[name].strip())
         except UnitError as e:
             problems.append(f"annotation {name}: {e}")
+    rate, slo = fields.get("requestRate"), fields.get("sloSeconds")
+    if rate is not None and slo is not None and not rate / slo <= MAX_LOAD:
+        del fields["requestRate"]  # the CRD refuses the pair: keep the last good rate
+        problems.append(f"annotation {RATE_ANNOTATION}: divided by {SLO_ANNOTATION} ({notes[SLO_ANNOTATION]!r}) "
+                        f"must be at most {MAX_LOAD:g} requests/s^2, got {notes[RATE_ANNOTATION]!r}")
     for name, field in OPTIONAL_FIELD_OF_ANNOTATION.items():
         if name in notes:
             try:
@@ -197,7 +216,7 @@ def _annotation_value(name: str, text: str) -> Any:
         if rate < 0:
             raise UnitError(f"must be a finite number >= 0, got {text!r}")
         return _plain(rate)
-    return _plain(seconds(text, zero_ok=False))
+    return _plain(_slo(text))
 
 
 def spec_from_annotations(deployment: DeploymentObj, current: Mapping[str, Any] | None = None) -> dict[str, Any]:
@@ -215,7 +234,15 @@ def spec_from_annotations(deployment: DeploymentObj, current: Mapping[str, Any] 
             spec[field] = values.fields[field]
         elif name in deployment.annotations and current is not None and field in current:
             spec[field] = current[field]  # a bad value keeps the last good one; no annotation: the default
-    spec["replicas"] = deployment.replicas
+    rate, slo = spec.get("requestRate"), spec.get("sloSeconds")
+    if isinstance(rate, (int, float)) and isinstance(slo, (int, float)) and slo > 0 and not rate / slo <= MAX_LOAD:
+        # A new SLO with the last good rate: keep the last good SLO too (or leave it out), as the CRD wants.
+        if current is not None and "sloSeconds" in current:
+            spec["sloSeconds"] = current["sloSeconds"]
+        else:
+            del spec["sloSeconds"]
+    # The CRD's range; planning uses the Deployment's own count, and more than MAX_REPLICAS is an InvalidSpec.
+    spec["replicas"] = min(max(deployment.replicas, 0), MAX_REPLICAS)
     spec[FROM_ANNOTATIONS] = True
     return spec
 
@@ -277,6 +304,11 @@ def collect_models(world: World, engine: Headroom = Headroom()) -> ModelSet:
             if ms is not None and owned:
                 changes.append(OwnedChange("delete", dep.key, {}))
             continue
+        if ms is None and len(dep.name) > LABEL_VALUE_MAX:
+            # The CRD refuses such a ModelServing (and the model label could not hold the name): the problem
+            # lives on the Deployment.
+            dep_problems.append(DeploymentProblem(dep, _name_problem(dep.name)))
+            continue
         if ms is not None and not owned:
             dep_problems.append(DeploymentProblem(dep, Problem(
                 INVALID_ANNOTATION, f"ModelServing {dep.key} exists and is not owned by this Deployment; "
@@ -316,10 +348,7 @@ def _entry_of(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj
     deployment = deployments.get(ObjectKey(ms.namespace, ref_name)) if isinstance(ref_name, str) else None
     if len(ms.name) > LABEL_VALUE_MAX:
         # The template patch would set an invalid label, which the apiserver refuses on every round.
-        problem = Problem(INVALID_NAME, f"metadata.name is {len(ms.name)} characters long: kvsched labels the "
-                          f"model's pods {MODEL_LABEL}=<name>, and a label value has at most {LABEL_VALUE_MAX}; "
-                          "use a shorter Deployment or ModelServing name")
-        return ModelEntry(ms, deployment, 0, None, None, problem)  # no size: no template patch either
+        return ModelEntry(ms, deployment, 0, None, None, _name_problem(ms.name))  # no size: no template patch
     invalid: Problem | None = None
     owner_dep = deployment is not None and _owned_by(ms, deployment) and deployment.annotated
     if owner_dep:
@@ -362,6 +391,12 @@ def _entry_of(ms: ModelServingObj, deployments: Mapping[ObjectKey, DeploymentObj
         return ModelEntry(ms, deployment, replicas, None, size,
                           Problem(INVALID_SPEC, f"spec.{field}: {e.why} (got {e.value!r})"))
     return ModelEntry(ms, deployment, replicas, model, size, invalid)
+
+
+def _name_problem(name: str) -> Problem:
+    return Problem(INVALID_NAME, f"metadata.name is {len(name)} characters long: kvsched labels the model's pods "
+                   f"{MODEL_LABEL}=<name>, and a label value has at most {LABEL_VALUE_MAX}; use a shorter "
+                   "Deployment or ModelServing name")
 
 
 def model_size_gib(ms: ModelServingObj) -> float | None:

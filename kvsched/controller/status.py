@@ -19,6 +19,7 @@ from typing import Any, Mapping, Sequence
 from kvsched.api.names import share_of
 from kvsched.controller.slots import PlannedSlot
 from kvsched.packer import GpuId, Placement, Unplaced
+from kvsched.units import timestamp_s
 
 KVPR_DECIMALS = 4
 CONDITION_TYPES = ("Placed", "Invalid", "Unschedulable", "Migrating")
@@ -44,10 +45,10 @@ def slots_of(placements: Sequence[Placement], shares: Mapping[tuple[str, GpuId],
 
 def planned_slots(status: Mapping[str, Any]) -> tuple[list[PlannedSlot], list[int]]:
     """The slots in a ModelServing status as `slots_of` writes them (a node name, a GPU index >= 0, a
-    `memoryFraction`, 0 when absent), and the positions in `status.slots` of the entries that are not such a slot
-    (the controller writes them, a person may have edited them: callers skip them). No slots when `status.slots`
-    is not a list. The one reader of status slots: the controller's `current_slots` and the extender's cache.
-    O(slots)."""
+    `memoryFraction` in [0, 1], 0 when absent), and the positions in `status.slots` of the entries that are not
+    such a slot (the controller writes them, a person may have edited them: callers skip them). No slots when
+    `status.slots` is not a list. The one reader of status slots: the controller's `current_slots` and the
+    extender's cache. O(slots)."""
     raw_slots = status.get("slots")
     if not isinstance(raw_slots, list):
         return [], []
@@ -57,9 +58,10 @@ def planned_slots(status: Mapping[str, Any]) -> tuple[list[PlannedSlot], list[in
         try:
             node, gpu = raw["node"], raw["gpu"]
             fraction = float(raw.get("memoryFraction", 0.0))
-            if not isinstance(node, str) or isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0:
+            if not isinstance(node, str) or isinstance(gpu, bool) or not isinstance(gpu, int) or gpu < 0 \
+                    or not 0.0 <= fraction <= 1.0:
                 raise ValueError
-        except (KeyError, TypeError, ValueError, AttributeError):
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError):
             malformed.append(i)
             continue
         slots.append(PlannedSlot(node, gpu, fraction))
@@ -99,30 +101,52 @@ def placement_conditions(wanted: int, placed: int, unplaced: Sequence[Unplaced],
     return conditions
 
 
-def merge_conditions(new: Sequence[Condition], old: Sequence[Mapping[str, Any]], generation: int,
-                     now: str) -> list[dict[str, Any]]:
-    """Condition dicts: lastTransitionTime carried over from `old` unless the status flipped."""
-    old_by_type = {c.get("type"): c for c in old if isinstance(c, dict)}
+def conditions_by_type(stored: object) -> dict[str, Mapping[str, Any]]:
+    """The stored `status.conditions` by type, whatever their shape (a person may have edited them): entries that
+    are not mappings with a string `type` are ignored. Never raises. O(conditions)."""
+    return {c["type"]: c for c in _list(stored) if isinstance(c, dict) and isinstance(c.get("type"), str)}
+
+
+def merge_conditions(new: Sequence[Condition], old: object, generation: int, now: str) -> list[dict[str, Any]]:
+    """Condition dicts: lastTransitionTime carried over from `old` (the stored `status.conditions`, whatever its
+    shape: entries that are not conditions are ignored) unless the status flipped or the time is unreadable."""
+    old_by_type = conditions_by_type(old)
     out = []
     for c in new:
         previous = old_by_type.get(c.type)
         since = previous.get("lastTransitionTime") if previous and previous.get("status") == c.status else None
+        if not isinstance(since, str) or timestamp_s(since) is None:
+            since = None
         out.append({"type": c.type, "status": c.status, "reason": c.reason, "message": c.message,
                     "observedGeneration": generation, "lastTransitionTime": since or now})
     return out
 
 
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def _number(value: object) -> object:
+    """A JSON number as a float (4 == 4.0); anything else (or an int too large for a float) as it is."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:
+            return value
+    return value
+
+
 def _normalised(status: Mapping[str, Any]) -> dict[str, Any]:
-    """Status without transition times, absent kvpr as None, numbers as floats: what a 'real change' compares."""
+    """Status without transition times, absent kvpr as None, numbers as floats: what a 'real change' compares.
+    Takes a stored status of any shape (a person may have edited it): never raises."""
     out: dict[str, Any] = {}
     for key in ("observedGeneration", "replicas", "placedReplicas", "readyReplicas", "kvpr"):
-        value = status.get(key)
-        out[key] = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else value
-    out["slots"] = [(s.get("node"), s.get("gpu"), float(s.get("memoryFraction", 0)))
-                    for s in status.get("slots") or [] if isinstance(s, dict)]
-    out["conditions"] = sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message") or "",
-                                c.get("observedGeneration"))
-                               for c in status.get("conditions") or [] if isinstance(c, dict))
+        out[key] = _number(status.get(key))
+    out["slots"] = [(s.get("node"), s.get("gpu"), _number(s.get("memoryFraction", 0)))
+                    for s in _list(status.get("slots")) if isinstance(s, dict)]
+    out["conditions"] = sorted(((c.get("type"), c.get("status"), c.get("reason"), c.get("message") or "",
+                                 _number(c.get("observedGeneration")))
+                                for c in _list(status.get("conditions")) if isinstance(c, dict)), key=repr)
     return out
 
 

@@ -60,17 +60,34 @@ def affinity_terms(footprint_gib: float, pool: Iterable[PoolNode], config: Decis
     return terms
 
 
+def _at(value: object, *keys: str) -> object:
+    """value[k1][k2]... through mappings; None where a step is missing or not a mapping (a template of any
+    shape: the Deployment is the user's)."""
+    for key in keys:
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(key)
+    return value
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def _current_terms(template: Mapping[str, Any]) -> object:
-    spec = template.get("spec") or {}
-    return (((spec.get("affinity") or {}).get("nodeAffinity") or {})
-            .get("requiredDuringSchedulingIgnoredDuringExecution") or {}).get("nodeSelectorTerms")
+    return _at(template, "spec", "affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredDuringExecution",
+               "nodeSelectorTerms")
 
 
 def _env_ok(container: Mapping[str, Any]) -> bool:
-    env = {e.get("name"): e for e in container.get("env") or [] if isinstance(e, dict)}
+    env = {e["name"]: e for e in _list(container.get("env"))
+           if isinstance(e, dict) and isinstance(e.get("name"), str)}
     for name, path in _ENV:
-        field_ref = ((env.get(name) or {}).get("valueFrom") or {}).get("fieldRef") or {}
-        if field_ref.get("fieldPath") != path:
+        if _at(env.get(name), "valueFrom", "fieldRef", "fieldPath") != path:
             return False
     return True
 
@@ -78,14 +95,15 @@ def _env_ok(container: Mapping[str, Any]) -> bool:
 def template_patch(deployment: DeploymentObj, model_label: str, terms: list[dict[str, Any]],
                    config: DecisionConfig) -> dict[str, Any] | None:
     """The strategic-merge patch of `spec.template` (and `spec.strategy`) the Deployment needs; None if none.
+    Reads a template and strategy of any shape (a part that is not what the API defines reads as absent).
 
     The template part is sent whole whenever any of it differs (it is idempotent); the strategy alone does not
     start a rollout.
     """
     template = deployment.template
-    labels = (template.get("metadata") or {}).get("labels") or {}
-    spec = template.get("spec") or {}
-    containers = [c for c in spec.get("containers") or [] if isinstance(c, dict)]
+    labels = _mapping(_at(template, "metadata", "labels"))
+    spec = _mapping(template.get("spec"))
+    containers = [c for c in _list(spec.get("containers")) if isinstance(c, dict) and isinstance(c.get("name"), str)]
     template_ok = (labels.get(MODEL_LABEL) == model_label
                    and spec.get("schedulerName") == config.scheduler_name
                    and (not config.runtime_class_name or spec.get("runtimeClassName") == config.runtime_class_name)
@@ -125,7 +143,7 @@ def _strategy_patch(strategy: Mapping[str, Any]) -> dict[str, Any] | None:
     kind = strategy.get("type", "RollingUpdate")
     if kind == "Recreate":
         return None
-    rolling = strategy.get("rollingUpdate") or {}
+    rolling = _mapping(strategy.get("rollingUpdate"))
     surge, unavailable = rolling.get("maxSurge"), rolling.get("maxUnavailable")
     unavailable_ok = isinstance(unavailable, int) and not isinstance(unavailable, bool) and unavailable >= 1
     if kind == "RollingUpdate" and _is_zero(surge) and unavailable_ok:

@@ -312,7 +312,9 @@ def test_user_modelserving_with_bad_size_is_invalid_and_others_planned() -> None
 ])
 def test_a_model_whose_load_is_too_large_is_invalid_and_the_others_still_placed(
         rate: object, slo: object, via: str) -> None:
-    """Issue 16: an infinite load made the packer raise on every round, so nothing was planned for any tenant."""
+    """Issue 16: an infinite load made the packer raise on every round, so nothing was planned for any tenant.
+    Annotated, the rate is an InvalidAnnotation and left out of the owned ModelServing's spec (the CRD refuses a
+    spec whose load is above 1e12, so writing it would fail on every round)."""
     if via == "annotations":
         bad = deployment("poison", namespace="tenant-a", rate=str(rate), slo=str(slo))
         world = World(nodes=(node("n", gpus=2),), deployments=(bad, deployment("good", namespace="tenant-b")))
@@ -325,31 +327,55 @@ def test_a_model_whose_load_is_too_large_is_invalid_and_the_others_still_placed(
     world, _ = settle(world)
     poison, good = _servings(world)["poison"], _servings(world)["good"]
     invalid = condition(poison, "Invalid")
-    assert (invalid["status"], invalid["reason"]) == ("True", "InvalidSpec")  # type: ignore[index]
-    assert "spec.requestRate" in invalid["message"]  # type: ignore[index]
+    if via == "annotations":
+        assert (invalid["status"], invalid["reason"]) == ("True", "InvalidAnnotation")  # type: ignore[index]
+        assert f"annotation {RATE_ANNOTATION}: divided by {SLO_ANNOTATION}" in invalid["message"]  # type: ignore
+        assert "requestRate" not in poison.spec and poison.spec["sloSeconds"] == float(slo)  # type: ignore
+    else:
+        assert (invalid["status"], invalid["reason"]) == ("True", "InvalidSpec")  # type: ignore[index]
+        assert "spec.requestRate" in invalid["message"]  # type: ignore[index]
+    assert condition(poison, "Placed")["status"] == "False"  # type: ignore[arg-type]
     assert condition(good, "Placed")["status"] == "True"  # type: ignore[arg-type]
     assert good.status["placedReplicas"] == 1  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize("length, planned", [(63, True), (64, False), (120, False)])
-def test_a_model_whose_name_cannot_be_a_label_value_is_invalid_and_its_template_untouched(
+def test_a_deployment_whose_name_cannot_be_a_label_value_is_invalid_and_its_template_untouched(
         length: int, planned: bool) -> None:
     """Issue 16: a Deployment name of 64 characters or more made the model label invalid; the template patch was
-    refused on every round while the status said Placed."""
+    refused on every round while the status said Placed. The CRD refuses a ModelServing of that name, so none is
+    created: the Deployment carries the problem (a Warning event, counted invalid) and the others are planned."""
     name = ("m" * length)[:length]
     world, decisions = settle(World(nodes=(node("n", gpus=2),),
                                     deployments=(deployment(name), deployment("good"))))
-    ms, good = _servings(world)[name], _servings(world)["good"]
+    good = _servings(world)["good"]
     patched = {p.key.name for d in decisions for p in d.deployment_patches}
     assert condition(good, "Placed")["status"] == "True"  # type: ignore[arg-type]
     if planned:
-        assert condition(ms, "Placed")["status"] == "True" and name in patched  # type: ignore[index]
+        assert condition(_servings(world)[name], "Placed")["status"] == "True"  # type: ignore[arg-type]
+        assert name in patched
     else:
-        invalid = condition(ms, "Invalid")
-        assert (invalid["status"], invalid["reason"]) == ("True", "InvalidName")  # type: ignore[index]
-        assert f"{length} characters" in invalid["message"] and "63" in invalid["message"]  # type: ignore[index]
-        assert condition(ms, "Placed")["status"] == "False"  # type: ignore[arg-type]
+        assert name not in _servings(world)
+        assert not [c for d in decisions for c in d.owned_changes if c.key.name == name]
+        [event] = {e for e in decisions[-1].events if e.target.name == name}
+        assert (event.type, event.reason) == ("Warning", "InvalidName")
+        assert f"{length} characters" in event.message and "63" in event.message
+        assert decisions[-1].model_states["invalid"] == 1
         assert name not in patched and "good" in patched
+
+
+def test_a_model_serving_whose_name_cannot_be_a_label_value_is_invalid() -> None:
+    """A ModelServing of 64 characters (the CRD refuses it; an older CRD did not) is InvalidName, not planned,
+    and its Deployment's template is left alone."""
+    name = "m" * 64
+    world, decisions = settle(World(nodes=(node("n", gpus=2),),
+                                    deployments=(deployment(name, annotations={}), deployment("good")),
+                                    model_servings=(serving(name),)))
+    invalid = condition(_servings(world)[name], "Invalid")
+    assert (invalid["status"], invalid["reason"]) == ("True", "InvalidName")  # type: ignore[index]
+    assert "64 characters" in invalid["message"]  # type: ignore[index]
+    assert condition(_servings(world)[name], "Placed")["status"] == "False"  # type: ignore[arg-type]
+    assert name not in {p.key.name for d in decisions for p in d.deployment_patches}
 
 
 def test_unmanaged_gpu_pods_withhold_whole_gpus() -> None:

@@ -496,6 +496,43 @@ def test_bad_annotations_are_invalid_with_an_event_and_others_stay_placed(pool: 
     assert fixed["metadata"]["uid"] == broken["metadata"]["uid"]
 
 
+def test_poisoned_deployments_get_what_the_bounded_crd_takes_and_the_others_are_placed(pool: Pool) -> None:
+    """Issue 16: with the CRD's bounds, the ModelServing the controller keeps for a Deployment whose annotations
+    break one (an infinite load, an SLO over a day) leaves the field out and says why, so the apiserver takes it;
+    a Deployment whose name is too long for the model label gets an InvalidName event and no ModelServing. No
+    owned write is refused, and the good model is placed."""
+    pool.add_nodes({"big": (2, "80Gi")})
+    proc = pool.start()
+    apps, core = client.AppsV1Api(pool.kube), client.CoreV1Api(pool.kube)
+    long_name = "m" * 64
+    apps.create_namespaced_deployment(pool.namespace, annotated("load", "16Gi", 1e308, "0.5", 1))
+    apps.create_namespaced_deployment(pool.namespace, annotated("slow", "16Gi", 1.0, "90000", 1))
+    too_long = annotated(long_name, "16Gi", 1.0, "1", 1)
+    too_long["spec"]["selector"]["matchLabels"] = too_long["spec"]["template"]["metadata"]["labels"] = {
+        "app": "long"}  # the harness labels pods app=<name>, and a label value has at most 63 characters
+    apps.create_namespaced_deployment(pool.namespace, too_long)
+    create_models(pool, {"llama": MODELS["llama"]})
+    wait_settled(pool, ["llama"])
+    for name, annotation, left_out, kept in (("load", RATE_ANNOTATION, "requestRate", ("sloSeconds", 0.5)),
+                                             ("slow", SLO_ANNOTATION, "sloSeconds", ("requestRate", 1))):
+        ms = wait_for(lambda: serving(pool, name), lambda ms: condition(ms, "Invalid").get("status") == "True",
+                      30, f"ModelServing {name} Invalid")
+        invalid = condition(ms, "Invalid")
+        assert invalid["reason"] == "InvalidAnnotation" and f"annotation {annotation}" in invalid["message"], invalid
+        assert left_out not in ms["spec"] and ms["spec"][kept[0]] == kept[1], ms["spec"]
+    seen = wait_for(lambda: [f"{e.reason}: {e.message}" for e in core.list_namespaced_event(
+        pool.namespace, field_selector=f"involvedObject.name={long_name}").items],
+        lambda ev: any(e.startswith("InvalidName") for e in ev), 30, "InvalidName event on the Deployment")
+    assert any("64 characters" in e for e in seen), seen
+    with pytest.raises(ApiException) as missing:
+        serving(pool, long_name)
+    assert missing.value.status == 404
+    wait_for(proc.metrics, lambda m: m.get('kvsched_models{state="invalid"}') == 3.0, 30,
+             "kvsched_models{state=\"invalid\"} == 3")
+    log = proc.component.log_path.read_text(errors="replace")
+    assert "writing owned" not in log, [line for line in log.splitlines() if "writing owned" in line]
+
+
 # -- (4) ------------------------------------------------------------------------------------------------------
 def test_restarting_the_controller_patches_and_migrates_nothing(pool: Pool) -> None:
     pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
