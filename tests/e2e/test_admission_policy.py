@@ -23,6 +23,7 @@ from kvsched.api.names import (
     DEFAULT_HOLDER_SERVICE_ACCOUNT,
     DEFAULT_SCHEDULER_NAME,
     GPU_ANNOTATION,
+    GPU_RESOURCE,
     GPU_UUID_ANNOTATION,
     HOLDER_LABEL,
     MEMORY_FRACTION_ANNOTATION,
@@ -33,7 +34,8 @@ from kvsched.api.names import (
 
 from .harness.cluster import ControlPlane
 from .harness.controller import service_account_kubeconfig, token_kubeconfig
-from .harness.kube import api_client, deployment_manifest, wait_for
+from .harness.device_plugin import fake_uuid
+from .harness.kube import api_client, create_gpu_nodes, delete_nodes, deployment_manifest, gpu_node_manifest, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -255,8 +257,10 @@ def test_a_holder_writes_its_gpu_uuid_and_nothing_else(guarded: Guarded) -> None
     guarded.admin.create_namespaced_pod(guarded.namespace, pod("not-a-holder", env=[]))
     uuid_patch = {"metadata": {"annotations": {GPU_UUID_ANNOTATION: "GPU-1234"}}}
     guarded.holder.patch_namespaced_pod("holder", guarded.namespace, uuid_patch)
+    # (Writing the value it already has changes nothing and is let through.)
+    moved = {"metadata": {"annotations": {GPU_UUID_ANNOTATION: "GPU-5678"}}}
     for api, name in ((guarded.editor, "holder"), (guarded.holder, "not-a-holder")):
-        error = refusal(lambda: api.patch_namespaced_pod(name, guarded.namespace, uuid_patch))
+        error = refusal(lambda: api.patch_namespaced_pod(name, guarded.namespace, moved))
         assert error.status == 403 and f"metadata.annotations['{GPU_UUID_ANNOTATION}']" in error.body, error.body
     for metadata in ({"annotations": {GPU_ANNOTATION: "0"}}, {"labels": {HOLDER_LABEL: None}}):
         error = refusal(lambda: guarded.holder.patch_namespaced_pod("holder", guarded.namespace,
@@ -286,3 +290,23 @@ def test_the_replica_set_controller_creates_pods_of_a_managed_template(guarded: 
     [message] = wait_for(failures, bool, 60.0, "the bad Deployment's ReplicaSet reports FailedCreate")
     assert VISIBLE_DEVICES_ENV in message and guarded.policy in message, message
     assert guarded.admin.list_namespaced_pod(guarded.namespace, label_selector="app=bad").items == []
+
+
+def test_the_device_plugin_stand_in_writes_a_holders_uuid_as_the_holder(guarded: Guarded) -> None:
+    """The harness's stand-in for `kvsched gpu-holder` writes the UUID as the holder pod's ServiceAccount, so the
+    chart's policy (installed by test_rbac_audit.py and `make cluster`) lets it through, as it lets the real one."""
+    node = f"vap-{uuid.uuid4().hex[:6]}"
+    create_gpu_nodes(guarded.admin, [gpu_node_manifest(node, gpus=1, gpu_memory_mib=81920)])
+    try:
+        holder = pod("held", labels={HOLDER_LABEL: "true"}, env=[], scheduler="nobody")
+        holder["spec"].pop("nodeSelector")
+        holder["spec"]["serviceAccountName"] = DEFAULT_HOLDER_SERVICE_ACCOUNT
+        holder["spec"]["containers"][0]["resources"] = {"limits": {GPU_RESOURCE: "1"}}
+        guarded.kvsched.create_namespaced_pod(guarded.namespace, holder)
+        guarded.kvsched.create_namespaced_binding(guarded.namespace, {
+            "metadata": {"name": "held"}, "target": {"kind": "Node", "name": node}}, _preload_content=False)
+        wait_for(lambda: guarded.admin.read_namespaced_pod("held", guarded.namespace).metadata.annotations or {},
+                 lambda a: a.get(GPU_UUID_ANNOTATION) == fake_uuid(node, 0), 30.0, "the holder's UUID")
+    finally:
+        guarded.admin.delete_namespaced_pod("held", guarded.namespace, grace_period_seconds=0)
+        delete_nodes(guarded.admin, [node])
