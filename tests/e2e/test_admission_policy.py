@@ -143,6 +143,14 @@ def guarded(control_plane: ControlPlane, kube: client.ApiClient) -> Iterator[Gua
         admin.delete_namespace(namespace)
 
 
+def test_the_apiserver_type_checks_every_expression_without_a_warning(guarded: Guarded,
+                                                                      kube: client.ApiClient) -> None:
+    registration = client.AdmissionregistrationV1Api(kube)
+    status = wait_for(lambda: registration.read_validating_admission_policy(guarded.policy).status,
+                      lambda st: st is not None and st.type_checking is not None, 30.0, "the policy type-checked")
+    assert not status.type_checking.expression_warnings, status.type_checking.expression_warnings
+
+
 def managed_pod(g: Guarded, name: str) -> client.V1Pod:
     """A pod of a model, created by the admin as its ReplicaSet would, then annotated by kvsched as its bind does."""
     g.admin.create_namespaced_pod(g.namespace, pod(name, labels={MODEL_LABEL: "alpha"}))
