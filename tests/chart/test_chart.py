@@ -89,6 +89,8 @@ def test_default_rendering_has_the_base_objects_only(helm: Helm) -> None:
         # GPU holders (templates/gpu-holders.yaml): their PriorityClass, ServiceAccount and Role, and kvsched's Role
         # to create and delete them.
         "PriorityClass", "ServiceAccount", "Role", "RoleBinding", "Role", "RoleBinding",
+        # templates/admission-policy.yaml: who may write kvsched's pod fields.
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     ])
     assert all(d["metadata"].get("namespace") in (None, "kvsched-system", "kube-system") for d in docs)
 
@@ -154,6 +156,7 @@ def test_pod_disruption_budget_only_with_several_replicas(helm: Helm, replicas: 
     pytest.param({"securityContext": {"capabilities": {"drop": ["ALL"], "add": ["NET_ADMIN"]}}}, "add",
                  id="added capability"),
     pytest.param({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot", id="root allowed"),
+    pytest.param({"admissionPolicy": {"enabled": "yes"}}, "enabled", id="admission policy switch not a boolean"),
 ])
 def test_schema_rejects_bad_values(helm: Helm, values: dict[str, Any], field: str) -> None:
     with pytest.raises(RenderFailed) as failed:
@@ -325,6 +328,67 @@ def test_gpu_holders_get_a_priority_class_an_account_and_kvsched_may_create_them
     bound = {b["roleRef"]["name"]: b["subjects"][0]["name"] for b in docs if b["kind"] == "RoleBinding"}
     sa = only(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
     assert bound["kvsched-gpu-holders"] == sa and bound["kvsched-gpu-holder"] == DEFAULT_HOLDER_SERVICE_ACCOUNT
+
+
+# -- the admission policy (templates/admission-policy.yaml; tests/e2e/test_admission_policy.py runs it) ----------
+def policy_text(policy: dict[str, Any]) -> str:
+    """Every CEL expression and message of the policy, one per line."""
+    spec = policy["spec"]
+    return "\n".join([*(v["expression"] for v in spec["variables"]),
+                      *(v[k] for v in spec["validations"] for k in ("expression", "message", "messageExpression")
+                        if k in v)])
+
+
+@pytest.mark.parametrize("values, namespace, kvsched_sa, holder_sa, scheduler", [
+    (None, "kvsched-system", "kvsched", "kvsched-gpu-holder", "kvsched"),
+    (NON_DEFAULT_VALUES, "kvsched-system", "kvsched", "llm-holder", "llm-scheduler"),
+    ({"serviceAccount": {"name": "gpu-planner"}}, "platform", "gpu-planner", "kvsched-gpu-holder", "kvsched"),
+], ids=["default values", "non-default values", "own ServiceAccount name"])
+def test_admission_policy_names_the_rendered_service_accounts_and_scheduler(
+        helm: Helm, values: dict[str, Any] | None, namespace: str, kvsched_sa: str, holder_sa: str,
+        scheduler: str) -> None:
+    docs = render(helm, values, namespace=namespace)
+    policy = only(docs, "ValidatingAdmissionPolicy")
+    binding = only(docs, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"]["policyName"] == policy["metadata"]["name"]
+    assert binding["spec"]["validationActions"] == ["Deny"] and policy["spec"]["failurePolicy"] == "Fail"
+    deployment_sa = only(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    assert deployment_sa == kvsched_sa
+    variables = {v["name"]: v["expression"] for v in policy["spec"]["variables"]}
+    assert variables["byKvsched"] == f"request.userInfo.username == 'system:serviceaccount:{namespace}:{kvsched_sa}'"
+    assert variables["byHolder"] == f"request.userInfo.username == 'system:serviceaccount:{namespace}:{holder_sa}'"
+    assert f"object.spec.schedulerName == '{scheduler}'" in variables["kvschedPod"]
+    [rule] = policy["spec"]["matchConstraints"]["resourceRules"]
+    # The pod itself and ephemeral containers; never status, binding or eviction (kubelet, scheduler, drains).
+    assert sorted(rule["resources"]) == ["pods", "pods/ephemeralcontainers"]
+    assert sorted(rule["operations"]) == ["CREATE", "UPDATE"]
+
+
+def test_admission_policy_guards_the_codes_names(helm: Helm) -> None:
+    """The fields the policy's expressions guard are kvsched.api.names' (the chart's YAML cannot import them)."""
+    from kvsched.api import names
+
+    text = policy_text(only(render(helm), "ValidatingAdmissionPolicy"))
+    for name in (names.GPU_ANNOTATION, names.MEMORY_FRACTION_ANNOTATION, names.VISIBLE_DEVICES_ANNOTATION,
+                 names.HOLDER_NODE_ANNOTATION, names.HOLDER_GPU_ANNOTATION, names.HOLDER_LABEL,
+                 names.GPU_UUID_ANNOTATION, names.MODEL_LABEL, names.VISIBLE_DEVICES_ENV,
+                 f"metadata.annotations['{names.VISIBLE_DEVICES_ANNOTATION}']"):
+        assert name in text, name
+
+
+def test_admission_policy_binding_follows_the_watched_namespace(helm: Helm) -> None:
+    everywhere = only(render(helm), "ValidatingAdmissionPolicyBinding")["spec"]
+    assert "matchResources" not in everywhere
+    scoped = only(render(helm, {"watchNamespace": "llm"}), "ValidatingAdmissionPolicyBinding")["spec"]
+    [term] = scoped["matchResources"]["namespaceSelector"]["matchExpressions"]
+    assert term == {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["llm", "kvsched-system"]}
+
+
+def test_admission_policy_off_by_value(helm: Helm) -> None:
+    on, off = render(helm), render(helm, {"admissionPolicy": {"enabled": False}})
+    assert {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} <= set(kinds(on))
+    assert not {"ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding"} & set(kinds(off))
+    assert sorted(d["kind"] for d in on if not d["kind"].startswith("ValidatingAdmission")) == kinds(off)
 
 
 def test_metrics_service_publishes_standbys_too(helm: Helm) -> None:

@@ -9,7 +9,10 @@ What the real stack does, and what is simulated here (tests/e2e/README.md says t
   pod is bound to a node, `allocate` picks the lowest free device indices of that node and records them on the
   pod as ALLOCATION_ANNOTATION (`0,1`), once (a pod keeps its devices until it is deleted or finishes).
 - a holder pod's container reads its GPU's UUID through NVML and annotates its own pod. Here: the stand-in
-  writes `kvsched.io/gpu-uuid` = `fake_uuid(node, device)`, a stable UUID per node and device, in the same patch.
+  writes `kvsched.io/gpu-uuid` = `fake_uuid(node, device)`, a stable UUID per node and device, in the same patch,
+  as the holder pod's ServiceAccount (impersonated), the account `kvsched gpu-holder` writes it with, so that the
+  chart's admission policy sees the request it would see; as the admin when that account may not patch pods (a
+  test's holder pod without the chart's Role for it).
 - Devices are freed when the pod is deleted or reaches Succeeded/Failed (the kubelet stops its containers).
 The allocation annotation is e2e-only: tests compare it with the UUIDs kvsched's bind writes on managed pods.
 Called by: harness/cluster.py (`ControlPlane.start` runs one for the session), tests/e2e/test_gpu_holders.py.
@@ -59,6 +62,7 @@ class GpuPod:
     devices: tuple[int, ...]  # already allocated (from its annotation)
     holder: bool
     live: bool                # not Succeeded/Failed
+    service_account: str = "default"
 
 
 def gpu_pod(obj: Mapping[str, Any]) -> GpuPod | None:
@@ -66,9 +70,10 @@ def gpu_pod(obj: Mapping[str, Any]) -> GpuPod | None:
     pod = read_pod(obj)
     if pod.node is None or pod.gpu_request <= 0:
         return None
+    account = (obj.get("spec") or {}).get("serviceAccountName") or "default"
     return GpuPod(pod.uid, pod.namespace, pod.name, pod.node, pod.gpu_request,
                   parse_devices(pod.annotations.get(ALLOCATION_ANNOTATION)), pod.labels.get(HOLDER_LABEL) == "true",
-                  not pod.terminal)
+                  not pod.terminal, str(account))
 
 
 def allocate(pod: GpuPod, others: Iterable[GpuPod], node_gpus: int) -> tuple[int, ...] | None:
@@ -89,6 +94,7 @@ class DevicePluginStandIn:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="device-plugin-standin", daemon=True)
         self._pods: dict[str, GpuPod] = {}
+        self._as: dict[str, client.CoreV1Api] = {}  # username -> a client impersonating it
         self.allocations = 0  # pods given devices so far (for tests and logs)
 
     def start(self) -> DevicePluginStandIn:
@@ -98,6 +104,27 @@ class DevicePluginStandIn:
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(5.0)
+        for api in self._as.values():
+            api.api_client.close()
+
+    def _client_as(self, user: str) -> client.CoreV1Api:
+        if user not in self._as:
+            self._as[user] = client.CoreV1Api(client.ApiClient(
+                self.core.api_client.configuration, header_name="Impersonate-User", header_value=user))
+        return self._as[user]
+
+    def _annotate(self, pod: GpuPod, annotations: dict[str, str]) -> None:
+        """Patch `annotations` onto the pod: a holder's as its ServiceAccount (the admin's when RBAC refuses it)."""
+        body = {"metadata": {"uid": pod.uid, "annotations": annotations}}
+        if pod.holder:
+            user = f"system:serviceaccount:{pod.namespace}:{pod.service_account}"
+            try:
+                self._client_as(user).patch_namespaced_pod(pod.name, pod.namespace, body)
+                return
+            except ApiException as e:
+                if e.status != 403 or "cannot patch resource" not in str(e.body):
+                    raise
+        self.core.patch_namespaced_pod(pod.name, pod.namespace, body)
 
     def _node_gpus(self, node: str) -> int:
         status = self.core.read_node(node).status
@@ -122,13 +149,12 @@ class DevicePluginStandIn:
         if pod.holder:
             annotations[GPU_UUID_ANNOTATION] = fake_uuid(pod.node, devices[0])
         try:
-            self.core.patch_namespaced_pod(pod.name, pod.namespace, {"metadata": {
-                "uid": pod.uid, "annotations": annotations}})
+            self._annotate(pod, annotations)
         except ApiException as e:
             log.warning("annotating pod %s/%s failed: %s", pod.namespace, pod.name, e.reason)
             return
         self._pods[uid] = GpuPod(pod.uid, pod.namespace, pod.name, pod.node, pod.request, devices, pod.holder,
-                                 pod.live)
+                                 pod.live, pod.service_account)
         self.allocations += 1
 
     def _run(self) -> None:
