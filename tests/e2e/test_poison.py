@@ -12,8 +12,7 @@ the e2e pools do; the poison and the good model share it, which is the harder ca
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from typing import Any, Callable
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -31,26 +30,23 @@ from kvsched.api.names import (
     VERSION,
 )
 
-from .harness.cluster import ControlPlane
 from .harness.example import migrations
 from .harness.kube import deployment_manifest, wait_for
-from .harness.processes import Component
-from .test_controller import Pool, annotated, condition, create_models, new_pool, serving, slot_set, wait_settled
+from .test_controller import (  # noqa: F401 (`pool` is the fixture)
+    Pool,
+    annotated,
+    condition,
+    create_models,
+    pool,
+    serving,
+    slot_set,
+    wait_settled,
+)
 
 pytestmark = pytest.mark.e2e
 
 RUNNING = {"llama": ("16Gi", 4.0, "1", 2), "qwen": ("30Gi", 2.0, "1", 1)}
 LONG_NAME = "m" * 64
-
-
-@pytest.fixture
-def pool(control_plane: ControlPlane, kube: client.ApiClient, namespace: str, project_crds: list[str],
-         kvsched_scheduler: Callable[..., Component]) -> Iterator[Pool]:
-    p = new_pool(control_plane, kube, namespace, kvsched_scheduler)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def poison(pool: Pool) -> list[str]:

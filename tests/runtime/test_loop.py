@@ -392,15 +392,21 @@ def test_refused_eviction_is_retried_only_after_backoff() -> None:
     assert loop.metric('kvsched_migrations_total{reason="NodeUnavailable"}') == 1.0
 
 
-def test_each_replan_counts_the_steps_it_calls_for_once() -> None:
-    loop = make()
+def running_on_n1_with_n2_added(loop: Any, rounds: int) -> None:
+    """m's two replicas run on their planned slots on n1, then node n2 joins; `rounds` rounds after that."""
     api = loop.api
     loop.rounds(2)
     planned = slots(api)
     api.put(pod("m-a", "m", *planned[0]))
     api.put(pod("m-b", "m", *planned[1]))
     api.put(node("n2", gpus=2))
-    loop.round()
+    loop.rounds(rounds)
+
+
+def test_each_replan_counts_the_steps_it_calls_for_once() -> None:
+    loop = make()
+    api = loop.api
+    running_on_n1_with_n2_added(loop, 1)
 
     def steps() -> dict[str, float]:
         return {kind: loop.metric(f'kvsched_replan_steps_total{{kind="{kind}"}}') for kind in ("move", "resize")}
@@ -512,12 +518,7 @@ def test_a_second_eviction_waits_for_the_first_even_while_the_pod_watch_lags() -
     # however many rounds run (and however much time passes) before the watch catches up.
     loop = make()
     api = loop.api
-    loop.rounds(2)
-    planned = slots(api)
-    api.put(pod("m-a", "m", *planned[0]))
-    api.put(pod("m-b", "m", *planned[1]))
-    api.put(node("n2", gpus=2))
-    loop.rounds(2)
+    running_on_n1_with_n2_added(loop, 2)
     api.put(dataclasses.replace(node("n1", gpus=2), unschedulable=True))
     api.watch_delivers = False
     loop.rounds(4)
