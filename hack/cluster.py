@@ -2,9 +2,10 @@
 
 It reuses the e2e harness (tests/e2e/harness): the control plane from the e2e cache (built first by `make`),
 KWOK GPU nodes as listed in examples/cluster.yaml, the Helm chart installed with the cache's helm (CRDs, RBAC,
-ServiceAccount, scheduler ConfigMap; its in-cluster Deployment is scaled to 0 because kvsched runs here), then
+ServiceAccounts, scheduler ConfigMap; its in-cluster Deployment is scaled to 0 because kvsched runs here), then
 `kvsched serve` and a stock kube-scheduler as local processes with the chart's rendered flags and scheduler
-configuration and a token of the chart's ServiceAccount (so they have exactly the RBAC the chart grants), and
+configuration and tokens of the chart's two ServiceAccounts (kvsched's; the scheduler's, from the chart's token
+Secret), so each has exactly the RBAC the chart grants it, and
 Prometheus scraping kvsched. It creates the example's models as annotated Deployments (not with
 KVSCHED_CLUSTER_EXAMPLES=0), writes $KVSCHED_CLUSTER_DIR/env (default .kvsched-cluster/env) and prints `ready`.
 
@@ -165,7 +166,8 @@ class LocalCluster:
         chart.scale_in_cluster_pod_to_zero()
         sa_kubeconfig = chart.service_account_kubeconfig(self.workdir / "kvsched.kubeconfig")
         kvsched_args = chart.kvsched_args()
-        scheduler_config = chart.local_scheduler_config(sa_kubeconfig)
+        scheduler_kubeconfig = chart.scheduler_kubeconfig(self.workdir / "kvsched-scheduler.kubeconfig")
+        scheduler_config = chart.local_scheduler_config(scheduler_kubeconfig)
 
         say(f"kvsched: {' '.join(self.serve)} (extender on :{extender_port}, metrics on :{metrics_port})")
         kvsched = Component("kvsched", [*self.serve, *kvsched_args[1:], *self.extra_args], logs / "kvsched.log",
@@ -181,7 +183,8 @@ class LocalCluster:
             "configuration")
         scheduler = Component("kvsched-scheduler", [
             str(tools.kube_scheduler), f"--config={config_path}",
-            f"--authentication-kubeconfig={sa_kubeconfig}", f"--authorization-kubeconfig={sa_kubeconfig}",
+            f"--authentication-kubeconfig={scheduler_kubeconfig}",
+            f"--authorization-kubeconfig={scheduler_kubeconfig}",
             "--bind-address=127.0.0.1", f"--secure-port={scheduler_port}", "--v=2",
         ], logs / "kvsched-scheduler.log").start()
         self.components.append(scheduler)

@@ -84,8 +84,11 @@ def test_helm_lint_passes(helm: Helm, values: dict[str, Any] | None, tmp_path: P
 def test_default_rendering_has_the_base_objects_only(helm: Helm) -> None:
     docs = render(helm)
     assert kinds(docs) == sorted([
-        "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "ClusterRoleBinding",
-        "Role", "RoleBinding", "RoleBinding", "ConfigMap", "Deployment", "Service",
+        # kvsched's and its kube-scheduler's ServiceAccounts, the Secret with the scheduler's token, their roles
+        # (templates/serviceaccount.yaml, rbac.yaml; tests/chart/test_rbac.py).
+        "ServiceAccount", "ServiceAccount", "Secret",
+        "ClusterRole", "ClusterRoleBinding", "ClusterRoleBinding", "ClusterRoleBinding",
+        "Role", "RoleBinding", "Role", "RoleBinding", "RoleBinding", "ConfigMap", "Deployment", "Service",
         # GPU holders (templates/gpu-holders.yaml): their PriorityClass, ServiceAccount and Role, and kvsched's Role
         # to create and delete them.
         "PriorityClass", "ServiceAccount", "Role", "RoleBinding", "Role", "RoleBinding",
@@ -293,21 +296,6 @@ def test_cluster_role_rules_are_plain(helm: Helm) -> None:
     for rule in only(render(helm), "ClusterRole")["rules"]:
         assert set(rule) == {"apiGroups", "resources", "verbs"}, rule  # no resourceNames, no nonResourceURLs
         assert "*" not in rule["verbs"] + rule["resources"] + rule["apiGroups"], rule
-
-
-def test_the_scheduler_gets_the_built_in_roles_and_both_get_their_leases(helm: Helm) -> None:
-    docs = render(helm)
-    sa = only(docs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
-    subject = [{"kind": "ServiceAccount", "name": sa, "namespace": "kvsched-system"}]
-    bound = {b["roleRef"]["name"]: b["subjects"] for b in docs if b["kind"] in ("ClusterRoleBinding", "RoleBinding")}
-    cluster_role = only(docs, "ClusterRole")["metadata"]["name"]
-    for role in (cluster_role, "system:kube-scheduler", "system:volume-scheduler",
-                 "extension-apiserver-authentication-reader", f"{cluster_role}-leader-election"):
-        assert bound.get(role) == subject, role
-    # Only Leases (its verbs: tests/e2e/test_rbac_audit.py, from the audit log).
-    [leases] = only(docs, "Role", "leader-election")["rules"]
-    assert (leases["apiGroups"], leases["resources"]) == (["coordination.k8s.io"], ["leases"])
-    assert sa in [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
 
 
 def test_gpu_holders_get_a_priority_class_an_account_and_kvsched_may_create_them(helm: Helm) -> None:

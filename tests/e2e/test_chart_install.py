@@ -1,7 +1,8 @@
-"""The chart on a real apiserver: `helm install` succeeds; its ServiceAccount may do what the kube-scheduler needs
-and not what nobody needs (SubjectAccessReviews against the cluster's own built-in roles; kvsched's own verbs are
-checked against the audit log in test_rbac_audit.py); a stock kube-scheduler runs with the chart's configuration
-and the ServiceAccount's token and takes its Lease; the examples are accepted."""
+"""The chart on a real apiserver: `helm install` succeeds; the kube-scheduler's own ServiceAccount may do what the
+kube-scheduler needs, kvsched's may not, and neither may do what nobody needs (SubjectAccessReviews against the
+cluster's own built-in roles; each one's verbs are checked against the audit log in test_rbac_audit.py); a stock
+kube-scheduler runs with the chart's configuration and the token kube-controller-manager wrote into the chart's
+Secret for its ServiceAccount, and takes its Lease; the examples are accepted."""
 from __future__ import annotations
 
 import os
@@ -49,11 +50,12 @@ def chart(control_plane: ControlPlane, kube: client.ApiClient, project_crds: lis
 
 
 def can(api: client.ApiClient, user: str, verb: str, group: str, resource: str, namespace: str = "e2e-any",
-        subresource: str = "") -> bool:
+        subresource: str = "", name: str = "") -> bool:
     review = client.V1SubjectAccessReview(spec=client.V1SubjectAccessReviewSpec(
         user=user, groups=["system:serviceaccounts", "system:authenticated"],
         resource_attributes=client.V1ResourceAttributes(
-            verb=verb, group=group, resource=resource, subresource=subresource or None, namespace=namespace)))
+            verb=verb, group=group, resource=resource, subresource=subresource or None, namespace=namespace,
+            name=name or None)))
     return bool(client.AuthorizationV1Api(api).create_subject_access_review(review).status.allowed)
 
 
@@ -64,7 +66,13 @@ SCHEDULER_NEEDS = [
     ("list", "", "namespaces", ""), ("update", "", "pods", "status"), ("create", "", "pods", "binding"),
     ("create", "events.k8s.io", "events", ""),
 ]
-# (Deleting pods is allowed: system:kube-scheduler grants it for preemption.)
+# What kvsched (controller + extender) does and its kube-scheduler must not.
+KVSCHED_ONLY = [
+    ("patch", "apps", "deployments", ""), ("create", "kvsched.io", "modelservings", ""),
+    ("patch", "kvsched.io", "modelservings", "status"), ("create", "", "pods", "eviction"),
+    ("patch", "", "pods", ""),
+]
+# (Deleting pods is allowed to the scheduler: system:kube-scheduler grants it for preemption.)
 MUST_NOT = [
     ("update", "", "nodes", ""), ("update", "apps", "deployments", ""),
     ("get", "", "secrets", ""), ("create", "apps", "deployments", ""), ("delete", "", "nodes", ""),
@@ -74,18 +82,32 @@ MUST_NOT = [
 
 @pytest.mark.parametrize("verb, group, resource, sub", SCHEDULER_NEEDS,
                          ids=[f"{v} {g or 'core'}/{r}{'/' + s if s else ''}" for v, g, r, s in SCHEDULER_NEEDS])
-def test_service_account_may(chart: InstalledChart, kube: client.ApiClient, verb: str, group: str, resource: str,
-                             sub: str) -> None:
-    user = f"system:serviceaccount:{chart.namespace}:{chart.service_account()}"
-    assert can(kube, user, verb, group, resource, subresource=sub)
+def test_the_scheduler_may_and_kvsched_may_not(chart: InstalledChart, kube: client.ApiClient, verb: str, group: str,
+                                               resource: str, sub: str) -> None:
+    scheduler = f"system:serviceaccount:{chart.namespace}:{chart.scheduler_service_account()}"
+    kvsched = f"system:serviceaccount:{chart.namespace}:{chart.service_account()}"
+    assert scheduler != kvsched
+    assert can(kube, scheduler, verb, group, resource, subresource=sub)
+    assert not can(kube, kvsched, verb, group, resource, subresource=sub)
+
+
+@pytest.mark.parametrize("verb, group, resource, sub", KVSCHED_ONLY,
+                         ids=[f"{v} {g or 'core'}/{r}{'/' + s if s else ''}" for v, g, r, s in KVSCHED_ONLY])
+def test_kvsched_may_and_the_scheduler_may_not(chart: InstalledChart, kube: client.ApiClient, verb: str, group: str,
+                                               resource: str, sub: str) -> None:
+    scheduler = f"system:serviceaccount:{chart.namespace}:{chart.scheduler_service_account()}"
+    kvsched = f"system:serviceaccount:{chart.namespace}:{chart.service_account()}"
+    assert can(kube, kvsched, verb, group, resource, subresource=sub)
+    assert not can(kube, scheduler, verb, group, resource, subresource=sub)
 
 
 @pytest.mark.parametrize("verb, group, resource, sub", MUST_NOT,
                          ids=[f"{v} {g or 'core'}/{r}" for v, g, r, s in MUST_NOT])
-def test_service_account_may_not(chart: InstalledChart, kube: client.ApiClient, verb: str, group: str,
-                                 resource: str, sub: str) -> None:
-    user = f"system:serviceaccount:{chart.namespace}:{chart.service_account()}"
-    assert not can(kube, user, verb, group, resource, subresource=sub)
+def test_neither_service_account_may(chart: InstalledChart, kube: client.ApiClient, verb: str, group: str,
+                                     resource: str, sub: str) -> None:
+    for account in (chart.service_account(), chart.scheduler_service_account()):
+        assert not can(kube, f"system:serviceaccount:{chart.namespace}:{account}", verb, group, resource,
+                       subresource=sub), account
 
 
 def test_leases_only_in_the_release_namespace(chart: InstalledChart, kube: client.ApiClient) -> None:
@@ -94,11 +116,18 @@ def test_leases_only_in_the_release_namespace(chart: InstalledChart, kube: clien
         assert can(kube, user, verb, "coordination.k8s.io", "leases", namespace=chart.namespace), verb
     assert not can(kube, user, "update", "coordination.k8s.io", "leases", namespace="default")
     assert not can(kube, user, "delete", "coordination.k8s.io", "leases", namespace=chart.namespace)
-
+    # The scheduler: its own Lease only (system:kube-scheduler covers the one named kube-scheduler).
+    scheduler = f"system:serviceaccount:{chart.namespace}:{chart.scheduler_service_account()}"
+    own = chart.scheduler_config()["leaderElection"]["resourceName"]
+    for verb in ("get", "update"):
+        assert can(kube, scheduler, verb, "coordination.k8s.io", "leases", namespace=chart.namespace, name=own)
+        assert not can(kube, scheduler, verb, "coordination.k8s.io", "leases", namespace=chart.namespace,
+                       name="kvsched-controller")
 
 def test_the_charts_scheduler_runs_with_its_config_and_token(chart: InstalledChart, control_plane: ControlPlane,
                                                              kube: client.ApiClient, tmp_path: Path) -> None:
-    kubeconfig = chart.service_account_kubeconfig(tmp_path / "sa.kubeconfig")
+    # The token kube-controller-manager wrote into the chart's Secret, which the container mounts.
+    kubeconfig = chart.scheduler_kubeconfig(tmp_path / "scheduler.kubeconfig")
     config = chart.local_scheduler_config(kubeconfig)
     assert config["extenders"][0]["urlPrefix"].startswith("http://127.0.0.1:")
     (tmp_path / "scheduler.yaml").write_text(yaml.safe_dump(config))

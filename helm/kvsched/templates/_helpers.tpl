@@ -33,6 +33,16 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- end -}}
 {{- end -}}
 
+{{/* The kube-scheduler container's own ServiceAccount (docs/deploy.md, "Two ServiceAccounts"). */}}
+{{- define "kvsched.schedulerServiceAccountName" -}}
+{{- default (printf "%s-scheduler" (include "kvsched.fullname" .) | trunc 63 | trimSuffix "-") .Values.scheduler.serviceAccountName -}}
+{{- end -}}
+
+{{/* The Secret holding the scheduler ServiceAccount's token (filled by kube-controller-manager). */}}
+{{- define "kvsched.schedulerTokenSecretName" -}}
+{{- printf "%s-scheduler-token" (include "kvsched.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
 {{- define "kvsched.leaseNamespace" -}}
 {{- default .Release.Namespace .Values.leaderElection.namespace -}}
 {{- end -}}
@@ -54,4 +64,42 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{- define "kvsched.schedulerConfigName" -}}
 {{- printf "%s-scheduler-config" (include "kvsched.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* What kvsched writes to namespaced objects (and the Deployments it watches): rules of its ClusterRole, or with
+     watchNamespace set of its Role in that namespace (rbac.yaml). */}}
+{{- define "kvsched.namespacedRules" -}}
+# Controller: the ModelServings annotated Deployments own (created, patched, deleted; the informers list them).
+- apiGroups: [kvsched.io]
+  resources: [modelservings]
+  verbs: [{{ if not .Values.watchNamespace }}list, watch, {{ end }}create, patch, delete]
+# Controller: the plan, a merge patch of the status subresource (the extender reads it from the watch).
+- apiGroups: [kvsched.io]
+  resources: [modelservings/status]
+  verbs: [patch]
+# Controller: annotated Deployments, whose pod template it patches (affinity, schedulerName, label, env).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch, patch]
+# Controller: owner references with blockOwnerDeletion (checked by the OwnerReferencesPermissionEnforcement
+# admission plugin where it is on, when the controller creates a ModelServing owned by a Deployment).
+- apiGroups: [apps]
+  resources: [deployments/finalizers]
+  verbs: [update]
+# Extender and controller: the extender's bind annotates the pod, the controller annotates a pending one to wake it.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [patch]
+# Extender: the Binding after the annotation (the client posts to the namespace's bindings collection).
+- apiGroups: [""]
+  resources: [bindings]
+  verbs: [create]
+# Controller: migrations go through the Eviction API so PodDisruptionBudgets hold.
+- apiGroups: [""]
+  resources: [pods/eviction]
+  verbs: [create]
+# Controller: core/v1 events on the objects it acts on (each a new Event; never patched).
+- apiGroups: [""]
+  resources: [events]
+  verbs: [create]
 {{- end -}}

@@ -1,15 +1,19 @@
 """Install the Helm chart (helm/kvsched) on the e2e control plane and run its parts the way its pod would.
 
 `install_chart` runs `helm install` with the e2e cache's helm; `InstalledChart` then gives what a local kvsched and
-kube-scheduler need to run with exactly the chart's permissions and configuration: a kubeconfig holding a token
-of the chart's ServiceAccount (TokenRequest API), the `kvsched serve` arguments of its Deployment and the
-KubeSchedulerConfiguration of its ConfigMap. Called by tests/e2e/test_chart_install.py and `make cluster`.
+kube-scheduler need to run with exactly the chart's permissions and configuration: for kvsched a kubeconfig
+holding a token of the pod's ServiceAccount (TokenRequest API, as the pod's projected token), for kube-scheduler
+one holding the token kube-controller-manager wrote into the chart's Secret for the scheduler's own ServiceAccount
+(what its container mounts), the `kvsched serve` arguments of its Deployment and the KubeSchedulerConfiguration of
+its ConfigMap. Called by tests/e2e/test_chart_install.py, test_rbac_audit.py and `make cluster`.
 """
 from __future__ import annotations
 
+import base64
 import dataclasses
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +27,8 @@ from .kube import REPO_ROOT
 
 CHART_DIR = REPO_ROOT / "helm" / "kvsched"
 TOKEN_SECONDS = 24 * 3600
+TOKEN_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
+SECRET_FILLED_S = 60.0  # kube-controller-manager's token controller fills a new token Secret within a second
 
 
 class HelmFailed(RuntimeError):
@@ -48,6 +54,37 @@ class InstalledChart:
     def service_account(self) -> str:
         return str(self.deployment.spec.template.spec.service_account_name)
 
+    def scheduler_token_secret(self) -> str:
+        """The Secret whose token the kube-scheduler container mounts at the in-cluster token path."""
+        spec = self.deployment.spec.template.spec
+        [container] = [c for c in spec.containers if c.name == "kube-scheduler"]
+        [mount] = [m for m in container.volume_mounts or [] if m.mount_path == TOKEN_DIR]
+        [volume] = [v for v in spec.volumes if v.name == mount.name]
+        return str(volume.secret.secret_name)
+
+    def scheduler_service_account(self) -> str:
+        """The kube-scheduler container's ServiceAccount: the one its token Secret is for."""
+        secret = client.CoreV1Api(self.api).read_namespaced_secret(self.scheduler_token_secret(), self.namespace)
+        return str(secret.metadata.annotations["kubernetes.io/service-account.name"])
+
+    def scheduler_kubeconfig(self, path: Path) -> Path:
+        """A kubeconfig with the token of the chart's scheduler Secret, once kube-controller-manager has filled it
+        (the container's secret volume waits for the same). Raises TimeoutError."""
+        assert self.plane.creds is not None
+        core = client.CoreV1Api(self.api)
+        name = self.scheduler_token_secret()
+        deadline = time.monotonic() + SECRET_FILLED_S
+        while True:
+            data = core.read_namespaced_secret(name, self.namespace).data or {}
+            if data.get("token"):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Secret {self.namespace}/{name} has no token after {SECRET_FILLED_S:.0f}s: "
+                                   "does kube-controller-manager run its token controller?")
+            time.sleep(0.2)
+        token = base64.b64decode(data["token"]).decode()
+        return write_kubeconfig(path, self.plane.server, dataclasses.replace(self.plane.creds, admin_token=token))
+
     def kvsched_args(self) -> list[str]:
         """The arguments the chart passes to the kvsched container (`serve` first)."""
         containers = self.deployment.spec.template.spec.containers
@@ -66,7 +103,7 @@ class InstalledChart:
             self.deployment.metadata.name, self.namespace, {"spec": {"replicas": 0}})
 
     def service_account_kubeconfig(self, path: Path) -> Path:
-        """A kubeconfig for the control plane that authenticates as the chart's ServiceAccount."""
+        """A kubeconfig for the control plane that authenticates as the chart's pod (kvsched's) ServiceAccount."""
         assert self.plane.creds is not None
         request = client.AuthenticationV1TokenRequest(
             spec=client.V1TokenRequestSpec(audiences=[], expiration_seconds=TOKEN_SECONDS))
