@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test unit e2e e2e-tools bench lint clean clean-e2e manifests dashboard constraints cluster
+.PHONY: demo test unit e2e e2e-tools image bench lint clean clean-e2e manifests dashboard constraints cluster
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,7 +21,7 @@ test: $(STAMP) $(VENV)/.bench-stamp e2e-tools
 	$(PY) -m pytest
 
 unit: $(STAMP) $(VENV)/.bench-stamp
-	$(PY) -m pytest --ignore=tests/e2e
+	$(PY) -m pytest --ignore=tests/e2e -m 'not image'
 
 ## e2e: only the e2e tests (builds the control plane into its cache first if needed)
 e2e: $(STAMP) e2e-tools
@@ -30,6 +30,10 @@ e2e: $(STAMP) e2e-tools
 ## e2e-tools: build kube-apiserver, etcd, kube-scheduler, kube-controller-manager, KWOK, helm into the cache
 e2e-tools:
 	@if [ -x tests/e2e/cluster/build.sh ]; then tests/e2e/cluster/build.sh; fi
+
+## image: build the image with buildah on a Debian base made by mmdebstrap (installs both as root; cached)
+image: $(STAMP)
+	$(PY) -m hack.image build
 
 ## bench: figures, not tests (ADRS-50 against proven optima, scale against the fluid bound, churn vs CP-SAT)
 bench: $(STAMP) $(VENV)/.bench-stamp

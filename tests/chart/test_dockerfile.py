@@ -100,7 +100,7 @@ def test_dockerignore_keeps_the_rest_out() -> None:
 
 def test_installs_from_the_pinned_constraints() -> None:
     runs = " ".join(i.args for i in DOCKERFILE if i.keyword == "RUN")
-    assert "pip install --constraint constraints.txt ." in runs
+    assert "pip install --constraint constraints.txt --requirement requirements.txt" in runs
     pins = {}
     for line in (ROOT / "constraints.txt").read_text().splitlines():
         if line and not line.startswith("#"):
@@ -132,3 +132,20 @@ def test_entrypoint_is_the_kvsched_console_script() -> None:
     scripts = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["scripts"]
     module, _, function = scripts["kvsched"].partition(":")
     assert callable(getattr(importlib.import_module(module), function))
+
+
+def test_dependencies_are_installed_before_the_code_is_copied() -> None:
+    """The layer order the Dockerfile's comment promises (tests/image proves the cache is reused): pins and
+    pyproject copied, dependencies installed, then the code copied and installed without dependencies."""
+    build = [i for i in DOCKERFILE if i.stage == 0]
+    position = {name: next((n for n, i in enumerate(build) if test(i)), None) for name, test in {
+        "copy pins": lambda i: i.keyword == "COPY" and "constraints.txt" in i.args.split(),
+        "install dependencies": lambda i: i.keyword == "RUN" and "--requirement" in i.args,
+        "copy code": lambda i: i.keyword == "COPY" and "kvsched/" in i.args.split(),
+        "install code": lambda i: i.keyword == "RUN" and "pip install --no-deps ." in i.args,
+    }.items()}
+    assert None not in position.values(), position
+    assert position["copy pins"] < position["install dependencies"] < position["copy code"] < position["install code"]
+    # Nothing the code install needs but the dependency layer cannot see: only pins and pyproject before it.
+    early = [i for i in build[:position["install dependencies"]] if i.keyword in ("COPY", "ADD")]
+    assert all(set(shlex.split(i.args)[:-1]) <= {"constraints.txt", "pyproject.toml"} for i in early), early

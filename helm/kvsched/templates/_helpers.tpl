@@ -58,6 +58,10 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- $tag := .Values.scheduler.image.tag -}}
 {{- if not $tag -}}
 {{- $tag = regexFind "^v[0-9]+\\.[0-9]+\\.[0-9]+" .Capabilities.KubeVersion.Version -}}
+{{- if not $tag -}}
+{{- /* `helm template --kube-version 1.30` gives "v1.30", no patch: take the release's first, which exists. */ -}}
+{{- $tag = printf "%s.0" (regexFind "^v[0-9]+\\.[0-9]+" .Capabilities.KubeVersion.Version) -}}
+{{- end -}}
 {{- end -}}
 {{- printf "%s:%s" .Values.scheduler.image.repository $tag -}}
 {{- end -}}
