@@ -1,6 +1,6 @@
 """`kvsched serve` from the image (tests/image builds it with buildah) against the real control plane, as the chart
 runs it: `helm install`, the Deployment's arguments, a token of the chart's ServiceAccount, the image's user; a
-local kube-scheduler with the chart's configuration. One annotated Deployment: its ModelServing is Placed and its pod
+local kube-scheduler with the chart's configuration and its own ServiceAccount's token. One annotated Deployment: its ModelServing is Placed and its pod
 bound to a planned GPU.
 
 It lives with the e2e tests (one control plane per session); the image is built by the same cached steps as
@@ -117,7 +117,7 @@ def test_serve_from_the_image_places_a_model(image: tuple[Buildah, Build], contr
         assert args[0] == "serve"
         metrics_port = next(int(a.split("=", 1)[1]) for a in args if a.startswith("--metrics-port="))
         extender_port = next(int(a.split("=", 1)[1]) for a in args if a.startswith("--port="))
-        config = chart.local_scheduler_config(chart.service_account_kubeconfig(tmp_path / "scheduler.kubeconfig"))
+        config = chart.local_scheduler_config(chart.scheduler_kubeconfig(tmp_path / "scheduler.kubeconfig"))
         assert config["extenders"][0]["urlPrefix"] == f"http://127.0.0.1:{extender_port}"
         (tmp_path / "scheduler.yaml").write_text(yaml.safe_dump(config))
         scheduler_port = free_port()
