@@ -10,6 +10,14 @@ Then each of six changes is applied on its own, and the changed cluster is re-pl
   started from them, above a lower bound raised by the configuration LP on clusters of <= 32 models), then
   CP-SAT's fewest moves with max KVPR <= (1 + THRESHOLD) x best known.
 
+Restarts (issue 17): every replica that runs carries the share the controller wrote for it (the first plan's,
+`plan_shares`) in `current`, so kvsched's re-plan keeps shares where they fit and lists the restarts in place its
+plan needs (`resize` steps). kvsched's restarts = its moves + the pods that stay but restart for their share (its
+resize steps, then what the controller's share rule asks on top: bench/share_restarts.py). The reference: CP-SAT's
+fewest restarts (moves + share restarts, `exact_moves.fewest_restarts`) within the same cap; a 128-GPU cluster's
+references run to their time limits and are marked unproven ('?'). `--blind` re-plans without the shares (the
+packer before issue 17), for the figures before.
+
 The changes: (add) a model of 16Gi, 3 req/s, SLO 1 s; (rate) the busiest model's rate x1.6; (remove) the model
 taking the most memory; (gpu-lost) the GPU holding the most replicas; (node-added) a node of 2 x 80Gi; (replica)
 the model of the largest load per replica gets one more replica. Replicas running on a lost GPU are forced
@@ -22,7 +30,7 @@ with the issue's churn targets marked PASS or MISS.
 Figures, not tests: nothing asserts, exit code 0. Needs the `bench` extra (OR-Tools). CP-SAT runs with time
 limits; a re-plan whose exact figures are not proven is marked. CP-SAT with 2 workers is not deterministic, so
 the exact columns may vary a little between runs; kvsched's vary only where a solve runs into its time budget.
-Run: `python -m bench.churn [--quick] [--no-scale] [--example-seconds S] [--json PATH]`;
+Run: `python -m bench.churn [--quick] [--no-scale] [--no-large] [--blind] [--example-seconds S] [--json PATH]`;
 `python -m bench.churn --compare A.json B.json` prints two runs side by side.
 Called by: `bench/run.py --churn` (`make bench`), tests/bench (a tiny cluster).
 """
@@ -42,10 +50,12 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from bench.exact_moves import GpuSets, config_lp_bound, count_moves, fewest_moves, min_max_kvpr, placement_kvpr
+from bench.exact_moves import (GpuSets, config_lp_bound, count_moves, fewest_moves, fewest_restarts, min_max_kvpr,
+                               placement_kvpr)
 from bench.results import Target, gap_pct, verdict, write_json
 from bench.share_restarts import share_restarts
 from kvsched.cluster_file import NO_HEADROOM, load_cluster_file
+from kvsched.controller.headroom import plan_shares
 from kvsched.packer import Gpu, GpuId, Model, PackOptions, Plan, Slot, solve
 
 REPO = Path(__file__).resolve().parent.parent
@@ -58,6 +68,8 @@ CONFIG_LP_S = 3.0
 # Time budget of the from-scratch kvsched solve that seeds the best known plan (CP-SAT improves on it).
 FRESH_BUDGET_S = 5.0
 CHANGES = ("add", "rate", "remove", "gpu-lost", "node-added", "replica")
+# Models of the 128-GPU clusters: about what their memory holds at the small clusters' density.
+LARGE_MODELS = {"mixed": 200, "small": 700}
 
 
 @dataclass(frozen=True)
@@ -112,6 +124,9 @@ class Row:
     exact_gap_pct: float | None
     exact_s: float
     share_restarts: int = 0  # pods that stay but restart for their new memory share (bench/share_restarts.py)
+    kvsched_restarts: int = 0  # kvsched_moves + share_restarts
+    fewest_restarts: int | None = None  # CP-SAT's fewest restarts within the threshold; None: none found in time
+    fewest_restarts_proven: bool = False
 
 
 @dataclass(frozen=True)
@@ -128,6 +143,11 @@ class Summary:
     max_kvsched_s: float
     median_exact_s: float
     share_restarts: int = 0
+    kvsched_restarts: int = 0
+    fewest_restarts: int = 0  # over the re-plans where CP-SAT found a plan for them
+    kvsched_restarts_same: int = 0  # kvsched's restarts over those same re-plans
+    restarts_unproven: int = 0
+    restarts_missing: int = 0
 
 
 @dataclass(frozen=True)
@@ -210,14 +230,18 @@ def generated(kind: str, seed: int, n_gpus: int, n_models: int) -> Cluster:
     return Cluster(f"{kind}-{n_gpus}gpu-{n_models}m", tuple(models), gpus)
 
 
-def clusters(quick: bool) -> list[Cluster]:
-    """The example and three generated clusters (smaller ones with --quick)."""
+def clusters(quick: bool, large: bool = True) -> list[Cluster]:
+    """The example and three generated clusters (smaller ones with --quick), then (not with --quick, unless
+    `large` is False) mixed-memory and many-small clusters of 128 GPUs, whose CP-SAT references are time-limited
+    (marked unproven when they are)."""
     example = load_cluster_file(EXAMPLE, NO_HEADROOM)
     out = [Cluster("example", example.models, example.gpus)]
     if quick:
         out += [generated("homogeneous", 1, 6, 12), generated("mixed", 2, 7, 12), generated("small", 3, 5, 30)]
     else:
         out += [generated("homogeneous", 1, 10, 22), generated("mixed", 2, 10, 16), generated("small", 3, 5, 36)]
+        if large:
+            out += [generated("mixed", 4, 128, LARGE_MODELS["mixed"]), generated("small", 5, 128, LARGE_MODELS["small"])]
     return out
 
 
@@ -263,9 +287,12 @@ def changes(cluster: Cluster, first: Plan) -> list[Change]:
 # ------------------------------------------------------------------------------------------------- re-plan
 
 
-def replan(cluster: Cluster, change: Change, first: Plan, limits: Limits) -> Row:
-    """kvsched's re-plan and the exact references for one change (see the module docstring)."""
-    slots = [Slot(p.model, p.replica, p.gpu) for p in first.placements]
+def replan(cluster: Cluster, change: Change, first: Plan, limits: Limits, blind: bool = False) -> Row:
+    """kvsched's re-plan and the exact references for one change (see the module docstring). The running
+    replicas' shares (the first plan's, as the controller writes them) go to kvsched in `current` unless
+    `blind` (the packer as it was: restarts are then what the controller's share rule makes of its plan)."""
+    old = plan_shares(first, cluster.models)
+    slots = [Slot(p.model, p.replica, p.gpu, None if blind else old[(p.model, p.gpu)]) for p in first.placements]
     before = gpu_sets(first)
     start = time.perf_counter()
     plan = solve(change.models, change.gpus, current=slots, options=PackOptions(stability_threshold_ratio=THRESHOLD))
@@ -296,9 +323,13 @@ def replan(cluster: Cluster, change: Change, first: Plan, limits: Limits) -> Row
         start_hint = after if kv_value <= (1 + THRESHOLD) * best_value else best.gpus_of
         res = fewest_moves(change.models, change.gpus, before, (1 + THRESHOLD) * best_value, hint=start_hint,
                            time_limit_s=limits.moves_s)
+        cap = (1 + THRESHOLD) * best_value
+        restarts_res = fewest_restarts(change.models, change.gpus, before, old, cap, (1 + THRESHOLD) * cap,
+                                       hint=start_hint, time_limit_s=limits.moves_s)
     else:  # kvsched could not place everything: no reference
-        best_value, best_lower, best_proven, res = math.inf, 0.0, False, None
+        best_value, best_lower, best_proven, res, restarts_res = math.inf, 0.0, False, None, None
     exact_s = time.perf_counter() - exact_start
+    shared = share_restarts(change.models, change.gpus, first, plan, THRESHOLD)
     found = res is not None and res.gpus_of is not None
     exact_moves = count_moves(change.models, change.gpus, before, res.gpus_of) if found and res and res.gpus_of \
         else None
@@ -312,7 +343,11 @@ def replan(cluster: Cluster, change: Change, first: Plan, limits: Limits) -> Row
         exact_max_kvpr=res.max_kvpr if found and res else None,
         exact_gap_pct=gap_pct(res.max_kvpr, best_value) if found and res else None,
         exact_s=exact_s,
-        share_restarts=share_restarts(change.models, change.gpus, first, plan, THRESHOLD),
+        share_restarts=shared,
+        kvsched_restarts=moves + shared,
+        fewest_restarts=(None if restarts_res is None or restarts_res.objective is None
+                         else int(round(restarts_res.objective))),
+        fewest_restarts_proven=bool(restarts_res is not None and restarts_res.status == "OPTIMAL"),
     )
 
 
@@ -353,6 +388,11 @@ def summarise(rows: Sequence[Row]) -> Summary:
         max_kvsched_s=max(kv_times, default=math.nan),
         median_exact_s=statistics.median([r.exact_s for r in rows]) if rows else math.nan,
         share_restarts=sum(r.share_restarts for r in rows),
+        kvsched_restarts=sum(r.kvsched_restarts for r in rows),
+        fewest_restarts=sum(r.fewest_restarts or 0 for r in rows if r.fewest_restarts is not None),
+        kvsched_restarts_same=sum(r.kvsched_restarts for r in rows if r.fewest_restarts is not None),
+        restarts_unproven=sum(not r.fewest_restarts_proven for r in rows if r.fewest_restarts is not None),
+        restarts_missing=sum(r.fewest_restarts is None for r in rows),
     )
 
 
@@ -364,7 +404,7 @@ QUICK_SCALE_REPLANS = ((128, ("add",)),)
 REPLAN_TIME_TARGETS_S = {128: 0.1, 1024: 1.0}
 
 
-def scale_replans(plan: Sequence[tuple[int, Sequence[str]]]) -> list[ScaleReplan]:
+def scale_replans(plan: Sequence[tuple[int, Sequence[str]]], blind: bool = False) -> list[ScaleReplan]:
     """For each (GPUs, change kinds): plan scale_case(GPUs) from scratch, then re-plan each change, timed."""
     from bench.scale import scale_case
 
@@ -373,7 +413,8 @@ def scale_replans(plan: Sequence[tuple[int, Sequence[str]]]) -> list[ScaleReplan
         models, gpus = scale_case(n_gpus)
         cluster = Cluster(f"scale-{n_gpus}", tuple(models), tuple(gpus))
         first = solve(cluster.models, cluster.gpus)
-        slots = [Slot(p.model, p.replica, p.gpu) for p in first.placements]
+        old = plan_shares(first, cluster.models)
+        slots = [Slot(p.model, p.replica, p.gpu, None if blind else old[(p.model, p.gpu)]) for p in first.placements]
         before = gpu_sets(first)
         for change in changes(cluster, first):
             if change.kind not in kinds:
@@ -401,7 +442,12 @@ def judge(rows: Sequence[Row], scale: Sequence[ScaleReplan]) -> list[Target]:
     status = verdict
     s = summarise(rows)
     solved = s.replans - s.exact_missing
+    solved_restarts = s.replans - s.restarts_missing
     targets = [
+        Target("total restarts <= 1.15 x fewest restarts (re-plans CP-SAT solved)",
+               f"{s.kvsched_restarts_same} vs {s.fewest_restarts} ({solved_restarts} re-plans, "
+               f"{s.restarts_unproven} unproven)",
+               status(s.kvsched_restarts_same <= 1.15 * s.fewest_restarts) if solved_restarts else "not run"),
         Target("total moves <= 1.1 x exact fewest (re-plans CP-SAT solved)",
                f"{s.kvsched_moves_same} vs {s.exact_moves} ({solved} re-plans)",
                status(s.kvsched_moves_same <= 1.1 * s.exact_moves) if solved else "not run"),
@@ -420,21 +466,22 @@ def judge(rows: Sequence[Row], scale: Sequence[ScaleReplan]) -> list[Target]:
 
 
 def run(quick: bool = False, limits: Limits | None = None, example_limit_s: float | None = None,
-        progress: Callable[[str], None] | None = None, with_scale: bool = True) -> ChurnReport:
+        progress: Callable[[str], None] | None = None, with_scale: bool = True, blind: bool = False,
+        large: bool = True) -> ChurnReport:
     """Every cluster x every change, the example's gap check (skipped when example_limit_s is 0), then the
     scale re-plans (unless with_scale is False)."""
     limits = limits or (QUICK_LIMITS if quick else DEFAULT_LIMITS)
     example_limit_s = (5.0 if quick else 15.0) if example_limit_s is None else example_limit_s
     start = time.perf_counter()
     rows: list[Row] = []
-    for cluster in clusters(quick):
+    for cluster in clusters(quick, large):
         first = solve(cluster.models, cluster.gpus)
         for change in changes(cluster, first):
-            rows.append(replan(cluster, change, first, limits))
+            rows.append(replan(cluster, change, first, limits, blind))
             if progress:
                 progress(_row_line(rows[-1]))
     example = example_gap(example_limit_s) if example_limit_s > 0 else None
-    scale = scale_replans(QUICK_SCALE_REPLANS if quick else SCALE_REPLANS) if with_scale else []
+    scale = scale_replans(QUICK_SCALE_REPLANS if quick else SCALE_REPLANS, blind) if with_scale else []
     return ChurnReport(threshold=THRESHOLD, limits=limits, rows=rows, summary=summarise(rows), example=example,
                        seconds=time.perf_counter() - start, scale=scale, targets=judge(rows, scale))
 
@@ -442,17 +489,23 @@ def run(quick: bool = False, limits: Limits | None = None, example_limit_s: floa
 # -------------------------------------------------------------------------------------------------- output
 
 
-_HEADER = (f"{'cluster':<26} {'change':<10} {'forced':>6} {'kvsched':>7} {'+share':>6} {'exact':>7} "
-           f"{'kv gap%':>7} {'ex gap%':>7} {'best':>9} {'proven':>6} {'kv s':>6} {'exact s':>7}")
+_HEADER = (f"{'cluster':<26} {'change':<10} {'forced':>6} {'kvsched':>7} {'+share':>6} {'restart':>7} {'exact':>7} "
+           f"{'fewest':>7} {'kv gap%':>7} {'ex gap%':>7} {'best':>9} {'proven':>6} {'kv s':>6} {'exact s':>7}")
 
 
 def _row_line(r: Row) -> str:
     exact = "-" if r.exact_moves is None else f"{r.exact_moves}{'' if r.exact_proven else '?'}"
+    fewest = "-" if r.fewest_restarts is None else f"{r.fewest_restarts}{'' if r.fewest_restarts_proven else '?'}"
     ex_gap = "-" if r.exact_gap_pct is None else f"{r.exact_gap_pct:.2f}"
     unplaced = f" ({r.kvsched_unplaced} unplaced)" if r.kvsched_unplaced else ""
-    return (f"{r.cluster:<26} {r.change:<10} {r.forced:>6} {r.kvsched_moves:>7} {r.share_restarts:>6} {exact:>7} "
+    return (f"{r.cluster:<26} {r.change:<10} {r.forced:>6} {r.kvsched_moves:>7} {r.share_restarts:>6} "
+            f"{r.kvsched_restarts:>7} {exact:>7} {fewest:>7} "
             f"{r.kvsched_gap_pct:>7.2f} {ex_gap:>7} {r.best_known:>9.5f} {'yes' if r.best_proven else 'no':>6} "
             f"{r.kvsched_s:>6.2f} {r.exact_s:>7.1f}{unplaced}")
+
+
+def _ratio(a: int, b: int) -> str:
+    return f"{a / b:.3f}" if b else ("1.000" if a == 0 else "inf")
 
 
 def format_report(report: ChurnReport) -> str:
@@ -465,15 +518,23 @@ def format_report(report: ChurnReport) -> str:
         *(_row_line(r) for r in report.rows),
         "",
         "moves: running replicas whose GPU is no longer one of their model's GPUs; forced: ran on the lost GPU.",
-        "+share: pods that stay but the controller restarts for their new memory share (bench/share_restarts.py).",
-        "exact: CP-SAT fewest moves with max KVPR <= (1 + threshold) x best known ('?': not proven fewest).",
+        "+share: pods that stay but restart for their new memory share (the plan's resize steps and the",
+        "controller's share rule, bench/share_restarts.py); restart: moves + share.",
+        "exact: CP-SAT fewest moves with max KVPR <= (1 + threshold) x best known ('?': not proven fewest);",
+        "fewest: CP-SAT fewest restarts there (moves + share restarts, kvsched.packer.shares' rule at pressure",
+        "limit (1 + threshold)^2 x best known: a lower bound for every plan within the threshold; '?': unproven).",
         "gap%: max KVPR above the best known plan; proven: best known is within 0.1% of the proven lower bound",
         "(the largest of kvsched's, the configuration LP's and CP-SAT's).",
         "",
         f"re-plans: {s.replans}; kvsched moves {s.kvsched_moves}; exact fewest {s.exact_moves} over the "
         f"{s.replans - s.exact_missing} re-plans CP-SAT solved (kvsched {s.kvsched_moves_same} there; "
         f"{s.exact_unproven} not proven fewest)",
-        f"restarts for memory shares after kvsched's re-plans: {s.share_restarts} (on top of its moves)",
+        f"restarts for memory shares after kvsched's re-plans: {s.share_restarts} (on top of its moves); "
+        f"kvsched restarts {s.kvsched_restarts}; fewest restarts {s.fewest_restarts} over the "
+        f"{s.replans - s.restarts_missing} re-plans CP-SAT solved (kvsched {s.kvsched_restarts_same} there; "
+        f"{s.restarts_unproven} not proven fewest)",
+        f"ratios: restarts {_ratio(s.kvsched_restarts_same, s.fewest_restarts)} x fewest, moves "
+        f"{_ratio(s.kvsched_moves_same, s.exact_moves)} x fewest",
         f"kvsched within the threshold of the best known plan: {s.within_threshold}/{s.replans}; "
         f"worst {s.worst_gap_pct:.2f}% above it",
         f"re-plan time: kvsched median {s.median_kvsched_s:.2f} s, max {s.max_kvsched_s:.2f} s; "
@@ -547,6 +608,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-scale", action="store_true",
                         help="skip the re-plans of the 128 and 1024 GPU scale instances")
     parser.add_argument("--json", type=Path, default=None, help="also write every figure as JSON here")
+    parser.add_argument("--blind", action="store_true",
+                        help="re-plan without the running replicas' memory shares (the packer before issue 17)")
+    parser.add_argument("--no-large", action="store_true", help="skip the 128-GPU mixed and many-small clusters")
     parser.add_argument("--compare", type=Path, nargs=2, metavar=("A.json", "B.json"),
                         help="run nothing: print two earlier runs' JSON side by side")
     args = parser.parse_args(argv)
@@ -555,6 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     sys.stderr.write(_HEADER + "\n")  # progress, one line per re-plan; the report follows on stdout
     report = run(quick=args.quick, example_limit_s=args.example_seconds, with_scale=not args.no_scale,
+                 blind=args.blind, large=not args.no_large,
                  progress=lambda line: sys.stderr.write(line + "\n") or sys.stderr.flush())
     sys.stdout.write("\n" + format_report(report))
     if args.json is not None:

@@ -368,3 +368,67 @@ def config_lp_bound(models: Sequence[Model], gpus: Sequence[Gpu], lower: float, 
         else:
             hi = mid
     return lo
+
+
+# ------------------------------------------------------------------------------------------ fewest restarts
+
+
+def _need_share(m: Model, gpu: Gpu, limit: float) -> float:
+    """need(L) + c / M: the share (of M) a flexible replica of m takes on gpu for pressure <= L, with its context
+    (kvsched.packer.shares, written again here from the formula)."""
+    load = m.rate_rps / m.slo_s / m.replicas
+    kv = load / limit if load > 0 else 0.0
+    return (m.size_gib + m.overhead_gib + kv + m.context_gib) / gpu.memory_gib
+
+
+def keepable(m: Model, gpu: Gpu, share: float, limit: float, step: float = 1e-3) -> bool:
+    """Whether a replica of m running on gpu with `share` may keep it at pressure limit L: its own pressure
+    n / ((share + one rounding step) M - m - o) <= L (the packer's rule)."""
+    load = m.rate_rps / m.slo_s / m.replicas
+    kv = (share + step) * gpu.memory_gib - m.size_gib - m.overhead_gib
+    return (load <= 0 and kv >= 0) or (load > 0 and kv > 0 and load / kv <= limit * (1 + 1e-9))
+
+
+def fewest_restarts(models: Sequence[Model], gpus: Sequence[Gpu], current: GpuSets,
+                    shares: Mapping[tuple[str, GpuId], float], cap: float, limit: float, *,
+                    hint: GpuSets | None = None, time_limit_s: float = 10.0,
+                    workers: int = DEFAULT_WORKERS) -> Solved:
+    """The placement with max KVPR <= cap (up to rounding) that restarts the fewest running replicas: moves plus
+    replicas that stay but cannot keep their running share (`shares`, by model and GPU) at pressure limit `limit`.
+
+    For a fixed L the share rule is linear: k[j, g] (replica of j on g keeps its share) <= x[j, g], only where it
+    runs with a share it may keep (`keepable`), and per GPU
+        sum_j x[j, g] (need_j(L) + c_j / M_g) + sum_j k[j, g] (max(s_jg, least_j) - need_j(L)) <= 1 - R_g / M_g
+    (the kept shares plus what the flexible replicas need fit the GPU's bound). Objective: running replicas (less
+    the surplus of models that shrank) minus the kept ones. Coefficients are rounded towards feasibility, and L
+    is the caller's for every plan (the packer's is (1 + threshold) x its own plan's peak, at most
+    (1 + threshold) x cap), so the optimum is a lower bound on the restarts of any plan within cap under the
+    packer's rule. OPTIMAL means proven fewest.
+    """
+    model = _Model(models, gpus, cap)
+    index = {g.id: k for k, g in enumerate(gpus)}
+    scale = 1e6
+    constant = 0
+    kept_vars: list[cp_model.IntVar] = []
+    share_terms: dict[int, list[cp_model.LinearExprT]] = {g: [] for g in range(len(gpus))}
+    for (j, g), var in model.x.items():
+        share_terms[g].append(math.floor(_need_share(models[j], gpus[g], limit) * scale) * var)
+    for j, m in enumerate(models):
+        running = [index[gid] for gid in current.get(m.name, frozenset()) if gid in index]
+        constant += len(running) - max(0, len(running) - m.replicas)
+        for g in running:
+            s = shares.get((m.name, gpus[g].id))
+            if (j, g) not in model.x or s is None or not keepable(m, gpus[g], s, limit):
+                continue
+            k = model.cp.NewBoolVar(f"k_{j}_{g}")
+            model.cp.Add(k <= model.x[j, g])
+            held = max(s, (m.size_gib + m.overhead_gib) / gpus[g].memory_gib)
+            gain = held - (_need_share(m, gpus[g], limit) - m.context_gib / gpus[g].memory_gib)
+            share_terms[g].append(math.floor(gain * scale) * k)
+            kept_vars.append(k)
+    for g, gpu in enumerate(gpus):
+        if share_terms[g]:
+            model.cp.Add(sum(share_terms[g]) <= math.ceil((1 - gpu.reserve_gib / gpu.memory_gib) * scale))
+    model.cp.Minimize(constant - sum(kept_vars))
+    model.hint(hint)
+    return model.solve(time_limit_s, workers)

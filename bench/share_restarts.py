@@ -24,9 +24,16 @@ def share_restarts(models: Sequence[Model], gpus: Sequence[Gpu], before: Plan, a
                    threshold: float) -> int:
     """Pods on a GPU in both `before` and `after` (by model) that the controller restarts for their share.
 
-    Simulated in waves, as the controller and the extender act: the restarts `resize_steps` asks for; then every
-    waiting replica (new, moved, or restarted) whose planned share fits what the pods on its GPU hold binds with
-    it; again until neither happens."""
+    Simulated in waves, as the controller and the extender act: first the plan's own `resize` steps
+    (`after.steps`, which the controller carries out: kvsched.controller.shares.plan_resizes), then the restarts
+    `resize_steps` asks for; then every waiting replica (new, moved, or restarted) whose planned share fits what
+    the pods on its GPU hold binds with it; again until neither happens."""
+    return len(restarted_pods(models, gpus, before, after, threshold))
+
+
+def restarted_pods(models: Sequence[Model], gpus: Sequence[Gpu], before: Plan, after: Plan,
+                   threshold: float) -> set[tuple[str, GpuId]]:
+    """The (model, GPU) of the pods `share_restarts` counts."""
     old = plan_shares(before, models)  # the shares the controller writes (kvsched.controller.headroom)
     planned = plan_shares(after, models)
     running = {key: share for key, share in old.items() if key in planned}
@@ -41,6 +48,12 @@ def share_restarts(models: Sequence[Model], gpus: Sequence[Gpu], before: Plan, a
         contexts = sum(mem.context.get(model, 0.0) for (model, gpu) in planned if gpu == g.id)
         limit[g.id] = share_bound(g.memory_gib, g.reserve_gib, contexts)
     restarted: set[tuple[str, GpuId]] = set()
+    for step in after.steps:  # the plan's restarts in place come first, as the controller orders them
+        key = (step.model, step.target)
+        if step.is_resize and key in running:
+            restarted.add(key)
+            del running[key]
+            waiting.append(key)
     while True:
         pods = [RunningPod(model, PodObj("bench", f"{model}@{gpu.node}/{gpu.index}",
                                          annotations={MEMORY_FRACTION_ANNOTATION: f"{share:.3f}"}), gpu)
@@ -63,4 +76,4 @@ def share_restarts(models: Sequence[Model], gpus: Sequence[Gpu], before: Plan, a
                 bound.append(key)
         waiting = [key for key in waiting if key not in bound]
         if not steps and not bound:
-            return len(restarted)
+            return restarted

@@ -92,11 +92,11 @@ bytes) or a plain number meaning GiB (80). Unknown keys are errors, not ignored.
 
 PLAN_EPILOG = """\
 Output JSON (--output): maxKVPR, lowerBound, gapPercent, retunes, solveSeconds,
-keptCurrent, moves, nextMoveGain, memoryUnit ("GiB"), placements [{model,
+keptCurrent, moves, shareRestarts, nextMoveGain, memoryUnit ("GiB"), placements [{model,
 replica, node, gpu, memoryFraction, kvMemory}], gpus [{node, gpu, kvpr, memory,
 usedMemory, reserve, engineMemory, kvMemory, models}], unplaced [{model,
 replica, cause, reason}], steps [{model, replica, fromNode, fromGpu, toNode,
-toGpu, stopFirst}]. Memory values are GiB as numbers (3 decimals);
+toGpu, stopFirst, kind}]. Memory values are GiB as numbers (3 decimals);
 memoryFraction is the replica's share of its GPU's memory (for vLLM's
 --gpu-memory-utilization) and kvMemory the KV cache that share leaves it; per
 GPU, memory = usedMemory (weights) + reserve + engineMemory (engine overheads
@@ -104,7 +104,10 @@ and CUDA contexts) + kvMemory; cause is one of ModelTooLarge, NoRoomForEngine,
 NoRoomForKVCache, TooFewGPUs, InsufficientCapacity; steps are
 in order: fromNode/fromGpu null start a new replica, stopFirst true stops the
 old replica before the new one starts (a cycle of moves), otherwise the new one
-starts first; moves counts running replicas that change GPU; nextMoveGain is
+starts first; kind is start, move or resize (a running replica restarts on its
+GPU with its planned memoryFraction: the share it runs with, a current slot's
+memoryFraction, does not fit the plan; resizes come first); moves counts
+running replicas that change GPU, shareRestarts the resizes; nextMoveGain is
 by how much more moves would lower maxKVPR when maxMigrations cut the re-plan
 short (re-plan again after these steps), else 0; an infinite KVPR (weights fill
 a loaded GPU) or gap is null; times are seconds. gpus and placements are listed

@@ -34,7 +34,7 @@ TOP_KEYS = ("gpus", "nodes", "models", "current", "options", "gpuMemoryReserve",
 GPU_KEYS = ("node", "index", "memory", "memoryReserve")
 NODE_KEYS = ("name", "gpus", "gpuMemory", "memoryReserve")
 MODEL_KEYS = ("name", "size", "requestRate", "sloSeconds", "replicas", "engineOverhead")
-CURRENT_KEYS = ("model", "replica", "node", "gpu")
+CURRENT_KEYS = ("model", "replica", "node", "gpu", "memoryFraction")
 OPTION_KEYS = ("stabilityThreshold", "timeBudgetSeconds", "maxMigrations")
 
 # The packer names its own fields in InvalidInput (`size_gib`, `memory_gib`, ...); these map them back to the
@@ -295,7 +295,12 @@ def _parse_current(value: object, models: tuple[Model, ...], gpu_paths: Mapping[
         gpu = GpuId(_name(obj, "node", path), _integer(obj, "gpu", path, minimum=0))
         if gpu not in gpu_paths:
             raise ClusterFileError(path, f"GPU {gpu} is not listed under gpus or nodes")
-        slots.append(Slot(model=model, replica=replica, gpu=gpu))
+        fraction = None
+        if "memoryFraction" in obj:
+            fraction = _number(obj["memoryFraction"], f"{path}.memoryFraction", minimum=0.0)
+            if not 0.0 < fraction <= 1.0:
+                raise ClusterFileError(f"{path}.memoryFraction", f"must be in (0, 1], got {fraction:g}")
+        slots.append(Slot(model=model, replica=replica, gpu=gpu, memory_fraction=fraction))
     return tuple(slots)
 
 

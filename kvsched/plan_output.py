@@ -55,6 +55,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "solveSeconds": round(plan.solve_seconds, 6),
         "keptCurrent": plan.kept_current,
         "moves": plan.moves,
+        "shareRestarts": plan.resizes,
         "nextMoveGain": plan.next_move_gain,
         "memoryUnit": "GiB",
         "placements": [
@@ -93,6 +94,7 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
                 "toNode": m.target.node,
                 "toGpu": m.target.index,
                 "stopFirst": m.stop_first,
+                "kind": "resize" if m.is_resize else "move" if m.is_move else "start",
             }
             for m in plan.steps
         ],
@@ -128,7 +130,7 @@ def plan_to_table(plan: Plan, *, view: View = "table", top: int = DEFAULT_TOP) -
         lines.append(f"UNPLACED ({len(plan.unplaced)} replica(s)):")
         for u in plan.unplaced:
             lines.append(f"  {u.model} replica {u.replica}: {u.reason}")
-    if plan.moves:
+    if plan.restarts:
         lines.append("")
         lines.extend(step_lines(plan))
     lines.append("")
@@ -239,6 +241,9 @@ def step_lines(plan: Plan) -> list[str]:
     """`STEPS (N):` then one numbered line per step in order (at most STEPS_SHOWN, then "... +K more")."""
     lines = [f"STEPS ({len(plan.steps)}, in order):"]
     for k, m in enumerate(plan.steps[:STEPS_SHOWN], start=1):
+        if m.is_resize:
+            lines.append(f"  {k}. {m.model} replica {m.replica}: restart on {m.target} with its planned memory share")
+            continue
         source = "start" if m.source is None else f"{m.source} ->"
         how = " (stop the old one first)" if m.stop_first else ""
         lines.append(f"  {k}. {m.model} replica {m.replica}: {source} {m.target}{how}")
@@ -251,7 +256,10 @@ def summary_lines(plan: Plan) -> list[str]:
     """The summary block: max KVPR, lower bound, gap, retunes, placed/unplaced, memory left for KV cache and the
     headroom beside it, steps, solve time."""
     total = len(plan.placements) + len(plan.unplaced)
-    steps = f"{len(plan.steps)} ({plan.moves} moved, {len(plan.steps) - plan.moves} newly placed)"
+    steps = f"{len(plan.steps)} ({plan.moves} moved, {len(plan.steps) - plan.restarts} newly placed)"
+    if plan.resizes:
+        steps = (f"{len(plan.steps)} ({plan.moves} moved, {plan.resizes} restarted in place for their memory share, "
+                 f"{len(plan.steps) - plan.restarts} newly placed)")
     if plan.kept_current:
         steps += " (running replicas kept: no plan found beats that by more than the stability threshold)"
     reserve = sum(g.reserve_gib for g in plan.gpus)

@@ -34,11 +34,11 @@ from kvsched.api.records import (
 )
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.holders import holder_changes, holder_uuids
-from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed, orphaned
+from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed, orphaned, running_share
 from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, choose_next, plan_steps
 from kvsched.controller.headroom import plan_shares
 from kvsched.controller.models import ModelEntry, collect_models, model_size_gib
-from kvsched.controller.shares import Memory, resize_steps
+from kvsched.controller.shares import Memory, plan_resizes, resize_steps
 from kvsched.controller.slots import Holder, ModelPlan, NodeGpus, PodRef, Snapshot, filter_nodes, pod_holder
 from kvsched.controller.start_gate import StartGate, next_expiry
 from kvsched.controller.status import (
@@ -162,7 +162,9 @@ def current_slots(entries: Sequence[ModelEntry], running: Sequence[RunningPod]
             elif free:  # a move in flight: its replacement is bound for a free planned slot
                 settled.append(free.pop(0))
         settled = settled[:wanted]
-        current.extend(Slot(name, i, g) for i, g in enumerate(settled))
+        # The share each settled pod runs with (its annotation): the re-plan lets it keep that where it fits.
+        share = {r.gpu: running_share(r.pod) for r in pods if not r.pod.deleting}
+        current.extend(Slot(name, i, g, share.get(g)) for i, g in enumerate(settled))
         planned.extend(Slot(name, len(settled) + i, g)
                        for i, g in enumerate(free[:max(0, wanted - len(settled))]))
     return current, planned
@@ -374,6 +376,7 @@ def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventor
     planned = {m: [p.gpu for p in ps] for m, ps in placements.items()}
     steps = resize_steps(dict(shares), running, mem, replica_load,
                          plan.max_kvpr if plan is not None else 0.0, config.stability_threshold_ratio)
+    steps += plan_resizes(plan.steps if plan is not None else (), running, steps, shares)
     # Moves keep every GPU's footprints (weights, overheads, contexts) within its memory less its reserve.
     footprint = {m.name: m.footprint_gib for m in models}
     usable = {g.id: g.usable_gib for g in inventory.gpus}

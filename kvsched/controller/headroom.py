@@ -11,7 +11,8 @@ M - (R - R_driver), that holds for every engine in every start order exactly whe
 
 and the packer's fractions meet both with equality in the first (their KV memory is all that is left). The slot
 rule (kvsched.controller.slots), the share restarts (shares) and the status slots (here: `rounded_shares`) use
-these two functions and nothing else.
+these two functions and nothing else; they live in kvsched.packer.shares (the re-plan counts share restarts with
+them) and are re-exported here.
 Called by: kvsched.controller.slots, shares, decide.
 """
 
@@ -23,6 +24,9 @@ from typing import Sequence
 
 from kvsched.api.names import SHARE_DECIMALS, SHARE_EPSILON, share_of
 from kvsched.packer import GpuId, Model, Placement, Plan
+from kvsched.packer.shares import least_share, share_bound
+
+__all__ = ["Headroom", "least_share", "plan_shares", "rounded_shares", "share_bound"]
 
 _STEP = 10.0 ** -SHARE_DECIMALS
 
@@ -36,22 +40,6 @@ class Headroom:
     reserve_gib: float = 0.0
     overhead_gib: float = 0.0
     context_gib: float = 0.0
-
-
-def share_bound(memory_gib: float, reserve_gib: float, contexts_gib: float) -> float:
-    """1 - (R + sum of the contexts of the GPU's engines) / M: the most the shares on a GPU of `memory_gib` may
-    sum to (see the module); 0 when the memory is not > 0. O(1)."""
-    if memory_gib <= 0:
-        return 0.0
-    return 1.0 - (reserve_gib + contexts_gib) / memory_gib
-
-
-def least_share(inside_gib: float, memory_gib: float) -> float:
-    """(m + o) / M: the smallest share an engine that needs `inside_gib` (weights plus overhead) inside its share
-    can start with; 1.0 when the memory is not > 0. O(1)."""
-    if memory_gib <= 0:
-        return 1.0
-    return inside_gib / memory_gib
 
 
 def _ceil_share(x: float) -> float:

@@ -11,6 +11,9 @@ with the planned share) only when:
 - **starved**: its share is below the planned one and so small that its own KV-cache pressure (replica load / the
   KV memory its share leaves) exceeds the plan's worst KVPR by more than the stability threshold.
 Otherwise a pod keeps the share it started with, so a rate change does not restart every pod next to the model.
+The packer's re-plan sees each pod's share too (kvsched.packer.shares) and lists the restarts its plan needs as
+`resize` steps (`Plan.steps`): `plan_resizes` adds those to the ones above, so a pod restarts when either says so
+(the rules above stay the guard: a share that does not fit is always restarted).
 Pure; called by kvsched.controller.decide.
 """
 
@@ -27,7 +30,7 @@ from kvsched.controller.headroom import share_bound
 from kvsched.controller.inventory import running_share
 from kvsched.controller.migrations import RunningPod
 from kvsched.controller.slots import occupied_share
-from kvsched.packer import GpuId
+from kvsched.packer import GpuId, MigrationStep
 
 
 @dataclass(frozen=True)
@@ -101,3 +104,25 @@ def resize_steps(planned: Mapping[tuple[str, GpuId], float], running: Sequence[R
             if pressure > worst_allowed + SHARE_EPSILON:
                 steps.append(Eviction(r.model, r.pod, gpu, gpu, stop_first=True, resize=True))
     return steps
+
+
+def plan_resizes(order: Sequence[MigrationStep], running: Sequence[RunningPod], chosen: Sequence[Eviction],
+                 planned: Mapping[tuple[str, GpuId], float]) -> list[Eviction]:
+    """The packer's `resize` steps (`Plan.steps` with source == target) as restarts in place of the live pods they
+    name by (model, GPU), in the packer's order, except pods already in `chosen` (`resize_steps`') and pods that
+    already run with their planned share (`planned`, as written in status: restarting them would change nothing,
+    and a re-plan could ask again). O(steps + pods).
+    """
+    taken = {(e.model, e.source) for e in chosen if e.resize}
+    pods = {(r.model, r.gpu): r for r in running if not r.pod.deleting}
+    out: list[Eviction] = []
+    for step in order:
+        if not step.is_resize or step.source is None or (step.model, step.source) in taken:
+            continue
+        r = pods.get((step.model, step.source))
+        share = running_share(r.pod) if r is not None else None
+        same = share is not None and abs(share - planned.get((step.model, step.source), -1.0)) <= SHARE_EPSILON
+        if r is not None and not same:
+            taken.add((step.model, step.source))
+            out.append(Eviction(r.model, r.pod, r.gpu, r.gpu, stop_first=True, resize=True))
+    return out

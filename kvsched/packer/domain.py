@@ -141,11 +141,15 @@ class Gpu:
 
 @dataclass(frozen=True)
 class Slot:
-    """Replica `replica` (0-based) of model `model` sits on GPU `gpu`. Used for the current assignment."""
+    """Replica `replica` (0-based) of model `model` sits on GPU `gpu`. Used for the current assignment.
+
+    memory_fraction: the share of the GPU's memory its engine runs with (`--gpu-memory-utilization`), None when
+    not known; a re-plan lets a replica that stays keep it where it fits (kvsched.packer.shares)."""
 
     model: str
     replica: int
     gpu: GpuId
+    memory_fraction: float | None = None
 
 
 @dataclass(frozen=True)
@@ -208,6 +212,8 @@ class MigrationStep:
     stop_first False: start the new replica, then stop the old one (make before break). stop_first True: stop the
     old one first; the new one starts once `target` has room (a later step frees it). Steps are ordered so that
     no GPU ever holds more weights than its memory when they are carried out one at a time in order.
+    source == target (`is_resize`, stop_first True): the replica restarts in place with its planned memory share;
+    these come first (they change no weights, and give back share the moves and new replicas need).
     """
 
     model: str
@@ -219,7 +225,13 @@ class MigrationStep:
     @property
     def is_move(self) -> bool:
         """A running replica changes GPU (a pod restart elsewhere), as opposed to a new replica starting."""
-        return self.source is not None
+        return self.source is not None and self.source != self.target
+
+    @property
+    def is_resize(self) -> bool:
+        """A running replica restarts in place (source == target, always `stop_first`) with its planned memory
+        share: the share it runs with does not fit next to the plan's replicas (kvsched.packer.shares)."""
+        return self.source is not None and self.source == self.target
 
 
 @dataclass(frozen=True)
@@ -262,8 +274,18 @@ class Plan:
 
     @property
     def moves(self) -> int:
-        """Running replicas this plan moves to another GPU (steps with a source)."""
+        """Running replicas this plan moves to another GPU (steps with another source)."""
         return sum(1 for s in self.steps if s.is_move)
+
+    @property
+    def resizes(self) -> int:
+        """Running replicas this plan restarts in place for their memory share (`MigrationStep.is_resize`)."""
+        return sum(1 for s in self.steps if s.is_resize)
+
+    @property
+    def restarts(self) -> int:
+        """Pod restarts this plan costs: moves plus share restarts (what a re-plan minimises)."""
+        return self.moves + self.resizes
 
     @property
     def migrations(self) -> tuple[MigrationStep, ...]:

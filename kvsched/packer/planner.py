@@ -25,7 +25,9 @@ from kvsched.packer.optimise import optimise
 from kvsched.packer.options import PackOptions
 from kvsched.packer.progress import ProgressCallback, Reporter
 from kvsched.packer.replan.hint import follow_hint, planned_assignment
-from kvsched.packer.replan.running import align, count_moves, rematch, running_assignment, running_gpus
+from kvsched.packer.replan.restarts import Shares, share_restarts
+from kvsched.packer.replan.running import (align, count_moves, rematch, running_assignment, running_gpus,
+                                           running_shares, share_array)
 from kvsched.packer.replan.strategy import Outcome, replan
 from kvsched.packer.result import build_plan
 from kvsched.packer.steps import order_steps
@@ -86,8 +88,9 @@ def solve(
     causes = spare_running(inst, run, unplaceable(inst))
     items = [i for i in range(inst.n_items) if i not in causes]
     hint = planned_assignment(inst, items, run, running, current, planned)
+    shares = Shares(running_shares(inst, current), options.stability_threshold_ratio)
     if items and (run[np.asarray(items)] >= 0).any():
-        out = replan(inst, items, run, running, hint, options, deadline, rng, reporter)
+        out = replan(inst, items, run, running, hint, options, deadline, rng, reporter, shares)
     else:
         assign, lower, stats = optimise(inst, items, options, deadline, rng, reporter)
         out = Outcome(follow_hint(inst, items, assign, hint, options), lower, stats, 0.0)
@@ -99,7 +102,14 @@ def solve(
     assign = align(inst, run, out.assign)
     causes = carry_causes(inst, out.assign, assign, causes)
     run = rematch(inst, running, assign)
-    steps = [
+    # Staying replicas whose running share does not fit the plan restart in place first (kvsched.packer.shares);
+    # the others keep their shares, and the plan's fractions say so.
+    resized = share_restarts(inst, running, assign, shares) if shares.known else np.zeros(inst.n_items, dtype=bool)
+    share = share_array(inst, shares.by_slot, run)
+    kept = (run >= 0) & (assign == run) & ~np.isnan(share) & ~resized
+    steps = [MigrationStep(inst.item_model[i], inst.item_replica[i], inst.gpu_id(int(run[i])),
+                           inst.gpu_id(int(run[i])), True) for i in np.nonzero(resized)[0].tolist()]
+    steps += [
         MigrationStep(inst.item_model[s.item], inst.item_replica[s.item],
                       inst.gpu_id(s.source) if s.source >= 0 else None, inst.gpu_id(s.target), s.stop_first)
         for s in order_steps(inst, run, assign)
@@ -107,6 +117,6 @@ def solve(
     any_running = any(running.values())
     plan = build_plan(inst, assign, lower_bound=out.lower, solve_seconds=deadline.elapsed_s(), causes=causes,
                       steps=steps, kept_current=any_running and count_moves(run, assign) == 0,
-                      next_move_gain=out.next_move_gain, stats=out.stats)
+                      next_move_gain=out.next_move_gain, stats=out.stats, kept=kept, share=share)
     reporter.finish(plan.max_kvpr, plan.lower_bound, plan.solve_seconds)
     return plan

@@ -8,7 +8,8 @@ import numpy as np
 
 from kvsched.packer.domain import GpuUsage, MigrationStep, Placement, Plan, SearchStats, Unplaced, UnplacedCause
 from kvsched.packer.evaluate import gpu_kvprs, kv_memory_left, memory_shares
-from kvsched.packer.instance import Instance, IntArray
+from kvsched.packer.instance import FloatArray, Instance, IntArray
+from kvsched.packer.shares import kept_memory_shares
 
 
 def build_plan(
@@ -22,12 +23,18 @@ def build_plan(
     kept_current: bool = False,
     next_move_gain: float = 0.0,
     stats: SearchStats = SearchStats(),
+    kept: np.ndarray | None = None,
+    share: FloatArray | None = None,
 ) -> Plan:
     """Placements in item order, GPUs in input order, unplaced items with the cause and sentence given for them.
 
+    `kept` (per item, with `share`, the share it runs with): replicas that keep their running share; their GPUs'
+    fractions honour them (kvsched.packer.shares.kept_memory_shares).
     Invariant: every item appears exactly once, in `placements` or in `unplaced`. O(items + GPUs).
     """
     fractions, kv = memory_shares(inst, assign)
+    if kept is not None and share is not None:
+        fractions, kv = kept_memory_shares(inst, assign, kept, share, fractions, kv)
     kvprs = gpu_kvprs(inst, assign)
     left = kv_memory_left(inst, assign)
     placed = assign >= 0

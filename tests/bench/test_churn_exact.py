@@ -23,10 +23,12 @@ from bench.exact_moves import (  # noqa: E402
     config_lp_refutes,
     count_moves,
     fewest_moves,
+    fewest_restarts,
     min_max_kvpr,
     placement_kvpr,
 )
 from kvsched.packer import Gpu, GpuId, Model  # noqa: E402
+from kvsched.packer.shares import restarts_on_gpu, share_bound  # noqa: E402
 
 A0, A1, A2 = GpuId("a", 0), GpuId("a", 1), GpuId("a", 2)
 GPUS = [Gpu("a", 0, 80.0), Gpu("a", 1, 80.0), Gpu("a", 2, 40.0)]
@@ -92,8 +94,52 @@ def test_min_max_kvpr_and_fewest_moves_match_brute_force(seed: int) -> None:
     assert got.max_kvpr <= cap * (1 + 1e-6)
 
 
+def _restarts(models: list[Model], gpus: list[Gpu], current: dict[str, frozenset[GpuId]],
+              shares: dict[tuple[str, GpuId], float], after: dict[str, frozenset[GpuId]], limit: float) -> int:
+    """Moves plus share restarts of `after` under the packer's per-GPU rule (itself checked against every subset
+    in tests/packer/test_shares.py)."""
+    total = count_moves(models, gpus, current, after)
+    for gpu in gpus:
+        here = [m for m in models if gpu.id in after.get(m.name, frozenset())]
+        staying = [m for m in here if gpu.id in current.get(m.name, frozenset())]
+        flexible = [m for m in here if m not in staying]
+        load = {m.name: m.rate_rps / m.slo_s / m.replicas for m in here}
+        keep = restarts_on_gpu(gpu.memory_gib, share_bound(gpu.memory_gib, 0.0, 0.0),
+                               [(shares[(m.name, gpu.id)], m.size_gib, load[m.name]) for m in staying],
+                               [(m.size_gib, load[m.name]) for m in flexible], limit)
+        total += keep.count(False)
+    return total
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_fewest_restarts_matches_brute_force(seed: int) -> None:
+    models, gpus = _random_instance(seed)
+    placements = _all_placements(models, gpus)
+    values = [placement_kvpr(models, gpus, p) for p in placements]
+    optimum = min(values)
+    current = placements[values.index(max(v for v in values if math.isfinite(v)))]
+    # The shares the replicas run with: their GPU's KV memory split by load, as the packer's fractions.
+    shares: dict[tuple[str, GpuId], float] = {}
+    for gpu in gpus:
+        here = [m for m in models if gpu.id in current[m.name]]
+        left = gpu.memory_gib - sum(m.size_gib for m in here)
+        total = sum(m.rate_rps / m.slo_s / m.replicas for m in here)
+        for m in here:
+            part = (m.rate_rps / m.slo_s / m.replicas) / total if total > 0 else 1 / len(here)
+            shares[(m.name, gpu.id)] = math.floor((m.size_gib + left * part) / gpu.memory_gib * 1000) / 1000
+    cap = optimum * 1.05
+    limit = 1.05 * cap
+    fewest = min(_restarts(models, gpus, current, shares, p, limit) for p, v in zip(placements, values) if v <= cap)
+    got = fewest_restarts(models, gpus, current, shares, cap, limit, time_limit_s=10)
+    assert got.status == "OPTIMAL" and got.gpus_of is not None and got.objective is not None
+    assert int(round(got.objective)) == fewest
+    assert _restarts(models, gpus, current, shares, got.gpus_of, limit) == fewest
+    assert got.max_kvpr <= cap * (1 + 1e-6)
+
+
 def test_churn_rows_agree_with_each_other_on_a_tiny_cluster(tmp_path: Path) -> None:
-    from bench.churn import ChurnReport, Limits, changes, compare, format_report, generated, replan, summarise
+    from bench.churn import (ChurnReport, Limits, changes, compare, format_report, generated, judge, replan,
+                             summarise)
     from bench.results import write_json
     from kvsched.packer import solve
 
@@ -109,9 +155,18 @@ def test_churn_rows_agree_with_each_other_on_a_tiny_cluster(tmp_path: Path) -> N
         assert r.exact_gap_pct <= 5.0 + 1e-4
         if r.exact_proven and r.kvsched_gap_pct <= 5.0:  # kvsched's plan is within the cap: exact is fewer
             assert r.exact_moves <= r.kvsched_moves
+        # Restarts: kvsched's are its moves plus its share restarts; the reference counts moves too, so it is at
+        # least the fewest moves, and (a relaxation of kvsched's rule) at most kvsched's within the cap.
+        assert r.kvsched_restarts == r.kvsched_moves + r.share_restarts
+        assert r.fewest_restarts is not None
+        if r.exact_proven and r.fewest_restarts_proven:
+            assert r.exact_moves <= r.fewest_restarts
+            if r.kvsched_gap_pct <= 5.0:
+                assert r.fewest_restarts <= r.kvsched_restarts
     assert rows[3].forced > 0  # the lost GPU held replicas
-    report = ChurnReport(0.05, Limits(1, 3, 3), rows, summarise(rows), None, 1.0)
-    assert "re-plans: 6" in format_report(report)
+    report = ChurnReport(0.05, Limits(1, 3, 3), rows, summarise(rows), None, 1.0, targets=judge(rows, []))
+    text = format_report(report)
+    assert "re-plans: 6" in text and "fewest restarts" in text and "restarts <= 1.15 x fewest" in text
     write_json(report, tmp_path / "a.json")
     side_by_side = compare(tmp_path / "a.json", tmp_path / "a.json").splitlines()
     assert sum(line.startswith(cluster.name) for line in side_by_side) == 6

@@ -148,7 +148,8 @@ def test_every_replica_appears_once(run_cli: RunCli, cluster_file: Path) -> None
 def test_json_structure_and_numbers_are_consistent(run_cli: RunCli, cluster_file: Path) -> None:
     document = plan_json(run_cli, cluster_file)
     assert set(document) == {"maxKVPR", "lowerBound", "gapPercent", "retunes", "solveSeconds", "keptCurrent",
-                             "moves", "nextMoveGain", "memoryUnit", "placements", "gpus", "unplaced", "steps"}
+                             "moves", "shareRestarts", "nextMoveGain", "memoryUnit", "placements", "gpus",
+                             "unplaced", "steps"}
     assert document["memoryUnit"] == "GiB"
     assert isinstance(document["retunes"], int) and document["retunes"] >= 0
     assert document["solveSeconds"] >= 0
@@ -159,7 +160,9 @@ def test_json_structure_and_numbers_are_consistent(run_cli: RunCli, cluster_file
     for u in document["unplaced"]:
         assert set(u) == {"model", "replica", "cause", "reason"} and u["reason"]
     for m in document["steps"]:
-        assert set(m) == {"model", "replica", "fromNode", "fromGpu", "toNode", "toGpu", "stopFirst"}
+        assert set(m) == {"model", "replica", "fromNode", "fromGpu", "toNode", "toGpu", "stopFirst", "kind"}
+        assert m["kind"] == ("start" if m["fromNode"] is None else "resize" if (m["fromNode"], m["fromGpu"]) == (
+            m["toNode"], m["toGpu"]) else "move")
 
     top = headroom_of(cluster_file)
     models = models_of(cluster_file)

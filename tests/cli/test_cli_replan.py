@@ -116,3 +116,36 @@ def test_packer_field_names_become_file_keys(run_cli: RunCli, write_cluster: Wri
     result = run_cli("plan", str(write_cluster(crowded())))
     assert result.code == 2
     assert f"model 'x': {key}: is wrong (got 1.0)" in result.err
+
+
+@pytest.mark.parametrize(
+    ("fractions", "restarted"),
+    [
+        pytest.param({"x": 0.334, "y": 0.333, "z": 0.333}, [], id="shares as planned: all kept"),
+        pytest.param({"x": 0.5, "y": 0.25, "z": 0.25}, ["x", "y", "z"],
+                     id="two shares leave their pressure above the plan's worst, and what they need then takes "
+                        "the third's: all restarted in place"),
+        pytest.param({"x": 0.34, "y": 0.33, "z": 0.33}, [],
+                     id="shares a little off the plan's, pressures within the threshold: kept"),
+        pytest.param({}, [], id="no shares given: restarts are moves only"),
+    ],
+)
+def test_current_memory_fractions_give_resize_steps(run_cli: RunCli, write_cluster: WriteCluster,
+                                                    fractions: dict[str, float], restarted: list[str]) -> None:
+    document = crowded(maxMigrations=0, gpuMemoryReserve=0, engineOverhead=0, engineContext=0)
+    for slot in document["current"]:
+        if slot["model"] in fractions:
+            slot["memoryFraction"] = fractions[slot["model"]]
+    # The cluster file's headroom keys are top level, not options.
+    for key in ("gpuMemoryReserve", "engineOverhead", "engineContext"):
+        document[key] = document["options"].pop(key)
+    out = plan_json(run_cli, write_cluster(document))
+    assert out["moves"] == 0 and out["shareRestarts"] == len(restarted)
+    resizes = [s for s in out["steps"] if s["kind"] == "resize"]
+    assert sorted(s["model"] for s in resizes) == restarted
+    assert all((s["fromNode"], s["fromGpu"]) == (s["toNode"], s["toGpu"]) and s["stopFirst"] for s in resizes)
+    kept = {p["model"]: p["memoryFraction"] for p in out["placements"] if p["model"] not in restarted}
+    for model, share in kept.items():
+        if model in fractions:
+            assert share == pytest.approx(fractions[model], abs=1e-9)
+    assert sum(p["memoryFraction"] for p in out["placements"]) <= 1 + 1e-9

@@ -19,6 +19,7 @@ from kvsched.plan_output import (
     plan_to_table,
     round_significant,
     shorten_models,
+    step_lines,
     wrap_models,
 )
 
@@ -63,10 +64,11 @@ def test_steps_name_source_target_and_order() -> None:
     document = plan_to_json(hand_plan())
     assert document["steps"] == [
         {"model": "m1", "replica": 0, "fromNode": None, "fromGpu": None, "toNode": "a", "toGpu": 0,
-         "stopFirst": False},
-        {"model": "m2", "replica": 0, "fromNode": "a", "fromGpu": 0, "toNode": "a", "toGpu": 1, "stopFirst": True},
+         "stopFirst": False, "kind": "start"},
+        {"model": "m2", "replica": 0, "fromNode": "a", "fromGpu": 0, "toNode": "a", "toGpu": 1, "stopFirst": True,
+         "kind": "move"},
     ]
-    assert document["moves"] == 1
+    assert document["moves"] == 1 and document["shareRestarts"] == 0
 
 
 def test_unplaced_entries_carry_the_cause() -> None:
@@ -207,3 +209,15 @@ def test_round_significant(value: float, digits: int, expected: float) -> None:
 def test_the_summary_says_when_the_running_replicas_were_kept(kept: bool, line: str) -> None:
     plan = dataclasses.replace(hand_plan(), steps=(MigrationStep("m1", 0, None, A0),), kept_current=kept)
     assert line in plan_to_table(plan).splitlines()
+
+
+def test_a_resize_step_is_shown_as_a_restart_in_place() -> None:
+    plan = dataclasses.replace(hand_plan(), steps=(MigrationStep("m2", 0, A0, A0, stop_first=True),
+                                                   MigrationStep("m1", 0, A0, A1)))
+    document = plan_to_json(plan)
+    assert [s["kind"] for s in document["steps"]] == ["resize", "move"]
+    assert document["moves"] == 1 and document["shareRestarts"] == 1
+    lines = step_lines(plan)
+    assert lines[1] == "  1. m2 replica 0: restart on a/0 with its planned memory share"
+    assert lines[2].startswith("  2. m1 replica 0: a/0 -> a/1")
+    assert plan.restarts == 2 and plan.resizes == 1

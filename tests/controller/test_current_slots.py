@@ -69,3 +69,14 @@ def test_slots_are_packer_slots() -> None:
                              deployments=(deployment("m", replicas=2),))).entries,
         [])
     assert current == [] and planned == [Slot("ns/m", 0, A0), Slot("ns/m", 1, A1)]
+
+
+def test_current_slots_carry_the_share_each_live_pod_runs_with() -> None:
+    pods = (pod("p1", "m", "a", 0, fraction=0.42), pod("p2", "m", "b", 0), pod("p3", "m", "a", 1, deleting=True,
+                                                                              fraction=0.3))
+    world = World(nodes=(node("a"), node("b")), pods=pods, deployments=(deployment("m", replicas=3),),
+                  model_servings=(serving("m", replicas=3, status=status(A0, B0, A1)),))
+    entries = collect_models(world).entries
+    current, _ = current_slots(entries, running_pods(world, entries, DecisionConfig()))
+    # A live pod's annotation; none for a pod without one, nor for a terminating pod's replacement (it starts anew).
+    assert {s.gpu: s.memory_fraction for s in current} == {A0: 0.42, B0: None, A1: None}

@@ -10,8 +10,9 @@ from kvsched.api.names import MEMORY_FRACTION_ANNOTATION
 from kvsched.api.objects import World
 from kvsched.controller.migrations import RunningPod
 from kvsched.controller.inventory import running_share
-from kvsched.controller.shares import Memory, held_share, resize_steps
-from kvsched.packer import GpuId
+from kvsched.api.records import Eviction
+from kvsched.controller.shares import Memory, held_share, plan_resizes, resize_steps
+from kvsched.packer import GpuId, MigrationStep
 
 from .fake import LATER, apply, bind_planned, deployment, node, pod, run, settle
 
@@ -121,3 +122,25 @@ def test_a_model_added_next_to_pods_with_their_old_shares_restarts_them_in_place
     world = dataclasses.replace(world, pods=tuple(pod(f"{m}-1", m, "n1", 0, fraction=f) for m, f in planned.items()))
     world, decisions = settle(world, now=LATER)
     assert all(d.eviction is None for d in decisions) and decisions[-1].writes == 0
+
+
+@pytest.mark.parametrize(("steps", "pods", "planned", "chosen", "expected"), [
+    pytest.param((), [running("a-0", "a", G0, 0.5)], {("ns/a", G0): 0.4}, [], [], id="empty: no plan steps"),
+    pytest.param((MigrationStep("ns/a", 0, G0, G0, True), MigrationStep("ns/b", 0, G0, G1)),
+                 [running("a-0", "a", G0, 0.5), running("b-0", "b", G0, 0.5)],
+                 {("ns/a", G0): 0.4, ("ns/b", G1): 0.5}, [], ["a-0"],
+                 id="the plan's resize restarts its pod in place; its moves are not resizes"),
+    pytest.param((MigrationStep("ns/a", 0, G0, G0, True),), [running("a-0", "a", G0, 0.4)],
+                 {("ns/a", G0): 0.4}, [], [], id="already at its planned share: a restart would change nothing"),
+    pytest.param((MigrationStep("ns/a", 0, G0, G0, True),), [running("a-0", "a", G0, 0.5, deleting=True)],
+                 {("ns/a", G0): 0.4}, [], [], id="a terminating pod is not restarted again"),
+    pytest.param((MigrationStep("ns/a", 0, G0, G0, True),), [running("a-0", "a", G0, 0.5)],
+                 {("ns/a", G0): 0.4}, ["a-0"], [], id="the share rule chose it already: listed once"),
+])
+def test_plan_resizes(steps: tuple[MigrationStep, ...], pods: list[RunningPod],
+                      planned: dict[tuple[str, GpuId], float], chosen: list[str], expected: list[str]) -> None:
+    already = [Eviction(r.model, r.pod, r.gpu, r.gpu, stop_first=True, resize=True)
+               for r in pods if r.pod.name in chosen]
+    out = plan_resizes(steps, pods, already, planned)
+    assert [e.pod.name for e in out] == expected
+    assert all(e.resize and e.stop_first and e.source == e.target for e in out)

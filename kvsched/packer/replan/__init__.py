@@ -25,7 +25,10 @@ The pieces, one module each, in the order `strategy.replan` uses them:
 7. `exact`: `exact_replan` solves the fewest-moves and the capped problems exactly on tiny instances.
 8. `hint`: `planned_assignment` reads the caller's last plan for replicas that do not run yet (slots of a world
    that moved on ignored); `follow_hint` keeps a fresh plan there when that costs nothing.
-9. `strategy`: `replan`, keep the running replicas or move the fewest within the stability threshold of the best
-   plan found, within `max_migrations`.
+9. `restarts`: what a plan costs in restarts when the running replicas' memory shares are known (moves plus
+   share restarts, kvsched.packer.shares' rule; `cost_of`, `share_restarts`), and `polish_restarts`, which moves
+   replicas that restart anyway off GPUs where staying replicas would restart for their share.
+10. `strategy`: `replan`, keep the running replicas or move the fewest within the stability threshold of the best
+   plan found, within `max_migrations`; then the fewest restarts among the plans it has there.
 Called by: `kvsched.packer.planner.solve` (imports the modules it needs; this package exports nothing itself).
 """

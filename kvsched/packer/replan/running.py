@@ -15,7 +15,7 @@ import numpy as np
 
 from kvsched.packer.domain import Slot
 from kvsched.packer.errors import InvalidInput
-from kvsched.packer.instance import Instance, IntArray
+from kvsched.packer.instance import FloatArray, Instance, IntArray
 from kvsched.packer.kvpr import kvpr_array
 
 
@@ -45,6 +45,39 @@ def running_gpus(inst: Instance, current: Sequence[Slot]) -> dict[int, list[int]
             if g not in gpus:
                 gpus.append(g)
         out[grp] = gpus
+    return out
+
+
+def running_shares(inst: Instance, current: Sequence[Slot]) -> dict[tuple[str, int], float]:
+    """(model, GPU index) -> the memory share the replica there runs with, for the slots of `current` that say
+    (`Slot.memory_fraction`) and name a known model and GPU. Raises InvalidInput for a share that is not a
+    number in (0, 1]. O(slots)."""
+    models = set(inst.item_model)
+    gpu_of = {inst.gpu_id(g): g for g in range(inst.n_gpus)}
+    out: dict[tuple[str, int], float] = {}
+    for k, slot in enumerate(current):
+        f = slot.memory_fraction
+        if f is None:
+            continue
+        if not isinstance(f, (int, float)) or isinstance(f, bool) or not (0.0 < float(f) <= 1.0):
+            raise InvalidInput(f"current[{k}]", "memory_fraction", f,
+                               f"the memory share of replica {slot.replica} of model {slot.model!r} must be a "
+                               f"number in (0, 1]")
+        g = gpu_of.get(slot.gpu)
+        if slot.model in models and g is not None:
+            out[(slot.model, g)] = float(f)
+    return out
+
+
+def share_array(inst: Instance, shares: dict[tuple[str, int], float], run: IntArray) -> FloatArray:
+    """Item -> the share it runs with on `run[i]` (NaN when not running or not known). O(items)."""
+    out = np.full(inst.n_items, np.nan)
+    if not shares:
+        return out
+    for i in np.nonzero(run >= 0)[0].tolist():
+        f = shares.get((inst.item_model[i], int(run[i])))
+        if f is not None:
+            out[i] = f
     return out
 
 

@@ -29,6 +29,7 @@ from kvsched.packer.replan.exact import exact_replan
 from kvsched.packer.replan.fewest import fewest_moves, reduce_moves
 from kvsched.packer.replan.polish import polish
 from kvsched.packer.replan.relabel import relabel, relink, revert
+from kvsched.packer.replan.restarts import Shares, cost_of, polish_restarts
 from kvsched.packer.replan.running import align, moves_of
 
 
@@ -68,7 +69,24 @@ class Outcome:
 
 
 def replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]], hint: IntArray,
-           options: PackOptions, deadline: Deadline, rng: np.random.Generator, reporter: Reporter) -> Outcome:
+           options: PackOptions, deadline: Deadline, rng: np.random.Generator, reporter: Reporter,
+           shares: Shares | None = None) -> Outcome:
+    """`_replan` (keep or move the fewest), then, when the running replicas' shares are known, the fewest
+    restarts: `polish_restarts` moves replicas that restart anyway (and, without a `max_migrations` cap, replicas
+    whose move saves two share restarts or more) off GPUs where staying replicas would restart for their share,
+    never raising the peak. Its candidates are compared by restarts (moves + share restarts), ties to fewer
+    moves (`_fewest_of`)."""
+    shares = shares or Shares({}, options.stability_threshold_ratio)
+    out = _replan(inst, items, run, running, hint, options, deadline, rng, reporter, shares)
+    if not shares.known:
+        return out
+    polished = polish_restarts(inst, running, out.assign, shares, allow_moves=options.max_migrations is None)
+    return Outcome(align(inst, run, polished), out.lower, out.stats, out.next_move_gain)
+
+
+def _replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]], hint: IntArray,
+            options: PackOptions, deadline: Deadline, rng: np.random.Generator, reporter: Reporter,
+            shares: Shares) -> Outcome:
     """Keep or move (the other modules of kvsched.packer.replan have the pieces; docs/packer.md the why).
 
     1. The best plan that keeps the running replicas (`_best_keep`): the repaired placement with the replicas
@@ -135,12 +153,16 @@ def replan(inst: Instance, items: list[int], run: IntArray, running: dict[int, l
             lower = max(lower, scratch_lower)
             reporter.phase("re-plan", lower=lower)
         choice = _fewest_against(inst, items, run, running, keep.assign, complete, scratch, found, theta, options,
-                                 heuristics, thorough=small)
+                                 heuristics, thorough=small, shares=shares)
         if choice is not keep.assign:
-            # Replicas that move at no cost (new ones, ones moving anyway) settle around the plan.
-            choice = polish(inst, run, align(inst, run, choice))
+            # Replicas that move at no cost (new ones, ones moving anyway) settle around the plan; unless that costs
+            # share restarts (a lower peak lowers the pressure a kept share may leave: kvsched.packer.shares).
+            unpolished = align(inst, run, choice)
+            choice = polish(inst, run, unpolished)
             if small:
                 choice = improve(inst, choice, deadline=heuristics, pinned=pinned_mask(inst, running, choice)).assign
+            if shares.known and cost_of(inst, running, choice, shares) > cost_of(inst, running, unpolished, shares):
+                choice = unpolished
     return _capped(inst, items, run, running, forced, align(inst, run, choice), keep.assign if complete else forced,
                    lower, stats, options, heuristics)
 
@@ -237,10 +259,12 @@ def _best_keep(inst: Instance, items: list[int], run: IntArray, running: dict[in
 
 
 def _fewest_of(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]],
-               candidates: list[IntArray], target: float, options: PackOptions) -> IntArray:
+               candidates: list[IntArray], target: float, options: PackOptions,
+               shares: Shares | None = None) -> IntArray:
     """The fewest moves within `target` from the candidates (each within it): every candidate tied at the
     fewest moves goes through `reduce_moves` (they reach different local optima), then exact search on tiny
-    instances; ties to the lower peak."""
+    instances; ties to the lower peak. With `shares` known, those plans are polished for restarts
+    (`polish_restarts`) and the fewest restarts win, ties to fewer moves, then the lower peak."""
     counts = [moves_of(inst, running, a) for a in candidates]
     attempts = max(1, _REDUCE_WORK // max(len(items), 1))
     reduced = [reduce_moves(inst, items, run, a, target, max_attempts=attempts)
@@ -251,12 +275,18 @@ def _fewest_of(inst: Instance, items: list[int], run: IntArray, running: dict[in
                              node_limit=min(options.exact_node_limit, _EXACT_REPLAN_NODES), incumbent=best)
         if exact is not None:
             best = align(inst, run, exact)
+    if shares is not None and shares.known:
+        # Restarts (moves + share restarts) decide, each candidate polished for them; ties to fewer moves.
+        polished = [polish_restarts(inst, running, a, shares, allow_moves=options.max_migrations is None)
+                    for a in [best, *reduced]]
+        best = min(polished, key=lambda a: (*cost_of(inst, running, a, shares), max_kvpr(inst, a)))
     return best
 
 
 def _fewest_against(inst: Instance, items: list[int], run: IntArray, running: dict[int, list[int]],
                     keep: IntArray, complete: bool, scratch: IntArray | None, found: list[IntArray],
-                    theta: float, options: PackOptions, heuristics: Deadline, *, thorough: bool = True) -> IntArray:
+                    theta: float, options: PackOptions, heuristics: Deadline, *, thorough: bool = True,
+                    shares: Shares | None = None) -> IntArray:
     """`keep` (the best plan that keeps the running replicas) when it is within the threshold of the best plan
     found (`found`, the scratch plan, `keep` itself), else the fewest moves to (1 + threshold) x that plan's
     max KVPR among: the fewest-moves heuristic from `keep`, the scratch plan relabelled (never more moves than
@@ -296,7 +326,7 @@ def _fewest_against(inst: Instance, items: list[int], run: IntArray, running: di
         candidates.append(heuristic)
     if not candidates:
         return keep
-    return _fewest_of(inst, items, run, running, candidates, target, options)
+    return _fewest_of(inst, items, run, running, candidates, target, options, shares)
 
 
 def _forced(inst: Instance, items: list[int], run: IntArray, base: IntArray, complete: bool) -> IntArray:
