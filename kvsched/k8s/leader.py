@@ -5,6 +5,9 @@ for `lease_duration_s` as measured on this candidate's own clock since it last s
 skew between machines does not matter). The leader renews every `retry_period_s`; if no renewal succeeds for
 `renew_deadline_s` it stops leading at once (before another candidate can take over, since the deadline is
 shorter than the lease). Every write is optimistic (resourceVersion), so two candidates never both win.
+Fencing: the leader may write only until `renew_deadline_s` after the start of its last successful renewal
+(`write_time_left`), measured from before the request went out, so a renewal that took long does not stretch it;
+kvsched's writer checks it before every write and bounds each call by it (kvsched.k8s.writers).
 On a clean shutdown the leader releases the Lease (empty holder), and a follower takes over within one retry
 period; after a SIGKILL it takes over within lease duration + retry period.
 Called by: kvsched.runtime.controller.
@@ -60,6 +63,7 @@ class LeaseElector:
     def run(self, stop: threading.Event, on_change: Callable[[bool], None]) -> None:
         """Acquire, renew, and on stop release; never raises (API errors count as a failed attempt)."""
         while not stop.is_set():
+            started = self.clock()
             try:
                 ok = self.try_acquire_or_renew()
             except ApiError as e:
@@ -67,7 +71,7 @@ class LeaseElector:
                 ok = False
             now = self.clock()
             if ok:
-                self._last_renew = now
+                self._last_renew = started
                 if not self.is_leader:
                     self.is_leader = True
                     log.info("leader election: %s now leads (lease %s/%s)", self.identity, self.namespace,
@@ -83,6 +87,13 @@ class LeaseElector:
             self.release()
             self.is_leader = False
             on_change(False)
+
+    def write_time_left(self) -> float:
+        """Seconds this candidate may still write as the leader: until `renew_deadline_s` after the start of its
+        last successful renewal; <= 0 when it does not lead (or no longer may). O(1)."""
+        if not self.is_leader:
+            return 0.0
+        return self._last_renew + self.renew_deadline_s - self.clock()
 
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when this candidate holds the Lease afterwards. Raises ApiError."""
