@@ -140,3 +140,29 @@ def test_writes_stop_at_the_renew_deadline_while_the_apiserver_is_unreachable(le
     assert left[2.0] == 3.0 and left[4.0] == 1.0
     assert all(w <= 0 for t, w, _ in seen if t >= 5.0)
     assert not a.is_leader
+
+
+@pytest.mark.parametrize("leading_since, now_s, timeout_s", [
+    pytest.param(None, 0.0, 4.0, id="a follower: bounded by the renew deadline"),
+    pytest.param(0.0, 1.0, 3.0, id="a leader: bounded by the time it may still write"),
+    pytest.param(0.0, 3.5, 1.0, id="a leader near its deadline: at least one retry period"),
+    pytest.param(0.0, 9.0, 1.0, id="a leader past its deadline: one retry period"),
+])
+def test_every_lease_call_is_bounded(leases: FakeLeases, monkeypatch: pytest.MonkeyPatch,
+                                     leading_since: float | None, now_s: float, timeout_s: float) -> None:
+    now = [0.0]
+    a = elector("a", now)
+    if leading_since is not None:
+        assert a.try_acquire_or_renew()
+        a.is_leader, a._last_renew = True, leading_since  # as `run` records a renewal that started then
+    now[0] = now_s
+    bounds: list[tuple[str, float | None]] = []
+    real = leases.call
+
+    def recording(api: Any, method: str, path: str, body: Any = None, **kw: Any) -> dict[str, Any]:
+        bounds.append((method, kw.get("timeout_s")))
+        return real(api, method, path, body, **kw)
+
+    monkeypatch.setattr(leader_module, "call", recording)
+    a.try_acquire_or_renew()
+    assert bounds and all(t == pytest.approx(timeout_s) for _, t in bounds), bounds
