@@ -229,6 +229,13 @@ def serve(controller_settings: ControllerSettings, extender_settings: Any) -> in
     controller.extender_alive = lambda: extender_answers(local_url(extender_settings.host, extender_settings.port))
     # Leadership lost: stop the extender too (uvicorn stops on SIGTERM), so the whole process exits.
     controller.on_lost_leadership = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    # uvicorn re-raises the signal that stopped it once it has shut down (and a SIGTERM may come before it
+    # runs): with this handler the process then exits with a code saying why (1: lost lease; 0: asked to stop),
+    # not killed by the signal (-15), through the `finally` below.
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(EXIT_LOST_LEADERSHIP if controller.lost_leadership else 0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
     thread.start()

@@ -42,3 +42,35 @@ def test_losing_leadership_stops_the_process(sequence: list[bool], stopped: bool
 
 def test_the_exit_code_after_a_loss_is_not_zero() -> None:
     assert EXIT_LOST_LEADERSHIP != 0
+
+
+@pytest.mark.parametrize("lost, code", [
+    pytest.param(True, EXIT_LOST_LEADERSHIP, id="lost lease: 1, the kubelet restarts it"),
+    pytest.param(False, 0, id="a SIGTERM from outside: 0"),
+])
+def test_serve_exits_with_its_code_when_uvicorn_re_raises_the_sigterm(monkeypatch: pytest.MonkeyPatch, lost: bool,
+                                                                      code: int) -> None:
+    """uvicorn (0.29+) re-raises the signal that stopped it after its shutdown: `kvsched serve` must still exit
+    with its own code, not be killed by the signal (-15)."""
+    import signal
+
+    import kvsched.runtime.controller as controller_module
+    import kvsched.runtime.extender as extender_module
+
+    fake: Any = SimpleNamespace(lost_leadership=False, extender_alive=None, on_lost_leadership=None,
+                                run=lambda stop: stop.wait(5.0))
+    monkeypatch.setattr(controller_module, "build_controller", lambda settings, metrics: fake)
+
+    def extender_stopped_by_sigterm(settings: Any, metrics: Any) -> int:
+        fake.lost_leadership = lost
+        signal.raise_signal(signal.SIGTERM)  # what uvicorn does once it has shut down
+        return 0
+
+    monkeypatch.setattr(extender_module, "run", extender_stopped_by_sigterm)
+    previous = signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(SystemExit) as exited:
+            controller_module.serve(ControllerSettings(), SimpleNamespace(host="127.0.0.1", port=1))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exited.value.code == code
