@@ -50,11 +50,13 @@ from kvsched.api.names import (
     share_of,
 )
 from kvsched.controller import DecisionConfig
+from kvsched.runtime.controller import EXIT_LOST_LEADERSHIP
 from kvsched.controller.headroom import Headroom
 
 pytestmark = pytest.mark.e2e
 
 LEASE_S = 6
+RENEW_DEADLINE_S = 4  # a leader that cannot renew for this long stops writing and exits (the harness restarts it)
 GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
 MIB = {"80Gi": 81920, "40Gi": 40960}
 # The decision knobs a test's controller runs with (`kvsched plan --kubeconfig` is given the same ones).
@@ -99,11 +101,16 @@ class Pool:
         """Where the pool's GPU holder pods go: its namespace, the harness's PriorityClass."""
         return [f"--holder-priority-class={E2E_HOLDER_PRIORITY_CLASS}"]
 
-    def start(self, scheduler: bool = True, command: str = "serve", knobs: list[str] = KNOBS) -> KvschedProcess:
-        proc = KvschedProcess(self.plane, self.kubeconfig, [
+    def start(self, scheduler: bool = True, command: str = "serve", knobs: list[str] = KNOBS,
+              lease_s: int = LEASE_S, renew_deadline_s: int = RENEW_DEADLINE_S,
+              kubeconfig: Path | None = None) -> KvschedProcess:
+        """Start one more kvsched process of the pool (restarted by the harness whenever it exits), and with
+        `scheduler` a kube-scheduler calling its extender. `kubeconfig`: another way to the apiserver (a
+        forwarder's) than the pool's."""
+        proc = KvschedProcess(self.plane, kubeconfig or self.kubeconfig, [
             *self.selection, *self.holders, f"--leader-election-namespace={self.namespace}",
-            f"--leader-election-name=kvsched-{self.label}", f"--lease-duration-seconds={LEASE_S}",
-            "--renew-deadline-seconds=4", "--retry-period-seconds=1", *knobs],
+            f"--leader-election-name=kvsched-{self.label}", f"--lease-duration-seconds={lease_s}",
+            f"--renew-deadline-seconds={renew_deadline_s}", "--retry-period-seconds=1", *knobs],
             name=f"kvsched-{command}-{len(self.processes) + 1}-{self.label}", command=command).start()
         self.processes.append(proc)
         if scheduler:
@@ -197,8 +204,16 @@ def settled(pool: Pool, names: list[str]) -> bool:
     return True
 
 
+def leads(proc: KvschedProcess) -> bool:
+    """`proc` says it leads (False while it is down or restarting and not serving /metrics yet)."""
+    try:
+        return proc.component.running and proc.metrics().get("kvsched_is_leader") == 1.0
+    except OSError:
+        return False
+
+
 def leader(pool: Pool) -> KvschedProcess | None:
-    leaders = [p for p in pool.processes if p.component.running and p.metrics().get("kvsched_is_leader") == 1.0]
+    leaders = [p for p in pool.processes if leads(p)]
     assert len(leaders) <= 1, "two processes lead at once"
     return leaders[0] if leaders else None
 
@@ -727,6 +742,10 @@ def test_apiserver_restart_loses_nothing_and_the_controller_resumes(pool: Pool) 
              "the controller sees llama scaled to 3 after the apiserver restart")
     after = wait_settled(pool, list(MODELS), timeout_s=180)
     assert cluster_violations(pool.kube, pool.namespace, DEFAULT_HEADROOM) == []
+    # A leader that cannot renew for RENEW_DEADLINE_S while the apiserver is down exits (code 1) and is
+    # restarted, as the kubelet would; it exits for no other reason.
+    print(f"kvsched restarted {proc.restarts} times during the apiserver restart (exit codes {proc.exit_codes})")
+    assert set(proc.exit_codes) <= {EXIT_LOST_LEADERSHIP}, proc.exit_codes
     assert proc.component.running
     assert after["llama"]["status"]["placedReplicas"] == 3
     for n in ("qwen", "mixtral"):

@@ -68,7 +68,7 @@ def test_a_killed_process_comes_back_with_the_same_command(tmp_path: Path) -> No
         first.kill()
         again = wait_for(lambda: component.process, lambda p: p is not first and p is not None and
                          p.poll() is None, 10.0, "the process restarted")
-        assert again.args == first.args and component.restarts == 1 and component.exit_codes == [-9]
+        assert again is not None and again.args == first.args and component.restarts == 1 and component.exit_codes == [-9]
     finally:
         component.stop()
 
