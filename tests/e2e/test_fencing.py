@@ -67,6 +67,7 @@ def lease_reads(forwarder: TcpForwarder, since: float) -> list[Request]:
 
 
 def test_a_blackholed_leader_writes_nothing_after_its_renew_deadline(pool: Pool) -> None:
+    pool.restarts_expected = True
     plane = pool.plane
     assert plane.creds is not None
     tls = TlsTermination(plane.creds.serving_cert, plane.creds.serving_key, plane.creds.ca_cert)
@@ -136,6 +137,7 @@ def test_a_blackholed_leader_writes_nothing_after_its_renew_deadline(pool: Pool)
 def test_the_harness_restarts_a_leader_that_exits(pool: Pool) -> None:
     """The restart itself (without a fault): a SIGKILLed replica comes back on the same ports, as a follower
     while the other holds the Lease."""
+    pool.restarts_expected = True
     pool.add_nodes({"big": (2, "80Gi")})
     a = pool.start(scheduler=False, command="controller")
     wait_for(lambda: leads(a), bool, LEASE_S + 10, "the first replica leads")
