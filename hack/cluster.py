@@ -13,6 +13,8 @@ KVSCHED_CLUSTER_SERVE replaces the `kvsched serve` command line (shell words; fo
 build). `--start-delay 10s` (or KVSCHED_CLUSTER_START_DELAY=10s) gives every example pod an engine start-up of that
 long: KWOK keeps it Running and not Ready for that Go duration after its bind (the e2e harness's stage,
 tests/e2e/cluster/stages/pod-start-delay.yaml), so the start gate (one engine starting per GPU) shows.
+`kvsched serve` is restarted whenever it exits (1 s doubling to 10 s, logged in its log), as the kubelet restarts
+the chart's Deployment: kvsched exits when it loses its lease, e.g. while the apiserver is slow to answer.
 Exit codes: 0 stopped by a signal, 1 a component failed, 2 a prerequisite is missing.
 """
 from __future__ import annotations
@@ -40,7 +42,7 @@ from kvsched.cluster_file import ClusterFileError, load_cluster_file
 from tests.e2e.harness.chart import HelmFailed, install_chart
 from tests.e2e.harness.cluster import START_DELAY_ANNOTATION, ControlPlane
 from tests.e2e.harness.kube import api_client, create_gpu_nodes, deployment_manifest, gpu_node_manifest, wait_for
-from tests.e2e.harness.processes import Component, ComponentFailed, free_port, http_ok
+from tests.e2e.harness.processes import Component, ComponentFailed, Restart, free_port, http_ok
 from tests.e2e.harness.prometheus import start_prometheus
 from tests.e2e.harness.tools import locate_tools, missing_tools, prometheus_path
 
@@ -117,6 +119,17 @@ def example_deployments(path: Path, start_delay: str = "") -> list[dict[str, Any
     return manifests
 
 
+def kvsched_component(argv: list[str], log: Path, kubeconfig: Path) -> Component:
+    """`kvsched serve` as a component restarted whenever it exits (as the kubelet restarts the chart's Deployment;
+    kvsched exits on a lost lease), with `kubeconfig` (the chart's ServiceAccount's token)."""
+    return Component("kvsched", argv, log, env={"KUBECONFIG": str(kubeconfig)}, restart=Restart())
+
+
+def exited(components: Sequence[Component]) -> list[str]:
+    """The names of the components that exited for good (not those a restart is bringing back)."""
+    return [c.name for c in components if not c.alive]
+
+
 @dataclasses.dataclass
 class LocalCluster:
     """Everything `make cluster` runs; `stop` is idempotent and stops in reverse order."""
@@ -170,8 +183,8 @@ class LocalCluster:
         scheduler_config = chart.local_scheduler_config(scheduler_kubeconfig)
 
         say(f"kvsched: {' '.join(self.serve)} (extender on :{extender_port}, metrics on :{metrics_port})")
-        kvsched = Component("kvsched", [*self.serve, *kvsched_args[1:], *self.extra_args], logs / "kvsched.log",
-                            env={"KUBECONFIG": str(sa_kubeconfig)}).start()
+        kvsched = kvsched_component([*self.serve, *kvsched_args[1:], *self.extra_args], logs / "kvsched.log",
+                                    sa_kubeconfig).start()
         self.components.append(kvsched)
         metrics_url = f"http://127.0.0.1:{metrics_port}"
         kvsched.wait_ready(lambda: http_ok(f"{metrics_url}/metrics"), READY_TIMEOUT_S, "serving /metrics")
@@ -264,7 +277,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("ready", flush=True)
         while True:
             time.sleep(1.0)
-            dead = [c.name for c in [*cluster.components, *cluster.plane_components()] if not c.running]
+            dead = exited([*cluster.components, *cluster.plane_components()])
             if dead:
                 print(f"make cluster: {', '.join(dead)} exited; see {workdir / 'logs'}", file=sys.stderr)
                 return 1

@@ -60,6 +60,9 @@ def load_configuration(kubeconfig: str | None = None, context: str | None = None
                                     persist_config=False)  # type: ignore[no-untyped-call]
     except (ConfigException, OSError) as e:
         raise ClientConfigError(f"cannot load the Kubernetes configuration ({path or 'in-cluster'}): {e}") from None
+    # No transparent retries inside a call (urllib3 retries an idempotent request on a read timeout, which turned a
+    # hung lease renewal into ~80 s against a 15 s lease): every caller retries on its own schedule.
+    configuration.retries = False
     return configuration
 
 

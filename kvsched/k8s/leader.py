@@ -5,6 +5,12 @@ for `lease_duration_s` as measured on this candidate's own clock since it last s
 skew between machines does not matter). The leader renews every `retry_period_s`; if no renewal succeeds for
 `renew_deadline_s` it stops leading at once (before another candidate can take over, since the deadline is
 shorter than the lease). Every write is optimistic (resourceVersion), so two candidates never both win.
+Fencing: the leader may write only until `renew_deadline_s` after the start of its last successful renewal
+(`write_time_left`), measured from before the request went out, so a renewal that took long does not stretch it;
+kvsched's writer checks it before every write and bounds each call by it (kvsched.k8s.writers).
+Every Lease call is bounded too (`_timeout_s`: the time left to write, at least one retry period, while leading;
+the renew deadline otherwise), so a renewal hung on a dead connection ends by the deadline and the leader learns it
+lost, rather than waiting on the socket for as long as the kernel keeps it.
 On a clean shutdown the leader releases the Lease (empty holder), and a follower takes over within one retry
 period; after a SIGKILL it takes over within lease duration + retry period.
 Called by: kvsched.runtime.controller.
@@ -60,6 +66,7 @@ class LeaseElector:
     def run(self, stop: threading.Event, on_change: Callable[[bool], None]) -> None:
         """Acquire, renew, and on stop release; never raises (API errors count as a failed attempt)."""
         while not stop.is_set():
+            started = self.clock()
             try:
                 ok = self.try_acquire_or_renew()
             except ApiError as e:
@@ -67,7 +74,7 @@ class LeaseElector:
                 ok = False
             now = self.clock()
             if ok:
-                self._last_renew = now
+                self._last_renew = started
                 if not self.is_leader:
                     self.is_leader = True
                     log.info("leader election: %s now leads (lease %s/%s)", self.identity, self.namespace,
@@ -84,10 +91,25 @@ class LeaseElector:
             self.is_leader = False
             on_change(False)
 
+    def write_time_left(self) -> float:
+        """Seconds this candidate may still write as the leader: until `renew_deadline_s` after the start of its
+        last successful renewal; <= 0 when it does not lead (or no longer may). O(1)."""
+        if not self.is_leader:
+            return 0.0
+        return self._last_renew + self.renew_deadline_s - self.clock()
+
+    def _timeout_s(self) -> float:
+        """The bound of one Lease call, seconds: while leading, the time left to write but at least one retry
+        period (a renewal that ends after the deadline is useless, but a lapsed leader must still be able to
+        read and reclaim); otherwise the renew deadline."""
+        if self.is_leader:
+            return max(self.retry_period_s, self.write_time_left())
+        return self.renew_deadline_s
+
     def try_acquire_or_renew(self) -> bool:
         """One attempt; True when this candidate holds the Lease afterwards. Raises ApiError."""
         try:
-            lease = call(self.api, "GET", self.path)
+            lease = call(self.api, "GET", self.path, timeout_s=self._timeout_s())
         except ApiError as e:
             if e.status != 404:
                 raise
@@ -113,7 +135,7 @@ class LeaseElector:
     def _claim(self, method: str, path: str, body: dict[str, Any]) -> bool:
         """Create or replace the Lease naming this process; False when another writer got there first (409)."""
         try:
-            call(self.api, method, path, body)
+            call(self.api, method, path, body, timeout_s=self._timeout_s())
         except ApiError as e:
             if e.status == 409:
                 return False
@@ -124,12 +146,12 @@ class LeaseElector:
     def release(self) -> None:
         """Give the Lease up (empty holder) so a follower takes over at once; errors are logged."""
         try:
-            lease = call(self.api, "GET", self.path)
+            lease = call(self.api, "GET", self.path, timeout_s=self.retry_period_s)
             spec = lease.get("spec") or {}
             if spec.get("holderIdentity") != self.identity:
                 return
             spec = {**spec, "holderIdentity": "", "leaseDurationSeconds": 1, "renewTime": _micro_time()}
-            call(self.api, "PUT", self.path, {**lease, "spec": spec})
+            call(self.api, "PUT", self.path, {**lease, "spec": spec}, timeout_s=self.retry_period_s)
             log.info("leader election: %s released lease %s/%s", self.identity, self.namespace, self.name)
         except ApiError as e:
             log.warning("leader election: releasing lease %s/%s: %s", self.namespace, self.name, e)

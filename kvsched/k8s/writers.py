@@ -12,7 +12,7 @@ Called by: kvsched.runtime.loop through `ApiWriter`.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from kubernetes import client
 
@@ -29,17 +29,32 @@ def _ms_path(key: ObjectKey) -> str:
 
 
 class ApiWriter:
-    """Carries out a Decision's writes with one ApiClient. Raises ApiError on failures the caller retries."""
+    """Carries out a Decision's writes with one ApiClient. Raises ApiError on failures the caller retries.
 
-    def __init__(self, api: client.ApiClient, identity: str = COMPONENT) -> None:
+    `fence`: seconds this process may still write (kvsched.k8s.leader.LeaseElector.write_time_left; None: leader
+    election off). Every call first checks it, refusing with ApiError(0, "NotLeading") when it has run out, and
+    is bounded by it (connect and read), so no write leaves this process after the renew deadline."""
+
+    def __init__(self, api: client.ApiClient, identity: str = COMPONENT,
+                 fence: Callable[[], float] | None = None) -> None:
         self.api = api
         self.identity = identity
+        self.fence = fence
+
+    def _call(self, method: str, path: str, body: Any = None, **kwargs: Any) -> dict[str, Any]:
+        """`rest.call` within the fence (see the class docstring). Raises ApiError."""
+        if self.fence is not None:
+            left = self.fence()
+            if left <= 0:
+                raise ApiError(0, "NotLeading", f"{method} {path} not sent: past the leader's renew deadline")
+            kwargs["timeout_s"] = min(left, kwargs.get("timeout_s") or left)
+        return call(self.api, method, path, body, **kwargs)
 
     def write_status(self, key: ObjectKey, status: Mapping[str, Any]) -> dict[str, Any]:
-        return call(self.api, "PATCH", _ms_path(key) + "/status", {"status": dict(status)}, content_type=MERGE_PATCH)
+        return self._call("PATCH", _ms_path(key) + "/status", {"status": dict(status)}, content_type=MERGE_PATCH)
 
     def patch_deployment(self, key: ObjectKey, patch: Mapping[str, Any]) -> dict[str, Any]:
-        return call(self.api, "PATCH", f"/apis/apps/v1/namespaces/{key.namespace}/deployments/{key.name}",
+        return self._call("PATCH", f"/apis/apps/v1/namespaces/{key.namespace}/deployments/{key.name}",
                     dict(patch), content_type=STRATEGIC_MERGE_PATCH)
 
     def owned_change(self, change: OwnedChange) -> dict[str, Any]:
@@ -48,10 +63,10 @@ class ApiWriter:
         try:
             if change.action == "create":
                 path = f"/apis/{GROUP}/{VERSION}/namespaces/{change.key.namespace}/{PLURAL}"
-                return call(self.api, "POST", path, dict(change.body))
+                return self._call("POST", path, dict(change.body))
             if change.action == "patch":
-                return call(self.api, "PATCH", _ms_path(change.key), dict(change.body), content_type=MERGE_PATCH)
-            call(self.api, "DELETE", _ms_path(change.key))
+                return self._call("PATCH", _ms_path(change.key), dict(change.body), content_type=MERGE_PATCH)
+            self._call("DELETE", _ms_path(change.key))
             return {}
         except ApiError as e:
             if (change.action == "create" and e.status == 409) or (change.action == "delete" and e.status == 404):
@@ -61,7 +76,7 @@ class ApiWriter:
     def annotate_pod(self, pod: ObjectKey, annotations: Mapping[str, str]) -> dict[str, Any]:
         """Merge `annotations` into a pod's metadata (a pod already gone is fine: nothing to retry)."""
         try:
-            return call(self.api, "PATCH", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}",
+            return self._call("PATCH", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}",
                         {"metadata": {"annotations": dict(annotations)}}, content_type=MERGE_PATCH)
         except ApiError as e:
             if e.status == 404:
@@ -75,20 +90,20 @@ class ApiWriter:
         path = f"/api/v1/namespaces/{change.key.namespace}/pods"
         try:
             if change.action == "create":
-                return call(self.api, "POST", path, dict(change.body or {}))
+                return self._call("POST", path, dict(change.body or {}))
             body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": change.uid}} \
                 if change.uid else None
-            call(self.api, "DELETE", f"{path}/{change.key.name}", body)
+            self._call("DELETE", f"{path}/{change.key.name}", body)
             return {}
         except ApiError as e:
             if change.action == "delete" and e.status in (404, 409):
                 return {}  # gone, or another pod of that name now (409: the uid precondition failed)
             if change.action != "create" or e.status != 409:
                 raise
-        existing = call(self.api, "GET", f"{path}/{change.key.name}")
+        existing = self._call("GET", f"{path}/{change.key.name}")
         if (existing.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
             uid = (existing.get("metadata") or {}).get("uid")
-            call(self.api, "DELETE", f"{path}/{change.key.name}",
+            self._call("DELETE", f"{path}/{change.key.name}",
                  {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}})
             raise ApiError(409, "AlreadyExists", f"holder pod {change.key} had finished; deleted, to be recreated")
         return existing
@@ -98,7 +113,7 @@ class ApiWriter:
         body = {"apiVersion": "policy/v1", "kind": "Eviction",
                 "metadata": {"name": pod.name, "namespace": pod.namespace}}
         try:
-            call(self.api, "POST", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/eviction", body)
+            self._call("POST", f"/api/v1/namespaces/{pod.namespace}/pods/{pod.name}/eviction", body)
         except ApiError as e:
             if e.status == 404:
                 return
@@ -120,4 +135,4 @@ class ApiWriter:
             "source": {"component": COMPONENT}, "reportingComponent": COMPONENT,
             "reportingInstance": self.identity, "firstTimestamp": now, "lastTimestamp": now, "count": 1,
         }
-        call(self.api, "POST", f"/api/v1/namespaces/{namespace}/events", body)
+        self._call("POST", f"/api/v1/namespaces/{namespace}/events", body)

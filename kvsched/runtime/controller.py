@@ -70,6 +70,9 @@ class Controller:
     elector: LeaseElector | None
     health: HealthServer | None
     extender_alive: Callable[[], str | None] | None = None  # `kvsched serve`: the extender's /healthz answers
+    on_lost_leadership: Callable[[], None] | None = None    # `kvsched serve`: stop the extender too
+    lost_leadership: bool = False
+    _led: bool = False
 
     def leadership(self) -> str:
         if self.elector is None:
@@ -103,7 +106,7 @@ class Controller:
         elector_thread = None
         if self.elector is not None:
             elector = self.elector
-            elector_thread = threading.Thread(target=elector.run, args=(stop, self.reconciler.set_leader),
+            elector_thread = threading.Thread(target=elector.run, args=(stop, self._leadership_changed(stop)),
                                               name="leader-election", daemon=True)
             elector_thread.start()
         else:
@@ -118,6 +121,23 @@ class Controller:
                 i.stop(timeout_s=2.0)
             if self.health is not None:
                 self.health.stop()
+
+    def _leadership_changed(self, stop: threading.Event) -> Callable[[bool], None]:
+        """The elector's callback: tell the loop; on losing leadership that this process held (not on a clean
+        stop), stop the whole process (`lost_leadership`), as controller-runtime exits, so that nothing it still
+        holds in memory (a round half done, a plan, backoffs) outlives its lease; the kubelet restarts it as a
+        follower."""
+        def changed(leading: bool) -> None:
+            self.reconciler.set_leader(leading)
+            if leading:
+                self._led = True
+            elif self._led and not stop.is_set():
+                log.error("leader election: leadership lost; stopping so that this replica restarts as a follower")
+                self.lost_leadership = True
+                stop.set()
+                if self.on_lost_leadership is not None:
+                    self.on_lost_leadership()
+        return changed
 
     def _wait_synced(self, stop: threading.Event) -> None:
         started = time.monotonic()
@@ -173,6 +193,10 @@ def build_controller(settings: ControllerSettings, metrics: Metrics | None = Non
     if with_health:
         controller.health = HealthServer(settings.metrics_host, settings.metrics_port, metrics, controller.ready,
                                          controller.leadership, alive=controller.alive)
+    if elector is not None:
+        writer = reconciler.writer
+        if isinstance(writer, ApiWriter):
+            writer.fence = elector.write_time_left
     return controller
 
 
@@ -190,7 +214,7 @@ def run(settings: ControllerSettings) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     controller.run(stop)
-    return 0
+    return EXIT_LOST_LEADERSHIP if controller.lost_leadership else 0
 
 
 def serve(controller_settings: ControllerSettings, extender_settings: Any) -> int:
@@ -203,16 +227,27 @@ def serve(controller_settings: ControllerSettings, extender_settings: Any) -> in
     metrics = Metrics()
     controller = build_controller(controller_settings, metrics)
     controller.extender_alive = lambda: extender_answers(local_url(extender_settings.host, extender_settings.port))
+    # Leadership lost: stop the extender too (uvicorn stops on SIGTERM), so the whole process exits.
+    controller.on_lost_leadership = lambda: os.kill(os.getpid(), signal.SIGTERM)
+    # uvicorn re-raises the signal that stopped it once it has shut down (and a SIGTERM may come before it
+    # runs): with this handler the process then exits with a code saying why (1: lost lease; 0: asked to stop),
+    # not killed by the signal (-15), through the `finally` below.
+    def on_sigterm(signum: int, frame: object) -> None:
+        raise SystemExit(EXIT_LOST_LEADERSHIP if controller.lost_leadership else 0)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
     thread.start()
     try:
-        return run_extender(extender_settings, metrics=metrics)
+        code = run_extender(extender_settings, metrics=metrics)
+        return EXIT_LOST_LEADERSHIP if controller.lost_leadership else code
     finally:
         stop.set()
         thread.join(10.0)
 
 
+EXIT_LOST_LEADERSHIP = 1  # the exit code after losing leadership (the kubelet restarts the container)
 EXTENDER_PROBE_TIMEOUT_S = 2.0  # the liveness probe's own timeout is 5 s: answer within it
 
 

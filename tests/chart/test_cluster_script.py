@@ -1,11 +1,13 @@
 """What `make cluster` (hack/cluster.py) builds from a cluster file: KWOK GPU nodes and annotated Deployments."""
 from __future__ import annotations
 
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from hack.cluster import EXAMPLE, example_deployments, example_nodes, parse_args
+from hack.cluster import EXAMPLE, example_deployments, example_nodes, exited, kvsched_component, parse_args
 from kvsched.api.names import GPU_MEMORY_LABEL, RATE_ANNOTATION, SIZE_ANNOTATION, SLO_ANNOTATION
 from kvsched.cluster_file import ClusterFileError
 
@@ -77,3 +79,21 @@ def test_a_start_delay_that_is_not_a_go_duration_is_refused(capsys: pytest.Captu
     with pytest.raises(SystemExit):
         parse_args(["--start-delay", "10"])
     assert "--start-delay '10' is not a Go duration" in capsys.readouterr().err
+
+
+def test_kvsched_is_restarted_when_it_exits_and_counts_as_up_meanwhile(tmp_path: Path) -> None:
+    """kvsched exits on a lost lease; `make cluster` restarts it (as the kubelet would) instead of stopping."""
+    kubeconfig = tmp_path / "kubeconfig"
+    component = kvsched_component([sys.executable, "-c", "import os, sys; print(os.environ['KUBECONFIG']); "
+                                   "sys.exit(1)"], tmp_path / "kvsched.log", kubeconfig).start()
+    try:
+        deadline = time.monotonic() + 10.0
+        while component.restarts < 1 and time.monotonic() < deadline:
+            assert exited([component]) == []  # exited, but coming back: make cluster keeps running
+            time.sleep(0.05)
+        assert component.restarts >= 1 and component.exit_codes[0] == 1
+    finally:
+        component.stop()
+    assert exited([component]) == ["kvsched"]  # stopped for good
+    log = (tmp_path / "kvsched.log").read_text()
+    assert str(kubeconfig) in log and "exited with code 1; restarting in 1s" in log

@@ -50,11 +50,13 @@ from kvsched.api.names import (
     share_of,
 )
 from kvsched.controller import DecisionConfig
+from kvsched.runtime.controller import EXIT_LOST_LEADERSHIP
 from kvsched.controller.headroom import Headroom
 
 pytestmark = pytest.mark.e2e
 
 LEASE_S = 6
+RENEW_DEADLINE_S = 4  # a leader that cannot renew for this long stops writing and exits (the harness restarts it)
 GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
 MIB = {"80Gi": 81920, "40Gi": 40960}
 # The decision knobs a test's controller runs with (`kvsched plan --kubeconfig` is given the same ones).
@@ -79,6 +81,9 @@ class Pool:
     start_scheduler: Callable[..., Component]
     nodes: list[str] = field(default_factory=list)
     processes: list[KvschedProcess] = field(default_factory=list)
+    # The harness restarts a kvsched process that exits, as the kubelet would; that would hide a crash, so `close`
+    # fails the test when one was restarted, unless the test makes kvsched exit on purpose (a lost lease, SIGKILL).
+    restarts_expected: bool = False
 
     def add_nodes(self, spec: dict[str, tuple[int, str]]) -> None:
         """{"big": (2, "80Gi")} -> node `<label>-big` with 2 GPUs of 80Gi."""
@@ -99,11 +104,16 @@ class Pool:
         """Where the pool's GPU holder pods go: its namespace, the harness's PriorityClass."""
         return [f"--holder-priority-class={E2E_HOLDER_PRIORITY_CLASS}"]
 
-    def start(self, scheduler: bool = True, command: str = "serve", knobs: list[str] = KNOBS) -> KvschedProcess:
-        proc = KvschedProcess(self.plane, self.kubeconfig, [
+    def start(self, scheduler: bool = True, command: str = "serve", knobs: list[str] = KNOBS,
+              lease_s: int = LEASE_S, renew_deadline_s: int = RENEW_DEADLINE_S,
+              kubeconfig: Path | None = None) -> KvschedProcess:
+        """Start one more kvsched process of the pool (restarted by the harness whenever it exits), and with
+        `scheduler` a kube-scheduler calling its extender. `kubeconfig`: another way to the apiserver (a
+        forwarder's) than the pool's."""
+        proc = KvschedProcess(self.plane, kubeconfig or self.kubeconfig, [
             *self.selection, *self.holders, f"--leader-election-namespace={self.namespace}",
-            f"--leader-election-name=kvsched-{self.label}", f"--lease-duration-seconds={LEASE_S}",
-            "--renew-deadline-seconds=4", "--retry-period-seconds=1", *knobs],
+            f"--leader-election-name=kvsched-{self.label}", f"--lease-duration-seconds={lease_s}",
+            f"--renew-deadline-seconds={renew_deadline_s}", "--retry-period-seconds=1", *knobs],
             name=f"kvsched-{command}-{len(self.processes) + 1}-{self.label}", command=command).start()
         self.processes.append(proc)
         if scheduler:
@@ -111,9 +121,14 @@ class Pool:
         return proc
 
     def close(self) -> None:
+        """Stop the processes and delete the nodes. Raises AssertionError when a process was restarted and
+        `restarts_expected` is not set."""
         for proc in self.processes:
             proc.stop()
         delete_nodes(client.CoreV1Api(self.kube), self.nodes)
+        restarted = {p.component.name: p.exit_codes for p in self.processes if p.restarts}
+        assert self.restarts_expected or not restarted, (
+            f"kvsched exited and was restarted during a test that expects no restart (exit codes): {restarted}")
 
 
 def new_pool(plane: ControlPlane, kube: client.ApiClient, namespace: str,
@@ -197,8 +212,16 @@ def settled(pool: Pool, names: list[str]) -> bool:
     return True
 
 
+def leads(proc: KvschedProcess) -> bool:
+    """`proc` says it leads (False while it is down or restarting and not serving /metrics yet)."""
+    try:
+        return proc.component.running and proc.metrics().get("kvsched_is_leader") == 1.0
+    except OSError:
+        return False
+
+
 def leader(pool: Pool) -> KvschedProcess | None:
-    leaders = [p for p in pool.processes if p.component.running and p.metrics().get("kvsched_is_leader") == 1.0]
+    leaders = [p for p in pool.processes if leads(p)]
     assert len(leaders) <= 1, "two processes lead at once"
     return leaders[0] if leaders else None
 
@@ -555,6 +578,7 @@ def test_restarting_the_controller_patches_and_migrates_nothing(pool: Pool) -> N
 
 # -- (5) ------------------------------------------------------------------------------------------------------
 def test_two_controllers_one_leads_and_sigkill_hands_over_within_the_lease(pool: Pool) -> None:
+    pool.restarts_expected = True  # the SIGKILLed one comes back, as a crashed container would
     pool.add_nodes({"big": (2, "80Gi")})
     a = pool.start(scheduler=False, command="controller")
     b = pool.start(scheduler=False, command="controller")
@@ -716,6 +740,7 @@ def test_rate_change_moves_exactly_the_replanned_replicas_and_quiet_writes_nothi
 
 # -- (7) ------------------------------------------------------------------------------------------------------
 def test_apiserver_restart_loses_nothing_and_the_controller_resumes(pool: Pool) -> None:
+    pool.restarts_expected = True  # the leader may lose its lease while the apiserver is down, and exit
     pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
     proc = pool.start()
     create_models(pool)
@@ -727,6 +752,10 @@ def test_apiserver_restart_loses_nothing_and_the_controller_resumes(pool: Pool) 
              "the controller sees llama scaled to 3 after the apiserver restart")
     after = wait_settled(pool, list(MODELS), timeout_s=180)
     assert cluster_violations(pool.kube, pool.namespace, DEFAULT_HEADROOM) == []
+    # A leader that cannot renew for RENEW_DEADLINE_S while the apiserver is down exits (code 1) and is
+    # restarted, as the kubelet would; it exits for no other reason.
+    print(f"kvsched restarted {proc.restarts} times during the apiserver restart (exit codes {proc.exit_codes})")
+    assert set(proc.exit_codes) <= {EXIT_LOST_LEADERSHIP}, proc.exit_codes
     assert proc.component.running
     assert after["llama"]["status"]["placedReplicas"] == 3
     for n in ("qwen", "mixtral"):

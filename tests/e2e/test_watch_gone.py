@@ -21,6 +21,10 @@ network:
 Either way a watch from a resourceVersion kvsched held would get 410 Gone; the informers do not try one: after the
 cut each lists again (`kvsched_watch_relists_total{resource}`, and "listing again" in the log).
 
+The cut lasts longer than the e2e's usual renew deadline (4 s), past which a leader stops writing and exits to be
+restarted (issue 16's fencing); a restarted process would list afresh and prove nothing about its informers. So
+here kvsched runs with a lease that outlasts the cut (CUT_LEASE), and the test asserts it was never restarted.
+
 The controller's and the extender's informers reconnect on their own backoff schedules, seconds apart. When the
 controller re-plans first (here: the third llama replica makes it restart qwen with a smaller memory share), the
 extender must not turn the replacement down from its stale view ("GPU 1 planned for qwen is held by pod ..."):
@@ -53,6 +57,9 @@ pytestmark = pytest.mark.e2e
 # Each informer of `kvsched serve` that must list again: the controller watches nodes, pods, Deployments and
 # ModelServings; the extender pods, nodes and ModelServings.
 RELISTS = {"nodes": 2, "pods": 2, "deployments.apps": 1, "modelservings.kvsched.io": 2}
+# (lease duration, renew deadline) in seconds: longer than the cut (informers backing off twice, an apiserver
+# restart), so the leader renews once the network is back instead of exiting.
+CUT_LEASE = (180, 150)
 
 
 @pytest.fixture(scope="module")
@@ -134,7 +141,7 @@ def test_informers_list_again_and_see_the_change_made_while_cut_off(
     pool = Pool(plane, kube, namespace, unique("pool"), kubeconfig, start_scheduler)
     try:
         pool.add_nodes({"big": (2, "80Gi"), "small": (2, "40Gi")})
-        proc = pool.start()
+        proc = pool.start(lease_s=CUT_LEASE[0], renew_deadline_s=CUT_LEASE[1])
         create_models(pool)
         before = wait_settled(pool, list(MODELS))
         counts = proc.metrics()
@@ -173,7 +180,7 @@ def test_informers_list_again_and_see_the_change_made_while_cut_off(
         # ...and bound, without waiting for kube-scheduler's 5-minute unschedulable timeout (docs/extender.md).
         after = wait_settled(pool, list(MODELS), timeout_s=90)
         print(f"every replica bound and Ready {time.monotonic() - restored_at:.1f}s after the network came back")
-        assert proc.component.running
+        assert proc.component.running and proc.restarts == 0, proc.exit_codes  # the same process relisted
         assert after["llama"]["status"]["placedReplicas"] == 3
         assert slot_set(before["llama"]) < slot_set(after["llama"])
         for name in ("qwen", "mixtral"):

@@ -8,7 +8,8 @@ RBAC the chart grants.
   container (the built-in system:kube-scheduler and system:volume-scheduler ClusterRoles, the
   extension-apiserver-authentication-reader Role in kube-system) and its kubeconfig;
 - `KvschedProcess`: `kvsched serve|controller ...` as a `processes.Component` registered with the control plane (its
-  log tail is attached to failing tests and it is stopped with the plane);
+  log tail is attached to failing tests and it is stopped with the plane), restarted whenever it exits as the
+  kubelet restarts the chart's Deployment (`processes.Restart`; kvsched exits on a lost lease), `restarts` counted;
 - small readers for /metrics and /readyz, Leases, and an API-write counter based on resourceVersions.
 Called by: tests/e2e/test_controller.py, tests/e2e/test_watch_gone.py, the `kvsched_scheduler` fixture.
 """
@@ -38,7 +39,7 @@ def read_metrics(url: str) -> dict[str, float]:
             out[key] = float(value)
     return out
 from .kube import REPO_ROOT
-from .processes import Component, free_port, http_ok
+from .processes import Component, Restart, free_port, http_ok
 
 # The chart's default rendering (tests/chart checks it equals `helm template`): the e2e tests run kvsched with
 # exactly the permissions the chart grants.
@@ -212,16 +213,17 @@ def scheduler_service_account_kubeconfig(api: client.ApiClient, plane: ControlPl
 
 
 class KvschedProcess:
-    """A `kvsched serve` (controller + extender) or `kvsched controller` process on free loopback ports."""
+    """A `kvsched serve` (controller + extender) or `kvsched controller` process on free loopback ports, restarted
+    (same ports, same log file) whenever it exits until `stop`, unless `restart` is None."""
 
     def __init__(self, plane: ControlPlane, kubeconfig: Path, args: list[str], name: str,
-                 command: str = "serve") -> None:
+                 command: str = "serve", restart: Restart | None = Restart()) -> None:
         self.metrics_port = free_port()
         self.extender_port = free_port()
         extender = ["--host=127.0.0.1", f"--port={self.extender_port}"] if command == "serve" else []
         argv = [str(kvsched_executable()), command, f"--kubeconfig={kubeconfig}", *extender,
                 "--metrics-host=127.0.0.1", f"--metrics-port={self.metrics_port}", "--log-level=info", *args]
-        self.component = Component(name, argv, plane.workdir / "logs" / f"{name}.log")
+        self.component = Component(name, argv, plane.workdir / "logs" / f"{name}.log", restart=restart)
         self.plane = plane
 
     @property
@@ -238,11 +240,21 @@ class KvschedProcess:
         self.component.wait_ready(lambda: http_ok(f"{self.metrics_url}/readyz"), timeout_s, "ready (/readyz)")
         return self
 
+    @property
+    def restarts(self) -> int:
+        """How often the harness restarted it (as a kubelet would) since `start`."""
+        return self.component.restarts
+
+    @property
+    def exit_codes(self) -> list[int]:
+        """Every exit seen so far, in order (1: kvsched lost its lease)."""
+        return list(self.component.exit_codes)
+
     def stop(self) -> None:
         self.component.stop()
 
     def kill(self) -> None:
-        """SIGKILL, no clean-up (no Lease release)."""
+        """SIGKILL, no clean-up (no Lease release); restarted as a crashed container would be."""
         import os
         import signal
         assert self.component.process is not None

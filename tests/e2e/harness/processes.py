@@ -1,7 +1,11 @@
 """Run control-plane components as child process groups with their output in log files, and stop them cleanly.
 
-Called by `cluster.ControlPlane`. Each component gets its own session (process group), so stopping it also stops
-anything it spawned; an atexit hook stops whatever a crashed test run left behind.
+Called by `cluster.ControlPlane`, harness/controller.py (kvsched processes) and hack/cluster.py. Each component gets
+its own session (process group), so stopping it also stops anything it spawned; an atexit hook stops whatever a
+crashed test run left behind. A component started with a `Restart` policy is restarted whenever it exits, as a
+kubelet restarts a container of a pod with `restartPolicy: Always` (kvsched exits on a lost lease and relies on
+that): after a backoff of 1 s doubling to 10 s, each restart logged in its log file and counted, never once its
+`stop` was asked for.
 """
 from __future__ import annotations
 
@@ -13,10 +17,12 @@ import socket
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 _RUNNING: set[Component] = set()
@@ -64,18 +70,55 @@ def http_ok(url: str, token: str | None = None, ca_file: Path | None = None, tim
         return False
 
 
-class Component:
-    """One long-running binary: started in its own process group, output appended to `log_path`."""
+@dataclass(frozen=True)
+class Restart:
+    """A kubelet's `restartPolicy: Always`, shortened for tests: the n-th restart in a row waits
+    min(`initial_s` x 2^(n-1), `max_s`) seconds (the kubelet's CrashLoopBackOff starts at 10 s and caps at 5 min);
+    a process that ran for `reset_after_s` or longer starts the sequence again."""
 
-    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    initial_s: float = 1.0
+    max_s: float = 10.0
+    reset_after_s: float = 60.0
+
+    def delay_s(self, in_a_row: int) -> float:
+        """Seconds to wait before restart number `in_a_row` (>= 1) of a sequence."""
+        return float(min(self.initial_s * 2 ** (in_a_row - 1), self.max_s))
+
+
+class Component:
+    """One long-running binary: started in its own process group, output appended to `log_path`. With `restart`,
+    a supervisor thread restarts it whenever it exits until `stop` (see `Restart`); `restarts` counts them and
+    `exit_codes` lists every exit it saw, in order."""
+
+    def __init__(self, name: str, argv: Sequence[str], log_path: Path, env: dict[str, str] | None = None,
+                 restart: Restart | None = None) -> None:
         self.name = name
         self.argv = list(argv)
         self.log_path = log_path
         self.env = env
+        self.restart = restart
         self.process: subprocess.Popen[bytes] | None = None
+        self.restarts = 0
+        self.exit_codes: list[int] = []
+        self._lock = threading.Lock()  # held while (re)starting; `_stopping` is set under it
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
 
     def start(self) -> Component:
-        """Start the process; returns self so calls chain."""
+        """Start the process (and its supervisor, with `restart`); returns self so calls chain."""
+        with self._lock:
+            self._stopping.clear()
+            self._spawn()
+        _RUNNING.add(self)
+        if self.restart is not None:
+            # The supervisor starts every later process: a child dies with the thread that started it
+            # (_die_with_parent), and this thread lives until the component is stopped.
+            self._supervisor = threading.Thread(target=self._supervise, args=(self.restart,),
+                                                name=f"supervise-{self.name}", daemon=True)
+            self._supervisor.start()
+        return self
+
+    def _spawn(self) -> None:
         with self.log_path.open("ab") as log:
             log.write(f"$ {' '.join(self.argv)}\n".encode())
             log.flush()
@@ -83,19 +126,47 @@ class Component:
                 self.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True, env={**os.environ, **(self.env or {})}, preexec_fn=_die_with_parent,
             )
-        _RUNNING.add(self)
-        return self
+
+    def _supervise(self, policy: Restart) -> None:
+        """Wait for the process to exit and start it again after the backoff, until `stop`."""
+        in_a_row = 0
+        while True:
+            process = self.process
+            assert process is not None
+            started = time.monotonic()
+            code = process.wait()
+            self.exit_codes.append(code)
+            if self._stopping.is_set():
+                return
+            in_a_row = 1 if time.monotonic() - started >= policy.reset_after_s else in_a_row + 1
+            delay_s = policy.delay_s(in_a_row)
+            with self.log_path.open("ab") as log:
+                log.write(f"[harness] {self.name} exited with code {code}; restarting in {delay_s:.0f}s "
+                          f"(restart {self.restarts + 1})\n".encode())
+            if self._stopping.wait(delay_s):
+                return
+            with self._lock:
+                if self._stopping.is_set():
+                    return
+                self._spawn()
+                self.restarts += 1
 
     @property
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
+    @property
+    def alive(self) -> bool:
+        """Running, or exited and about to be restarted (its `restart` policy, not stopped)."""
+        return self.running or (self.restart is not None and self.process is not None
+                                and not self._stopping.is_set())
+
     def wait_ready(self, check: Callable[[], bool], timeout_s: float, what: str = "ready") -> None:
-        """Poll `check` every 0.25 s until it is true. Raises ComponentFailed if the process exits first or
-        `timeout_s` passes."""
+        """Poll `check` every 0.25 s until it is true. Raises ComponentFailed if the process exits first (and is
+        not to be restarted) or `timeout_s` passes."""
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not self.running:
+            if not self.alive:
                 code = self.process.returncode if self.process else None
                 raise ComponentFailed(f"{self.name} exited with code {code} before it was {what}:\n{self.tail()}")
             if check():
@@ -104,8 +175,17 @@ class Component:
         raise ComponentFailed(f"{self.name} was not {what} after {timeout_s:.0f}s:\n{self.tail()}")
 
     def stop(self, grace_s: float = 10.0) -> None:
-        """SIGTERM the process group, SIGKILL it after `grace_s`; idempotent."""
+        """SIGTERM the process group, SIGKILL it after `grace_s`; no restart after it; idempotent."""
         _RUNNING.discard(self)
+        with self._lock:  # no restart can start after this
+            self._stopping.set()
+        if self._supervisor is not None and self._supervisor is not threading.current_thread():
+            self._stop_process(grace_s)
+            self._supervisor.join(grace_s + 10.0)
+            return
+        self._stop_process(grace_s)
+
+    def _stop_process(self, grace_s: float) -> None:
         if self.process is None or self.process.returncode is not None:
             return
         pgid = self.process.pid  # start_new_session makes the child its group leader
