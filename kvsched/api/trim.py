@@ -138,6 +138,13 @@ _AFFINITY_TERMS = ("affinity", "nodeAffinity", "requiredDuringSchedulingIgnoredD
                    "nodeSelectorTerms")
 
 
+def _template_env(env: object) -> list[Any]:
+    """The env entries controller.template checks (by name; a later entry of one name wins there, order kept)."""
+    if not isinstance(env, list):
+        return []
+    return [e for e in env if isinstance(e, dict) and e.get("name") in _TEMPLATE_ENV]
+
+
 def _trim_template(template: object) -> Obj:
     """The pod template reduced to what controller.template.template_patch compares and patches."""
     if not isinstance(template, dict):
@@ -155,11 +162,8 @@ def _trim_template(template: object) -> Obj:
         _set_nested(kept, _AFFINITY_TERMS, terms)
     containers = spec.get("containers")
     if isinstance(containers, list):
-        kept["containers"] = [
-            {"name": c["name"],
-             "env": [e for e in (c.get("env") if isinstance(c.get("env"), list) else [])
-                     if isinstance(e, dict) and e.get("name") in _TEMPLATE_ENV]}
-            for c in containers if isinstance(c, dict) and isinstance(c.get("name"), str)]
+        kept["containers"] = [{"name": c["name"], "env": _template_env(c.get("env"))}
+                              for c in containers if isinstance(c, dict) and isinstance(c.get("name"), str)]
     out["spec"] = kept
     return out
 
