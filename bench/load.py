@@ -237,18 +237,38 @@ def filter_body(node_names: list[str]) -> bytes:
     return json.dumps({"Pod": pod, "NodeNames": node_names}).encode()
 
 
-def healthz_with_idle_connections(port: int, count: int, requests: int = 200) -> tuple[dict[str, float], int]:
-    """Open `count` idle TCP connections to `port`, then time `requests` sequential GET /healthz on new
-    connections; returns the latencies and how many idle connections were open."""
+def healthz_with_idle_connections(port: int, count: int, requests: int = 100, open_s: float = 20.0,
+                                  workers: int = 32) -> tuple[dict[str, float], int]:
+    """Open up to `count` idle TCP connections to `port` from `workers` threads (for at most `open_s`), and
+    meanwhile, once half are open or `open_s / 2` passed, time `requests` sequential GET /healthz on new
+    connections (as a liveness probe makes them); returns the latencies and how many idle connections were open
+    when the timing began. The server closes a connection idle for its idle timeout, so "open" counts what the
+    client holds."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, count + 1024)), hard))
     idle: list[socket.socket] = []
-    try:
-        for _ in range(count):
+    lock, stop = threading.Lock(), threading.Event()
+    deadline = time.monotonic() + open_s
+
+    def opener() -> None:
+        while not stop.is_set() and time.monotonic() < deadline:
+            with lock:
+                if len(idle) >= count:
+                    return
             try:
-                idle.append(socket.create_connection(("127.0.0.1", port), timeout=5))
+                s = socket.create_connection(("127.0.0.1", port), timeout=3)
             except OSError:
-                break
+                continue
+            with lock:
+                idle.append(s)
+
+    threads = [threading.Thread(target=opener, daemon=True) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    try:
+        while time.monotonic() < deadline - open_s / 2 and len(idle) < count // 2:
+            time.sleep(0.1)
+        opened = len(idle)
         latencies = []
         for _ in range(requests):
             started = time.perf_counter()
@@ -259,8 +279,11 @@ def healthz_with_idle_connections(port: int, count: int, requests: int = 200) ->
             finally:
                 conn.close()
             latencies.append(time.perf_counter() - started)
-        return percentiles(latencies), len(idle)
+        return percentiles(latencies), opened
     finally:
+        stop.set()
+        for t in threads:
+            t.join(5)
         for s in idle:
             s.close()
 
