@@ -318,10 +318,11 @@ def placed(custom: client.CustomObjectsApi) -> int:
 
 
 def one_run(plane: Any, api: client.ApiClient, variant: str, pythonpath: str | None, node_names: list[str],
-            models: int, time_budget_s: float, deleted: list[str]) -> RunFigures:
+            models: int, time_budget_s: float, deleted: list[str], partial: list[RunFigures]) -> RunFigures:
     from tests.e2e.harness.controller import KvschedProcess
 
     figures = RunFigures(variant)
+    partial.append(figures)  # filled in as it goes: a run that fails half way still reports what it measured
     custom, core = client.CustomObjectsApi(api), client.CoreV1Api(api)
     name = f"load-{variant}-{int(time.time())}"
     # GPU holders off: slots by index (holder pods would add one pod per GPU and need the chart's namespace).
@@ -460,10 +461,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         deleted: list[str] = []
         for run in range(args.runs):
             for variant, path in variants:
-                figures = one_run(plane, api, variant, path, node_names, args.models, args.time_budget_seconds,
-                                  deleted)
-                runs[variant].append(figures)
-                print(f"run {run + 1} {variant}: {json.dumps(asdict(figures))}", flush=True)
+                partial: list[RunFigures] = []
+                try:
+                    one_run(plane, api, variant, path, node_names, args.models, args.time_budget_seconds,
+                            deleted, partial)
+                except Exception as e:  # report what was measured, go on with the next variant
+                    print(f"run {run + 1} {variant} failed: {type(e).__name__}: {e}", flush=True)
+                runs[variant].extend(partial)
+                print(f"run {run + 1} {variant}: {json.dumps(asdict(partial[0])) if partial else '-'}",
+                      flush=True)
     finally:
         plane.stop()
         if not args.keep:
