@@ -7,8 +7,9 @@ about 7 KB of JSON before the apiserver adds managedFields and status, in a name
 workloads: both the controller's and the extender's pod watches hold them). Then runs `kvsched serve` as a process
 (once per variant: this tree's code, and with `--baseline DIR` another checkout's, e.g. main's, through PYTHONPATH)
 and measures, for each variant and run:
-(a) memory: VmRSS sampled every 0.1 s, from start to settled (every status written), then during a forced relist
-    of every watch (kube-apiserver restarted), and VmHWM (the peak RSS of the process's life);
+(a) memory: VmRSS of the process and its children (the solver process) sampled every 0.1 s, from start to
+    settled (every status written), then during a forced relist of every watch (kube-apiserver restarted), and
+    VmHWM (the peak RSS of the process's life; its children's apart);
 (b) extender `/filter` latency (a managed pod, every node name, 4 client threads on keep-alive connections) while
     idle, and while a re-plan of every model runs (one node deleted: its replicas move and every model is placed
     again within the time budget), from the change until the plan is done and written;
@@ -58,7 +59,8 @@ class RunFigures:
     rss_peak_sampled_mib: float = 0.0
     rss_relist_peak_mib: float = 0.0
     rss_after_relist_mib: float = 0.0
-    vm_hwm_mib: float = 0.0
+    vm_hwm_mib: float = 0.0           # the kvsched process alone
+    children_hwm_mib: float = 0.0     # its children (the solver process), summed
     relist_s: float = 0.0
     filter_idle_ms: dict[str, float] = field(default_factory=dict)
     filter_replan_ms: dict[str, float] = field(default_factory=dict)
@@ -145,8 +147,26 @@ def proc_kib(pid: int, key: str) -> float:
     return 0.0
 
 
+def descendants(pid: int) -> list[int]:
+    """Child processes of `pid`, recursively (`kvsched serve`'s solver process), from /proc."""
+    out: list[int] = []
+    try:
+        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    except OSError:
+        return out
+    for child in map(int, children):
+        out += [child, *descendants(child)]
+    return out
+
+
+def tree_kib(pid: int, key: str) -> float:
+    """`key` (VmRSS, VmHWM) summed over `pid` and its descendants, KiB."""
+    return sum(proc_kib(p, key) for p in [pid, *descendants(pid)])
+
+
 class RssSampler:
-    """VmRSS of a process every `interval_s` on a thread; `peak_since(mark)` is the largest sample after a mark."""
+    """VmRSS of a process and its children (summed) every `interval_s` on a thread; `peak_between` is the
+    largest sample in a window."""
 
     def __init__(self, pid: int, interval_s: float = 0.1) -> None:
         self.pid, self.interval_s = pid, interval_s
@@ -160,7 +180,7 @@ class RssSampler:
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval_s):
-            self.samples.append((time.monotonic(), proc_kib(self.pid, "VmRSS") / 1024))
+            self.samples.append((time.monotonic(), tree_kib(self.pid, "VmRSS") / 1024))
 
     def stop(self) -> None:
         self._stop.set()
@@ -170,7 +190,7 @@ class RssSampler:
         return max((mib for t, mib in self.samples if start <= t <= end), default=0.0)
 
     def now(self) -> float:
-        return proc_kib(self.pid, "VmRSS") / 1024
+        return tree_kib(self.pid, "VmRSS") / 1024
 
 
 def percentiles(latencies_s: Sequence[float]) -> dict[str, float]:
@@ -380,6 +400,7 @@ def one_run(plane: Any, api: client.ApiClient, variant: str, pythonpath: str | N
         figures.rss_relist_peak_mib = sampler.peak_between(mark)
         figures.rss_after_relist_mib = sampler.now()
         figures.vm_hwm_mib = proc_kib(pid, "VmHWM") / 1024
+        figures.children_hwm_mib = sum(proc_kib(c, "VmHWM") for c in descendants(pid)) / 1024
 
         # (c) /healthz with idle connections on the metrics port (after the memory figures: each connection holds
         # a thread in the server until its idle timeout).
@@ -414,7 +435,8 @@ def format_run(f: dict[str, Any]) -> str:
         f"  start -> settled {f['start_to_settled_s']:.1f} s; RSS settled {f['rss_settled_mib']:.0f} MiB, "
         f"peak sampled to then {f['rss_peak_sampled_mib']:.0f} MiB",
         f"  forced relist (apiserver restart, {f['relist_s']:.0f} s): RSS peak {f['rss_relist_peak_mib']:.0f} MiB, "
-        f"after {f['rss_after_relist_mib']:.0f} MiB; VmHWM {f['vm_hwm_mib']:.0f} MiB",
+        f"after {f['rss_after_relist_mib']:.0f} MiB; VmHWM {f['vm_hwm_mib']:.0f} MiB (+ children's "
+        f"{f['children_hwm_mib']:.0f} MiB)",
         f"  filter idle: {lat(f['filter_idle_ms'])}",
         f"  filter during the re-plan ({f['replan_s']:.1f} s): {lat(f['filter_replan_ms'])}",
         f"  /healthz with {f['idle_connections_open']:.0f} idle connections: {lat(f['healthz_idle_conns_ms'])}; "

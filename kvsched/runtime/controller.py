@@ -31,6 +31,7 @@ from kvsched.api.readers import read_deployment, read_model_serving, read_node, 
 from kvsched.k8s.watch import DELETED, DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, Informer, Obj
 from kvsched.k8s.writers import ApiWriter
 from kvsched.metrics import Metrics
+from kvsched.packer import Plan, solve
 from kvsched.runtime.feeds import Feed, share_informers
 from kvsched.settings import ControllerSettings, check_headroom
 
@@ -167,16 +168,19 @@ def controller_feeds(settings: ControllerSettings, reconciler: Reconciler) -> li
 
 
 def build_controller(settings: ControllerSettings, metrics: Metrics | None = None, *,
-                     with_health: bool = True, api: Any = None, share: list[Feed] | None = None) -> Controller:
+                     with_health: bool = True, api: Any = None, share: list[Feed] | None = None,
+                     solver: Callable[..., Plan] = solve) -> Controller:
     """Wire a controller from settings. `share`: another part's feeds (the extender's, under `kvsched serve`),
     served by informers shared with the controller's where scopes allow (kvsched.runtime.feeds); the informers
-    feeding them are `partner_informers`. Raises ClientConfigError, SelectorError, ValueError (bad durations)."""
+    feeding them are `partner_informers`. `solver`: the packer's `solve` (default) or a stand-in with its signature
+    (`kvsched serve`: kvsched.runtime.solver.ProcessSolver). Raises ClientConfigError, SelectorError, ValueError
+    (bad durations)."""
     metrics = metrics or Metrics()
     api = api or api_client(settings.kubeconfig)
     me = identity()
     config = decision_config(settings)
     reconciler = Reconciler(config, ApiWriter(api, me), metrics, debounce_s=settings.debounce_s,
-                            max_migrations=settings.max_migrations)
+                            max_migrations=settings.max_migrations, solver=solver)
 
     informers, partner = share_informers(api, controller_feeds(settings, reconciler), share or [], metrics)
     reconciler.watches_current = lambda: all(i.is_current() for i in informers)
@@ -212,14 +216,17 @@ def run(settings: ControllerSettings) -> int:
 def serve(controller_settings: ControllerSettings, extender_settings: Any) -> int:
     """`kvsched serve`: the controller on a thread, the extender's uvicorn server on this one (it handles
     SIGTERM/SIGINT); both record into one Metrics registry, and share one informer per collection both watch
-    (pods, nodes, ModelServings: kvsched.runtime.feeds), which the controller's thread starts and stops."""
+    (pods, nodes, ModelServings: kvsched.runtime.feeds), which the controller's thread starts and stops. The
+    packer runs in a child process (kvsched.runtime.solver), so a re-plan does not hold the extender's GIL."""
     from kvsched.runtime.extender import build_cache, extender_feeds, run as run_extender
+    from kvsched.runtime.solver import ProcessSolver
 
     logging.basicConfig(level=controller_settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = Metrics()
     cache = build_cache(extender_settings)
-    controller = build_controller(controller_settings, metrics, share=extender_feeds(cache))
+    solver = ProcessSolver()
+    controller = build_controller(controller_settings, metrics, share=extender_feeds(cache), solver=solver)
     controller.extender_alive = lambda: extender_answers(local_url(extender_settings.host, extender_settings.port))
     stop = threading.Event()
     thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
@@ -230,6 +237,7 @@ def serve(controller_settings: ControllerSettings, extender_settings: Any) -> in
     finally:
         stop.set()
         thread.join(10.0)
+        solver.close()
 
 
 EXTENDER_PROBE_TIMEOUT_S = 2.0  # the liveness probe's own timeout is 5 s: answer within it
