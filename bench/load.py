@@ -128,6 +128,62 @@ def build_cluster(api: client.ApiClient, nodes: int, models: int, pods: int, wor
     return names
 
 
+def fields_v1(value: Any) -> Any:
+    """The managedFields skeleton the apiserver records for `value` ("f:" per key, "k:" per named list entry)."""
+    if isinstance(value, dict):
+        return {f"f:{k}": fields_v1(v) for k, v in value.items()}
+    if isinstance(value, list) and value and all(isinstance(v, dict) and "name" in v for v in value):
+        return {f'k:{{"name":"{v["name"]}"}}': {".": {}, **fields_v1(v)} for v in value}
+    return {}
+
+
+def served_pod(i: int, node: str) -> dict[str, Any]:
+    """`bench_pod` as the apiserver serves it once KWOK runs it: uid, managedFields of its writers, status."""
+    pod = bench_pod(i, node)
+    ts = "2026-01-01T00:00:00Z"
+    status = {"phase": "Running", "hostIP": "10.0.0.1", "podIP": f"10.1.{i // 256 % 256}.{i % 256}",
+              "podIPs": [{"ip": f"10.1.{i // 256 % 256}.{i % 256}"}], "startTime": ts, "qosClass": "Burstable",
+              "conditions": [{"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": ts}
+                             for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady",
+                                       "PodScheduled")],
+              "containerStatuses": [{"name": "vllm", "ready": True, "restartCount": 0, "started": True,
+                                     "image": "vllm/vllm-openai:v0.6.3", "imageID": "sha256:" + "0" * 64,
+                                     "containerID": "containerd://" + "1" * 64,
+                                     "state": {"running": {"startedAt": ts}}}]}
+    pod["metadata"].update({"uid": f"{i:08d}-0000-0000-0000-000000000000", "resourceVersion": str(1000 + i),
+                            "creationTimestamp": ts, "managedFields": [
+                                {"manager": "kubectl-create", "operation": "Update", "apiVersion": "v1", "time": ts,
+                                 "fieldsType": "FieldsV1", "fieldsV1": fields_v1({"metadata": pod["metadata"],
+                                                                                  "spec": pod["spec"]})},
+                                {"manager": "kwok", "operation": "Update", "apiVersion": "v1", "time": ts,
+                                 "fieldsType": "FieldsV1", "fieldsV1": fields_v1({"status": status}),
+                                 "subresource": "status"}]})
+    pod["status"] = status
+    return pod
+
+
+def offline_store_mib(pods: int, nodes: int) -> dict[str, float]:
+    """Python heap (tracemalloc) of what the informers hold for `pods` pods as served (`served_pod`, parsed from
+    JSON as the informer parses it): whole in two stores (`kvsched serve` before issue 16: the controller's and the
+    extender's) and trimmed in one. No control plane."""
+    import tracemalloc
+
+    from kvsched.api.trim import trim_pod
+
+    texts = [json.dumps(served_pod(i, f"bench-{i % nodes:03d}")) for i in range(pods)]
+    out: dict[str, float] = {"pods": pods, "json_kib_per_pod": sum(map(len, texts)) / len(texts) / 1024}
+    for label, build in (("whole_one_store", lambda t: json.loads(t)),
+                         ("trimmed_one_store", lambda t: trim_pod(json.loads(t)))):
+        tracemalloc.start()
+        store = {i: build(t) for i, t in enumerate(texts)}
+        out[label + "_mib"] = tracemalloc.get_traced_memory()[0] / 2**20
+        tracemalloc.stop()
+        del store
+    out["before_two_stores_mib"] = 2 * out["whole_one_store_mib"]
+    out["after_shared_trimmed_mib"] = out["trimmed_one_store_mib"]
+    return out
+
+
 def pod_json_bytes(api: client.ApiClient) -> float:
     """Mean JSON size of the bench pods as the apiserver serves them (managedFields and status included)."""
     raw = client.CoreV1Api(api).list_namespaced_pod(PODS_NS, limit=50, _preload_content=False)
@@ -455,7 +511,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="another checkout (e.g. main's) run as the variant 'baseline' through PYTHONPATH")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH")
     ap.add_argument("--keep", action="store_true", help="keep the control plane's directory (logs) at the end")
+    ap.add_argument("--offline", action="store_true",
+                    help="only the informers' pod stores in this process (tracemalloc), no control plane")
     args = ap.parse_args(argv)
+    if args.offline:
+        figures = offline_store_mib(args.pods, args.nodes)
+        print(" ".join(f"{k}={v:.1f}" for k, v in figures.items()))
+        return 0
 
     from tests.e2e.harness.cluster import ControlPlane
     from tests.e2e.harness.kube import api_client, apply_crds, project_crd_paths

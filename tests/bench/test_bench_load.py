@@ -52,3 +52,16 @@ def test_bench_run_load_writes_its_own_json() -> None:
 
     args = parse_args(["--load", "--quick"])
     assert args.load and args.json == LOAD_JSON
+
+
+def test_offline_store_figures_compare_whole_and_trimmed_pods() -> None:
+    from bench.load import offline_store_mib, served_pod
+    from kvsched.api.readers import read_pod
+    from kvsched.api.trim import trim_pod
+
+    pod = served_pod(3, "bench-001")
+    assert pod["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:containers"]
+    assert read_pod(trim_pod(pod)) == read_pod(pod)
+    figures = offline_store_mib(20, 2)
+    assert figures["pods"] == 20 and figures["json_kib_per_pod"] > 5
+    assert 0 < figures["after_shared_trimmed_mib"] < figures["whole_one_store_mib"] < figures["before_two_stores_mib"]
