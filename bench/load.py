@@ -207,11 +207,16 @@ def descendants(pid: int) -> list[int]:
     """Child processes of `pid`, recursively (`kvsched serve`'s solver process), from /proc."""
     out: list[int] = []
     try:
-        children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        tasks = [t.name for t in Path(f"/proc/{pid}/task").iterdir()]
     except OSError:
         return out
-    for child in map(int, children):
-        out += [child, *descendants(child)]
+    for task in tasks:  # each thread's children (the solver process is started by the controller's thread)
+        try:
+            children = Path(f"/proc/{pid}/task/{task}/children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            out += [child, *descendants(child)]
     return out
 
 
@@ -395,6 +400,7 @@ def placed(custom: client.CustomObjectsApi) -> int:
 
 def one_run(plane: Any, api: client.ApiClient, variant: str, pythonpath: str | None, node_names: list[str],
             models: int, time_budget_s: float, deleted: list[str], partial: list[RunFigures]) -> RunFigures:
+    from bench.controller_api import until_quiet
     from tests.e2e.harness.controller import KvschedProcess
 
     figures = RunFigures(variant)
@@ -416,6 +422,7 @@ def one_run(plane: Any, api: client.ApiClient, variant: str, pythonpath: str | N
         # Settled: a round made, every model placed and the loop idle (no round for 3 s).
         wait(lambda: metric(proc.metrics(), "kvsched_reconcile_rounds_total") >= 1, 600, "a first round", 0.5)
         wait(lambda: placed(custom) >= models, 600, "every status placed", 2.0)
+        until_quiet(api, 5.0)  # every status and template write of the first plans done
         quiet_rounds(proc, 3.0)
         figures.start_to_settled_s = time.monotonic() - started
         figures.rss_settled_mib = sampler.now()
@@ -431,9 +438,10 @@ def one_run(plane: Any, api: client.ApiClient, variant: str, pythonpath: str | N
         deleted.append(victim)
         changed = time.monotonic()
         core.delete_node(victim)
-        wait(lambda: metric(proc.metrics(), "kvsched_placement_duration_seconds_count") > plans, 120,
+        wait(lambda: metric(proc.metrics(), "kvsched_placement_duration_seconds_count") > plans, 300,
              "the re-plan", 0.2)
-        done = quiet_rounds(proc, 2.0)  # ... and its writes
+        until_quiet(api, 3.0)  # ... and its writes
+        done = quiet_rounds(proc, 2.0)
         figures.replan_s = done - changed
         load.stop()
         figures.filter_replan_ms = percentiles(load.between(changed, done))
