@@ -21,7 +21,8 @@ network:
 Either way a watch from a resourceVersion kvsched held would get 410 Gone; the informers do not try one: after the
 cut each lists again (`kvsched_watch_relists_total{resource}`, and "listing again" in the log).
 
-The controller's and the extender's informers reconnect on their own backoff schedules, seconds apart. When the
+Under `kvsched serve` the controller and the extender share one informer per collection (kvsched.runtime.feeds), but
+the Deployments' informer is the controller's alone and each informer reconnects on its own backoff schedule. When the
 controller re-plans first (here: the third llama replica makes it restart qwen with a smaller memory share), the
 extender must not turn the replacement down from its stale view ("GPU 1 planned for qwen is held by pod ..."):
 kube-scheduler would retry that pod only on the next pod or node change or after its 5-minute unschedulable
