@@ -46,6 +46,7 @@ QUICK_SCALE_SIZES = (16, 128)
 # The headroom comparison solves every instance twice: 8192 GPUs only when asked for.
 HEADROOM_SCALE_SIZES = (16, 128, 1024)
 HEADROOM_JSON = REPO / "bench" / "results" / "headroom.json"
+LOAD_JSON = REPO / "bench" / "results" / "load.json"  # python -m bench.run --load
 QUICK_ADRS_CASES = 10
 # The optima file gives ~8 significant digits; closer than this to the optimum counts as at it.
 OPTIMUM_TOLERANCE_RATIO = 1e-6
@@ -672,11 +673,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                              "reserve, engine overhead and CUDA context), ADRS and scale solved without and with "
                              f"it (scale {','.join(map(str, HEADROOM_SCALE_SIZES))} unless --scale-sizes; JSON to "
                              "bench/results/headroom.json unless --json)")
+    parser.add_argument("--load", action="store_true",
+                        help="instead of the rest: `kvsched serve` against the e2e control plane (bench/load.py, "
+                             "its defaults; --quick: 8 nodes, 100 models, 500 pods; run it under the e2e flock); "
+                             "JSON to bench/results/load.json unless --json")
     parser.add_argument("--json", type=Path, default=None, metavar="PATH",
                         help="where to write every figure as JSON (default bench/results/latest.json)")
     args = parser.parse_args(argv)
     if args.json is None:
-        args.json = HEADROOM_JSON if args.headroom else DEFAULT_JSON
+        args.json = HEADROOM_JSON if args.headroom else LOAD_JSON if args.load else DEFAULT_JSON
     if args.headroom and args.scale_sizes is None:
         args.scale_sizes = QUICK_SCALE_SIZES if args.quick else HEADROOM_SCALE_SIZES
     if args.repeat is None:
@@ -707,6 +712,11 @@ def build_report(adrs_count: int, scale_sizes: Sequence[int], repeat: int, ablat
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.load:
+        from bench import load
+
+        quick = ["--nodes", "8", "--models", "100", "--pods", "500"] if args.quick else []
+        return load.main([*quick, "--json", str(args.json)])
     if args.headroom:
         from bench.headroom import format_headroom, run_headroom
 

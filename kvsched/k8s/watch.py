@@ -3,7 +3,11 @@
 One `Informer` per collection (pods, nodes, deployments, modelservings.kvsched.io ...), each on its own daemon
 thread. The handler is called on that thread, one event at a time, with `(event type, object)`: the type is
 "ADDED", "MODIFIED" or "DELETED" and the object is a plain dict in the API's JSON shape (camelCase, as
-`kubectl get -o json` prints it; no client model classes, which cost milliseconds per pod to build).
+`kubectl get -o json` prints it; no client model classes, which cost milliseconds per pod to build), cut down by
+its Resource's `trim` (kvsched.api.trim: only the fields kvsched reads, never managedFields) as each list page and
+each watch event arrives, so neither the store nor a list in progress holds whole objects. A MODIFIED event, or
+an object a relist finds with a new resourceVersion, whose trimmed content did not change is stored but not
+delivered: a change only in a dropped field (a node's heartbeat, a container's restart count) wakes nobody.
 
 Failure handling, as client-go's reflector does it:
 - the watch ends normally (server-side `timeoutSeconds`): watch again from the last resourceVersion seen;
@@ -40,6 +44,7 @@ from typing import Any, Protocol
 from kubernetes import client
 
 from kvsched.api.names import GROUP, LIVE_PODS_FIELD_SELECTOR, PLURAL, VERSION
+from kvsched.api.trim import Trim, trim_deployment, trim_model_serving, trim_node, trim_pod
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +103,7 @@ class Resource:
     namespace: str | None = None  # None: all namespaces
     label_selector: str = ""
     field_selector: str = ""
+    trim: Trim | None = None  # applied to every listed and watched object (None: kept whole)
 
     @property
     def path(self) -> str:
@@ -115,12 +121,12 @@ class Resource:
         return self.collection + (f" in {self.namespace}" if self.namespace else "")
 
 
-PODS = Resource("", "v1", "pods")
-NODES = Resource("", "v1", "nodes")
-DEPLOYMENTS = Resource("apps", "v1", "deployments")
-MODELSERVINGS = Resource(GROUP, VERSION, PLURAL)
+PODS = Resource("", "v1", "pods", trim=trim_pod)
+NODES = Resource("", "v1", "nodes", trim=trim_node)
+DEPLOYMENTS = Resource("apps", "v1", "deployments", trim=trim_deployment)
+MODELSERVINGS = Resource(GROUP, VERSION, PLURAL, trim=trim_model_serving)
 # Pods that can hold a GPU (both processes watch these: Succeeded and Failed pods hold nothing).
-LIVE_PODS = Resource("", "v1", "pods", field_selector=LIVE_PODS_FIELD_SELECTOR)
+LIVE_PODS = Resource("", "v1", "pods", field_selector=LIVE_PODS_FIELD_SELECTOR, trim=trim_pod)
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,19 @@ def object_key(obj: Obj) -> str:
 
 def _resource_version(obj: Obj) -> str:
     return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+
+def same_content(a: Obj, b: Obj) -> bool:
+    """Whether two versions of an object are equal but for `metadata.resourceVersion` (on trimmed objects: no
+    field kvsched reads changed)."""
+    return _without_version(a) == _without_version(b)
+
+
+def _without_version(obj: Obj) -> Obj:
+    meta = obj.get("metadata")
+    if isinstance(meta, dict) and "resourceVersion" in meta:
+        return {**obj, "metadata": {k: v for k, v in meta.items() if k != "resourceVersion"}}
+    return obj
 
 
 class Informer:
@@ -285,9 +304,12 @@ class Informer:
         key = object_key(obj)
         with self._lock:
             if event_type == DELETED:
-                self._store.pop(key, None)
+                previous = self._store.pop(key, None)
             else:
+                previous = self._store.get(key)
                 self._store[key] = obj
+        if event_type == MODIFIED and previous is not None and same_content(previous, obj):
+            return  # only a field the trim dropped changed
         self._deliver(event_type, obj)
 
     def _replace(self, items: list[Obj]) -> None:
@@ -303,7 +325,7 @@ class Informer:
             previous = old.get(key)
             if previous is None:
                 self._deliver(ADDED, obj)
-            elif _resource_version(previous) != _resource_version(obj):
+            elif not same_content(previous, obj):  # trimmed objects: a change in a dropped field is no change
                 self._deliver(MODIFIED, obj)
         self.synced.set()
 
@@ -321,8 +343,10 @@ class ApiListWatch:
 
     def __init__(self, api: client.ApiClient, resource: Resource, connect_timeout_s: float = 5.0,
                  list_timeout_s: float = 60.0) -> None:
+        """Lists and watches `resource`, applying its `trim` to each object as it is parsed (per list page)."""
         self.api = api
         self.resource = resource
+        self._trim = resource.trim or (lambda obj: obj)
         self.name = resource.name
         self.connect_timeout_s = connect_timeout_s
         self.list_timeout_s = list_timeout_s
@@ -371,8 +395,9 @@ class ApiListWatch:
                 # List items omit kind/apiVersion; add them so handlers see the same shape as watch events.
                 item.setdefault("kind", item_kind)
                 item.setdefault("apiVersion", page.get("apiVersion", ""))
-                items.append(item)
+                items.append(self._trim(item))
             meta = page.get("metadata") or {}
+            del page, raw  # the whole page goes before the next one is read
             token = meta.get("continue") or ""
             if not token:
                 return items, str(meta.get("resourceVersion") or "")
@@ -396,7 +421,8 @@ class ApiListWatch:
                     event = json.loads(line)
                 except ValueError as e:
                     raise WatchError(f"{self.name}: watch line is not JSON: {e}") from None
-                yield str(event.get("type", "")), event.get("object") or {}
+                event_type, obj = str(event.get("type", "")), event.get("object") or {}
+                yield event_type, self._trim(obj) if event_type in (ADDED, MODIFIED, DELETED) else obj
         finally:
             with self._lock:
                 self._response = None

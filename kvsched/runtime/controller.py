@@ -1,7 +1,8 @@
 """`kvsched controller`: informers -> Reconciler -> ApiWriter, leader election, and the health server.
 
 Threads: one per informer (Nodes, Pods, Deployments, ModelServings, and the GPU holder pods of `--holder-namespace`
-when `--namespace` watches another), the leader elector, the health server,
+when `--namespace` watches another; under `kvsched serve` the informers of pods, nodes and ModelServings are shared
+with the extender: kvsched.runtime.feeds), the leader elector, the health server,
 and the reconcile loop on the calling thread. SIGTERM/SIGINT stop everything; the leader releases its Lease.
 Called by: kvsched.cli (`kvsched controller`, `kvsched serve`).
 """
@@ -16,7 +17,7 @@ import threading
 import time
 import urllib.request
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 from kvsched.api.names import HOLDER_LABEL
@@ -27,9 +28,11 @@ from kvsched.controller.selector import parse_selector
 from kvsched.k8s.client import api_client
 from kvsched.k8s.leader import LeaseElector
 from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pod
-from kvsched.k8s.watch import DELETED, DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, Informer, Obj, informer
+from kvsched.k8s.watch import DELETED, DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, Informer, Obj
 from kvsched.k8s.writers import ApiWriter
 from kvsched.metrics import Metrics
+from kvsched.packer import Plan, solve
+from kvsched.runtime.feeds import Feed, share_informers
 from kvsched.settings import ControllerSettings, check_headroom
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,13 @@ class Controller:
     on_lost_leadership: Callable[[], None] | None = None    # `kvsched serve`: stop the extender too
     lost_leadership: bool = False
     _led: bool = False
+    # `kvsched serve`: the informers feeding the extender's cache (`share` of build_controller); started and stopped
+    # with the controller's own, some of which they are.
+    partner_informers: list[Informer] = field(default_factory=list)
+
+    def all_informers(self) -> list[Informer]:
+        """The controller's informers, then the partner's that are not also the controller's."""
+        return self.informers + [i for i in self.partner_informers if all(i is not j for j in self.informers)]
 
     def leadership(self) -> str:
         if self.elector is None:
@@ -97,7 +107,7 @@ class Controller:
         return None
 
     def run(self, stop: threading.Event) -> None:
-        for i in self.informers:
+        for i in self.all_informers():
             i.start()
         if self.health is not None:
             self.health.start()
@@ -117,7 +127,7 @@ class Controller:
             stop.set()
             if elector_thread is not None:
                 elector_thread.join(5.0)
-            for i in self.informers:
+            for i in self.all_informers():
                 i.stop(timeout_s=2.0)
             if self.health is not None:
                 self.health.stop()
@@ -154,15 +164,9 @@ class Controller:
             stop.wait(0.1)
 
 
-def build_controller(settings: ControllerSettings, metrics: Metrics | None = None, *,
-                     with_health: bool = True, api: Any = None) -> Controller:
-    """Wire a controller from settings. Raises ClientConfigError, SelectorError, ValueError (bad durations)."""
-    metrics = metrics or Metrics()
-    api = api or api_client(settings.kubeconfig)
-    me = identity()
-    config = decision_config(settings)
-    reconciler = Reconciler(config, ApiWriter(api, me), metrics, debounce_s=settings.debounce_s,
-                            max_migrations=settings.max_migrations)
+def controller_feeds(settings: ControllerSettings, reconciler: Reconciler) -> list[Feed]:
+    """What the controller watches: Nodes, and live Pods, Deployments and ModelServings of `--namespace` (all
+    namespaces when unset), plus the GPU holder pods of `--holder-namespace` when that is another namespace."""
 
     def handler(read: Callable[[Obj], Any], observe: Callable[..., None]) -> Callable[[str, Obj], None]:
         def on_event(event_type: str, obj: Obj) -> None:
@@ -170,26 +174,42 @@ def build_controller(settings: ControllerSettings, metrics: Metrics | None = Non
         return on_event
 
     scope = settings.namespace or None
-    informers = [
-        informer(api, NODES, handler(read_node, reconciler.observe_node), counters=metrics),
-        informer(api, replace(LIVE_PODS, namespace=scope), handler(read_pod, reconciler.observe_pod),
-                 counters=metrics),
-        informer(api, replace(DEPLOYMENTS, namespace=scope), handler(read_deployment, reconciler.observe_deployment),
-                 counters=metrics),
-        informer(api, replace(MODELSERVINGS, namespace=scope),
-                 handler(read_model_serving, reconciler.observe_model_serving), counters=metrics),
+    feeds = [
+        Feed(NODES, handler(read_node, reconciler.observe_node)),
+        Feed(replace(LIVE_PODS, namespace=scope), handler(read_pod, reconciler.observe_pod)),
+        Feed(replace(DEPLOYMENTS, namespace=scope), handler(read_deployment, reconciler.observe_deployment)),
+        Feed(replace(MODELSERVINGS, namespace=scope), handler(read_model_serving, reconciler.observe_model_serving)),
     ]
     if settings.gpu_holders and scope is not None and scope != settings.holder_namespace:
         # GPU holder pods live in kvsched's own namespace, outside the one watched.
         holders = replace(LIVE_PODS, namespace=settings.holder_namespace, label_selector=f"{HOLDER_LABEL}=true")
-        informers.append(informer(api, holders, handler(read_pod, reconciler.observe_pod), counters=metrics))
+        feeds.append(Feed(holders, handler(read_pod, reconciler.observe_pod)))
+    return feeds
+
+
+def build_controller(settings: ControllerSettings, metrics: Metrics | None = None, *,
+                     with_health: bool = True, api: Any = None, share: list[Feed] | None = None,
+                     solver: Callable[..., Plan] = solve) -> Controller:
+    """Wire a controller from settings. `share`: another part's feeds (the extender's, under `kvsched serve`),
+    served by informers shared with the controller's where scopes allow (kvsched.runtime.feeds); the informers
+    feeding them are `partner_informers`. `solver`: the packer's `solve` (default) or a stand-in with its signature
+    (`kvsched serve`: kvsched.runtime.solver.ProcessSolver). Raises ClientConfigError, SelectorError, ValueError
+    (bad durations)."""
+    metrics = metrics or Metrics()
+    api = api or api_client(settings.kubeconfig)
+    me = identity()
+    config = decision_config(settings)
+    reconciler = Reconciler(config, ApiWriter(api, me), metrics, debounce_s=settings.debounce_s,
+                            max_migrations=settings.max_migrations, solver=solver)
+
+    informers, partner = share_informers(api, controller_feeds(settings, reconciler), share or [], metrics)
     reconciler.watches_current = lambda: all(i.is_current() for i in informers)
     elector = None
     if settings.leader_election:
         elector = LeaseElector(api, settings.leader_election_namespace, settings.leader_election_name, me,
                                lease_duration_s=settings.lease_duration_s,
                                renew_deadline_s=settings.renew_deadline_s, retry_period_s=settings.retry_period_s)
-    controller = Controller(settings, metrics, reconciler, informers, elector, None)
+    controller = Controller(settings, metrics, reconciler, informers, elector, None, partner_informers=partner)
     if with_health:
         controller.health = HealthServer(settings.metrics_host, settings.metrics_port, metrics, controller.ready,
                                          controller.leadership, alive=controller.alive)
@@ -219,13 +239,18 @@ def run(settings: ControllerSettings) -> int:
 
 def serve(controller_settings: ControllerSettings, extender_settings: Any) -> int:
     """`kvsched serve`: the controller on a thread, the extender's uvicorn server on this one (it handles
-    SIGTERM/SIGINT); both record into one Metrics registry."""
-    from kvsched.runtime.extender import run as run_extender
+    SIGTERM/SIGINT); both record into one Metrics registry, and share one informer per collection both watch
+    (pods, nodes, ModelServings: kvsched.runtime.feeds), which the controller's thread starts and stops. The
+    packer runs in a child process (kvsched.runtime.solver), so a re-plan does not hold the extender's GIL."""
+    from kvsched.runtime.extender import build_cache, extender_feeds, run as run_extender
+    from kvsched.runtime.solver import ProcessSolver
 
     logging.basicConfig(level=controller_settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     metrics = Metrics()
-    controller = build_controller(controller_settings, metrics)
+    cache = build_cache(extender_settings)
+    solver = ProcessSolver()
+    controller = build_controller(controller_settings, metrics, share=extender_feeds(cache), solver=solver)
     controller.extender_alive = lambda: extender_answers(local_url(extender_settings.host, extender_settings.port))
     # Leadership lost: stop the extender too (uvicorn stops on SIGTERM), so the whole process exits.
     controller.on_lost_leadership = lambda: os.kill(os.getpid(), signal.SIGTERM)
@@ -240,11 +265,13 @@ def serve(controller_settings: ControllerSettings, extender_settings: Any) -> in
     thread = threading.Thread(target=controller.run, args=(stop,), name="controller", daemon=True)
     thread.start()
     try:
-        code = run_extender(extender_settings, metrics=metrics)
+        code = run_extender(extender_settings, metrics=metrics, cache=cache,
+                            informers=controller.partner_informers)
         return EXIT_LOST_LEADERSHIP if controller.lost_leadership else code
     finally:
         stop.set()
         thread.join(10.0)
+        solver.close()
 
 
 EXIT_LOST_LEADERSHIP = 1  # the exit code after losing leadership (the kubelet restarts the container)

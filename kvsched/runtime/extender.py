@@ -2,7 +2,8 @@
 
 Starts one informer each for pods (except Succeeded/Failed ones, which hold nothing), nodes and ModelServings,
 serves at once (so /healthz answers while a big cluster lists; /readyz and managed pods wait for the sync), and
-stops the informers when uvicorn exits. Called by: kvsched.cli (`kvsched extender`), e2e tests as a process.
+stops the informers when uvicorn exits. Under `kvsched serve` those informers are shared with the controller's
+(kvsched.runtime.feeds), which starts and stops them. Called by: kvsched.cli (`kvsched extender`), e2e tests as a process.
 """
 
 from __future__ import annotations
@@ -15,39 +16,55 @@ from kvsched.controller.headroom import Headroom
 from kvsched.extender.cache import Cache
 from kvsched.k8s.binding import PodBinder
 from kvsched.k8s.client import DEFAULT_CONNECT_TIMEOUT_S, api_client
-from kvsched.k8s.watch import LIVE_PODS, MODELSERVINGS, NODES, informer, wait_synced
+from kvsched.k8s.watch import LIVE_PODS, MODELSERVINGS, NODES, Informer, informer, wait_synced
 from kvsched.metrics import Metrics
+from kvsched.runtime.feeds import Feed
 from kvsched.settings import ExtenderSettings, check_headroom
 
 log = logging.getLogger(__name__)
 
-def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
+def build_cache(settings: ExtenderSettings) -> Cache:
+    """The extender's cache from its settings. Raises ValueError naming the flag for a negative headroom."""
+    check_headroom(settings)
+    return Cache(settings.scheduler_name, Headroom(settings.gpu_memory_reserve_gib, settings.engine_overhead_gib,
+                                                   settings.engine_context_gib),
+                 start_timeout_s=settings.start_timeout_s, gpu_holders=settings.gpu_holders,
+                 holder_namespace=settings.holder_namespace)
+
+
+def extender_feeds(cache: Cache) -> list[Feed]:
+    """What the extender watches, in all namespaces: live pods (GPU holders are anywhere), nodes, ModelServings."""
+    return [Feed(LIVE_PODS, cache.on_pod), Feed(NODES, cache.on_node), Feed(MODELSERVINGS, cache.on_model)]
+
+
+def run(settings: ExtenderSettings, metrics: Metrics | None = None, *, cache: Cache | None = None,
+        informers: list[Informer] | None = None) -> int:
     """Serve until a signal stops uvicorn; returns the exit code. Raises ClientConfigError (no kubeconfig).
-    `metrics`: a registry shared with the controller under `kvsched serve` (default: a new one)."""
+    `metrics`: a registry shared with the controller under `kvsched serve` (default: a new one); `cache` and
+    `informers`: under `kvsched serve`, the cache and the informers feeding it (`extender_feeds`), started and
+    stopped by their owner (default: this function makes, starts and stops its own)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api = api_client(settings.kubeconfig, timeout_s=(DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s))
-    check_headroom(settings)
-    cache = Cache(settings.scheduler_name, Headroom(settings.gpu_memory_reserve_gib, settings.engine_overhead_gib,
-                                                    settings.engine_context_gib),
-                  start_timeout_s=settings.start_timeout_s, gpu_holders=settings.gpu_holders,
-                  holder_namespace=settings.holder_namespace)
+    if cache is None:
+        cache = build_cache(settings)
     metrics = metrics or Metrics()
-    informers = [informer(api, LIVE_PODS, cache.on_pod, counters=metrics),
-                 informer(api, NODES, cache.on_node, counters=metrics),
-                 informer(api, MODELSERVINGS, cache.on_model, counters=metrics)]
-    cache.sync_checks = [i.synced.is_set for i in informers]
-    cache.current_checks = [i.is_current for i in informers]
-    for i in informers:
-        i.start()
+    owned = informers is None
+    feeding = informers if informers is not None else [
+        informer(api, f.resource, f.handler, counters=metrics) for f in extender_feeds(cache)]
+    cache.sync_checks = [i.synced.is_set for i in feeding]
+    cache.current_checks = [i.is_current for i in feeding]
+    if owned:
+        for i in feeding:
+            i.start()
 
     def report_sync() -> None:
-        if wait_synced(informers, settings.sync_timeout_s):
+        if wait_synced(feeding, settings.sync_timeout_s):
             log.info("cache synced: %s", cache.counts())
         else:
             log.warning("cache not synced after %.0fs (RBAC? the ModelServing CRD?); still trying",
                         settings.sync_timeout_s)
-            wait_synced(informers, 365 * 86400.0)
+            wait_synced(feeding, 365 * 86400.0)
             log.info("cache synced: %s", cache.counts())
         metrics.cache_synced.set(1)
 
@@ -57,7 +74,8 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None) -> int:
     try:
         serve(app, settings)
     finally:
-        for i in informers:
-            i.stop(timeout_s=2.0)
+        if owned:
+            for i in feeding:
+                i.stop(timeout_s=2.0)
         api.close()  # type: ignore[no-untyped-call]
     return 0

@@ -21,6 +21,16 @@ log = logging.getLogger(__name__)
 
 
 IDLE_TIMEOUT_S = 10.0  # a connection that sends no complete request within this is closed (and frees its thread)
+LISTEN_BACKLOG = 1024  # connections the kernel queues before accept (capped by net.core.somaxconn)
+
+
+class _Server(ThreadingHTTPServer):
+    """The standard server with a listen backlog of LISTEN_BACKLOG instead of socketserver's 5: with 5, a burst of
+    connections (scrapes, probes, idle clients) overflows the accept queue and each connection past it waits for
+    a SYN retransmit (1 s, then 3 s ...), so a liveness probe could time out while the process is healthy."""
+
+    request_queue_size = LISTEN_BACKLOG
+    daemon_threads = True
 
 
 class HealthServer:
@@ -66,8 +76,7 @@ class HealthServer:
         self.alive = alive
         self.ready = ready
         self.leadership = leadership
-        self.server = ThreadingHTTPServer((host, port), Handler)
-        self.server.daemon_threads = True
+        self.server = _Server((host, port), Handler)
         self.port = int(self.server.server_address[1])
         self._thread = threading.Thread(target=self.server.serve_forever, name="health-http", daemon=True)
 

@@ -86,6 +86,11 @@ def test_informers_for_nodes_deployments_and_custom_objects(
         wait_event(recorders["models"], "MODIFIED", "watched")  # the status write
         model = next(o for o in informers[2].items() if o["metadata"]["name"] == "watched")
         assert model["status"]["slots"] == [{"node": node, "gpu": 0, "memoryFraction": 0.2}]
+        # Trimmed as they arrive (kvsched.api.trim): no managedFields, of the template only what kvsched reads.
+        deployment = next(o for o in informers[1].items() if o["metadata"]["name"] == "watched")
+        assert "managedFields" not in deployment["metadata"] and "managedFields" not in model["metadata"]
+        assert all(set(c) <= {"name", "env"} for c in deployment["spec"]["template"]["spec"]["containers"])
+        assert "selector" not in deployment["spec"]
     finally:
         delete_nodes(core, [node])
         for i in informers:

@@ -3,24 +3,32 @@ with jitter on errors, stop promptly. Driven through a scripted fake ListWatch (
 from __future__ import annotations
 
 import itertools
+import json
 import random
 import threading
 import time
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from kubernetes import client
 
-from kvsched.k8s.watch import DEPLOYMENTS, Backoff, Gone, Informer, Resource, informer, object_key
+from kvsched.api.trim import trim_deployment, trim_model_serving, trim_node, trim_pod
+from kvsched.k8s.watch import (
+    DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, PODS, ApiListWatch, Backoff, Gone, Informer, Resource, informer,
+    object_key,
+)
 from kvsched.metrics import Metrics
 
 Obj = dict[str, Any]
 
 
-def pod(name: str, rv: str, phase: str = "Running") -> Obj:
-    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv}, "status": {"phase": phase}}
+def pod(name: str, rv: str, phase: str = "Running", content: str | None = None) -> Obj:
+    """A pod at resourceVersion `rv` whose content changed with it (`content`: what changed, default `rv`)."""
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv},
+            "spec": {"nodeName": content or rv}, "status": {"phase": phase}}
 
 
 class ConnectionDropped(ConnectionError):
@@ -103,6 +111,21 @@ def test_first_list_is_delivered_as_added_then_watch_events_in_order() -> None:
     assert sorted(object_key(o) for o in informer.items()) == ["ns/a", "ns/c"]
     assert source.calls[:2] == [("list", None), ("watch", "10")]
     assert delays == []
+
+
+def test_a_change_only_in_what_the_trim_dropped_is_stored_but_not_delivered() -> None:
+    # Trimmed objects: a new resourceVersion with the same kept fields (a node's heartbeat) wakes nobody, from a
+    # watch or from a relist; the store and the watch position follow the new version all the same.
+    informer, source, seen, _ = run(
+        lists=[([pod("a", "1", content="x"), pod("b", "2", content="y")], "10"),
+               ([pod("a", "21", content="x"), pod("b", "22", content="z")], "30")],
+        watches=[[("MODIFIED", pod("a", "11", content="x")), ("MODIFIED", pod("b", "12", content="y")),
+                  Gone("410")], []],
+    )
+    assert seen == [("ADDED", "a", "1"), ("ADDED", "b", "2"), ("MODIFIED", "b", "22")]
+    assert {object_key(o): o["metadata"]["resourceVersion"] for o in informer.items()} == {"ns/a": "21",
+                                                                                          "ns/b": "22"}
+    assert ("watch", "30") in source.calls
 
 
 def test_a_watch_that_ends_normally_resumes_from_the_last_resource_version_without_listing() -> None:
@@ -321,3 +344,69 @@ def test_a_watch_read_outlasts_its_server_side_timeout_by_the_dead_connection_ma
     informer = Informer(FakeListWatch([], []), lambda t, o: None)
     longest = 2 * informer.watch_timeout_s + DEAD_WATCH_MARGIN_S
     assert longest <= 90.0  # a silently dead connection is found within about a minute and a half
+
+
+class FakeRaw:
+    """A urllib3 response: `data` for a list page, lines when iterated (a watch stream)."""
+
+    def __init__(self, body: Any) -> None:
+        self.data = json.dumps(body).encode() if not isinstance(body, list) else b""
+        self.lines = [json.dumps(e).encode() + b"\n" for e in body] if isinstance(body, list) else []
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.lines)
+
+    def release_conn(self) -> None:
+        pass
+
+
+class FakeApi:
+    """An ApiClient that answers GETs from a script of bodies and records each query."""
+
+    def __init__(self, bodies: list[Any]) -> None:
+        self.bodies = bodies
+        self.queries: list[dict[str, Any]] = []
+
+    def param_serialize(self, method: str, path: str, query_params: list[tuple[str, Any]], **_: Any) -> Any:
+        return method, path, {}, None, dict(query_params)
+
+    def call_api(self, method: str, url: str, headers: Any, body: Any, query: dict[str, Any], **_: Any) -> Any:
+        self.queries.append(query)
+        return SimpleNamespace(status=200, response=FakeRaw(self.bodies.pop(0)))
+
+
+def whole_pod(name: str, rv: str) -> Obj:
+    return {"metadata": {"name": name, "namespace": "ns", "resourceVersion": rv,
+                         "managedFields": [{"manager": "kubelet", "fieldsV1": {"f:status": {}}}]},
+            "spec": {"nodeName": "n1", "volumes": [{"name": "v", "emptyDir": {}}],
+                     "containers": [{"name": "c", "env": [{"name": "A", "value": "1"}]}]},
+            "status": {"phase": "Running", "containerStatuses": [{"name": "c", "restartCount": 2}]}}
+
+
+def test_api_list_watch_lists_in_pages_and_trims_every_object_as_it_arrives() -> None:
+    api = FakeApi([
+        {"kind": "PodList", "apiVersion": "v1", "metadata": {"continue": "t1"}, "items": [whole_pod("a", "1")]},
+        {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "7"}, "items": [whole_pod("b", "2")]},
+        [{"type": "MODIFIED", "object": whole_pod("a", "8")},
+         {"type": "ERROR", "object": {"kind": "Status", "code": 500, "metadata": {}}}],
+    ])
+    source = ApiListWatch(api, PODS)  # type: ignore[arg-type]
+    items, rv = source.list()
+    assert rv == "7"
+    assert [(q["limit"], q.get("continue")) for q in api.queries] == [(500, None), (500, "t1")]
+    assert items == [{"kind": "Pod", "apiVersion": "v1", **trim_pod(whole_pod(n, v))} for n, v in [("a", "1"),
+                                                                                                 ("b", "2")]]
+    assert all("managedFields" not in i["metadata"] and "volumes" not in i["spec"] for i in items)
+    events = list(source.watch("7", 30))
+    assert events[0] == ("BOOKMARK", {"metadata": {"resourceVersion": "7"}})
+    assert events[1] == ("MODIFIED", trim_pod(whole_pod("a", "8")))
+    assert events[2][1]["code"] == 500  # an ERROR's Status is passed on whole
+
+
+@pytest.mark.parametrize("resource, trim", [
+    pytest.param(PODS, trim_pod, id="pods"), pytest.param(LIVE_PODS, trim_pod, id="live pods"),
+    pytest.param(NODES, trim_node, id="nodes"), pytest.param(DEPLOYMENTS, trim_deployment, id="deployments"),
+    pytest.param(MODELSERVINGS, trim_model_serving, id="modelservings"),
+])
+def test_every_collection_kvsched_watches_is_trimmed(resource: Resource, trim: Any) -> None:
+    assert resource.trim is trim

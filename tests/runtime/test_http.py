@@ -42,3 +42,18 @@ def test_an_idle_connection_is_closed_after_the_timeout_and_the_server_still_ans
         assert time.monotonic() - started < 4
     finally:
         idle.close()
+
+
+def test_a_burst_of_connections_waits_in_the_listen_queue_not_for_syn_retransmits() -> None:
+    # The server is not accepting (not started): the kernel completes each handshake into the listen queue. With
+    # socketserver's backlog of 5 the 7th connect would wait for a SYN retransmit (1 s) and time out here.
+    server = HealthServer("127.0.0.1", 0, Metrics(), lambda: True, lambda: "leader")
+    sockets: list[socket.socket] = []
+    try:
+        for _ in range(64):
+            sockets.append(socket.create_connection(("127.0.0.1", server.port), timeout=0.5))
+    finally:
+        for s in sockets:
+            s.close()
+        server.server.server_close()
+    assert len(sockets) == 64

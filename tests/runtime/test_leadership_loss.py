@@ -10,7 +10,7 @@ import pytest
 
 from kvsched.metrics import Metrics
 from kvsched.runtime.controller import EXIT_LOST_LEADERSHIP, Controller
-from kvsched.settings import ControllerSettings
+from kvsched.settings import ControllerSettings, ExtenderSettings
 
 
 def controller() -> tuple[Controller, list[bool], list[str]]:
@@ -58,10 +58,10 @@ def test_serve_exits_with_its_code_when_uvicorn_re_raises_the_sigterm(monkeypatc
     import kvsched.runtime.extender as extender_module
 
     fake: Any = SimpleNamespace(lost_leadership=False, extender_alive=None, on_lost_leadership=None,
-                                run=lambda stop: stop.wait(5.0))
-    monkeypatch.setattr(controller_module, "build_controller", lambda settings, metrics: fake)
+                                partner_informers=[], run=lambda stop: stop.wait(5.0))
+    monkeypatch.setattr(controller_module, "build_controller", lambda settings, metrics, **shared: fake)
 
-    def extender_stopped_by_sigterm(settings: Any, metrics: Any) -> int:
+    def extender_stopped_by_sigterm(settings: Any, metrics: Any, **shared: Any) -> int:
         fake.lost_leadership = lost
         signal.raise_signal(signal.SIGTERM)  # what uvicorn does once it has shut down
         return 0
@@ -70,7 +70,7 @@ def test_serve_exits_with_its_code_when_uvicorn_re_raises_the_sigterm(monkeypatc
     previous = signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(SystemExit) as exited:
-            controller_module.serve(ControllerSettings(), SimpleNamespace(host="127.0.0.1", port=1))
+            controller_module.serve(ControllerSettings(), ExtenderSettings(host="127.0.0.1", port=1))
     finally:
         signal.signal(signal.SIGTERM, previous)
     assert exited.value.code == code
