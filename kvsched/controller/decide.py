@@ -3,7 +3,7 @@
     world -> models (ModelServings, annotated Deployments) + inventory (Nodes, unmanaged GPU pods)
           -> current slots (running managed pods, then the planned slots of replicas not running yet)
           -> planner (kvsched.packer.solve)
-          -> statuses, template patches, owned ModelServings, at most one eviction, events
+          -> statuses, template patches, owned ModelServings, a wave of evictions, events
 
 Only what differs from the world is returned: a status equal to the one stored (but for timestamps) is not
 written, a template already as needed is not patched, so an unchanged world yields no write. Bad input on one
@@ -35,7 +35,7 @@ from kvsched.api.records import (
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.holders import holder_changes, holder_uuids
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed, orphaned
-from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, choose_next, plan_steps
+from kvsched.controller.migrations import Blocked, Budget, MigrationState, RunningPod, choose_wave, plan_steps
 from kvsched.controller.headroom import plan_shares
 from kvsched.controller.models import ModelEntry, collect_models, model_size_gib
 from kvsched.controller.shares import Memory, resize_steps
@@ -67,7 +67,7 @@ class Decision:
     statuses: tuple[StatusWrite, ...] = ()
     deployment_patches: tuple[DeploymentPatch, ...] = ()
     owned_changes: tuple[OwnedChange, ...] = ()
-    eviction: Eviction | None = None
+    evictions: tuple[Eviction, ...] = ()  # the wave of migration steps to start now (kvsched.controller.migrations)
     events: tuple[Event, ...] = ()
     nudges: tuple[PodNudge, ...] = ()
     model_states: Mapping[str, int] = field(default_factory=dict)
@@ -78,6 +78,12 @@ class Decision:
     gate_waiting: int = 0               # pending managed pods whose only usable slots wait at a start gate
     shares: Mapping[tuple[str, GpuId], float] = field(default_factory=dict)  # written per placement (plan_shares)
     holders: tuple[HolderChange, ...] = ()
+    restarting: int = 0  # managed pods restarting now (stopping or starting; the disruption budget's count)
+
+    @property
+    def eviction(self) -> Eviction | None:
+        """The first eviction of the wave (None: none now)."""
+        return self.evictions[0] if self.evictions else None
 
     @property
     def wake_at_s(self) -> float | None:
@@ -91,7 +97,7 @@ class Decision:
     def writes(self) -> int:
         """API writes this decision asks for (events not counted)."""
         return (len(self.statuses) + len(self.deployment_patches) + len(self.owned_changes)
-                + len(self.nudges) + len(self.holders) + (1 if self.eviction else 0))
+                + len(self.nudges) + len(self.holders) + len(self.evictions))
 
 
 def ms_target(ms: ModelServingObj) -> EventTarget:
@@ -255,18 +261,18 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
                                     else "strategy set to RollingUpdate with maxSurge 0"))
     states["invalid"] += len(model_set.deployment_problems)
 
-    eviction = migration.next_step
-    if eviction is not None:
+    for eviction in migration.wave:
         ms = next(e.ms for e in entries if e.ms.model_name == eviction.model)
         events.append(Event(ms_target(ms), "Normal", "Migrating",
                             f"evicting pod {eviction.pod.name} from GPU {eviction.source} so that its replacement "
                             + ("runs there with its planned memory share" if eviction.resize
                                else f"takes GPU {eviction.target}")))
     expiry = next_expiry([h for hs in held.values() for h in hs], gate) if gate is not None else None
-    return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, eviction, tuple(events),
+    return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, migration.wave, tuple(events),
                     _nudges(can_bind, slots_by_model, held, gate), dict(states), migration.steps,
                     migration.waiting, inventory, expiry, len(ungated) - len(can_bind), shares,
-                    holder_changes(_held_or_planned(world, placements, config), world.pods, config))
+                    holder_changes(_held_or_planned(world, placements, config), world.pods, config),
+                    migration.restarting)
 
 
 def _held_or_planned(world: World, placements: Mapping[str, Sequence[Placement]], config: DecisionConfig
@@ -381,7 +387,8 @@ def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventor
     # Pods of models kvsched no longer plans (inventory.orphaned) are nobody's replacement: not waited for.
     sized = {e.ms.model_name for e in entries if e.size_gib is not None}
     managed = [p for p in world.pods if is_managed(p, config) and not p.terminal and not orphaned(p, sized)]
-    return choose_next(steps, managed, can_bind, blocked, clock_s)
+    return choose_wave(steps, managed, can_bind, blocked, clock_s, planned,
+                       Budget(config.max_restarting, config.max_restarting_per_node))
 
 
 def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, str] | None:
@@ -396,13 +403,18 @@ def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, st
     moving = "; ".join(part for part in (f"{moves} replica(s) to move" if moves else "",
                                          f"{restarts} to restart with a new memory share" if restarts else "")
                        if part)
-    if migration.next_step is not None and migration.next_step.model == model:
-        s = migration.next_step
+    started = [s for s in migration.wave if s.model == model]
+    if started:
+        s = started[0]
+        if len(started) > 1:
+            return "Evicting", (f"{moving}; evicting {len(started)} pods ("
+                                + ", ".join(f"{x.pod.name} from GPU {x.source}" for x in started) + ")")
         if s.resize:
             return "Evicting", (f"{moving}; evicting pod {s.pod.name} so that it restarts on GPU {s.source} "
                                 f"with its planned memory share")
         return "Evicting", f"{moving}; evicting pod {s.pod.name} from GPU {s.source} to free GPU {s.target}"
-    return "Waiting", f"{moving}; {migration.waiting or 'another model migrates first'}"
+    why = migration.waits.get(model) or migration.waiting or "another model migrates first"
+    return "Waiting", f"{moving}; {why}"
 
 
 def _state(entry: ModelEntry, placed: int, moving: tuple[str, str] | None) -> str:

@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Protocol, Sequence
 
 from kvsched.api.names import MODEL_LABEL, PLANNED_SLOTS_ANNOTATION
 from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, PodObj, World
-from kvsched.api.records import Event, HolderChange, OwnedChange, utc_now
+from kvsched.api.records import Event, Eviction, HolderChange, OwnedChange, utc_now
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.decide import Decision, decide
 from kvsched.controller.holders import holder_uuids, is_holder
@@ -315,6 +315,7 @@ class Reconciler:
         decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
         self._last_decision = decision
         self.metrics.start_gate_waiting_pods.set(decision.gate_waiting)
+        self.metrics.restarting_pods.set(decision.restarting)
         self.metrics.reconcile_rounds.inc()
         self.metrics.record_models(dict(decision.model_states))
         if self.config.gpu_holders:
@@ -348,8 +349,8 @@ class Reconciler:
                 self._write(kind, key, payload, report)
         for kind, key, payload in nudges:
             self._write(kind, key, payload, report)
-        if decision.eviction is not None:
-            self._evict(decision, report)
+        for eviction in decision.evictions:  # a wave: steps on disjoint GPUs within the disruption budget
+            self._evict(decision, eviction, report)
         for event in decision.events:
             self._emit(event)
         if report.writes:
@@ -401,9 +402,7 @@ class Reconciler:
         self._evicted = pending
         return replace(world, pods=tuple(pods))
 
-    def _evict(self, decision: Decision, report: RoundReport) -> None:
-        eviction = decision.eviction
-        assert eviction is not None
+    def _evict(self, decision: Decision, eviction: Eviction, report: RoundReport) -> None:
         pod = eviction.pod.key
         try:
             self.writer.evict(pod)

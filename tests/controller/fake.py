@@ -119,8 +119,8 @@ def apply(world: World, decision: Decision) -> World:
         _merge(whole, p.patch["spec"])
         deployments[p.key] = dataclasses.replace(dep, template=whole["template"], strategy=whole["strategy"])
     pods = world.pods
-    if decision.eviction is not None:
-        pods = tuple(p for p in pods if p.key != decision.eviction.pod.key)
+    evicted = {e.pod.key for e in decision.evictions}
+    pods = tuple(p for p in pods if p.key not in evicted)
     return World(world.nodes, pods, tuple(deployments.values()), tuple(servings.values()))
 
 

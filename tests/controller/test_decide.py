@@ -17,7 +17,7 @@ from kvsched.api.names import (
 from kvsched.api.objects import ObjectKey, World
 from kvsched.controller import Blocked, DecisionConfig, parse_selector
 
-from .fake import LATER, apply, bind_planned, condition, deployment, node, pod, run, serving, settle
+from .fake import LATER, NO_HOLDERS, apply, bind_planned, condition, deployment, node, pod, run, serving, settle
 
 
 def _servings(world: World) -> dict[str, object]:
@@ -222,12 +222,17 @@ def test_next_eviction_waits_for_the_replacement() -> None:
     first = run(world, now=LATER)
     assert first.eviction is not None
     evicted = first.eviction.pod.key
-    # The evicted pod is terminating: nothing else is evicted meanwhile.
-    world = apply(world, dataclasses.replace(first, eviction=None))
+    # The evicted pod is terminating and its replacement will start on node spare, which has its one start
+    # (--max-restarting-per-node=1); with --max-restarting=1 the cluster has its one restart.
+    world = apply(world, dataclasses.replace(first, evictions=()))
     world = dataclasses.replace(world, pods=tuple(dataclasses.replace(p, deleting=True) if p.key == evicted else p
                                                   for p in world.pods))
     second = run(world, now=LATER)
-    assert second.eviction is None and second.waiting is not None and "terminate" in second.waiting
+    assert second.eviction is None and second.waiting is not None
+    assert "disruption budget" in second.waiting and "node spare" in second.waiting
+    assert second.restarting == 1
+    serial = run(world, dataclasses.replace(NO_HOLDERS, max_restarting=1), now=LATER)
+    assert serial.eviction is None and serial.waiting is not None and "1 pod(s) restarting" in serial.waiting
 
 
 def test_a_refused_eviction_is_reported_and_not_retried_before_its_backoff() -> None:
