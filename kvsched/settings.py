@@ -184,6 +184,13 @@ class ControllerSettings:
     """Disruption budget per node: at most this many managed pods starting on one node at once (each loads its
     weights through the node's disk and network). 1 keeps a node's weight loads from slowing one another down."""
 
+    make_before_break: bool = True
+    """Moves whose target GPU has room while the old replica still runs start the replacement first: the
+    Deployment is surged by one replica and scaled back once the new one is Ready (the ReplicaSet deletes the old
+    pod, marked with the lowest pod-deletion-cost), so a model keeps its Ready replicas through a move. Off:
+    every move evicts first. A Deployment annotated `kvsched.io/make-before-break: "false"` (one whose replicas
+    an autoscaler owns) is always moved evict-first."""
+
     node_not_ready_grace_s: float = 300.0
     """Seconds a node that stopped being Ready (its Ready condition False or Unknown since then) keeps its GPUs in the
     plan: a flap shorter than that re-plans nothing and moves nobody. 300 s is the default `tolerationSeconds` of

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Collection, Mapping, Sequence
 
 from kvsched.api.names import MODEL_LABEL
 from kvsched.api.objects import ObjectKey, PodObj
@@ -140,10 +140,11 @@ class InFlight:
 
 
 def in_flight(managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
-              planned: Mapping[str, Sequence[GpuId]]) -> InFlight:
+              planned: Mapping[str, Sequence[GpuId]], replacing: Collection[ObjectKey] = ()) -> InFlight:
     """Busy GPUs, per-node starts and the restart count from the live managed pods (`managed`), the unbound ones
-    that could bind now (`pending_can_bind`) and the planned GPUs per model (packer name). Deterministic: the
-    first pod by name names a busy GPU. O(pods + planned slots)."""
+    that could bind now (`pending_can_bind`), the planned GPUs per model (packer name) and the old pods of
+    make-before-break moves in progress (`replacing`: they count as stopping). Deterministic: the first pod by
+    name names a busy GPU. O(pods + planned slots)."""
     busy: dict[GpuId, str] = {}
     node_load: dict[str, int] = defaultdict(int)
     stopping: dict[str, int] = defaultdict(int)
@@ -156,7 +157,11 @@ def in_flight(managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
         gpu = GpuId(p.node, index) if p.node is not None and index is not None else None
         if gpu is not None:
             held[model].add(gpu)
-        if p.deleting:
+        if p.key in replacing and not p.deleting:
+            stopping[model] += 1
+            if gpu is not None:
+                busy.setdefault(gpu, f"waiting for pod {p.name}'s replacement to be Ready")
+        elif p.deleting:
             stopping[model] += 1
             if gpu is not None:
                 busy.setdefault(gpu, f"waiting for pod {p.name} to terminate")
@@ -186,7 +191,7 @@ def in_flight(managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
 
 def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
                 blocked: Mapping[ObjectKey, Blocked], now: float, planned: Mapping[str, Sequence[GpuId]],
-                budget: Budget = Budget()) -> MigrationState:
+                budget: Budget = Budget(), replacing: Collection[ObjectKey] = ()) -> MigrationState:
     """The steps to start now (a wave, see the module docstring), or why none may start.
 
     `managed`: every live managed pod; `pending_can_bind`: unbound managed pods the slot rule would bind now
@@ -194,7 +199,7 @@ def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_ca
     backoff are skipped (their GPUs stay touched). O(steps + pods + planned slots).
     """
     stuck = {s.model: blocked[s.pod.key] for s in steps if s.pod.key in blocked and blocked[s.pod.key].retry_at > now}
-    flight = in_flight(managed, pending_can_bind, planned)
+    flight = in_flight(managed, pending_can_bind, planned, replacing)
     if not steps:
         return MigrationState((), (), None, {}, {}, flight.restarting)
     touched: set[GpuId] = set(flight.busy)

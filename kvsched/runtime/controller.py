@@ -53,7 +53,8 @@ def decision_config(settings: ControllerSettings) -> DecisionConfig:
                           holder_priority_class=settings.holder_priority_class,
                           holder_service_account=settings.holder_service_account,
                           max_restarting=settings.max_restarting,
-                          max_restarting_per_node=settings.max_restarting_per_node)
+                          max_restarting_per_node=settings.max_restarting_per_node,
+                          make_before_break=settings.make_before_break)
 
 
 def identity() -> str:

@@ -357,7 +357,7 @@ def test_a_write_not_yet_seen_back_is_not_repeated_until_it_expires() -> None:
 def test_refused_eviction_is_retried_only_after_backoff() -> None:
     # A PodDisruptionBudget refuses evictions: each refused pod is retried after 10 s, then 20 s (doubling), the
     # other steps proceed meanwhile, and the condition says why.
-    loop = make()
+    loop = make(make_before_break=False)
     api = loop.api
     loop.rounds(3)
     planned = slots(api)
@@ -409,7 +409,7 @@ def running_on_n1_with_n2_added(loop: Any, rounds: int) -> None:
     pytest.param(2, 1, 1, id="one restart cluster-wide: one at a time"),
 ])
 def test_a_wave_of_evictions_goes_out_in_one_round(per_node: int, max_restarting: int, first_round: int) -> None:
-    loop = make(max_restarting=max_restarting, max_restarting_per_node=per_node)
+    loop = make(max_restarting=max_restarting, max_restarting_per_node=per_node, make_before_break=False)
     api = loop.api
     running_on_n1_with_n2_added(loop, 1)
     api.put(dataclasses.replace(node("n1", gpus=2), unschedulable=True))  # both replicas must leave n1 for n2
@@ -422,7 +422,7 @@ def test_a_wave_of_evictions_goes_out_in_one_round(per_node: int, max_restarting
 
 
 def test_each_replan_counts_the_steps_it_calls_for_once() -> None:
-    loop = make()
+    loop = make(make_before_break=False)
     api = loop.api
     running_on_n1_with_n2_added(loop, 1)
 
@@ -534,7 +534,7 @@ def test_a_second_eviction_waits_for_the_first_even_while_the_pod_watch_lags() -
     # Both replicas must leave a cordoned node. The first eviction succeeds, but the pod watch has not delivered
     # its deletionTimestamp: the loop sequences on the eviction's own result, so no second replica is evicted
     # however many rounds run (and however much time passes) before the watch catches up.
-    loop = make()
+    loop = make(make_before_break=False)
     api = loop.api
     running_on_n1_with_n2_added(loop, 2)
     api.put(dataclasses.replace(node("n1", gpus=2), unschedulable=True))
