@@ -118,14 +118,16 @@ def build() -> dashboard.Dashboard:
         query("sum by (resource) (increase(kvsched_watch_errors_total[$__rate_interval]))", "error {{resource}}",
               "B"), width=12)
     start_gate = series(
-        "Start gate",
+        "Start gate and disruption budget",
         "One engine starts per GPU at a time: pending replicas that could bind but for a replica starting on the "
         "GPU (bound, not Ready, within the start timeout), and the extender's refusals at the gate per minute "
-        "(filter answers with no node passed, binds). Waits that last show slow or crash-looping start-ups.",
+        "(filter answers with no node passed, binds). Waits that last show slow or crash-looping start-ups. "
+        "Restarting pods: managed pods stopping or starting, what --max-restarting bounds for migration waves.",
         "none",
         query(f"max(kvsched_start_gate_waiting_pods {LEADER})", "waiting pods", "A"),
         query("sum by (verb) (rate(kvsched_start_gate_refusals_total[$__rate_interval])) * 60",
-              "{{verb}} refusals / min", "B"), width=24)
+              "{{verb}} refusals / min", "B"),
+        query(f"max(kvsched_restarting_pods {LEADER})", "restarting pods", "C"), width=24)
     leader = (stat.Panel().title("Leader and cache").datasource(DATASOURCE)
               .description("1 for the replica that holds the leader Lease (only it writes), and whether each "
                            "replica's watches have listed (cache synced).")

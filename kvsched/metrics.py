@@ -97,6 +97,9 @@ class Metrics:
         self.start_gate_waiting_pods = Gauge(
             "kvsched_start_gate_waiting_pods", "Pending managed pods that could bind now but for a start gate "
             "(a pod starting on the GPU), in the controller's last decision.", registry=r)
+        self.restarting_pods = Gauge(
+            "kvsched_restarting_pods", "Managed pods restarting (stopping, or starting and not Ready yet) in the "
+            "controller's last decision: what the disruption budget (--max-restarting) counts.", registry=r)
         self.gpu_holders = Gauge("kvsched_gpu_holders", "GPU holder pods of kvsched, by state: held (bound, its "
                                  "GPU's UUID reported: the device plugin gave kvsched that GPU) or waiting (created, "
                                  "not reporting yet: pending, or starting).", ["state"], registry=r)

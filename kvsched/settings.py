@@ -174,6 +174,23 @@ class ControllerSettings:
     loading a 70B model's weights from a local disk and capturing CUDA graphs; 0 turns the gate off. Read by the
     extender (filter, bind) and the controller (nudges, when to wake up)."""
 
+    max_restarting: int = 4
+    """Disruption budget, cluster-wide: at most this many managed pods restarting at once for migration steps (a
+    pod stopping and its replacement starting count as one). Steps that touch disjoint GPUs start together within
+    it. 4 lets a node loss at 128 GPUs converge several times faster than one at a time while most replicas keep
+    serving; 1: one step at a time (the behaviour before waves)."""
+
+    max_restarting_per_node: int = 1
+    """Disruption budget per node: at most this many managed pods starting on one node at once (each loads its
+    weights through the node's disk and network). 1 keeps a node's weight loads from slowing one another down."""
+
+    make_before_break: bool = True
+    """Moves whose target GPU has room while the old replica still runs start the replacement first: the
+    Deployment is surged by one replica and scaled back once the new one is Ready (the ReplicaSet deletes the old
+    pod, marked with the lowest pod-deletion-cost), so a model keeps its Ready replicas through a move. Off:
+    every move evicts first. A Deployment annotated `kvsched.io/make-before-break: "false"` (one whose replicas
+    an autoscaler owns) is always moved evict-first."""
+
     node_not_ready_grace_s: float = 300.0
     """Seconds a node that stopped being Ready (its Ready condition False or Unknown since then) keeps its GPUs in the
     plan: a flap shorter than that re-plans nothing and moves nobody. 300 s is the default `tolerationSeconds` of
@@ -308,6 +325,8 @@ BOUNDS: dict[str, Bound] = {
     "node_not_ready_grace_s": Bound(0),     # 0: a NotReady node leaves the plan at once
     "stability_threshold": Bound(0),
     "max_migrations": Bound(0),
+    "max_restarting": Bound(1),
+    "max_restarting_per_node": Bound(1),
     "time_budget_s": Bound(0),              # 0: the first plan found, no search
     "debounce_s": Bound(0, 60),
     "lease_duration_s": Bound(0, strict=True),

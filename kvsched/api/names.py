@@ -42,6 +42,14 @@ MODEL_ANNOTATIONS = (SIZE_ANNOTATION, RATE_ANNOTATION, SLO_ANNOTATION)
 # does not make a Deployment managed.
 ENGINE_OVERHEAD_ANNOTATION = "kvsched.io/engine-overhead"
 
+# Make-before-break moves (docs/controller.md, "Make-before-break"): while kvsched surges a Deployment by one
+# replica it records "<replicas before>/<old pod>/<start, epoch s>" on it, so that a new leader finishes or undoes
+# the surge; the old pod gets the ReplicaSet's deletion cost so that scaling back deletes it first.
+SURGE_ANNOTATION = "kvsched.io/surge"
+MAKE_BEFORE_BREAK_ANNOTATION = "kvsched.io/make-before-break"  # "false" on a Deployment: its moves evict first
+POD_DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
+SURGE_DELETION_COST = "-1000"  # the old pod's cost: below every default (0), so the ReplicaSet deletes it first
+
 # ModelServing spec fields of a model's memory: its weights and (optional) its engine's overhead, quantities.
 MODEL_SIZE_FIELD = "modelSize"
 ENGINE_OVERHEAD_FIELD = "engineOverhead"

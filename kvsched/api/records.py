@@ -105,6 +105,18 @@ class Eviction:
     resize: bool = False
 
 
+@dataclass(frozen=True)
+class Surge:
+    """A make-before-break move (kvsched.controller.surge): mark `step.pod` to be deleted first by its ReplicaSet
+    (`POD_DELETION_COST_ANNOTATION`), then scale Deployment `deployment` from `replicas` to `replicas + 1` with
+    the surge record `record` (`SURGE_ANNOTATION`) in one patch."""
+
+    step: Eviction
+    deployment: ObjectKey
+    replicas: int
+    record: str
+
+
 class EvictionRefused(Exception):
     """The Eviction API said no (429: a PodDisruptionBudget, or 5xx); `reason` goes to the condition."""
 

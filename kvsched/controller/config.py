@@ -35,6 +35,9 @@ class DecisionConfig:
     `engine_context_gib` outside it.
     `gpu_holders`: keep a holder pod per planned GPU (kvsched.controller.holders) in `holder_namespace`, with
     `holder_image`, `holder_priority_class` and `holder_service_account`.
+    `max_restarting` / `max_restarting_per_node`: the disruption budget of a wave of migration steps
+    (kvsched.controller.migrations): pods restarting at once cluster-wide / starting at once on one node.
+    `make_before_break`: moves with room start the replacement first (kvsched.controller.surge).
 
     Every default is `ControllerSettings`' (5 s budget, 0.05 stability, no migration cap), so
     `decision_config(ControllerSettings()) == DecisionConfig()`. `PackOptions` keeps its own defaults (a 30 s
@@ -57,6 +60,9 @@ class DecisionConfig:
     gpu_memory_reserve_gib: float = _SETTINGS.gpu_memory_reserve_gib
     engine_overhead_gib: float = _SETTINGS.engine_overhead_gib
     engine_context_gib: float = _SETTINGS.engine_context_gib
+    max_restarting: int = _SETTINGS.max_restarting
+    max_restarting_per_node: int = _SETTINGS.max_restarting_per_node
+    make_before_break: bool = _SETTINGS.make_before_break
 
     def headroom(self) -> Headroom:
         """The three memory headroom figures together (what the extender's slot rule is given too)."""

@@ -3,7 +3,7 @@
     world -> models (ModelServings, annotated Deployments) + inventory (Nodes, unmanaged GPU pods)
           -> current slots (running managed pods, then the planned slots of replicas not running yet)
           -> planner (kvsched.packer.solve)
-          -> statuses, template patches, owned ModelServings, at most one eviction, events
+          -> statuses, template patches, owned ModelServings, a wave of evictions, events
 
 Only what differs from the world is returned: a status equal to the one stored (but for timestamps) is not
 written, a template already as needed is not patched, so an unchanged world yields no write. Bad input on one
@@ -18,9 +18,9 @@ import hashlib
 import json
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
-from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION
+from kvsched.api.names import API_VERSION, KIND, MODEL_LABEL, PLANNED_SLOTS_ANNOTATION, SHARE_EPSILON
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, PodObj, World
 from kvsched.api.records import (
     DeploymentPatch,
@@ -31,16 +31,25 @@ from kvsched.api.records import (
     OwnedChange,
     PodNudge,
     StatusWrite,
+    Surge,
 )
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.holders import holder_changes, holder_uuids
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed, orphaned, running_share
-from kvsched.controller.migrations import Blocked, MigrationState, RunningPod, choose_next, plan_steps
-from kvsched.controller.headroom import plan_shares
+from kvsched.controller.migrations import Blocked, Budget, MigrationState, RunningPod, choose_wave, plan_steps
+from kvsched.controller.headroom import plan_shares, share_bound
 from kvsched.controller.models import ModelEntry, collect_models, model_size_gib
-from kvsched.controller.shares import Memory, plan_resizes, resize_steps
+from kvsched.controller.shares import Memory, held_share, plan_resizes, resize_steps
 from kvsched.controller.slots import Holder, ModelPlan, NodeGpus, PodRef, Snapshot, filter_nodes, pod_holder
 from kvsched.controller.start_gate import StartGate, next_expiry
+from kvsched.controller.surge import (
+    SurgeRecord,
+    may_surge,
+    replacing,
+    surge_ends,
+    surge_expiry_s,
+    surge_timeout_s,
+)
 from kvsched.controller.status import (
     conditions_by_type,
     merge_conditions,
@@ -67,7 +76,7 @@ class Decision:
     statuses: tuple[StatusWrite, ...] = ()
     deployment_patches: tuple[DeploymentPatch, ...] = ()
     owned_changes: tuple[OwnedChange, ...] = ()
-    eviction: Eviction | None = None
+    evictions: tuple[Eviction, ...] = ()  # the wave of migration steps to start now (kvsched.controller.migrations)
     events: tuple[Event, ...] = ()
     nudges: tuple[PodNudge, ...] = ()
     model_states: Mapping[str, int] = field(default_factory=dict)
@@ -78,20 +87,28 @@ class Decision:
     gate_waiting: int = 0               # pending managed pods whose only usable slots wait at a start gate
     shares: Mapping[tuple[str, GpuId], float] = field(default_factory=dict)  # written per placement (plan_shares)
     holders: tuple[HolderChange, ...] = ()
+    restarting: int = 0  # managed pods restarting now (stopping or starting; the disruption budget's count)
+    surges: tuple[Surge, ...] = ()  # make-before-break moves to start now (kvsched.controller.surge)
+    surge_expiry_s: float | None = None  # when the earliest surge in force is undone if unfinished (epoch s)
+
+    @property
+    def eviction(self) -> Eviction | None:
+        """The first eviction of the wave (None: none now)."""
+        return self.evictions[0] if self.evictions else None
 
     @property
     def wake_at_s(self) -> float | None:
         """When this decision goes stale with no event (epoch s): the earliest start-gate timeout, or the end of a
         NotReady node's grace period (kvsched.controller.inventory); None: never."""
         grace = self.inventory.grace_ends_s if self.inventory is not None else None
-        times = [t for t in (self.gate_expiry_s, grace) if t is not None]
+        times = [t for t in (self.gate_expiry_s, grace, self.surge_expiry_s) if t is not None]
         return min(times, default=None)
 
     @property
     def writes(self) -> int:
         """API writes this decision asks for (events not counted)."""
         return (len(self.statuses) + len(self.deployment_patches) + len(self.owned_changes)
-                + len(self.nudges) + len(self.holders) + (1 if self.eviction else 0))
+                + len(self.nudges) + len(self.holders) + len(self.evictions) + 2 * len(self.surges))
 
 
 def ms_target(ms: ModelServingObj) -> EventTarget:
@@ -121,8 +138,8 @@ def running_pods(world: World, entries: Sequence[ModelEntry], config: DecisionCo
     return out
 
 
-def current_slots(entries: Sequence[ModelEntry], running: Sequence[RunningPod]
-                  ) -> tuple[list[Slot], list[Slot]]:
+def current_slots(entries: Sequence[ModelEntry], running: Sequence[RunningPod],
+                  leaving: Collection[ObjectKey] = ()) -> tuple[list[Slot], list[Slot]]:
     """Where each model's replicas are now, split as the packer needs it: (`current`, `planned`).
 
     `current`: replicas whose GPU is settled, so that moving them costs a restart: the live pods (oldest first),
@@ -130,7 +147,8 @@ def current_slots(entries: Sequence[ModelEntry], running: Sequence[RunningPod]
     and the destination of a move in flight (a terminating pod off every planned slot: its replacement counts
     as being at a planned slot no live pod holds, so a re-plan mid-migration does not send it elsewhere).
     `planned`: the other planned slots in status, of replicas that do not run yet: free to move, a hint that
-    keeps equal plans equal. At most `replicas` slots per model in all, one per GPU.
+    keeps equal plans equal. At most `replicas` slots per model in all, one per GPU; the old pods of
+    make-before-break moves (`leaving`) come last, so that their replacements count, not they.
     """
     by_model: dict[str, list[RunningPod]] = defaultdict(list)
     for r in running:
@@ -147,7 +165,7 @@ def current_slots(entries: Sequence[ModelEntry], running: Sequence[RunningPod]
             gpu = GpuId(s.node, s.gpu)
             if gpu not in status_gpus:
                 status_gpus.append(gpu)
-        pods = sorted(by_model.get(name, []), key=lambda r: (r.pod.created, r.pod.name))
+        pods = sorted(by_model.get(name, []), key=lambda r: (r.pod.key in leaving, r.pod.created, r.pod.name))
         settled: list[GpuId] = []
         for r in pods:
             if not r.pod.deleting and r.gpu not in settled:
@@ -181,8 +199,9 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     sized = {e.ms.model_name for e in entries if e.size_gib is not None}
     inventory = build_inventory(world.nodes, world.pods, config, timestamp_s(now), sized)
     running = running_pods(world, entries, config)
+    leaving = replacing(world.deployments)
     models = [e.model for e in entries if e.model is not None]
-    plan = planner(models, inventory.gpus, *current_slots(entries, running)) if models else None
+    plan = planner(models, inventory.gpus, *current_slots(entries, running, leaving)) if models else None
 
     placements: dict[str, list[Placement]] = defaultdict(list)
     unplaced: dict[str, list[Unplaced]] = defaultdict(list)
@@ -201,7 +220,7 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     can_bind = bindable_pods(world, entries, slots_by_model, inventory, config, gate)
     ungated = bindable_pods(world, entries, slots_by_model, inventory, config) if gate is not None else can_bind
     migration = _migrations(world, entries, inventory, running, placements, shares, config, blocked, clock_s, plan,
-                            can_bind)
+                            can_bind, leaving)
     events: list[Event] = []
     nodes_by_name = {n.name: n for n in world.nodes}
     for problem in inventory.problems:
@@ -257,18 +276,89 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
                                     else "strategy set to RollingUpdate with maxSurge 0"))
     states["invalid"] += len(model_set.deployment_problems)
 
-    eviction = migration.next_step
-    if eviction is not None:
-        ms = next(e.ms for e in entries if e.ms.model_name == eviction.model)
-        events.append(Event(ms_target(ms), "Normal", "Migrating",
+    room = _room_now(entries, inventory, running, shares)
+    evictions, surges = _split_wave(migration.wave, entries, config, timestamp_s(now), room)
+    by_model = {e.ms.model_name: e for e in entries}
+    for eviction in evictions:
+        events.append(Event(ms_target(by_model[eviction.model].ms), "Normal", "Migrating",
                             f"evicting pod {eviction.pod.name} from GPU {eviction.source} so that its replacement "
                             + ("runs there with its planned memory share" if eviction.resize
                                else f"takes GPU {eviction.target}")))
+    for surge in surges:
+        events.append(Event(ms_target(by_model[surge.step.model].ms), "Normal", "Migrating",
+                            f"starting a replica for GPU {surge.step.target} before pod {surge.step.pod.name} leaves "
+                            f"GPU {surge.step.source} (Deployment {surge.deployment.name} scaled to "
+                            f"{surge.replicas + 1} meanwhile)"))
+    timeout = surge_timeout_s(config.start_timeout_s)
+    model_of = {e.deployment.key: e.ms.model_name for e in entries if e.deployment is not None}
+    for end in surge_ends(world.deployments, model_of, world.pods, timestamp_s(now), timeout):
+        patches.append(end.patch)
+        dep = next(d for d in world.deployments if d.key == end.patch.key)
+        if end.outcome == "finished":
+            events.append(Event(deployment_target(dep), "Normal", "SurgeFinished",
+                                f"the replacement of pod {end.pod} is Ready: scaled back, pod {end.pod} goes"))
+        elif end.outcome == "undone":
+            events.append(Event(deployment_target(dep), "Warning", "SurgeUndone",
+                                f"the replacement of pod {end.pod} was not Ready within {timeout:.0f}s: scaled "
+                                f"back; its move will evict pod {end.pod} first"))
     expiry = next_expiry([h for hs in held.values() for h in hs], gate) if gate is not None else None
-    return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, eviction, tuple(events),
+    return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, evictions, tuple(events),
                     _nudges(can_bind, slots_by_model, held, gate), dict(states), migration.steps,
                     migration.waiting, inventory, expiry, len(ungated) - len(can_bind), shares,
-                    holder_changes(_held_or_planned(world, placements, config), world.pods, config))
+                    holder_changes(_held_or_planned(world, placements, config), world.pods, config),
+                    migration.restarting, surges, surge_expiry_s(world.deployments, timeout))
+
+
+def _room_now(entries: Sequence[ModelEntry], inventory: Inventory, running: Sequence[RunningPod],
+              shares: Mapping[tuple[str, GpuId], float]) -> Callable[[str, GpuId], bool]:
+    """Whether a new replica of a model would fit a GPU now, beside every pod holding it (terminating ones and the
+    old pod of its own move included): footprints within the GPU's memory less its reserve, and the shares they
+    run with plus its planned share within the GPU's bound (the slot rule's test; kvsched.controller.headroom)."""
+    models = {e.model.name: e.model for e in entries if e.model is not None}
+    gpus = {g.id: g for g in inventory.gpus}
+    mem = Memory(inside={m.name: m.size_gib + m.overhead_gib for m in models.values()},
+                 context={m.name: m.context_gib for m in models.values()},
+                 memory={g.id: g.memory_gib for g in inventory.gpus},
+                 reserve={g.id: g.reserve_gib for g in inventory.gpus})
+    on: dict[GpuId, list[RunningPod]] = defaultdict(list)
+    for r in running:
+        on[r.gpu].append(r)
+
+    def fits(model: str, gpu: GpuId) -> bool:
+        m, g = models.get(model), gpus.get(gpu)
+        if m is None or g is None or (model, gpu) not in shares:
+            return False
+        here = on.get(gpu, [])
+        footprint = sum(models[r.model].footprint_gib for r in here if r.model in models) + m.footprint_gib
+        contexts = sum(mem.context.get(r.model, 0.0) for r in here) + m.context_gib
+        used = sum(held_share(r, shares, mem) for r in here) + shares[(model, gpu)]
+        return (footprint <= g.usable_gib + 1e-9
+                and used <= share_bound(g.memory_gib, g.reserve_gib, contexts) + SHARE_EPSILON)
+    return fits
+
+
+def _split_wave(wave: Sequence[Eviction], entries: Sequence[ModelEntry], config: DecisionConfig,
+                now_s: float | None, room: Callable[[str, GpuId], bool]) -> tuple[tuple[Eviction, ...], tuple[Surge, ...]]:
+    """The wave's steps as evictions and make-before-break surges (kvsched.controller.surge): a move that is not
+    `stop_first` and whose target has room for the new replica now, beside the old one (`room`, so that the surge
+    depends on no other step), surges its model's Deployment where `may_surge` allows, one surge per Deployment
+    per wave (a second step of that Deployment waits for the next wave); every other step evicts."""
+    by_model = {e.ms.model_name: e for e in entries}
+    evictions: list[Eviction] = []
+    surges: list[Surge] = []
+    surged: set[ObjectKey] = set()
+    for step in wave:
+        entry = by_model.get(step.model)
+        dep = entry.deployment if entry is not None else None
+        if step.stop_first or step.resize or entry is None or dep is None or now_s is None or \
+                not may_surge(dep, entry.replicas, step.pod, config.make_before_break) or \
+                not room(step.model, step.target):
+            evictions.append(step)
+        elif dep.key not in surged:
+            surged.add(dep.key)
+            record = SurgeRecord(dep.replicas, step.pod.name, now_s)
+            surges.append(Surge(step, dep.key, dep.replicas, record.value()))
+    return tuple(evictions), tuple(surges)
 
 
 def _held_or_planned(world: World, placements: Mapping[str, Sequence[Placement]], config: DecisionConfig
@@ -364,7 +454,7 @@ def _nudges(can_bind: Sequence[PodObj], slots_by_model: Mapping[str, Sequence[Ma
 def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventory, running: Sequence[RunningPod],
                 placements: Mapping[str, Sequence[Placement]], shares: Mapping[tuple[str, GpuId], float],
                 config: DecisionConfig, blocked: Mapping[ObjectKey, Blocked], clock_s: float, plan: Plan | None,
-                can_bind: Sequence[PodObj]) -> MigrationState:
+                can_bind: Sequence[PodObj], leaving: Collection[ObjectKey] = ()) -> MigrationState:
     """Restarts for memory shares first (they free what waiting replicas need), then the moves, and the one to
     start now; `can_bind` (`bindable_pods`) are replacements on their way, waited for before any eviction."""
     models = [e.model for e in entries if e.model is not None]
@@ -381,10 +471,12 @@ def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventor
     footprint = {m.name: m.footprint_gib for m in models}
     usable = {g.id: g.usable_gib for g in inventory.gpus}
     steps += plan_steps(planned, running, footprint, usable, plan.steps if plan is not None else ())
+    steps = [s for s in steps if s.pod.key not in leaving]  # a make-before-break move in progress
     # Pods of models kvsched no longer plans (inventory.orphaned) are nobody's replacement: not waited for.
     sized = {e.ms.model_name for e in entries if e.size_gib is not None}
     managed = [p for p in world.pods if is_managed(p, config) and not p.terminal and not orphaned(p, sized)]
-    return choose_next(steps, managed, can_bind, blocked, clock_s)
+    return choose_wave(steps, managed, can_bind, blocked, clock_s, planned,
+                       Budget(config.max_restarting, config.max_restarting_per_node), leaving)
 
 
 def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, str] | None:
@@ -399,13 +491,18 @@ def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, st
     moving = "; ".join(part for part in (f"{moves} replica(s) to move" if moves else "",
                                          f"{restarts} to restart with a new memory share" if restarts else "")
                        if part)
-    if migration.next_step is not None and migration.next_step.model == model:
-        s = migration.next_step
+    started = [s for s in migration.wave if s.model == model]
+    if started:
+        s = started[0]
+        if len(started) > 1:
+            return "Evicting", (f"{moving}; evicting {len(started)} pods ("
+                                + ", ".join(f"{x.pod.name} from GPU {x.source}" for x in started) + ")")
         if s.resize:
             return "Evicting", (f"{moving}; evicting pod {s.pod.name} so that it restarts on GPU {s.source} "
                                 f"with its planned memory share")
         return "Evicting", f"{moving}; evicting pod {s.pod.name} from GPU {s.source} to free GPU {s.target}"
-    return "Waiting", f"{moving}; {migration.waiting or 'another model migrates first'}"
+    why = migration.waits.get(model) or migration.waiting or "another model migrates first"
+    return "Waiting", f"{moving}; {why}"
 
 
 def _state(entry: ModelEntry, placed: int, moving: tuple[str, str] | None) -> str:

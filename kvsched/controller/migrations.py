@@ -1,28 +1,39 @@
-"""Migrations: which running replicas the plan moves, in what order, and whether the next eviction may start.
+"""Migrations: which running replicas the plan moves, in what order, and which of them start now (a wave).
 
 A move is a running pod of model X on a GPU that is not one of X's planned GPUs while one of X's planned slots
 is free (replicas are interchangeable). Evicting the pod lets its ReplicaSet create a replacement, which the
 extender binds to the free slot. An eviction stops the old replica before the new one starts, so a step whose
 target GPU lacks memory for X until someone else leaves is `stop_first`. The packer's ordered steps
-(`Plan.steps`) give the order: carried out one at a time, no GPU ever holds more weights than its memory (an
+(`Plan.steps`) give the order: carried out in that order, no GPU ever holds more weights than its memory (an
 eviction stops the old replica before the new one starts, which only frees memory earlier). Moves the packer
-does not list come after, those with room first. One eviction at a time, cluster-wide:
-the next only when no managed pod is terminating, no replacement that could bind is still unbound, and every
-bound managed pod is Ready. A pod whose eviction was refused (PodDisruptionBudget, API error) waits out its
-backoff; the shell keeps that record and passes it in.
+does not list come after, those with room first.
+
+Waves (`choose_wave`): steps that touch disjoint GPUs start together, within a disruption budget. A GPU is *busy*
+while a managed pod on it is terminating, or bound to one of its model's planned GPUs and not Ready (starting),
+or while it is a free planned slot of a model whose replacement is on its way (a pending pod that could bind, or
+a pod of the model terminating off its planned slots). Going through the steps in order, a step starts when
+neither its source nor its target is busy or touched by an earlier step still to do (so a step never overtakes
+one it may depend on, and two engines never start on one GPU at once), and the budget allows: at most
+`max_restarting` pods restarting cluster-wide (per model, the larger of its pods stopping and its pods starting
+or about to bind: a pod stopping and its replacement starting are one restart) and at most
+`max_restarting_per_node` pods starting on the step's target node. With a budget of 1 this is the old rule: one
+step at a time. A pod whose eviction was refused (PodDisruptionBudget, API error) waits out its backoff; the
+shell keeps that record and passes it in.
 Each step is a kvsched.api.records.Eviction, built from the packer's MigrationStep and the pod it moves; the
-Decision carries the same records (`steps`, and `eviction`, the one to start now).
+Decision carries the same records (`steps`, and `evictions`, the wave to start now).
 Called by: kvsched.controller.decide.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from typing import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Collection, Mapping, Sequence
 
+from kvsched.api.names import MODEL_LABEL
 from kvsched.api.objects import ObjectKey, PodObj
 from kvsched.api.records import Eviction
+from kvsched.controller.inventory import held_gpu
 from kvsched.packer import GpuId, MigrationStep
 
 
@@ -45,13 +56,30 @@ class Blocked:
 
 
 @dataclass(frozen=True)
+class Budget:
+    """The disruption budget of one wave: at most `max_restarting` managed pods restarting at once cluster-wide,
+    at most `max_restarting_per_node` starting on one node (kvsched.settings says why the defaults). >= 1 each."""
+
+    max_restarting: int = 4
+    max_restarting_per_node: int = 1
+
+
+@dataclass(frozen=True)
 class MigrationState:
-    """Steps still to do, the one to start now (None: wait), and per model why it cannot progress (if so)."""
+    """Steps still to do, the wave to start now (empty: wait), why nothing starts (`waiting`, when the wave is
+    empty), per model why its steps wait (`waits`) or cannot progress (`stuck`), and how many pods restart now."""
 
     steps: tuple[Eviction, ...]
-    next_step: Eviction | None
+    wave: tuple[Eviction, ...]
     waiting: str | None
     stuck: Mapping[str, Blocked]
+    waits: Mapping[str, str] = field(default_factory=dict)
+    restarting: int = 0
+
+    @property
+    def next_step(self) -> Eviction | None:
+        """The first step of the wave (None: none starts now)."""
+        return self.wave[0] if self.wave else None
 
 
 def plan_steps(planned: Mapping[str, Sequence[GpuId]], running: Sequence[RunningPod],
@@ -97,27 +125,110 @@ def plan_steps(planned: Mapping[str, Sequence[GpuId]], running: Sequence[Running
     return ordered + rest
 
 
-def choose_next(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
-                blocked: Mapping[ObjectKey, Blocked], now: float) -> MigrationState:
-    """The step to start now, or why none may start.
+def _model_of(pod: PodObj) -> str:
+    return f"{pod.namespace}/{pod.labels.get(MODEL_LABEL, '')}"
+
+
+@dataclass(frozen=True)
+class InFlight:
+    """What is restarting now (see the module docstring): busy GPUs with why, pods starting per node (or about
+    to, at a free planned slot of their model), and the pods restarting cluster-wide."""
+
+    busy: Mapping[GpuId, str]
+    node_load: Mapping[str, int]
+    restarting: int
+
+
+def in_flight(managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
+              planned: Mapping[str, Sequence[GpuId]], replacing: Collection[ObjectKey] = ()) -> InFlight:
+    """Busy GPUs, per-node starts and the restart count from the live managed pods (`managed`), the unbound ones
+    that could bind now (`pending_can_bind`), the planned GPUs per model (packer name) and the old pods of
+    make-before-break moves in progress (`replacing`: they count as stopping). Deterministic: the first pod by
+    name names a busy GPU. O(pods + planned slots)."""
+    busy: dict[GpuId, str] = {}
+    node_load: dict[str, int] = defaultdict(int)
+    stopping: dict[str, int] = defaultdict(int)
+    starting: dict[str, int] = defaultdict(int)
+    incoming: dict[str, list[str]] = defaultdict(list)
+    held: dict[str, set[GpuId]] = defaultdict(set)
+    for p in sorted(managed, key=lambda p: (p.namespace, p.name)):
+        model = _model_of(p)
+        index = held_gpu(p)
+        gpu = GpuId(p.node, index) if p.node is not None and index is not None else None
+        if gpu is not None:
+            held[model].add(gpu)
+        if p.key in replacing and not p.deleting:
+            stopping[model] += 1
+            if gpu is not None:
+                busy.setdefault(gpu, f"waiting for pod {p.name}'s replacement to be Ready")
+        elif p.deleting:
+            stopping[model] += 1
+            if gpu is not None:
+                busy.setdefault(gpu, f"waiting for pod {p.name} to terminate")
+            if gpu is None or gpu not in planned.get(model, ()):  # a move in flight: its replacement is coming
+                incoming[model].append(f"waiting for pod {p.name} to terminate")
+        elif gpu is not None and not p.ready and gpu in planned.get(model, ()):
+            starting[model] += 1
+            node_load[gpu.node] += 1
+            busy.setdefault(gpu, f"waiting for pod {p.name} to be Ready")
+    bindable: dict[str, int] = defaultdict(int)
+    for p in sorted(pending_can_bind, key=lambda p: (p.namespace, p.name)):
+        model = _model_of(p)
+        bindable[model] += 1
+        incoming[model].insert(0, f"waiting for pod {p.name} to be bound")
+    for model, why in sorted(incoming.items()):
+        free = [g for g in planned.get(model, ()) if g not in held[model]]
+        per_node: dict[str, int] = defaultdict(int)
+        for g in free:
+            busy.setdefault(g, why[0])
+            per_node[g.node] += 1
+        coming = max(bindable[model], len(why) - bindable[model])
+        for node, n in per_node.items():
+            node_load[node] += min(n, coming)
+    restarting = sum(max(stopping[m], starting[m] + bindable[m]) for m in set(stopping) | set(starting) | set(bindable))
+    return InFlight(busy, dict(node_load), restarting)
+
+
+def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
+                blocked: Mapping[ObjectKey, Blocked], now: float, planned: Mapping[str, Sequence[GpuId]],
+                budget: Budget = Budget(), replacing: Collection[ObjectKey] = ()) -> MigrationState:
+    """The steps to start now (a wave, see the module docstring), or why none may start.
 
     `managed`: every live managed pod; `pending_can_bind`: unbound managed pods the slot rule would bind now
-    (`decide.bindable_pods`: a replacement on its way). Steps whose pod is in backoff are skipped.
+    (`decide.bindable_pods`: a replacement on its way); `planned`: planned GPUs per model. Steps whose pod is in
+    backoff are skipped (their GPUs stay touched). O(steps + pods + planned slots).
     """
     stuck = {s.model: blocked[s.pod.key] for s in steps if s.pod.key in blocked and blocked[s.pod.key].retry_at > now}
+    flight = in_flight(managed, pending_can_bind, planned, replacing)
     if not steps:
-        return MigrationState((), None, None, {})
-    terminating = sorted(p.name for p in managed if p.deleting)
-    if terminating:
-        return MigrationState(tuple(steps), None, f"waiting for pod {terminating[0]} to terminate", stuck)
-    if pending_can_bind:
-        return MigrationState(tuple(steps), None,
-                              f"waiting for pod {sorted(p.name for p in pending_can_bind)[0]} to be bound", stuck)
-    unready = sorted(p.name for p in managed if p.node is not None and not p.ready)
-    if unready:
-        return MigrationState(tuple(steps), None, f"waiting for pod {unready[0]} to be Ready", stuck)
+        return MigrationState((), (), None, {}, {}, flight.restarting)
+    touched: set[GpuId] = set(flight.busy)
+    load = defaultdict(int, flight.node_load)
+    wave: list[Eviction] = []
+    waits: dict[str, str] = {}
+    first_wait: str | None = None
     for step in steps:
+        gpus = (step.source, step.target)
         refused = blocked.get(step.pod.key)
-        if refused is None or refused.retry_at <= now:
-            return MigrationState(tuple(steps), step, None, stuck)
-    return MigrationState(tuple(steps), None, "every step waits for its eviction to be retried", stuck)
+        why: str | None = None
+        if refused is not None and refused.retry_at > now:
+            why = "its eviction waits to be retried"
+        elif any(g in touched for g in gpus):
+            hit = next(g for g in gpus if g in touched)
+            why = flight.busy.get(hit) or f"waiting for an earlier step on GPU {hit}"
+        elif flight.restarting + len(wave) >= budget.max_restarting:
+            why = (f"disruption budget: {flight.restarting + len(wave)} pod(s) restarting, at most "
+                   f"{budget.max_restarting} at once")
+        elif load[step.target.node] >= budget.max_restarting_per_node:
+            why = (f"disruption budget: {load[step.target.node]} pod(s) starting on node {step.target.node}, "
+                   f"at most {budget.max_restarting_per_node} per node")
+        touched.update(gpus)
+        if why is not None:
+            waits.setdefault(step.model, why)
+            if first_wait is None and not why.startswith("its eviction"):
+                first_wait = why
+            continue
+        wave.append(step)
+        load[step.target.node] += 1
+    waiting = None if wave else (first_wait or "every step waits for its eviction to be retried")
+    return MigrationState(tuple(steps), tuple(wave), waiting, stuck, waits, flight.restarting)

@@ -31,6 +31,7 @@ from kvsched.api.names import (
 from kvsched.api.objects import DeploymentObj, ModelServingObj, ObjectKey, World
 from kvsched.api.records import OwnedChange
 from kvsched.controller.headroom import Headroom
+from kvsched.controller.surge import planned_replicas
 from kvsched.packer import InvalidInput, Model
 from kvsched.packer.domain import MAX_LOAD, MAX_REPLICAS
 from kvsched.units import UnitError, decimal_number, describe, memory_gib, memory_gib_or_zero, number, seconds
@@ -242,7 +243,7 @@ def spec_from_annotations(deployment: DeploymentObj, current: Mapping[str, Any] 
         else:
             del spec["sloSeconds"]
     # The CRD's range; planning uses the Deployment's own count, and more than MAX_REPLICAS is an InvalidSpec.
-    spec["replicas"] = min(max(deployment.replicas, 0), MAX_REPLICAS)
+    spec["replicas"] = min(max(planned_replicas(deployment), 0), MAX_REPLICAS)  # not the surge's extra one
     spec[FROM_ANNOTATIONS] = True
     return spec
 
@@ -411,7 +412,7 @@ def model_size_gib(ms: ModelServingObj) -> float | None:
 def _replicas(ms: ModelServingObj, deployment: DeploymentObj, owner_dep: bool) -> int | Problem:
     """Replicas to plan: the owning Deployment's, else spec.replicas, else the workload's."""
     if owner_dep or "replicas" not in ms.spec:
-        return max(deployment.replicas, 0)
+        return max(planned_replicas(deployment), 0)
     value = ms.spec["replicas"]
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         return Problem(INVALID_SPEC, f"spec.replicas must be an integer >= 0, got {describe(value)}")

@@ -54,7 +54,10 @@ def decision_config(settings: ControllerSettings) -> DecisionConfig:
                           gpu_holders=settings.gpu_holders,
                           holder_namespace=settings.holder_namespace, holder_image=settings.holder_image,
                           holder_priority_class=settings.holder_priority_class,
-                          holder_service_account=settings.holder_service_account)
+                          holder_service_account=settings.holder_service_account,
+                          max_restarting=settings.max_restarting,
+                          max_restarting_per_node=settings.max_restarting_per_node,
+                          make_before_break=settings.make_before_break)
 
 
 def identity() -> str:

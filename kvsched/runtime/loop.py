@@ -38,9 +38,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Protocol, Sequence
 
-from kvsched.api.names import MODEL_LABEL, PLANNED_SLOTS_ANNOTATION
+from kvsched.api.names import (
+    MODEL_LABEL,
+    PLANNED_SLOTS_ANNOTATION,
+    POD_DELETION_COST_ANNOTATION,
+    SURGE_ANNOTATION,
+    SURGE_DELETION_COST,
+)
 from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, PodObj, World
-from kvsched.api.records import Event, HolderChange, OwnedChange, utc_now
+from kvsched.api.records import Event, Eviction, HolderChange, OwnedChange, Surge, utc_now
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.decide import Decision, decide
 from kvsched.controller.holders import holder_uuids, is_holder
@@ -141,6 +147,7 @@ class Reconciler:
         self._inflight: dict[tuple[str, ObjectKey], tuple[str, float]] = {}
         self._blocked: dict[ObjectKey, Blocked] = {}
         self._evicted: dict[ObjectKey, str] = {}  # pods this loop evicted (uid) the cache has not seen terminate
+        self._surged: dict[ObjectKey, tuple[str, int, float]] = {}  # Deployments surged (record, replicas, when)
         self._last_decision: Decision | None = None
         self._refusals: dict[ObjectKey, int] = {}
         self._emitted: dict[tuple[str, str, str, str], None] = {}
@@ -311,10 +318,11 @@ class Reconciler:
         now = self.clock()
         self._blocked = {k: b for k, b in self._blocked.items() if b.retry_at > now or b.reason != "Evicting"}
         self._solved = False
-        world = self._as_evicted(self.world())
+        world = self._as_surged(self._as_evicted(self.world()))
         decision = decide(world, self.config, self._plan, now=self.wall(), clock_s=now, blocked=self._blocked)
         self._last_decision = decision
         self.metrics.start_gate_waiting_pods.set(decision.gate_waiting)
+        self.metrics.restarting_pods.set(decision.restarting)
         self.metrics.reconcile_rounds.inc()
         self.metrics.record_models(dict(decision.model_states))
         if self.config.gpu_holders:
@@ -348,8 +356,10 @@ class Reconciler:
                 self._write(kind, key, payload, report)
         for kind, key, payload in nudges:
             self._write(kind, key, payload, report)
-        if decision.eviction is not None:
-            self._evict(decision, report)
+        for surge in decision.surges:  # make-before-break moves of the wave
+            self._surge(decision, surge, report)
+        for eviction in decision.evictions:  # a wave: steps on disjoint GPUs within the disruption budget
+            self._evict(decision, eviction, report)
         for event in decision.events:
             self._emit(event)
         if report.writes:
@@ -401,9 +411,50 @@ class Reconciler:
         self._evicted = pending
         return replace(world, pods=tuple(pods))
 
-    def _evict(self, decision: Decision, report: RoundReport) -> None:
-        eviction = decision.eviction
-        assert eviction is not None
+    def _as_surged(self, world: World) -> World:
+        """`world` as the apiserver has it after this loop's surges: a Deployment this loop surged carries its
+        surge record and replicas even while the watch has not delivered them, so the next decision neither
+        surges it again nor (its old pod already marked) evicts the old pod. An entry is dropped once the cache
+        shows the record, or after _EVICTED_HOLD_S. O(deployments)."""
+        if not self._surged:
+            return world
+        deployments, pending = [], {}
+        now = self.clock()
+        for d in world.deployments:
+            entry = self._surged.get(d.key)
+            if entry is not None and SURGE_ANNOTATION not in d.annotations and now - entry[2] < _EVICTED_HOLD_S:
+                pending[d.key] = entry
+                d = replace(d, annotations={**d.annotations, SURGE_ANNOTATION: entry[0]}, replicas=entry[1])
+            deployments.append(d)
+        self._surged = pending
+        return replace(world, deployments=tuple(deployments))
+
+    def _surge(self, decision: Decision, surge: Surge, report: RoundReport) -> None:
+        """A make-before-break move: mark the old pod to go first, then surge its Deployment (one patch: replicas
+        + 1 and the record). Nothing is surged when the mark fails; a failure is retried next round."""
+        step = surge.step
+        try:
+            self.writer.annotate_pod(step.pod.key, {POD_DELETION_COST_ANNOTATION: SURGE_DELETION_COST})
+            report.writes += 1
+            self.writer.patch_deployment(surge.deployment, {"metadata": {"annotations": {SURGE_ANNOTATION: surge.record}},
+                                                            "spec": {"replicas": surge.replicas + 1}})
+        except Exception as e:
+            report.failures += 1
+            log.warning("surging %s for pod %s failed: %s", surge.deployment, step.pod.key, e)
+            return
+        report.writes += 1
+        self._surged[surge.deployment] = (surge.record, surge.replicas + 1, self.clock())
+        self.metrics.migrations.labels(reason=self._reason(decision, step)).inc()
+        log.info("surged %s to %d replicas: pod %s (model %s) leaves %s once its replacement on %s is Ready",
+                 surge.deployment, surge.replicas + 1, step.pod.key, step.model, step.source, step.target)
+
+    @staticmethod
+    def _reason(decision: Decision, step: Eviction) -> str:
+        """`kvsched_migrations_total`'s reason for a step: Resize, Rebalance, or NodeUnavailable (source left)."""
+        usable = decision.inventory is not None and any(g.node == step.source.node for g in decision.inventory.gpus)
+        return "Resize" if step.resize else "Rebalance" if usable else "NodeUnavailable"
+
+    def _evict(self, decision: Decision, eviction: Eviction, report: RoundReport) -> None:
         pod = eviction.pod.key
         try:
             self.writer.evict(pod)
@@ -423,10 +474,7 @@ class Reconciler:
         self._refusals.pop(pod, None)
         self._blocked[pod] = Blocked("Evicting", f"pod {pod.name} is being evicted",
                                               self.clock() + _EVICTED_HOLD_S)
-        usable = decision.inventory is not None and any(g.node == eviction.source.node
-                                                        for g in decision.inventory.gpus)
-        reason = "Resize" if eviction.resize else "Rebalance" if usable else "NodeUnavailable"
-        self.metrics.migrations.labels(reason=reason).inc()
+        self.metrics.migrations.labels(reason=self._reason(decision, eviction)).inc()
         log.info("evicted %s (model %s) from %s; its replacement goes to %s", pod, eviction.model,
                  eviction.source, eviction.target)
 

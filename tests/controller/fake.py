@@ -24,6 +24,8 @@ NOW = "2026-11-28T06:00:00Z"
 # The slot rule, plans and migrations without GPU holder pods (a supported mode); test_holders.py and the holder
 # scenarios of test_convergence.py turn them on.
 NO_HOLDERS = DecisionConfig(gpu_holders=False)
+# Moves by eviction only (no make-before-break surges): the tests of the eviction path.
+EVICT_FIRST = DecisionConfig(gpu_holders=False, make_before_break=False)
 LATER = "2026-11-28T07:00:00Z"
 
 
@@ -119,8 +121,8 @@ def apply(world: World, decision: Decision) -> World:
         _merge(whole, p.patch["spec"])
         deployments[p.key] = dataclasses.replace(dep, template=whole["template"], strategy=whole["strategy"])
     pods = world.pods
-    if decision.eviction is not None:
-        pods = tuple(p for p in pods if p.key != decision.eviction.pod.key)
+    evicted = {e.pod.key for e in decision.evictions}
+    pods = tuple(p for p in pods if p.key not in evicted)
     return World(world.nodes, pods, tuple(deployments.values()), tuple(servings.values()))
 
 

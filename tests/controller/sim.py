@@ -57,6 +57,7 @@ from kvsched.api.names import (
     HOLDER_LABEL,
     MEMORY_FRACTION_ANNOTATION,
     MODEL_LABEL,
+    POD_DELETION_COST_ANNOTATION,
     VISIBLE_DEVICES_ANNOTATION,
     share_text,
 )
@@ -352,6 +353,15 @@ class SimCluster:
         spec["template"], spec["strategy"] = whole["template"], whole["strategy"]
         if json.dumps(whole, sort_keys=True) != before:
             dep["metadata"]["generation"] = dep["metadata"].get("generation", 1) + 1
+        if "replicas" in (patch.get("spec") or {}):  # a scale (make-before-break surges)
+            spec["replicas"] = int(patch["spec"]["replicas"])
+            dep["metadata"]["generation"] = dep["metadata"].get("generation", 1) + 1
+        for name, value in ((patch.get("metadata") or {}).get("annotations") or {}).items():
+            notes = dep["metadata"].setdefault("annotations", {})
+            if value is None:
+                notes.pop(name, None)
+            else:
+                notes[name] = value
         self._emit("deployment", "MODIFIED", self._stamp(dep))
         return dep
 
@@ -573,7 +583,10 @@ class SimCluster:
                 for _ in range(replicas - len(new)):
                     self._create_for(key, dep)
             elif len(new) > replicas:
+                # The ReplicaSet's order: unbound, not Ready, lowest pod-deletion-cost, newest first.
                 doomed = sorted(new, key=lambda p: (p["spec"].get("nodeName") is not None, self._ready(p),
+                                                    int((p["metadata"].get("annotations") or {}).get(
+                                                        POD_DELETION_COST_ANNOTATION, "0")),
                                                     [-ord(c) for c in p["metadata"]["creationTimestamp"]]))
                 for p in doomed[:len(new) - replicas]:
                     self._start_deletion(p)

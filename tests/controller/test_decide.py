@@ -17,7 +17,7 @@ from kvsched.api.names import (
 from kvsched.api.objects import ObjectKey, World
 from kvsched.controller import Blocked, DecisionConfig, parse_selector
 
-from .fake import LATER, apply, bind_planned, condition, deployment, node, pod, run, serving, settle
+from .fake import EVICT_FIRST, LATER, NO_HOLDERS, apply, bind_planned, condition, deployment, node, pod, run, serving, settle
 
 
 def _servings(world: World) -> dict[str, object]:
@@ -204,7 +204,7 @@ def test_cordoned_node_replicas_are_replanned_and_evicted_one_at_a_time() -> Non
     nodes = tuple(dataclasses.replace(n, unschedulable=True) if n.name == "big" else n for n in world.nodes)
     nodes = (*nodes, node("spare", gpus=2, memory_mib=81920))
     world = dataclasses.replace(world, nodes=nodes)
-    decision = run(world, now=LATER)
+    decision = run(world, EVICT_FIRST, now=LATER)
     for ms in apply(world, decision).model_servings:
         assert all(s["node"] != "big" for s in ms.status["slots"])
     assert decision.eviction is not None and decision.eviction.pod.name in on_big
@@ -219,15 +219,20 @@ def test_next_eviction_waits_for_the_replacement() -> None:
     world, _ = settle(bind_planned(world))
     nodes = tuple(dataclasses.replace(n, ready=False) if n.name == "big" else n for n in world.nodes)
     world = dataclasses.replace(world, nodes=(*nodes, node("spare", gpus=2, memory_mib=81920)))
-    first = run(world, now=LATER)
+    first = run(world, EVICT_FIRST, now=LATER)
     assert first.eviction is not None
     evicted = first.eviction.pod.key
-    # The evicted pod is terminating: nothing else is evicted meanwhile.
-    world = apply(world, dataclasses.replace(first, eviction=None))
+    # The evicted pod is terminating and its replacement will start on node spare, which has its one start
+    # (--max-restarting-per-node=1); with --max-restarting=1 the cluster has its one restart.
+    world = apply(world, dataclasses.replace(first, evictions=()))
     world = dataclasses.replace(world, pods=tuple(dataclasses.replace(p, deleting=True) if p.key == evicted else p
                                                   for p in world.pods))
-    second = run(world, now=LATER)
-    assert second.eviction is None and second.waiting is not None and "terminate" in second.waiting
+    second = run(world, EVICT_FIRST, now=LATER)
+    assert second.eviction is None and second.waiting is not None
+    assert "disruption budget" in second.waiting and "node spare" in second.waiting
+    assert second.restarting == 1
+    serial = run(world, dataclasses.replace(EVICT_FIRST, max_restarting=1), now=LATER)
+    assert serial.eviction is None and serial.waiting is not None and "1 pod(s) restarting" in serial.waiting
 
 
 def test_a_refused_eviction_is_reported_and_not_retried_before_its_backoff() -> None:
@@ -235,16 +240,16 @@ def test_a_refused_eviction_is_reported_and_not_retried_before_its_backoff() -> 
     world, _ = settle(bind_planned(world))
     nodes = tuple(dataclasses.replace(n, unschedulable=True) if n.name == "small" else n for n in world.nodes)
     world = dataclasses.replace(world, nodes=(*nodes, node("spare", gpus=2, memory_mib=40960)))
-    first = run(world, now=LATER)
+    first = run(world, EVICT_FIRST, now=LATER)
     assert first.eviction is not None
     pods_on_small = [p for p in world.pods if p.node == "small"]
     blocked = {p.key: Blocked("EvictionBlocked", "Cannot evict pod as it would violate the pod's disruption "
                               "budget.", retry_at=100.0) for p in pods_on_small}
-    refused = run(world, now=LATER, clock_s=50.0, blocked=blocked)
+    refused = run(world, EVICT_FIRST, now=LATER, clock_s=50.0, blocked=blocked)
     assert refused.eviction is None
     reasons = {c["reason"] for w in refused.statuses for c in w.status["conditions"] if c["type"] == "Migrating"}
     assert "EvictionBlocked" in reasons
-    retried = run(world, now=LATER, clock_s=150.0, blocked=blocked)
+    retried = run(world, EVICT_FIRST, now=LATER, clock_s=150.0, blocked=blocked)
     assert retried.eviction is not None
 
 
@@ -478,7 +483,7 @@ def test_evictions_follow_the_plans_ordered_steps(first: str) -> None:
                 gpus=tuple(GpuUsage(GpuId("n", i), 80.0, 0.1, 16.0, ()) for i in range(4)), steps=order)
     from kvsched.controller import decide
 
-    decision = decide(world, DecisionConfig(gpu_holders=False), lambda m, g, c, p: plan, now=LATER)
+    decision = decide(world, EVICT_FIRST, lambda m, g, c, p: plan, now=LATER)
     assert decision.eviction is not None and decision.eviction.pod.name == f"{first}-0"
     assert [s.pod.name for s in decision.steps] == [f"{first}-0", f"{'b' if first == 'a' else 'a'}-0"]
 

@@ -211,9 +211,9 @@ class Loop:
         return values[0]
 
 
-def make(leader: bool = True, synced: bool = True, holders: bool = False) -> Loop:
+def make(leader: bool = True, synced: bool = True, holders: bool = False, **config: Any) -> Loop:
     """A loop over one node with 2 GPUs and one annotated Deployment `m` of 2 replicas (no pods yet); GPU holder
-    pods off unless `holders`."""
+    pods off unless `holders`; `config`: other DecisionConfig fields."""
     budgets: list[float] = []
 
     def solver(*args: Any, **kw: Any) -> Any:
@@ -222,7 +222,7 @@ def make(leader: bool = True, synced: bool = True, holders: bool = False) -> Loo
 
     api = FakeApi()
     clock = Clock()
-    r = Reconciler(DecisionConfig(time_budget_s=1.0, gpu_holders=holders), api, Metrics(), clock=clock,
+    r = Reconciler(DecisionConfig(time_budget_s=1.0, gpu_holders=holders, **config), api, Metrics(), clock=clock,
                    wall=lambda: "2026-11-28T06:00:00Z", solver=solver)
     api.reconciler = r
     api.put(node("n1", gpus=2))
@@ -357,7 +357,7 @@ def test_a_write_not_yet_seen_back_is_not_repeated_until_it_expires() -> None:
 def test_refused_eviction_is_retried_only_after_backoff() -> None:
     # A PodDisruptionBudget refuses evictions: each refused pod is retried after 10 s, then 20 s (doubling), the
     # other steps proceed meanwhile, and the condition says why.
-    loop = make()
+    loop = make(make_before_break=False)
     api = loop.api
     loop.rounds(3)
     planned = slots(api)
@@ -403,8 +403,26 @@ def running_on_n1_with_n2_added(loop: Any, rounds: int) -> None:
     loop.rounds(rounds)
 
 
+@pytest.mark.parametrize("per_node, max_restarting, first_round", [
+    pytest.param(1, 4, 1, id="one start per node: one eviction, then the other"),
+    pytest.param(2, 4, 2, id="two starts per node: both in one wave"),
+    pytest.param(2, 1, 1, id="one restart cluster-wide: one at a time"),
+])
+def test_a_wave_of_evictions_goes_out_in_one_round(per_node: int, max_restarting: int, first_round: int) -> None:
+    loop = make(max_restarting=max_restarting, max_restarting_per_node=per_node, make_before_break=False)
+    api = loop.api
+    running_on_n1_with_n2_added(loop, 1)
+    api.put(dataclasses.replace(node("n1", gpus=2), unschedulable=True))  # both replicas must leave n1 for n2
+    loop.round()
+    assert len(api.writes("evict")) == first_round
+    assert loop.metric('kvsched_migrations_total{reason="NodeUnavailable"}') == first_round
+    loop.round()
+    assert loop.metric("kvsched_restarting_pods") == first_round  # the pods evicted, stopping
+    assert len(api.writes("evict")) == first_round  # the rest waits for the first wave's pods to go
+
+
 def test_each_replan_counts_the_steps_it_calls_for_once() -> None:
-    loop = make()
+    loop = make(make_before_break=False)
     api = loop.api
     running_on_n1_with_n2_added(loop, 1)
 
@@ -516,7 +534,7 @@ def test_a_second_eviction_waits_for_the_first_even_while_the_pod_watch_lags() -
     # Both replicas must leave a cordoned node. The first eviction succeeds, but the pod watch has not delivered
     # its deletionTimestamp: the loop sequences on the eviction's own result, so no second replica is evicted
     # however many rounds run (and however much time passes) before the watch catches up.
-    loop = make()
+    loop = make(make_before_break=False)
     api = loop.api
     running_on_n1_with_n2_added(loop, 2)
     api.put(dataclasses.replace(node("n1", gpus=2), unschedulable=True))
