@@ -6,8 +6,11 @@ Memory is a Kubernetes quantity string (bytes unless suffixed: "80Gi", "81920Mi"
 meaning GiB; durations are numbers of seconds or strings "500ms", "2s", "1.5m".
 Called by: the cluster file reader, the controller (annotations, ModelServing spec, node labels), the extender.
 
-The quantity grammar is the official client's `parse_quantity` (a pure function of the `kubernetes` package);
-this is the one module outside kvsched.k8s allowed to import it (see the import contracts in pyproject.toml).
+A quantity string is read as the apiserver reads it (apimachinery's resource.ParseQuantity): the same grammar
+(ASCII digits; suffixes n u m k M G T P E, Ki..Ei, or a decimal exponent), exact decimal arithmetic, a non-zero
+amount rounded away from zero to a whole nanobyte, and a binary-suffixed amount capped at 2**63 - 1 bytes. So a
+value the CRD's CEL rules compare (`quantity(self).compareTo(quantity('1Mi'))`) compares the same here
+(tests/e2e/test_modelserving_fuzz.py found the two disagreeing on "1048575.9999999999" and "n" suffixes).
 """
 
 from __future__ import annotations
@@ -15,9 +18,7 @@ from __future__ import annotations
 import datetime
 import math
 import re
-from decimal import Decimal, InvalidOperation
-
-from kubernetes.utils.quantity import parse_quantity
+from decimal import MAX_EMAX, MIN_EMIN, ROUND_UP, Context, Decimal, DecimalException
 
 GIB_BYTES = 2**30
 MIB_BYTES = 2**20
@@ -26,8 +27,14 @@ SMALLEST_MEMORY_BYTES = MIB_BYTES
 
 # Kubernetes' quantity grammar (apimachinery resource.Quantity), ASCII digits only: the official client's parser
 # also takes "1_000", Unicode digits, "inf" and "nan", which the apiserver refuses in a resource quantity.
-_QUANTITY = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+|Ki|Mi|Gi|Ti|Pi|Ei|m|k|M|G|T|P|E)?",
-                       re.ASCII)
+_QUANTITY = re.compile(r"(?P<number>[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+))"
+                       r"(?:(?P<binary>[KMGTPE]i)|(?P<decimal>[numkMGTPE])|[eE](?P<exponent>[+-]?[0-9]+))?", re.ASCII)
+# Powers of 2 of the binary suffixes, powers of 10 of the decimal ones.
+_BINARY_POWER = {"Ki": 10, "Mi": 20, "Gi": 30, "Ti": 40, "Pi": 50, "Ei": 60}
+_DECIMAL_POWER = {"n": -9, "u": -6, "m": -3, "k": 3, "M": 6, "G": 9, "T": 12, "P": 15, "E": 18}
+_NANO = Decimal("1e-9")
+# apimachinery caps a binary-suffixed quantity at the largest int64 ("The max is just a simple cap").
+_BINARY_MAX = Decimal(2**63 - 1)
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?", re.ASCII)
 _WHOLE = re.compile(r"[0-9]+", re.ASCII)
 _DURATION = re.compile(r"^\s*(?P<number>[0-9]+(?:\.[0-9]*)?|\.[0-9]+)\s*(?P<unit>ms|s|m)?\s*$", re.ASCII)
@@ -104,17 +111,28 @@ def seconds(value: object, *, zero_ok: bool) -> float:
 
 
 def quantity_bytes(text: str) -> Decimal:
-    """A Kubernetes quantity string as a number of bytes (may be fractional), in Kubernetes' own grammar. Raises
-    UnitError."""
-    if _QUANTITY.fullmatch(text.strip()) is None:
+    """A Kubernetes quantity string as a number of bytes (may be fractional), read as the apiserver reads it:
+    Kubernetes' grammar, exact, a non-zero amount rounded away from zero to a multiple of 1e-9 (a nanobyte), a
+    binary-suffixed one capped at 2**63 - 1. Surrounding whitespace is ignored. Raises UnitError. O(digits)."""
+    match = _QUANTITY.fullmatch(text.strip())
+    if match is None:
         raise UnitError(f"{text!r} is not a Kubernetes quantity (e.g. 16Gi)")
+    number = Decimal(match["number"])
+    # Precision for exact products and roundings: every digit of the number, a suffix's, and nine decimals.
+    exact = Context(prec=len(match["number"]) + 40, Emax=MAX_EMAX, Emin=MIN_EMIN, rounding=ROUND_UP)
     try:
-        result: Decimal = parse_quantity(text.strip())  # type: ignore[no-untyped-call]
-    except (ValueError, InvalidOperation):
-        raise UnitError(f"{text!r} is not a Kubernetes quantity (e.g. 16Gi)") from None
-    if not result.is_finite():
-        raise UnitError(f"{text!r} is not a Kubernetes quantity (e.g. 16Gi)")
-    return result
+        if match["binary"]:
+            scale = Decimal(2 ** _BINARY_POWER[match["binary"]])
+            result = min(exact.multiply(number.copy_abs(), scale), _BINARY_MAX)
+        else:
+            power = _DECIMAL_POWER[match["decimal"]] if match["decimal"] else int(match["exponent"] or 0)
+            result = exact.scaleb(number.copy_abs(), power)
+        if result and result.as_tuple().exponent < -9:  # type: ignore[operator]
+            rounding = Context(prec=max(result.adjusted(), 0) + 12, Emax=MAX_EMAX, Emin=MIN_EMIN, rounding=ROUND_UP)
+            result = result.quantize(_NANO, context=rounding)
+    except (DecimalException, OverflowError, ValueError):
+        raise UnitError(f"{text!r} is too large") from None
+    return result.copy_negate() if number.is_signed() else result
 
 
 def memory_gib(value: object) -> float:
@@ -126,7 +144,10 @@ def memory_gib(value: object) -> float:
         if 0 < size_bytes < SMALLEST_MEMORY_BYTES:
             raise UnitError(f"{value!r} is only {size_bytes} bytes: add a unit (e.g. \"{value.strip()}Gi\"), "
                             f"or write a plain number for GiB")
-        size_gib = float(size_bytes / Decimal(GIB_BYTES))
+        try:
+            size_gib = float(size_bytes / Decimal(GIB_BYTES))
+        except DecimalException:  # past Decimal's exponent range ("1e9999999"): was a crash of every round
+            size_gib = math.inf
         if not math.isfinite(size_gib):
             raise UnitError(f"{value!r} is too large")
     else:

@@ -72,4 +72,8 @@ GOOD = [
     SpecCase("decimal and exponent quantities", {"modelSize": "17.5e9", "engineOverhead": "0.5Gi"}),
     SpecCase("name of 63 characters", name="m" * 63),
     SpecCase("fromAnnotations leaves out a rate", {"requestRate": None, "fromAnnotations": True}),
+    # Found by tests/e2e/test_modelserving_fuzz.py: the apiserver takes these and the controller called them Invalid.
+    SpecCase("size under 1Mi by less than a nanobyte (Kubernetes rounds it up to 1Mi)",
+             {"modelSize": "1048575.9999999999"}),
+    SpecCase("nano and micro suffixes", {"modelSize": "16000000000000000000n", "engineOverhead": "2000000000000u"}),
 ]

@@ -3,6 +3,8 @@ underscores and overflowing values were accepted or crashed the readers)."""
 
 from __future__ import annotations
 
+from decimal import Decimal
+
 import pytest
 
 from kvsched.api.objects import DeploymentObj, NodeObj, PodObj
@@ -54,9 +56,43 @@ def test_quantities_kubernetes_accepts_still_read(text: str, gib: float) -> None
     assert memory_gib(text) == pytest.approx(gib)
 
 
-def test_a_quantity_too_large_for_a_float_is_refused() -> None:
+@pytest.mark.parametrize("text", ["1e400", "1e9999999", "1e99999999999999999"])
+def test_a_quantity_too_large_for_a_float_is_refused(text: str) -> None:
+    """"1e9999999" (past Decimal's exponent range) raised decimal.Overflow, which stopped every round."""
     with pytest.raises(UnitError, match="too large"):
-        memory_gib("1e400")
+        memory_gib(text)
+
+
+@pytest.mark.parametrize("text, expected", [
+    pytest.param("16Gi", "17179869184", id="binary suffix"),
+    pytest.param("16e9", "16000000000", id="exponent"),
+    pytest.param("1.5E3", "1500", id="exponent, capital E"),
+    pytest.param("16E", "16000000000000000000", id="exa"),
+    pytest.param("16000000000000000000n", "16000000000", id="nano suffix"),
+    pytest.param("2u", "0.000002", id="micro suffix"),
+    pytest.param("16m", "0.016", id="milli suffix"),
+    pytest.param("1048575.9999999999", "1048576", id="below a nanobyte: rounded up"),
+    pytest.param("0.99999999999999999999999999999Mi", "1048576", id="exact past 28 digits"),
+    pytest.param("1048575.999999999000000000000000000000000001", "1048576", id="rounded up from far below"),
+    pytest.param("0.1n", "0.000000001", id="a tenth of a nanobyte is one"),
+    pytest.param("-0.1n", "-0.000000001", id="negative: rounded away from zero"),
+    pytest.param("-1e-10", "-0.000000001", id="negative exponent: rounded away from zero"),
+    pytest.param("1e-999999999", "0.000000001", id="tiny exponent"),
+    pytest.param("0e5", "0", id="zero with an exponent"),
+    pytest.param("-0", "0", id="negative zero"),
+    pytest.param("8Ei", str(2**63 - 1), id="binary capped at the largest int64"),
+    pytest.param("99999999999999999999Ei", str(2**63 - 1), id="huge binary capped"),
+    pytest.param("99999999999999999999E", "99999999999999999999" + "0" * 18, id="decimal not capped"),
+])
+def test_quantities_read_as_the_apiserver_reads_them(text: str, expected: str) -> None:
+    """apimachinery's ParseQuantity: exact, non-zero amounts rounded away from zero to a nanobyte, binary
+    suffixes capped at 2**63 - 1 (the CRD's CEL compares quantities that way: tests/e2e/test_modelserving_fuzz.py
+    found "1048575.9999999999" accepted by the apiserver and refused here, and "n" suffixes not read)."""
+    assert quantity_bytes(text) == Decimal(expected)
+
+
+def test_a_size_the_apiserver_rounds_up_to_1mi_is_1mi() -> None:
+    assert memory_gib("1048575.9999999999") == 1 / 1024
 
 
 @pytest.mark.parametrize("text", BAD_DIGITS[:-1])
