@@ -95,7 +95,8 @@ class Eviction:
     """One migration step: evict `pod`, a replica of `model` (the packer's `<namespace>/<name>`), from GPU `source`
     so that its replacement takes the free planned slot `target`. `stop_first`: `target` lacks memory for the
     model until someone else leaves. `resize`: a restart in place (source == target) so that the pod runs with
-    its planned memory share (kvsched.controller.shares)."""
+    its planned memory share (kvsched.controller.shares). `stop`: a running replica the plan leaves unplaced stops
+    (source == target) so that the replicas planned on its GPU fit (kvsched.controller.leftovers)."""
 
     model: str
     pod: PodObj
@@ -103,6 +104,7 @@ class Eviction:
     target: GpuId
     stop_first: bool = False
     resize: bool = False
+    stop: bool = False
 
 
 @dataclass(frozen=True)

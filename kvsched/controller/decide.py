@@ -36,6 +36,7 @@ from kvsched.api.records import (
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.holders import holder_changes, holder_uuids
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed, orphaned, running_share
+from kvsched.controller.leftovers import leftovers, stop_steps
 from kvsched.controller.migrations import Blocked, Budget, MigrationState, RunningPod, choose_wave, plan_steps
 from kvsched.controller.headroom import plan_shares, share_bound
 from kvsched.controller.models import ModelEntry, collect_models, model_size_gib
@@ -280,10 +281,14 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
     evictions, surges = _split_wave(migration.wave, entries, config, timestamp_s(now), room)
     by_model = {e.ms.model_name: e for e in entries}
     for eviction in evictions:
-        events.append(Event(ms_target(by_model[eviction.model].ms), "Normal", "Migrating",
-                            f"evicting pod {eviction.pod.name} from GPU {eviction.source} so that its replacement "
-                            + ("runs there with its planned memory share" if eviction.resize
-                               else f"takes GPU {eviction.target}")))
+        if eviction.stop:
+            text = (f"evicting pod {eviction.pod.name}, a replica the plan leaves unplaced, from GPU "
+                    f"{eviction.source} so that the replicas planned there fit")
+        else:
+            text = (f"evicting pod {eviction.pod.name} from GPU {eviction.source} so that its replacement "
+                    + ("runs there with its planned memory share" if eviction.resize
+                       else f"takes GPU {eviction.target}"))
+        events.append(Event(ms_target(by_model[eviction.model].ms), "Normal", "Migrating", text))
     for surge in surges:
         events.append(Event(ms_target(by_model[surge.step.model].ms), "Normal", "Migrating",
                             f"starting a replica for GPU {surge.step.target} before pod {surge.step.pod.name} leaves "
@@ -455,8 +460,9 @@ def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventor
                 placements: Mapping[str, Sequence[Placement]], shares: Mapping[tuple[str, GpuId], float],
                 config: DecisionConfig, blocked: Mapping[ObjectKey, Blocked], clock_s: float, plan: Plan | None,
                 can_bind: Sequence[PodObj], leaving: Collection[ObjectKey] = ()) -> MigrationState:
-    """Restarts for memory shares first (they free what waiting replicas need), then the moves, and the one to
-    start now; `can_bind` (`bindable_pods`) are replacements on their way, waited for before any eviction."""
+    """Stops of running replicas the plan leaves unplaced where the plan needs their memory, and restarts for
+    memory shares first (they free what waiting replicas need), then the moves, and the wave to start now;
+    `can_bind` (`bindable_pods`) are replacements on their way, waited for before any eviction."""
     models = [e.model for e in entries if e.model is not None]
     replica_load = {m.name: m.replica_load for m in models}
     mem = Memory(inside={m.name: m.size_gib + m.overhead_gib for m in models},
@@ -471,6 +477,8 @@ def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventor
     footprint = {m.name: m.footprint_gib for m in models}
     usable = {g.id: g.usable_gib for g in inventory.gpus}
     steps += plan_steps(planned, running, footprint, usable, plan.steps if plan is not None else ())
+    left = leftovers(planned, running, {m.name: m.replicas for m in models}, {s.pod.key for s in steps}, leaving)
+    steps = stop_steps(shares, left, mem, footprint, usable) + steps
     steps = [s for s in steps if s.pod.key not in leaving]  # a make-before-break move in progress
     # Pods of models kvsched no longer plans (inventory.orphaned) are nobody's replacement: not waited for.
     sized = {e.ms.model_name for e in entries if e.size_gib is not None}
@@ -486,10 +494,12 @@ def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, st
     if model in migration.stuck:
         b = migration.stuck[model]
         return b.reason, b.message
-    moves = sum(not s.resize for s in mine)
-    restarts = len(mine) - moves
+    stops = sum(s.stop for s in mine)
+    restarts = sum(s.resize for s in mine)
+    moves = len(mine) - stops - restarts
     moving = "; ".join(part for part in (f"{moves} replica(s) to move" if moves else "",
-                                         f"{restarts} to restart with a new memory share" if restarts else "")
+                                         f"{restarts} to restart with a new memory share" if restarts else "",
+                                         f"{stops} unplaced replica(s) to stop" if stops else "")
                        if part)
     started = [s for s in migration.wave if s.model == model]
     if started:
@@ -500,6 +510,9 @@ def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, st
         if s.resize:
             return "Evicting", (f"{moving}; evicting pod {s.pod.name} so that it restarts on GPU {s.source} "
                                 f"with its planned memory share")
+        if s.stop:
+            return "Evicting", (f"{moving}; evicting pod {s.pod.name} from GPU {s.source}, where the replicas "
+                                f"planned need its memory")
         return "Evicting", f"{moving}; evicting pod {s.pod.name} from GPU {s.source} to free GPU {s.target}"
     why = migration.waits.get(model) or migration.waiting or "another model migrates first"
     return "Waiting", f"{moving}; {why}"
