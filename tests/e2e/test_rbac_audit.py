@@ -45,6 +45,7 @@ from kvsched.api.names import (
     HOLDER_LABEL,
     GROUP,
     MODEL_ANNOTATIONS,
+    MAKE_BEFORE_BREAK_ANNOTATION,
     MODEL_LABEL,
     PLURAL,
     RATE_ANNOTATION,
@@ -316,7 +317,10 @@ def run_scenario(plane: ControlPlane, kube: client.ApiClient, chart: InstalledCh
                                 for n in nodes[:2]])
         apps.create_namespaced_deployment(workload_ns, deployment_manifest(
             "alpha", replicas=1, scheduler_name=DEFAULT_SCHEDULER_NAME,
-            annotations={SIZE_ANNOTATION: "16Gi", RATE_ANNOTATION: "4", SLO_ANNOTATION: "1"}))
+            # Evict-first moves: the cordon below then goes through the Eviction API (a make-before-break move would
+            # surge the Deployment instead: deployments patch and pods patch, which the scenario uses anyway).
+            annotations={SIZE_ANNOTATION: "16Gi", RATE_ANNOTATION: "4", SLO_ANNOTATION: "1",
+                         MAKE_BEFORE_BREAK_ANNOTATION: "false"}))
         # A pod kvsched does not manage goes through its scheduler too (the extender binds it as it is).
         core.create_namespaced_pod(workload_ns, {
             "metadata": {"name": "passthrough"},
