@@ -142,6 +142,8 @@ UNREACHABLE_SCHEDULER: dict[Key, str] = {
            ["pods"], ["delete"]),
     **each("this kube-scheduler patches pod status (conditions, nominated node) and never updates it; the "
            "finalizers grant is for DRA", "", ["pods/status", "pods/finalizers"], ["update"]),
+    **each("pod status is patched only when a pod is found unschedulable (PodScheduled=False) or nominated; "
+           "whether a scenario's pod meets a full GPU first depends on timing", "", ["pods/status"], ["patch"]),
     **each("events go through events.k8s.io (created, then a series patched); core events only as a fallback",
            "", ["events"], ["patch", "update"]),
     **each("as above: never updated; a series is patched only when an event repeats within the scenario",
