@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import dataclass
+from typing import NoReturn
 from pathlib import Path
+
+import pytest
 
 CLUSTER_DIR = Path(__file__).resolve().parent.parent / "cluster"
 VERSIONS_FILE = CLUSTER_DIR / "versions.env"
@@ -83,3 +86,10 @@ def missing_tools(tools: Tools) -> list[str]:
 def prometheus_path() -> Path:
     """Where build.sh caches Prometheus (tests that need it skip, or fail with CI=true, when it is missing)."""
     return cache_root() / f"prometheus-{read_versions()['PROMETHEUS_VERSION']}" / "bin" / "prometheus"
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A tool or build the test needs is missing: fail under CI=true (CI installs everything), skip otherwise."""
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(reason, pytrace=False)
+    pytest.skip(reason)
