@@ -12,8 +12,10 @@ Builds the e2e control plane once (tests/e2e/harness, binaries from `make e2e-to
    here go to GPUs already in use) and a kube-scheduler with the chart's configuration calling its extender; both
    start after the Deployments exist, so the first plan sees the whole world at once and every run starts from
    the same plan (its max KVPR and the lost node's replicas are reported per run to show it);
-3. once every wanted replica is Ready on its slot: the node with the most replicas is deleted, and from that
-   moment it measures, polling the pods, ModelServings, Deployments and kvsched's /metrics every 0.5 s:
+3. once every wanted replica is Ready on its slot: the node with the most replicas is deleted, its pods with it
+   (`--pod-gc bench`, the default: deleted with no grace, as PodGC deletes the pods of a deleted node once its
+   40 s quarantine is over; PodGC's timing, 4-60 s in trials, would otherwise decide when the lost replicas come
+   back; `--pod-gc cluster` leaves them to PodGC), and from that moment it measures, polling the pods, ModelServings, Deployments and kvsched's /metrics every 0.5 s:
    `replan_s` (every status moved off the lost node), `ready_s` (every model has its wanted replicas Ready off
    the lost node), `settled_s` (the plan carried out: every live pod Ready on one of its model's slots, no pod
    pending or stopping off the lost node, no surge open); the steps kvsched decided (`kvsched_replan_steps_total`
@@ -365,6 +367,17 @@ class World:
     def pods(self, namespace: str) -> list[PodView]:
         return [pod_view(p) for p in _items(self.core.list_namespaced_pod(namespace, _preload_content=False))]
 
+    def force_delete_pods(self, namespace: str, node: str) -> None:
+        """Delete the pods of `namespace` bound to `node` with no grace (what PodGC does to the pods of a deleted
+        node once its quarantine is over)."""
+        for p in self.pods(namespace):
+            if p.node == node:
+                try:
+                    self.core.delete_namespaced_pod(p.name, namespace, grace_period_seconds=0)
+                except Exception as e:  # gone already
+                    if getattr(e, "status", None) != 404:
+                        raise
+
     def slots(self, namespace: str) -> dict[str, set[tuple[str, int]]]:
         """Model -> its planned slots (node, GPU) from the ModelServings' status."""
         listed: Any = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL)
@@ -412,7 +425,7 @@ def _wait(predicate: Any, timeout_s: float, what: str) -> float:
 
 
 def one_run(w: World, variant: Variant, run: int, specs: Sequence[ModelSpec], start_delay: str,
-            timeout_s: float, figures: RunFigures) -> None:
+            timeout_s: float, figures: RunFigures, pod_gc: str = "bench") -> None:
     """Build the world, lose a node, measure until settled (see the module docstring); fills `figures` as it
     goes, so a run that fails half way still reports what it measured."""
     from tests.e2e.harness.cluster import ExtenderConfig
@@ -445,6 +458,8 @@ def one_run(w: World, variant: Variant, run: int, specs: Sequence[ModelSpec], st
 
         changed = time.monotonic()
         w.core.delete_node(lost)
+        if pod_gc == "bench":
+            w.force_delete_pods(ns, lost)
         surges: set[tuple[str, str]] = set()
         while time.monotonic() - changed < timeout_s:
             now = time.monotonic() - changed
@@ -502,6 +517,14 @@ def run_line(f: RunFigures) -> str:
             + (f"; ERROR {f.error}" if f.error else ""))
 
 
+def write_report(path: Path, args: argparse.Namespace, runs: Sequence[RunFigures]) -> None:
+    """The arguments, the medians and every run as JSON at `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(jsonable({"args": {k: str(v) for k, v in vars(args).items()},
+                                         "summary": summarise(runs), "runs": [asdict(r) for r in runs]}),
+                               indent=1) + "\n")
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m bench.waves", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -513,6 +536,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--models", type=int, default=160, help="annotated Deployments (160: about 200 replicas)")
     ap.add_argument("--seed", type=int, default=0, help="the world's draw")
     ap.add_argument("--start-delay", default="5s", help="each pod's bind-to-Ready time, a Go duration (default 5s)")
+    ap.add_argument("--pod-gc", choices=("bench", "cluster"), default="bench",
+                    help="who deletes the lost node's pods: the bench, with the node (default; what PodGC does once "
+                    "its 40 s quarantine is over, so the times are kvsched's), or kube-controller-manager's PodGC")
     ap.add_argument("--runs", type=int, default=1, help="runs of every variant (alternating); medians reported")
     ap.add_argument("--timeout-seconds", type=float, default=900.0, help="give up one phase of a run after this")
     ap.add_argument("--json", type=Path, default=None, metavar="PATH", help="every run and the medians as JSON")
@@ -556,10 +582,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 figures = RunFigures(variant.name, run, namespace=f"waves-{run}-{i}")
                 runs.append(figures)
                 try:
-                    one_run(w, variant, run, specs, args.start_delay, args.timeout_seconds, figures)
+                    one_run(w, variant, run, specs, args.start_delay, args.timeout_seconds, figures, args.pod_gc)
                 except Exception as e:  # report what was measured, go on with the next variant
                     figures.error = f"{type(e).__name__}: {e}"
                 print(run_line(figures), flush=True)
+                if args.json is not None:  # after every run: a long run stopped half way keeps what it measured
+                    write_report(args.json, args, runs)
                 try:
                     w.remove(figures.namespace)
                 except Exception as e:
@@ -575,10 +603,7 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"delay {args.start_delay}; medians of {args.runs} run(s); {time.monotonic() - began:.0f} s in all")
     print(format_table(summary))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(jsonable({
-            "args": {k: str(v) for k, v in vars(args).items()}, "summary": summary,
-            "runs": [asdict(r) for r in runs]}), indent=1) + "\n")
+        write_report(args.json, args, runs)
     return 0 if any(not r.error for r in runs) else 1
 
 
