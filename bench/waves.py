@@ -15,7 +15,8 @@ Builds the e2e control plane once (tests/e2e/harness, binaries from `make e2e-to
 3. once every wanted replica is Ready on its slot: the node with the most replicas is deleted, its pods with it
    (`--pod-gc bench`, the default: deleted with no grace, as PodGC deletes the pods of a deleted node once its
    40 s quarantine is over; PodGC's timing, 4-60 s in trials, would otherwise decide when the lost replicas come
-   back; `--pod-gc cluster` leaves them to PodGC), and from that moment it measures, polling the pods, ModelServings, Deployments and kvsched's /metrics every 0.5 s:
+   back; `--pod-gc cluster` leaves them to PodGC), and from that moment it measures, polling the pods,
+   ModelServings, Deployments and kvsched's /metrics every 0.5 s:
    `replan_s` (every status moved off the lost node), `ready_s` (every model has its wanted replicas Ready off
    the lost node), `settled_s` (the plan carried out: every live pod Ready on one of its model's slots, no pod
    pending or stopping off the lost node, no surge open); the steps kvsched decided (`kvsched_replan_steps_total`
@@ -27,9 +28,10 @@ Builds the e2e control plane once (tests/e2e/harness, binaries from `make e2e-to
    until the namespace's pods are gone.
 
 Variants alternate within a run, so a slow minute of the machine (2 cores shared) hits all of them; `--runs N`
-reports medians. The time of a chain of steps scales with the start delay: one at a time it is about
-steps x (delay + ~2 s of eviction, scheduling and the controller's round), with waves about
-steps / min(budget, nodes the steps land on) x the same.
+reports medians. The time scales with the start delay: one at a time it is about steps x (the start-ups a step
+waits for x delay + ~1 s of eviction, scheduling and the controller's round); after the default world's node loss
+a step is a restart in place and then the lost replica on the memory it frees, 2 start-ups (10.8 s a step with
+5 s). A budget of C divides that by at most C (docs/controller.md, "Figures", has the measured ratios).
 Run it under the e2e lock (it starts a control plane), from the worktree root:
 
     flock /tmp/kvsched-e2e.lock .venv/bin/python -m bench.waves --budgets 1,4,8 [--runs 1] [--json PATH]
