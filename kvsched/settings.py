@@ -191,6 +191,19 @@ class ControllerSettings:
     every move evicts first. A Deployment annotated `kvsched.io/make-before-break: "false"` (one whose replicas
     an autoscaler owns) is always moved evict-first."""
 
+    pod_disruption_budget: bool = False
+    """Give every managed model a PodDisruptionBudget that the controller keeps (`kvsched-<model>`, selecting the
+    model's pods by `kvsched.io/model`, owned by its ModelServing), so that kubectl drain, the cluster autoscaler
+    and kvsched's own evictions leave each model its replicas but `pod_disruption_budget_max_unavailable`. A
+    Deployment annotated `kvsched.io/pod-disruption-budget: "true"`/`"false"` overrides it for its model; a model
+    whose pods a PDB of someone else's already selects gets none (an eviction refuses a pod two PDBs select). Off
+    by default: a PDB also holds back node drains, which the cluster's operators should choose."""
+
+    pod_disruption_budget_max_unavailable: int = 1
+    """`spec.maxUnavailable` of the PDBs above: replicas of one model that voluntary disruptions may take at once. 1
+    is what kvsched's moves need (one replica of a model restarts at a time) and leaves a one-replica model
+    evictable, so a cycle's stop-first step and a drain are not blocked for ever."""
+
     node_not_ready_grace_s: float = 300.0
     """Seconds a node that stopped being Ready (its Ready condition False or Unknown since then) keeps its GPUs in the
     plan: a flap shorter than that re-plans nothing and moves nobody. 300 s is the default `tolerationSeconds` of
@@ -327,6 +340,7 @@ BOUNDS: dict[str, Bound] = {
     "max_migrations": Bound(0),
     "max_restarting": Bound(1),
     "max_restarting_per_node": Bound(1),
+    "pod_disruption_budget_max_unavailable": Bound(1),
     "time_budget_s": Bound(0),              # 0: the first plan found, no search
     "debounce_s": Bound(0, 60),
     "lease_duration_s": Bound(0, strict=True),

@@ -50,6 +50,15 @@ MAKE_BEFORE_BREAK_ANNOTATION = "kvsched.io/make-before-break"  # "false" on a De
 POD_DELETION_COST_ANNOTATION = "controller.kubernetes.io/pod-deletion-cost"
 SURGE_DELETION_COST = "-1000"  # the old pod's cost: below every default (0), so the ReplicaSet deletes it first
 
+# Per-model PodDisruptionBudgets (docs/controller.md, "PodDisruptionBudgets"): with `--pod-disruption-budget` (or
+# PDB_ANNOTATION "true" on a model's Deployment; "false" opts one out) the controller keeps one PDB per model,
+# named PDB_PREFIX + the ModelServing's name, selecting the model's pods by MODEL_LABEL and owned by the
+# ModelServing. It touches only PDBs labelled MANAGED_BY_LABEL=MANAGED_BY_VALUE.
+PDB_ANNOTATION = "kvsched.io/pod-disruption-budget"
+PDB_PREFIX = "kvsched-"
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "kvsched"
+
 # ModelServing spec fields of a model's memory: its weights and (optional) its engine's overhead, quantities.
 MODEL_SIZE_FIELD = "modelSize"
 ENGINE_OVERHEAD_FIELD = "engineOverhead"

@@ -1,4 +1,5 @@
-"""The controller's view of the cluster: plain frozen snapshots of Nodes, Pods, Deployments and ModelServings.
+"""The controller's view of the cluster: plain frozen snapshots of Nodes, Pods, Deployments, ModelServings and
+PodDisruptionBudgets.
 
 The readers in kvsched.api.readers build these from API objects (camelCase dicts); the unit tests build them by hand. They
 carry the raw strings people wrote (annotations, labels, spec values): giving them meaning, and rejecting what has
@@ -128,6 +129,29 @@ class ModelServingObj:
 
 
 @dataclass(frozen=True)
+class PdbObj:
+    """A policy/v1 PodDisruptionBudget: its labels, controlling owner, and spec values as written (`selector`: the
+    label selector as a dict, None when it has none, which selects no pod; `max_unavailable`/`min_available`: an
+    int or a percentage string, None when unset; `unhealthy_policy`: `unhealthyPodEvictionPolicy`, None when the
+    stored object has none, e.g. an apiserver that does not know the field)."""
+
+    namespace: str
+    name: str
+    uid: str = ""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    owner: OwnerRef | None = None
+    selector: Mapping[str, Any] | None = None
+    max_unavailable: int | str | None = None
+    min_available: int | str | None = None
+    unhealthy_policy: str | None = None
+    deleting: bool = False
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey(self.namespace, self.name)
+
+
+@dataclass(frozen=True)
 class World:
     """One consistent snapshot of everything the controller decides from."""
 
@@ -135,3 +159,4 @@ class World:
     pods: tuple[PodObj, ...] = ()
     deployments: tuple[DeploymentObj, ...] = ()
     model_servings: tuple[ModelServingObj, ...] = ()
+    pdbs: tuple[PdbObj, ...] = ()  # PodDisruptionBudgets (kvsched.controller.pdb)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from kvsched.api.names import GPU_RESOURCE
-from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, OwnerRef, PodObj
+from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, OwnerRef, PdbObj, PodObj
 from kvsched.units import UnitError, whole_number
 
 Obj = Mapping[str, Any]
@@ -124,3 +124,24 @@ def read_model_serving(obj: Obj) -> ModelServingObj:
                            generation=generation if isinstance(generation, int) else 1,
                            spec=_map(obj.get("spec")), status=_map(obj.get("status")),
                            owner=controller_owner(meta))
+
+
+def _int_or_str(value: object) -> int | str | None:
+    """An IntOrString value as written (a bool or another type reads as unset)."""
+    if isinstance(value, bool):
+        return None
+    return value if isinstance(value, (int, str)) else None
+
+
+def read_pdb(obj: Obj) -> PdbObj:
+    """A PodDisruptionBudget (policy/v1): a selector that is not a mapping reads as none (selects no pod)."""
+    meta, spec = _meta(obj), _map(obj.get("spec"))
+    selector = spec.get("selector")
+    policy = spec.get("unhealthyPodEvictionPolicy")
+    return PdbObj(namespace=str(meta.get("namespace", "")), name=str(meta.get("name", "")),
+                  uid=str(meta.get("uid", "")), labels=_str_map(meta.get("labels")),
+                  owner=controller_owner(meta), selector=dict(selector) if isinstance(selector, dict) else None,
+                  max_unavailable=_int_or_str(spec.get("maxUnavailable")),
+                  min_available=_int_or_str(spec.get("minAvailable")),
+                  unhealthy_policy=str(policy) if isinstance(policy, str) else None,
+                  deleting=bool(meta.get("deletionTimestamp")))

@@ -91,6 +91,18 @@ class HolderChange:
 
 
 @dataclass(frozen=True)
+class PdbChange:
+    """Create a model's PodDisruptionBudget (`body`: the whole object), patch kvsched's own (`body`: a JSON merge
+    patch) or delete it (`uid`: a precondition, so that a PDB recreated under that name by someone else is not
+    deleted by mistake). kvsched.controller.pdb decides them."""
+
+    action: str  # "create" | "patch" | "delete"
+    key: ObjectKey
+    body: Mapping[str, Any] | None = None
+    uid: str = ""
+
+
+@dataclass(frozen=True)
 class Eviction:
     """One migration step: evict `pod`, a replica of `model` (the packer's `<namespace>/<name>`), from GPU `source`
     so that its replacement takes the free planned slot `target`. `stop_first`: `target` lacks memory for the

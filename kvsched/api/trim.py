@@ -14,7 +14,8 @@ read(obj)` (tests/api/test_trim.py checks it on realistic objects and on arbitra
 - Deployment: `spec.replicas`, `spec.strategy` and of the pod template what kvsched.controller.template compares
   and patches: its labels, `schedulerName`, `runtimeClassName`, the required node affinity's terms, and each named
   container's name and its kvsched env entries (`NVIDIA_VISIBLE_DEVICES`, `KVSCHED_GPU_MEMORY_FRACTION`);
-- ModelServing: spec and status whole (small, and both are kvsched's own).
+- ModelServing: spec and status whole (small, and both are kvsched's own);
+- PodDisruptionBudget: `spec.selector`, `maxUnavailable`, `minAvailable`, `unhealthyPodEvictionPolicy` (no status).
 
 A trim keeps the shape the readers tolerate: a part of the wrong JSON type is dropped, which reads as absent,
 exactly as the wrong type reads. Pure; never raises on any JSON object; the result shares no mutable part with
@@ -184,4 +185,14 @@ def trim_model_serving(obj: Obj) -> Obj:
     """A ModelServing: metadata trimmed, spec and status whole."""
     out = trim_metadata(obj)
     out.update(_pick(obj, ("spec", "status")))
+    return out
+
+
+def trim_pdb(obj: Obj) -> Obj:
+    """A PodDisruptionBudget with what readers.read_pdb reads: metadata trimmed, the spec's selector, budget and
+    unhealthy-pod policy (no status)."""
+    out = trim_metadata(obj)
+    spec = obj.get("spec")
+    if isinstance(spec, dict):
+        out["spec"] = _pick(spec, ("selector", "maxUnavailable", "minAvailable", "unhealthyPodEvictionPolicy"))
     return out

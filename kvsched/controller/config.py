@@ -38,6 +38,8 @@ class DecisionConfig:
     `max_restarting` / `max_restarting_per_node`: the disruption budget of a wave of migration steps
     (kvsched.controller.migrations): pods restarting at once cluster-wide / starting at once on one node.
     `make_before_break`: moves with room start the replacement first (kvsched.controller.surge).
+    `pod_disruption_budget`: give each managed model a PodDisruptionBudget with `maxUnavailable:
+    pod_disruption_budget_max_unavailable` (kvsched.controller.pdb; a Deployment's annotation overrides it).
 
     Every default is `ControllerSettings`' (5 s budget, 0.05 stability, no migration cap), so
     `decision_config(ControllerSettings()) == DecisionConfig()`. `PackOptions` keeps its own defaults (a 30 s
@@ -63,6 +65,8 @@ class DecisionConfig:
     max_restarting: int = _SETTINGS.max_restarting
     max_restarting_per_node: int = _SETTINGS.max_restarting_per_node
     make_before_break: bool = _SETTINGS.make_before_break
+    pod_disruption_budget: bool = _SETTINGS.pod_disruption_budget
+    pod_disruption_budget_max_unavailable: int = _SETTINGS.pod_disruption_budget_max_unavailable
 
     def headroom(self) -> Headroom:
         """The three memory headroom figures together (what the extender's slot rule is given too)."""

@@ -3,7 +3,7 @@
     world -> models (ModelServings, annotated Deployments) + inventory (Nodes, unmanaged GPU pods)
           -> current slots (running managed pods, then the planned slots of replicas not running yet)
           -> planner (kvsched.packer.solve)
-          -> statuses, template patches, owned ModelServings, a wave of evictions, events
+          -> statuses, template patches, owned ModelServings, a wave of evictions, PodDisruptionBudgets, events
 
 Only what differs from the world is returned: a status equal to the one stored (but for timestamps) is not
 written, a template already as needed is not patched, so an unchanged world yields no write. Bad input on one
@@ -29,6 +29,7 @@ from kvsched.api.records import (
     Eviction,
     HolderChange,
     OwnedChange,
+    PdbChange,
     PodNudge,
     StatusWrite,
     Surge,
@@ -37,6 +38,7 @@ from kvsched.controller.config import DecisionConfig
 from kvsched.controller.holders import holder_changes, holder_uuids
 from kvsched.controller.inventory import Inventory, build_inventory, held_gpu, is_managed, orphaned, running_share
 from kvsched.controller.leftovers import leftovers, stop_steps
+from kvsched.controller.pdb import PdbModel, pdb_changes
 from kvsched.controller.migrations import Blocked, Budget, MigrationState, RunningPod, choose_wave, plan_steps
 from kvsched.controller.headroom import plan_shares, share_bound
 from kvsched.controller.models import ModelEntry, collect_models, model_size_gib
@@ -91,6 +93,7 @@ class Decision:
     restarting: int = 0  # managed pods restarting now (stopping or starting; the disruption budget's count)
     surges: tuple[Surge, ...] = ()  # make-before-break moves to start now (kvsched.controller.surge)
     surge_expiry_s: float | None = None  # when the earliest surge in force is undone if unfinished (epoch s)
+    pdbs: tuple[PdbChange, ...] = ()  # PodDisruptionBudgets to create, patch, delete (kvsched.controller.pdb)
 
     @property
     def eviction(self) -> Eviction | None:
@@ -109,7 +112,8 @@ class Decision:
     def writes(self) -> int:
         """API writes this decision asks for (events not counted)."""
         return (len(self.statuses) + len(self.deployment_patches) + len(self.owned_changes)
-                + len(self.nudges) + len(self.holders) + len(self.evictions) + 2 * len(self.surges))
+                + len(self.nudges) + len(self.holders) + len(self.evictions) + 2 * len(self.surges)
+                + len(self.pdbs))
 
 
 def ms_target(ms: ModelServingObj) -> EventTarget:
@@ -306,12 +310,21 @@ def decide(world: World, config: DecisionConfig, planner: Planner, *, now: str, 
             events.append(Event(deployment_target(dep), "Warning", "SurgeUndone",
                                 f"the replacement of pod {end.pod} was not Ready within {timeout:.0f}s: scaled "
                                 f"back; its move will evict pod {end.pod} first"))
+    pdbs, pdb_problems = pdb_changes([PdbModel(e.ms, e.deployment) for e in entries], world.pdbs, world.pods,
+                                     config)
+    for pdb_problem in pdb_problems:
+        if pdb_problem.kind == "Deployment":
+            dep = next(d for d in world.deployments if d.key == pdb_problem.key)
+            target = deployment_target(dep)
+        else:
+            target = ms_target(next(e.ms for e in entries if e.ms.key == pdb_problem.key))
+        events.append(Event(target, pdb_problem.type, pdb_problem.reason, pdb_problem.message))
     expiry = next_expiry([h for hs in held.values() for h in hs], gate) if gate is not None else None
     return Decision(plan, tuple(statuses), tuple(patches), model_set.owned_changes, evictions, tuple(events),
                     _nudges(can_bind, slots_by_model, held, gate), dict(states), migration.steps,
                     migration.waiting, inventory, expiry, len(ungated) - len(can_bind), shares,
                     holder_changes(_held_or_planned(world, placements, config), world.pods, config),
-                    migration.restarting, surges, surge_expiry_s(world.deployments, timeout))
+                    migration.restarting, surges, surge_expiry_s(world.deployments, timeout), pdbs)
 
 
 def _room_now(entries: Sequence[ModelEntry], inventory: Inventory, running: Sequence[RunningPod],

@@ -3,7 +3,9 @@
 
 Grammar (the one kubectl accepts): comma-separated requirements, each `key=value`, `key==value`, `key!=value`,
 `key` (exists), `!key` (does not exist), `key in (a,b)` or `key notin (a,b)`. The empty string selects everything.
-Called by: kvsched.controller.inventory (which nodes kvsched may use) and kvsched.controller.template (affinity).
+`label_selector` reads an API object's label selector (a PodDisruptionBudget's) into the same Selector.
+Called by: kvsched.controller.inventory (which nodes kvsched may use), kvsched.controller.template (affinity),
+kvsched.controller.pdb (which pods a PodDisruptionBudget selects).
 """
 
 from __future__ import annotations
@@ -74,6 +76,27 @@ def _split(text: str) -> list[str]:
             current += ch
     parts.append(current)
     return parts
+
+
+def label_selector(selector: Mapping[str, Any] | None) -> Selector | None:
+    """A metav1.LabelSelector (camelCase dict: `matchLabels`, `matchExpressions`) as a Selector; None when it
+    selects nothing: no selector (policy/v1 PodDisruptionBudgets select no pod then) or a part that does not read
+    (an unknown operator, a value that is not a string; the apiserver refuses those). `{}` selects every label
+    set. O(requirements)."""
+    if selector is None:
+        return None
+    labels, expressions = selector.get("matchLabels") or {}, selector.get("matchExpressions") or []
+    if not isinstance(labels, Mapping) or not isinstance(expressions, list):
+        return None
+    requirements = [Requirement(str(k), "In", (str(v),)) for k, v in sorted(labels.items())]
+    for e in expressions:
+        if not isinstance(e, Mapping) or e.get("operator") not in ("In", "NotIn", "Exists", "DoesNotExist"):
+            return None
+        values = e.get("values") or []
+        if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+            return None
+        requirements.append(Requirement(str(e.get("key", "")), str(e["operator"]), tuple(values)))
+    return Selector(tuple(requirements))
 
 
 def parse_selector(text: str) -> Selector:

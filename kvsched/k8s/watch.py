@@ -44,7 +44,7 @@ from typing import Any, Protocol
 from kubernetes import client
 
 from kvsched.api.names import GROUP, LIVE_PODS_FIELD_SELECTOR, PLURAL, VERSION
-from kvsched.api.trim import Trim, trim_deployment, trim_model_serving, trim_node, trim_pod
+from kvsched.api.trim import Trim, trim_deployment, trim_model_serving, trim_node, trim_pdb, trim_pod
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,7 @@ PODS = Resource("", "v1", "pods", trim=trim_pod)
 NODES = Resource("", "v1", "nodes", trim=trim_node)
 DEPLOYMENTS = Resource("apps", "v1", "deployments", trim=trim_deployment)
 MODELSERVINGS = Resource(GROUP, VERSION, PLURAL, trim=trim_model_serving)
+PDBS = Resource("policy", "v1", "poddisruptionbudgets", trim=trim_pdb)
 # Pods that can hold a GPU (both processes watch these: Succeeded and Failed pods hold nothing).
 LIVE_PODS = Resource("", "v1", "pods", field_selector=LIVE_PODS_FIELD_SELECTOR, trim=trim_pod)
 

@@ -4,6 +4,7 @@
 - Deployment template/strategy (strategic merge patch: containers and env merge by name);
 - ModelServing create (with the ownerReference the decision built), spec patch, delete;
 - GPU holder pods (kvsched.controller.holders): create, delete (with the uid as a precondition);
+- kvsched's PodDisruptionBudgets (kvsched.controller.pdb): create, merge patch, delete (with the uid as a precondition);
 - Eviction (policy/v1, so PodDisruptionBudgets hold: 429 means "not now");
 - Events (core/v1, what `kubectl describe` shows), reported by `kvsched-controller`.
 Called by: kvsched.runtime.loop through `ApiWriter`.
@@ -18,7 +19,7 @@ from kubernetes import client
 
 from kvsched.api.names import GROUP, PLURAL, VERSION
 from kvsched.api.objects import ObjectKey
-from kvsched.api.records import Event, EvictionRefused, HolderChange, OwnedChange, utc_now
+from kvsched.api.records import Event, EvictionRefused, HolderChange, OwnedChange, PdbChange, utc_now
 from kvsched.k8s.rest import MERGE_PATCH, STRATEGIC_MERGE_PATCH, ApiError, call
 
 COMPONENT = "kvsched-controller"
@@ -107,6 +108,27 @@ class ApiWriter:
                  {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": uid}})
             raise ApiError(409, "AlreadyExists", f"holder pod {change.key} had finished; deleted, to be recreated")
         return existing
+
+    def pdb_change(self, change: PdbChange) -> dict[str, Any]:
+        """Create, patch or delete one of kvsched's PodDisruptionBudgets. A delete that finds it gone, or another
+        object of that name now (409: the uid precondition failed), is done; a create that finds one of that name
+        (409) is done too: the watch shows whose it is, and the next decision patches it or leaves it alone."""
+        path = f"/apis/policy/v1/namespaces/{change.key.namespace}/poddisruptionbudgets"
+        try:
+            if change.action == "create":
+                return self._call("POST", path, dict(change.body or {}))
+            if change.action == "patch":
+                return self._call("PATCH", f"{path}/{change.key.name}", dict(change.body or {}),
+                                  content_type=MERGE_PATCH)
+            body = {"apiVersion": "v1", "kind": "DeleteOptions", "preconditions": {"uid": change.uid}} \
+                if change.uid else None
+            self._call("DELETE", f"{path}/{change.key.name}", body)
+            return {}
+        except ApiError as e:
+            if (change.action == "delete" and e.status in (404, 409)) or \
+                    (change.action == "create" and e.status == 409):
+                return {}
+            raise
 
     def evict(self, pod: ObjectKey) -> None:
         """Evict a pod through policy/v1. A pod already gone is fine; a refusal raises EvictionRefused."""

@@ -1,6 +1,6 @@
 """`kvsched controller`: informers -> Reconciler -> ApiWriter, leader election, and the health server.
 
-Threads: one per informer (Nodes, Pods, Deployments, ModelServings, and the GPU holder pods of `--holder-namespace`
+Threads: one per informer (Nodes, Pods, Deployments, ModelServings, PodDisruptionBudgets, and the GPU holder pods of `--holder-namespace`
 when `--namespace` watches another; under `kvsched serve` the informers of pods, nodes and ModelServings are shared
 with the extender: kvsched.runtime.feeds), the leader elector, the health server,
 and the reconcile loop on the calling thread. SIGTERM/SIGINT stop everything; the leader releases its Lease.
@@ -27,8 +27,8 @@ from kvsched.runtime.loop import Reconciler
 from kvsched.controller.selector import parse_selector
 from kvsched.k8s.client import api_client
 from kvsched.k8s.leader import LeaseElector
-from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pod
-from kvsched.k8s.watch import DELETED, DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, Informer, Obj
+from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pdb, read_pod
+from kvsched.k8s.watch import DELETED, DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, PDBS, Informer, Obj
 from kvsched.k8s.writers import ApiWriter
 from kvsched.metrics import Metrics
 from kvsched.packer import Plan, solve
@@ -57,7 +57,9 @@ def decision_config(settings: ControllerSettings) -> DecisionConfig:
                           holder_service_account=settings.holder_service_account,
                           max_restarting=settings.max_restarting,
                           max_restarting_per_node=settings.max_restarting_per_node,
-                          make_before_break=settings.make_before_break)
+                          make_before_break=settings.make_before_break,
+                          pod_disruption_budget=settings.pod_disruption_budget,
+                          pod_disruption_budget_max_unavailable=settings.pod_disruption_budget_max_unavailable)
 
 
 def identity() -> str:
@@ -168,7 +170,8 @@ class Controller:
 
 
 def controller_feeds(settings: ControllerSettings, reconciler: Reconciler) -> list[Feed]:
-    """What the controller watches: Nodes, and live Pods, Deployments and ModelServings of `--namespace` (all
+    """What the controller watches: Nodes, and live Pods, Deployments, ModelServings and PodDisruptionBudgets of
+    `--namespace` (all
     namespaces when unset), plus the GPU holder pods of `--holder-namespace` when that is another namespace."""
 
     def handler(read: Callable[[Obj], Any], observe: Callable[..., None]) -> Callable[[str, Obj], None]:
@@ -182,6 +185,9 @@ def controller_feeds(settings: ControllerSettings, reconciler: Reconciler) -> li
         Feed(replace(LIVE_PODS, namespace=scope), handler(read_pod, reconciler.observe_pod)),
         Feed(replace(DEPLOYMENTS, namespace=scope), handler(read_deployment, reconciler.observe_deployment)),
         Feed(replace(MODELSERVINGS, namespace=scope), handler(read_model_serving, reconciler.observe_model_serving)),
+        # PodDisruptionBudgets: kvsched's per-model ones and users' (kvsched.controller.pdb); watched whether or not
+        # the option is on, so that turning it off deletes kvsched's, and a Deployment's annotation can ask for one.
+        Feed(replace(PDBS, namespace=scope), handler(read_pdb, reconciler.observe_pdb)),
     ]
     if settings.gpu_holders and scope is not None and scope != settings.holder_namespace:
         # GPU holder pods live in kvsched's own namespace, outside the one watched.

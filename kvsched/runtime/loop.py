@@ -45,8 +45,8 @@ from kvsched.api.names import (
     SURGE_ANNOTATION,
     SURGE_DELETION_COST,
 )
-from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, PodObj, World
-from kvsched.api.records import Event, Eviction, HolderChange, OwnedChange, Surge, utc_now
+from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, PdbObj, PodObj, World
+from kvsched.api.records import Event, Eviction, HolderChange, OwnedChange, PdbChange, Surge, utc_now
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.decide import Decision, decide
 from kvsched.controller.holders import holder_uuids, is_holder
@@ -81,6 +81,8 @@ class Writer(Protocol):
     def annotate_pod(self, pod: ObjectKey, annotations: Mapping[str, str]) -> Any: ...
 
     def holder_change(self, change: HolderChange) -> Any: ...
+
+    def pdb_change(self, change: PdbChange) -> Any: ...
 
     def event(self, event: Event) -> None: ...
 
@@ -139,6 +141,7 @@ class Reconciler:
         self._pods: dict[ObjectKey, PodObj] = {}
         self._deployments: dict[ObjectKey, DeploymentObj] = {}
         self._servings: dict[ObjectKey, ModelServingObj] = {}
+        self._pdbs: dict[ObjectKey, PdbObj] = {}
         self._wake = threading.Event()
         self._last_change = 0.0
         self._last_model_change = -math.inf
@@ -203,6 +206,15 @@ class Reconciler:
                 self._last_model_change = self.clock()
             self._changed("modelserving", ms.key)
 
+    def observe_pdb(self, pdb: PdbObj, deleted: bool = False) -> None:
+        """A PodDisruptionBudget: kvsched's own (kvsched.controller.pdb) and users' (a model they cover gets none)."""
+        with self._lock:
+            if deleted:
+                self._pdbs.pop(pdb.key, None)
+            else:
+                self._pdbs[pdb.key] = pdb
+            self._changed("pdb", pdb.key)
+
     def set_synced(self, synced: bool) -> None:
         self.synced = synced
         self.metrics.cache_synced.set(1 if synced else 0)
@@ -216,7 +228,8 @@ class Reconciler:
     def world(self) -> World:
         with self._lock:
             return World(tuple(self._nodes.values()), tuple(self._pods.values()),
-                         tuple(self._deployments.values()), tuple(self._servings.values()))
+                         tuple(self._deployments.values()), tuple(self._servings.values()),
+                         tuple(self._pdbs.values()))
 
     # -- the loop -----------------------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
@@ -342,6 +355,7 @@ class Reconciler:
         jobs += [("owned", c.key, c) for c in decision.owned_changes]
         jobs += [("deployment", p.key, p.patch) for p in decision.deployment_patches]
         jobs += [("holder", h.key, h) for h in decision.holders]
+        jobs += [("pdb", c.key, c) for c in decision.pdbs]
         # After the statuses: a nudged pod is retried by the scheduler at once, and must find its slot planned.
         nudges: list[tuple[str, ObjectKey, Any]] = [("pod", n.pod, {PLANNED_SLOTS_ANNOTATION: n.digest})
                                                     for n in decision.nudges]
@@ -369,7 +383,7 @@ class Reconciler:
     def _write(self, kind: str, key: ObjectKey, payload: Any, report: RoundReport) -> None:
         text = json.dumps(payload, sort_keys=True, default=str)
         seen_kind = {"status": "modelserving", "owned": "modelserving", "deployment": "deployment",
-                     "pod": "pod", "holder": "pod"}[kind]
+                     "pod": "pod", "holder": "pod", "pdb": "pdb"}[kind]
         previous = self._inflight.get((seen_kind, key))
         if previous is not None and previous[0] == text and self.clock() - previous[1] < _INFLIGHT_TTL_S:
             return
@@ -382,6 +396,8 @@ class Reconciler:
                 self.writer.annotate_pod(key, payload)
             elif kind == "holder":
                 self.writer.holder_change(payload)
+            elif kind == "pdb":
+                self.writer.pdb_change(payload)
             else:
                 self.writer.patch_deployment(key, payload)
         except Exception as e:

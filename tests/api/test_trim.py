@@ -12,9 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvsched.api.objects import DeploymentObj
-from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pod
+from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pdb, read_pod
 from kvsched.api.trim import (
-    LAST_APPLIED_ANNOTATION, trim_deployment, trim_metadata, trim_model_serving, trim_node, trim_pod,
+    LAST_APPLIED_ANNOTATION, trim_deployment, trim_metadata, trim_model_serving, trim_node, trim_pdb, trim_pod,
 )
 from kvsched.controller.config import DecisionConfig
 from kvsched.controller.template import template_patch
@@ -165,6 +165,36 @@ def test_a_trimmed_model_serving_reads_as_the_whole_one() -> None:
     assert read_model_serving(trim_model_serving(obj)) == read_model_serving(obj)
 
 
+def full_pdb(**spec: Any) -> Obj:
+    """A PodDisruptionBudget as the apiserver serves it: managed fields, status, and `spec`."""
+    return {
+        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+        "metadata": {"name": "kvsched-m", "namespace": "ns", "uid": "u1", "resourceVersion": "42",
+                     "generation": 2, "creationTimestamp": TS, "managedFields": MANAGED_FIELDS,
+                     "labels": {"app.kubernetes.io/managed-by": "kvsched", "kvsched.io/model": "m"},
+                     "annotations": {LAST_APPLIED_ANNOTATION: json.dumps({"spec": spec})},
+                     "ownerReferences": [{"apiVersion": "kvsched.io/v1alpha1", "kind": "ModelServing",
+                                          "name": "m", "uid": "ms-uid", "controller": True}]},
+        "spec": spec,
+        "status": {"currentHealthy": 2, "desiredHealthy": 1, "disruptionsAllowed": 1, "expectedPods": 2,
+                   "observedGeneration": 2, "disruptedPods": {f"m-{i}": TS for i in range(20)},
+                   "conditions": [{"type": "DisruptionAllowed", "status": "True", "reason": "SufficientPods",
+                                   "lastTransitionTime": TS, "message": ""}]},
+    }
+
+
+@pytest.mark.parametrize("obj", [
+    pytest.param(full_pdb(selector={"matchLabels": {"kvsched.io/model": "m"}}, maxUnavailable=1,
+                          unhealthyPodEvictionPolicy="AlwaysAllow"), id="kvsched's"),
+    pytest.param(full_pdb(selector={"matchExpressions": [{"key": "app", "operator": "In", "values": ["a"]}]},
+                          minAvailable="50%"), id="a user's, by expression and percentage"),
+    pytest.param(full_pdb(maxUnavailable=0), id="no selector"),
+])
+def test_a_trimmed_pdb_reads_as_the_whole_one(obj: Obj) -> None:
+    assert read_pdb(trim_pdb(obj)) == read_pdb(obj)
+    assert "status" not in trim_pdb(obj) and "managedFields" not in trim_pdb(obj)["metadata"]
+
+
 def _deployment_record(d: DeploymentObj) -> tuple[Any, ...]:
     return d.namespace, d.name, d.uid, dict(without_last_applied(d).annotations), d.replicas, dict(d.strategy)
 
@@ -217,7 +247,8 @@ KEYS = ["metadata", "spec", "status", "labels", "annotations", "containers", "in
         "name", "valueFrom", "capacity", "allocatable", "replicas", "strategy", "affinity", "nodeAffinity",
         "requiredDuringSchedulingIgnoredDuringExecution", "nodeSelectorTerms", "schedulerName", "generation",
         "ownerReferences", "controller", "deletionTimestamp", "phase", "lastTransitionTime", "Ready",
-        "PodScheduled", "True", "NVIDIA_VISIBLE_DEVICES"]
+        "PodScheduled", "True", "NVIDIA_VISIBLE_DEVICES", "selector", "matchLabels", "matchExpressions",
+        "maxUnavailable", "minAvailable", "unhealthyPodEvictionPolicy"]
 SHAPED = st.recursive(st.none() | st.booleans() | st.integers(0, 3) | st.sampled_from(KEYS),
                       lambda children: st.lists(children, max_size=3)
                       | st.dictionaries(st.sampled_from(KEYS), children, max_size=4), max_leaves=30)
@@ -230,6 +261,7 @@ def test_on_arbitrary_json_trims_never_raise_and_read_the_same(obj: Obj) -> None
     assert read_pod(trim_pod(obj)) == without_last_applied(read_pod(obj))
     assert read_node(trim_node(obj)) == read_node(obj)
     assert read_model_serving(trim_model_serving(obj)) == read_model_serving(obj)
+    assert read_pdb(trim_pdb(obj)) == read_pdb(obj)
     whole, trimmed = read_deployment(obj), read_deployment(trim_deployment(obj))
     assert _deployment_record(trimmed) == _deployment_record(whole)
     assert template_patch(trimmed, "m", TERMS, DecisionConfig()) == template_patch(whole, "m", TERMS,

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from hack.chart import CHART_DIR, Helm, RenderFailed, documents, stale_manifests
-from kvsched.k8s.watch import DEPLOYMENTS, MODELSERVINGS, NODES, PODS, Resource
+from kvsched.k8s.watch import DEPLOYMENTS, MODELSERVINGS, NODES, PDBS, PODS, Resource
 
 NON_DEFAULT_VALUES: dict[str, Any] = {
     "replicas": 3,
@@ -22,6 +22,7 @@ NON_DEFAULT_VALUES: dict[str, Any] = {
     "maxRestarting": 8,
     "maxRestartingPerNode": 2,
     "makeBeforeBreak": False,
+    "modelPodDisruptionBudget": {"enabled": True, "maxUnavailable": 2},
     "metricsPort": 9100,
     "extenderPort": 9999,
     "leaderElection": {"namespace": "kube-system"},
@@ -164,6 +165,12 @@ def test_pod_disruption_budget_only_with_several_replicas(helm: Helm, replicas: 
                  id="added capability"),
     pytest.param({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot", id="root allowed"),
     pytest.param({"admissionPolicy": {"enabled": "yes"}}, "enabled", id="admission policy switch not a boolean"),
+    pytest.param({"modelPodDisruptionBudget": {"maxUnavailable": 0}}, "maxUnavailable",
+                 id="a model budget that allows no eviction"),
+    pytest.param({"modelPodDisruptionBudget": {"maxUnavailable": "25%"}}, "maxUnavailable",
+                 id="a model budget as a percentage"),
+    pytest.param({"modelPodDisruptionBudget": {"enabled": "true"}}, "enabled", id="model budget switch a string"),
+    pytest.param({"modelPodDisruptionBudget": {"minAvailable": 1}}, "minAvailable", id="model budget: unknown key"),
 ])
 def test_schema_rejects_bad_values(helm: Helm, values: dict[str, Any], field: str) -> None:
     with pytest.raises(RenderFailed) as failed:
@@ -225,6 +232,7 @@ def test_scheduler_leader_election_follows_values(helm: Helm) -> None:
     pytest.param(None, ["serve", "--scheduler-name=kvsched", "--runtime-class-name=nvidia",
                         "--stability-threshold=0.05", "--max-migrations=4", "--max-restarting=4",
                         "--max-restarting-per-node=1", "--make-before-break=true",
+                        "--pod-disruption-budget=false", "--pod-disruption-budget-max-unavailable=1",
                         "--time-budget-seconds=5", "--start-timeout-seconds=300",
                         "--node-not-ready-grace-seconds=300", "--gpu-memory-reserve-gib=1Gi",
                         "--engine-overhead-gib=3Gi", "--engine-context-gib=512Mi", "--log-level=info", "--metrics-port=8080", "--host=127.0.0.1", "--port=8888", "--leader-election=true",
@@ -236,6 +244,7 @@ def test_scheduler_leader_election_follows_values(helm: Helm) -> None:
                                       "--runtime-class-name=nvidia-cdi", "--stability-threshold=0.1",
                                       "--max-migrations=0", "--max-restarting=8",
                                       "--max-restarting-per-node=2", "--make-before-break=false",
+                                      "--pod-disruption-budget=true", "--pod-disruption-budget-max-unavailable=2",
                                       "--time-budget-seconds=2.5",
                                       "--start-timeout-seconds=600", "--node-not-ready-grace-seconds=60",
                                       "--gpu-memory-reserve-gib=2Gi", "--engine-overhead-gib=2.5",
@@ -292,11 +301,20 @@ def cluster_role_grants(docs: list[dict[str, Any]]) -> set[tuple[str, str, str]]
             for v in rule["verbs"]}
 
 
-@pytest.mark.parametrize("resource", [PODS, NODES, DEPLOYMENTS, MODELSERVINGS], ids=lambda r: r.collection)
+@pytest.mark.parametrize("resource", [PODS, NODES, DEPLOYMENTS, MODELSERVINGS, PDBS], ids=lambda r: r.collection)
 def test_cluster_role_lets_every_informer_list_and_watch(helm: Helm, resource: Resource) -> None:
     # The collections the informers of kvsched.runtime open (kvsched.k8s.watch, named from kvsched.api.names).
     grants = cluster_role_grants(render(helm))
     assert {(resource.group, resource.plural, "list"), (resource.group, resource.plural, "watch")} <= grants
+
+
+@pytest.mark.parametrize("values", [None, {"modelPodDisruptionBudget": {"enabled": True}}],
+                         ids=["option off", "option on"])
+def test_kvsched_may_write_pod_disruption_budgets_either_way(helm: Helm, values: dict[str, Any] | None) -> None:
+    # A Deployment's kvsched.io/pod-disruption-budget annotation asks for one with the option off, and turning the
+    # option off deletes the ones made: the grant does not depend on the value. No get, update or deletecollection.
+    granted = {v for g, r, v in cluster_role_grants(render(helm, values)) if (g, r) == ("policy", PDBS.plural)}
+    assert granted == {"list", "watch", "create", "patch", "delete"}
 
 
 def test_cluster_role_rules_are_plain(helm: Helm) -> None:

@@ -110,6 +110,9 @@ WRITES_IN = {
     ("", "pods", "create"): {"R"}, ("", "pods", "delete"): {"R"},  # GPU holder pods
     ("", "events", "create"): {"W", "default"},  # events about Nodes go to `default`
     ("coordination.k8s.io", "leases", "create"): {"R"}, ("coordination.k8s.io", "leases", "update"): {"R"},
+    # kvsched's per-model PodDisruptionBudgets (kvsched.controller.pdb), in the models' namespace
+    ("policy", "poddisruptionbudgets", "create"): {"W"}, ("policy", "poddisruptionbudgets", "patch"): {"W"},
+    ("policy", "poddisruptionbudgets", "delete"): {"W"},
 }
 
 
@@ -134,6 +137,8 @@ def test_with_a_watched_namespace_nothing_kvsched_writes_is_granted_cluster_wide
     assert {(g, r, v) for s, g, r, v in scoped} == {(g, r, v) for s, g, r, v in all_namespaces}
     # The informers of the watched namespace may read its Deployments.
     assert {(watch, "apps", "deployments", "list"), (watch, "apps", "deployments", "watch")} <= scoped
+    assert {(watch, "policy", "poddisruptionbudgets", "list"), (watch, "policy", "poddisruptionbudgets", "watch")} \
+        <= scoped
 
 
 def test_with_every_namespace_watched_kvsched_writes_through_its_cluster_role(helm: Helm) -> None:

@@ -7,6 +7,7 @@ kube-controller-manager wrote into the chart's Secret for the scheduler's own Se
 mount them; `make cluster` runs them so too). A short scenario walks every path kvsched has to the API: leader
 election, the informers, a model placed (ModelServing created, status written, template patched, pod annotated and
 bound), an unmanaged pod bound and its bind retried (the Binding answers 409, kvsched reads the pod), a spec change,
+the model's PodDisruptionBudget created, patched back after an edit and deleted on the Deployment's opt-out,
 a GPU node left out of the pool (a Warning event about the Node, in `default`), a node cordoned (an eviction, and
 the GPU holder pod of its old GPU deleted; holders are created and bound throughout), the annotations removed (the
 ModelServing deleted), events throughout, the Lease released on shutdown; and a /metrics scrape of the scheduler
@@ -47,6 +48,8 @@ from kvsched.api.names import (
     MODEL_ANNOTATIONS,
     MAKE_BEFORE_BREAK_ANNOTATION,
     MODEL_LABEL,
+    PDB_ANNOTATION,
+    PDB_PREFIX,
     PLURAL,
     RATE_ANNOTATION,
     SIZE_ANNOTATION,
@@ -343,6 +346,26 @@ def run_scenario(plane: ControlPlane, kube: client.ApiClient, chart: InstalledCh
         wait_for(lambda: serving(custom, workload_ns, "alpha"), lambda ms: ms["spec"]["requestRate"] == 2, 30,
                  "alpha's ModelServing at the new rate")
 
+        # The model's PodDisruptionBudget (modelPodDisruptionBudget.enabled): created; edited by someone, patched
+        # back; opted out by the Deployment's annotation, deleted.
+        policy = client.PolicyV1Api(kube)
+        pdb = f"{PDB_PREFIX}alpha"
+
+        def read_pdb() -> Any:
+            try:
+                return policy.read_namespaced_pod_disruption_budget(pdb, workload_ns)
+            except ApiException as e:
+                if e.status == 404:
+                    return None
+                raise
+
+        wait_for(read_pdb, lambda p: p is not None and p.spec.max_unavailable == 1, 30, f"PDB {pdb} created")
+        policy.patch_namespaced_pod_disruption_budget(pdb, workload_ns, {"spec": {"maxUnavailable": 3}})
+        wait_for(read_pdb, lambda p: p is not None and p.spec.max_unavailable == 1, 30, f"PDB {pdb} patched back")
+        apps.patch_namespaced_deployment("alpha", workload_ns,
+                                         {"metadata": {"annotations": {PDB_ANNOTATION: "false"}}})
+        wait_for(read_pdb, lambda p: p is None, 30, f"PDB {pdb} deleted")
+
         # A node leaves the pool: its replica moves through the Eviction API.
         core.patch_node(placed.spec.node_name, {"spec": {"unschedulable": True}})
 
@@ -428,6 +451,8 @@ def audited(request: pytest.FixtureRequest, control_plane: ControlPlane, kube: c
         "extraArgs": ["--metrics-host=127.0.0.1"],
         # PriorityClasses are cluster-wide: each release of this module creates its own.
         "gpuHolders": {"priorityClass": {"name": f"kvsched-gpu-holder-{suffix}"}},
+        # Per-model PodDisruptionBudgets on, so that the scenario uses the grants for them.
+        "modelPodDisruptionBudget": {"enabled": True},
     }
     chart = install_chart(control_plane, kube, helm, workdir, f"kvsched-{suffix}", f"kvsched-{suffix}", values)
     try:

@@ -56,8 +56,10 @@ from .test_controller import MODELS, Pool, create_models, serving, slot_set, wai
 pytestmark = pytest.mark.e2e
 
 # Each informer of `kvsched serve` that must list again: one per collection (kvsched.runtime.feeds: the
-# controller's and the extender's pods, nodes and ModelServings share one; the Deployments are the controller's).
-RELISTS = {"nodes": 1, "pods": 1, "deployments.apps": 1, "modelservings.kvsched.io": 1}
+# controller's and the extender's pods, nodes and ModelServings share one; the Deployments and PodDisruptionBudgets
+# are the controller's).
+RELISTS = {"nodes": 1, "pods": 1, "deployments.apps": 1, "modelservings.kvsched.io": 1,
+           "poddisruptionbudgets.policy": 1}
 # (lease duration, renew deadline) in seconds: longer than the cut (informers backing off twice, an apiserver
 # restart), so the leader renews once the network is back instead of exiting.
 CUT_LEASE = (180, 150)
@@ -172,7 +174,8 @@ def test_informers_list_again_and_see_the_change_made_while_cut_off(
         again = [line for line in log.splitlines() if "; listing again in " in line]
         informers = {line.split(" kvsched.k8s.watch: ", 1)[1].split(": ", 1)[0] for line in again}
         # One informer per collection: the controller's namespace shares the extender's all-namespace watches.
-        assert informers == {"nodes", "pods", f"deployments.apps in {namespace}", "modelservings.kvsched.io"}, \
+        assert informers == {"nodes", "pods", f"deployments.apps in {namespace}", "modelservings.kvsched.io",
+                             f"poddisruptionbudgets.policy in {namespace}"}, \
             again[-12:]
 
         # The scale made while kvsched was cut off is planned at once...

@@ -34,7 +34,7 @@ from kvsched.api.names import (
     SIZE_ANNOTATION,
     SLO_ANNOTATION,
 )
-from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pod
+from kvsched.api.readers import read_deployment, read_model_serving, read_node, read_pdb, read_pod
 from kvsched.controller import DecisionConfig
 from kvsched.extender.cache import Cache
 from kvsched.controller.slots import PodRef
@@ -111,8 +111,21 @@ SOLO_DEPLOYMENT: dict[str, Any] = {
     "metadata": {"name": "solo-dep", "namespace": "ns", "uid": "solo-dep-uid"},
     "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "c"}]}}, "strategy": {"type": "Recreate"}},
 }
+KVSCHED_PDB: dict[str, Any] = {  # kvsched's PodDisruptionBudget of model m (kvsched.controller.pdb)
+    "apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+    "metadata": {"name": "kvsched-m", "namespace": "ns", "uid": "pdb-uid",
+                 "labels": {"app.kubernetes.io/managed-by": "kvsched", MODEL_LABEL: "m"},
+                 "ownerReferences": [{"kind": "ModelServing", "name": "m", "uid": "ms-uid", "controller": True}]},
+    "spec": {"selector": {"matchLabels": {MODEL_LABEL: "m"}}, "maxUnavailable": 1,
+             "unhealthyPodEvictionPolicy": "AlwaysAllow"},
+}
+USER_PDB: dict[str, Any] = {  # a user's, selecting solo's pods by expression
+    "metadata": {"name": "solo", "namespace": "ns", "uid": "user-pdb-uid"},
+    "spec": {"selector": {"matchExpressions": [{"key": MODEL_LABEL, "operator": "In", "values": ["solo"]}]},
+             "minAvailable": "50%"},
+}
 VALID = {"pod": [POD, HOLDER_POD], "node": [NODE], "deployment": [DEPLOYMENT, SOLO_DEPLOYMENT],
-         "modelserving": [MODEL_SERVING, SOLO_SERVING]}
+         "modelserving": [MODEL_SERVING, SOLO_SERVING], "pdb": [KVSCHED_PDB, USER_PDB]}
 
 # -- arbitrary JSON -------------------------------------------------------------------------------------------
 # Keys the readers look for, so that arbitrary objects reach past the top level.
@@ -239,15 +252,22 @@ class RecordingWriter:
     def holder_change(self, change: Any) -> None:
         self._take("holder", getattr(change, "body", None))
 
+    def pdb_change(self, change: Any) -> None:
+        self._take("pdb", change.action, change.body)
+
     def event(self, event: Any) -> None:
         self._take("event", event.reason, event.message)
 
 
-READERS = {"pod": read_pod, "node": read_node, "deployment": read_deployment, "modelserving": read_model_serving}
+READERS = {"pod": read_pod, "node": read_node, "deployment": read_deployment, "modelserving": read_model_serving,
+           "pdb": read_pdb}
+pdb_objects = st.lists(objects("pdb").flatmap(lambda obj: st.tuples(st.just("pdb"), st.just(obj), events)),
+                       max_size=3)
 
 
-def reconciler(holders: bool, writer: RecordingWriter) -> Reconciler:
-    config = DecisionConfig(time_budget_s=0.05, gpu_holders=holders, holder_namespace=HOLDER_NS)
+def reconciler(holders: bool, writer: RecordingWriter, pdbs: bool = False) -> Reconciler:
+    config = DecisionConfig(time_budget_s=0.05, gpu_holders=holders, holder_namespace=HOLDER_NS,
+                            pod_disruption_budget=pdbs)
     r = Reconciler(config, writer, Metrics(), clock=lambda: 100.0, wall=lambda: NOW,
                    solver=lambda *a, **kw: solve(*a, **{**kw, "options": PackOptions(time_budget_s=0.05)}),
                    write_concurrency=1)
@@ -257,14 +277,15 @@ def reconciler(holders: bool, writer: RecordingWriter) -> Reconciler:
 
 
 @SETTINGS
-@given(world=worlds, holders=st.booleans())
+@given(world=worlds, holders=st.booleans(), pdbs=pdb_objects, pdb_option=st.booleans())
 def test_controller_readers_observers_and_decide_never_raise(world: list[tuple[str, dict[str, Any], str]],
-                                                            holders: bool) -> None:
+                                                            holders: bool, pdbs: list[tuple[str, dict[str, Any], str]],
+                                                            pdb_option: bool) -> None:
     writer = RecordingWriter()
-    r = reconciler(holders, writer)
+    r = reconciler(holders, writer, pdb_option)
     observe = {"pod": r.observe_pod, "node": r.observe_node, "deployment": r.observe_deployment,
-               "modelserving": r.observe_model_serving}
-    for kind, obj, event in world:
+               "modelserving": r.observe_model_serving, "pdb": r.observe_pdb}
+    for kind, obj, event in world + pdbs:
         observe[kind](READERS[kind](obj), deleted=event == "DELETED")
     report = r.reconcile_once()
     assert report.decision is not None

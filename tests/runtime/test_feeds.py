@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from kvsched.k8s.watch import DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, Informer, Obj, Resource
+from kvsched.k8s.watch import DEPLOYMENTS, LIVE_PODS, MODELSERVINGS, NODES, PDBS, Informer, Obj, Resource
 from kvsched.runtime.feeds import Feed, fan_out, share_informers
 
 API = client.ApiClient(client.Configuration())
@@ -81,9 +81,9 @@ def distinct(informers: list[Informer]) -> list[Informer]:
 
 
 @pytest.mark.parametrize("namespace, holders, total, pods_watches", [
-    pytest.param("", True, 4, 1, id="all namespaces: pods, nodes, ModelServings shared"),
-    pytest.param("ml", False, 4, 1, id="one namespace: shared, the controller's part filtered"),
-    pytest.param("ml", True, 5, 2, id="one namespace and holders: the holder watch has its own selector"),
+    pytest.param("", True, 5, 1, id="all namespaces: pods, nodes, ModelServings shared"),
+    pytest.param("ml", False, 5, 1, id="one namespace: shared, the controller's part filtered"),
+    pytest.param("ml", True, 6, 2, id="one namespace and holders: the holder watch has its own selector"),
 ])
 def test_serve_runs_one_pod_informer(namespace: str, holders: bool, total: int, pods_watches: int) -> None:
     from kvsched.extender.cache import Cache
@@ -102,3 +102,4 @@ def test_serve_runs_one_pod_informer(namespace: str, holders: bool, total: int, 
     assert sum(1 for c in collections if c.startswith("pods")) == pods_watches
     assert any(c.startswith(DEPLOYMENTS.collection) for c in collections)
     assert MODELSERVINGS.collection in collections
+    assert any(c.startswith(PDBS.collection) for c in collections)  # the controller's own (kvsched.controller.pdb)

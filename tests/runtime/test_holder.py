@@ -195,10 +195,10 @@ def test_cli_gpu_holder_bad_env(capsys: pytest.CaptureFixture[str], monkeypatch:
 
 
 @pytest.mark.parametrize("namespace, holders, watched", [
-    pytest.param("", True, 4, id="all namespaces: the pod watch sees the holders"),
-    pytest.param("ml", True, 5, id="one namespace: a watch of the holders' own"),
-    pytest.param("kvsched-system", True, 4, id="the holders' namespace watched already"),
-    pytest.param("ml", False, 4, id="holders off: no extra watch"),
+    pytest.param("", True, 5, id="all namespaces: the pod watch sees the holders"),
+    pytest.param("ml", True, 6, id="one namespace: a watch of the holders' own"),
+    pytest.param("kvsched-system", True, 5, id="the holders' namespace watched already"),
+    pytest.param("ml", False, 5, id="holders off: no extra watch"),
 ])
 def test_the_controller_watches_the_holder_namespace(namespace: str, holders: bool, watched: int) -> None:
     from kubernetes import client

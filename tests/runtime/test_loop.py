@@ -11,10 +11,10 @@ from typing import Any, Mapping
 
 import pytest
 
-from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, OwnerRef, PodObj
+from kvsched.api.objects import DeploymentObj, ModelServingObj, NodeObj, ObjectKey, OwnerRef, PdbObj, PodObj
 from kvsched.api.names import GPU_UUID_ANNOTATION
-from kvsched.api.readers import read_pod
-from kvsched.api.records import Event, EvictionRefused, HolderChange, OwnedChange
+from kvsched.api.readers import read_pdb, read_pod
+from kvsched.api.records import Event, EvictionRefused, HolderChange, OwnedChange, PdbChange
 from kvsched.controller import DecisionConfig
 from kvsched.k8s.rest import ApiError
 from kvsched.metrics import Metrics
@@ -36,12 +36,16 @@ class FakeApi:
     Fails where kvsched.k8s.writers.ApiWriter fails and nowhere else: a status or spec patch of a ModelServing, or
     a patch of a Deployment, that is not there raises ApiError 404; a create that finds the ModelServing (409), a
     delete, eviction or annotation that finds nothing (404) succeeds; an eviction refused by a
-    PodDisruptionBudget (`refuse_evictions`) raises EvictionRefused("EvictionBlocked", the apiserver's message)."""
+    PodDisruptionBudget (`refuse_evictions`, or the pod is in `refuse_pods`) raises EvictionRefused("EvictionBlocked",
+    the apiserver's message). PodDisruptionBudgets are held as the API's dicts (`pdbs`): a create that finds the
+    name taken, a delete that finds nothing or another uid, succeed; a patch of a missing one raises 404."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
         self.reconciler: Reconciler | None = None
         self.refuse_evictions = False
+        self.refuse_pods: set[ObjectKey] = set()
+        self.pdbs: dict[ObjectKey, dict[str, Any]] = {}
         self.watch_delivers = True
         self.servings: dict[ObjectKey, ModelServingObj] = {}
         self.deployments: dict[ObjectKey, DeploymentObj] = {}
@@ -60,6 +64,16 @@ class FakeApi:
             self._queued.append((obj, False))
         self.deliver()
 
+    def put_pdb(self, body: Mapping[str, Any]) -> None:
+        """Create or replace a PodDisruptionBudget (a user's, or a user's edit of kvsched's) and deliver it."""
+        with self._lock:
+            whole = copy.deepcopy(dict(body))
+            key = ObjectKey(whole["metadata"]["namespace"], whole["metadata"]["name"])
+            whole["metadata"].setdefault("uid", f"uid-pdb-{key.name}")
+            self.pdbs[key] = whole
+            self._queued.append((read_pdb(whole), False))
+        self.deliver()
+
     def deliver(self) -> None:
         """The watches: every queued event, in order, to the reconciler (nothing while `watch_delivers` is off)."""
         if not self.watch_delivers:
@@ -75,6 +89,8 @@ class FakeApi:
                 r.observe_pod(obj, deleted)
             elif isinstance(obj, DeploymentObj):
                 r.observe_deployment(obj, deleted)
+            elif isinstance(obj, PdbObj):
+                r.observe_pdb(obj, deleted)
             else:
                 r.observe_model_serving(obj, deleted)
 
@@ -136,7 +152,7 @@ class FakeApi:
     def evict(self, pod_key: ObjectKey) -> None:
         with self._lock:
             self.calls.append(("evict", pod_key))
-            if self.refuse_evictions:
+            if self.refuse_evictions or pod_key in self.refuse_pods:
                 raise EvictionRefused("EvictionBlocked", PDB_MESSAGE)
             seen = self.pods.get(pod_key)
             if seen is None:
@@ -171,9 +187,43 @@ class FakeApi:
                 del self.pods[change.key]
                 self._queued.append((seen, True))
 
+    def pdb_change(self, change: PdbChange) -> None:
+        with self._lock:
+            self.calls.append((f"pdb {change.action}", change.key))
+            seen = self.pdbs.get(change.key)
+            if change.action == "create":
+                if seen is not None:
+                    return  # 409 AlreadyExists: ApiWriter reads it as done
+                whole = copy.deepcopy(dict(change.body or {}))
+                whole["metadata"]["uid"] = f"uid-pdb-{change.key.name}"
+                self.pdbs[change.key] = whole
+                self._queued.append((read_pdb(whole), False))
+            elif change.action == "patch":
+                if seen is None:
+                    raise self._not_found("poddisruptionbudgets.policy", change.key)
+                merge_patch(seen, change.body or {})
+                self._queued.append((read_pdb(seen), False))
+            elif seen is not None and seen["metadata"]["uid"] == change.uid:  # else 404 or 409: done
+                del self.pdbs[change.key]
+                self._queued.append((read_pdb(seen), True))
+
     def event(self, event: Event) -> None:
         with self._lock:
             self.calls.append(("event", event.reason))
+
+
+def merge_patch(target: dict[str, Any], patch: Mapping[str, Any]) -> None:
+    """RFC 7386 JSON merge patch, in place: maps merge, null removes, anything else replaces."""
+    for key, value in patch.items():
+        if value is None:
+            target.pop(key, None)
+        elif isinstance(value, Mapping) and isinstance(target.get(key), dict):
+            merge_patch(target[key], value)
+        elif isinstance(value, Mapping):
+            target[key] = {}
+            merge_patch(target[key], value)
+        else:
+            target[key] = copy.deepcopy(value)
 
 
 class Clock:

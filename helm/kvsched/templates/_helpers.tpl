@@ -102,6 +102,11 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - apiGroups: [""]
   resources: [pods/eviction]
   verbs: [create]
+# Controller: a PodDisruptionBudget per model (kvsched.controller.pdb): it watches them all (a user's that selects
+# a model's pods means kvsched makes none), and creates, patches and deletes only its own.
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, watch, create, patch, delete]
 # Controller: core/v1 events on the objects it acts on (each a new Event; never patched).
 - apiGroups: [""]
   resources: [events]
