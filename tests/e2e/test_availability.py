@@ -8,7 +8,8 @@ for a memory share, a move whose target has no room yet), read from the apiserve
 pods/eviction` by kvsched's ServiceAccount, answered 201, with the time the apiserver received it), or a replica on
 the node the test took away; n causes allow at most n replicas below wanted, and every dip must end. A
 make-before-break move is seen as the Deployment carrying kvsched's surge record; meanwhile the model serves at
-least what it wants. Every step kvsched counts (`kvsched_migrations_total`) must be one of those surges or
+least what it wants, and its ModelServing's `Migrating` condition stays True (from 3 s in, the status round's lag).
+Every step kvsched counts (`kvsched_migrations_total`) must be one of those surges or
 evictions, so the watcher saw them all.
 
 Scenarios: (1) rebalance: a node added to a full pool spreads the replicas; one-replica models move to the new
@@ -88,6 +89,23 @@ def surges_since(watcher: AvailabilityWatcher, since: float) -> dict[str, list[t
     return {m: [s for s in a.surge_lows(m) if s[0] >= since - 1] for m in a.wanted}
 
 
+def stable_while_surging(watcher: AvailabilityWatcher, surges: dict[str, list[tuple[float, float | None, int]]],
+                         lag_s: float = 3.0) -> list[str]:
+    """Models whose `Migrating` condition was False during a surge of theirs, from `lag_s` after it began (the
+    round that writes the status after the surge) to its end: the status hid a move in progress."""
+    a = watcher.availability
+    out = []
+    for model, spans in sorted(surges.items()):
+        for start, end, _ in spans:
+            if end is None or end - start <= lag_s:
+                continue
+            seen = a.conditions_during(model, start + lag_s, end)
+            print(f"  {model}: Migrating during its surge {start:.1f}..{end:.1f}: {seen}")
+            if not seen or any(status != "True" for status, _ in seen):
+                out.append(f"{model}: {seen}")
+    return out
+
+
 def test_a_rebalance_keeps_every_model_serving_but_for_its_evictions(pool: Pool) -> None:
     pool.add_nodes({"a": (2, "80Gi")})
     proc = pool.start(knobs=KNOBS)
@@ -114,6 +132,7 @@ def test_a_rebalance_keeps_every_model_serving_but_for_its_evictions(pool: Pool)
     # models are never down then.
     assert all(low >= wanted[m] for m, spans in surges.items() for _, end, low in spans if end is not None), surges
     assert all(end is not None for spans in surges.values() for _, end, _ in spans), "a surge never ended"
+    assert stable_while_surging(watcher, surges) == []
     # The world is built for it: the new GPUs take replicas of one-replica models, moved make-before-break.
     moved_solo = [m for m in MODELS if wanted[m] == 1 and surges[m]]
     assert moved_solo, f"no one-replica model moved make-before-break: surges {surges}, evictions {evictions}"
@@ -151,6 +170,7 @@ def test_a_node_loss_takes_no_other_model_below_wanted_but_for_its_evictions(poo
     assert a.unexplained(since, evictions, models=sorted(on_lost)) == []  # the lost ones: the loss and evictions
     surges = surges_since(watcher, since)
     assert all(end is not None for spans in surges.values() for _, end, _ in spans), "a surge never ended"
+    assert stable_while_surging(watcher, surges) == []
     assert all(p.spec.node_name != lost for m in LOSS_MODELS for p in managed_pods(pool, m))
     assert migrations(after) - migrations(before) == sum(len(s) for s in surges.values()) + len(evictions)
     assert took < 150

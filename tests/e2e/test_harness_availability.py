@@ -82,3 +82,13 @@ def test_surges_keep_their_intervals_and_the_fewest_serving_meanwhile() -> None:
 def test_pods_of_no_model_are_ignored() -> None:
     a = play({"a": 1}, [(0.0, "pod", "holder", None, True, "n1")])
     assert a.series == {} and a.serving("a") == 0
+
+
+def test_migrating_conditions_are_kept_as_they_change() -> None:
+    a = Availability({"a": 1})
+    for t, status, reason in [(1.0, "False", "Stable"), (2.0, "True", "Surging"), (2.5, "True", "Surging"),
+                              (6.0, "False", "Stable")]:
+        a.condition(t, "a", status, reason)
+    assert a.migrating["a"] == [(1.0, "False", "Stable"), (2.0, "True", "Surging"), (6.0, "False", "Stable")]
+    assert a.conditions_during("a", 3.0, 5.0) == [("True", "Surging")]
+    assert a.conditions_during("a", 1.5, 7.0) == [("False", "Stable"), ("True", "Surging"), ("False", "Stable")]

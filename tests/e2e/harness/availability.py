@@ -7,8 +7,8 @@ low it went, and whether each such dip is explained by a cause the test names: a
 step: kvsched stops the old replica before its replacement starts) or a lost node's replicas. Surge intervals
 (a make-before-break move: the Deployment carries kvsched's surge record) are kept per model too.
 
-`AvailabilityWatcher` feeds it from two watches (the namespace's pods and Deployments) on threads, with arrival
-times (`time.time()`, the apiserver's clock on this machine). `audited_evictions` reads the evictions kvsched made
+`AvailabilityWatcher` feeds it from three watches (the namespace's pods, Deployments and ModelServings: their
+`Migrating` condition) on threads, with arrival times (`time.time()`, the apiserver's clock on this machine). `audited_evictions` reads the evictions kvsched made
 from the apiserver's audit log (harness/audit.py): `create pods/eviction` answered 201, with the time the
 apiserver received it. Used by tests/e2e/test_availability.py.
 """
@@ -29,6 +29,7 @@ from kvsched.units import timestamp_s
 
 from . import audit
 
+GROUP, VERSION, PLURAL = "kvsched.io", "v1alpha1", "modelservings"
 # A dip may show in the pod watch a little after the eviction that caused it was received (s): the watch event's
 # arrival, and the audit log's receive time taken before the handler ran.
 SLACK_S = 1.0
@@ -58,6 +59,7 @@ class Availability:
     series: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
     surges: dict[str, list[tuple[float, float | None]]] = field(default_factory=dict)
     lost_pods: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
+    migrating: dict[str, list[tuple[float, str, str]]] = field(default_factory=dict)  # (t, status, reason)
     model_of: dict[str, str] = field(default_factory=dict)  # every pod name ever seen -> its model
     _pods: dict[str, tuple[str, bool, str | None]] = field(default_factory=dict)  # name -> (model, ready, node)
     _lost: set[str] = field(default_factory=set)
@@ -92,6 +94,23 @@ class Availability:
             spans.append((t, None))
         elif not active and spans and spans[-1][1] is None:
             spans[-1] = (spans[-1][0], t)
+
+    def condition(self, t: float, model: str, status: str, reason: str) -> None:
+        """`model`'s ModelServing shows its `Migrating` condition as (`status`, `reason`) from `t`."""
+        seen = self.migrating.setdefault(model, [])
+        if not seen or seen[-1][1:] != (status, reason):
+            seen.append((t, status, reason))
+
+    def conditions_during(self, model: str, start: float, end: float) -> list[tuple[str, str]]:
+        """The `Migrating` (status, reason) pairs `model` showed during `start`..`end`, the one in force at
+        `start` first."""
+        out: list[tuple[str, str]] = []
+        for at, status, reason in self.migrating.get(model, []):
+            if at <= start:
+                out = [(status, reason)]
+            elif at <= end:
+                out.append((status, reason))
+        return out
 
     def serving(self, model: str) -> int:
         """Pods of `model` serving now."""
@@ -202,13 +221,19 @@ class AvailabilityWatcher:
         self.clock = clock
         self.failures: list[str] = []
         self._stop = threading.Event()
-        self._watches = [watch.Watch(), watch.Watch()]
-        self._threads = [
-            threading.Thread(target=self._run, args=(self._watches[0], self.core.list_namespaced_pod, self._on_pod),
-                             name="availability-pods", daemon=True),
-            threading.Thread(target=self._run, args=(self._watches[1], self.apps.list_namespaced_deployment,
-                                                     self._on_deployment),
-                             name="availability-deployments", daemon=True)]
+        custom = client.CustomObjectsApi(kube)
+
+        def servings(namespace: str, **kw: Any) -> Any:
+            return custom.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kw)
+
+        listers: list[tuple[str, Callable[..., Any], Callable[[str, Any], None]]] = [
+            ("pods", self.core.list_namespaced_pod, self._on_pod),
+            ("deployments", self.apps.list_namespaced_deployment, self._on_deployment),
+            ("modelservings", servings, self._on_serving)]
+        self._watches = [watch.Watch() for _ in listers]
+        self._threads = [threading.Thread(target=self._run, args=(w, lister, handle), name=f"availability-{what}",
+                                          daemon=True)
+                         for w, (what, lister, handle) in zip(self._watches, listers)]
 
     def __enter__(self) -> AvailabilityWatcher:
         for thread in self._threads:
@@ -232,13 +257,17 @@ class AvailabilityWatcher:
     def _run(self, w: watch.Watch, lister: Callable[..., Any], handle: Callable[[str, Any], None]) -> None:
         try:
             listed = lister(self.namespace)
-            for obj in listed.items:
+            if isinstance(listed, dict):  # a custom resource's list
+                items, version = listed.get("items") or [], listed["metadata"]["resourceVersion"]
+            else:
+                items, version = listed.items, listed.metadata.resource_version
+            for obj in items:
                 handle("ADDED", obj)
-            version = listed.metadata.resource_version
             while not self._stop.is_set():
                 for event in w.stream(lister, self.namespace, resource_version=version, timeout_seconds=5):
                     obj = event["object"]
-                    version = obj.metadata.resource_version
+                    version = obj["metadata"]["resourceVersion"] if isinstance(obj, dict) \
+                        else obj.metadata.resource_version
                     handle(event["type"], obj)
                     if self._stop.is_set():
                         return
@@ -261,6 +290,17 @@ class AvailabilityWatcher:
         active = kind != "DELETED" and SURGE_ANNOTATION in (deployment.metadata.annotations or {})
         with self.lock:
             self.availability.surge(self.clock(), name, active)
+
+
+    def _on_serving(self, kind: str, ms: dict[str, Any]) -> None:
+        if kind == "DELETED":
+            return
+        conditions = (ms.get("status") or {}).get("conditions") or []
+        moving = next((c for c in conditions if c.get("type") == "Migrating"), None)
+        if moving is not None:
+            with self.lock:
+                self.availability.condition(self.clock(), ms["metadata"]["name"], str(moving.get("status")),
+                                            str(moving.get("reason")))
 
 
 def audited_evictions(log: Path, namespace: str, since: float = 0.0) -> list[tuple[float, str]]:
