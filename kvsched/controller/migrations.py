@@ -217,6 +217,8 @@ def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_ca
         why: str | None = None
         if refused is not None and refused.retry_at > now:
             why = "its eviction waits to be retried"
+        elif step.model in surging:  # one move of a model at a time while it surges (make-before-break)
+            why = f"waiting for pod {surging[step.model]}'s replacement to be Ready"
         elif any(g in touched for g in gpus):
             hit = next(g for g in gpus if g in touched)
             why = flight.busy.get(hit) or f"waiting for an earlier step on GPU {hit}"
