@@ -47,6 +47,14 @@ TWO_UP = [(0.0, "pod", "a1", "a", True, "n1"), (0.0, "pod", "a2", "a", True, "n2
     pytest.param([*TWO_UP, (0.0, "pod", "b1", "b", True, "n1"), (10.0, "lost", "n1"),
                   (30.0, "pod", "a3", "a", True, "n3")],
                  [], [Dip("a", 10.0, 30.0, 1)], [], id="a lost node explains its replicas (still looking Ready)"),
+    pytest.param([*TWO_UP, (10.0, "lost", "n1"), (15.0, "pod", "a3", "a", True, "n3"),
+                  (20.0, "pod", "a3", "a", False, "n3"), (25.0, "pod", "a4", "a", True, "n4"), (26.0, "gone", "a1")],
+                 [], [Dip("a", 10.0, 15.0, 1), Dip("a", 20.0, 25.0, 1)], [],
+                 id="a lost replica explains dips until its pod is deleted (not replaced before)"),
+    pytest.param([*TWO_UP, (10.0, "lost", "n1"), (15.0, "pod", "a3", "a", True, "n3"), (16.0, "gone", "a1"),
+                  (20.0, "pod", "a3", "a", False, "n3"), (25.0, "pod", "a3", "a", True, "n3")],
+                 [], [Dip("a", 10.0, 15.0, 1), Dip("a", 20.0, 25.0, 1)], ["no eviction"],
+                 id="a lost replica deleted explains nothing later"),
 ])
 def test_dips_and_what_explains_them(script: list[tuple[Any, ...]], evictions: list[tuple[float, str]],
                                      dips: list[Dip], problems: list[str]) -> None:

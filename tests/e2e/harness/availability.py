@@ -61,6 +61,7 @@ class Availability:
     lost_pods: dict[str, list[tuple[float, str]]] = field(default_factory=dict)
     migrating: dict[str, list[tuple[float, str, str]]] = field(default_factory=dict)  # (t, status, reason)
     model_of: dict[str, str] = field(default_factory=dict)  # every pod name ever seen -> its model
+    gone_at: dict[str, float] = field(default_factory=dict)  # pod name -> when it was deleted
     _pods: dict[str, tuple[str, bool, str | None]] = field(default_factory=dict)  # name -> (model, ready, node)
     _lost: set[str] = field(default_factory=set)
 
@@ -75,6 +76,7 @@ class Availability:
     def gone(self, t: float, name: str) -> None:
         """A pod was deleted."""
         entry = self._pods.pop(name, None)
+        self.gone_at.setdefault(name, t)
         if entry is not None:
             self._sample(t, entry[0])
 
@@ -157,17 +159,18 @@ class Availability:
             out.append(Dip(model, start, None, lowest))
         return out
 
-    def causes(self, model: str, evictions: Iterable[tuple[float, str]]) -> list[float]:
-        """When `model` lost a serving replica for a named cause: each of its pods' evictions (time, pod name), and
-        each of its serving pods on a lost node."""
-        times = [t for t, pod in evictions if self.model_of.get(pod) == model]
-        times += [t for t, _ in self.lost_pods.get(model, [])]
-        return sorted(times)
+    def causes(self, model: str, evictions: Iterable[tuple[float, str]]) -> list[tuple[float, float]]:
+        """When `model` lost a serving replica for a named cause, as (from, to) epoch s: each of its pods'
+        evictions (time, pod name), at that time; each of its serving pods on a lost node, from the loss until that
+        pod is deleted (its ReplicaSet replaces it only then; inf: never)."""
+        spans = [(t, t) for t, pod in evictions if self.model_of.get(pod) == model]
+        spans += [(t, self.gone_at.get(pod, float("inf"))) for t, pod in self.lost_pods.get(model, [])]
+        return sorted(spans)
 
     def unexplained(self, since: float, evictions: Iterable[tuple[float, str]],
                     models: Iterable[str] | None = None) -> list[str]:
         """Every dip of `models` (default: all) from `since` on that its causes do not explain. A dip with n causes
-        in `start - SLACK_S`..`end` may go at most n below wanted; one with none is unexplained; one that never
+        meeting `start - SLACK_S`..`end` may go at most n below wanted; one with none is unexplained; one that never
         ends (the model is not back at wanted) is reported too. `evictions`: (epoch s, pod name)."""
         evictions = list(evictions)
         problems: list[str] = []
@@ -175,7 +178,7 @@ class Availability:
             causes = self.causes(model, evictions)
             for dip in self.dips(model, since):
                 end = dip.end if dip.end is not None else float("inf")
-                n = sum(1 for t in causes if dip.start - SLACK_S <= t < end)
+                n = sum(1 for a, b in causes if a < end and b >= dip.start - SLACK_S)
                 if dip.end is None:
                     problems.append(f"{dip}: never back")
                 elif n == 0:
