@@ -502,8 +502,12 @@ def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventor
 
 def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, str] | None:
     mine = [s for s in migration.steps if s.model == model]
+    surging = migration.surging.get(model)
     if not mine:
-        return None
+        if surging is None:
+            return None
+        return "Surging", (f"1 replica moving make-before-break: pod {surging} leaves once its replacement is "
+                           f"Ready")
     if model in migration.stuck:
         b = migration.stuck[model]
         return b.reason, b.message

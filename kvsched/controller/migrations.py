@@ -67,7 +67,8 @@ class Budget:
 @dataclass(frozen=True)
 class MigrationState:
     """Steps still to do, the wave to start now (empty: wait), why nothing starts (`waiting`, when the wave is
-    empty), per model why its steps wait (`waits`) or cannot progress (`stuck`), and how many pods restart now."""
+    empty), per model why its steps wait (`waits`) or cannot progress (`stuck`), how many pods restart now, and
+    per model the old pod of a make-before-break move in progress (`surging`: no longer a step, still a move)."""
 
     steps: tuple[Eviction, ...]
     wave: tuple[Eviction, ...]
@@ -75,6 +76,7 @@ class MigrationState:
     stuck: Mapping[str, Blocked]
     waits: Mapping[str, str] = field(default_factory=dict)
     restarting: int = 0
+    surging: Mapping[str, str] = field(default_factory=dict)  # model -> the old pod of its make-before-break move
 
     @property
     def next_step(self) -> Eviction | None:
@@ -200,8 +202,10 @@ def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_ca
     """
     stuck = {s.model: blocked[s.pod.key] for s in steps if s.pod.key in blocked and blocked[s.pod.key].retry_at > now}
     flight = in_flight(managed, pending_can_bind, planned, replacing)
+    surging = {_model_of(p): p.name for p in sorted(managed, key=lambda p: (p.namespace, p.name), reverse=True)
+               if p.key in replacing and not p.deleting}
     if not steps:
-        return MigrationState((), (), None, {}, {}, flight.restarting)
+        return MigrationState((), (), None, {}, {}, flight.restarting, surging)
     touched: set[GpuId] = set(flight.busy)
     load = defaultdict(int, flight.node_load)
     wave: list[Eviction] = []
@@ -213,6 +217,8 @@ def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_ca
         why: str | None = None
         if refused is not None and refused.retry_at > now:
             why = "its eviction waits to be retried"
+        elif step.model in surging:  # one move of a model at a time while it surges (make-before-break)
+            why = f"waiting for pod {surging[step.model]}'s replacement to be Ready"
         elif any(g in touched for g in gpus):
             hit = next(g for g in gpus if g in touched)
             why = flight.busy.get(hit) or f"waiting for an earlier step on GPU {hit}"
@@ -231,4 +237,4 @@ def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_ca
         wave.append(step)
         load[step.target.node] += 1
     waiting = None if wave else (first_wait or "every step waits for its eviction to be retried")
-    return MigrationState(tuple(steps), tuple(wave), waiting, stuck, waits, flight.restarting)
+    return MigrationState(tuple(steps), tuple(wave), waiting, stuck, waits, flight.restarting, surging)

@@ -168,3 +168,29 @@ def test_a_cordoned_nodes_replicas_move_without_losing_a_ready_replica() -> None
     assert [e.pod for e in sim.evictions[evictions:] if e.node == "a100-node-c"] == []
     assert not any(p["spec"].get("nodeName") == "a100-node-c" for p in sim.live_pods())
     assert all(SURGE_ANNOTATION not in (d["metadata"].get("annotations") or {}) for d in sim.deployments.values())
+
+
+def migrating(decision: Any) -> dict[str, Any]:
+    (status,) = [w.status for w in decision.statuses]
+    return next(c for c in status["conditions"] if c["type"] == "Migrating")
+
+
+@pytest.mark.parametrize("surge, reason", [
+    pytest.param(True, "Surging", id="its only move surging: still Migrating, saying for whom it waits"),
+    pytest.param(False, None, id="the record dropped (the surge ended): Stable"),
+])
+def test_a_model_whose_only_move_surges_stays_migrating(surge: bool, reason: str | None) -> None:
+    world, old = surging_world(ready=False)
+    if not surge:
+        dep = world.deployments[0]
+        world = dataclasses.replace(world, deployments=(dataclasses.replace(dep, replicas=1, annotations={
+            k: v for k, v in dep.annotations.items() if k != SURGE_ANNOTATION}),))
+    decision = run(world, now=LATER)
+    condition = migrating(decision)
+    if reason is None:
+        assert condition["status"] == "False" and condition["reason"] == "Stable"
+    else:
+        assert decision.steps == (), "the surge's move is no longer a step"
+        assert condition["status"] == "True" and condition["reason"] == reason
+        assert old in condition["message"]
+        assert decision.model_states.get("migrating") == 1

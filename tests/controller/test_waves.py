@@ -134,3 +134,21 @@ def test_a_wave_is_deterministic() -> None:
     a = choose_wave(FOUR, [s.pod for s in shuffled], [], {}, 0.0, PLANNED_FOUR, Budget(4, 1))
     b = choose_wave(FOUR, [s.pod for s in FOUR], [], {}, 0.0, PLANNED_FOUR, Budget(4, 1))
     assert a == b
+
+
+@pytest.mark.parametrize("replacing, wave, surging", [
+    pytest.param(set(), ["a-1", "b-0"], {}, id="no surge: both models' steps start"),
+    pytest.param({"a-0"}, ["b-0"], {"ns/a": "a-0"},
+                 id="a surges (a-0 leaves once its replacement is Ready): a's other step waits, b's starts"),
+])
+def test_a_models_other_steps_wait_for_its_surge(replacing: set[str], wave: list[str],
+                                                 surging: dict[str, str]) -> None:
+    surge_old = pod("a-0", "a", "n1", 0)
+    steps = [move("a-1", "a", g("old", 0), g("n2", 0)), move("b-0", "b", g("old", 1), g("n3", 0))]
+    planned = {"ns/a": [g("n4", 0), g("n2", 0)], "ns/b": [g("n3", 0)]}
+    state = choose_wave(steps, [surge_old, *(s.pod for s in steps)], [], {}, 0.0, planned, Budget(4, 4),
+                        {ObjectKey(surge_old.namespace, n) for n in replacing})
+    assert names(state.wave) == wave
+    assert dict(state.surging) == surging
+    if surging:
+        assert state.waits["ns/a"] == "waiting for pod a-0's replacement to be Ready"
