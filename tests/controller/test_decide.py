@@ -503,3 +503,20 @@ def test_pending_pods_are_nudged_when_their_model_has_a_usable_slot_and_only_onc
     world, _ = settle(bind_planned(world))
     extra = pod("llama-y", "llama", None, None)
     assert run(dataclasses.replace(world, pods=(*world.pods, extra)), now=LATER).nudges == ()
+
+
+def test_a_terminating_pod_on_a_deleted_node_holds_up_no_step() -> None:
+    """A deleted Node's pods never finish terminating (no kubelet; PodGC deletes them about 40 s later): they
+    count neither as restarting nor as holding a GPU busy, while one on a live node does."""
+    world, _ = settle(three_models())
+    world, _ = settle(bind_planned(world))
+    stopping = next(p for p in world.pods if p.node == "big")
+    pods = tuple(dataclasses.replace(p, deleting=True) if p.key == stopping.key else p for p in world.pods)
+    nodes = tuple(dataclasses.replace(n, unschedulable=True) if n.name == "small" else n for n in world.nodes)
+    world = dataclasses.replace(world, pods=pods, nodes=(*nodes, node("spare", gpus=2, memory_mib=81920)))
+    serial = dataclasses.replace(EVICT_FIRST, max_restarting=1)
+    held = run(world, serial, now=LATER)
+    assert held.eviction is None and held.waiting is not None and "1 pod(s) restarting" in held.waiting
+    lost = dataclasses.replace(world, nodes=tuple(n for n in world.nodes if n.name != "big"))
+    freed = run(lost, serial, now=LATER)
+    assert freed.eviction is not None and freed.eviction.source.node == "small"
