@@ -16,9 +16,11 @@ neither its source nor its target is busy or touched by an earlier step still to
 one it may depend on, and two engines never start on one GPU at once), and the budget allows: at most
 `max_restarting` pods restarting cluster-wide (per model, the larger of its pods stopping and its pods starting
 or about to bind: a pod stopping and its replacement starting are one restart) and at most
-`max_restarting_per_node` pods starting on the step's target node. With a budget of 1 this is the old rule: one
-step at a time. A pod whose eviction was refused (PodDisruptionBudget, API error) waits out its backoff; the
-shell keeps that record and passes it in.
+`max_restarting_per_node` pods starting on the step's target node, and one replica per model at a time (a step
+waits while another pod of its model stops, starts or is about to bind: a model of N replicas keeps N - 1
+serving through every step that stops first). With a budget of 1 this is the old rule: one step at a time. A
+pod whose eviction was refused (PodDisruptionBudget, API error) waits out its backoff; the shell keeps that
+record and passes it in.
 Each step is a kvsched.api.records.Eviction, built from the packer's MigrationStep and the pod it moves; the
 Decision carries the same records (`steps`, and `evictions`, the wave to start now).
 Called by: kvsched.controller.decide.
@@ -139,6 +141,7 @@ class InFlight:
     busy: Mapping[GpuId, str]
     node_load: Mapping[str, int]
     restarting: int
+    models: Mapping[str, str] = field(default_factory=dict)  # model -> why it has a pod restarting (the first)
 
 
 def in_flight(managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
@@ -153,6 +156,7 @@ def in_flight(managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
     starting: dict[str, int] = defaultdict(int)
     incoming: dict[str, list[str]] = defaultdict(list)
     held: dict[str, set[GpuId]] = defaultdict(set)
+    why_model: dict[str, str] = {}
     for p in sorted(managed, key=lambda p: (p.namespace, p.name)):
         model = _model_of(p)
         index = held_gpu(p)
@@ -161,10 +165,12 @@ def in_flight(managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
             held[model].add(gpu)
         if p.key in replacing and not p.deleting:
             stopping[model] += 1
+            why_model.setdefault(model, f"waiting for pod {p.name}'s replacement to be Ready")
             if gpu is not None:
                 busy.setdefault(gpu, f"waiting for pod {p.name}'s replacement to be Ready")
         elif p.deleting:
             stopping[model] += 1
+            why_model.setdefault(model, f"waiting for pod {p.name} to terminate")
             if gpu is not None:
                 busy.setdefault(gpu, f"waiting for pod {p.name} to terminate")
             if gpu is None or gpu not in planned.get(model, ()):  # a move in flight: its replacement is coming
@@ -172,11 +178,13 @@ def in_flight(managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
         elif gpu is not None and not p.ready and gpu in planned.get(model, ()):
             starting[model] += 1
             node_load[gpu.node] += 1
+            why_model.setdefault(model, f"waiting for pod {p.name} to be Ready")
             busy.setdefault(gpu, f"waiting for pod {p.name} to be Ready")
     bindable: dict[str, int] = defaultdict(int)
     for p in sorted(pending_can_bind, key=lambda p: (p.namespace, p.name)):
         model = _model_of(p)
         bindable[model] += 1
+        why_model.setdefault(model, f"waiting for pod {p.name} to be bound")
         incoming[model].insert(0, f"waiting for pod {p.name} to be bound")
     for model, why in sorted(incoming.items()):
         free = [g for g in planned.get(model, ()) if g not in held[model]]
@@ -187,8 +195,8 @@ def in_flight(managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
         coming = max(bindable[model], len(why) - bindable[model])
         for node, n in per_node.items():
             node_load[node] += min(n, coming)
-    restarting = sum(max(stopping[m], starting[m] + bindable[m]) for m in set(stopping) | set(starting) | set(bindable))
-    return InFlight(busy, dict(node_load), restarting)
+    restarting = sum(max(stopping[m], starting[m] + bindable[m]) for m in why_model)
+    return InFlight(busy, dict(node_load), restarting, why_model)
 
 
 def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
@@ -209,6 +217,7 @@ def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_ca
     touched: set[GpuId] = set(flight.busy)
     load = defaultdict(int, flight.node_load)
     wave: list[Eviction] = []
+    in_wave: dict[str, str] = {}  # model -> why its next step waits for the one in this wave
     waits: dict[str, str] = {}
     first_wait: str | None = None
     for step in steps:
@@ -219,6 +228,8 @@ def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_ca
             why = "its eviction waits to be retried"
         elif step.model in surging:  # one move of a model at a time while it surges (make-before-break)
             why = f"waiting for pod {surging[step.model]}'s replacement to be Ready"
+        elif step.model in flight.models or step.model in in_wave:
+            why = f"one replica of a model restarts at a time: {flight.models.get(step.model) or in_wave[step.model]}"
         elif any(g in touched for g in gpus):
             hit = next(g for g in gpus if g in touched)
             why = flight.busy.get(hit) or f"waiting for an earlier step on GPU {hit}"
@@ -235,6 +246,7 @@ def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_ca
                 first_wait = why
             continue
         wave.append(step)
+        in_wave[step.model] = f"waiting for pod {step.pod.name} to restart"
         load[step.target.node] += 1
     waiting = None if wave else (first_wait or "every step waits for its eviction to be retried")
     return MigrationState(tuple(steps), tuple(wave), waiting, stuck, waits, flight.restarting, surging)

@@ -45,7 +45,7 @@ def names(steps: Sequence[Eviction]) -> list[str]:
                   move("b-0", "b", g("n2", 0), g("n1", 0))],
                  Budget(4, 4), ["a-0"], id="a cycle: its stop-first breaker alone"),
     pytest.param([move("a-0", "a", g("old", 0), g("n1", 0)), move("a-1", "a", g("old", 1), g("n2", 0))],
-                 Budget(4, 1), ["a-0", "a-1"], id="two replicas of one model to two nodes"),
+                 Budget(4, 1), ["a-0"], id="two replicas of one model to two nodes: one restarts at a time"),
     pytest.param([move("a-0", "a", g("old", 0), g("n1", 0)), move("b-0", "b", g("old", 1), g("n1", 0))],
                  Budget(4, 4), ["a-0"], id="two steps to one GPU: one engine starts there at a time"),
 ])
@@ -152,3 +152,14 @@ def test_a_models_other_steps_wait_for_its_surge(replacing: set[str], wave: list
     assert dict(state.surging) == surging
     if surging:
         assert state.waits["ns/a"] == "waiting for pod a-0's replacement to be Ready"
+
+
+def test_a_models_step_waits_while_another_of_its_pods_restarts() -> None:
+    """A model of N replicas keeps N - 1 serving through steps that stop first: one of its pods restarts at a time,
+    while other models' steps go on."""
+    starting = dataclasses.replace(pod("a-9", "a", "n4", 0), ready=False)  # bound to a planned GPU, not Ready
+    planned = {**PLANNED_FOUR, "ns/a": [g("n1", 0), g("n4", 0)]}
+    state = choose_wave(FOUR, [s.pod for s in FOUR] + [starting], [], {}, 0.0, planned, Budget(4, 2))
+    assert names(state.wave) == ["b-0", "c-0", "d-0"]
+    assert "one replica of a model restarts at a time" in state.waits["ns/a"]
+    assert state.restarting == 1

@@ -461,7 +461,14 @@ def running_on_n1_with_n2_added(loop: Any, rounds: int) -> None:
 def test_a_wave_of_evictions_goes_out_in_one_round(per_node: int, max_restarting: int, first_round: int) -> None:
     loop = make(max_restarting=max_restarting, max_restarting_per_node=per_node, make_before_break=False)
     api = loop.api
-    running_on_n1_with_n2_added(loop, 1)
+    # Two models of one replica each (one replica of a model restarts at a time: a wave spans models).
+    api.put(deployment("m", replicas=1))
+    api.put(deployment("q", replicas=1))
+    loop.rounds(2)
+    api.put(pod("m-a", "m", *slots(api, "m")[0]))
+    api.put(pod("q-a", "q", *slots(api, "q")[0]))
+    api.put(node("n2", gpus=2))
+    loop.round()
     api.put(dataclasses.replace(node("n1", gpus=2), unschedulable=True))  # both replicas must leave n1 for n2
     loop.round()
     assert len(api.writes("evict")) == first_round
