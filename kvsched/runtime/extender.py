@@ -20,6 +20,7 @@ from kvsched.k8s.client import DEFAULT_CONNECT_TIMEOUT_S, api_client
 from kvsched.k8s.watch import LIVE_PODS, MODELSERVINGS, NODES, Informer, informer, wait_synced
 from kvsched.metrics import Metrics
 from kvsched.runtime.feeds import Feed
+from kvsched.runtime.heap import keep_frozen
 from kvsched.settings import ExtenderSettings, check_headroom
 
 log = logging.getLogger(__name__)
@@ -74,6 +75,7 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None, *, cache: Ca
             wait_synced(feeding, 365 * 86400.0)
             log.info("cache synced: %s", cache.counts())
         metrics.cache_synced.set(1)
+        keep_frozen(threading.Event())  # the stores are full: freeze them out of the collector's full passes
 
     threading.Thread(target=report_sync, name="sync-report", daemon=True).start()
     app = create_app(settings, cache, PodBinder(api, (DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s)), metrics)
