@@ -486,7 +486,7 @@ def one_run(plane: Any, api: client.ApiClient, variant: str, pythonpath: str | N
         core.delete_node(victim)
         wait(lambda: metric(proc.metrics(), "kvsched_placement_duration_seconds_count") > plans, 300,
              "the re-plan", 0.2)
-        until_quiet(api, 3.0)  # ... and its writes
+        until_quiet(api, 3.0, interval_s=1.0)  # ... and its writes (a list of 2000 objects: not 5 times a second)
         done = quiet_rounds(proc, 2.0)
         figures.replan_s = done - changed
         figures.server_filter_replan_fast_pct = fast_pct(replan_server, server_filter_counts(proc.metrics()))
