@@ -9,6 +9,7 @@ stops the informers when uvicorn exits. Under `kvsched serve` those informers ar
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 
 from kvsched.extender.app import create_app, serve
@@ -19,9 +20,15 @@ from kvsched.k8s.client import DEFAULT_CONNECT_TIMEOUT_S, api_client
 from kvsched.k8s.watch import LIVE_PODS, MODELSERVINGS, NODES, Informer, informer, wait_synced
 from kvsched.metrics import Metrics
 from kvsched.runtime.feeds import Feed
+from kvsched.runtime.heap import keep_frozen
 from kvsched.settings import ExtenderSettings, check_headroom
 
 log = logging.getLogger(__name__)
+
+# How long a thread holding the GIL runs before one waiting for it gets it (Python's default is 5 ms). The
+# extender's event loop shares the process with the informers' decoding and, under `kvsched serve`, the control
+# loop's status writes; one /filter takes several hand-offs, each of which could wait a whole interval behind them.
+GIL_SWITCH_INTERVAL_S = 0.0005
 
 def build_cache(settings: ExtenderSettings) -> Cache:
     """The extender's cache from its settings. Raises ValueError naming the flag for a negative headroom."""
@@ -45,6 +52,7 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None, *, cache: Ca
     stopped by their owner (default: this function makes, starts and stops its own)."""
     logging.basicConfig(level=settings.log_level.upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
     api = api_client(settings.kubeconfig, timeout_s=(DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s))
     if cache is None:
         cache = build_cache(settings)
@@ -67,6 +75,7 @@ def run(settings: ExtenderSettings, metrics: Metrics | None = None, *, cache: Ca
             wait_synced(feeding, 365 * 86400.0)
             log.info("cache synced: %s", cache.counts())
         metrics.cache_synced.set(1)
+        keep_frozen(threading.Event())  # the stores are full: freeze them out of the collector's full passes
 
     threading.Thread(target=report_sync, name="sync-report", daemon=True).start()
     app = create_app(settings, cache, PodBinder(api, (DEFAULT_CONNECT_TIMEOUT_S, settings.bind_timeout_s)), metrics)

@@ -3,6 +3,7 @@ the pods it creates, its samplers and figures, and the idle-connection probe aga
 from __future__ import annotations
 
 import os
+import time
 
 from bench.load import (
     RssSampler, RunFigures, bench_pod, format_run, healthz_with_idle_connections, median_figures, percentiles,
@@ -65,3 +66,57 @@ def test_offline_store_figures_compare_whole_and_trimmed_pods() -> None:
     figures = offline_store_mib(20, 2)
     assert figures["pods"] == 20 and figures["json_kib_per_pod"] > 5
     assert 0 < figures["after_shared_trimmed_mib"] < figures["whole_one_store_mib"] < figures["before_two_stores_mib"]
+
+
+def test_filter_load_clients_are_processes_that_report_every_answer() -> None:
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from bench.load import FilterLoad
+
+    class Answer(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers["Content-Length"]))
+            code = 200 if self.path == "/filter" else 404
+            self.send_response(code)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        load = FilterLoad(server.server_address[1], b'{"Pod": {}}', clients=2).start()  # back after 1st answers
+        time.sleep(0.3)
+        load.stop()
+    finally:
+        server.shutdown()
+    assert load.failures == 0 and len(load.results) >= 2
+    assert load.between(0.0, float("inf")) == [s for _, s in load.results]
+    assert load.between(float("inf"), float("inf")) == []
+
+
+def test_server_share_of_fast_filters_comes_from_the_histogram_deltas() -> None:
+    from prometheus_client import generate_latest
+
+    from bench.load import fast_pct, server_filter_counts
+
+    def parse_metrics(text: str) -> dict[str, float]:  # as tests.e2e.harness.controller.read_metrics reads it
+        return {k: float(v) for k, _, v in (line.rpartition(" ") for line in text.splitlines())
+                if k and not k.startswith("#")}
+
+    metrics = Metrics()
+    for seconds in (0.001, 0.002, 0.02):
+        metrics.extender_request_duration_seconds.labels(verb="filter").observe(seconds)
+    metrics.extender_request_duration_seconds.labels(verb="bind").observe(0.001)
+    before = server_filter_counts(parse_metrics(generate_latest(metrics.registry).decode()))
+    assert before == (3.0, 2.0)
+    for seconds in (0.003, 0.05, 0.06, 0.07):
+        metrics.extender_request_duration_seconds.labels(verb="filter").observe(seconds)
+    after = server_filter_counts(parse_metrics(generate_latest(metrics.registry).decode()))
+    assert fast_pct(before, after) == 25.0 and fast_pct(after, after) == 0.0
