@@ -495,13 +495,12 @@ def _migrations(world: World, entries: Sequence[ModelEntry], inventory: Inventor
     steps = [s for s in steps if s.pod.key not in leaving]  # a make-before-break move in progress
     # Pods of models kvsched no longer plans (inventory.orphaned) are nobody's replacement: not waited for.
     sized = {e.ms.model_name for e in entries if e.size_gib is not None}
+    managed = [p for p in world.pods if is_managed(p, config) and not p.terminal and not orphaned(p, sized)]
     # Pods bound to a Node that no longer exists hold no GPU and never finish terminating (no kubelet: PodGC
     # deletes them about 40 s later); counted, a scale-back or eviction of one would hold the waves till then.
-    nodes = {n.name for n in world.nodes}
-    managed = [p for p in world.pods if is_managed(p, config) and not p.terminal and not orphaned(p, sized)
-               and (p.node is None or p.node in nodes)]
+    gone = {p.node for p in managed if p.node is not None} - {n.name for n in world.nodes}
     return choose_wave(steps, managed, can_bind, blocked, clock_s, planned,
-                       Budget(config.max_restarting, config.max_restarting_per_node), leaving)
+                       Budget(config.max_restarting, config.max_restarting_per_node), leaving, gone)
 
 
 def _migrating_condition(model: str, migration: MigrationState) -> tuple[str, str] | None:

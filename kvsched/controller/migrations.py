@@ -201,15 +201,18 @@ def in_flight(managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
 
 def choose_wave(steps: Sequence[Eviction], managed: Sequence[PodObj], pending_can_bind: Sequence[PodObj],
                 blocked: Mapping[ObjectKey, Blocked], now: float, planned: Mapping[str, Sequence[GpuId]],
-                budget: Budget = Budget(), replacing: Collection[ObjectKey] = ()) -> MigrationState:
+                budget: Budget = Budget(), replacing: Collection[ObjectKey] = (),
+                gone: Collection[str] = ()) -> MigrationState:
     """The steps to start now (a wave, see the module docstring), or why none may start.
 
     `managed`: every live managed pod; `pending_can_bind`: unbound managed pods the slot rule would bind now
     (`decide.bindable_pods`: a replacement on its way); `planned`: planned GPUs per model. Steps whose pod is in
-    backoff are skipped (their GPUs stay touched). O(steps + pods + planned slots).
+    backoff are skipped (their GPUs stay touched). `gone`: nodes that no longer exist: their pods hold no GPU and
+    restart nothing (nothing finalises them until PodGC), but a surge for one is still its model's move in
+    progress. O(steps + pods + planned slots).
     """
     stuck = {s.model: blocked[s.pod.key] for s in steps if s.pod.key in blocked and blocked[s.pod.key].retry_at > now}
-    flight = in_flight(managed, pending_can_bind, planned, replacing)
+    flight = in_flight([p for p in managed if p.node not in gone], pending_can_bind, planned, replacing)
     surging = {_model_of(p): p.name for p in sorted(managed, key=lambda p: (p.namespace, p.name), reverse=True)
                if p.key in replacing and not p.deleting}
     if not steps:

@@ -163,3 +163,17 @@ def test_a_models_step_waits_while_another_of_its_pods_restarts() -> None:
     assert names(state.wave) == ["b-0", "c-0", "d-0"]
     assert "one replica of a model restarts at a time" in state.waits["ns/a"]
     assert state.restarting == 1
+
+
+def test_a_pod_on_a_gone_node_restarts_nothing_but_its_surge_is_still_a_move() -> None:
+    """Nothing finalises a pod of a deleted Node until PodGC: it holds no GPU and counts for no restart, while a
+    make-before-break surge for it is still its model's move in progress (Migrating stays True)."""
+    lost = pod("a-0", "a", "old", 0)
+    terminating = dataclasses.replace(pod("b-0", "b", "old", 1), deleting=True)
+    state = choose_wave(FOUR[2:], [lost, terminating, *[s.pod for s in FOUR[2:]]], [], {}, 0.0, PLANNED_FOUR,
+                        Budget(1, 1), replacing={lost.key}, gone={"old"})
+    assert state.restarting == 0 and names(state.wave) == ["c-0"]
+    assert state.surging == {"ns/a": "a-0"}
+    counted = choose_wave(FOUR[2:], [lost, terminating, *[s.pod for s in FOUR[2:]]], [], {}, 0.0, PLANNED_FOUR,
+                          Budget(1, 1), replacing={lost.key})
+    assert counted.restarting == 2 and counted.wave == ()
