@@ -20,18 +20,18 @@ serving, surges and evictions).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
 
 import pytest
 from kubernetes import client
 
 from .harness import audit
 from .harness.availability import AvailabilityWatcher, audited_evictions
-from .harness.cluster import START_DELAY_ANNOTATION, ControlPlane
+from .harness.cluster import START_DELAY_ANNOTATION
 from .harness.example import migrations
 from .harness.kube import wait_for
-from .harness.processes import Component
-from .test_controller import KNOBS, Pool, annotated, managed_pods, new_pool, serving, slot_set, wait_settled
+from .test_controller import (  # noqa: F401 (`pool` is the fixture)
+    KNOBS, Pool, annotated, managed_pods, pool, serving, slot_set, wait_settled,
+)
 from .test_start_gate import with_pod_annotations
 
 pytestmark = pytest.mark.e2e
@@ -41,16 +41,6 @@ START_DELAY_S = 5
 # four fit an 80Gi GPU.
 MODELS = {"solo1": ("10Gi", 2.0, 1), "solo2": ("10Gi", 2.0, 1), "solo3": ("10Gi", 2.0, 1), "duo": ("10Gi", 2.0, 2)}
 LOSS_MODELS = {"solo": ("20Gi", 2.0, 1), "duo": ("10Gi", 2.0, 2), "trio": ("10Gi", 1.0, 3)}
-
-
-@pytest.fixture
-def pool(control_plane: ControlPlane, kube: client.ApiClient, namespace: str, project_crds: list[str],
-         kvsched_scheduler: Callable[..., Component]) -> Iterator[Pool]:
-    p = new_pool(control_plane, kube, namespace, kvsched_scheduler)
-    try:
-        yield p
-    finally:
-        p.close()
 
 
 def create(pool: Pool, models: dict[str, tuple[str, float, int]]) -> None:
