@@ -45,6 +45,7 @@ class Solved:
     max_kvpr: float
     objective: float | None
     seconds: float
+    bound: float | None = None  # CP-SAT's proven bound on the objective (a lower bound: no placement does better)
 
 
 @dataclass(frozen=True)
@@ -104,23 +105,25 @@ class _Model:
         self.x: dict[tuple[int, int], cp_model.IntVar] = {}
         rank = _class_ranks(gpus)
         last_replica = _last_replica_index(models) if break_symmetry else None
+        on_gpu: list[list[cp_model.IntVar]] = [[] for _ in gpus]
+        weight_on_gpu: list[list[int]] = [[] for _ in gpus]
         for j, m in enumerate(models):
+            weight = m.rate_rps / m.slo_s / m.replicas + target * m.size_gib
+            row = []
             for g, gpu in enumerate(gpus):
                 if last_replica is not None and rank[g] > last_replica[j]:
                     continue  # see _last_replica_index
                 if _fits_alone(m, gpu, target):
-                    self.x[j, g] = self.cp.NewBoolVar(f"x_{j}_{g}")
-            self.cp.Add(sum(self.x[j, g] for g in range(len(gpus)) if (j, g) in self.x) == m.replicas)
-        used: list[cp_model.LinearExprT] = []
+                    var = self.x[j, g] = self.cp.NewBoolVar(f"x_{j}_{g}")
+                    row.append(var)
+                    on_gpu[g].append(var)
+                    weight_on_gpu[g].append(math.floor(weight * scale))
+            # LinearExpr.Sum / WeightedSum build in C++ (128 GPUs x 700 models: 1.0 s a model, 1.4 s with sum())
+            self.cp.Add(cp_model.LinearExpr.Sum(row) == m.replicas)
         for g, gpu in enumerate(gpus):
-            terms = []
-            for j, m in enumerate(models):
-                if (j, g) in self.x:
-                    weight = m.rate_rps / m.slo_s / m.replicas + target * m.size_gib
-                    terms.append(math.floor(weight * scale) * self.x[j, g])
-            used.append(sum(terms))
-            if terms:
-                self.cp.Add(used[g] <= math.ceil(target * gpu.memory_gib * scale))
+            if on_gpu[g]:
+                self.cp.Add(cp_model.LinearExpr.WeightedSum(on_gpu[g], weight_on_gpu[g])
+                            <= math.ceil(target * gpu.memory_gib * scale))
 
     def hint(self, gpus_of: GpuSets | None) -> None:
         if not gpus_of:
@@ -137,14 +140,16 @@ class _Model:
         seconds = time.perf_counter() - start
         name = solver.StatusName(status)
         if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-            return Solved(name, None, math.inf, None, seconds)
+            bound = solver.BestObjectiveBound() if self.cp.HasObjective() and status == cp_model.UNKNOWN else None
+            return Solved(name, None, math.inf, None, seconds, bound)
         chosen: dict[str, set[GpuId]] = {m.name: set() for m in self.models}
         for (j, g), var in self.x.items():
             if solver.Value(var):
                 chosen[self.models[j].name].add(self.gpus[g].id)
         gpus_of = {k: frozenset(v) for k, v in chosen.items()}
         objective = solver.ObjectiveValue() if self.cp.HasObjective() else None
-        return Solved(name, gpus_of, placement_kvpr(self.models, self.gpus, gpus_of), objective, seconds)
+        bound = solver.BestObjectiveBound() if self.cp.HasObjective() else None
+        return Solved(name, gpus_of, placement_kvpr(self.models, self.gpus, gpus_of), objective, seconds, bound)
 
 
 def _class_ranks(gpus: Sequence[Gpu]) -> list[int]:
@@ -254,7 +259,7 @@ def fewest_moves(models: Sequence[Model], gpus: Sequence[Gpu], current: GpuSets,
         running = [index[gid] for gid in current.get(m.name, frozenset()) if gid in index]
         constant += len(running) - max(0, len(running) - m.replicas)
         kept_terms.extend(model.x[j, g] for g in running if (j, g) in model.x)
-    model.cp.Minimize(constant - sum(kept_terms))
+    model.cp.Minimize(constant - cp_model.LinearExpr.Sum(kept_terms))
     model.hint(hint)
     return model.solve(time_limit_s, workers)
 
@@ -410,9 +415,11 @@ def fewest_restarts(models: Sequence[Model], gpus: Sequence[Gpu], current: GpuSe
     scale = 1e6
     constant = 0
     kept_vars: list[cp_model.IntVar] = []
-    share_terms: dict[int, list[cp_model.LinearExprT]] = {g: [] for g in range(len(gpus))}
+    share_vars: dict[int, list[cp_model.IntVar]] = {g: [] for g in range(len(gpus))}
+    share_coefs: dict[int, list[int]] = {g: [] for g in range(len(gpus))}
     for (j, g), var in model.x.items():
-        share_terms[g].append(math.floor(_need_share(models[j], gpus[g], limit) * scale) * var)
+        share_vars[g].append(var)
+        share_coefs[g].append(math.floor(_need_share(models[j], gpus[g], limit) * scale))
     for j, m in enumerate(models):
         running = [index[gid] for gid in current.get(m.name, frozenset()) if gid in index]
         constant += len(running) - max(0, len(running) - m.replicas)
@@ -424,11 +431,13 @@ def fewest_restarts(models: Sequence[Model], gpus: Sequence[Gpu], current: GpuSe
             model.cp.Add(k <= model.x[j, g])
             held = max(s, (m.size_gib + m.overhead_gib) / gpus[g].memory_gib)
             gain = held - (_need_share(m, gpus[g], limit) - m.context_gib / gpus[g].memory_gib)
-            share_terms[g].append(math.floor(gain * scale) * k)
+            share_vars[g].append(k)
+            share_coefs[g].append(math.floor(gain * scale))
             kept_vars.append(k)
     for g, gpu in enumerate(gpus):
-        if share_terms[g]:
-            model.cp.Add(sum(share_terms[g]) <= math.ceil((1 - gpu.reserve_gib / gpu.memory_gib) * scale))
-    model.cp.Minimize(constant - sum(kept_vars))
+        if share_vars[g]:
+            model.cp.Add(cp_model.LinearExpr.WeightedSum(share_vars[g], share_coefs[g])
+                         <= math.ceil((1 - gpu.reserve_gib / gpu.memory_gib) * scale))
+    model.cp.Minimize(constant - cp_model.LinearExpr.Sum(kept_vars))
     model.hint(hint)
     return model.solve(time_limit_s, workers)

@@ -92,6 +92,7 @@ def test_min_max_kvpr_and_fewest_moves_match_brute_force(seed: int) -> None:
     assert got.status == "OPTIMAL" and got.gpus_of is not None
     assert count_moves(models, gpus, current, got.gpus_of) == fewest
     assert got.max_kvpr <= cap * (1 + 1e-6)
+    assert got.bound is not None and got.bound == pytest.approx(fewest)  # proven optimal: the bound is reached
 
 
 def _restarts(models: list[Model], gpus: list[Gpu], current: dict[str, frozenset[GpuId]],
@@ -133,6 +134,7 @@ def test_fewest_restarts_matches_brute_force(seed: int) -> None:
     got = fewest_restarts(models, gpus, current, shares, cap, limit, time_limit_s=10)
     assert got.status == "OPTIMAL" and got.gpus_of is not None and got.objective is not None
     assert int(round(got.objective)) == fewest
+    assert got.bound is not None and got.bound == pytest.approx(fewest)
     assert _restarts(models, gpus, current, shares, got.gpus_of, limit) == fewest
     assert got.max_kvpr <= cap * (1 + 1e-6)
 
@@ -159,6 +161,9 @@ def test_churn_rows_agree_with_each_other_on_a_tiny_cluster(tmp_path: Path) -> N
         # least the fewest moves, and (a relaxation of kvsched's rule) at most kvsched's within the cap.
         assert r.kvsched_restarts == r.kvsched_moves + r.share_restarts
         assert r.fewest_restarts is not None
+        # CP-SAT's proven bounds sit at or below what it found
+        assert r.exact_bound is not None and r.exact_bound <= r.exact_moves
+        assert r.fewest_restarts_bound is not None and r.fewest_restarts_bound <= r.fewest_restarts
         if r.exact_proven and r.fewest_restarts_proven:
             assert r.exact_moves <= r.fewest_restarts
             if r.kvsched_gap_pct <= 5.0:
@@ -167,6 +172,7 @@ def test_churn_rows_agree_with_each_other_on_a_tiny_cluster(tmp_path: Path) -> N
     report = ChurnReport(0.05, Limits(1, 3, 3), rows, summarise(rows), None, 1.0, targets=judge(rows, []))
     text = format_report(report)
     assert "re-plans: 6" in text and "fewest restarts" in text and "restarts <= 1.15 x fewest" in text
+    assert f"moves >= {sum(r.exact_bound or 0 for r in rows)}" in text
     write_json(report, tmp_path / "a.json")
     side_by_side = compare(tmp_path / "a.json", tmp_path / "a.json").splitlines()
     assert sum(line.startswith(cluster.name) for line in side_by_side) == 6
