@@ -13,7 +13,8 @@ The pieces, one module each, in the order `strategy.replan` uses them:
    replicas on a GPU where their model runs (moving one is a move); the rest move for free.
 3. `fewest`: `fewest_moves` reaches a target T (every GPU's KVPR <= T) from an assignment with few moves: free
    replicas (new, or already moved) leave an over-T GPU first, then as few running ones as cover its excess,
-   heaviest first; the evicted go where they fit tightest; what fits nowhere goes to `repair`; then `revert`
+   heaviest first; the evicted go where they fit tightest; what fits nowhere goes to `repair` (and, when at
+   most two are left, to ejection chains from `chains`, the fewer moves winning); then `revert`
    puts moved replicas back home where T allows. `reduce_moves`: undo a move and repair around it, while that
    saves moves (after a search from scratch).
 4. `relabel`: a plan from scratch with its GPUs permuted among GPUs of equal memory to keep most models in place;

@@ -2,8 +2,9 @@
 to undo moves one at a time while that saves moves (after a search from scratch).
 
 Free replicas (new, or already moved) leave an over-T GPU first, then as few running ones as cover its excess,
-heaviest first; the evicted go where they fit tightest; what fits nowhere goes to `repair`; then `revert` puts
-moved replicas back home where T allows.
+heaviest first; the evicted go where they fit tightest; what fits nowhere goes to `repair` (at most
+_CHAIN_MAX_LEFTOVER of them also to ejection chains, `kvsched.packer.replan.chains`; the fewer moves win); then
+`revert` puts moved replicas back home where T allows.
 Called by: `kvsched.packer.replan.strategy`, `kvsched.packer.replan.budget` (`lowest_within`).
 """
 
@@ -19,9 +20,17 @@ from kvsched.packer.improve import descend, improve
 from kvsched.packer.instance import Instance, IntArray
 from kvsched.packer.kvpr import IMPROVEMENT_RATIO, within
 from kvsched.packer.repair import repair
+from kvsched.packer.replan.chains import place_by_chain
 from kvsched.packer.replan.relabel import revert
 from kvsched.packer.replan.running import align, count_moves, max_kvpr_of
 from kvsched.packer.state import GpuState
+
+
+# The shed route tries ejection chains (`place_by_chain`) when tightest fit leaves at most this many items: one
+# chain per item touches two or three GPUs, so many (a lost GPU's replicas) cost share restarts. Measured on
+# bench.churn's 128-GPU many-small cluster: a replica added, 1 item left, 6 -> 2 moves (4 -> 2 share restarts);
+# a GPU lost, 14 items left, chains for all: 28 -> 23 moves but 26 -> 41 share restarts.
+_CHAIN_MAX_LEFTOVER = 2
 
 
 def fewest_moves(inst: Instance, items: Sequence[int], run: IntArray, start: IntArray, target: float, *,
@@ -32,7 +41,7 @@ def fewest_moves(inst: Instance, items: Sequence[int], run: IntArray, start: Int
     Routes, each tried when the ones before fail. Shed: over-target GPUs shed free items first (new ones, or
     running ones `start` already moved), then the fewest running ones that cover the excess, heaviest first,
     putting back the lightest that need not leave; the shed items go, heaviest first, where they fit the
-    tightest, and the rest go to `repair`. Repair: `repair` at the target straight from `start` (it sheds by
+    tightest, and the rest go to `repair` (or, when few, ejection chains: the fewer moves win). Repair: `repair` at the target straight from `start` (it sheds by
     single moves and swaps). Descent: local search off the peak, then `descend`. The result goes through
     `revert`.
     O(G + shed * G) plus repair's bounded steps (each O(n) vectorised).
@@ -101,7 +110,15 @@ def _shed_route(inst: Instance, items: Sequence[int], run: IntArray, start: IntA
         return state.assign
     if not 0 < target < math.inf:
         return None
-    return _repair(inst, state.assign, target, leftover, deadline)
+    if len(leftover) > _CHAIN_MAX_LEFTOVER:
+        return _repair(inst, state.assign, target, leftover, deadline)
+    repaired = _repair(inst, state.assign.copy(), target, leftover, deadline)
+    # Ejection chains take a replica or two off to make room; repair sheds by single moves and swaps: the
+    # fewer moves wins (repair's plan on ties, as before chains).
+    rest = [i for i in leftover if not place_by_chain(state, i, run, target)]
+    chained = state.assign if not rest else _repair(inst, state.assign, target, rest, deadline)
+    found = [a for a in (repaired, chained) if a is not None]
+    return min(found, key=lambda a: count_moves(run, a)) if found else None
 
 
 def _shed(state: GpuState, g: int, run: IntArray, target: float) -> list[int]:
