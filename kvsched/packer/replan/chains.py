@@ -41,10 +41,10 @@ def place_by_chain(state: GpuState, x: int, run: IntArray, target: float) -> boo
     top = np.argsort(-residual, kind="stable")[:_TOP_GPUS].tolist()
     # For each placed item: does it fit, as things stand, on one of the roomiest GPUs other than its own?
     fits_away = np.zeros(inst.n_items, dtype=bool)
-    for i in np.nonzero(placed)[0].tolist():
-        grp = int(inst.item_group[i])
-        fits_away[i] = any(h != assign[i] and grp not in state.groups_on[h] and
-                           weight[i] <= residual[h] + tol[h] for h in top)
+    for h in top:
+        fits_away |= ((assign != h) & (weight <= residual[h] + tol[h]) &
+                      ~np.isin(inst.item_group, list(state.groups_on[h])))
+    fits_away &= placed
     x_group = int(inst.item_group[x])
     pairs: list[tuple[int, float, int, int]] = []
     for g in range(inst.n_gpus):

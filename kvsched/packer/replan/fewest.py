@@ -34,7 +34,7 @@ _CHAIN_MAX_LEFTOVER = 2
 
 
 def fewest_moves(inst: Instance, items: Sequence[int], run: IntArray, start: IntArray, target: float, *,
-                 deadline: Deadline = NEVER) -> IntArray | None:
+                 deadline: Deadline = NEVER, with_repair: bool = True) -> IntArray | None:
     """An assignment of every item of `items` with every GPU's KVPR <= target, moving few running replicas of
     `start` (whose unplaced items must be placed); None when the heuristic cannot reach the target.
 
@@ -43,14 +43,14 @@ def fewest_moves(inst: Instance, items: Sequence[int], run: IntArray, start: Int
     putting back the lightest that need not leave; the shed items go, heaviest first, where they fit the
     tightest, and the rest go to `repair` (or, when few, ejection chains: the fewer moves win). Repair: `repair` at the target straight from `start` (it sheds by
     single moves and swaps). Descent: local search off the peak, then `descend`. The result goes through
-    `revert`.
+    `revert`. `with_repair` False: the shed route with ejection chains for every item left, nothing else.
     O(G + shed * G) plus repair's bounded steps (each O(n) vectorised).
     """
     unplaced = [i for i in items if start[i] < 0]
-    routes = [_shed_route(inst, items, run, start, target, deadline)]
+    routes = [_shed_route(inst, items, run, start, target, deadline, with_repair)]
     # The other routes run only when shedding fails: measured on scale instances they never moved fewer
     # (repair: the same moves, at twice the time; descent: 1.3-1.8x the moves).
-    if routes[0] is None and 0 < target < math.inf:
+    if routes[0] is None and 0 < target < math.inf and with_repair:
         routes.append(_repair(inst, start, target, unplaced, deadline))
         if not unplaced and routes[-1] is None:
             routes.append(_descend_route(inst, start, target, deadline))
@@ -86,7 +86,7 @@ def _repair(inst: Instance, assign: IntArray, target: float, trash: list[int],
 
 
 def _shed_route(inst: Instance, items: Sequence[int], run: IntArray, start: IntArray, target: float,
-                deadline: Deadline) -> IntArray | None:
+                deadline: Deadline, with_repair: bool = True) -> IntArray | None:
     state = GpuState.totals_only(inst, start)
     pending = [i for i in items if state.assign[i] < 0]
     kv = state.kvprs()
@@ -110,6 +110,9 @@ def _shed_route(inst: Instance, items: Sequence[int], run: IntArray, start: IntA
         return state.assign
     if not 0 < target < math.inf:
         return None
+    if not with_repair:
+        # Chains alone (no repair: its bounded steps are what costs), for every item left.
+        return state.assign if all(place_by_chain(state, i, run, target) for i in leftover) else None
     if len(leftover) > _CHAIN_MAX_LEFTOVER:
         return _repair(inst, state.assign, target, leftover, deadline)
     repaired = _repair(inst, state.assign.copy(), target, leftover, deadline)
@@ -144,11 +147,13 @@ def _shed(state: GpuState, g: int, run: IntArray, target: float) -> list[int]:
 
 
 def reduce_moves(inst: Instance, items: Sequence[int], run: IntArray, assign: IntArray, target: float, *,
-                 max_attempts: int) -> IntArray:
+                 max_attempts: int, quick: bool = False) -> IntArray:
     """Fewer moves by undoing one and repairing around it: put a moved replica back home (a replica of its
     model moved in there leaves) and let `fewest_moves` shed the free replicas that now overfill it. Kept when
     the moves drop (or stay, with a lower peak); repeated, largest replicas first, until a round finds nothing
-    or `max_attempts` (a count, so the plan does not depend on the machine's speed) are spent.
+    or `max_attempts` (a count, so the plan does not depend on the machine's speed) are spent. `quick`: only
+    replicas whose home holds a free replica are tried, and `fewest_moves` without repair (shed route and ejection
+    chains; repair's steps are most of an attempt's cost at 128 GPUs).
     O(attempts * fewest_moves).
     """
     best = assign
@@ -158,6 +163,9 @@ def reduce_moves(inst: Instance, items: Sequence[int], run: IntArray, assign: In
     while improved and attempts < max_attempts:
         improved = False
         moved = np.nonzero((run >= 0) & (best >= 0) & (best != run))[0].tolist()
+        if quick:
+            free_on = set(best[(best >= 0) & (best != run)].tolist())
+            moved = [i for i in moved if int(run[i]) in free_on]
         for i in sorted(moved, key=lambda i: (-inst.item_size[i], i)):
             if attempts >= max_attempts:
                 break
@@ -166,7 +174,7 @@ def reduce_moves(inst: Instance, items: Sequence[int], run: IntArray, assign: In
             home = int(run[i])
             trial[(trial == home) & (inst.item_group == inst.item_group[i])] = -1
             trial[i] = home
-            found = fewest_moves(inst, items, run, trial, target)
+            found = fewest_moves(inst, items, run, trial, target, with_repair=not quick)
             if found is None:
                 continue
             found_key = (count_moves(run, found), max_kvpr_of(inst, found))

@@ -45,6 +45,12 @@ _REDUCE_WORK = 4_000
 # Seconds the re-plan heuristics (repair, descent) may take whatever the time budget; they stop far earlier
 # on one change (measured: at most 0.2 s at 1024 GPUs).
 _REPLAN_MIN_S = 1.0
+# A large re-plan on the heuristic's path that moves at most _LARGE_REDUCE_MAX_MOVES replicas tries
+# `reduce_moves` (quick: no repair) for this many attempts per move. Measured on bench.churn's 128-GPU clusters:
+# 90 -> 86 moves, 150 -> 145 restarts (mixed rate 10 -> 8, small add 12 -> 10), each such re-plan about twice as
+# long (+50-150 ms); ungated, the scale instances' re-plans (15 and 49 moves at 128 GPUs) took 129 / 297 ms.
+_LARGE_REDUCE_ROUNDS = 2
+_LARGE_REDUCE_MAX_MOVES = 12
 # Steps of the local search that makes a large re-plan's reference plan (the best plan found, whose threshold
 # the re-plan must reach). At 128 GPUs it reaches its local optimum in ~60 steps after one change (10-60 ms);
 # at 1024, 100 steps end within 0.5% of the 220-310 steps' optimum in a sixth of the time (25-45 ms).
@@ -327,8 +333,16 @@ def _fewest_against(inst: Instance, items: list[int], run: IntArray, running: di
         return keep
     if not thorough and scratch is None:
         # found[0] is the fewest-moves heuristic's plan at the bound's threshold, within this looser target:
-        # bringing replicas home where the target allows saves moves at a fraction of another heuristic run.
-        return revert(inst, run, align(inst, run, found[0]), target)
+        # bringing replicas home where the target allows saves moves at a fraction of another heuristic run;
+        # with few moves, undoing them one at a time (chains only) may save more: the fewer restarts win.
+        reverted = revert(inst, run, align(inst, run, found[0]), target)
+        count = moves_of(inst, running, reverted)
+        if count > _LARGE_REDUCE_MAX_MOVES:
+            return reverted
+        reduced = reduce_moves(inst, items, run, reverted, target, max_attempts=_LARGE_REDUCE_ROUNDS * count,
+                               quick=True)
+        known = shares if shares is not None else Shares({}, theta)
+        return min((reverted, reduced), key=lambda a: (*cost_of(inst, running, a, known), max_kvpr(inst, a)))
     candidates = [revert(inst, run, align(inst, run, a), target) for a in found
                   if within(max_kvpr(inst, a), target)]
     if scratch is not None:
