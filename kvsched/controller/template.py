@@ -38,6 +38,8 @@ _ENV = (
     (MEMORY_FRACTION_ENV, f"metadata.annotations['{MEMORY_FRACTION_ANNOTATION}']"),
 )
 
+_INT64_MAX = 2**63 - 1
+
 
 def affinity_terms(footprint_gib: float, pool: Iterable[PoolNode], config: DecisionConfig
                    ) -> list[dict[str, Any]]:
@@ -46,7 +48,10 @@ def affinity_terms(footprint_gib: float, pool: Iterable[PoolNode], config: Decis
     + R. O(pool)."""
     base = config.node_selector.to_expressions()
     need_gib = footprint_gib + config.gpu_memory_reserve_gib
-    size_mib = math.floor(need_gib * 1024 + 1e-9)
+    need_mib = need_gib * 1024 + 1e-9
+    # A Gt value is an int64 to Kubernetes and no label is larger: a footprint past it (or past a float, modelSize
+    # 1e308) gets the largest, which no node matches, rather than a value the apiserver refuses or an OverflowError.
+    size_mib = _INT64_MAX if not math.isfinite(need_mib) or need_mib >= _INT64_MAX else math.floor(need_mib)
     terms: list[dict[str, Any]] = [{"matchExpressions": [
         *base,
         {"key": GPU_MEMORY_MIB_LABEL, "operator": "Gt", "values": [str(size_mib)]},

@@ -8,7 +8,7 @@ import pytest
 
 from kvsched.api.objects import DeploymentObj
 from kvsched.controller.config import DecisionConfig
-from kvsched.controller.template import template_patch, touches_template
+from kvsched.controller.template import affinity_terms, template_patch, touches_template
 
 ROLLING = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
 
@@ -54,3 +54,17 @@ def test_changing_the_setting_patches_again() -> None:
 
 def test_default_is_the_gpu_operators_class() -> None:
     assert DecisionConfig().runtime_class_name == "nvidia"
+
+
+@pytest.mark.parametrize(("footprint_gib", "wanted"), [
+    (15.0, str(15 * 1024)),  # reserve 0: M > footprint, in MiB
+    (1e15, str(10**15 * 1024)),  # large, still an int64
+    (1e17, str(2**63 - 1)),  # past int64: the largest Gt the apiserver takes, no node matches
+    (1e308, str(2**63 - 1)),  # past a float once in MiB (the spec fuzz's modelSize 1e308: OverflowError before)
+    (float("inf"), str(2**63 - 1)),
+])
+def test_affinity_size_is_an_int64_that_no_larger_footprint_lowers(footprint_gib: float, wanted: str) -> None:
+    config = DecisionConfig(gpu_memory_reserve_gib=0.0)
+    terms = affinity_terms(footprint_gib, [], config)
+    gt = [e for e in terms[0]["matchExpressions"] if e["operator"] == "Gt"]
+    assert [e["values"] for e in gt] == [[wanted]]

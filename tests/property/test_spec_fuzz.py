@@ -77,3 +77,12 @@ def test_a_size_past_decimals_range_is_invalid_and_names_the_field(size: str) ->
     invalid = conditions_of(FuzzSpec(spec, frozenset({"modelSize"})))["Invalid"]
     assert (invalid["status"], invalid["reason"]) == ("True", INVALID_SPEC)
     assert "spec.modelSize" in invalid["message"] and "too large" in invalid["message"]
+
+
+def test_a_size_past_a_float_in_mib_still_gets_a_decision() -> None:
+    """modelSize 1e308 (found by the fuzz above): its affinity size in MiB overflowed a float, and the decision
+    raised OverflowError. Now the model has a status like any unplaceable one."""
+    spec = {"workloadRef": {"kind": "Deployment", "name": NAME}, "modelSize": 1e308, "requestRate": 1,
+            "sloSeconds": 1}
+    conditions = conditions_of(FuzzSpec(spec, frozenset({"modelSize"})))
+    assert conditions["Placed"]["status"] == "False" or conditions["Invalid"]["status"] == "True"
