@@ -512,7 +512,8 @@ def run(quick: bool = False, limits: Limits | None = None, example_limit_s: floa
 
 
 _HEADER = (f"{'cluster':<26} {'change':<10} {'forced':>6} {'kvsched':>7} {'+share':>6} {'restart':>7} {'exact':>7} "
-           f"{'fewest':>7} {'bounds':>7} {'kv gap%':>7} {'ex gap%':>7} {'best':>9} {'proven':>6} {'kv s':>6} {'exact s':>7}")
+           f"{'fewest':>7} {'bounds':>7} {'kv gap%':>7} {'ex gap%':>7} {'best':>9} {'proven':>6} {'kv s':>6} "
+           f"{'exact s':>7}")
 
 
 def _row_line(r: Row) -> str:

@@ -459,10 +459,10 @@ def _hint_kept(model: _Model, hint: GpuSets, need_on: Mapping[int, list[tuple[in
         if not kept:
             continue
         flexible = sum(c for j, c in need_on[g] if (j, g) in on)
-        chosen = sorted(((c, k) for j, k, c in kept if (j, g) in on), key=lambda ck: ck[0])
+        chosen = sorted((c, n) for n, (j, _, c) in enumerate(kept) if (j, g) in on)  # (gain, position in kept)
         total = flexible + sum(c for c, _ in chosen)
         while chosen and total > capacity[g] and chosen[-1][0] > 0:
             total -= chosen.pop()[0]
-        keep = {id(k) for _, k in chosen} if total <= capacity[g] else set()
-        for j, k, _ in kept:
-            model.cp.AddHint(k, id(k) in keep)
+        keep = {n for _, n in chosen} if total <= capacity[g] else set()
+        for n, (_, k, _) in enumerate(kept):
+            model.cp.AddHint(k, n in keep)

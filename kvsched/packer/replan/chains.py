@@ -71,7 +71,8 @@ def place_by_chain(state: GpuState, x: int, run: IntArray, target: float) -> boo
         # Two ejections: y goes to h in place of z, which fits somewhere else.
         cand = placed & fits_away & (on != g) & (weight >= weight[y] - residual[on] - tol[on])
         cand[y] = False
-        cand &= ~np.isin(on, holders) if holders else True
+        if holders:
+            cand &= ~np.isin(on, holders)
         for z in np.nonzero(cand)[0].tolist():
             h = int(assign[z])
             cost = cost_y + int(run[z] == h)

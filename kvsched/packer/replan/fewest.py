@@ -41,8 +41,8 @@ def fewest_moves(inst: Instance, items: Sequence[int], run: IntArray, start: Int
     Routes, each tried when the ones before fail. Shed: over-target GPUs shed free items first (new ones, or
     running ones `start` already moved), then the fewest running ones that cover the excess, heaviest first,
     putting back the lightest that need not leave; the shed items go, heaviest first, where they fit the
-    tightest, and the rest go to `repair` (or, when few, ejection chains: the fewer moves win). Repair: `repair` at the target straight from `start` (it sheds by
-    single moves and swaps). Descent: local search off the peak, then `descend`. The result goes through
+    tightest, and the rest go to `repair` (or, when few, ejection chains: the fewer moves win). Repair: `repair`
+    at the target straight from `start` (it sheds by single moves and swaps). Descent: local search off the peak, then `descend`. The result goes through
     `revert`. `with_repair` False: the shed route with ejection chains for every item left, nothing else.
     O(G + shed * G) plus repair's bounded steps (each O(n) vectorised).
     """
